@@ -1,0 +1,1 @@
+//! onemesh-api (being written).

@@ -1,0 +1,1 @@
+//! onemesh-control (being written).

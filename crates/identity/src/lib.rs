@@ -1,0 +1,1 @@
+//! onemesh-identity (being written).

@@ -1,0 +1,1 @@
+//! onemesh-proxy (being written).
