@@ -1,0 +1,213 @@
+//! The workload's current credentials (key + issued chain) and the rustls configs built on them.
+//!
+//! A [`CredentialStore`] is a cheap handle (an `Arc` inside). Configs made from it resolve the
+//! certificate per handshake, so [`CredentialStore::update`] takes effect on the next handshake
+//! while established connections keep the keys they negotiated. The same goes for the trust
+//! bundle ([`CredentialStore::update_bundle`]). The store does no renewal itself: the caller asks
+//! [`crate::renewal_delay`] when to make a new CSR and calls `update` with the result.
+
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use rustls::client::ResolvesClientCert;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, ServerConfig, SignatureScheme};
+
+use crate::verify::{ClientIdVerifier, ServerIdVerifier, SharedBundle};
+use crate::x509::CertInfo;
+use crate::{Error, Issued, SpiffeId, TrustBundle, WorkloadKey};
+
+/// A workload's current credentials (key + issued chain), hot-swappable.
+#[derive(Clone)]
+pub struct CredentialStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: SpiffeId,
+    key: WorkloadKey,
+    current: RwLock<Current>,
+    bundle: SharedBundle,
+}
+
+#[derive(Clone)]
+struct Current {
+    issued: Arc<Issued>,
+    certified: Arc<CertifiedKey>,
+}
+
+impl CredentialStore {
+    /// Makes a store; fails if `issued` is not for `id` or its leaf is not for `key`.
+    pub fn new(
+        id: SpiffeId,
+        key: WorkloadKey,
+        issued: Issued,
+        bundle: TrustBundle,
+    ) -> Result<Self, Error> {
+        let current = Current::check(&id, &key, issued)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                id,
+                key,
+                current: RwLock::new(current),
+                bundle: SharedBundle::new(bundle),
+            }),
+        })
+    }
+
+    /// Swaps in a new leaf (same checks as [`CredentialStore::new`]); new handshakes present it.
+    pub fn update(&self, issued: Issued) -> Result<(), Error> {
+        let current = Current::check(&self.inner.id, &self.inner.key, issued)?;
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = current;
+        Ok(())
+    }
+
+    /// Swaps in a new trust bundle; verifiers of existing configs use it from the next handshake.
+    pub fn update_bundle(&self, bundle: TrustBundle) {
+        self.inner.bundle.set(bundle);
+    }
+
+    /// The current trust bundle.
+    pub fn bundle(&self) -> TrustBundle {
+        self.inner.bundle.get().bundle.clone()
+    }
+
+    /// This workload's id.
+    pub fn id(&self) -> &SpiffeId {
+        &self.inner.id
+    }
+
+    /// The current leaf and chain (expiry for metrics and the CLI).
+    pub fn current(&self) -> Issued {
+        Issued::clone(&self.read().issued)
+    }
+
+    /// The workload key, to make the next CSR with.
+    pub fn key(&self) -> &WorkloadKey {
+        &self.inner.key
+    }
+
+    /// A rustls server config (TLS 1.3 only, ring provider) that presents the current leaf and
+    /// requires a client certificate chaining to the bundle, from our trust domain, with a
+    /// SPIFFE id, valid now. `alpn` is set as given.
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+        let verifier = ClientIdVerifier::new(
+            self.inner.bundle.clone(),
+            self.inner.id.trust_domain().to_string(),
+        );
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap_or_else(|_| unreachable_tls13())
+            .with_client_cert_verifier(Arc::new(verifier))
+            .with_cert_resolver(Arc::new(self.clone()));
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    /// A rustls client config (TLS 1.3 only, ring provider) that presents the current leaf and
+    /// accepts only a server whose chain builds to the bundle and whose id is `expected_server`.
+    /// The server name given to `ClientConnection::new` is not checked (see
+    /// [`SpiffeId::tls_server_name`] for a good value).
+    pub fn client_config(&self, expected_server: &SpiffeId, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+        let verifier = ServerIdVerifier::new(
+            self.inner.bundle.clone(),
+            self.inner.id.trust_domain().to_string(),
+            expected_server.clone(),
+        );
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap_or_else(|_| unreachable_tls13())
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(Arc::new(self.clone()));
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    fn read(&self) -> Current {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The ring provider supports TLS 1.3 with its default suites, so `with_protocol_versions`
+/// cannot fail here; this is the one place that would notice if that ever changed.
+fn unreachable_tls13() -> ! {
+    panic!("the ring crypto provider must support tls 1.3")
+}
+
+impl Current {
+    fn check(id: &SpiffeId, key: &WorkloadKey, issued: Issued) -> Result<Self, Error> {
+        if &issued.id != id {
+            return Err(Error::IdMismatch {
+                expected: id.clone(),
+                found: issued.id,
+            });
+        }
+        let leaf = issued
+            .chain
+            .first()
+            .ok_or(Error::NoCertificates { what: "leaf chain" })?;
+        let info = CertInfo::parse(leaf).map_err(|e| Error::BadCertificate {
+            what: "leaf",
+            reason: e.to_string(),
+        })?;
+        if info.spiffe_id().ok().as_ref() != Some(id) {
+            return Err(Error::NoSpiffeId {
+                what: "leaf",
+                reason: format!("the leaf's uri san is not {id}"),
+            });
+        }
+        if info.spki != key.spki() {
+            return Err(Error::KeyMismatch { what: "leaf" });
+        }
+        let certified = Arc::new(CertifiedKey::new(issued.chain.clone(), key.signer()));
+        Ok(Self {
+            issued: Arc::new(issued),
+            certified,
+        })
+    }
+}
+
+impl ResolvesServerCert for CredentialStore {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.read().certified)
+    }
+}
+
+impl ResolvesClientCert for CredentialStore {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.read().certified)
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for CredentialStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let current = self.read();
+        f.debug_struct("CredentialStore")
+            .field("id", &self.inner.id)
+            .field("not_before", &current.issued.not_before)
+            .field("not_after", &current.issued.not_after)
+            .finish_non_exhaustive()
+    }
+}
