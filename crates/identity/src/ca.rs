@@ -50,6 +50,7 @@ impl TrustAnchor {
         let params = ca_params(
             trust_domain,
             "onemesh root ca",
+            &key,
             1,
             now - CLOCK_SKEW,
             now + lifetime,
@@ -123,6 +124,7 @@ impl TrustAnchor {
         let mut params = ca_params(
             &self.trust_domain,
             "onemesh issuer ca",
+            &key,
             0,
             now - CLOCK_SKEW,
             not_after,
@@ -332,9 +334,14 @@ impl Issued {
 
 static EMPTY_CERT: CertificateDer<'static> = CertificateDer::from_slice(&[]);
 
+/// Parameters of a CA certificate. The common name ends with the start of the key identifier so
+/// that every CA has its own subject: two roots of one trust domain (during a rotation, or a
+/// rogue one) are then told apart by name, and an untrusted chain fails as "unknown issuer"
+/// rather than as a signature mismatch against a namesake.
 fn ca_params(
     trust_domain: &str,
     common_name: &str,
+    key: &KeyPair,
     path_len: u8,
     not_before: SystemTime,
     not_after: SystemTime,
@@ -346,9 +353,15 @@ fn ca_params(
         });
     }
     let mut params = CertificateParams::default();
+    let key_id: String = params
+        .key_identifier(key)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, trust_domain);
-    dn.push(DnType::CommonName, common_name);
+    dn.push(DnType::CommonName, format!("{common_name} {key_id}"));
     params.distinguished_name = dn;
     let uri = rcgen::string::Ia5String::try_from(format!("spiffe://{trust_domain}"))
         .map_err(Error::Signing)?;

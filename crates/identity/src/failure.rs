@@ -19,7 +19,7 @@ pub enum HandshakeFailure {
     Expired,
     /// The peer's certificate (or one in its chain) is not valid yet.
     NotYetValid,
-    /// The peer's chain does not end in a root of our bundle.
+    /// The peer's chain does not end in a root of our bundle (or a signature in it is wrong).
     UnknownIssuer,
     /// The peer's SPIFFE id is in another trust domain.
     WrongTrustDomain,
@@ -81,16 +81,16 @@ impl HandshakeFailure {
         match e {
             VerifyError::Expired { .. } => Self::Expired,
             VerifyError::NotYetValid { .. } => Self::NotYetValid,
-            VerifyError::UnknownIssuer => Self::UnknownIssuer,
+            // A chain whose signatures do not verify is not from an issuer we trust.
+            VerifyError::UnknownIssuer | VerifyError::BadSignature => Self::UnknownIssuer,
             VerifyError::WrongTrustDomain { .. } => Self::WrongTrustDomain,
             VerifyError::NoSpiffeId
             | VerifyError::MultipleUriSans { .. }
             | VerifyError::InvalidSpiffeId(_) => Self::NoSpiffeId,
             VerifyError::IdentityMismatch { .. } => Self::IdentityMismatch,
-            VerifyError::BadEncoding(_)
-            | VerifyError::BadSignature
-            | VerifyError::InvalidPurpose
-            | VerifyError::Chain(_) => Self::Protocol,
+            VerifyError::BadEncoding(_) | VerifyError::InvalidPurpose | VerifyError::Chain(_) => {
+                Self::Protocol
+            }
         }
     }
 
