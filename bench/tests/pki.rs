@@ -11,7 +11,7 @@ fn writes_a_bundle_and_an_issuer_that_signs_workload_csrs() {
     let dir = std::env::temp_dir().join(format!(
         "bench-pki-test-{}-{}",
         std::process::id(),
-        fastrand_suffix()
+        unique_suffix()
     ));
     let status = Command::new(env!("CARGO_BIN_EXE_bench-pki"))
         .args(["--out", dir.to_str().unwrap(), "--trust-domain", "bench.test"])
@@ -45,7 +45,7 @@ fn writes_a_bundle_and_an_issuer_that_signs_workload_csrs() {
 }
 
 /// A per-test-run suffix so parallel runs never share a directory.
-fn fastrand_suffix() -> u128 {
+fn unique_suffix() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
