@@ -46,14 +46,14 @@ impl TrustAnchor {
         })?;
         let key =
             KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(Error::KeyGeneration)?;
-        let now = SystemTime::now();
+        let (not_before, not_after) = window_from_now(lifetime)?;
         let params = ca_params(
             trust_domain,
             "onemesh root ca",
             &key,
             1,
-            now - CLOCK_SKEW,
-            now + lifetime,
+            not_before,
+            not_after,
         )?;
         let cert = params
             .self_signed(&key)
@@ -119,15 +119,14 @@ impl TrustAnchor {
     pub fn issue_issuer(&self, lifetime: Duration) -> Result<Issuer, Error> {
         let key =
             KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(Error::KeyGeneration)?;
-        let now = SystemTime::now();
-        let not_after = (now + lifetime).min(self.not_after);
+        let (not_before, not_after) = window_from_now(lifetime)?;
         let mut params = ca_params(
             &self.trust_domain,
             "onemesh issuer ca",
             &key,
             0,
-            now - CLOCK_SKEW,
-            not_after,
+            not_before,
+            not_after.min(self.not_after),
         )?;
         params.use_authority_key_identifier_extension = true;
         let cert = params
@@ -203,8 +202,8 @@ impl Issuer {
         lifetime: Duration,
         entitled: impl FnOnce(&SpiffeId) -> bool,
     ) -> Result<Issued, Error> {
-        let now = SystemTime::now();
-        self.sign_csr_with_validity(csr_der, now - CLOCK_SKEW, now + lifetime, entitled)
+        let (not_before, not_after) = window_from_now(lifetime)?;
+        self.sign_csr_with_validity(csr_der, not_before, not_after, entitled)
     }
 
     /// Same as [`Issuer::sign_csr`] with an explicit validity window (whole seconds are kept).
@@ -215,12 +214,7 @@ impl Issuer {
         not_after: SystemTime,
         entitled: impl FnOnce(&SpiffeId) -> bool,
     ) -> Result<Issued, Error> {
-        if not_after <= not_before {
-            return Err(Error::InvalidValidity {
-                not_before,
-                not_after,
-            });
-        }
+        check_validity(not_before, not_after)?;
         let csr =
             CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
                 .map_err(|e| match e {
@@ -346,12 +340,7 @@ fn ca_params(
     not_before: SystemTime,
     not_after: SystemTime,
 ) -> Result<CertificateParams, Error> {
-    if not_after <= not_before {
-        return Err(Error::InvalidValidity {
-            not_before,
-            not_after,
-        });
-    }
+    check_validity(not_before, not_after)?;
     let mut params = CertificateParams::default();
     let key_id: String = params
         .key_identifier(key)
@@ -376,6 +365,35 @@ fn ca_params(
     params.not_before = not_before.into();
     params.not_after = not_after.into();
     Ok(params)
+}
+
+/// `[now - CLOCK_SKEW, now + lifetime]`, or an error if `lifetime` overflows the clock.
+fn window_from_now(lifetime: Duration) -> Result<(SystemTime, SystemTime), Error> {
+    let now = SystemTime::now();
+    let not_before = now.checked_sub(CLOCK_SKEW).unwrap_or(now);
+    let not_after = now.checked_add(lifetime).ok_or(Error::InvalidValidity {
+        not_before,
+        not_after: SystemTime::UNIX_EPOCH,
+    })?;
+    check_validity(not_before, not_after)?;
+    Ok((not_before, not_after))
+}
+
+/// A validity window a certificate can encode: `not_before < not_after`, both within
+/// 1970-01-01 .. 9999-12-31 (the range of X.509 times that every parser accepts).
+fn check_validity(not_before: SystemTime, not_after: SystemTime) -> Result<(), Error> {
+    const MAX_SECS: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    let in_range = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .is_ok_and(|d| d.as_secs() <= MAX_SECS)
+    };
+    if not_after <= not_before || !in_range(not_before) || !in_range(not_after) {
+        return Err(Error::InvalidValidity {
+            not_before,
+            not_after,
+        });
+    }
+    Ok(())
 }
 
 /// A positive 16-byte serial number. Uniqueness, not secrecy, is what matters here.

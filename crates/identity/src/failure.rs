@@ -140,3 +140,103 @@ impl std::fmt::Display for HandshakeFailure {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::SpiffeId;
+
+    #[test]
+    fn labels_are_distinct_snake_case() {
+        let labels: std::collections::HashSet<_> =
+            HandshakeFailure::ALL.iter().map(|f| f.as_str()).collect();
+        assert_eq!(labels.len(), HandshakeFailure::ALL.len());
+        for label in labels {
+            assert!(
+                label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{label}"
+            );
+        }
+    }
+
+    #[test]
+    fn classifies_our_verify_errors_in_both_carriers() {
+        let id = SpiffeId::new("other.domain", "a", "b").unwrap();
+        let e = VerifyError::WrongTrustDomain {
+            expected: "cluster.local".into(),
+            found: id,
+        };
+        let as_cert: rustls::Error = e.clone().into();
+        assert_eq!(
+            HandshakeFailure::from_rustls(&as_cert),
+            HandshakeFailure::WrongTrustDomain
+        );
+        let as_other = rustls::Error::Other(rustls::OtherError(Arc::new(e)));
+        assert_eq!(
+            HandshakeFailure::from_rustls(&as_other),
+            HandshakeFailure::WrongTrustDomain
+        );
+        let now = SystemTime::now();
+        let expired: rustls::Error = VerifyError::Expired {
+            not_after: now,
+            now,
+        }
+        .into();
+        assert_eq!(
+            HandshakeFailure::from_rustls(&expired),
+            HandshakeFailure::Expired
+        );
+    }
+
+    #[test]
+    fn classifies_common_rustls_errors() {
+        use rustls::Error as E;
+        let cases = [
+            (E::NoCertificatesPresented, HandshakeFailure::NoClientCert),
+            (
+                E::AlertReceived(AlertDescription::BadCertificate),
+                HandshakeFailure::AlertReceived,
+            ),
+            (
+                E::InvalidCertificate(CertificateError::Expired),
+                HandshakeFailure::Expired,
+            ),
+            (
+                E::InvalidCertificate(CertificateError::NotValidYet),
+                HandshakeFailure::NotYetValid,
+            ),
+            (
+                E::InvalidCertificate(CertificateError::UnknownIssuer),
+                HandshakeFailure::UnknownIssuer,
+            ),
+            (
+                E::InvalidCertificate(CertificateError::BadEncoding),
+                HandshakeFailure::Protocol,
+            ),
+            (E::DecryptError, HandshakeFailure::Protocol),
+            (E::General("x".into()), HandshakeFailure::Protocol),
+        ];
+        for (e, want) in cases {
+            assert_eq!(HandshakeFailure::from_rustls(&e), want, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn classifies_io_errors() {
+        let wrapped = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::NoCertificatesPresented,
+        );
+        assert_eq!(
+            HandshakeFailure::from_io(&wrapped),
+            HandshakeFailure::NoClientCert
+        );
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(HandshakeFailure::from_io(&reset), HandshakeFailure::Io);
+        let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "tls handshake eof");
+        assert_eq!(HandshakeFailure::from_io(&eof), HandshakeFailure::Io);
+    }
+}

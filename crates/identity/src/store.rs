@@ -3,7 +3,8 @@
 //! A [`CredentialStore`] is a cheap handle (an `Arc` inside). Configs made from it resolve the
 //! certificate per handshake, so [`CredentialStore::update`] takes effect on the next handshake
 //! while established connections keep the keys they negotiated. The same goes for the trust
-//! bundle ([`CredentialStore::update_bundle`]). The store does no renewal itself: the caller asks
+//! bundle ([`CredentialStore::update_bundle`]). Session resumption is off on both sides so that
+//! every connection verifies the peer's certificate against the current bundle and clock. The store does no renewal itself: the caller asks
 //! [`crate::renewal_delay`] when to make a new CSR and calls `update` with the result.
 
 use std::fmt;
@@ -106,6 +107,10 @@ impl CredentialStore {
             .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(self.clone()));
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        // No resumption: a resumed session skips certificate verification, so a peer would keep
+        // its identity past a bundle change or its leaf's expiry.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Arc::new(config)
     }
 
@@ -126,6 +131,7 @@ impl CredentialStore {
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(Arc::new(self.clone()));
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config.resumption = rustls::client::Resumption::disabled();
         Arc::new(config)
     }
 

@@ -186,13 +186,13 @@ fn verify_with(
             found: id,
         });
     }
-    if let Some(expected) = expected {
-        if &id != expected {
-            return Err(VerifyError::IdentityMismatch {
-                expected: expected.clone(),
-                found: id,
-            });
-        }
+    if let Some(expected) = expected
+        && &id != expected
+    {
+        return Err(VerifyError::IdentityMismatch {
+            expected: expected.clone(),
+            found: id,
+        });
     }
     Ok(id)
 }

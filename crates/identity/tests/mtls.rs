@@ -278,3 +278,23 @@ fn store_refuses_a_leaf_for_another_id_or_key() {
     // A failed update leaves the current leaf in place.
     assert_eq!(store.current(), issued);
 }
+
+#[test]
+fn every_connection_does_a_full_handshake() {
+    let pki = Pki::new("cluster.local");
+    let client = pki.store("order", "web", pki.anchor.bundle());
+    let server = pki.store("pg", "api", pki.anchor.bundle());
+    let client_config = client.client_config(server.id(), &[]);
+    let server_config = server.server_config(&[]);
+    for _ in 0..2 {
+        let mut c =
+            rustls::ClientConnection::new(client_config.clone(), server.id().tls_server_name())
+                .unwrap();
+        let mut s = rustls::ServerConnection::new(server_config.clone()).unwrap();
+        let outcome = handshake(&mut c, &mut s);
+        assert!(outcome.is_ok(), "{outcome:?}");
+        exchange(&mut c, &mut s, b"x");
+        assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        assert_eq!(s.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    }
+}

@@ -25,9 +25,11 @@ fn accepts_the_allowed_characters() {
     assert_eq!(id.service_account(), "sa.with-dots.2");
 }
 
+type ErrorCheck = fn(&IdError) -> bool;
+
 #[test]
 fn rejects_bad_forms_with_the_right_error() {
-    let cases: Vec<(&str, fn(&IdError) -> bool)> = vec![
+    let cases: Vec<(&str, ErrorCheck)> = vec![
         ("", |e| matches!(e, IdError::Empty)),
         ("https://cluster.local/ns/a/sa/b", |e| {
             matches!(e, IdError::WrongScheme { .. })

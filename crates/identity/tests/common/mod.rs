@@ -88,16 +88,18 @@ pub fn handshake(client: &mut ClientConnection, server: &mut ServerConnection) -
     let mut server_result = Ok(());
     for _ in 0..32 {
         let to_server = client_to_server(client, server);
-        if to_server > 0 && server_result.is_ok() {
-            if let Err(e) = server.process_new_packets() {
-                server_result = Err(e);
-            }
+        if to_server > 0
+            && server_result.is_ok()
+            && let Err(e) = server.process_new_packets()
+        {
+            server_result = Err(e);
         }
         let to_client = server_to_client(server, client);
-        if to_client > 0 && client_result.is_ok() {
-            if let Err(e) = client.process_new_packets() {
-                client_result = Err(e);
-            }
+        if to_client > 0
+            && client_result.is_ok()
+            && let Err(e) = client.process_new_packets()
+        {
+            client_result = Err(e);
         }
         if to_server == 0 && to_client == 0 {
             break;
