@@ -83,7 +83,8 @@ impl HandshakeFailure {
             VerifyError::NotYetValid { .. } => Self::NotYetValid,
             // A chain whose signatures do not verify is not from an issuer we trust.
             VerifyError::UnknownIssuer | VerifyError::BadSignature => Self::UnknownIssuer,
-            VerifyError::WrongTrustDomain { .. } => Self::WrongTrustDomain,
+            VerifyError::WrongTrustDomain { .. }
+            | VerifyError::ChainFromOtherTrustDomain { .. } => Self::WrongTrustDomain,
             VerifyError::NoSpiffeId
             | VerifyError::MultipleUriSans { .. }
             | VerifyError::InvalidSpiffeId(_) => Self::NoSpiffeId,

@@ -12,7 +12,10 @@
 //! - [`CredentialStore`]: the workload's key and current leaf, hot-swappable; it builds rustls
 //!   [`ServerConfig`](rustls::ServerConfig)s that require and verify a client SPIFFE id and
 //!   [`ClientConfig`](rustls::ClientConfig)s that accept only the expected server id. TLS 1.3
-//!   only, the `ring` provider always passed explicitly (never the process default).
+//!   only, the `ring` provider always passed explicitly (never the process default), session
+//!   resumption off so every connection verifies its peer. For bootstrap (a proxy's first CSR,
+//!   before it has a certificate) there are [`CredentialStore::server_config_optional_client_auth`]
+//!   and [`bootstrap_client_config`].
 //! - [`peer_id`] after a handshake, [`renewal_delay`] (70 % ± 5 % of the leaf's life), and
 //!   [`HandshakeFailure`], a bounded classification of handshake errors for metrics.
 //!
@@ -47,5 +50,5 @@ pub use id::{DEFAULT_TRUST_DOMAIN, IdError, SpiffeId};
 pub use key::WorkloadKey;
 pub use renew::renewal_delay;
 pub use rustls_pki_types::CertificateDer;
-pub use store::CredentialStore;
+pub use store::{CredentialStore, bootstrap_client_config};
 pub use verify::{VerifyError, peer_id, verify_peer};

@@ -97,16 +97,29 @@ impl CredentialStore {
     /// requires a client certificate chaining to the bundle, from our trust domain, with a
     /// SPIFFE id, valid now. `alpn` is set as given.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+        self.make_server_config(alpn, true)
+    }
+
+    /// Like [`CredentialStore::server_config`], but a client without a certificate is accepted
+    /// (its [`crate::peer_id`] is `None`); a client that presents one is verified the same way.
+    /// For the control plane's identity service, where a proxy's first CSR comes before it has
+    /// any certificate, and renewals can be authenticated by the current leaf.
+    pub fn server_config_optional_client_auth(&self, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+        self.make_server_config(alpn, false)
+    }
+
+    fn make_server_config(&self, alpn: &[&[u8]], client_auth_mandatory: bool) -> Arc<ServerConfig> {
         let verifier = ClientIdVerifier::new(
             self.inner.bundle.clone(),
             self.inner.id.trust_domain().to_string(),
+            client_auth_mandatory,
         );
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap_or_else(|_| unreachable_tls13())
             .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(self.clone()));
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config.alpn_protocols = alpn_list(alpn);
         // No resumption: a resumed session skips certificate verification, so a peer would keep
         // its identity past a bundle change or its leaf's expiry.
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -124,15 +137,7 @@ impl CredentialStore {
             self.inner.id.trust_domain().to_string(),
             expected_server.clone(),
         );
-        let mut config = ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap_or_else(|_| unreachable_tls13())
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_cert_resolver(Arc::new(self.clone()));
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        config.resumption = rustls::client::Resumption::disabled();
-        Arc::new(config)
+        client_config_with(verifier, Some(self.clone()), alpn)
     }
 
     fn read(&self) -> Current {
@@ -142,6 +147,45 @@ impl CredentialStore {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
+}
+
+/// A rustls client config for a workload that has no certificate yet (bootstrap): it verifies
+/// the server exactly like [`CredentialStore::client_config`] (chain to `bundle`, id equal to
+/// `expected_server`, which also sets the trust domain) and presents no certificate.
+pub fn bootstrap_client_config(
+    bundle: &TrustBundle,
+    expected_server: &SpiffeId,
+    alpn: &[&[u8]],
+) -> Arc<ClientConfig> {
+    let verifier = ServerIdVerifier::new(
+        SharedBundle::new(bundle.clone()),
+        expected_server.trust_domain().to_string(),
+        expected_server.clone(),
+    );
+    client_config_with(verifier, None, alpn)
+}
+
+fn client_config_with(
+    verifier: ServerIdVerifier,
+    cert: Option<CredentialStore>,
+    alpn: &[&[u8]],
+) -> Arc<ClientConfig> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap_or_else(|_| unreachable_tls13())
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match cert {
+        Some(store) => builder.with_client_cert_resolver(Arc::new(store)),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn_list(alpn);
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+fn alpn_list(alpn: &[&[u8]]) -> Vec<Vec<u8>> {
+    alpn.iter().map(|p| p.to_vec()).collect()
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -3,7 +3,9 @@
 //! A peer is accepted when its chain builds to a root of the trust bundle (webpki: signatures,
 //! validity at the handshake's `now`, CA constraints, EKU), its leaf carries exactly one URI SAN
 //! that is a SPIFFE id, the id is in our trust domain and, on the client side, is the server id
-//! we expected. The server name the client dialed is deliberately ignored: identity is the
+//! we expected. Every CA on the verified path that names a trust domain (a `spiffe://<td>` URI
+//! SAN, as onemesh CAs do) must name the leaf's, so another domain's root in the bundle cannot
+//! vouch for our ids. The server name the client dialed is deliberately ignored: identity is the
 //! SPIFFE id, not a DNS name. The bundle is read per handshake, so a bundle update applies to
 //! the next handshake without rebuilding configs. No revocation checks (short-lived leaves).
 
@@ -65,6 +67,10 @@ pub enum VerifyError {
     )]
     WrongTrustDomain { expected: String, found: SpiffeId },
     #[error(
+        "peer {found} has a chain through a ca of trust domain {ca_domain:?}: a ca may only vouch for ids of its own trust domain"
+    )]
+    ChainFromOtherTrustDomain { ca_domain: String, found: SpiffeId },
+    #[error(
         "peer is {found}, expected {expected}: the server answering is not the one we meant to reach"
     )]
     IdentityMismatch { expected: SpiffeId, found: SpiffeId },
@@ -85,6 +91,8 @@ pub(crate) struct SharedBundle(Arc<RwLock<Arc<Anchors>>>);
 pub(crate) struct Anchors {
     pub bundle: TrustBundle,
     pub anchors: Vec<TrustAnchor<'static>>,
+    /// The trust domain each anchor names in its `spiffe://<td>` URI SAN (same order), if any.
+    pub domains: Vec<Option<String>>,
 }
 
 impl SharedBundle {
@@ -107,8 +115,24 @@ impl SharedBundle {
 
 impl Anchors {
     fn new(bundle: TrustBundle) -> Self {
+        let anchors = bundle.anchors();
+        let domains = anchors
+            .iter()
+            .map(|anchor| {
+                bundle
+                    .roots()
+                    .iter()
+                    .find(|root| {
+                        webpki::anchor_from_trusted_cert(root).is_ok_and(|a| {
+                            a.subject_public_key_info == anchor.subject_public_key_info
+                        })
+                    })
+                    .and_then(|root| ca_domain(root))
+            })
+            .collect();
         Self {
-            anchors: bundle.anchors(),
+            anchors,
+            domains,
             bundle,
         }
     }
@@ -134,7 +158,7 @@ pub fn verify_peer(
     let secs = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    let anchors = bundle.anchors();
+    let anchors = Anchors::new(bundle.clone());
     let usage = if expected.is_some() {
         webpki::KeyUsage::server_auth()
     } else {
@@ -152,7 +176,7 @@ pub fn verify_peer(
 }
 
 fn verify_with(
-    anchors: &[TrustAnchor<'_>],
+    anchors: &Anchors,
     leaf: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     now: UnixTime,
@@ -162,16 +186,17 @@ fn verify_with(
 ) -> Result<SpiffeId, VerifyError> {
     let cert = webpki::EndEntityCert::try_from(leaf)
         .map_err(|e| VerifyError::BadEncoding(e.to_string()))?;
-    cert.verify_for_usage(
-        algorithms().all,
-        anchors,
-        intermediates,
-        now,
-        usage,
-        None,
-        None,
-    )
-    .map_err(from_webpki)?;
+    let path = cert
+        .verify_for_usage(
+            algorithms().all,
+            &anchors.anchors,
+            intermediates,
+            now,
+            usage,
+            None,
+            None,
+        )
+        .map_err(from_webpki)?;
     let id = CertInfo::parse(leaf)
         .and_then(|info| info.spiffe_id())
         .map_err(|e| match e {
@@ -185,6 +210,25 @@ fn verify_with(
             expected: trust_domain.to_string(),
             found: id,
         });
+    }
+    // Every CA on the path that names a trust domain must name the leaf's: a root of another
+    // domain in the bundle must not vouch for ids of ours.
+    let anchor_domain = anchors
+        .anchors
+        .iter()
+        .position(|a| a.subject_public_key_info == path.anchor().subject_public_key_info)
+        .and_then(|i| anchors.domains.get(i).cloned().flatten());
+    let ca_domains = path
+        .intermediate_certificates()
+        .filter_map(|ca| ca_domain(&ca.der()))
+        .chain(anchor_domain);
+    for ca_domain in ca_domains {
+        if ca_domain != id.trust_domain() {
+            return Err(VerifyError::ChainFromOtherTrustDomain {
+                ca_domain,
+                found: id,
+            });
+        }
     }
     if let Some(expected) = expected
         && &id != expected
@@ -237,14 +281,18 @@ fn algorithms() -> WebPkiSupportedAlgorithms {
 pub(crate) struct ClientIdVerifier {
     bundle: SharedBundle,
     trust_domain: String,
+    /// False: a client without a certificate is let through (and has no peer id); one that
+    /// presents a certificate is verified all the same.
+    mandatory: bool,
     algs: WebPkiSupportedAlgorithms,
 }
 
 impl ClientIdVerifier {
-    pub fn new(bundle: SharedBundle, trust_domain: String) -> Self {
+    pub fn new(bundle: SharedBundle, trust_domain: String, mandatory: bool) -> Self {
         Self {
             bundle,
             trust_domain,
+            mandatory,
             algs: algorithms(),
         }
     }
@@ -252,7 +300,7 @@ impl ClientIdVerifier {
 
 impl ClientCertVerifier for ClientIdVerifier {
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -268,7 +316,7 @@ impl ClientCertVerifier for ClientIdVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let anchors = self.bundle.get();
         verify_with(
-            &anchors.anchors,
+            &anchors,
             end_entity,
             intermediates,
             now,
@@ -333,7 +381,7 @@ impl ServerCertVerifier for ServerIdVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let anchors = self.bundle.get();
         verify_with(
-            &anchors.anchors,
+            &anchors,
             end_entity,
             intermediates,
             now,
@@ -365,6 +413,11 @@ impl ServerCertVerifier for ServerIdVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
     }
+}
+
+/// The trust domain a CA certificate names in its `spiffe://<td>` URI SAN, if it names a valid one.
+fn ca_domain(der: &CertificateDer<'_>) -> Option<String> {
+    CertInfo::parse(der).ok()?.trust_domain()?.ok()
 }
 
 /// The peer's SPIFFE id after a handshake (from the leaf's single URI SAN), `None` if there is

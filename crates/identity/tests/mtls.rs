@@ -298,3 +298,111 @@ fn every_connection_does_a_full_handshake() {
         assert_eq!(s.handshake_kind(), Some(rustls::HandshakeKind::Full));
     }
 }
+
+#[test]
+fn a_root_of_another_trust_domain_cannot_vouch_for_our_ids() {
+    let pki = Pki::new("cluster.local");
+    let other = Pki::new("other.domain");
+    let both = pki.anchor.bundle().merge(&other.anchor.bundle());
+    // The other domain's issuer signs a leaf claiming one of OUR ids (its own `sign_csr` would
+    // refuse, so forge it with rcgen directly).
+    let id = pki.id("bank", "core");
+    let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let rogue_ca = rcgen::Issuer::from_ca_cert_pem(
+        &other.issuer.chain_pem(),
+        rcgen::KeyPair::from_pem(&other.issuer.key_pem()).unwrap(),
+    )
+    .unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(id.as_str().try_into().unwrap())];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.not_before = (SystemTime::now() - HOUR).into();
+    params.not_after = (SystemTime::now() + HOUR).into();
+    let leaf = params.signed_by(&leaf_key, &rogue_ca).unwrap();
+    let chain_pem = format!("{}{}", leaf.pem(), other.issuer.chain_pem());
+    let issued = onemesh_identity::Issued::from_chain_pem(&chain_pem).unwrap();
+    assert_eq!(issued.id, id);
+
+    let verdict = onemesh_identity::verify_peer(
+        &both,
+        &issued.chain,
+        SystemTime::now(),
+        "cluster.local",
+        None,
+    );
+    assert!(
+        matches!(verdict, Err(VerifyError::ChainFromOtherTrustDomain { ref ca_domain, .. }) if ca_domain == "other.domain"),
+        "{verdict:?}"
+    );
+
+    let key = onemesh_identity::WorkloadKey::from_pem(&leaf_key.serialize_pem()).unwrap();
+    let client = CredentialStore::new(id, key, issued, both.clone()).unwrap();
+    let server = pki.store("pg", "api", both);
+    let (_c, _s, outcome) = connect_with(permissive_client(Some(&client)), &server);
+    assert!(matches!(
+        verify_error(&outcome.server),
+        VerifyError::ChainFromOtherTrustDomain { .. }
+    ));
+    assert_eq!(failure(&outcome.server), HandshakeFailure::WrongTrustDomain);
+}
+
+#[test]
+fn optional_client_auth_accepts_no_certificate_and_still_verifies_one() {
+    let pki = Pki::new("cluster.local");
+    let rogue = Pki::new("cluster.local");
+    let control = pki.store("onemesh", "control", pki.anchor.bundle());
+    let config = control.server_config_optional_client_auth(&[b"h2"]);
+
+    // A bootstrapping proxy: no certificate, but it checks the control plane's identity.
+    let bootstrap =
+        onemesh_identity::bootstrap_client_config(&pki.anchor.bundle(), control.id(), &[b"h2"]);
+    let mut c =
+        rustls::ClientConnection::new(bootstrap.clone(), control.id().tls_server_name()).unwrap();
+    let mut s = rustls::ServerConnection::new(config.clone()).unwrap();
+    let outcome = handshake(&mut c, &mut s);
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert_eq!(peer_id(&s), None);
+    assert_eq!(peer_id(&c).as_ref(), Some(control.id()));
+
+    // A renewing proxy presents its current leaf: the server sees who it is.
+    let proxy = pki.store("order", "web", pki.anchor.bundle());
+    let mut c = rustls::ClientConnection::new(
+        proxy.client_config(control.id(), &[b"h2"]),
+        control.id().tls_server_name(),
+    )
+    .unwrap();
+    let mut s = rustls::ServerConnection::new(config.clone()).unwrap();
+    assert!(handshake(&mut c, &mut s).is_ok());
+    assert_eq!(peer_id(&s).as_ref(), Some(proxy.id()));
+
+    // A presented certificate from an untrusted root is still refused.
+    let impostor = rogue.store(
+        "order",
+        "web",
+        rogue.anchor.bundle().merge(&pki.anchor.bundle()),
+    );
+    let mut c = rustls::ClientConnection::new(
+        impostor.client_config(control.id(), &[b"h2"]),
+        control.id().tls_server_name(),
+    )
+    .unwrap();
+    let mut s = rustls::ServerConnection::new(config).unwrap();
+    assert_eq!(
+        failure(&handshake(&mut c, &mut s).server),
+        HandshakeFailure::UnknownIssuer
+    );
+
+    // The bootstrap client refuses a server that is not the expected one.
+    let not_control = pki.store("onemesh", "other", pki.anchor.bundle());
+    let mut c = rustls::ClientConnection::new(bootstrap, control.id().tls_server_name()).unwrap();
+    let mut s =
+        rustls::ServerConnection::new(not_control.server_config_optional_client_auth(&[b"h2"]))
+            .unwrap();
+    assert_eq!(
+        failure(&handshake(&mut c, &mut s).client),
+        HandshakeFailure::IdentityMismatch
+    );
+}
