@@ -3,7 +3,7 @@
 //! It is always a set, never a single root, so a root can be rotated by trusting the old and the
 //! new side by side, then dropping the old one.
 
-use rustls_pki_types::{CertificateDer, TrustAnchor};
+use rustls_pki_types::CertificateDer;
 
 use crate::{Error, pem};
 
@@ -60,18 +60,5 @@ impl TrustBundle {
             }
         }
         TrustBundle { roots }
-    }
-
-    /// The roots as webpki trust anchors. Every root was checked when the bundle was made, so
-    /// none is skipped in practice.
-    pub(crate) fn anchors(&self) -> Vec<TrustAnchor<'static>> {
-        self.roots
-            .iter()
-            .filter_map(|root| {
-                webpki::anchor_from_trusted_cert(root)
-                    .ok()
-                    .map(|a| a.to_owned())
-            })
-            .collect()
     }
 }

@@ -115,25 +115,19 @@ impl SharedBundle {
 
 impl Anchors {
     fn new(bundle: TrustBundle) -> Self {
-        let anchors = bundle.anchors();
-        let domains = anchors
+        // Every root was checked to be a valid anchor when the bundle was made.
+        let (anchors, domains) = bundle
+            .roots()
             .iter()
-            .map(|anchor| {
-                bundle
-                    .roots()
-                    .iter()
-                    .find(|root| {
-                        webpki::anchor_from_trusted_cert(root).is_ok_and(|a| {
-                            a.subject_public_key_info == anchor.subject_public_key_info
-                        })
-                    })
-                    .and_then(|root| ca_domain(root))
+            .filter_map(|root| {
+                let anchor = webpki::anchor_from_trusted_cert(root).ok()?.to_owned();
+                Some((anchor, ca_domain(root)))
             })
-            .collect();
+            .unzip();
         Self {
+            bundle,
             anchors,
             domains,
-            bundle,
         }
     }
 }
@@ -166,6 +160,7 @@ pub fn verify_peer(
     };
     verify_with(
         &anchors,
+        &algorithms(),
         leaf,
         intermediates,
         UnixTime::since_unix_epoch(secs),
@@ -175,8 +170,10 @@ pub fn verify_peer(
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn verify_with(
     anchors: &Anchors,
+    algs: &WebPkiSupportedAlgorithms,
     leaf: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     now: UnixTime,
@@ -188,7 +185,7 @@ fn verify_with(
         .map_err(|e| VerifyError::BadEncoding(e.to_string()))?;
     let path = cert
         .verify_for_usage(
-            algorithms().all,
+            algs.all,
             &anchors.anchors,
             intermediates,
             now,
@@ -317,6 +314,7 @@ impl ClientCertVerifier for ClientIdVerifier {
         let anchors = self.bundle.get();
         verify_with(
             &anchors,
+            &self.algs,
             end_entity,
             intermediates,
             now,
@@ -382,6 +380,7 @@ impl ServerCertVerifier for ServerIdVerifier {
         let anchors = self.bundle.get();
         verify_with(
             &anchors,
+            &self.algs,
             end_entity,
             intermediates,
             now,
