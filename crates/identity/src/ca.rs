@@ -23,8 +23,10 @@ use crate::{Error, SpiffeId, TrustBundle, id, key, pem};
 /// Leaf certificates live this long unless told otherwise.
 pub const DEFAULT_LEAF_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// How far back `not_before` is set, so a peer whose clock is slightly behind accepts a leaf
-/// that was just issued.
+/// How far back `not_before` is set, so a peer whose clock is slightly behind accepts a
+/// certificate that was just issued. Capped at a tenth of the lifetime: a leaf of a few seconds
+/// (tests of renewal) backdated by a full minute would be past 70 % of its life at birth and
+/// renewed in a tight loop.
 const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// A root CA (trust anchor) with its key: used only to create issuers.
@@ -37,8 +39,8 @@ pub struct TrustAnchor {
 }
 
 impl TrustAnchor {
-    /// Generates a self-signed ECDSA P-256 root for `trust_domain`, valid from a minute ago for
-    /// `lifetime`.
+    /// Generates a self-signed ECDSA P-256 root for `trust_domain`, valid from a minute ago
+    /// (a tenth of `lifetime` if that is less) for `lifetime`.
     pub fn generate(trust_domain: &str, lifetime: Duration) -> Result<Self, Error> {
         id::validate_trust_domain(trust_domain).map_err(|source| Error::BadTrustDomain {
             what: "trust anchor",
@@ -114,8 +116,9 @@ impl TrustAnchor {
         self.bundle.clone()
     }
 
-    /// Makes a new issuer (intermediate CA, fresh ECDSA P-256 key) valid from a minute ago for
-    /// `lifetime`, but never beyond this root's own expiry.
+    /// Makes a new issuer (intermediate CA, fresh ECDSA P-256 key) valid from a minute ago (a
+    /// tenth of `lifetime` if that is less) for `lifetime`, but never beyond this root's own
+    /// expiry.
     pub fn issue_issuer(&self, lifetime: Duration) -> Result<Issuer, Error> {
         let key =
             KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(Error::KeyGeneration)?;
@@ -194,8 +197,9 @@ impl Issuer {
 
     /// Checks the CSR's signature, that it asks for exactly one URI SAN that is a SpiffeId in this
     /// issuer's trust domain, and that `entitled(&id)` is true; then signs a leaf valid from a
-    /// minute ago (clock skew allowance) until `now + lifetime`. The chain is leaf first, then the
-    /// issuer (then any further intermediates).
+    /// minute ago (clock skew allowance; a tenth of `lifetime` if that is less, so short test
+    /// lifetimes still renew at 70 %) until `now + lifetime`. The chain is leaf first, then the
+    /// issuer (then any further intermediates). Times are whole seconds (X.509 has no finer).
     pub fn sign_csr(
         &self,
         csr_der: &[u8],
@@ -367,10 +371,13 @@ fn ca_params(
     Ok(params)
 }
 
-/// `[now - CLOCK_SKEW, now + lifetime]`, or an error if `lifetime` overflows the clock.
+/// `[now - min(CLOCK_SKEW, lifetime / 10), now + lifetime]`, or an error if `lifetime`
+/// overflows the clock.
 fn window_from_now(lifetime: Duration) -> Result<(SystemTime, SystemTime), Error> {
     let now = SystemTime::now();
-    let not_before = now.checked_sub(CLOCK_SKEW).unwrap_or(now);
+    let not_before = now
+        .checked_sub(CLOCK_SKEW.min(lifetime / 10))
+        .unwrap_or(now);
     let not_after = now.checked_add(lifetime).ok_or(Error::InvalidValidity {
         not_before,
         not_after: SystemTime::UNIX_EPOCH,

@@ -4,11 +4,16 @@
 //! certificate per handshake, so [`CredentialStore::update`] takes effect on the next handshake
 //! while established connections keep the keys they negotiated. The same goes for the trust
 //! bundle ([`CredentialStore::update_bundle`]). Session resumption is off on both sides so that
-//! every connection verifies the peer's certificate against the current bundle and clock. The store does no renewal itself: the caller asks
-//! [`crate::renewal_delay`] when to make a new CSR and calls `update` with the result.
+//! every connection verifies the peer's certificate against the current bundle and clock.
+//!
+//! The store does no renewal itself: the caller asks [`crate::renewal_delay`] when to make a new
+//! CSR (with [`CredentialStore::key`]) and calls `update` with the result. It does not check the
+//! new leaf's validity or chain either: a workload serves whatever it was last issued, and its
+//! peers' verifiers decide.
 
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::SystemTime;
 
 use rustls::client::ResolvesClientCert;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -88,6 +93,11 @@ impl CredentialStore {
         Issued::clone(&self.read().issued)
     }
 
+    /// When the current leaf expires (cheaper than `current().not_after`: no chain copy).
+    pub fn not_after(&self) -> SystemTime {
+        self.read().issued.not_after
+    }
+
     /// The workload key, to make the next CSR with.
     pub fn key(&self) -> &WorkloadKey {
         &self.inner.key
@@ -130,7 +140,8 @@ impl CredentialStore {
     /// A rustls client config (TLS 1.3 only, ring provider) that presents the current leaf and
     /// accepts only a server whose chain builds to the bundle and whose id is `expected_server`.
     /// The server name given to `ClientConnection::new` is not checked (see
-    /// [`SpiffeId::tls_server_name`] for a good value).
+    /// [`SpiffeId::tls_server_name`] for a good value). Build one per expected server and reuse
+    /// it: the config picks up leaf and bundle updates by itself.
     pub fn client_config(&self, expected_server: &SpiffeId, alpn: &[&[u8]]) -> Arc<ClientConfig> {
         let verifier = ServerIdVerifier::new(
             self.inner.bundle.clone(),
@@ -188,8 +199,12 @@ fn alpn_list(alpn: &[&[u8]]) -> Vec<Vec<u8>> {
     alpn.iter().map(|p| p.to_vec()).collect()
 }
 
+/// The ring provider, made once and shared by every config (never the process default).
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// The ring provider supports TLS 1.3 with its default suites, so `with_protocol_versions`

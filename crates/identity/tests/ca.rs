@@ -382,3 +382,37 @@ fn absurd_lifetimes_are_refused_not_panicked_on() {
         Err(Error::InvalidValidity { .. })
     ));
 }
+
+#[test]
+fn short_lived_leaves_are_not_backdated_past_their_renewal_point() {
+    let pki = Pki::new("cluster.local");
+    let id = pki.id("order", "web");
+    let key = WorkloadKey::generate().unwrap();
+    let lifetime = Duration::from_secs(20);
+    let issued = pki
+        .issuer
+        .sign_csr(&key.csr_der(&id).unwrap(), lifetime, |_| true)
+        .unwrap();
+    // Backdated by at most a tenth of the lifetime (+1 s of truncation to whole seconds).
+    assert!(
+        issued.lifetime() <= Duration::from_secs(23),
+        "{:?}",
+        issued.lifetime()
+    );
+    assert!(
+        issued.lifetime() >= Duration::from_secs(19),
+        "{:?}",
+        issued.lifetime()
+    );
+    let delay = onemesh_identity::renewal_delay(&issued, SystemTime::now());
+    assert!(
+        delay >= Duration::from_secs(9) && delay <= Duration::from_secs(17),
+        "{delay:?}"
+    );
+    // A 24 h leaf keeps the full minute of clock-skew allowance.
+    let issued = pki
+        .issuer
+        .sign_csr(&key.csr_der(&id).unwrap(), DEFAULT_LEAF_LIFETIME, |_| true)
+        .unwrap();
+    assert!(issued.lifetime() >= DEFAULT_LEAF_LIFETIME + Duration::from_secs(59));
+}

@@ -200,6 +200,7 @@ fn update_swaps_the_leaf_for_new_handshakes_only() {
     let renewed = pki.issue_for(server.key(), server.id());
     server.update(renewed.clone()).unwrap();
     assert_eq!(server.current(), renewed);
+    assert_eq!(server.not_after(), renewed.not_after);
 
     // A config made before the update also presents the new leaf.
     let mut c2 = rustls::ClientConnection::new(
