@@ -29,6 +29,36 @@
 //!   ignored by the verifiers.
 //! - No automatic renewal loop: callers schedule it with [`renewal_delay`] and call
 //!   [`CredentialStore::update`].
+//!
+//! The whole flow, as the control plane and a proxy split it:
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use onemesh_identity::*;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Control plane: a root for the trust domain and an issuer under it.
+//! let anchor = TrustAnchor::generate(DEFAULT_TRUST_DOMAIN, Duration::from_secs(365 * 86_400))?;
+//! let issuer = anchor.issue_issuer(Duration::from_secs(30 * 86_400))?;
+//!
+//! // Proxy: its own key, a CSR for its id.
+//! let id: SpiffeId = "spiffe://cluster.local/ns/order/sa/web".parse()?;
+//! let key = WorkloadKey::generate()?;
+//! let csr = key.csr_der(&id)?;
+//!
+//! // Control plane: sign it if the caller is entitled to that id.
+//! let issued = issuer.sign_csr(&csr, DEFAULT_LEAF_LIFETIME, |asked| asked == &id)?;
+//!
+//! // Proxy: serve and dial with it; renew later with the same key.
+//! let store = CredentialStore::new(id.clone(), key, issued, anchor.bundle())?;
+//! let _server = store.server_config(&[b"h2"]);
+//! let pg: SpiffeId = "spiffe://cluster.local/ns/pg/sa/api".parse()?;
+//! let _client = store.client_config(&pg, &[b"h2"]);
+//! let wait = renewal_delay(&store.current(), SystemTime::now());
+//! assert!(wait > Duration::from_secs(15 * 3600) && wait < Duration::from_secs(19 * 3600));
+//! # Ok(())
+//! # }
+//! ```
 
 mod bundle;
 mod ca;

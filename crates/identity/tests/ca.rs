@@ -416,3 +416,22 @@ fn short_lived_leaves_are_not_backdated_past_their_renewal_point() {
         .unwrap();
     assert!(issued.lifetime() >= DEFAULT_LEAF_LIFETIME + Duration::from_secs(59));
 }
+
+#[test]
+fn a_csr_cannot_ask_for_a_ca_or_extra_usages() {
+    let pki = Pki::new("cluster.local");
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![uri("spiffe://cluster.local/ns/order/sa/web")];
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::CodeSigning];
+    let csr = params.serialize_request(&key).unwrap().der().to_vec();
+    let issued = pki.issuer.sign_csr(&csr, HOUR, |_| true).unwrap();
+    let (_, leaf) = x509_parser::parse_x509_certificate(&issued.chain[0]).unwrap();
+    assert!(!leaf.is_ca());
+    let ku = leaf.key_usage().unwrap().unwrap().value;
+    assert!(ku.digital_signature() && !ku.key_cert_sign());
+    let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && eku.client_auth && !eku.code_signing);
+}
