@@ -11,9 +11,11 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::{Error, SpiffeId};
 
-/// A workload's private key (ECDSA P-256).
+/// A workload's private key (ECDSA P-256). Cloning is cheap and shares the same key (an `Arc`
+/// inside), e.g. to keep it across a failed [`crate::CredentialStore::new`].
+#[derive(Clone)]
 pub struct WorkloadKey {
-    key: KeyPair,
+    key: Arc<KeyPair>,
     /// The same key loaded into rustls, made once.
     signer: Arc<dyn rustls::sign::SigningKey>,
 }
@@ -44,7 +46,10 @@ impl WorkloadKey {
                 what: "workload",
                 reason: e.to_string(),
             })?;
-        Ok(Self { key, signer })
+        Ok(Self {
+            key: Arc::new(key),
+            signer,
+        })
     }
 
     /// The key as PKCS#8 PEM (for tests and tools; a proxy never writes it anywhere).
@@ -58,7 +63,7 @@ impl WorkloadKey {
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = vec![uri_san(id)?];
         let csr = params
-            .serialize_request(&self.key)
+            .serialize_request(&*self.key)
             .map_err(Error::Signing)?;
         Ok(csr.der().to_vec())
     }

@@ -349,12 +349,27 @@ fn workload_key_round_trips_through_pem() {
     let issued = pki.issue_for(&key, &id);
     let reloaded = WorkloadKey::from_pem(&key.to_pem()).unwrap();
     // The reloaded key matches the leaf made for the original.
-    onemesh_identity::CredentialStore::new(id, reloaded, issued, pki.anchor.bundle()).unwrap();
+    onemesh_identity::CredentialStore::new(
+        id.clone(),
+        reloaded,
+        issued.clone(),
+        pki.anchor.bundle(),
+    )
+    .unwrap();
+    // A clone is the same key: it survives a store that was refused and can be used again.
+    let kept = key.clone();
+    let wrong = pki.issue(&pki.id("order", "other")).1;
+    assert!(
+        onemesh_identity::CredentialStore::new(id.clone(), key, wrong, pki.anchor.bundle())
+            .is_err()
+    );
+    onemesh_identity::CredentialStore::new(id, kept.clone(), issued, pki.anchor.bundle()).unwrap();
+    assert_eq!(kept.to_pem(), kept.clone().to_pem());
     assert!(matches!(
         WorkloadKey::from_pem("nope"),
         Err(Error::BadKey { .. })
     ));
-    assert!(!format!("{key:?}").contains("BEGIN"));
+    assert!(!format!("{kept:?}").contains("BEGIN"));
 }
 
 #[test]
