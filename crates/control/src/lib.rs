@@ -1,1 +1,55 @@
-//! onemesh-control (being written).
+//! onemesh-control: the control plane of onemesh.
+//!
+//! It serves three gRPC services over TLS (contract in `onemesh-api`), as Linkerd does on three
+//! ports:
+//!
+//! | service | default address | what |
+//! |---|---|---|
+//! | `Identity.Certify` | 127.0.0.1:8080 | signs a proxy's CSR when its bootstrap token entitles the SPIFFE id asked for |
+//! | `Destination.Watch` | 127.0.0.1:8086 | a service's endpoints: full set first, then diffs |
+//! | `Policy.WatchInbound` / `WatchOutbound` | 127.0.0.1:8090 | a workload's authorizations / a service's routes |
+//!
+//! The control plane has its own mesh identity, `spiffe://<td>/ns/onemesh/sa/control`, signed at
+//! start by the same issuer that signs the proxies (and renewed at 70 % of its life). Proxies
+//! verify it against the trust bundle; the server asks no client certificate, since a proxy's
+//! first Certify comes before it has one. TLS 1.3 only, rustls with `ring`.
+//!
+//! ## Where the mesh comes from: stores
+//!
+//! The services read the mesh only through the [`store::Store`] trait: a watch channel of
+//! [`state::MeshState`] and a token lookup. Local mode uses [`local::LocalStore`]:
+//!
+//! - `mesh.yaml` (see [`config`] and `docs/mesh-yaml.md`): Namespace, Workload, Service,
+//!   AuthorizationPolicy and Route resources. Every problem is reported as
+//!   `mesh.yaml:42: spec.ports[1].port: duplicate port 8080 in workload bank/bank`.
+//! - `<state-dir>/endpoints.json`: where `onemesh up` really started each workload and its proxy.
+//!   A Service's endpoints are the instances of the workloads its selector matches, with the
+//!   service's `targetPort` mapped to the real local port. The same mapping is applied to the
+//!   ports of inbound authorizations, so a proxy compares them with the target port it really sees.
+//! - `<state-dir>/tokens.json`: one bootstrap token per proxy, each entitling exactly one id; the
+//!   first Certify binds a token to the key of its CSR, later ones (renewals) must use that key
+//!   (see [`services::identity`]).
+//!
+//! The files are polled every 250 ms; a valid change reaches every open watch stream at once
+//! (well within a second), an invalid one is logged and refused, and the last good state stays in
+//! force. A Kubernetes store is a later issue: it implements the same trait.
+//!
+//! The CA lives in the state directory (`trust-anchors.pem`, `issuer.crt`, `issuer.key`) and is
+//! made there when absent (see [`pki`]).
+//!
+//! ## What it deliberately does not do
+//!
+//! It does not enforce policy (proxies do, with DESIGN.md's default: deny between namespaces,
+//! same-namespace meshed callers allowed unless a policy names the port) and does not start
+//! workloads (`onemesh up` does). It keeps no state of its own besides the CA files and, in
+//! memory, the token-to-key bindings.
+
+pub mod config;
+pub mod local;
+pub mod pki;
+pub mod server;
+pub mod services;
+pub mod state;
+pub mod store;
+
+pub use server::{Control, Settings, start};

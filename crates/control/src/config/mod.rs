@@ -1,0 +1,1071 @@
+//! mesh.yaml: the declarative description of a local mesh, parsed and validated into [`MeshConfig`].
+//!
+//! The file holds Kubernetes-shaped resources (`apiVersion: onemesh.dev/v1`, `kind`,
+//! `metadata.{name,namespace}`, `spec`) separated by `---`: Namespace, Workload, Service,
+//! AuthorizationPolicy and Route. `docs/mesh-yaml.md` is the reference of every field.
+//!
+//! Validation reports every problem at once, each as `file:line: field.path: what is wrong` (see
+//! [`FieldError`]): unknown kinds and fields, missing fields, wrong types, bad ports, names,
+//! durations, methods and SPIFFE ids, duplicates, and references to namespaces, workloads, services
+//! or ports that are not declared. Resources are checked in dependency order (namespaces, then
+//! workloads, services, policies and routes), so a reference may point forward in the file.
+//!
+//! This module only reads text: it does no I/O besides [`load`] reading the one file, and knows
+//! nothing of endpoints or tokens (see [`crate::local`]).
+
+mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use onemesh_identity::{IdError, SpiffeId};
+use saphyr::{LoadableYamlNode, MarkedYamlOwned};
+
+use yaml::{Errors, Map, Node};
+
+/// The only `apiVersion` accepted.
+pub const API_VERSION: &str = "onemesh.dev/v1";
+
+/// Every kind of resource mesh.yaml may hold.
+pub const KINDS: [&str; 5] = [
+    "Namespace",
+    "Workload",
+    "Service",
+    "AuthorizationPolicy",
+    "Route",
+];
+
+/// Why mesh.yaml could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}; check the path and its permissions", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: yaml syntax error: {message}; fix the yaml syntax", file.display())]
+    Syntax {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{}", FieldErrors(errors))]
+    Invalid { errors: Vec<FieldError> },
+}
+
+struct FieldErrors<'a>(&'a [FieldError]);
+
+impl fmt::Display for FieldErrors<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One problem in mesh.yaml, at a line and a field path such as `spec.ports[1].port`.
+#[derive(Debug, Clone)]
+pub struct FieldError {
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// Dotted path of the field within its resource; empty for the document itself.
+    pub field: String,
+    pub problem: Problem,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: ", self.file.display(), self.line)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        write!(f, "{}", self.problem)
+    }
+}
+
+/// What is wrong with a field.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Problem {
+    #[error("unknown kind {0:?}: use one of Namespace, Workload, Service, AuthorizationPolicy, Route")]
+    UnknownKind(String),
+    #[error("unsupported apiVersion {0:?}: use onemesh.dev/v1")]
+    BadApiVersion(String),
+    #[error("unknown field: use one of {expected}")]
+    UnknownField { expected: String },
+    #[error("missing required field")]
+    MissingField,
+    #[error("expected {expected}, found {found}")]
+    WrongType {
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("yaml tags and aliases are not supported: write the value out")]
+    Unsupported,
+    #[error("{value} is not a port: use 1-65535")]
+    BadPort { value: i64 },
+    #[error(
+        "{0:?} is not a valid name: use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit"
+    )]
+    BadName(String),
+    #[error("duplicate {kind} {name} (first declared at line {first_line}): rename one")]
+    DuplicateResource {
+        kind: &'static str,
+        name: String,
+        first_line: usize,
+    },
+    #[error("duplicate port {port} in {owner}")]
+    DuplicatePort { port: u16, owner: String },
+    #[error("duplicate port name {name:?} in {owner}")]
+    DuplicatePortName { name: String, owner: String },
+    #[error("unknown namespace {0:?}: declare it with a Namespace resource")]
+    UnknownNamespace(String),
+    #[error("unknown workload {0}: declare it with a Workload resource in that namespace")]
+    UnknownWorkload(String),
+    #[error("unknown service {0}: declare it with a Service resource in that namespace")]
+    UnknownService(String),
+    #[error("port {port} is not declared by workload {workload}: add it to its spec.ports")]
+    UndeclaredPort { port: u16, workload: String },
+    #[error("no workload in namespace {namespace:?} declares port {port}")]
+    PortNotInNamespace { port: u16, namespace: String },
+    #[error("port name {name:?} is not declared by workload {workload}")]
+    UndeclaredPortName { name: String, workload: String },
+    #[error("selects no workload in namespace {0:?}: match the labels of a Workload")]
+    SelectsNothing(String),
+    #[error("empty list: give at least one entry")]
+    Empty,
+    #[error("{value:?} is not a spiffe id: {source}")]
+    BadSpiffeId {
+        value: String,
+        #[source]
+        source: IdError,
+    },
+    #[error("{0:?} is not a duration: use a number with a unit (ms, s, m, h), e.g. 500ms, 2s, 1m30s")]
+    BadDuration(String),
+    #[error("{0:?} is not an http method: use upper case, e.g. GET, POST")]
+    BadMethod(String),
+    #[error("{0:?} is not a path prefix: start it with '/'")]
+    BadPathPrefix(String),
+    #[error("{0:?} is not a protocol: use http or opaque")]
+    BadProtocol(String),
+}
+
+/// How a workload port speaks: HTTP (detected as HTTP/1 or HTTP/2) or opaque TCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    #[default]
+    Http,
+    Opaque,
+}
+
+/// `metadata` of a resource, and the line where the resource starts (for messages).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub name: String,
+    /// Empty for a Namespace.
+    pub namespace: String,
+    pub line: usize,
+}
+
+/// `kind: Namespace`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub meta: Meta,
+}
+
+/// `kind: Workload`: a program with an identity (its service account) and the ports it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub meta: Meta,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    /// The program and its arguments (local mode); empty when not given.
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<WorkloadPort>,
+}
+
+/// One port of a workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// `kind: Service`: a stable name over the workloads its selector matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub meta: Meta,
+    pub selector: BTreeMap<String, String>,
+    pub ports: Vec<ServicePort>,
+}
+
+/// One port of a service and the workload port it leads to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub target_port: TargetPort,
+}
+
+/// A service's `targetPort`: a workload port number or the name of a workload port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+/// HTTP request match: methods (any if empty) and a path prefix (any if `None`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct HttpMatch {
+    pub methods: Vec<String>,
+    pub path_prefix: Option<String>,
+}
+
+/// `kind: AuthorizationPolicy`: who may call a namespace, a workload, or one of its ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorizationPolicy {
+    pub meta: Meta,
+    /// `None`: every workload of the namespace.
+    pub target_workload: Option<String>,
+    /// `None`: every port of the target.
+    pub target_port: Option<u16>,
+    /// Empty: every request.
+    pub routes: Vec<HttpMatch>,
+    pub from_identities: Vec<SpiffeId>,
+    pub from_namespaces: Vec<String>,
+    pub from_unauthenticated: bool,
+}
+
+/// `kind: Route`: per-request settings for requests to a service that match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub meta: Meta,
+    pub service: String,
+    pub matches: HttpMatch,
+    pub timeout: Option<Duration>,
+    pub retryable: bool,
+}
+
+/// A valid mesh.yaml. Maps are keyed by `(namespace, name)`; policies and routes keep file order.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct MeshConfig {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub workloads: BTreeMap<(String, String), Workload>,
+    pub services: BTreeMap<(String, String), Service>,
+    pub policies: Vec<AuthorizationPolicy>,
+    pub routes: Vec<Route>,
+}
+
+impl MeshConfig {
+    /// Workloads of `namespace` whose labels include every `selector` pair.
+    pub fn selected<'a>(
+        &'a self,
+        namespace: &'a str,
+        selector: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'a Workload> + 'a {
+        self.workloads
+            .values()
+            .filter(move |w| w.meta.namespace == namespace)
+            .filter(move |w| selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+    }
+}
+
+/// Reads and validates a mesh.yaml file.
+pub fn load(path: &Path) -> Result<MeshConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Validates mesh.yaml text; `file` is only used in messages.
+pub fn parse(file: &Path, text: &str) -> Result<MeshConfig, ConfigError> {
+    let docs = MarkedYamlOwned::load_from_str(text).map_err(|e| ConfigError::Syntax {
+        file: file.to_path_buf(),
+        line: e.marker().line(),
+        message: e.info().to_string(),
+    })?;
+    let mut errors = Errors::new(file);
+    let mut by_kind: BTreeMap<usize, Vec<Resource<'_>>> = BTreeMap::new();
+    for doc in &docs {
+        let node = Node::root(doc);
+        if node.is_null() {
+            continue; // an empty document, e.g. after a trailing `---`
+        }
+        if let Some(resource) = header(&mut errors, node) {
+            by_kind.entry(resource.kind).or_default().push(resource);
+        }
+    }
+    let mut mesh = Parse::default();
+    for (kind, resources) in by_kind {
+        for r in resources {
+            match KINDS[kind] {
+                "Namespace" => namespace(&mut errors, &mut mesh, r),
+                "Workload" => workload(&mut errors, &mut mesh, r),
+                "Service" => service(&mut errors, &mut mesh, r),
+                "AuthorizationPolicy" => policy(&mut errors, &mut mesh, r),
+                _ => route(&mut errors, &mut mesh, r),
+            }
+        }
+    }
+    let errors = errors.into_sorted();
+    if errors.is_empty() {
+        Ok(mesh.config)
+    } else {
+        Err(ConfigError::Invalid { errors })
+    }
+}
+
+/// The mesh being read, and the workloads whose ports could not all be read (their ports are not
+/// checked against references, which would only repeat the first error).
+#[derive(Default)]
+struct Parse {
+    config: MeshConfig,
+    incomplete: std::collections::BTreeSet<(String, String)>,
+}
+
+impl std::ops::Deref for Parse {
+    type Target = MeshConfig;
+    fn deref(&self) -> &MeshConfig {
+        &self.config
+    }
+}
+
+impl std::ops::DerefMut for Parse {
+    fn deref_mut(&mut self) -> &mut MeshConfig {
+        &mut self.config
+    }
+}
+
+impl Parse {
+    fn complete(&self, w: &Workload) -> bool {
+        !self
+            .incomplete
+            .contains(&(w.meta.namespace.clone(), w.meta.name.clone()))
+    }
+}
+
+/// A document whose header (apiVersion, kind, metadata) is valid.
+struct Resource<'y> {
+    /// Index into [`KINDS`]; also the order in which kinds are checked.
+    kind: usize,
+    meta: Meta,
+    /// The node of `metadata.namespace`, for errors about it.
+    namespace_node: Option<Node<'y>>,
+    spec: Option<Node<'y>>,
+}
+
+fn header<'y>(errors: &mut Errors, doc: Node<'y>) -> Option<Resource<'y>> {
+    let map = doc.map(errors, &["apiVersion", "kind", "metadata", "spec"]);
+    let map = map?;
+    let api = map.required(errors, "apiVersion");
+    if let Some(api) = api
+        && let Some(value) = api.str(errors)
+        && value != API_VERSION
+    {
+        errors.push(api.line(), &api.path, Problem::BadApiVersion(value.into()));
+    }
+    let kind_node = map.required(errors, "kind")?;
+    let kind_name = kind_node.str(errors)?;
+    let Some(kind) = KINDS.iter().position(|k| *k == kind_name) else {
+        errors.push(
+            kind_node.line(),
+            &kind_node.path,
+            Problem::UnknownKind(kind_name.into()),
+        );
+        return None;
+    };
+    let is_namespace = kind == 0;
+    let metadata = map.required(errors, "metadata")?;
+    let allowed: &'static [&'static str] = if is_namespace {
+        &["name"]
+    } else {
+        &["name", "namespace"]
+    };
+    let metadata = metadata.map(errors, allowed)?;
+    let name_node = metadata.required(errors, "name")?;
+    let name = dns_name(errors, &name_node)?;
+    let (namespace, namespace_node) = if is_namespace {
+        (String::new(), None)
+    } else {
+        let node = metadata.required(errors, "namespace")?;
+        (dns_name(errors, &node)?, Some(node))
+    };
+    let spec = map.optional("spec");
+    if spec.is_none() && !is_namespace {
+        map.required(errors, "spec");
+        return None;
+    }
+    Some(Resource {
+        kind,
+        meta: Meta {
+            name,
+            namespace,
+            line: doc.line(),
+        },
+        namespace_node,
+        spec,
+    })
+}
+
+/// A DNS-1123 label: what Kubernetes accepts as a namespace, workload or service name.
+fn is_dns_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
+}
+
+fn dns_name(errors: &mut Errors, node: &Node<'_>) -> Option<String> {
+    let s = node.str(errors)?;
+    if is_dns_label(s) {
+        Some(s.to_string())
+    } else {
+        errors.push(node.line(), &node.path, Problem::BadName(s.into()));
+        None
+    }
+}
+
+/// Checks that the resource's namespace is declared; returns false (and reports) if not.
+fn namespace_known(errors: &mut Errors, mesh: &Parse, r: &Resource<'_>) -> bool {
+    if mesh.namespaces.contains_key(&r.meta.namespace) {
+        return true;
+    }
+    let line = r.namespace_node.as_ref().map_or(r.meta.line, Node::line);
+    errors.push(
+        line,
+        "metadata.namespace",
+        Problem::UnknownNamespace(r.meta.namespace.clone()),
+    );
+    false
+}
+
+fn duplicate(
+    errors: &mut Errors,
+    kind: &'static str,
+    r: &Resource<'_>,
+    first: &Meta,
+) {
+    let name = if r.meta.namespace.is_empty() {
+        r.meta.name.clone()
+    } else {
+        format!("{}/{}", r.meta.namespace, r.meta.name)
+    };
+    errors.push(
+        r.meta.line,
+        "metadata.name",
+        Problem::DuplicateResource {
+            kind,
+            name,
+            first_line: first.line,
+        },
+    );
+}
+
+fn namespace(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
+    if let Some(spec) = &r.spec {
+        // A Namespace has no settings yet; accept an empty `spec: {}` only.
+        spec.map(errors, &[]);
+    }
+    if let Some(first) = mesh.namespaces.get(&r.meta.name) {
+        duplicate(errors, "Namespace", &r, &first.meta.clone());
+        return;
+    }
+    mesh.namespaces
+        .insert(r.meta.name.clone(), Namespace { meta: r.meta });
+}
+
+fn workload(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
+    namespace_known(errors, mesh, &r);
+    let Some(spec) = r.spec.as_ref().and_then(|s| {
+        s.map(
+            errors,
+            &["serviceAccount", "labels", "command", "env", "ports"],
+        )
+    }) else {
+        return;
+    };
+    let owner = format!("workload {}/{}", r.meta.namespace, r.meta.name);
+    let service_account = spec
+        .required(errors, "serviceAccount")
+        .and_then(|n| dns_name(errors, &n));
+    let labels = match spec.optional("labels") {
+        Some(n) => n.string_map(errors),
+        None => Some(BTreeMap::new()),
+    };
+    let env = match spec.optional("env") {
+        Some(n) => n.string_map(errors),
+        None => Some(BTreeMap::new()),
+    };
+    let command = match spec.optional("command") {
+        Some(n) => n.str_list(errors).and_then(|list| {
+            if list.is_empty() {
+                errors.push(n.line(), &n.path, Problem::Empty);
+                None
+            } else {
+                Some(list.into_iter().map(|(s, _)| s).collect())
+            }
+        }),
+        None => Some(Vec::new()),
+    };
+    let before = errors.len();
+    let ports = spec
+        .required(errors, "ports")
+        .map(|n| workload_ports(errors, &n, &owner))
+        .unwrap_or_default();
+    if errors.len() != before {
+        mesh.incomplete
+            .insert((r.meta.namespace.clone(), r.meta.name.clone()));
+    }
+    // Even when something above was wrong, the workload is declared: record what could be read
+    // so that references to it do not add misleading "unknown workload" errors. A file with
+    // errors is refused as a whole anyway.
+    let key = (r.meta.namespace.clone(), r.meta.name.clone());
+    if let Some(first) = mesh.workloads.get(&key) {
+        duplicate(errors, "Workload", &r, &first.meta.clone());
+        return;
+    }
+    mesh.workloads.insert(
+        key,
+        Workload {
+            meta: r.meta,
+            service_account: service_account.unwrap_or_default(),
+            labels: labels.unwrap_or_default(),
+            command: command.unwrap_or_default(),
+            env: env.unwrap_or_default(),
+            ports,
+        },
+    );
+}
+
+/// The valid ports of a workload; the invalid ones are reported and left out.
+fn workload_ports(errors: &mut Errors, node: &Node<'_>, owner: &str) -> Vec<WorkloadPort> {
+    let Some(items) = node.seq(errors) else {
+        return Vec::new();
+    };
+    let mut ports: Vec<WorkloadPort> = Vec::new();
+    for item in items {
+        let Some(map) = item.map(errors, &["name", "port", "protocol"]) else {
+            continue;
+        };
+        let name = map.optional("name").and_then(|n| {
+            let name = dns_name(errors, &n)?;
+            if ports.iter().any(|p| p.name.as_deref() == Some(&name)) {
+                errors.push(
+                    n.line(),
+                    &n.path,
+                    Problem::DuplicatePortName {
+                        name,
+                        owner: owner.to_string(),
+                    },
+                );
+                return None;
+            }
+            Some(name)
+        });
+        let port = map.required(errors, "port").and_then(|n| {
+            let port = n.port(errors)?;
+            if ports.iter().any(|p| p.port == port) {
+                errors.push(
+                    n.line(),
+                    &n.path,
+                    Problem::DuplicatePort {
+                        port,
+                        owner: owner.to_string(),
+                    },
+                );
+                return None;
+            }
+            Some(port)
+        });
+        let protocol = match map.optional("protocol") {
+            None => Some(Protocol::Http),
+            Some(n) => match n.str(errors) {
+                Some("http") => Some(Protocol::Http),
+                Some("opaque") => Some(Protocol::Opaque),
+                Some(other) => {
+                    errors.push(n.line(), &n.path, Problem::BadProtocol(other.into()));
+                    None
+                }
+                None => None,
+            },
+        };
+        let named = map.optional("name").is_none() || name.is_some();
+        if let (Some(port), Some(protocol), true) = (port, protocol, named) {
+            ports.push(WorkloadPort {
+                name,
+                port,
+                protocol,
+            });
+        }
+    }
+    ports
+}
+
+fn service(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
+    let ns_ok = namespace_known(errors, mesh, &r);
+    let Some(spec) = r
+        .spec
+        .as_ref()
+        .and_then(|s| s.map(errors, &["selector", "ports"]))
+    else {
+        return;
+    };
+    let namespace = r.meta.namespace.clone();
+    let owner = format!("service {namespace}/{}", r.meta.name);
+    let selector_node = spec.required(errors, "selector");
+    let selector = selector_node.as_ref().and_then(|n| {
+        let map = n.string_map(errors)?;
+        if map.is_empty() {
+            errors.push(n.line(), &n.path, Problem::Empty);
+            return None;
+        }
+        Some(map)
+    });
+    let selected: Vec<&Workload> = match (&selector, &selector_node, ns_ok) {
+        (Some(selector), Some(node), true) => {
+            let selected: Vec<_> = mesh.selected(&namespace, selector).collect();
+            if selected.is_empty() {
+                errors.push(
+                    node.line(),
+                    &node.path,
+                    Problem::SelectsNothing(namespace.clone()),
+                );
+            }
+            selected.into_iter().filter(|w| mesh.complete(w)).collect()
+        }
+        _ => Vec::new(),
+    };
+    let mut ports: Vec<ServicePort> = Vec::new();
+    if let Some(node) = spec.required(errors, "ports")
+        && let Some(items) = node.seq(errors)
+    {
+        if items.is_empty() {
+            errors.push(node.line(), &node.path, Problem::Empty);
+        }
+        for item in items {
+            if let Some(p) = service_port(errors, &item, &owner, &ports, &selected) {
+                ports.push(p);
+            }
+        }
+    }
+    drop(selected);
+    // Recorded even when invalid (see `workload`): routes naming it get no misleading error.
+    let key = (namespace, r.meta.name.clone());
+    if let Some(first) = mesh.services.get(&key) {
+        duplicate(errors, "Service", &r, &first.meta.clone());
+        return;
+    }
+    mesh.services.insert(
+        key,
+        Service {
+            meta: r.meta,
+            selector: selector.unwrap_or_default(),
+            ports,
+        },
+    );
+}
+
+fn service_port(
+    errors: &mut Errors,
+    item: &Node<'_>,
+    owner: &str,
+    earlier: &[ServicePort],
+    selected: &[&Workload],
+) -> Option<ServicePort> {
+    let map = item.map(errors, &["name", "port", "targetPort"])?;
+    let name = match map.optional("name") {
+        Some(n) => Some(dns_name(errors, &n)?),
+        None => None,
+    };
+    let port_node = map.required(errors, "port")?;
+    let port = port_node.port(errors)?;
+    if earlier.iter().any(|p| p.port == port) {
+        errors.push(
+            port_node.line(),
+            &port_node.path,
+            Problem::DuplicatePort {
+                port,
+                owner: owner.to_string(),
+            },
+        );
+        return None;
+    }
+    let target_port = match map.optional("targetPort") {
+        None => TargetPort::Number(port),
+        Some(n) => {
+            let target = if matches!(
+                n.y.data,
+                saphyr::YamlDataOwned::Value(saphyr::ScalarOwned::Integer(_))
+            ) {
+                TargetPort::Number(n.port(errors)?)
+            } else {
+                TargetPort::Name(dns_name(errors, &n)?)
+            };
+            // Every selected workload must serve the target port.
+            for w in selected {
+                let problem = match &target {
+                    TargetPort::Number(p) if !w.ports.iter().any(|wp| wp.port == *p) => {
+                        Problem::UndeclaredPort {
+                            port: *p,
+                            workload: format!("{}/{}", w.meta.namespace, w.meta.name),
+                        }
+                    }
+                    TargetPort::Name(name)
+                        if !w.ports.iter().any(|wp| wp.name.as_deref() == Some(name)) =>
+                    {
+                        Problem::UndeclaredPortName {
+                            name: name.clone(),
+                            workload: format!("{}/{}", w.meta.namespace, w.meta.name),
+                        }
+                    }
+                    _ => continue,
+                };
+                errors.push(n.line(), &n.path, problem);
+                return None;
+            }
+            target
+        }
+    };
+    if let TargetPort::Number(p) = target_port
+        && map.optional("targetPort").is_none()
+    {
+        for w in selected {
+            if !w.ports.iter().any(|wp| wp.port == p) {
+                errors.push(
+                    port_node.line(),
+                    &port_node.path,
+                    Problem::UndeclaredPort {
+                        port: p,
+                        workload: format!("{}/{}", w.meta.namespace, w.meta.name),
+                    },
+                );
+                return None;
+            }
+        }
+    }
+    Some(ServicePort {
+        name,
+        port,
+        target_port,
+    })
+}
+
+fn http_match(errors: &mut Errors, map: &Map<'_>) -> Option<HttpMatch> {
+    let methods = match map.optional("methods") {
+        None => Some(Vec::new()),
+        Some(n) => n.str_list(errors).and_then(|list| {
+            let mut ok = true;
+            for (m, node) in &list {
+                if !HTTP_METHODS.contains(&m.as_str()) {
+                    errors.push(node.line(), &node.path, Problem::BadMethod(m.clone()));
+                    ok = false;
+                }
+            }
+            ok.then(|| list.into_iter().map(|(m, _)| m).collect())
+        }),
+    };
+    let path_prefix = match map.optional("pathPrefix") {
+        None => Some(None),
+        Some(n) => n.str(errors).and_then(|p| {
+            if p.starts_with('/') {
+                Some(Some(p.to_string()))
+            } else {
+                errors.push(n.line(), &n.path, Problem::BadPathPrefix(p.into()));
+                None
+            }
+        }),
+    };
+    Some(HttpMatch {
+        methods: methods?,
+        path_prefix: path_prefix?,
+    })
+}
+
+const HTTP_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+fn policy(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
+    let ns_ok = namespace_known(errors, mesh, &r);
+    let Some(spec) = r
+        .spec
+        .as_ref()
+        .and_then(|s| s.map(errors, &["target", "routes", "from"]))
+    else {
+        return;
+    };
+    let namespace = r.meta.namespace.clone();
+    let mut ok = ns_ok;
+    let (mut target_workload, mut target_port) = (None, None);
+    if let Some(target) = spec.optional("target") {
+        match target.map(errors, &["workload", "port"]) {
+            Some(t) => {
+                let workload = t.optional("workload");
+                if let Some(n) = &workload {
+                    match dns_name(errors, n) {
+                        Some(name) => {
+                            if ns_ok
+                                && !mesh
+                                    .workloads
+                                    .contains_key(&(namespace.clone(), name.clone()))
+                            {
+                                errors.push(
+                                    n.line(),
+                                    &n.path,
+                                    Problem::UnknownWorkload(format!("{namespace}/{name}")),
+                                );
+                                ok = false;
+                            }
+                            target_workload = Some(name);
+                        }
+                        None => ok = false,
+                    }
+                }
+                if let Some(n) = t.optional("port") {
+                    match n.port(errors) {
+                        Some(port) => {
+                            target_port = Some(port);
+                            let declared = match &target_workload {
+                                Some(w) => mesh
+                                    .workloads
+                                    .get(&(namespace.clone(), w.clone()))
+                                    .filter(|w| mesh.complete(w))
+                                    .map(|w| w.ports.iter().any(|p| p.port == port)),
+                                None => {
+                                    let in_ns = || {
+                                        mesh.workloads
+                                            .values()
+                                            .filter(|w| w.meta.namespace == namespace)
+                                    };
+                                    if in_ns().all(|w| mesh.complete(w)) {
+                                        Some(in_ns().any(|w| w.ports.iter().any(|p| p.port == port)))
+                                    } else {
+                                        None
+                                    }
+                                }
+                            };
+                            // `None`: unknown or incomplete workload, already reported.
+                            if ok && declared == Some(false) {
+                                let problem = match &target_workload {
+                                    Some(w) => Problem::UndeclaredPort {
+                                        port,
+                                        workload: format!("{namespace}/{w}"),
+                                    },
+                                    None => Problem::PortNotInNamespace {
+                                        port,
+                                        namespace: namespace.clone(),
+                                    },
+                                };
+                                errors.push(n.line(), &n.path, problem);
+                                ok = false;
+                            }
+                        }
+                        None => ok = false,
+                    }
+                }
+            }
+            None => ok = false,
+        }
+    }
+    let mut routes = Vec::new();
+    if let Some(n) = spec.optional("routes") {
+        match n.seq(errors) {
+            Some(items) => {
+                for item in items {
+                    match item
+                        .map(errors, &["methods", "pathPrefix"])
+                        .and_then(|m| http_match(errors, &m))
+                    {
+                        Some(m) => routes.push(m),
+                        None => ok = false,
+                    }
+                }
+            }
+            None => ok = false,
+        }
+    }
+    let (mut identities, mut namespaces, mut unauthenticated) = (Vec::new(), Vec::new(), false);
+    match spec
+        .required(errors, "from")
+        .and_then(|f| f.map(errors, &["identities", "namespaces", "unauthenticated"]))
+    {
+        Some(from) => {
+            if let Some(n) = from.optional("identities") {
+                match n.str_list(errors) {
+                    Some(list) => {
+                        for (value, node) in list {
+                            match value.parse::<SpiffeId>() {
+                                Ok(id) => identities.push(id),
+                                Err(source) => {
+                                    errors.push(
+                                        node.line(),
+                                        &node.path,
+                                        Problem::BadSpiffeId { value, source },
+                                    );
+                                    ok = false;
+                                }
+                            }
+                        }
+                    }
+                    None => ok = false,
+                }
+            }
+            if let Some(n) = from.optional("namespaces") {
+                match n.str_list(errors) {
+                    Some(list) => {
+                        for (value, node) in list {
+                            if mesh.namespaces.contains_key(&value) {
+                                namespaces.push(value);
+                            } else {
+                                errors.push(
+                                    node.line(),
+                                    &node.path,
+                                    Problem::UnknownNamespace(value),
+                                );
+                                ok = false;
+                            }
+                        }
+                    }
+                    None => ok = false,
+                }
+            }
+            if let Some(n) = from.optional("unauthenticated") {
+                match n.bool(errors) {
+                    Some(b) => unauthenticated = b,
+                    None => ok = false,
+                }
+            }
+        }
+        None => ok = false,
+    }
+    if !ok {
+        return;
+    }
+    if let Some(first) = mesh
+        .policies
+        .iter()
+        .find(|p| p.meta.namespace == namespace && p.meta.name == r.meta.name)
+    {
+        duplicate(errors, "AuthorizationPolicy", &r, &first.meta.clone());
+        return;
+    }
+    mesh.policies.push(AuthorizationPolicy {
+        meta: r.meta,
+        target_workload,
+        target_port,
+        routes,
+        from_identities: identities,
+        from_namespaces: namespaces,
+        from_unauthenticated: unauthenticated,
+    });
+}
+
+fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
+    let ns_ok = namespace_known(errors, mesh, &r);
+    let Some(spec) = r
+        .spec
+        .as_ref()
+        .and_then(|s| s.map(errors, &["service", "match", "timeout", "retryable"]))
+    else {
+        return;
+    };
+    let namespace = r.meta.namespace.clone();
+    let service = spec.required(errors, "service").and_then(|n| {
+        let name = dns_name(errors, &n)?;
+        if ns_ok && !mesh.services.contains_key(&(namespace.clone(), name.clone())) {
+            errors.push(
+                n.line(),
+                &n.path,
+                Problem::UnknownService(format!("{namespace}/{name}")),
+            );
+            return None;
+        }
+        Some(name)
+    });
+    let matches = match spec.optional("match") {
+        None => Some(HttpMatch::default()),
+        Some(n) => n
+            .map(errors, &["methods", "pathPrefix"])
+            .and_then(|m| http_match(errors, &m)),
+    };
+    let timeout = match spec.optional("timeout") {
+        None => Some(None),
+        Some(n) => n.str(errors).and_then(|s| match parse_duration(s) {
+            Some(d) => Some(Some(d)),
+            None => {
+                errors.push(n.line(), &n.path, Problem::BadDuration(s.into()));
+                None
+            }
+        }),
+    };
+    let retryable = match spec.optional("retryable") {
+        None => Some(false),
+        Some(n) => n.bool(errors),
+    };
+    let (Some(service), Some(matches), Some(timeout), Some(retryable), true) =
+        (service, matches, timeout, retryable, ns_ok)
+    else {
+        return;
+    };
+    if let Some(first) = mesh
+        .routes
+        .iter()
+        .find(|x| x.meta.namespace == namespace && x.meta.name == r.meta.name)
+    {
+        duplicate(errors, "Route", &r, &first.meta.clone());
+        return;
+    }
+    mesh.routes.push(Route {
+        meta: r.meta,
+        service,
+        matches,
+        timeout,
+        retryable,
+    });
+}
+
+/// Parses `500ms`, `2s`, `1m30s`, `1h`: one or more numbers, each followed by a unit.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let value: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(value),
+            "s" => Duration::from_secs(value),
+            "m" => Duration::from_secs(value.checked_mul(60)?),
+            "h" => Duration::from_secs(value.checked_mul(3600)?),
+            _ => return None,
+        };
+        total = total.checked_add(unit)?;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

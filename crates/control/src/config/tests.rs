@@ -1,0 +1,317 @@
+//! Unit tests of mesh.yaml parsing: a valid file, then one test per kind of error, each checking
+//! the line, the field path and the problem reported.
+
+use super::*;
+
+/// A small valid mesh: two namespaces, two workloads, a service, a policy and a route.
+pub(crate) const GOOD: &str = "\
+apiVersion: onemesh.dev/v1
+kind: Namespace
+metadata: {name: bank}
+---
+apiVersion: onemesh.dev/v1
+kind: Namespace
+metadata: {name: card}
+---
+apiVersion: onemesh.dev/v1
+kind: Workload
+metadata: {name: bank, namespace: bank}
+spec:
+  serviceAccount: bank
+  labels: {app: bank}
+  command: [onemesh-platform, bank]
+  env: {PORT: 8080, MODE: fast}
+  ports:
+    - {name: http, port: 8080, protocol: http}
+    - {port: 9000, protocol: opaque}
+---
+apiVersion: onemesh.dev/v1
+kind: Workload
+metadata: {name: card, namespace: card}
+spec:
+  serviceAccount: card
+  labels: {app: card}
+  ports: [{port: 8080}]
+---
+apiVersion: onemesh.dev/v1
+kind: Service
+metadata: {name: bank, namespace: bank}
+spec:
+  selector: {app: bank}
+  ports: [{port: 80, targetPort: 8080}, {port: 9000}, {port: 81, targetPort: http}]
+---
+apiVersion: onemesh.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-card, namespace: bank}
+spec:
+  target: {workload: bank, port: 8080}
+  routes: [{methods: [POST], pathPrefix: /v1/}]
+  from:
+    identities: [spiffe://cluster.local/ns/card/sa/card]
+    namespaces: [card]
+    unauthenticated: false
+---
+apiVersion: onemesh.dev/v1
+kind: Route
+metadata: {name: bank-reads, namespace: bank}
+spec:
+  service: bank
+  match: {methods: [GET], pathPrefix: /}
+  timeout: 2s
+  retryable: true
+";
+
+fn errors_of(text: &str) -> Vec<FieldError> {
+    match parse(Path::new("mesh.yaml"), text) {
+        Err(ConfigError::Invalid { errors }) => errors,
+        other => panic!("expected validation errors, got {other:?}"),
+    }
+}
+
+/// The GOOD file with `from` replaced by `to` (which must occur exactly once).
+fn edit(from: &str, to: &str) -> String {
+    assert_eq!(GOOD.matches(from).count(), 1, "fixture edit {from:?} is ambiguous");
+    GOOD.replace(from, to)
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn good_file_parses_into_the_model() {
+    let mesh = parse(Path::new("mesh.yaml"), GOOD).unwrap();
+    assert_eq!(mesh.namespaces.len(), 2);
+    let bank = &mesh.workloads[&("bank".to_string(), "bank".to_string())];
+    assert_eq!(bank.service_account, "bank");
+    assert_eq!(bank.command, vec!["onemesh-platform", "bank"]);
+    assert_eq!(bank.env["PORT"], "8080");
+    assert_eq!(bank.ports[1].protocol, Protocol::Opaque);
+    assert_eq!(bank.ports[0].name.as_deref(), Some("http"));
+    let svc = &mesh.services[&("bank".to_string(), "bank".to_string())];
+    assert_eq!(svc.ports[0].target_port, TargetPort::Number(8080));
+    assert_eq!(svc.ports[1].target_port, TargetPort::Number(9000));
+    assert_eq!(svc.ports[2].target_port, TargetPort::Name("http".into()));
+    let policy = &mesh.policies[0];
+    assert_eq!(policy.target_port, Some(8080));
+    assert_eq!(policy.routes[0].methods, vec!["POST"]);
+    assert_eq!(
+        policy.from_identities[0].to_string(),
+        "spiffe://cluster.local/ns/card/sa/card"
+    );
+    let route = &mesh.routes[0];
+    assert_eq!(route.timeout, Some(Duration::from_secs(2)));
+    assert!(route.retryable);
+    assert_eq!(route.meta.line, line_of(GOOD, "name: bank-reads") - 2);
+}
+
+#[test]
+fn unknown_kind_names_the_kind_line() {
+    let text = edit("kind: Route", "kind: Rout");
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].line, line_of(&text, "kind: Rout"));
+    assert_eq!(errors[0].field, "kind");
+    assert!(matches!(&errors[0].problem, Problem::UnknownKind(k) if k == "Rout"));
+    let shown = errors[0].to_string();
+    assert!(shown.starts_with(&format!("mesh.yaml:{}: kind: unknown kind", errors[0].line)), "{shown}");
+}
+
+#[test]
+fn unknown_field_names_its_path() {
+    let text = edit("  retryable: true", "  retryable: true\n  retries: 3");
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].line, line_of(&text, "retries: 3"));
+    assert_eq!(errors[0].field, "spec.retries");
+    assert!(matches!(errors[0].problem, Problem::UnknownField { .. }));
+}
+
+#[test]
+fn missing_field_names_its_path() {
+    let text = edit("  serviceAccount: card\n", "");
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "spec.serviceAccount");
+    assert_eq!(errors[0].line, line_of(&text, "labels: {app: card}"));
+    assert!(matches!(errors[0].problem, Problem::MissingField));
+}
+
+#[test]
+fn wrong_type_says_expected_and_found() {
+    let text = edit("{port: 9000, protocol: opaque}", "{port: nine, protocol: opaque}");
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "spec.ports[1].port");
+    assert_eq!(errors[0].line, line_of(&text, "port: nine"));
+    assert!(matches!(
+        errors[0].problem,
+        Problem::WrongType { expected: "an integer", found: "a string" }
+    ));
+}
+
+#[test]
+fn duplicate_port_in_a_workload() {
+    let text = edit("{port: 9000, protocol: opaque}", "{port: 8080, protocol: opaque}");
+    let errors = errors_of(&text);
+    assert_eq!(errors[0].field, "spec.ports[1].port");
+    assert_eq!(errors[0].line, line_of(&text, "{port: 8080, protocol: opaque}"));
+    assert!(matches!(errors[0].problem, Problem::DuplicatePort { port: 8080, .. }));
+    assert!(
+        errors[0]
+            .to_string()
+            .ends_with("spec.ports[1].port: duplicate port 8080 in workload bank/bank"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn duplicate_resource_name() {
+    let text = format!(
+        "{GOOD}---\napiVersion: onemesh.dev/v1\nkind: Namespace\nmetadata: {{name: card}}\n"
+    );
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "metadata.name");
+    assert!(matches!(
+        errors[0].problem,
+        Problem::DuplicateResource { kind: "Namespace", first_line: 5, .. }
+    ));
+    assert_eq!(errors[0].line, text.lines().count() - 2);
+}
+
+#[test]
+fn policy_naming_an_unknown_workload() {
+    let text = edit("target: {workload: bank, port: 8080}", "target: {workload: vault, port: 8080}");
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "spec.target.workload");
+    assert_eq!(errors[0].line, line_of(&text, "workload: vault"));
+    assert!(matches!(&errors[0].problem, Problem::UnknownWorkload(w) if w == "bank/vault"));
+}
+
+#[test]
+fn policy_naming_an_undeclared_port() {
+    let text = edit("target: {workload: bank, port: 8080}", "target: {workload: bank, port: 8081}");
+    let errors = errors_of(&text);
+    assert_eq!(errors[0].field, "spec.target.port");
+    assert!(matches!(errors[0].problem, Problem::UndeclaredPort { port: 8081, .. }));
+}
+
+#[test]
+fn policy_naming_an_unknown_namespace() {
+    let text = edit("namespaces: [card]", "namespaces: [cards]");
+    let errors = errors_of(&text);
+    assert_eq!(errors[0].field, "spec.from.namespaces[0]");
+    assert_eq!(errors[0].line, line_of(&text, "namespaces: [cards]"));
+    assert!(matches!(&errors[0].problem, Problem::UnknownNamespace(n) if n == "cards"));
+}
+
+#[test]
+fn resource_in_an_unknown_namespace() {
+    let text = edit(
+        "metadata: {name: card, namespace: card}",
+        "metadata: {name: card, namespace: cash}",
+    );
+    let errors = errors_of(&text);
+    assert_eq!(errors[0].field, "metadata.namespace");
+    assert_eq!(errors[0].line, line_of(&text, "namespace: cash"));
+}
+
+#[test]
+fn route_naming_an_unknown_service() {
+    let text = edit("  service: bank", "  service: banc");
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "spec.service");
+    assert!(matches!(&errors[0].problem, Problem::UnknownService(s) if s == "bank/banc"));
+}
+
+#[test]
+fn service_selecting_nothing_or_an_undeclared_target_port() {
+    let text = edit("selector: {app: bank}", "selector: {app: vault}");
+    let errors = errors_of(&text);
+    assert_eq!(errors[0].field, "spec.selector");
+    assert!(matches!(errors[0].problem, Problem::SelectsNothing(_)));
+
+    let text = edit("{port: 80, targetPort: 8080}", "{port: 80, targetPort: 8081}");
+    let errors = errors_of(&text);
+    assert_eq!(errors[0].field, "spec.ports[0].targetPort");
+    assert!(matches!(errors[0].problem, Problem::UndeclaredPort { port: 8081, .. }));
+}
+
+#[test]
+fn bad_spiffe_id() {
+    let text = edit(
+        "identities: [spiffe://cluster.local/ns/card/sa/card]",
+        "identities: [spiffe://cluster.local/card]",
+    );
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "spec.from.identities[0]");
+    assert_eq!(errors[0].line, line_of(&text, "identities:"));
+    assert!(matches!(errors[0].problem, Problem::BadSpiffeId { .. }));
+}
+
+#[test]
+fn bad_duration() {
+    let text = edit("timeout: 2s", "timeout: 2 seconds");
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "spec.timeout");
+    assert!(matches!(&errors[0].problem, Problem::BadDuration(d) if d == "2 seconds"));
+}
+
+#[test]
+fn bad_method_name_and_protocol() {
+    let text = edit("methods: [POST]", "methods: [post]");
+    assert!(matches!(errors_of(&text)[0].problem, Problem::BadMethod(_)));
+    let text = edit("metadata: {name: bank-reads", "metadata: {name: Bank_Reads");
+    assert!(matches!(errors_of(&text)[0].problem, Problem::BadName(_)));
+    let text = edit("protocol: opaque", "protocol: udp");
+    let errors = errors_of(&text);
+    assert_eq!(errors[0].field, "spec.ports[1].protocol");
+    assert!(matches!(errors[0].problem, Problem::BadProtocol(_)));
+}
+
+#[test]
+fn bad_api_version_and_port_range() {
+    let text = GOOD.replacen("apiVersion: onemesh.dev/v1", "apiVersion: v1", 1);
+    let errors = errors_of(&text);
+    assert_eq!((errors[0].line, errors[0].field.as_str()), (1, "apiVersion"));
+    let text = edit("{port: 9000, protocol: opaque}", "{port: 70000, protocol: opaque}");
+    assert!(matches!(errors_of(&text)[0].problem, Problem::BadPort { value: 70000 }));
+}
+
+#[test]
+fn several_errors_are_all_reported_in_line_order() {
+    let text = edit("timeout: 2s", "timeout: soon").replace("kind: Namespace\nmetadata: {name: card}", "kind: Namespace\nmetadata: {name: card, color: red}");
+    let errors = errors_of(&text);
+    assert!(errors.len() >= 2, "{errors:?}");
+    assert!(errors.windows(2).all(|w| w[0].line <= w[1].line));
+    assert!(errors.iter().any(|e| e.field == "spec.timeout"));
+    assert!(errors.iter().any(|e| e.field == "metadata.color"));
+}
+
+#[test]
+fn yaml_syntax_error_names_the_line() {
+    let text = format!("{GOOD}---\nkind: [unclosed\n");
+    match parse(Path::new("mesh.yaml"), &text) {
+        Err(ConfigError::Syntax { line, .. }) => {
+            assert!(line >= text.lines().count() - 1, "line {line}")
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+    assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+    assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+    assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+    for bad in ["", "5", "s", "2 s", "1.5s", "-1s", "3d"] {
+        assert_eq!(parse_duration(bad), None, "{bad:?}");
+    }
+}

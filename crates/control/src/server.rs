@@ -1,0 +1,320 @@
+//! Starting the control plane: the CA, its own identity, three TLS listeners, the services.
+//!
+//! [`start`] binds the three addresses (port 0 is fine: [`Control`] reports the real ones), makes
+//! or loads the CA in the state directory, issues the control plane's own certificate and serves
+//! Identity on the first listener, Destination on the second and Policy on the third. TLS is
+//! terminated by our own accept loop (tokio-rustls, a handshake timeout, one task per handshake so
+//! a slow client stalls nobody) feeding tonic's `serve_with_incoming_shutdown`; that keeps the
+//! rustls configuration ours (TLS 1.3 only, ring, hot-swapped certificate, no client auth).
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use onemesh_api::destination::destination_server::DestinationServer;
+use onemesh_api::identity::identity_server::IdentityServer;
+use onemesh_api::policy::policy_server::PolicyServer;
+use onemesh_identity::{DEFAULT_LEAF_LIFETIME, HandshakeFailure, SpiffeId, TrustBundle};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Connected, Router};
+
+use crate::pki::{self, PkiError};
+use crate::services::destination::DestinationService;
+use crate::services::identity::IdentityService;
+use crate::services::policy::PolicyService;
+use crate::store::Store;
+
+/// How long a client may take to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`Control::shutdown`] waits for the servers to stop before aborting them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What the control plane needs to start.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub identity_addr: SocketAddr,
+    pub destination_addr: SocketAddr,
+    pub policy_addr: SocketAddr,
+    /// Where the CA lives (and the local store's state files).
+    pub state_dir: PathBuf,
+    pub trust_domain: String,
+    /// Lifetime of the leaves it signs (proxies' and its own).
+    pub leaf_lifetime: Duration,
+}
+
+impl Settings {
+    /// Default ports (8080, 8086, 8090 on 127.0.0.1), `cluster.local`, 24 h leaves.
+    pub fn new(state_dir: PathBuf) -> Self {
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Settings {
+            identity_addr: local(8080),
+            destination_addr: local(8086),
+            policy_addr: local(8090),
+            state_dir,
+            trust_domain: onemesh_identity::DEFAULT_TRUST_DOMAIN.to_string(),
+            leaf_lifetime: DEFAULT_LEAF_LIFETIME,
+        }
+    }
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr} ({what}): {source}; pick a free address")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}
+
+/// A running control plane. Dropping it aborts its tasks; [`Control::shutdown`] stops it gently.
+pub struct Control {
+    pub identity_addr: SocketAddr,
+    pub destination_addr: SocketAddr,
+    pub policy_addr: SocketAddr,
+    /// The id its certificate carries (clients check it).
+    pub id: SpiffeId,
+    /// The trust anchors its certificate chains to.
+    pub bundle: TrustBundle,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Control {
+    /// Ends every watch stream, stops accepting, and waits (up to [`SHUTDOWN_GRACE`]) for the
+    /// servers to finish.
+    pub async fn shutdown(mut self) {
+        self.shutdown.send_replace(true);
+        for task in std::mem::take(&mut self.tasks) {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { what, addr, source })
+}
+
+fn local_addr(what: &'static str, l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServerError> {
+    l.local_addr()
+        .map_err(|source| ServerError::Bind { what, addr, source })
+}
+
+/// Starts the control plane over `store`.
+pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control, ServerError> {
+    let identity_listener = bind("identity", settings.identity_addr).await?;
+    let destination_listener = bind("destination", settings.destination_addr).await?;
+    let policy_listener = bind("policy", settings.policy_addr).await?;
+    let identity_addr = local_addr("identity", &identity_listener, settings.identity_addr)?;
+    let destination_addr =
+        local_addr("destination", &destination_listener, settings.destination_addr)?;
+    let policy_addr = local_addr("policy", &policy_listener, settings.policy_addr)?;
+
+    let state_dir = settings.state_dir.clone();
+    let trust_domain = settings.trust_domain.clone();
+    let ca = tokio::task::spawn_blocking(move || pki::load_or_create(&state_dir, &trust_domain))
+        .await
+        .map_err(|e| PkiError::Io {
+            action: "load",
+            path: settings.state_dir.clone(),
+            source: io::Error::other(e),
+        })??;
+    let credentials = pki::own_credentials(&ca.issuer, &ca.bundle, settings.leaf_lifetime)?;
+    let tls = pki::server_config(&credentials);
+    let id = credentials.id().clone();
+    let bundle = ca.bundle.clone();
+    let issuer = Arc::new(ca.issuer);
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let identity = IdentityServer::new(IdentityService::new(
+        issuer.clone(),
+        ca.bundle,
+        store.clone(),
+        settings.leaf_lifetime,
+    ));
+    let destination = DestinationServer::new(DestinationService::new(
+        store.clone(),
+        &settings.trust_domain,
+        shutdown_rx.clone(),
+    ));
+    let policy = PolicyServer::new(PolicyService::new(store, shutdown_rx.clone()));
+
+    let builder = || tonic::transport::Server::builder();
+    let tasks = vec![
+        pki::spawn_renewal(issuer, credentials, settings.leaf_lifetime),
+        tokio::spawn(serve(
+            "identity",
+            identity_listener,
+            tls.clone(),
+            builder().add_service(identity),
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(serve(
+            "destination",
+            destination_listener,
+            tls.clone(),
+            builder().add_service(destination),
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(serve(
+            "policy",
+            policy_listener,
+            tls,
+            builder().add_service(policy),
+            shutdown_rx,
+        )),
+    ];
+    Ok(Control {
+        identity_addr,
+        destination_addr,
+        policy_addr,
+        id,
+        bundle,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Accepts TCP connections, finishes each TLS handshake in its own task, and hands the
+/// established streams to tonic until shutdown.
+async fn serve(
+    what: &'static str,
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (tx, rx) = mpsc::channel::<Result<TlsConn, io::Error>>(64);
+    let acceptor = TlsAcceptor::from(tls);
+    let mut stop_accepting = shutdown.clone();
+    let accept = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(server = what, "accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop_accepting.changed() => return,
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(TlsConn { stream, peer })).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(
+                        server = what,
+                        %peer,
+                        reason = HandshakeFailure::from_io(&e).as_str(),
+                        "tls handshake failed: {e}"
+                    ),
+                    Err(_) => tracing::debug!(server = what, %peer, "tls handshake timed out"),
+                }
+            });
+        }
+    });
+    let signal = async move {
+        while !*shutdown.borrow_and_update() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    if let Err(e) = router
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), signal)
+        .await
+    {
+        tracing::error!(server = what, "grpc server failed: {e}");
+    }
+    accept.abort();
+}
+
+/// The address of the client on the other end, available to handlers as a request extension.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// An accepted TLS connection, as tonic wants it.
+struct TlsConn {
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = PeerAddr;
+
+    fn connect_info(&self) -> PeerAddr {
+        PeerAddr(self.peer)
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}

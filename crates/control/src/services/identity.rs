@@ -1,0 +1,150 @@
+//! `Identity.Certify`: signs a proxy's CSR when its bootstrap token entitles the id it asks for.
+//!
+//! Token rules (local mode): a token entitles exactly one SPIFFE id (the store says which). The
+//! first successful Certify binds the token to the public key of its CSR; later calls with the
+//! same token must use the same key. Proxies renew with the key they already have
+//! (`CredentialStore::key`), so renewal keeps working, while a stolen token is useless to anyone
+//! else once the proxy it was made for has started. Bindings live in the control plane's memory:
+//! a restarted control plane binds each token again on its next use (`onemesh up` hands out new
+//! tokens when it restarts the mesh anyway).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, UNIX_EPOCH};
+
+use onemesh_api::identity::identity_server::Identity;
+use onemesh_api::identity::{CertifyRequest, CertifyResponse};
+use onemesh_identity::{Issuer, SpiffeId, TrustBundle};
+use tonic::{Request, Response, Status};
+
+use crate::store::{Store, StoreError};
+
+/// Why a Certify call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CertifyError {
+    #[error("no bootstrap token was sent: send the token `onemesh up` gave this proxy")]
+    NoToken,
+    #[error("unknown bootstrap token: send the token `onemesh up` gave this proxy")]
+    UnknownToken,
+    #[error("the token entitles {entitled}, not the id the csr asks for: ask for {entitled}")]
+    NotEntitled { entitled: SpiffeId },
+    #[error(
+        "the token is already bound to another key: renew with the key that first used it, or get a new token"
+    )]
+    OtherKey,
+    #[error("the csr was refused: {0}")]
+    Csr(#[source] onemesh_identity::Error),
+    #[error("cannot read the public key of the csr ({0}): send a DER PKCS#10 request")]
+    CsrKey(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<CertifyError> for Status {
+    fn from(e: CertifyError) -> Status {
+        let message = e.to_string();
+        match e {
+            CertifyError::NoToken | CertifyError::UnknownToken => Status::unauthenticated(message),
+            CertifyError::NotEntitled { .. } | CertifyError::OtherKey => {
+                Status::permission_denied(message)
+            }
+            CertifyError::Csr(_) | CertifyError::CsrKey(_) => Status::invalid_argument(message),
+            CertifyError::Store(_) => Status::unavailable(message),
+        }
+    }
+}
+
+/// The identity service: the issuer, the bundle it sends, and the token bindings.
+pub struct IdentityService {
+    issuer: Arc<Issuer>,
+    bundle: TrustBundle,
+    store: Arc<dyn Store>,
+    lifetime: Duration,
+    /// Token → DER SubjectPublicKeyInfo of the first key that used it.
+    bindings: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl IdentityService {
+    pub fn new(
+        issuer: Arc<Issuer>,
+        bundle: TrustBundle,
+        store: Arc<dyn Store>,
+        lifetime: Duration,
+    ) -> Self {
+        IdentityService {
+            issuer,
+            bundle,
+            store,
+            lifetime,
+            bindings: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Certify without the gRPC wrapping.
+    pub async fn certify(&self, csr: &[u8], token: &str) -> Result<CertifyResponse, CertifyError> {
+        if token.is_empty() {
+            return Err(CertifyError::NoToken);
+        }
+        let entitled = self
+            .store
+            .token_identity(token)
+            .await?
+            .ok_or(CertifyError::UnknownToken)?;
+        let issued = self
+            .issuer
+            .sign_csr(csr, self.lifetime, |asked| asked == &entitled)
+            .map_err(|e| match e {
+                onemesh_identity::Error::NotEntitled { .. } => CertifyError::NotEntitled {
+                    entitled: entitled.clone(),
+                },
+                other => CertifyError::Csr(other),
+            })?;
+        let key = csr_public_key(csr)?;
+        {
+            let mut bindings = self.bindings.lock().unwrap_or_else(PoisonError::into_inner);
+            let bound = bindings.entry(token.to_string()).or_insert_with(|| key.clone());
+            if *bound != key {
+                return Err(CertifyError::OtherKey);
+            }
+        }
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        };
+        tracing::info!(id = %issued.id, not_after = unix(issued.not_after), "certified");
+        Ok(CertifyResponse {
+            identity: issued.id.to_string(),
+            chain: issued.chain.iter().map(|c| c.to_vec()).collect(),
+            chain_pem: issued.chain_pem(),
+            trust_anchors: self.bundle.roots().iter().map(|c| c.to_vec()).collect(),
+            trust_anchors_pem: self.bundle.to_pem(),
+            not_before_unix_secs: unix(issued.not_before),
+            not_after_unix_secs: unix(issued.not_after),
+        })
+    }
+}
+
+/// The DER SubjectPublicKeyInfo a CSR asks to certify.
+fn csr_public_key(csr: &[u8]) -> Result<Vec<u8>, CertifyError> {
+    use x509_parser::prelude::FromDer;
+    let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(csr)
+        .map_err(|e| CertifyError::CsrKey(e.to_string()))?;
+    Ok(req.certification_request_info.subject_pki.raw.to_vec())
+}
+
+#[tonic::async_trait]
+impl Identity for IdentityService {
+    async fn certify(
+        &self,
+        request: Request<CertifyRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
+        let req = request.into_inner();
+        match IdentityService::certify(self, &req.csr, &req.token).await {
+            Ok(response) => Ok(Response::new(response)),
+            Err(e) => {
+                tracing::warn!("certify refused: {e}");
+                Err(e.into())
+            }
+        }
+    }
+}

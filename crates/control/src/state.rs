@@ -1,0 +1,244 @@
+//! The mesh state the services serve from, and the pure functions that turn it into what one
+//! watcher sees: a service's endpoints, a workload's authorizations, a service's routes.
+//!
+//! A store (see [`crate::store`]) publishes a new [`MeshState`] on every change; each open watch
+//! stream recomputes its own view with these functions and sends only when that view changed.
+//! Keeping the views pure (state in, message out) keeps them testable without any I/O.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use onemesh_api::destination::{Endpoint, ProtocolHint, Snapshot};
+use onemesh_api::policy::{Authorization, HttpRoute, InboundPolicy, OutboundPolicy, Route};
+use onemesh_identity::SpiffeId;
+
+use crate::config::{MeshConfig, Protocol, TargetPort, Workload};
+
+/// Everything the services need: the declared mesh and where its workloads really run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshState {
+    pub config: MeshConfig,
+    /// Running instances of workloads (local mode: endpoints.json written by `onemesh up`).
+    pub instances: Vec<Instance>,
+}
+
+/// One running instance of a workload: its inbound proxy and the real port of each declared port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    pub namespace: String,
+    pub workload: String,
+    /// The address of the instance's inbound proxy.
+    pub inbound: SocketAddr,
+    /// Declared workload port → port the application really listens on. A declared port that is
+    /// missing here is assumed to be the real port.
+    pub ports: BTreeMap<u16, u16>,
+}
+
+impl Instance {
+    fn real_port(&self, declared: u16) -> u16 {
+        self.ports.get(&declared).copied().unwrap_or(declared)
+    }
+}
+
+impl MeshState {
+    fn instances_of<'a>(&'a self, w: &'a Workload) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.instances
+            .iter()
+            .filter(move |i| i.namespace == w.meta.namespace && i.workload == w.meta.name)
+    }
+}
+
+/// Why a destination name cannot be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("empty destination name: send `<service>.<namespace>[:port]`")]
+    Empty,
+    #[error("invalid port in {0:?}: use 1-65535 after the colon")]
+    BadPort(String),
+    #[error("{0:?} is a short name but no caller namespace was sent: send caller_namespace")]
+    NoCallerNamespace(String),
+}
+
+/// A service name resolved to `(namespace, service, port)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub service: String,
+    pub port: u16,
+}
+
+/// Resolves `<svc>.<ns>.svc.<cluster-domain>`, `<svc>.<ns>` or `<svc>` (in `caller_namespace`),
+/// each with an optional `:port` (default 80). `Ok(None)`: the name has another shape, so it is
+/// not a mesh service (the caller passes such traffic through).
+pub fn resolve_name(name: &str, caller_namespace: &str) -> Result<Option<ServiceRef>, NameError> {
+    let name = name.trim().trim_end_matches('.');
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    let (host, port) = match name.rsplit_once(':') {
+        Some((host, port)) => match port.parse::<u16>() {
+            Ok(p) if p != 0 => (host, p),
+            _ => return Err(NameError::BadPort(name.to_string())),
+        },
+        None => (name, 80),
+    };
+    let labels: Vec<&str> = host.split('.').collect();
+    let (service, namespace) = match labels.as_slice() {
+        [svc] => {
+            if caller_namespace.is_empty() {
+                return Err(NameError::NoCallerNamespace(name.to_string()));
+            }
+            (*svc, caller_namespace)
+        }
+        [svc, ns] => (*svc, *ns),
+        [svc, ns, "svc", ..] => (*svc, *ns),
+        _ => return Ok(None),
+    };
+    if service.is_empty() || namespace.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(ServiceRef {
+        namespace: namespace.to_string(),
+        service: service.to_string(),
+        port,
+    }))
+}
+
+/// The endpoints of a service port: every running instance of every workload its selector matches.
+pub fn endpoints(state: &MeshState, trust_domain: &str, target: &ServiceRef) -> Snapshot {
+    let key = (target.namespace.clone(), target.service.clone());
+    let Some(service) = state.config.services.get(&key) else {
+        return Snapshot::default();
+    };
+    let mut snapshot = Snapshot {
+        exists: true,
+        service: target.service.clone(),
+        namespace: target.namespace.clone(),
+        port: u32::from(target.port),
+        endpoints: Vec::new(),
+    };
+    let Some(service_port) = service.ports.iter().find(|p| p.port == target.port) else {
+        return snapshot;
+    };
+    for workload in state.config.selected(&target.namespace, &service.selector) {
+        let declared = workload.ports.iter().find(|p| match &service_port.target_port {
+            TargetPort::Number(n) => p.port == *n,
+            TargetPort::Name(name) => p.name.as_deref() == Some(name.as_str()),
+        });
+        let Some(declared) = declared else { continue };
+        let Ok(identity) = SpiffeId::new(
+            trust_domain,
+            &workload.meta.namespace,
+            &workload.service_account,
+        ) else {
+            continue;
+        };
+        let protocol = match declared.protocol {
+            Protocol::Http => ProtocolHint::Http,
+            Protocol::Opaque => ProtocolHint::Opaque,
+        };
+        for instance in state.instances_of(workload) {
+            snapshot.endpoints.push(Endpoint {
+                addr: instance.inbound.to_string(),
+                target_port: u32::from(instance.real_port(declared.port)),
+                identity: identity.to_string(),
+                weight: 1,
+                protocol: protocol as i32,
+                workload: workload.meta.name.clone(),
+                namespace: workload.meta.namespace.clone(),
+            });
+        }
+    }
+    snapshot.endpoints.sort_by(|a, b| a.addr.cmp(&b.addr));
+    snapshot.endpoints.dedup_by(|a, b| a.addr == b.addr);
+    snapshot
+}
+
+/// The authorizations in force for a workload. Ports are the real ports its inbound proxy sees
+/// (declared ports mapped through the running instances); `port` 0 means every port, another
+/// value keeps only the authorizations that name it.
+pub fn inbound(state: &MeshState, namespace: &str, workload: &str, port: u16) -> InboundPolicy {
+    let key = (namespace.to_string(), workload.to_string());
+    let Some(w) = state.config.workloads.get(&key) else {
+        return InboundPolicy::default();
+    };
+    let real_ports = |declared: u16| -> Vec<u32> {
+        let mut ports: Vec<u32> = state
+            .instances_of(w)
+            .map(|i| u32::from(i.real_port(declared)))
+            .collect();
+        if ports.is_empty() {
+            ports.push(u32::from(declared));
+        }
+        ports
+    };
+    let mut authorizations = Vec::new();
+    for policy in &state.config.policies {
+        if policy.meta.namespace != namespace
+            || policy.target_workload.as_deref().is_some_and(|t| t != workload)
+        {
+            continue;
+        }
+        let declared: Vec<u16> = match policy.target_port {
+            Some(p) if w.ports.iter().any(|wp| wp.port == p) => vec![p],
+            Some(_) => continue, // a namespace-wide policy for a port this workload lacks
+            None => w.ports.iter().map(|p| p.port).collect(),
+        };
+        let mut ports: Vec<u32> = declared.into_iter().flat_map(real_ports).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        if ports.is_empty() || (port != 0 && !ports.contains(&u32::from(port))) {
+            continue;
+        }
+        authorizations.push(Authorization {
+            name: policy.meta.name.clone(),
+            ports,
+            routes: policy
+                .routes
+                .iter()
+                .map(|m| HttpRoute {
+                    methods: m.methods.clone(),
+                    path_prefix: m.path_prefix.clone().unwrap_or_default(),
+                })
+                .collect(),
+            identities: policy.from_identities.iter().map(ToString::to_string).collect(),
+            namespaces: policy.from_namespaces.clone(),
+            unauthenticated: policy.from_unauthenticated,
+        });
+    }
+    InboundPolicy {
+        exists: true,
+        authorizations,
+    }
+}
+
+/// The routes of a service, in file order.
+pub fn outbound(state: &MeshState, target: &ServiceRef) -> OutboundPolicy {
+    let key = (target.namespace.clone(), target.service.clone());
+    if !state.config.services.contains_key(&key) {
+        return OutboundPolicy::default();
+    }
+    OutboundPolicy {
+        exists: true,
+        service: target.service.clone(),
+        namespace: target.namespace.clone(),
+        routes: state
+            .config
+            .routes
+            .iter()
+            .filter(|r| r.meta.namespace == target.namespace && r.service == target.service)
+            .map(|r| Route {
+                name: r.meta.name.clone(),
+                methods: r.matches.methods.clone(),
+                path_prefix: r.matches.path_prefix.clone().unwrap_or_default(),
+                timeout_ms: r
+                    .timeout
+                    .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+                retryable: r.retryable,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,70 @@
+//! The seam between the control plane's services and where the mesh is described.
+//!
+//! The services never read files or talk to Kubernetes: they subscribe to a [`Store`]'s state and
+//! ask it who a bootstrap token belongs to. One implementation lives here,
+//! [`LocalStore`](crate::local::LocalStore) (mesh.yaml + `onemesh up`'s state files); a Kubernetes
+//! store (Namespaces, Services, EndpointSlices, onemesh CRDs, TokenReview) is a later issue and
+//! only has to implement this trait. [`StaticStore`] is the in-memory double for tests.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use onemesh_identity::SpiffeId;
+use tokio::sync::watch;
+
+use crate::state::MeshState;
+
+/// Why a store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the identity backend is unavailable: {0}; retry later")]
+    Unavailable(String),
+}
+
+/// Where the control plane's view of the mesh comes from.
+pub trait Store: Send + Sync + 'static {
+    /// The current state; every change is published to the receiver (the last good state stays
+    /// in force while the source is invalid).
+    fn subscribe(&self) -> watch::Receiver<Arc<MeshState>>;
+
+    /// The one SPIFFE id a bootstrap token entitles, or `None` for an unknown token.
+    fn token_identity<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SpiffeId>, StoreError>>;
+}
+
+/// A store held in memory: a state that tests replace at will, and a fixed token table.
+pub struct StaticStore {
+    state: watch::Sender<Arc<MeshState>>,
+    tokens: BTreeMap<String, SpiffeId>,
+}
+
+impl StaticStore {
+    pub fn new(state: MeshState, tokens: BTreeMap<String, SpiffeId>) -> Self {
+        StaticStore {
+            state: watch::Sender::new(Arc::new(state)),
+            tokens,
+        }
+    }
+
+    /// Publishes a new state to every subscriber.
+    pub fn set(&self, state: MeshState) {
+        self.state.send_replace(Arc::new(state));
+    }
+}
+
+impl Store for StaticStore {
+    fn subscribe(&self) -> watch::Receiver<Arc<MeshState>> {
+        self.state.subscribe()
+    }
+
+    fn token_identity<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SpiffeId>, StoreError>> {
+        let id = self.tokens.get(token).cloned();
+        Box::pin(async move { Ok(id) })
+    }
+}

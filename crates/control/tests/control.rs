@@ -1,0 +1,477 @@
+//! Whole-behaviour tests of the control plane: started in-process on 127.0.0.1 port 0 over a temp
+//! state directory, called with the generated tonic clients over TLS, as a proxy would.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use hyper_util::rt::TokioIo;
+use onemesh_api::destination::destination_client::DestinationClient;
+use onemesh_api::destination::{WatchRequest, update};
+use onemesh_api::identity::CertifyRequest;
+use onemesh_api::identity::identity_client::IdentityClient;
+use onemesh_api::policy::policy_client::PolicyClient;
+use onemesh_api::policy::{InboundRequest, OutboundRequest};
+use onemesh_control::local::{ENDPOINTS_FILE, LocalStore, POLL_INTERVAL, TOKENS_FILE};
+use onemesh_control::{Control, Settings, start};
+use onemesh_identity::{
+    Issued, SpiffeId, TrustBundle, WorkloadKey, bootstrap_client_config, verify_peer,
+};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+/// Every wait in these tests is bounded by this.
+const WAIT: Duration = Duration::from_secs(10);
+/// A change must reach a watcher within this (the issue's requirement).
+const PUSH_DEADLINE: Duration = Duration::from_secs(1);
+
+const MESH: &str = "\
+apiVersion: onemesh.dev/v1
+kind: Namespace
+metadata: {name: bank}
+---
+apiVersion: onemesh.dev/v1
+kind: Namespace
+metadata: {name: card}
+---
+apiVersion: onemesh.dev/v1
+kind: Workload
+metadata: {name: bank, namespace: bank}
+spec:
+  serviceAccount: bank
+  labels: {app: bank}
+  command: [onemesh-platform, bank]
+  ports: [{name: http, port: 8080, protocol: http}]
+---
+apiVersion: onemesh.dev/v1
+kind: Workload
+metadata: {name: card, namespace: card}
+spec:
+  serviceAccount: card
+  labels: {app: card}
+  ports: [{port: 8080}]
+---
+apiVersion: onemesh.dev/v1
+kind: Service
+metadata: {name: bank, namespace: bank}
+spec:
+  selector: {app: bank}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: onemesh.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-card, namespace: bank}
+spec:
+  target: {workload: bank, port: 8080}
+  routes: [{methods: [POST], pathPrefix: /v1/}]
+  from: {identities: [spiffe://cluster.local/ns/card/sa/card]}
+---
+apiVersion: onemesh.dev/v1
+kind: Route
+metadata: {name: bank-reads, namespace: bank}
+spec:
+  service: bank
+  match: {methods: [GET], pathPrefix: /}
+  timeout: 2s
+  retryable: true
+";
+
+const ENDPOINTS_ONE: &str = r#"[
+  {"namespace": "bank", "workload": "bank", "inbound": "127.0.0.1:41001", "ports": {"8080": 42001}}
+]"#;
+
+const ENDPOINTS_TWO: &str = r#"[
+  {"namespace": "bank", "workload": "bank", "inbound": "127.0.0.1:41001", "ports": {"8080": 42001}},
+  {"namespace": "bank", "workload": "bank", "inbound": "127.0.0.1:41002", "ports": {"8080": 42002}}
+]"#;
+
+const TOKENS: &str = r#"{
+  "t-bank": "spiffe://cluster.local/ns/bank/sa/bank",
+  "t-card": "spiffe://cluster.local/ns/card/sa/card"
+}"#;
+
+struct Harness {
+    dir: PathBuf,
+    store: LocalStore,
+    control: Control,
+    _watcher: AbortOnDrop,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn temp_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "onemesh-control-it-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes a file the way an editor or `onemesh up` would replace it: write aside, then rename.
+fn replace(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn harness() -> Harness {
+    let dir = temp_dir();
+    std::fs::write(dir.join("mesh.yaml"), MESH).unwrap();
+    std::fs::write(dir.join(ENDPOINTS_FILE), ENDPOINTS_ONE).unwrap();
+    std::fs::write(dir.join(TOKENS_FILE), TOKENS).unwrap();
+    let store = LocalStore::open(&dir.join("mesh.yaml"), &dir).unwrap();
+    let watcher = AbortOnDrop(store.spawn_watcher(POLL_INTERVAL));
+    let mut settings = Settings::new(dir.clone());
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    settings.identity_addr = any;
+    settings.destination_addr = any;
+    settings.policy_addr = any;
+    let control = tokio::time::timeout(WAIT, start(&settings, Arc::new(store.clone())))
+        .await
+        .unwrap()
+        .unwrap();
+    Harness {
+        dir,
+        store,
+        control,
+        _watcher: watcher,
+    }
+}
+
+/// A gRPC channel over TLS that, like a proxy without a certificate yet, checks the server's
+/// chain against `bundle` and its id against `expected`.
+async fn channel(
+    addr: SocketAddr,
+    bundle: &TrustBundle,
+    expected: &SpiffeId,
+) -> Result<Channel, tonic::transport::Error> {
+    let connector = TlsConnector::from(bootstrap_client_config(bundle, expected, &[b"h2"]));
+    let name = expected.tls_server_name();
+    let connect = tower::service_fn(move |_| {
+        let (connector, name) = (connector.clone(), name.clone());
+        async move {
+            let tcp = TcpStream::connect(addr).await?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    let endpoint = Endpoint::from_static("http://onemesh-control").connect_timeout(WAIT);
+    tokio::time::timeout(WAIT, endpoint.connect_with_connector(connect))
+        .await
+        .unwrap()
+}
+
+impl Harness {
+    async fn channel(&self, addr: SocketAddr) -> Channel {
+        channel(addr, &self.control.bundle, &self.control.id)
+            .await
+            .unwrap()
+    }
+
+    fn mesh(&self) -> PathBuf {
+        self.dir.join("mesh.yaml")
+    }
+}
+
+fn id(s: &str) -> SpiffeId {
+    s.parse().unwrap()
+}
+
+#[tokio::test]
+async fn certify_signs_an_entitled_csr() {
+    let h = harness().await;
+    assert_eq!(h.control.id.to_string(), "spiffe://cluster.local/ns/onemesh/sa/control");
+    let mut client = IdentityClient::new(h.channel(h.control.identity_addr).await);
+    let bank = id("spiffe://cluster.local/ns/bank/sa/bank");
+    let key = WorkloadKey::generate().unwrap();
+    let response = client
+        .certify(CertifyRequest {
+            csr: key.csr_der(&bank).unwrap(),
+            token: "t-bank".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.identity, bank.to_string());
+    assert_eq!(response.chain.len(), 2, "leaf then issuer");
+    let issued = Issued::from_chain_pem(&response.chain_pem).unwrap();
+    assert_eq!(issued.id, bank);
+    assert_eq!(issued.chain[0].as_ref(), response.chain[0].as_slice());
+    let life = response.not_after_unix_secs - response.not_before_unix_secs;
+    assert!((24 * 3600..=24 * 3600 + 120).contains(&life), "lifetime {life}s");
+    // The bundle sent is the control plane's, and the chain verifies against it.
+    let bundle = TrustBundle::from_pem(&response.trust_anchors_pem).unwrap();
+    assert_eq!(bundle.roots().len(), response.trust_anchors.len());
+    assert_eq!(bundle.roots()[0].as_ref(), h.control.bundle.roots()[0].as_ref());
+    let chain: Vec<_> = response.chain.into_iter().map(Into::into).collect();
+    let verified = verify_peer(&bundle, &chain, SystemTime::now(), "cluster.local", None).unwrap();
+    assert_eq!(verified, bank);
+
+    // Renewal: the same token with the same key is signed again.
+    let again = client
+        .certify(CertifyRequest {
+            csr: key.csr_der(&bank).unwrap(),
+            token: "t-bank".into(),
+        })
+        .await;
+    assert!(again.is_ok(), "{again:?}");
+    // The CA was made in the state directory.
+    for file in ["trust-anchors.pem", "issuer.crt", "issuer.key"] {
+        assert!(h.dir.join(file).exists(), "{file}");
+    }
+}
+
+#[tokio::test]
+async fn certify_refuses_what_the_token_does_not_entitle() {
+    let h = harness().await;
+    let mut client = IdentityClient::new(h.channel(h.control.identity_addr).await);
+    let card = id("spiffe://cluster.local/ns/card/sa/card");
+    let key = WorkloadKey::generate().unwrap();
+
+    // The bank's token asking for the card's id.
+    let status = client
+        .certify(CertifyRequest {
+            csr: key.csr_der(&card).unwrap(),
+            token: "t-bank".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("entitles spiffe://cluster.local/ns/bank/sa/bank"));
+
+    // An unknown token, and no token.
+    for token in ["nope", ""] {
+        let status = client
+            .certify(CertifyRequest {
+                csr: key.csr_der(&card).unwrap(),
+                token: token.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+
+    // A broken CSR (one byte of the signature flipped), and garbage.
+    let mut csr = key.csr_der(&card).unwrap();
+    let last = csr.len() - 1;
+    csr[last] ^= 0xff;
+    for csr in [csr, b"not a csr".to_vec()] {
+        let status = client
+            .certify(CertifyRequest {
+                csr,
+                token: "t-card".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
+
+    // Another trust domain.
+    let other = id("spiffe://other.domain/ns/card/sa/card");
+    let status = client
+        .certify(CertifyRequest {
+            csr: key.csr_der(&other).unwrap(),
+            token: "t-card".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // Once used, a token is bound to its key: another key is refused.
+    client
+        .certify(CertifyRequest {
+            csr: key.csr_der(&card).unwrap(),
+            token: "t-card".into(),
+        })
+        .await
+        .unwrap();
+    let thief = WorkloadKey::generate().unwrap();
+    let status = client
+        .certify(CertifyRequest {
+            csr: thief.csr_der(&card).unwrap(),
+            token: "t-card".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
+
+#[tokio::test]
+async fn clients_refuse_a_server_with_another_identity() {
+    let h = harness().await;
+    let wrong = id("spiffe://cluster.local/ns/bank/sa/bank");
+    let channel = channel(h.control.identity_addr, &h.control.bundle, &wrong).await;
+    assert!(channel.is_err(), "a client expecting {wrong} must not connect");
+}
+
+#[tokio::test]
+async fn destination_sends_the_full_set_then_changes_within_a_second() {
+    let h = harness().await;
+    let mut client = DestinationClient::new(h.channel(h.control.destination_addr).await);
+    let mut stream = client
+        .watch(WatchRequest {
+            name: "bank.bank.svc.cluster.local:80".into(),
+            caller_namespace: "card".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    let Some(update::Kind::Snapshot(snapshot)) = first.kind else {
+        panic!("first message must be a snapshot: {first:?}");
+    };
+    assert!(snapshot.exists);
+    assert_eq!(snapshot.endpoints.len(), 1);
+    let ep = &snapshot.endpoints[0];
+    assert_eq!(ep.addr, "127.0.0.1:41001");
+    assert_eq!(ep.target_port, 42001, "targetPort mapped to the real port");
+    assert_eq!(ep.identity, "spiffe://cluster.local/ns/bank/sa/bank");
+
+    // `onemesh up` registers a second instance.
+    let started = Instant::now();
+    replace(&h.dir.join(ENDPOINTS_FILE), ENDPOINTS_TWO);
+    let next = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    let elapsed = started.elapsed();
+    let Some(update::Kind::Diff(diff)) = next.kind else {
+        panic!("expected a diff: {next:?}");
+    };
+    assert_eq!(diff.add.len(), 1);
+    assert_eq!(diff.add[0].addr, "127.0.0.1:41002");
+    assert!(diff.remove.is_empty());
+    assert!(elapsed < PUSH_DEADLINE, "endpoints.json change took {elapsed:?}");
+    println!("endpoints.json change pushed in {elapsed:?}");
+
+    // mesh.yaml: the port becomes opaque, so both endpoints change.
+    let started = Instant::now();
+    replace(&h.mesh(), &MESH.replace("port: 8080, protocol: http", "port: 8080, protocol: opaque"));
+    let next = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    let elapsed = started.elapsed();
+    let Some(update::Kind::Diff(diff)) = next.kind else {
+        panic!("expected a diff: {next:?}");
+    };
+    assert_eq!(diff.add.len(), 2);
+    assert!(diff.add.iter().all(|e| e.protocol == 2), "{diff:?}");
+    assert!(elapsed < PUSH_DEADLINE, "mesh.yaml change took {elapsed:?}");
+    println!("mesh.yaml change pushed in {elapsed:?}");
+}
+
+#[tokio::test]
+async fn inbound_policy_follows_an_edit() {
+    let h = harness().await;
+    let mut client = PolicyClient::new(h.channel(h.control.policy_addr).await);
+    let mut stream = client
+        .watch_inbound(InboundRequest {
+            namespace: "bank".into(),
+            workload: "bank".into(),
+            port: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    assert!(first.exists);
+    assert_eq!(first.authorizations.len(), 1);
+    let a = &first.authorizations[0];
+    assert_eq!(a.name, "allow-card");
+    assert_eq!(a.ports, vec![42001], "policy port mapped to the real port");
+    assert_eq!(a.identities, vec!["spiffe://cluster.local/ns/card/sa/card"]);
+    assert!(a.namespaces.is_empty());
+
+    let started = Instant::now();
+    replace(
+        &h.mesh(),
+        &MESH.replace(
+            "from: {identities: [spiffe://cluster.local/ns/card/sa/card]}",
+            "from: {namespaces: [card], unauthenticated: true}",
+        ),
+    );
+    let next = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    let elapsed = started.elapsed();
+    let a = &next.authorizations[0];
+    assert!(a.identities.is_empty());
+    assert_eq!(a.namespaces, vec!["card"]);
+    assert!(a.unauthenticated);
+    assert!(elapsed < PUSH_DEADLINE, "policy change took {elapsed:?}");
+}
+
+#[tokio::test]
+async fn an_invalid_edit_is_refused_and_the_last_good_state_kept() {
+    let h = harness().await;
+    let mut client = PolicyClient::new(h.channel(h.control.policy_addr).await);
+    let mut stream = client
+        .watch_outbound(OutboundRequest {
+            name: "bank".into(),
+            caller_namespace: "bank".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.routes[0].timeout_ms, 2000);
+
+    // A bad duration: refused, nothing pushed, the error names file, line and field.
+    let bad = MESH.replace("timeout: 2s", "timeout: two seconds");
+    replace(&h.mesh(), &bad);
+    let pushed = tokio::time::timeout(4 * POLL_INTERVAL, stream.next()).await;
+    assert!(pushed.is_err(), "an invalid edit must not be pushed: {pushed:?}");
+    let errors = h.store.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let line = bad.lines().position(|l| l.contains("two seconds")).unwrap() + 1;
+    assert!(
+        errors[0].contains(&format!("mesh.yaml:{line}: spec.timeout:")),
+        "{}",
+        errors[0]
+    );
+
+    // A new watcher still gets the last good state.
+    let mut late = client
+        .watch_outbound(OutboundRequest {
+            name: "bank.bank".into(),
+            caller_namespace: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let kept = tokio::time::timeout(WAIT, late.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(kept.routes[0].timeout_ms, 2000);
+
+    // Fixing the file applies the fix.
+    replace(&h.mesh(), &MESH.replace("timeout: 2s", "timeout: 3s"));
+    let next = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(next.routes[0].timeout_ms, 3000);
+    assert!(h.store.errors().is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_ends_watch_streams() {
+    let h = harness().await;
+    let mut client = DestinationClient::new(h.channel(h.control.destination_addr).await);
+    let mut stream = client
+        .watch(WatchRequest {
+            name: "bank.bank".into(),
+            caller_namespace: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    let Harness { control, .. } = h;
+    tokio::time::timeout(WAIT, control.shutdown()).await.unwrap();
+    let end = tokio::time::timeout(WAIT, stream.next()).await.unwrap();
+    assert!(!matches!(end, Some(Ok(_))), "no update after shutdown: {end:?}");
+}
