@@ -7,5 +7,9 @@
 //! derived from the payment, so retries never charge twice. The `traffic` module drives a
 //! realistic mix of payments against `order`.
 
+pub mod appcard;
 pub mod bank;
+pub mod card;
 pub mod common;
+pub mod order;
+pub mod pg;

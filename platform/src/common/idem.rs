@@ -2,7 +2,7 @@
 //! transaction that also stores the response, so a retry (by a client, by the mesh, after a
 //! crash) replays the stored response instead of repeating the effect.
 //!
-//! Final outcomes (2xx and 4xx) are stored; server-side failures (5xx: an upstream that could
+//! Final outcomes (2xx and 4xx except 409) are stored; server-side failures (5xx: an upstream that could
 //! not be reached, a database fault) are not, so a retry with the same key tries again. The
 //! same key with a different request body is refused with [`Conflict`] (409). Keys are scoped per
 //! operation, so `bank.transfer` and `bank.debit` never share a key space.
@@ -20,6 +20,14 @@ pub struct Conflict {
     pub scope: String,
     /// The key.
     pub key: String,
+}
+
+/// Whether an error is a final outcome to store under its key: a 4xx other than 409. A conflict
+/// depends on what else is in flight (another key, another body), so it is answered but not
+/// stored — storing it would poison the key for the request that legitimately owns it.
+pub fn is_final<E: ApiError>(err: &E) -> bool {
+    let status = err.status();
+    status.is_client_error() && status != StatusCode::CONFLICT
 }
 
 /// Looks up a stored response; `Err(Conflict)` if the key was used with another request.
@@ -93,21 +101,39 @@ where
     F: FnOnce(&Connection) -> Result<serde_json::Value, E>,
     E: ApiError + From<rusqlite::Error> + From<Conflict>,
 {
+    execute_with(conn, scope, key, request_hash, |c| {
+        effect(c).map(|body| Reply {
+            status: ok_status,
+            body,
+            replayed: false,
+        })
+    })
+}
+
+/// Like [`execute`], but the effect chooses the reply itself; use it when a refusal must still
+/// write something (a payment marked declined) and be stored with a 4xx status.
+pub fn execute_with<E, F>(
+    conn: &mut Connection,
+    scope: &str,
+    key: &str,
+    request_hash: &str,
+    effect: F,
+) -> Result<Reply, E>
+where
+    F: FnOnce(&Connection) -> Result<Reply, E>,
+    E: ApiError + From<rusqlite::Error> + From<Conflict>,
+{
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if let Some(reply) = lookup(&tx, scope, key, request_hash)?? {
         return Ok(reply);
     }
     let sp = tx.savepoint()?;
     let reply = match effect(&sp) {
-        Ok(body) => {
+        Ok(reply) => {
             sp.commit()?;
-            Reply {
-                status: ok_status,
-                body,
-                replayed: false,
-            }
+            reply
         }
-        Err(err) if err.status().is_client_error() => {
+        Err(err) if is_final(&err) => {
             drop(sp); // rolls the effect's writes back
             Reply::from_error(&err)
         }
@@ -116,6 +142,59 @@ where
     store(&tx, scope, key, request_hash, &reply)?;
     tx.commit()?;
     Ok(reply)
+}
+
+/// Stores a final refusal under a key unless one is stored already; returns what is stored.
+pub fn refuse<E>(
+    conn: &mut Connection,
+    scope: &str,
+    key: &str,
+    request_hash: &str,
+    err: E,
+) -> Result<Reply, E>
+where
+    E: ApiError + From<rusqlite::Error> + From<Conflict>,
+{
+    execute_with(conn, scope, key, request_hash, |_| Err(err))
+}
+
+/// The first step of a call that must ask an upstream before its effect.
+#[derive(Debug)]
+pub enum Begin<T> {
+    /// Finished already: a replay, or a refusal that was just stored.
+    Done(Reply),
+    /// Checks passed; call the upstream, then finish with [`execute_with`] under the same key.
+    Proceed(T),
+}
+
+/// Replays a stored reply, or runs `check` (which may write, e.g. a pending row) and commits.
+/// A 4xx from `check` is stored as the final reply for the key.
+pub fn begin<T, E, F>(
+    conn: &mut Connection,
+    scope: &str,
+    key: &str,
+    request_hash: &str,
+    check: F,
+) -> Result<Begin<T>, E>
+where
+    F: FnOnce(&Connection) -> Result<T, E>,
+    E: ApiError + From<rusqlite::Error> + From<Conflict>,
+{
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if let Some(reply) = lookup(&tx, scope, key, request_hash)?? {
+        return Ok(Begin::Done(reply));
+    }
+    match check(&tx) {
+        Ok(value) => {
+            tx.commit()?;
+            Ok(Begin::Proceed(value))
+        }
+        Err(err) if is_final(&err) => {
+            drop(tx);
+            refuse(conn, scope, key, request_hash, err).map(Begin::Done)
+        }
+        Err(err) => Err(err),
+    }
 }
 
 #[cfg(test)]
