@@ -407,3 +407,18 @@ fn optional_client_auth_accepts_no_certificate_and_still_verifies_one() {
         HandshakeFailure::IdentityMismatch
     );
 }
+
+#[test]
+fn tls_1_2_is_refused() {
+    let pki = Pki::new("cluster.local");
+    let server = pki.store("pg", "api", pki.anchor.bundle());
+    let client = pki.store("order", "web", pki.anchor.bundle());
+    let tls12 = permissive_client_with_versions(Some(&client), &[&rustls::version::TLS12]);
+    let (_c, _s, outcome) = connect_with(tls12, &server);
+    assert!(
+        matches!(outcome.server, Err(rustls::Error::PeerIncompatible(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(failure(&outcome.server), HandshakeFailure::Protocol);
+    assert_eq!(failure(&outcome.client), HandshakeFailure::AlertReceived);
+}

@@ -184,9 +184,17 @@ pub fn connect_with(
 /// A client config that presents `store`'s certificate (or none) and accepts any server: used to
 /// reach the server's verifier with a client the real client config would never let through.
 pub fn permissive_client(store: Option<&CredentialStore>) -> Arc<ClientConfig> {
+    permissive_client_with_versions(store, &[&rustls::version::TLS13])
+}
+
+/// Same as [`permissive_client`], offering only `versions`.
+pub fn permissive_client_with_versions(
+    store: Option<&CredentialStore>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
+        .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnyServer));
