@@ -247,12 +247,19 @@ impl LocalStore {
     /// Looks at the files once; publishes a new state if a file changed and is valid.
     /// Returns true when a new state was published.
     pub fn poll(&self) -> bool {
-        let mut files = self.inner.files.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut files = self
+            .inner
+            .files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mesh_changed = files.mesh.poll(parse_mesh);
         let endpoints_changed = files.endpoints.poll(parse_endpoints_opt);
         if files.tokens.poll(parse_tokens_opt) {
-            *self.inner.tokens.write().unwrap_or_else(PoisonError::into_inner) =
-                Arc::new(files.tokens.good.clone());
+            *self
+                .inner
+                .tokens
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = Arc::new(files.tokens.good.clone());
         }
         if !(mesh_changed || endpoints_changed) {
             return false;
@@ -291,12 +298,20 @@ impl LocalStore {
 
     /// The errors of the files whose latest content was refused (empty when all are valid).
     pub fn errors(&self) -> Vec<String> {
-        let files = self.inner.files.lock().unwrap_or_else(PoisonError::into_inner);
-        [&files.mesh.error, &files.endpoints.error, &files.tokens.error]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect()
+        let files = self
+            .inner
+            .files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        [
+            &files.mesh.error,
+            &files.endpoints.error,
+            &files.tokens.error,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
     }
 }
 

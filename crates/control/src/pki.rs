@@ -15,8 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use onemesh_identity::{
-    CredentialStore, Issued, Issuer, SpiffeId, TrustAnchor, TrustBundle, WorkloadKey,
-    renewal_delay,
+    CredentialStore, Issued, Issuer, SpiffeId, TrustAnchor, TrustBundle, WorkloadKey, renewal_delay,
 };
 use rustls::ServerConfig;
 use tokio::task::JoinHandle;
@@ -62,7 +61,9 @@ pub enum PkiError {
         #[source]
         source: onemesh_identity::Error,
     },
-    #[error("the issuer is for trust domain {found:?} but {wanted:?} was asked: pass --trust-domain {found}")]
+    #[error(
+        "the issuer is for trust domain {found:?} but {wanted:?} was asked: pass --trust-domain {found}"
+    )]
     TrustDomain { found: String, wanted: String },
     #[error("making certificates failed: {0}")]
     Identity(#[from] onemesh_identity::Error),
@@ -113,7 +114,11 @@ pub fn load_or_create(state_dir: &Path, trust_domain: &str) -> Result<Ca, PkiErr
             })?;
             let anchor = TrustAnchor::generate(trust_domain, ANCHOR_LIFETIME)?;
             let issuer = anchor.issue_issuer(ISSUER_LIFETIME)?;
-            write(&state_dir.join(TRUST_ANCHOR_KEY_FILE), &anchor.key_pem(), true)?;
+            write(
+                &state_dir.join(TRUST_ANCHOR_KEY_FILE),
+                &anchor.key_pem(),
+                true,
+            )?;
             write(&key, &issuer.key_pem(), true)?;
             write(&cert, &issuer.chain_pem(), false)?;
             write(&anchors, &anchor.bundle().to_pem(), false)?;
@@ -124,12 +129,11 @@ pub fn load_or_create(state_dir: &Path, trust_domain: &str) -> Result<Ca, PkiErr
             }
         }
         [true, true, true] => {
-            let bundle = TrustBundle::from_pem(&read(&anchors)?).map_err(|source| {
-                PkiError::Load {
+            let bundle =
+                TrustBundle::from_pem(&read(&anchors)?).map_err(|source| PkiError::Load {
                     path: anchors.clone(),
                     source,
-                }
-            })?;
+                })?;
             let issuer = Issuer::from_pem(&read(&cert)?, &read(&key)?)
                 .map_err(|source| PkiError::Load { path: cert, source })?;
             Ca { issuer, bundle }
@@ -159,7 +163,12 @@ pub fn control_id(trust_domain: &str) -> Result<SpiffeId, PkiError> {
     )?)
 }
 
-fn issue_own(issuer: &Issuer, key: &WorkloadKey, id: &SpiffeId, lifetime: Duration) -> Result<Issued, PkiError> {
+fn issue_own(
+    issuer: &Issuer,
+    key: &WorkloadKey,
+    id: &SpiffeId,
+    lifetime: Duration,
+) -> Result<Issued, PkiError> {
     let csr = key.csr_der(id)?;
     Ok(issuer.sign_csr(&csr, lifetime, |asked| asked == id)?)
 }
@@ -189,7 +198,9 @@ pub fn spawn_renewal(
             let renewed = issue_own(&issuer, credentials.key(), credentials.id(), lifetime)
                 .and_then(|issued| Ok(credentials.update(issued)?));
             match renewed {
-                Ok(()) => tracing::info!(id = %credentials.id(), "renewed the control plane's certificate"),
+                Ok(()) => {
+                    tracing::info!(id = %credentials.id(), "renewed the control plane's certificate")
+                }
                 Err(e) => {
                     tracing::error!("renewing the control plane's certificate failed: {e}");
                     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -122,7 +122,11 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
         .map_err(|source| ServerError::Bind { what, addr, source })
 }
 
-fn local_addr(what: &'static str, l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServerError> {
+fn local_addr(
+    what: &'static str,
+    l: &TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, ServerError> {
     l.local_addr()
         .map_err(|source| ServerError::Bind { what, addr, source })
 }
@@ -133,8 +137,11 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
     let destination_listener = bind("destination", settings.destination_addr).await?;
     let policy_listener = bind("policy", settings.policy_addr).await?;
     let identity_addr = local_addr("identity", &identity_listener, settings.identity_addr)?;
-    let destination_addr =
-        local_addr("destination", &destination_listener, settings.destination_addr)?;
+    let destination_addr = local_addr(
+        "destination",
+        &destination_listener,
+        settings.destination_addr,
+    )?;
     let policy_addr = local_addr("policy", &policy_listener, settings.policy_addr)?;
 
     let state_dir = settings.state_dir.clone();

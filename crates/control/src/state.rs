@@ -121,10 +121,13 @@ pub fn endpoints(state: &MeshState, trust_domain: &str, target: &ServiceRef) -> 
         return snapshot;
     };
     for workload in state.config.selected(&target.namespace, &service.selector) {
-        let declared = workload.ports.iter().find(|p| match &service_port.target_port {
-            TargetPort::Number(n) => p.port == *n,
-            TargetPort::Name(name) => p.name.as_deref() == Some(name.as_str()),
-        });
+        let declared = workload
+            .ports
+            .iter()
+            .find(|p| match &service_port.target_port {
+                TargetPort::Number(n) => p.port == *n,
+                TargetPort::Name(name) => p.name.as_deref() == Some(name.as_str()),
+            });
         let Some(declared) = declared else { continue };
         let Ok(identity) = SpiffeId::new(
             trust_domain,
@@ -175,7 +178,10 @@ pub fn inbound(state: &MeshState, namespace: &str, workload: &str, port: u16) ->
     let mut authorizations = Vec::new();
     for policy in &state.config.policies {
         if policy.meta.namespace != namespace
-            || policy.target_workload.as_deref().is_some_and(|t| t != workload)
+            || policy
+                .target_workload
+                .as_deref()
+                .is_some_and(|t| t != workload)
         {
             continue;
         }
@@ -201,7 +207,11 @@ pub fn inbound(state: &MeshState, namespace: &str, workload: &str, port: u16) ->
                     path_prefix: m.path_prefix.clone().unwrap_or_default(),
                 })
                 .collect(),
-            identities: policy.from_identities.iter().map(ToString::to_string).collect(),
+            identities: policy
+                .from_identities
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             namespaces: policy.from_namespaces.clone(),
             unauthenticated: policy.from_unauthenticated,
         });

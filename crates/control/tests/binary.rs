@@ -62,7 +62,9 @@ async fn an_invalid_mesh_yaml_is_refused_with_file_and_line() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("mesh.yaml:10: spec.ports[1].port: duplicate port 8080 in workload bank/bank"),
+        stderr.contains(
+            "mesh.yaml:10: spec.ports[1].port: duplicate port 8080 in workload bank/bank"
+        ),
         "{stderr}"
     );
 }
@@ -84,7 +86,10 @@ async fn starts_logs_its_addresses_and_stops_on_sigterm() {
     .await
     .unwrap();
     assert!(line.contains("identity=127.0.0.1:"), "{line}");
-    assert!(line.contains("spiffe://cluster.local/ns/onemesh/sa/control"), "{line}");
+    assert!(
+        line.contains("spiffe://cluster.local/ns/onemesh/sa/control"),
+        "{line}"
+    );
     for file in ["trust-anchors.pem", "issuer.crt", "issuer.key"] {
         assert!(dir.join("state").join(file).exists(), "{file}");
     }
@@ -94,6 +99,9 @@ async fn starts_logs_its_addresses_and_stops_on_sigterm() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status:?}");
 }

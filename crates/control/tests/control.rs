@@ -195,7 +195,10 @@ fn id(s: &str) -> SpiffeId {
 #[tokio::test]
 async fn certify_signs_an_entitled_csr() {
     let h = harness().await;
-    assert_eq!(h.control.id.to_string(), "spiffe://cluster.local/ns/onemesh/sa/control");
+    assert_eq!(
+        h.control.id.to_string(),
+        "spiffe://cluster.local/ns/onemesh/sa/control"
+    );
     let mut client = IdentityClient::new(h.channel(h.control.identity_addr).await);
     let bank = id("spiffe://cluster.local/ns/bank/sa/bank");
     let key = WorkloadKey::generate().unwrap();
@@ -213,11 +216,17 @@ async fn certify_signs_an_entitled_csr() {
     assert_eq!(issued.id, bank);
     assert_eq!(issued.chain[0].as_ref(), response.chain[0].as_slice());
     let life = response.not_after_unix_secs - response.not_before_unix_secs;
-    assert!((24 * 3600..=24 * 3600 + 120).contains(&life), "lifetime {life}s");
+    assert!(
+        (24 * 3600..=24 * 3600 + 120).contains(&life),
+        "lifetime {life}s"
+    );
     // The bundle sent is the control plane's, and the chain verifies against it.
     let bundle = TrustBundle::from_pem(&response.trust_anchors_pem).unwrap();
     assert_eq!(bundle.roots().len(), response.trust_anchors.len());
-    assert_eq!(bundle.roots()[0].as_ref(), h.control.bundle.roots()[0].as_ref());
+    assert_eq!(
+        bundle.roots()[0].as_ref(),
+        h.control.bundle.roots()[0].as_ref()
+    );
     let chain: Vec<_> = response.chain.into_iter().map(Into::into).collect();
     let verified = verify_peer(&bundle, &chain, SystemTime::now(), "cluster.local", None).unwrap();
     assert_eq!(verified, bank);
@@ -252,7 +261,11 @@ async fn certify_refuses_what_the_token_does_not_entitle() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(status.message().contains("entitles spiffe://cluster.local/ns/bank/sa/bank"));
+    assert!(
+        status
+            .message()
+            .contains("entitles spiffe://cluster.local/ns/bank/sa/bank")
+    );
 
     // An unknown token, and no token.
     for token in ["nope", ""] {
@@ -316,7 +329,10 @@ async fn clients_refuse_a_server_with_another_identity() {
     let h = harness().await;
     let wrong = id("spiffe://cluster.local/ns/bank/sa/bank");
     let channel = channel(h.control.identity_addr, &h.control.bundle, &wrong).await;
-    assert!(channel.is_err(), "a client expecting {wrong} must not connect");
+    assert!(
+        channel.is_err(),
+        "a client expecting {wrong} must not connect"
+    );
 }
 
 #[tokio::test]
@@ -331,7 +347,11 @@ async fn destination_sends_the_full_set_then_changes_within_a_second() {
         .await
         .unwrap()
         .into_inner();
-    let first = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    let first = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let Some(update::Kind::Snapshot(snapshot)) = first.kind else {
         panic!("first message must be a snapshot: {first:?}");
     };
@@ -345,7 +365,11 @@ async fn destination_sends_the_full_set_then_changes_within_a_second() {
     // `onemesh up` registers a second instance.
     let started = Instant::now();
     replace(&h.dir.join(ENDPOINTS_FILE), ENDPOINTS_TWO);
-    let next = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    let next = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let elapsed = started.elapsed();
     let Some(update::Kind::Diff(diff)) = next.kind else {
         panic!("expected a diff: {next:?}");
@@ -353,13 +377,23 @@ async fn destination_sends_the_full_set_then_changes_within_a_second() {
     assert_eq!(diff.add.len(), 1);
     assert_eq!(diff.add[0].addr, "127.0.0.1:41002");
     assert!(diff.remove.is_empty());
-    assert!(elapsed < PUSH_DEADLINE, "endpoints.json change took {elapsed:?}");
+    assert!(
+        elapsed < PUSH_DEADLINE,
+        "endpoints.json change took {elapsed:?}"
+    );
     println!("endpoints.json change pushed in {elapsed:?}");
 
     // mesh.yaml: the port becomes opaque, so both endpoints change.
     let started = Instant::now();
-    replace(&h.mesh(), &MESH.replace("port: 8080, protocol: http", "port: 8080, protocol: opaque"));
-    let next = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    replace(
+        &h.mesh(),
+        &MESH.replace("port: 8080, protocol: http", "port: 8080, protocol: opaque"),
+    );
+    let next = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let elapsed = started.elapsed();
     let Some(update::Kind::Diff(diff)) = next.kind else {
         panic!("expected a diff: {next:?}");
@@ -383,7 +417,11 @@ async fn inbound_policy_follows_an_edit() {
         .await
         .unwrap()
         .into_inner();
-    let first = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    let first = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(first.exists);
     assert_eq!(first.authorizations.len(), 1);
     let a = &first.authorizations[0];
@@ -400,7 +438,11 @@ async fn inbound_policy_follows_an_edit() {
             "from: {namespaces: [card], unauthenticated: true}",
         ),
     );
-    let next = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    let next = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let elapsed = started.elapsed();
     let a = &next.authorizations[0];
     assert!(a.identities.is_empty());
@@ -421,14 +463,21 @@ async fn an_invalid_edit_is_refused_and_the_last_good_state_kept() {
         .await
         .unwrap()
         .into_inner();
-    let first = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    let first = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(first.routes[0].timeout_ms, 2000);
 
     // A bad duration: refused, nothing pushed, the error names file, line and field.
     let bad = MESH.replace("timeout: 2s", "timeout: two seconds");
     replace(&h.mesh(), &bad);
     let pushed = tokio::time::timeout(4 * POLL_INTERVAL, stream.next()).await;
-    assert!(pushed.is_err(), "an invalid edit must not be pushed: {pushed:?}");
+    assert!(
+        pushed.is_err(),
+        "an invalid edit must not be pushed: {pushed:?}"
+    );
     let errors = h.store.errors();
     assert_eq!(errors.len(), 1, "{errors:?}");
     let line = bad.lines().position(|l| l.contains("two seconds")).unwrap() + 1;
@@ -447,12 +496,20 @@ async fn an_invalid_edit_is_refused_and_the_last_good_state_kept() {
         .await
         .unwrap()
         .into_inner();
-    let kept = tokio::time::timeout(WAIT, late.next()).await.unwrap().unwrap().unwrap();
+    let kept = tokio::time::timeout(WAIT, late.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(kept.routes[0].timeout_ms, 2000);
 
     // Fixing the file applies the fix.
     replace(&h.mesh(), &MESH.replace("timeout: 2s", "timeout: 3s"));
-    let next = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    let next = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(next.routes[0].timeout_ms, 3000);
     assert!(h.store.errors().is_empty());
 }
@@ -469,9 +526,18 @@ async fn shutdown_ends_watch_streams() {
         .await
         .unwrap()
         .into_inner();
-    tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let Harness { control, .. } = h;
-    tokio::time::timeout(WAIT, control.shutdown()).await.unwrap();
+    tokio::time::timeout(WAIT, control.shutdown())
+        .await
+        .unwrap();
     let end = tokio::time::timeout(WAIT, stream.next()).await.unwrap();
-    assert!(!matches!(end, Some(Ok(_))), "no update after shutdown: {end:?}");
+    assert!(
+        !matches!(end, Some(Ok(_))),
+        "no update after shutdown: {end:?}"
+    );
 }

@@ -94,7 +94,9 @@ impl fmt::Display for FieldError {
 /// What is wrong with a field.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Problem {
-    #[error("unknown kind {0:?}: use one of Namespace, Workload, Service, AuthorizationPolicy, Route")]
+    #[error(
+        "unknown kind {0:?}: use one of Namespace, Workload, Service, AuthorizationPolicy, Route"
+    )]
     UnknownKind(String),
     #[error("unsupported apiVersion {0:?}: use onemesh.dev/v1")]
     BadApiVersion(String),
@@ -147,7 +149,9 @@ pub enum Problem {
         #[source]
         source: IdError,
     },
-    #[error("{0:?} is not a duration: use a number with a unit (ms, s, m, h), e.g. 500ms, 2s, 1m30s")]
+    #[error(
+        "{0:?} is not a duration: use a number with a unit (ms, s, m, h), e.g. 500ms, 2s, 1m30s"
+    )]
     BadDuration(String),
     #[error("{0:?} is not an http method: use upper case, e.g. GET, POST")]
     BadMethod(String),
@@ -454,12 +458,7 @@ fn namespace_known(errors: &mut Errors, mesh: &Parse, r: &Resource<'_>) -> bool 
     false
 }
 
-fn duplicate(
-    errors: &mut Errors,
-    kind: &'static str,
-    r: &Resource<'_>,
-    first: &Meta,
-) {
+fn duplicate(errors: &mut Errors, kind: &'static str, r: &Resource<'_>, first: &Meta) {
     let name = if r.meta.namespace.is_empty() {
         r.meta.name.clone()
     } else {
@@ -853,7 +852,9 @@ fn policy(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
                                             .filter(|w| w.meta.namespace == namespace)
                                     };
                                     if in_ns().all(|w| mesh.complete(w)) {
-                                        Some(in_ns().any(|w| w.ports.iter().any(|p| p.port == port)))
+                                        Some(
+                                            in_ns().any(|w| w.ports.iter().any(|p| p.port == port)),
+                                        )
                                     } else {
                                         None
                                     }
@@ -987,7 +988,11 @@ fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
     let namespace = r.meta.namespace.clone();
     let service = spec.required(errors, "service").and_then(|n| {
         let name = dns_name(errors, &n)?;
-        if ns_ok && !mesh.services.contains_key(&(namespace.clone(), name.clone())) {
+        if ns_ok
+            && !mesh
+                .services
+                .contains_key(&(namespace.clone(), name.clone()))
+        {
             errors.push(
                 n.line(),
                 &n.path,
@@ -1047,13 +1052,17 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         return None;
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return None;
         }
         let value: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(value),
             "s" => Duration::from_secs(value),

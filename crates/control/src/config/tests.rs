@@ -70,7 +70,11 @@ fn errors_of(text: &str) -> Vec<FieldError> {
 
 /// The GOOD file with `from` replaced by `to` (which must occur exactly once).
 fn edit(from: &str, to: &str) -> String {
-    assert_eq!(GOOD.matches(from).count(), 1, "fixture edit {from:?} is ambiguous");
+    assert_eq!(
+        GOOD.matches(from).count(),
+        1,
+        "fixture edit {from:?} is ambiguous"
+    );
     GOOD.replace(from, to)
 }
 
@@ -114,7 +118,10 @@ fn unknown_kind_names_the_kind_line() {
     assert_eq!(errors[0].field, "kind");
     assert!(matches!(&errors[0].problem, Problem::UnknownKind(k) if k == "Rout"));
     let shown = errors[0].to_string();
-    assert!(shown.starts_with(&format!("mesh.yaml:{}: kind: unknown kind", errors[0].line)), "{shown}");
+    assert!(
+        shown.starts_with(&format!("mesh.yaml:{}: kind: unknown kind", errors[0].line)),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -139,24 +146,39 @@ fn missing_field_names_its_path() {
 
 #[test]
 fn wrong_type_says_expected_and_found() {
-    let text = edit("{port: 9000, protocol: opaque}", "{port: nine, protocol: opaque}");
+    let text = edit(
+        "{port: 9000, protocol: opaque}",
+        "{port: nine, protocol: opaque}",
+    );
     let errors = errors_of(&text);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].field, "spec.ports[1].port");
     assert_eq!(errors[0].line, line_of(&text, "port: nine"));
     assert!(matches!(
         errors[0].problem,
-        Problem::WrongType { expected: "an integer", found: "a string" }
+        Problem::WrongType {
+            expected: "an integer",
+            found: "a string"
+        }
     ));
 }
 
 #[test]
 fn duplicate_port_in_a_workload() {
-    let text = edit("{port: 9000, protocol: opaque}", "{port: 8080, protocol: opaque}");
+    let text = edit(
+        "{port: 9000, protocol: opaque}",
+        "{port: 8080, protocol: opaque}",
+    );
     let errors = errors_of(&text);
     assert_eq!(errors[0].field, "spec.ports[1].port");
-    assert_eq!(errors[0].line, line_of(&text, "{port: 8080, protocol: opaque}"));
-    assert!(matches!(errors[0].problem, Problem::DuplicatePort { port: 8080, .. }));
+    assert_eq!(
+        errors[0].line,
+        line_of(&text, "{port: 8080, protocol: opaque}")
+    );
+    assert!(matches!(
+        errors[0].problem,
+        Problem::DuplicatePort { port: 8080, .. }
+    ));
     assert!(
         errors[0]
             .to_string()
@@ -176,14 +198,21 @@ fn duplicate_resource_name() {
     assert_eq!(errors[0].field, "metadata.name");
     assert!(matches!(
         errors[0].problem,
-        Problem::DuplicateResource { kind: "Namespace", first_line: 5, .. }
+        Problem::DuplicateResource {
+            kind: "Namespace",
+            first_line: 5,
+            ..
+        }
     ));
     assert_eq!(errors[0].line, text.lines().count() - 2);
 }
 
 #[test]
 fn policy_naming_an_unknown_workload() {
-    let text = edit("target: {workload: bank, port: 8080}", "target: {workload: vault, port: 8080}");
+    let text = edit(
+        "target: {workload: bank, port: 8080}",
+        "target: {workload: vault, port: 8080}",
+    );
     let errors = errors_of(&text);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].field, "spec.target.workload");
@@ -193,10 +222,16 @@ fn policy_naming_an_unknown_workload() {
 
 #[test]
 fn policy_naming_an_undeclared_port() {
-    let text = edit("target: {workload: bank, port: 8080}", "target: {workload: bank, port: 8081}");
+    let text = edit(
+        "target: {workload: bank, port: 8080}",
+        "target: {workload: bank, port: 8081}",
+    );
     let errors = errors_of(&text);
     assert_eq!(errors[0].field, "spec.target.port");
-    assert!(matches!(errors[0].problem, Problem::UndeclaredPort { port: 8081, .. }));
+    assert!(matches!(
+        errors[0].problem,
+        Problem::UndeclaredPort { port: 8081, .. }
+    ));
 }
 
 #[test]
@@ -235,10 +270,16 @@ fn service_selecting_nothing_or_an_undeclared_target_port() {
     assert_eq!(errors[0].field, "spec.selector");
     assert!(matches!(errors[0].problem, Problem::SelectsNothing(_)));
 
-    let text = edit("{port: 80, targetPort: 8080}", "{port: 80, targetPort: 8081}");
+    let text = edit(
+        "{port: 80, targetPort: 8080}",
+        "{port: 80, targetPort: 8081}",
+    );
     let errors = errors_of(&text);
     assert_eq!(errors[0].field, "spec.ports[0].targetPort");
-    assert!(matches!(errors[0].problem, Problem::UndeclaredPort { port: 8081, .. }));
+    assert!(matches!(
+        errors[0].problem,
+        Problem::UndeclaredPort { port: 8081, .. }
+    ));
 }
 
 #[test]
@@ -279,14 +320,26 @@ fn bad_method_name_and_protocol() {
 fn bad_api_version_and_port_range() {
     let text = GOOD.replacen("apiVersion: onemesh.dev/v1", "apiVersion: v1", 1);
     let errors = errors_of(&text);
-    assert_eq!((errors[0].line, errors[0].field.as_str()), (1, "apiVersion"));
-    let text = edit("{port: 9000, protocol: opaque}", "{port: 70000, protocol: opaque}");
-    assert!(matches!(errors_of(&text)[0].problem, Problem::BadPort { value: 70000 }));
+    assert_eq!(
+        (errors[0].line, errors[0].field.as_str()),
+        (1, "apiVersion")
+    );
+    let text = edit(
+        "{port: 9000, protocol: opaque}",
+        "{port: 70000, protocol: opaque}",
+    );
+    assert!(matches!(
+        errors_of(&text)[0].problem,
+        Problem::BadPort { value: 70000 }
+    ));
 }
 
 #[test]
 fn several_errors_are_all_reported_in_line_order() {
-    let text = edit("timeout: 2s", "timeout: soon").replace("kind: Namespace\nmetadata: {name: card}", "kind: Namespace\nmetadata: {name: card, color: red}");
+    let text = edit("timeout: 2s", "timeout: soon").replace(
+        "kind: Namespace\nmetadata: {name: card}",
+        "kind: Namespace\nmetadata: {name: card, color: red}",
+    );
     let errors = errors_of(&text);
     assert!(errors.len() >= 2, "{errors:?}");
     assert!(errors.windows(2).all(|w| w[0].line <= w[1].line));

@@ -206,7 +206,11 @@ impl<'y> Node<'y> {
     }
 
     /// A mapping whose keys must all be in `allowed`; others are reported as unknown fields.
-    pub(crate) fn map(&self, errors: &mut Errors, allowed: &'static [&'static str]) -> Option<Map<'y>> {
+    pub(crate) fn map(
+        &self,
+        errors: &mut Errors,
+        allowed: &'static [&'static str],
+    ) -> Option<Map<'y>> {
         let YamlDataOwned::Mapping(entries) = &self.y.data else {
             self.wrong_type(errors, "a mapping");
             return None;

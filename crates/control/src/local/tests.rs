@@ -92,9 +92,14 @@ fn endpoints_and_tokens_are_read_and_reloaded() {
     assert!(store.poll());
     let state = store.subscribe().borrow().clone();
     assert_eq!(state.instances[0].ports[&8080], 41234);
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let id = rt.block_on(store.token_identity("t1")).unwrap();
-    assert_eq!(id.unwrap().to_string(), "spiffe://cluster.local/ns/bank/sa/bank");
+    assert_eq!(
+        id.unwrap().to_string(),
+        "spiffe://cluster.local/ns/bank/sa/bank"
+    );
     assert_eq!(rt.block_on(store.token_identity("t2")).unwrap(), None);
 
     std::fs::write(dir.join(ENDPOINTS_FILE), "[\n{\"namespace\": 1}]").unwrap();

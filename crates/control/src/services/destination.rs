@@ -45,10 +45,16 @@ pub fn step(prev: Option<&Snapshot>, next: &Snapshot) -> Option<Update> {
     {
         return snapshot();
     }
-    let before: BTreeMap<&str, &Endpoint> =
-        prev.endpoints.iter().map(|e| (e.addr.as_str(), e)).collect();
-    let after: BTreeMap<&str, &Endpoint> =
-        next.endpoints.iter().map(|e| (e.addr.as_str(), e)).collect();
+    let before: BTreeMap<&str, &Endpoint> = prev
+        .endpoints
+        .iter()
+        .map(|e| (e.addr.as_str(), e))
+        .collect();
+    let after: BTreeMap<&str, &Endpoint> = next
+        .endpoints
+        .iter()
+        .map(|e| (e.addr.as_str(), e))
+        .collect();
     let add: Vec<Endpoint> = after
         .iter()
         .filter(|(addr, e)| before.get(*addr) != Some(*e))
@@ -133,6 +139,8 @@ mod tests {
     fn a_service_that_disappears_gets_a_new_snapshot() {
         let a = snap(vec![ep("127.0.0.1:1", 10)]);
         let gone = Snapshot::default();
-        assert!(matches!(step(Some(&a), &gone).unwrap().kind, Some(update::Kind::Snapshot(s)) if !s.exists));
+        assert!(
+            matches!(step(Some(&a), &gone).unwrap().kind, Some(update::Kind::Snapshot(s)) if !s.exists)
+        );
     }
 }

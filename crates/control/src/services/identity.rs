@@ -102,7 +102,9 @@ impl IdentityService {
         let key = csr_public_key(csr)?;
         {
             let mut bindings = self.bindings.lock().unwrap_or_else(PoisonError::into_inner);
-            let bound = bindings.entry(token.to_string()).or_insert_with(|| key.clone());
+            let bound = bindings
+                .entry(token.to_string())
+                .or_insert_with(|| key.clone());
             if *bound != key {
                 return Err(CertifyError::OtherKey);
             }

@@ -29,7 +29,10 @@ fn svc(ns: &str, name: &str, port: u16) -> ServiceRef {
 #[test]
 fn names_resolve_in_every_form() {
     let want = Some(svc("bank", "bank", 80));
-    assert_eq!(resolve_name("bank.bank.svc.cluster.local", "x"), Ok(want.clone()));
+    assert_eq!(
+        resolve_name("bank.bank.svc.cluster.local", "x"),
+        Ok(want.clone())
+    );
     assert_eq!(resolve_name("bank.bank", ""), Ok(want.clone()));
     assert_eq!(resolve_name("bank", "bank"), Ok(want));
     assert_eq!(
@@ -38,8 +41,14 @@ fn names_resolve_in_every_form() {
     );
     assert_eq!(resolve_name("www.example.com", "bank"), Ok(None));
     assert_eq!(resolve_name("", "bank"), Err(NameError::Empty));
-    assert_eq!(resolve_name("bank", ""), Err(NameError::NoCallerNamespace("bank".into())));
-    assert!(matches!(resolve_name("bank.bank:http", ""), Err(NameError::BadPort(_))));
+    assert_eq!(
+        resolve_name("bank", ""),
+        Err(NameError::NoCallerNamespace("bank".into()))
+    );
+    assert!(matches!(
+        resolve_name("bank.bank:http", ""),
+        Err(NameError::BadPort(_))
+    ));
 }
 
 #[test]
@@ -53,7 +62,10 @@ fn endpoints_carry_identity_real_port_and_protocol() {
     assert_eq!(ep.target_port, 41234);
     assert_eq!(ep.identity, "spiffe://cluster.local/ns/bank/sa/bank");
     assert_eq!(ep.protocol, ProtocolHint::Http as i32);
-    assert_eq!((ep.workload.as_str(), ep.namespace.as_str()), ("bank", "bank"));
+    assert_eq!(
+        (ep.workload.as_str(), ep.namespace.as_str()),
+        ("bank", "bank")
+    );
 
     // Port 9000 is opaque and not remapped; port 81 targets the port named `http`.
     let opaque = endpoints(&s, "cluster.local", &svc("bank", "bank", 9000));
@@ -72,7 +84,11 @@ fn endpoints_carry_identity_real_port_and_protocol() {
 fn a_workload_without_instances_has_no_endpoints() {
     let mut s = state();
     s.instances.clear();
-    assert!(endpoints(&s, "cluster.local", &svc("bank", "bank", 80)).endpoints.is_empty());
+    assert!(
+        endpoints(&s, "cluster.local", &svc("bank", "bank", 80))
+            .endpoints
+            .is_empty()
+    );
 }
 
 #[test]
