@@ -422,3 +422,103 @@ fn tls_1_2_is_refused() {
     assert_eq!(failure(&outcome.server), HandshakeFailure::Protocol);
     assert_eq!(failure(&outcome.client), HandshakeFailure::AlertReceived);
 }
+
+/// A leaf signed by `pki`'s real issuer with arbitrary SANs and EKUs (what `sign_csr` never makes).
+fn forged_chain(
+    pki: &Pki,
+    sans: Vec<rcgen::SanType>,
+    ekus: Vec<rcgen::ExtendedKeyUsagePurpose>,
+) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        &pki.issuer.chain_pem(),
+        rcgen::KeyPair::from_pem(&pki.issuer.key_pem()).unwrap(),
+    )
+    .unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = sans;
+    params.extended_key_usages = ekus;
+    params.not_before = (SystemTime::now() - HOUR).into();
+    params.not_after = (SystemTime::now() + HOUR).into();
+    let leaf = params.signed_by(&key, &issuer).unwrap();
+    let issuer_cert =
+        rustls::pki_types::pem::PemObject::from_pem_slice(pki.issuer.chain_pem().as_bytes())
+            .unwrap();
+    vec![leaf.der().clone(), issuer_cert]
+}
+
+#[test]
+fn leaves_without_exactly_one_spiffe_id_or_the_right_usage_are_refused() {
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let pki = Pki::new("cluster.local");
+    let bundle = pki.anchor.bundle();
+    let now = SystemTime::now();
+    let uri = |s: &str| rcgen::SanType::URI(s.try_into().unwrap());
+    let verify = |chain: &[rustls::pki_types::CertificateDer<'static>]| {
+        onemesh_identity::verify_peer(&bundle, chain, now, "cluster.local", None)
+    };
+
+    let dns_only = forged_chain(
+        &pki,
+        vec![rcgen::SanType::DnsName("web.order".try_into().unwrap())],
+        vec![ClientAuth],
+    );
+    let e = verify(&dns_only).unwrap_err();
+    assert_eq!(e, VerifyError::NoSpiffeId);
+    assert_eq!(
+        HandshakeFailure::from_verify(&e),
+        HandshakeFailure::NoSpiffeId
+    );
+
+    let two = forged_chain(
+        &pki,
+        vec![
+            uri("spiffe://cluster.local/ns/a/sa/b"),
+            uri("spiffe://cluster.local/ns/c/sa/d"),
+        ],
+        vec![ClientAuth],
+    );
+    let e = verify(&two).unwrap_err();
+    assert_eq!(e, VerifyError::MultipleUriSans { count: 2 });
+    assert_eq!(
+        HandshakeFailure::from_verify(&e),
+        HandshakeFailure::NoSpiffeId
+    );
+
+    let not_spiffe = forged_chain(
+        &pki,
+        vec![uri("https://cluster.local/ns/a/sa/b")],
+        vec![ClientAuth],
+    );
+    let e = verify(&not_spiffe).unwrap_err();
+    assert!(matches!(e, VerifyError::InvalidSpiffeId(_)), "{e:?}");
+
+    // A server-only leaf cannot act as a client, and a client-only leaf cannot serve.
+    let server_only = forged_chain(
+        &pki,
+        vec![uri("spiffe://cluster.local/ns/a/sa/b")],
+        vec![ServerAuth],
+    );
+    assert_eq!(
+        verify(&server_only).unwrap_err(),
+        VerifyError::InvalidPurpose
+    );
+    let client_only = forged_chain(
+        &pki,
+        vec![uri("spiffe://cluster.local/ns/a/sa/b")],
+        vec![ClientAuth],
+    );
+    let expected = pki.id("a", "b");
+    assert_eq!(
+        onemesh_identity::verify_peer(&bundle, &client_only, now, "cluster.local", Some(&expected))
+            .unwrap_err(),
+        VerifyError::InvalidPurpose
+    );
+    assert_eq!(verify(&client_only).unwrap(), expected);
+
+    // Without the issuer in the presented chain, the leaf does not reach the root.
+    assert_eq!(
+        verify(&client_only[..1]).unwrap_err(),
+        VerifyError::UnknownIssuer
+    );
+}
