@@ -13,3 +13,5 @@ pub mod card;
 pub mod common;
 pub mod order;
 pub mod pg;
+pub mod run;
+pub mod traffic;

@@ -70,7 +70,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_seed",
         sql: "INSERT INTO cards (number, holder, kind, status, credit_limit, used, bank_account) VALUES
                   ('9410000000000001', 'Kim Minji', 'check', 'active', 0, 0, 'acc-kim'),
-                  ('9410000000000002', 'Lee Junho', 'credit', 'active', 5000000, 0, NULL),
+                  ('9410000000000002', 'Lee Junho', 'credit', 'active', 50000000, 0, NULL),
                   ('9410000000000003', 'Park Seoyeon', 'check', 'active', 0, 0, 'acc-park'),
                   ('9410000000000004', 'Choi Yuna', 'credit', 'active', 100000, 0, NULL),
                   ('9410000000000005', 'Choi Yuna', 'check', 'suspended', 0, 0, 'acc-choi'),
