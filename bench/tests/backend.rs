@@ -76,5 +76,8 @@ async fn binding_a_taken_port_is_a_clear_error() {
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = taken.local_addr().unwrap();
     let err = Backend::bind(addr, 1).await.err().unwrap();
-    assert!(err.to_string().contains("could not bind the backend"), "{err}");
+    assert!(
+        err.to_string().contains("could not bind the backend"),
+        "{err}"
+    );
 }

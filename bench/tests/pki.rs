@@ -14,7 +14,12 @@ fn writes_a_bundle_and_an_issuer_that_signs_workload_csrs() {
         unique_suffix()
     ));
     let status = Command::new(env!("CARGO_BIN_EXE_bench-pki"))
-        .args(["--out", dir.to_str().unwrap(), "--trust-domain", "bench.test"])
+        .args([
+            "--out",
+            dir.to_str().unwrap(),
+            "--trust-domain",
+            "bench.test",
+        ])
         .status()
         .unwrap();
     assert!(status.success());
@@ -33,11 +38,9 @@ fn writes_a_bundle_and_an_issuer_that_signs_workload_csrs() {
     let id = SpiffeId::new("bench.test", "bench", "client").unwrap();
     let key = WorkloadKey::generate().unwrap();
     let issued = issuer
-        .sign_csr(
-            &key.csr_der(&id).unwrap(),
-            Duration::from_secs(60),
-            |_| true,
-        )
+        .sign_csr(&key.csr_der(&id).unwrap(), Duration::from_secs(60), |_| {
+            true
+        })
         .unwrap();
     assert_eq!(issued.id, id);
     assert!(issued.chain.len() >= 2, "leaf then issuer");
