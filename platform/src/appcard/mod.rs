@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::common::api::{
-    ApiError, ApiJson, ApiPath, ErrorBody, IdemKey, Reply, RequestError, check_amount, check_text,
+    ApiError, ApiJson, IdemHeader, ApiPath, ErrorBody, IdemKey, Reply, RequestError, check_amount, check_text,
     error_response,
 };
 use crate::common::client::{Upstream, UpstreamError};
@@ -239,6 +239,7 @@ pub struct ConfirmPayment {
     pub pin: String,
     /// Amount in won.
     #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
+    #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub amount: i64,
     /// Merchant id.
     #[schema(min_length = 1, max_length = 64)]
@@ -255,6 +256,7 @@ pub struct WalletPayment {
     /// The card used.
     pub card_id: String,
     /// Amount in won.
+    #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub amount: i64,
     /// Merchant id.
     pub merchant: String,
@@ -365,7 +367,7 @@ fn read_payment(c: &Connection, payment_ref: &str) -> Result<WalletPayment, Appc
 
 /// Sign up a user with a PIN.
 #[utoipa::path(post, path = "/users", tag = "users", request_body = NewUser,
-    params(("Idempotency-Key" = String, Header, description = "unique per sign-up")),
+    params(IdemHeader),
     responses(
         (status = 201, description = "created (or replayed)", body = User),
         (status = 400, description = "malformed request", body = ErrorBody),
@@ -429,7 +431,7 @@ pub async fn list_cards(
 /// Register a card: the issuer issues a token, the wallet keeps only the token.
 #[utoipa::path(post, path = "/users/{id}/cards", tag = "users", request_body = RegisterCard,
     params(("id" = String, Path, description = "user id"),
-           ("Idempotency-Key" = String, Header, description = "unique per registration")),
+           IdemHeader),
     responses(
         (status = 201, description = "registered (or replayed)", body = WalletCard),
         (status = 400, description = "malformed request", body = ErrorBody),
@@ -505,7 +507,7 @@ struct IssuerAuthorization {
 
 /// Confirm a payment with the user's PIN and authorize it at the issuer with the card's token.
 #[utoipa::path(post, path = "/payments", tag = "payments", request_body = ConfirmPayment,
-    params(("Idempotency-Key" = String, Header, description = "derived from the payment; retries reuse it")),
+    params(IdemHeader),
     responses(
         (status = 201, description = "approved (or replayed)", body = WalletPayment),
         (status = 400, description = "malformed request", body = ErrorBody),
@@ -595,7 +597,7 @@ pub async fn confirm(
 /// Cancel an approved app-card payment (the issuer refunds or releases limit).
 #[utoipa::path(post, path = "/payments/{payment_ref}/cancel", tag = "payments",
     params(("payment_ref" = String, Path, description = "the gateway's payment id"),
-           ("Idempotency-Key" = String, Header, description = "derived from the payment; retries reuse it")),
+           IdemHeader),
     responses(
         (status = 200, description = "cancelled (or already cancelled)", body = WalletPayment),
         (status = 400, description = "malformed request", body = ErrorBody),

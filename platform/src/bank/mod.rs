@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::common::api::{
-    ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, IdemKey, Reply, RequestError, check_amount,
+    ApiError, ApiJson, IdemHeader, ApiPath, ApiQuery, ErrorBody, IdemKey, Reply, RequestError, check_amount,
     check_text, error_response,
 };
 use crate::common::db::{Db, DbError, Migration};
@@ -176,6 +176,7 @@ pub struct Entry {
     /// The account.
     pub account: String,
     /// Signed amount: negative is a debit (money out), positive a credit (money in).
+    #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub amount: i64,
     /// The account's balance after this entry.
     pub balance_after: i64,
@@ -207,6 +208,7 @@ pub struct TransferRequest {
     pub to: String,
     /// Amount in won.
     #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
+    #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub amount: i64,
     /// Caller's reference, e.g. a payment id.
     #[schema(min_length = 1, max_length = 128)]
@@ -218,6 +220,7 @@ pub struct TransferRequest {
 pub struct PostingRequest {
     /// Amount in won.
     #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
+    #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub amount: i64,
     /// The other side of the posting (e.g. `acc-card-settlement`).
     #[schema(min_length = 1, max_length = 64)]
@@ -232,7 +235,6 @@ pub struct PostingRequest {
 #[into_params(parameter_in = Query)]
 pub struct TransactionQuery {
     /// Only transactions with this reference.
-    #[param(min_length = 1, max_length = 128)]
     pub reference: Option<String>,
 }
 
@@ -398,7 +400,7 @@ fn validate_posting(amount: i64, other: &str, reference: &str) -> Result<(), Ban
 
 /// Move money from one account to another.
 #[utoipa::path(post, path = "/transfers", tag = "ledger", request_body = TransferRequest,
-    params(("Idempotency-Key" = String, Header, description = "unique per intended transfer")),
+    params(IdemHeader),
     responses(
         (status = 201, description = "booked (or replayed)", body = LedgerTransaction),
         (status = 400, description = "malformed request", body = ErrorBody),
@@ -420,7 +422,7 @@ pub async fn transfer(
 /// Take money out of an account (into the counterparty).
 #[utoipa::path(post, path = "/accounts/{id}/debit", tag = "ledger", request_body = PostingRequest,
     params(("id" = String, Path, description = "account debited"),
-           ("Idempotency-Key" = String, Header, description = "unique per intended debit")),
+           IdemHeader),
     responses(
         (status = 201, description = "booked (or replayed)", body = LedgerTransaction),
         (status = 400, description = "malformed request", body = ErrorBody),
@@ -442,7 +444,7 @@ pub async fn debit(
 /// Put money into an account (out of the counterparty).
 #[utoipa::path(post, path = "/accounts/{id}/credit", tag = "ledger", request_body = PostingRequest,
     params(("id" = String, Path, description = "account credited"),
-           ("Idempotency-Key" = String, Header, description = "unique per intended credit")),
+           IdemHeader),
     responses(
         (status = 201, description = "booked (or replayed)", body = LedgerTransaction),
         (status = 400, description = "malformed request", body = ErrorBody),

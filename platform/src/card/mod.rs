@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::common::api::{
-    ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, IdemKey, Reply, RequestError, check_amount,
+    ApiError, ApiJson, IdemHeader, ApiPath, ApiQuery, ErrorBody, IdemKey, Reply, RequestError, check_amount,
     check_text, error_response,
 };
 use crate::common::client::{Upstream, UpstreamError};
@@ -252,6 +252,7 @@ pub struct AuthorizeRequest {
     pub token: Option<String>,
     /// Amount in won.
     #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
+    #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub amount: i64,
     /// Merchant id.
     #[schema(min_length = 1, max_length = 64)]
@@ -275,6 +276,7 @@ pub struct Authorization {
     /// `credit` or `check`.
     pub kind: String,
     /// Amount in won.
+    #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub amount: i64,
     /// Merchant id.
     pub merchant: String,
@@ -289,7 +291,6 @@ pub struct Authorization {
 #[into_params(parameter_in = Query)]
 pub struct AuthorizationQuery {
     /// Only the authorization of this payment reference.
-    #[param(min_length = 1, max_length = 128)]
     pub payment_ref: Option<String>,
 }
 
@@ -512,7 +513,7 @@ struct BankPosting<'a> {
 /// Authorize a payment: check card, fraud rules and limit; debit the linked account for check
 /// cards; record an approval number.
 #[utoipa::path(post, path = "/authorizations", tag = "authorizations", request_body = AuthorizeRequest,
-    params(("Idempotency-Key" = String, Header, description = "derived from the payment; retries reuse it")),
+    params(IdemHeader),
     responses(
         (status = 201, description = "approved (or replayed)", body = Authorization),
         (status = 400, description = "malformed request", body = ErrorBody),
@@ -597,7 +598,7 @@ pub async fn authorize(
 /// (credit).
 #[utoipa::path(post, path = "/authorizations/{id}/cancel", tag = "authorizations",
     params(("id" = String, Path, description = "authorization id"),
-           ("Idempotency-Key" = String, Header, description = "derived from the payment; retries reuse it")),
+           IdemHeader),
     responses(
         (status = 200, description = "cancelled (or already cancelled)", body = Authorization),
         (status = 400, description = "malformed request", body = ErrorBody),
@@ -671,7 +672,7 @@ pub async fn cancel(
 
 /// Issue a wallet token for a card.
 #[utoipa::path(post, path = "/tokens", tag = "cards", request_body = TokenRequest,
-    params(("Idempotency-Key" = String, Header, description = "unique per registration")),
+    params(IdemHeader),
     responses(
         (status = 201, description = "token issued (or replayed)", body = TokenView),
         (status = 400, description = "malformed request", body = ErrorBody),

@@ -68,7 +68,7 @@ pub enum RequestError {
     #[error("missing Idempotency-Key header; every mutating call needs a unique key per intended effect")]
     MissingIdempotencyKey,
     /// The `Idempotency-Key` header is empty, too long or not printable ASCII.
-    #[error("invalid Idempotency-Key header; use 1 to 200 printable ASCII characters")]
+    #[error("invalid Idempotency-Key header; use 1 to 200 characters")]
     InvalidIdempotencyKey,
 }
 
@@ -174,14 +174,11 @@ impl<S: Send + Sync> FromRequestParts<S> for IdemKey {
             .headers
             .get(IDEMPOTENCY_KEY)
             .ok_or(RequestError::MissingIdempotencyKey)?;
-        let text = value
-            .to_str()
-            .map_err(|_| RequestError::InvalidIdempotencyKey)?
-            .trim();
-        if text.is_empty() || text.len() > 200 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        if text.is_empty() || text.chars().count() > 200 {
             return Err(RequestError::InvalidIdempotencyKey);
         }
-        Ok(IdemKey(text.to_string()))
+        Ok(IdemKey(text.into_owned()))
     }
 }
 
@@ -230,15 +227,42 @@ impl IntoResponse for Reply {
     }
 }
 
-/// Checks a text field: 1..=`max` characters after trimming, no control characters.
+/// Checks a text field: 1..=`max` characters (as the OpenAPI schema says; any characters).
 pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), RequestError> {
     let len = value.chars().count();
-    if value.trim().is_empty() || len > max || value.chars().any(char::is_control) {
+    if len == 0 || len > max {
         return Err(RequestError::InvalidData(format!(
-            "{field} must be 1 to {max} printable characters"
+            "{field} must be 1 to {max} characters"
         )));
     }
     Ok(())
+}
+
+/// Serde helper for integer fields: accepts JSON integers and integral numbers such as `12.0`
+/// (JSON Schema counts both as integers), refuses fractions and out-of-range values.
+pub mod int {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    /// Deserializes an `i64` from an integral JSON number.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        if let Some(i) = n.as_i64() {
+            return Ok(i);
+        }
+        match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
+            _ => Err(D::Error::custom(format!("{n} is not an integer in range"))),
+        }
+    }
+}
+
+/// The `Idempotency-Key` header as an OpenAPI parameter (see [`IdemKey`] for the extractor).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdemHeader {
+    /// Unique per intended effect; reuse it to retry. Derived from the payment along the chain.
+    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 200)]
+    pub idempotency_key: String,
 }
 
 /// Checks an amount in won: 1..=`MAX_AMOUNT`.

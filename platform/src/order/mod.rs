@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::common::api::{
-    ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, IdemKey, Reply, RequestError, error_response,
+    ApiError, ApiJson, IdemHeader, ApiPath, ApiQuery, ErrorBody, IdemKey, Reply, RequestError, error_response,
 };
 use crate::common::client::{Upstream, UpstreamError};
 use crate::common::db::{Db, DbError, Migration};
@@ -221,6 +221,7 @@ pub struct LineRequest {
     pub menu_id: String,
     /// Quantity.
     #[schema(minimum = 1, maximum = 20)]
+    #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub qty: i64,
 }
 
@@ -234,6 +235,7 @@ pub struct Line {
     /// Unit price in won.
     pub price: i64,
     /// Quantity.
+    #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub qty: i64,
 }
 
@@ -242,6 +244,7 @@ pub struct Line {
 pub struct NewCart {
     /// Table number.
     #[schema(minimum = 1, maximum = 100)]
+    #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub table_no: i64,
 }
 
@@ -251,6 +254,7 @@ pub struct Cart {
     /// Cart id.
     pub id: String,
     /// Table number.
+    #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub table_no: i64,
     /// `OPEN` or `CHECKED_OUT`.
     pub status: String,
@@ -267,6 +271,7 @@ pub struct Cart {
 pub struct NewOrder {
     /// Table number.
     #[schema(minimum = 1, maximum = 100)]
+    #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub table_no: i64,
     /// Lines (1 to 20).
     #[schema(min_items = 1, max_items = 20)]
@@ -279,10 +284,12 @@ pub struct Order {
     /// Order id.
     pub id: String,
     /// Table number.
+    #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub table_no: i64,
     /// Lines.
     pub items: Vec<Line>,
     /// Total in won.
+    #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub amount: i64,
     /// `PENDING`, `PAID`, `FAILED` or `CANCELLED`.
     pub status: String,
@@ -523,7 +530,7 @@ pub async fn menu(State(state): State<OrderState>) -> Result<Json<Vec<MenuItem>>
 
 /// Open a cart at a table.
 #[utoipa::path(post, path = "/carts", tag = "carts", request_body = NewCart,
-    params(("Idempotency-Key" = String, Header, description = "unique per cart")),
+    params(IdemHeader),
     responses((status = 201, description = "opened (or replayed)", body = Cart),
               (status = 400, description = "malformed request", body = ErrorBody),
               (status = 409, description = "key reused for another request", body = ErrorBody),
@@ -566,7 +573,7 @@ pub async fn get_cart(
 /// Add a dish to a cart (quantities add up, at most 20 per dish).
 #[utoipa::path(post, path = "/carts/{id}/items", tag = "carts", request_body = LineRequest,
     params(("id" = String, Path, description = "cart id"),
-           ("Idempotency-Key" = String, Header, description = "unique per addition")),
+           IdemHeader),
     responses((status = 200, description = "the cart (or replayed)", body = Cart),
               (status = 400, description = "malformed request", body = ErrorBody),
               (status = 404, description = "no such cart", body = ErrorBody),
@@ -612,7 +619,7 @@ pub async fn add_item(
 /// Turn a cart into a `PENDING` order.
 #[utoipa::path(post, path = "/carts/{id}/checkout", tag = "carts",
     params(("id" = String, Path, description = "cart id"),
-           ("Idempotency-Key" = String, Header, description = "unique per checkout")),
+           IdemHeader),
     responses((status = 201, description = "the new order (or replayed)", body = Order),
               (status = 400, description = "malformed request", body = ErrorBody),
               (status = 404, description = "no such cart", body = ErrorBody),
@@ -661,7 +668,7 @@ pub async fn checkout(
 
 /// Place an order directly.
 #[utoipa::path(post, path = "/orders", tag = "orders", request_body = NewOrder,
-    params(("Idempotency-Key" = String, Header, description = "unique per order")),
+    params(IdemHeader),
     responses((status = 201, description = "the new order (or replayed)", body = Order),
               (status = 400, description = "malformed request", body = ErrorBody),
               (status = 409, description = "key reused for another request", body = ErrorBody),
@@ -745,7 +752,7 @@ struct PgPayment {
 /// Pay a `PENDING` order through the payment gateway.
 #[utoipa::path(post, path = "/orders/{id}/pay", tag = "orders", request_body = PayRequest,
     params(("id" = String, Path, description = "order id"),
-           ("Idempotency-Key" = String, Header, description = "unique per pay attempt; reuse it to retry")),
+           IdemHeader),
     responses(
         (status = 200, description = "paid (or replayed)", body = Order),
         (status = 400, description = "malformed request", body = ErrorBody),
@@ -897,7 +904,7 @@ pub async fn pay(
 /// never paid is simply cancelled.
 #[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders",
     params(("id" = String, Path, description = "order id"),
-           ("Idempotency-Key" = String, Header, description = "unique per cancel; reuse it to retry")),
+           IdemHeader),
     responses(
         (status = 200, description = "cancelled (or already cancelled)", body = Order),
         (status = 400, description = "malformed request", body = ErrorBody),

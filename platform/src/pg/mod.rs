@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::common::api::{
-    ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, IdemKey, Reply, RequestError, check_amount,
+    ApiError, ApiJson, IdemHeader, ApiPath, ApiQuery, ErrorBody, IdemKey, Reply, RequestError, check_amount,
     check_text, error_response,
 };
 use crate::common::client::{Upstream, UpstreamError};
@@ -198,6 +198,7 @@ pub struct PaymentRequest {
     pub order_id: String,
     /// Amount in won.
     #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
+    #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub amount: i64,
     /// `appcard` or `card`.
     pub method: Method,
@@ -225,6 +226,7 @@ pub struct Payment {
     /// The merchant's order id.
     pub order_id: String,
     /// Amount in won.
+    #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub amount: i64,
     /// `appcard` or `card`.
     pub method: String,
@@ -247,7 +249,6 @@ pub struct Payment {
 #[into_params(parameter_in = Query)]
 pub struct PaymentQuery {
     /// Only the payment of this order.
-    #[param(min_length = 1, max_length = 64)]
     pub order_id: Option<String>,
 }
 
@@ -399,7 +400,7 @@ fn validate(req: &PaymentRequest) -> Result<(), PgError> {
 /// Ask for the payment of an order: routed to appcard (PIN) or card (number); one payment per
 /// order.
 #[utoipa::path(post, path = "/payments", tag = "payments", request_body = PaymentRequest,
-    params(("Idempotency-Key" = String, Header, description = "derived from the order; retries reuse it"),
+    params(IdemHeader,
            ("X-Merchant-Key" = String, Header, description = "the merchant's API key")),
     responses(
         (status = 201, description = "approved (or replayed)", body = Payment),
@@ -522,7 +523,7 @@ pub async fn create_payment(
 /// Cancel (refund) an approved payment through the chain.
 #[utoipa::path(post, path = "/payments/{id}/cancel", tag = "payments",
     params(("id" = String, Path, description = "payment id"),
-           ("Idempotency-Key" = String, Header, description = "derived from the order; retries reuse it"),
+           IdemHeader,
            ("X-Merchant-Key" = String, Header, description = "the merchant's API key")),
     responses(
         (status = 200, description = "cancelled (or already cancelled)", body = Payment),
