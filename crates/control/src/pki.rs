@@ -59,16 +59,22 @@ pub enum PkiError {
     Load {
         path: PathBuf,
         #[source]
-        source: onemesh_identity::Error,
+        source: Box<onemesh_identity::Error>,
     },
     #[error(
         "the issuer is for trust domain {found:?} but {wanted:?} was asked: pass --trust-domain {found}"
     )]
     TrustDomain { found: String, wanted: String },
     #[error("making certificates failed: {0}")]
-    Identity(#[from] onemesh_identity::Error),
+    Identity(#[source] Box<onemesh_identity::Error>),
     #[error("the control plane's id is invalid: {0}")]
     Id(#[from] onemesh_identity::IdError),
+}
+
+impl From<onemesh_identity::Error> for PkiError {
+    fn from(e: onemesh_identity::Error) -> Self {
+        PkiError::Identity(Box::new(e))
+    }
 }
 
 /// The issuer and the trust bundle proxies must trust.
@@ -132,10 +138,13 @@ pub fn load_or_create(state_dir: &Path, trust_domain: &str) -> Result<Ca, PkiErr
             let bundle =
                 TrustBundle::from_pem(&read(&anchors)?).map_err(|source| PkiError::Load {
                     path: anchors.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
-            let issuer = Issuer::from_pem(&read(&cert)?, &read(&key)?)
-                .map_err(|source| PkiError::Load { path: cert, source })?;
+            let issuer =
+                Issuer::from_pem(&read(&cert)?, &read(&key)?).map_err(|source| PkiError::Load {
+                    path: cert,
+                    source: Box::new(source),
+                })?;
             Ca { issuer, bundle }
         }
         _ => {

@@ -159,6 +159,8 @@ pub enum Problem {
     BadPathPrefix(String),
     #[error("{0:?} is not a protocol: use http or opaque")]
     BadProtocol(String),
+    #[error("{0:?} is not an address: use ip:port, e.g. 127.0.0.1:8000")]
+    BadAddress(String),
 }
 
 /// How a workload port speaks: HTTP (detected as HTTP/1 or HTTP/2) or opaque TCP.
@@ -210,6 +212,9 @@ pub struct Service {
     pub meta: Meta,
     pub selector: BTreeMap<String, String>,
     pub ports: Vec<ServicePort>,
+    /// Local mode: an address on this machine where `onemesh up` exposes the service's first port
+    /// (the platform's public entry), e.g. `127.0.0.1:8000`.
+    pub expose: Option<std::net::SocketAddr>,
 }
 
 /// One port of a service and the workload port it leads to.
@@ -620,7 +625,7 @@ fn service(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
     let Some(spec) = r
         .spec
         .as_ref()
-        .and_then(|s| s.map(errors, &["selector", "ports"]))
+        .and_then(|s| s.map(errors, &["selector", "ports", "expose"]))
     else {
         return;
     };
@@ -663,6 +668,16 @@ fn service(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
         }
     }
     drop(selected);
+    let expose = spec.optional("expose").and_then(|n| {
+        let text = n.str(errors)?;
+        match text.parse::<std::net::SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                errors.push(n.line(), &n.path, Problem::BadAddress(text.to_string()));
+                None
+            }
+        }
+    });
     // Recorded even when invalid (see `workload`): routes naming it get no misleading error.
     let key = (namespace, r.meta.name.clone());
     if let Some(first) = mesh.services.get(&key) {
@@ -675,6 +690,7 @@ fn service(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
             meta: r.meta,
             selector: selector.unwrap_or_default(),
             ports,
+            expose,
         },
     );
 }
