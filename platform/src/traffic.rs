@@ -75,6 +75,9 @@ pub struct TrafficConfig {
     pub retry_for: Duration,
     /// Use `HTTP_PROXY` from the environment.
     pub use_env_proxy: bool,
+    /// Percent of pay requests sent twice at once with the same key, as a client that retries
+    /// before the first answer arrives would (both answers must agree).
+    pub duplicate_pay_percent: u32,
 }
 
 impl TrafficConfig {
@@ -88,6 +91,7 @@ impl TrafficConfig {
             concurrency: 64,
             retry_for: Duration::from_secs(30),
             use_env_proxy: true,
+            duplicate_pay_percent: 0,
         }
     }
 }
@@ -222,7 +226,23 @@ async fn scenario(shared: &Shared, kind: Kind) -> String {
         return "order_unreadable".into();
     };
     shared.summary.lock().await.orders.push((id.clone(), kind));
-    let paid = match call(shared, &format!("{base}/orders/{id}/pay"), pay).await {
+    let pay_url = format!("{base}/orders/{id}/pay");
+    let pay_key = crate::common::new_id("traffic");
+    let answer = if fastrand::u32(0..100) < shared.config.duplicate_pay_percent {
+        let (a, b) = tokio::join!(
+            call_with_key(shared, &pay_url, &pay_key, pay.clone()),
+            call_with_key(shared, &pay_url, &pay_key, pay)
+        );
+        match (&a, &b) {
+            (Ok((sa, ba)), Ok((sb, bb))) if sa != sb || ba != bb => {
+                return format!("duplicate_pay_disagreed_{sa}_{sb}");
+            }
+            _ => a,
+        }
+    } else {
+        call_with_key(shared, &pay_url, &pay_key, pay).await
+    };
+    let paid = match answer {
         Ok((200, body)) if body["status"] == "PAID" => true,
         Ok((402, body)) => return code(&body),
         Ok((status, body)) => return format!("pay_{status}_{}", code(&body)),
@@ -242,16 +262,25 @@ fn code(body: &Value) -> String {
     body["code"].as_str().unwrap_or("unknown").to_string()
 }
 
-/// POSTs with one idempotency key, retrying 5xx and connection failures with the same key.
+/// POSTs with a fresh idempotency key (see [`call_with_key`]).
 async fn call(shared: &Shared, url: &str, body: Value) -> Result<(u16, Value), String> {
-    let key = crate::common::new_id("traffic");
+    call_with_key(shared, url, &crate::common::new_id("traffic"), body).await
+}
+
+/// POSTs with one idempotency key, retrying 5xx and connection failures with the same key.
+async fn call_with_key(
+    shared: &Shared,
+    url: &str,
+    key: &str,
+    body: Value,
+) -> Result<(u16, Value), String> {
     let deadline = Instant::now() + shared.config.retry_for;
     let mut backoff = Duration::from_millis(50);
     loop {
         let result = shared
             .http
             .post(url)
-            .header(crate::common::api::IDEMPOTENCY_KEY, &key)
+            .header(crate::common::api::IDEMPOTENCY_KEY, key)
             .json(&body)
             .send()
             .await;
