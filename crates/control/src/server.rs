@@ -18,7 +18,7 @@ use std::time::Duration;
 use onemesh_api::destination::destination_server::DestinationServer;
 use onemesh_api::identity::identity_server::IdentityServer;
 use onemesh_api::policy::policy_server::PolicyServer;
-use onemesh_identity::{DEFAULT_LEAF_LIFETIME, HandshakeFailure, SpiffeId, TrustBundle};
+use onemesh_identity::{DEFAULT_LEAF_LIFETIME, HandshakeFailure, SpiffeId, TrustBundle, peer_id};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -239,6 +239,8 @@ async fn serve(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
+                        let id = peer_id(stream.get_ref().1);
+                        let peer = PeerInfo { addr: peer, id };
                         let _ = tx.send(Ok(TlsConn { stream, peer })).await;
                     }
                     Ok(Err(e)) => tracing::debug!(
@@ -268,21 +270,26 @@ async fn serve(
     accept.abort();
 }
 
-/// The address of the client on the other end, available to handlers as a request extension.
-#[derive(Clone, Copy, Debug)]
-pub struct PeerAddr(pub SocketAddr);
+/// Who is on the other end of a connection, available to handlers as a request extension.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub addr: SocketAddr,
+    /// The client's SPIFFE id when it presented a mesh certificate (verified during the
+    /// handshake: chain to the bundle, our trust domain, valid now); `None` when it presented none.
+    pub id: Option<SpiffeId>,
+}
 
 /// An accepted TLS connection, as tonic wants it.
 struct TlsConn {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
-    peer: SocketAddr,
+    peer: PeerInfo,
 }
 
 impl Connected for TlsConn {
-    type ConnectInfo = PeerAddr;
+    type ConnectInfo = PeerInfo;
 
-    fn connect_info(&self) -> PeerAddr {
-        PeerAddr(self.peer)
+    fn connect_info(&self) -> PeerInfo {
+        self.peer.clone()
     }
 }
 

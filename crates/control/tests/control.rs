@@ -18,7 +18,8 @@ use onemesh_api::policy::{InboundRequest, OutboundRequest};
 use onemesh_control::local::{ENDPOINTS_FILE, LocalStore, POLL_INTERVAL, TOKENS_FILE};
 use onemesh_control::{Control, Settings, start};
 use onemesh_identity::{
-    Issued, SpiffeId, TrustBundle, WorkloadKey, bootstrap_client_config, verify_peer,
+    CredentialStore, Issued, SpiffeId, TrustBundle, WorkloadKey, bootstrap_client_config,
+    verify_peer,
 };
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -160,7 +161,17 @@ async fn channel(
     bundle: &TrustBundle,
     expected: &SpiffeId,
 ) -> Result<Channel, tonic::transport::Error> {
-    let connector = TlsConnector::from(bootstrap_client_config(bundle, expected, &[b"h2"]));
+    let config = bootstrap_client_config(bundle, expected, &[b"h2"]);
+    try_tls_channel(addr, config, expected).await
+}
+
+/// A gRPC channel over TLS with the given client configuration.
+async fn try_tls_channel(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    expected: &SpiffeId,
+) -> Result<Channel, tonic::transport::Error> {
+    let connector = TlsConnector::from(config);
     let name = expected.tls_server_name();
     let connect = tower::service_fn(move |_| {
         let (connector, name) = (connector.clone(), name.clone());
@@ -174,6 +185,14 @@ async fn channel(
     tokio::time::timeout(WAIT, endpoint.connect_with_connector(connect))
         .await
         .unwrap()
+}
+
+async fn tls_channel(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    expected: &SpiffeId,
+) -> Channel {
+    try_tls_channel(addr, config, expected).await.unwrap()
 }
 
 impl Harness {
@@ -540,4 +559,63 @@ async fn shutdown_ends_watch_streams() {
         !matches!(end, Some(Ok(_))),
         "no update after shutdown: {end:?}"
     );
+}
+
+#[tokio::test]
+async fn renewal_with_the_current_certificate_needs_no_token() {
+    let h = harness().await;
+    let bank = id("spiffe://cluster.local/ns/bank/sa/bank");
+    let key = WorkloadKey::generate().unwrap();
+    let mut bootstrap = IdentityClient::new(h.channel(h.control.identity_addr).await);
+    let first = bootstrap
+        .certify(CertifyRequest {
+            csr: key.csr_der(&bank).unwrap(),
+            token: "t-bank".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let issued = Issued::from_chain_pem(&first.chain_pem).unwrap();
+    let creds =
+        CredentialStore::new(bank.clone(), key.clone(), issued, h.control.bundle.clone()).unwrap();
+
+    // Over a connection presenting the bank's leaf, no token is needed for the bank's id...
+    let config = creds.client_config(&h.control.id, &[b"h2"]);
+    let mut client =
+        IdentityClient::new(tls_channel(h.control.identity_addr, config, &h.control.id).await);
+    let renewed = client
+        .certify(CertifyRequest {
+            csr: key.csr_der(&bank).unwrap(),
+            token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renewed.identity, bank.to_string());
+    assert_ne!(renewed.chain[0], first.chain[0], "a new leaf");
+
+    // ...but the leaf proves only its own id.
+    let card = id("spiffe://cluster.local/ns/card/sa/card");
+    let status = client
+        .certify(CertifyRequest {
+            csr: key.csr_der(&card).unwrap(),
+            token: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("client certificate"),
+        "{status:?}"
+    );
+
+    // Without a certificate and without a token: unauthenticated.
+    let status = bootstrap
+        .certify(CertifyRequest {
+            csr: key.csr_der(&bank).unwrap(),
+            token: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 }

@@ -1,12 +1,17 @@
 //! `Identity.Certify`: signs a proxy's CSR when its bootstrap token entitles the id it asks for.
 //!
-//! Token rules (local mode): a token entitles exactly one SPIFFE id (the store says which). The
-//! first successful Certify binds the token to the public key of its CSR; later calls with the
-//! same token must use the same key. Proxies renew with the key they already have
-//! (`CredentialStore::key`), so renewal keeps working, while a stolen token is useless to anyone
-//! else once the proxy it was made for has started. Bindings live in the control plane's memory:
-//! a restarted control plane binds each token again on its next use (`onemesh up` hands out new
-//! tokens when it restarts the mesh anyway).
+//! Two ways to prove the right to an id:
+//!
+//! - A bootstrap token (first certificate). A token entitles exactly one SPIFFE id (the store
+//!   says which). The first successful Certify binds the token to the public key of its CSR;
+//!   later calls with the same token must use the same key, so a proxy may renew with its token
+//!   and its key (`CredentialStore::key`), while a stolen token is useless to anyone else once
+//!   the proxy it was made for has started. Bindings live in the control plane's memory: a
+//!   restarted control plane binds each token again on its next use (`onemesh up` hands out new
+//!   tokens when it restarts the mesh anyway).
+//! - The current leaf (renewal). A call with no token over a connection on which the client
+//!   presented its mesh certificate (verified in the handshake against the bundle) is entitled to
+//!   the id of that certificate, and only to it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,17 +22,23 @@ use onemesh_api::identity::{CertifyRequest, CertifyResponse};
 use onemesh_identity::{Issuer, SpiffeId, TrustBundle};
 use tonic::{Request, Response, Status};
 
+use crate::server::PeerInfo;
 use crate::store::{Store, StoreError};
 
 /// Why a Certify call was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum CertifyError {
-    #[error("no bootstrap token was sent: send the token `onemesh up` gave this proxy")]
+    #[error(
+        "no bootstrap token and no client certificate: send the token `onemesh up` gave this proxy, or renew over a connection presenting the current certificate"
+    )]
     NoToken,
     #[error("unknown bootstrap token: send the token `onemesh up` gave this proxy")]
     UnknownToken,
-    #[error("the token entitles {entitled}, not the id the csr asks for: ask for {entitled}")]
-    NotEntitled { entitled: SpiffeId },
+    #[error("the {proof} entitles {entitled}, not the id the csr asks for: ask for {entitled}")]
+    NotEntitled {
+        proof: &'static str,
+        entitled: SpiffeId,
+    },
     #[error(
         "the token is already bound to another key: renew with the key that first used it, or get a new token"
     )]
@@ -80,27 +91,37 @@ impl IdentityService {
         }
     }
 
-    /// Certify without the gRPC wrapping.
-    pub async fn certify(&self, csr: &[u8], token: &str) -> Result<CertifyResponse, CertifyError> {
-        if token.is_empty() {
-            return Err(CertifyError::NoToken);
-        }
-        let entitled = self
-            .store
-            .token_identity(token)
-            .await?
-            .ok_or(CertifyError::UnknownToken)?;
+    /// Certify without the gRPC wrapping. `peer` is the id of the client certificate presented
+    /// on the connection, if any; it is used only when no token is sent.
+    pub async fn certify(
+        &self,
+        csr: &[u8],
+        token: &str,
+        peer: Option<&SpiffeId>,
+    ) -> Result<CertifyResponse, CertifyError> {
+        let (proof, entitled) = match (token, peer) {
+            ("", Some(peer)) => ("client certificate", peer.clone()),
+            ("", None) => return Err(CertifyError::NoToken),
+            (token, _) => (
+                "token",
+                self.store
+                    .token_identity(token)
+                    .await?
+                    .ok_or(CertifyError::UnknownToken)?,
+            ),
+        };
         let issued = self
             .issuer
             .sign_csr(csr, self.lifetime, |asked| asked == &entitled)
             .map_err(|e| match e {
                 onemesh_identity::Error::NotEntitled { .. } => CertifyError::NotEntitled {
+                    proof,
                     entitled: entitled.clone(),
                 },
                 other => CertifyError::Csr(other),
             })?;
-        let key = csr_public_key(csr)?;
-        {
+        if !token.is_empty() {
+            let key = csr_public_key(csr)?;
             let mut bindings = self.bindings.lock().unwrap_or_else(PoisonError::into_inner);
             let bound = bindings
                 .entry(token.to_string())
@@ -140,8 +161,12 @@ impl Identity for IdentityService {
         &self,
         request: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
+        let peer = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.id.clone());
         let req = request.into_inner();
-        match IdentityService::certify(self, &req.csr, &req.token).await {
+        match IdentityService::certify(self, &req.csr, &req.token, peer.as_ref()).await {
             Ok(response) => Ok(Response::new(response)),
             Err(e) => {
                 tracing::warn!("certify refused: {e}");
