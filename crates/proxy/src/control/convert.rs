@@ -1,0 +1,266 @@
+//! Pure conversions from the control plane's messages to the data path's types, and the one
+//! piece of state a destination stream keeps: the endpoint set that snapshots replace and diffs
+//! patch.
+//!
+//! Bad entries (an unparsable address, SPIFFE id or method) are skipped one by one and reported
+//! to the caller, never a reason to drop the whole update: the rest of the set is still good, and
+//! a skipped authorization or route only ever denies or defaults more, never allows more.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use onemesh_api::{destination as dst, policy as pol};
+use onemesh_identity::SpiffeId;
+
+use crate::discover::{Endpoint, EndpointProtocol, Route, Service};
+use crate::policy::{Authorization, Authorizations, RouteMatch};
+
+/// One entry of a control-plane message that the proxy cannot use (it is skipped).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConvertError {
+    /// An endpoint address is not `ip:port`.
+    #[error("endpoint address {0:?} is not ip:port; the endpoint is skipped")]
+    BadAddr(String),
+    /// An endpoint's or caller's SPIFFE id does not parse.
+    #[error("{what} {id:?} is not a spiffe id ({reason}); it is skipped")]
+    BadId {
+        /// What carried it.
+        what: &'static str,
+        /// The text.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A port is out of range.
+    #[error("{what} port {port} is out of range 1-65535; it is skipped")]
+    BadPort {
+        /// What carried it.
+        what: &'static str,
+        /// The number.
+        port: u32,
+    },
+    /// A method is not an HTTP method token.
+    #[error("http method {0:?} is not a method token; the route is skipped")]
+    BadMethod(String),
+}
+
+fn port(what: &'static str, port: u32) -> Result<u16, ConvertError> {
+    u16::try_from(port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or(ConvertError::BadPort { what, port })
+}
+
+fn spiffe_id(what: &'static str, id: &str) -> Result<SpiffeId, ConvertError> {
+    SpiffeId::from_str(id).map_err(|e| ConvertError::BadId {
+        what,
+        id: id.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn methods(list: &[String]) -> Result<Vec<http::Method>, ConvertError> {
+    list.iter()
+        .map(|m| {
+            http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                .map_err(|_| ConvertError::BadMethod(m.clone()))
+        })
+        .collect()
+}
+
+/// One endpoint.
+pub fn endpoint(e: &dst::Endpoint) -> Result<Endpoint, ConvertError> {
+    let addr: SocketAddr = e
+        .addr
+        .parse()
+        .map_err(|_| ConvertError::BadAddr(e.addr.clone()))?;
+    let identity = spiffe_id("endpoint identity", &e.identity)?;
+    let target_port = port("endpoint target", e.target_port)?;
+    let protocol = match dst::ProtocolHint::try_from(e.protocol) {
+        Ok(dst::ProtocolHint::Opaque) => EndpointProtocol::Opaque,
+        _ => EndpointProtocol::Http,
+    };
+    let workload: Arc<str> = if e.workload.is_empty() {
+        identity.service_account().into()
+    } else {
+        e.workload.as_str().into()
+    };
+    let namespace: Arc<str> = if e.namespace.is_empty() {
+        identity.namespace().into()
+    } else {
+        e.namespace.as_str().into()
+    };
+    Ok(Endpoint {
+        addr,
+        target_port,
+        identity,
+        workload,
+        namespace,
+        weight: e.weight.max(1),
+        protocol,
+    })
+}
+
+/// What a destination stream knows about its service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Destination {
+    /// Whether the last snapshot said the name is a mesh service.
+    pub exists: bool,
+    /// `<service>.<namespace>`.
+    pub name: String,
+    /// The service's namespace.
+    pub namespace: String,
+    /// The service port.
+    pub port: u16,
+    /// Endpoints by address.
+    pub endpoints: BTreeMap<SocketAddr, Endpoint>,
+}
+
+impl Destination {
+    /// Applies one update: a snapshot replaces everything, a diff patches the endpoints. Returns
+    /// the entries it had to skip.
+    pub fn apply(&mut self, update: dst::Update) -> Vec<ConvertError> {
+        let mut skipped = Vec::new();
+        match update.kind {
+            Some(dst::update::Kind::Snapshot(s)) => {
+                self.exists = s.exists;
+                self.name = if s.namespace.is_empty() {
+                    s.service.clone()
+                } else {
+                    format!("{}.{}", s.service, s.namespace)
+                };
+                self.namespace = s.namespace;
+                self.port = u16::try_from(s.port).unwrap_or(0);
+                self.endpoints.clear();
+                for e in &s.endpoints {
+                    match endpoint(e) {
+                        Ok(e) => {
+                            self.endpoints.insert(e.addr, e);
+                        }
+                        Err(error) => skipped.push(error),
+                    }
+                }
+            }
+            Some(dst::update::Kind::Diff(d)) => {
+                for addr in &d.remove {
+                    match addr.parse::<SocketAddr>() {
+                        Ok(addr) => {
+                            self.endpoints.remove(&addr);
+                        }
+                        Err(_) => skipped.push(ConvertError::BadAddr(addr.clone())),
+                    }
+                }
+                for e in &d.add {
+                    match endpoint(e) {
+                        Ok(e) => {
+                            self.endpoints.insert(e.addr, e);
+                        }
+                        Err(error) => skipped.push(error),
+                    }
+                }
+            }
+            None => {}
+        }
+        skipped
+    }
+
+    /// The service as the data path sees it, with `routes` (from the outbound policy).
+    pub fn service(&self, fallback_name: &str, routes: Vec<Route>) -> Service {
+        let name = if self.name.is_empty() {
+            fallback_name
+        } else {
+            &self.name
+        };
+        Service {
+            name: name.into(),
+            namespace: self.namespace.as_str().into(),
+            port: self.port,
+            endpoints: if self.exists {
+                self.endpoints.values().cloned().collect()
+            } else {
+                Vec::new()
+            },
+            routes,
+        }
+    }
+}
+
+/// A service's outbound routes (empty when the name is not in the mesh).
+pub fn routes(p: &pol::OutboundPolicy) -> (Vec<Route>, Vec<ConvertError>) {
+    let mut skipped = Vec::new();
+    if !p.exists {
+        return (Vec::new(), skipped);
+    }
+    let mut out = Vec::new();
+    for r in &p.routes {
+        match methods(&r.methods) {
+            Ok(methods) => out.push(Route {
+                name: r.name.as_str().into(),
+                methods,
+                path_prefix: r.path_prefix.clone(),
+                timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
+                retryable: r.retryable,
+            }),
+            Err(error) => skipped.push(error),
+        }
+    }
+    (out, skipped)
+}
+
+/// A workload's inbound authorizations (none when it is not declared: the default applies).
+pub fn authorizations(p: &pol::InboundPolicy) -> (Authorizations, Vec<ConvertError>) {
+    let mut skipped = Vec::new();
+    let mut list = Vec::new();
+    if p.exists {
+        for a in &p.authorizations {
+            let mut ports = Vec::new();
+            for p in &a.ports {
+                match port("authorization", *p) {
+                    Ok(p) => ports.push(p),
+                    Err(error) => skipped.push(error),
+                }
+            }
+            // An authorization whose every port is unusable would otherwise mean "all ports".
+            if ports.is_empty() && !a.ports.is_empty() {
+                continue;
+            }
+            let mut routes = Vec::new();
+            for r in &a.routes {
+                match methods(&r.methods) {
+                    Ok(methods) => routes.push(RouteMatch {
+                        methods,
+                        path_prefix: r.path_prefix.clone(),
+                    }),
+                    Err(error) => skipped.push(error),
+                }
+            }
+            let mut identities = Vec::new();
+            for id in &a.identities {
+                match spiffe_id("caller identity", id) {
+                    Ok(id) => identities.push(id),
+                    Err(error) => skipped.push(error),
+                }
+            }
+            // Every route unusable must not widen to "every request": the authorization still
+            // covers its ports (so the same-namespace default does not come back) but admits
+            // nobody.
+            let admits_nobody = routes.is_empty() && !a.routes.is_empty();
+            list.push(Authorization {
+                name: a.name.as_str().into(),
+                ports,
+                routes,
+                identities: if admits_nobody { Vec::new() } else { identities },
+                namespaces: if admits_nobody {
+                    Vec::new()
+                } else {
+                    a.namespaces.clone()
+                },
+                unauthenticated: a.unauthenticated && !admits_nobody,
+            });
+        }
+    }
+    (Authorizations { list }, skipped)
+}

@@ -1,0 +1,262 @@
+//! [`Discover`] over `Destination.Watch` and `Policy.WatchOutbound`.
+//!
+//! The first resolve of a name starts one task for it, cached per [`Target`]: it keeps a
+//! destination stream and an outbound-policy stream open (reopening each with backoff) and
+//! publishes the merged [`Service`] on a watch. Resolvers wait (up to
+//! [`FIRST_ANSWER_TIMEOUT`]) for the task's first answer: `Mesh(watch)` or `External`; later
+//! resolves of the same name get the same watch at once. An `External` answer ends the task and
+//! forgets the name.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use onemesh_api::destination::WatchRequest;
+use onemesh_api::destination::destination_client::DestinationClient;
+use onemesh_api::policy::OutboundRequest;
+use onemesh_api::policy::policy_client::PolicyClient;
+use tokio::sync::watch;
+use tonic::Code;
+use tonic::transport::Channel;
+use tracing::{debug, warn};
+
+use super::convert::{self, Destination};
+use super::{Backoff, ControlPlane, FIRST_ANSWER_TIMEOUT, ServiceKind, watch_name};
+use crate::discover::{BoxFuture, Discover, DiscoverError, Resolution, Service, Target};
+
+/// What a name's task has found out so far.
+#[derive(Clone, Debug)]
+enum Answer {
+    Pending,
+    Mesh(watch::Receiver<Arc<Service>>),
+    External,
+}
+
+/// Service discovery from the control plane.
+#[derive(Clone, Debug)]
+pub struct ControlDiscover {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    destination: DestinationClient<Channel>,
+    policy: PolicyClient<Channel>,
+    caller_namespace: String,
+    plane: ControlPlane,
+    names: Mutex<HashMap<Target, watch::Receiver<Answer>>>,
+}
+
+impl ControlDiscover {
+    /// Discovery for a proxy in `caller_namespace` (short names resolve there).
+    pub fn new(
+        destination: DestinationClient<Channel>,
+        policy: PolicyClient<Channel>,
+        caller_namespace: String,
+        plane: ControlPlane,
+    ) -> Self {
+        ControlDiscover {
+            inner: Arc::new(Inner {
+                destination,
+                policy,
+                caller_namespace,
+                plane,
+                names: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// How many names have a task (tests check that a name has one stream).
+    pub fn watched_names(&self) -> usize {
+        self.inner.names().len()
+    }
+}
+
+impl Inner {
+    fn names(&self) -> std::sync::MutexGuard<'_, HashMap<Target, watch::Receiver<Answer>>> {
+        self.names.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets `target` if it is still this task's entry.
+    fn forget(&self, target: &Target, answer: &watch::Sender<Answer>) {
+        let mut names = self.names();
+        if names
+            .get(target)
+            .is_some_and(|rx| answer.same_channel(rx))
+        {
+            names.remove(target);
+        }
+    }
+}
+
+impl Discover for ControlDiscover {
+    fn resolve(&self, target: &Target) -> BoxFuture<Result<Resolution, DiscoverError>> {
+        let Some(name) = watch_name(target) else {
+            return Box::pin(async { Ok(Resolution::External) });
+        };
+        let mut answer = {
+            let mut names = self.inner.names();
+            names
+                .entry(target.clone())
+                .or_insert_with(|| {
+                    let (tx, rx) = watch::channel(Answer::Pending);
+                    tokio::spawn(run(self.inner.clone(), target.clone(), name.clone(), tx));
+                    rx
+                })
+                .clone()
+        };
+        Box::pin(async move {
+            let waited = tokio::time::timeout(
+                FIRST_ANSWER_TIMEOUT,
+                answer.wait_for(|a| !matches!(a, Answer::Pending)),
+            )
+            .await;
+            match waited {
+                Ok(Ok(a)) => match &*a {
+                    Answer::Mesh(rx) => Ok(Resolution::Mesh(rx.clone())),
+                    Answer::External | Answer::Pending => Ok(Resolution::External),
+                },
+                Ok(Err(_)) => Err(DiscoverError::Unavailable(format!(
+                    "the destination watch of {name} ended before answering; retry"
+                ))),
+                Err(_) => Err(DiscoverError::Unavailable(format!(
+                    "the control plane did not resolve {name} within {FIRST_ANSWER_TIMEOUT:?}; is it running?"
+                ))),
+            }
+        })
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One name's task: routes in the background, destination here until the name is external.
+async fn run(inner: Arc<Inner>, target: Target, name: String, answer: watch::Sender<Answer>) {
+    let (service, _) = watch::channel(Arc::new(Destination::default().service(&name, Vec::new())));
+    let _routes = AbortOnDrop(tokio::spawn(watch_routes(
+        inner.clone(),
+        name.clone(),
+        service.clone(),
+    )));
+    watch_destination(&inner, &name, &service, &answer).await;
+    inner.forget(&target, &answer);
+}
+
+/// Follows `Destination.Watch` for `name` until the control plane says it is not in the mesh.
+async fn watch_destination(
+    inner: &Inner,
+    name: &str,
+    service: &watch::Sender<Arc<Service>>,
+    answer: &watch::Sender<Answer>,
+) {
+    let mut health = inner.plane.stream(ServiceKind::Destination);
+    let mut backoff = Backoff::new();
+    let mut state = Destination::default();
+    loop {
+        let mut client = inner.destination.clone();
+        let request = WatchRequest {
+            name: name.to_string(),
+            caller_namespace: inner.caller_namespace.clone(),
+        };
+        let why = match client.watch(request).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(update)) => {
+                            health.up();
+                            backoff.reset();
+                            for skipped in state.apply(update) {
+                                warn!(%name, "destination update: {skipped}");
+                            }
+                            let pending = matches!(*answer.borrow(), Answer::Pending);
+                            if pending && !state.exists {
+                                debug!(%name, "not a mesh service: passing through");
+                                answer.send_replace(Answer::External);
+                                return;
+                            }
+                            service.send_modify(|s| {
+                                *s = Arc::new(state.service(name, s.routes.clone()));
+                            });
+                            if pending {
+                                answer.send_replace(Answer::Mesh(service.subscribe()));
+                            }
+                        }
+                        Ok(None) => break "the control plane ended the stream".to_string(),
+                        Err(status) => break status.to_string(),
+                    }
+                }
+            }
+            Err(status)
+                if status.code() == Code::InvalidArgument
+                    && matches!(*answer.borrow(), Answer::Pending) =>
+            {
+                debug!(%name, "the control plane cannot parse this name: passing through");
+                answer.send_replace(Answer::External);
+                return;
+            }
+            Err(status) => status.to_string(),
+        };
+        let delay = backoff.next_delay();
+        if health.failed() {
+            warn!(%name, retry_in = ?delay, "destination stream lost: {why}; serving the last known endpoints");
+        } else {
+            debug!(%name, retry_in = ?delay, "destination stream still down: {why}");
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Follows `Policy.WatchOutbound` for `name`, merging its routes into `service`.
+async fn watch_routes(inner: Arc<Inner>, name: String, service: watch::Sender<Arc<Service>>) {
+    let mut health = inner.plane.stream(ServiceKind::Policy);
+    let mut backoff = Backoff::new();
+    loop {
+        let mut client = inner.policy.clone();
+        let request = OutboundRequest {
+            name: name.clone(),
+            caller_namespace: inner.caller_namespace.clone(),
+        };
+        let why = match client.watch_outbound(request).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(policy)) => {
+                            health.up();
+                            backoff.reset();
+                            let (routes, skipped) = convert::routes(&policy);
+                            for skipped in skipped {
+                                warn!(%name, "outbound policy: {skipped}");
+                            }
+                            service.send_if_modified(|s| {
+                                if s.routes == routes {
+                                    return false;
+                                }
+                                let mut next = Service::clone(s);
+                                next.routes = routes;
+                                *s = Arc::new(next);
+                                true
+                            });
+                        }
+                        Ok(None) => break "the control plane ended the stream".to_string(),
+                        Err(status) => break status.to_string(),
+                    }
+                }
+            }
+            Err(status) => status.to_string(),
+        };
+        let delay = backoff.next_delay();
+        if health.failed() {
+            warn!(%name, retry_in = ?delay, "outbound policy stream lost: {why}; keeping the last known routes");
+        } else {
+            debug!(%name, retry_in = ?delay, "outbound policy stream still down: {why}");
+        }
+        tokio::time::sleep(delay).await;
+    }
+}

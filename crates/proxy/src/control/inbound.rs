@@ -1,0 +1,121 @@
+//! [`InboundPolicy`] over `Policy.WatchInbound`: this workload's authorizations on a watch,
+//! starting empty (the same-namespace default) and replaced by each full state the control plane
+//! sends. The stream is reopened with backoff; until then the last state stays in force. The
+//! first answer marks the initial configuration as loaded for `/ready`.
+
+use std::sync::Arc;
+
+use onemesh_api::policy::InboundRequest;
+use onemesh_api::policy::policy_client::PolicyClient;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tracing::{debug, info, warn};
+
+use super::convert;
+use super::{Backoff, ControlPlane, ServiceKind};
+use crate::discover::InboundPolicy;
+use crate::policy::Authorizations;
+
+/// Inbound authorizations from the control plane.
+#[derive(Debug)]
+pub struct ControlPolicy {
+    authorizations: watch::Sender<Arc<Authorizations>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControlPolicy {
+    /// Starts following the authorizations of `namespace`/`workload`.
+    pub fn spawn(
+        client: PolicyClient<Channel>,
+        namespace: String,
+        workload: String,
+        plane: ControlPlane,
+    ) -> Self {
+        let (authorizations, _) = watch::channel(Arc::new(Authorizations::default()));
+        let task = tokio::spawn(run(
+            client,
+            namespace,
+            workload,
+            plane,
+            authorizations.clone(),
+        ));
+        ControlPolicy {
+            authorizations,
+            task,
+        }
+    }
+}
+
+impl Drop for ControlPolicy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl InboundPolicy for ControlPolicy {
+    fn authorizations(&self) -> watch::Receiver<Arc<Authorizations>> {
+        self.authorizations.subscribe()
+    }
+}
+
+async fn run(
+    client: PolicyClient<Channel>,
+    namespace: String,
+    workload: String,
+    plane: ControlPlane,
+    authorizations: watch::Sender<Arc<Authorizations>>,
+) {
+    let mut health = plane.stream(ServiceKind::Policy);
+    let mut backoff = Backoff::new();
+    loop {
+        let mut client = client.clone();
+        let request = InboundRequest {
+            namespace: namespace.clone(),
+            workload: workload.clone(),
+            port: 0,
+        };
+        let why = match client.watch_inbound(request).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(policy)) => {
+                            health.up();
+                            backoff.reset();
+                            let (next, skipped) = convert::authorizations(&policy);
+                            for skipped in skipped {
+                                warn!(%namespace, %workload, "inbound policy: {skipped}");
+                            }
+                            let changed = authorizations.send_if_modified(|current| {
+                                if **current == next {
+                                    return false;
+                                }
+                                *current = Arc::new(next);
+                                true
+                            });
+                            if changed {
+                                info!(
+                                    %namespace,
+                                    %workload,
+                                    authorizations = authorizations.borrow().list.len(),
+                                    "inbound policy updated"
+                                );
+                            }
+                            plane.mark_config_loaded();
+                        }
+                        Ok(None) => break "the control plane ended the stream".to_string(),
+                        Err(status) => break status.to_string(),
+                    }
+                }
+            }
+            Err(status) => status.to_string(),
+        };
+        let delay = backoff.next_delay();
+        if health.failed() {
+            warn!(retry_in = ?delay, "inbound policy stream lost: {why}; keeping the last known authorizations");
+        } else {
+            debug!(retry_in = ?delay, "inbound policy stream still down: {why}");
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
