@@ -28,14 +28,37 @@ use yaml::{Errors, Map, Node};
 /// The only `apiVersion` accepted.
 pub const API_VERSION: &str = "onemesh.dev/v1";
 
-/// Every kind of resource mesh.yaml may hold.
-pub const KINDS: [&str; 5] = [
-    "Namespace",
-    "Workload",
-    "Service",
-    "AuthorizationPolicy",
-    "Route",
-];
+/// The kinds of resource mesh.yaml may hold, in the order they are checked (each may refer to
+/// the kinds before it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Namespace,
+    Workload,
+    Service,
+    AuthorizationPolicy,
+    Route,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Namespace,
+        Kind::Workload,
+        Kind::Service,
+        Kind::AuthorizationPolicy,
+        Kind::Route,
+    ];
+
+    /// The name written in `kind:`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Workload => "Workload",
+            Kind::Service => "Service",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::Route => "Route",
+        }
+    }
+}
 
 /// Why mesh.yaml could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -305,7 +328,7 @@ pub fn parse(file: &Path, text: &str) -> Result<MeshConfig, ConfigError> {
         message: e.info().to_string(),
     })?;
     let mut errors = Errors::new(file);
-    let mut by_kind: BTreeMap<usize, Vec<Resource<'_>>> = BTreeMap::new();
+    let mut by_kind: BTreeMap<Kind, Vec<Resource<'_>>> = BTreeMap::new();
     for doc in &docs {
         let node = Node::root(doc);
         if node.is_null() {
@@ -318,12 +341,12 @@ pub fn parse(file: &Path, text: &str) -> Result<MeshConfig, ConfigError> {
     let mut mesh = Parse::default();
     for (kind, resources) in by_kind {
         for r in resources {
-            match KINDS[kind] {
-                "Namespace" => namespace(&mut errors, &mut mesh, r),
-                "Workload" => workload(&mut errors, &mut mesh, r),
-                "Service" => service(&mut errors, &mut mesh, r),
-                "AuthorizationPolicy" => policy(&mut errors, &mut mesh, r),
-                _ => route(&mut errors, &mut mesh, r),
+            match kind {
+                Kind::Namespace => namespace(&mut errors, &mut mesh, r),
+                Kind::Workload => workload(&mut errors, &mut mesh, r),
+                Kind::Service => service(&mut errors, &mut mesh, r),
+                Kind::AuthorizationPolicy => policy(&mut errors, &mut mesh, r),
+                Kind::Route => route(&mut errors, &mut mesh, r),
             }
         }
     }
@@ -366,8 +389,7 @@ impl Parse {
 
 /// A document whose header (apiVersion, kind, metadata) is valid.
 struct Resource<'y> {
-    /// Index into [`KINDS`]; also the order in which kinds are checked.
-    kind: usize,
+    kind: Kind,
     meta: Meta,
     /// The node of `metadata.namespace`, for errors about it.
     namespace_node: Option<Node<'y>>,
@@ -386,7 +408,7 @@ fn header<'y>(errors: &mut Errors, doc: Node<'y>) -> Option<Resource<'y>> {
     }
     let kind_node = map.required(errors, "kind")?;
     let kind_name = kind_node.str(errors)?;
-    let Some(kind) = KINDS.iter().position(|k| *k == kind_name) else {
+    let Some(kind) = Kind::ALL.into_iter().find(|k| k.as_str() == kind_name) else {
         errors.push(
             kind_node.line(),
             &kind_node.path,
@@ -394,7 +416,7 @@ fn header<'y>(errors: &mut Errors, doc: Node<'y>) -> Option<Resource<'y>> {
         );
         return None;
     };
-    let is_namespace = kind == 0;
+    let is_namespace = kind == Kind::Namespace;
     let metadata = map.required(errors, "metadata")?;
     let allowed: &'static [&'static str] = if is_namespace {
         &["name"]

@@ -205,7 +205,8 @@ impl<'y> Node<'y> {
         ok.then_some(out)
     }
 
-    /// A mapping whose keys must all be in `allowed`; others are reported as unknown fields.
+    /// A mapping whose keys must all be in `allowed`; others are reported as unknown fields and
+    /// left out (the known ones are still read, so one stray field does not hide other errors).
     pub(crate) fn map(
         &self,
         errors: &mut Errors,
@@ -216,14 +217,12 @@ impl<'y> Node<'y> {
             return None;
         };
         let mut fields = Vec::with_capacity(entries.len());
-        let mut ok = true;
         for (key, value) in entries {
             let key_node = Node {
                 y: key,
                 path: self.path.clone(),
             };
             let Some(name) = key_node.str(errors) else {
-                ok = false;
                 continue;
             };
             let child = self.child(value, name);
@@ -235,12 +234,11 @@ impl<'y> Node<'y> {
                         expected: allowed.join(", "),
                     },
                 );
-                ok = false;
                 continue;
             }
             fields.push((name, child));
         }
-        ok.then(|| Map {
+        Some(Map {
             node: self.clone(),
             fields,
         })
