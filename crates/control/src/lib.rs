@@ -27,8 +27,9 @@
 //!   service's `targetPort` mapped to the real local port. The same mapping is applied to the
 //!   ports of inbound authorizations, so a proxy compares them with the target port it really sees.
 //! - `<state-dir>/tokens.json`: one bootstrap token per proxy, each entitling exactly one id; the
-//!   first Certify binds a token to the key of its CSR, later ones (renewals) must use that key
-//!   (see [`services::identity`]).
+//!   first Certify binds a token to the key of its CSR, later ones must use that key. A proxy may
+//!   also renew without a token over a connection that presents its current leaf, for that
+//!   leaf's id only (see [`services::identity`]).
 //!
 //! The files are polled every 250 ms; a valid change reaches every open watch stream at once
 //! (well within a second), an invalid one is logged and refused, and the last good state stays in

@@ -424,30 +424,38 @@ async fn destination_sends_the_full_set_then_changes_within_a_second() {
 }
 
 #[tokio::test]
-async fn inbound_policy_follows_an_edit() {
+async fn inbound_policy_follows_an_edit_on_every_watcher() {
     let h = harness().await;
-    let mut client = PolicyClient::new(h.channel(h.control.policy_addr).await);
-    let mut stream = client
-        .watch_inbound(InboundRequest {
-            namespace: "bank".into(),
-            workload: "bank".into(),
-            port: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = tokio::time::timeout(WAIT, stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(first.exists);
-    assert_eq!(first.authorizations.len(), 1);
-    let a = &first.authorizations[0];
-    assert_eq!(a.name, "allow-card");
-    assert_eq!(a.ports, vec![42001], "policy port mapped to the real port");
-    assert_eq!(a.identities, vec!["spiffe://cluster.local/ns/card/sa/card"]);
-    assert!(a.namespaces.is_empty());
+    // Two proxies of the same workload, each on its own connection.
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut client = PolicyClient::new(h.channel(h.control.policy_addr).await);
+        let stream = client
+            .watch_inbound(InboundRequest {
+                namespace: "bank".into(),
+                workload: "bank".into(),
+                port: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        streams.push(stream);
+    }
+    for stream in &mut streams {
+        let first = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(first.exists);
+        assert_eq!(first.authorizations.len(), 1);
+        let a = &first.authorizations[0];
+        assert_eq!(a.name, "allow-card");
+        assert_eq!(a.ports, vec![42001], "policy port mapped to the real port");
+        assert_eq!(a.identities, vec!["spiffe://cluster.local/ns/card/sa/card"]);
+        assert_eq!(a.routes[0].methods, vec!["POST"]);
+        assert!(a.namespaces.is_empty());
+    }
 
     let started = Instant::now();
     replace(
@@ -457,17 +465,19 @@ async fn inbound_policy_follows_an_edit() {
             "from: {namespaces: [card], unauthenticated: true}",
         ),
     );
-    let next = tokio::time::timeout(WAIT, stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let elapsed = started.elapsed();
-    let a = &next.authorizations[0];
-    assert!(a.identities.is_empty());
-    assert_eq!(a.namespaces, vec!["card"]);
-    assert!(a.unauthenticated);
-    assert!(elapsed < PUSH_DEADLINE, "policy change took {elapsed:?}");
+    for stream in &mut streams {
+        let next = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let elapsed = started.elapsed();
+        let a = &next.authorizations[0];
+        assert!(a.identities.is_empty());
+        assert_eq!(a.namespaces, vec!["card"]);
+        assert!(a.unauthenticated);
+        assert!(elapsed < PUSH_DEADLINE, "policy change took {elapsed:?}");
+    }
 }
 
 #[tokio::test]
