@@ -7,14 +7,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use onemesh_platform::common::serve::{init_logging, serve};
 use onemesh_platform::run::{Service, ServiceConfig, build_app, open_db};
 use onemesh_platform::traffic::{self, TrafficConfig};
 
 #[derive(Parser)]
-#[command(name = "onemesh-platform", about = "The onemesh reference platform's services")]
+#[command(
+    name = "onemesh-platform",
+    about = "The onemesh reference platform's services"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,9 +87,13 @@ fn env(name: &str) -> Option<String> {
 async fn run_service(service: Service, args: ServeArgs) -> anyhow::Result<()> {
     let listen = match (args.listen, env("LISTEN"), env("PORT")) {
         (Some(a), _, _) => a,
-        (None, Some(l), _) => l.parse().with_context(|| format!("LISTEN={l:?} is not an address"))?,
+        (None, Some(l), _) => l
+            .parse()
+            .with_context(|| format!("LISTEN={l:?} is not an address"))?,
         (None, None, Some(p)) => {
-            let port: u16 = p.parse().with_context(|| format!("PORT={p:?} is not a port"))?;
+            let port: u16 = p
+                .parse()
+                .with_context(|| format!("PORT={p:?} is not a port"))?;
             SocketAddr::from(([127, 0, 0, 1], port))
         }
         (None, None, None) => SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -96,8 +103,13 @@ async fn run_service(service: Service, args: ServeArgs) -> anyhow::Result<()> {
         .or_else(|| env("DATA_DIR").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("data"));
     let config = ServiceConfig::from_lookup(service, env);
-    let db = open_db(&data_dir, service)
-        .with_context(|| format!("opening the {} database in {}", service.name(), data_dir.display()))?;
+    let db = open_db(&data_dir, service).with_context(|| {
+        format!(
+            "opening the {} database in {}",
+            service.name(),
+            data_dir.display()
+        )
+    })?;
     let app = build_app(&config, db)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -146,9 +158,6 @@ async fn main() -> anyhow::Result<()> {
             duration,
             json,
         } => {
-            if !(rate > 0.0) {
-                bail!("--rate must be a positive number of scenarios per second");
-            }
             let summary = traffic::run(TrafficConfig::new(&target, rate, duration)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);

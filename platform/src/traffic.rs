@@ -167,7 +167,11 @@ pub async fn run(config: TrafficConfig) -> Result<TrafficSummary, TrafficError> 
             if outcome != kind.expected() {
                 s.unexpected += 1;
             }
-            *s.outcomes.entry(kind).or_default().entry(outcome).or_default() += 1;
+            *s.outcomes
+                .entry(kind)
+                .or_default()
+                .entry(outcome)
+                .or_default() += 1;
             drop(permit);
         });
     }
@@ -181,7 +185,13 @@ pub async fn run(config: TrafficConfig) -> Result<TrafficSummary, TrafficError> 
 /// The order lines and pay request of a kind.
 fn plan(kind: Kind) -> (Value, Value) {
     let small = || {
-        let dishes = ["m-bibimbap", "m-bulgogi", "m-kimchi-jjigae", "m-tteokbokki", "m-soju"];
+        let dishes = [
+            "m-bibimbap",
+            "m-bulgogi",
+            "m-kimchi-jjigae",
+            "m-tteokbokki",
+            "m-soju",
+        ];
         let a = dishes[fastrand::usize(..dishes.len())];
         let b = dishes[fastrand::usize(..dishes.len())];
         json!([{"menu_id": a, "qty": fastrand::i64(1..=2)}, {"menu_id": b, "qty": 1}])
@@ -217,7 +227,13 @@ async fn scenario(shared: &Shared, kind: Kind) -> String {
     let (items, pay) = plan(kind);
     let base = &shared.config.target;
     let table = fastrand::i64(1..=30);
-    let order = match call(shared, &format!("{base}/orders"), json!({"table_no": table, "items": items})).await {
+    let order = match call(
+        shared,
+        &format!("{base}/orders"),
+        json!({"table_no": table, "items": items}),
+    )
+    .await
+    {
         Ok((201, body)) => body,
         Ok((status, body)) => return format!("order_refused_{status}_{}", code(&body)),
         Err(e) => return e,
@@ -311,7 +327,11 @@ pub fn render(summary: &TrafficSummary) -> String {
     );
     for (kind, outcomes) in &summary.outcomes {
         let parts: Vec<String> = outcomes.iter().map(|(o, n)| format!("{o}={n}")).collect();
-        out.push_str(&format!("  {:<20} {}\n", format!("{kind:?}"), parts.join(" ")));
+        out.push_str(&format!(
+            "  {:<20} {}\n",
+            format!("{kind:?}"),
+            parts.join(" ")
+        ));
     }
     out
 }

@@ -23,14 +23,20 @@ fn key() -> String {
 }
 
 async fn balance(p: &Platform, account: &str) -> i64 {
-    let (_, a) = p.http.get(&format!("{}/accounts/{account}", p.url(Service::Bank))).await;
+    let (_, a) = p
+        .http
+        .get(&format!("{}/accounts/{account}", p.url(Service::Bank)))
+        .await;
     a["balance"].as_i64().unwrap()
 }
 
 async fn bank_txns(p: &Platform, reference: &str) -> Vec<Value> {
     let (_, t) = p
         .http
-        .get(&format!("{}/transactions?reference={reference}", p.url(Service::Bank)))
+        .get(&format!(
+            "{}/transactions?reference={reference}",
+            p.url(Service::Bank)
+        ))
         .await;
     t.as_array().unwrap().clone()
 }
@@ -38,7 +44,11 @@ async fn bank_txns(p: &Platform, reference: &str) -> Vec<Value> {
 async fn new_order(p: &Platform, items: Value) -> Value {
     let (status, order) = p
         .http
-        .post(&format!("{}/orders", p.url(Service::Order)), &key(), json!({"table_no": 7, "items": items}))
+        .post(
+            &format!("{}/orders", p.url(Service::Order)),
+            &key(),
+            json!({"table_no": 7, "items": items}),
+        )
         .await;
     assert_eq!(status, 201, "{order}");
     assert_eq!(order["status"], "PENDING");
@@ -48,7 +58,10 @@ async fn new_order(p: &Platform, items: Value) -> Value {
 async fn pg_payment(p: &Platform, id: &str) -> Value {
     let (status, payment) = p
         .http
-        .get_with(&format!("{}/payments/{id}", p.url(Service::Pg)), &[("x-merchant-key", MERCHANT_KEY)])
+        .get_with(
+            &format!("{}/payments/{id}", p.url(Service::Pg)),
+            &[("x-merchant-key", MERCHANT_KEY)],
+        )
         .await;
     assert_eq!(status, 200, "{payment}");
     payment
@@ -57,7 +70,10 @@ async fn pg_payment(p: &Platform, id: &str) -> Value {
 async fn authorizations(p: &Platform, payment_ref: &str) -> Vec<Value> {
     let (_, a) = p
         .http
-        .get(&format!("{}/authorizations?payment_ref={payment_ref}", p.url(Service::Card)))
+        .get(&format!(
+            "{}/authorizations?payment_ref={payment_ref}",
+            p.url(Service::Card)
+        ))
         .await;
     a.as_array().unwrap().clone()
 }
@@ -70,12 +86,17 @@ async fn appcard_payment_records_once_everywhere_and_cancel_reverses_every_step(
     bounded(async {
         let p = Platform::start(&[]).await;
         let kim_before = balance(&p, KIM).await;
-        let order = new_order(&p, json!([{"menu_id": "m-bibimbap", "qty": 2}, {"menu_id": "m-soju", "qty": 1}])).await;
+        let order = new_order(
+            &p,
+            json!([{"menu_id": "m-bibimbap", "qty": 2}, {"menu_id": "m-soju", "qty": 1}]),
+        )
+        .await;
         let id = order["id"].as_str().unwrap();
         assert_eq!(order["amount"], 29_000);
 
         let pay_url = format!("{}/orders/{id}/pay", p.url(Service::Order));
-        let pay = json!({"method": "appcard", "user_id": "u-kim", "card_id": "c-kim-1", "pin": "1234"});
+        let pay =
+            json!({"method": "appcard", "user_id": "u-kim", "card_id": "c-kim-1", "pin": "1234"});
         let pay_key = key();
         let (status, paid) = p.http.post(&pay_url, &pay_key, pay.clone()).await;
         assert_eq!(status, 200, "{paid}");
@@ -96,7 +117,13 @@ async fn appcard_payment_records_once_everywhere_and_cancel_reverses_every_step(
         assert_eq!(auths.len(), 1, "exactly one approval");
         assert_eq!(auths[0]["status"], "APPROVED");
         assert_eq!(auths[0]["approval_no"], approval_no.as_str());
-        let (_, wallet) = p.http.get(&format!("{}/payments/{payment_id}", p.url(Service::Appcard))).await;
+        let (_, wallet) = p
+            .http
+            .get(&format!(
+                "{}/payments/{payment_id}",
+                p.url(Service::Appcard)
+            ))
+            .await;
         assert_eq!(wallet["status"], "APPROVED");
         let txns = bank_txns(&p, &payment_id).await;
         assert_eq!(txns.len(), 1, "exactly one debit: {txns:?}");
@@ -112,8 +139,17 @@ async fn appcard_payment_records_once_everywhere_and_cancel_reverses_every_step(
         let (status, _) = p.http.post(&cancel_url, &key(), json!({})).await;
         assert_eq!(status, 200, "cancelling a cancelled order is a no-op");
         assert_eq!(pg_payment(&p, &payment_id).await["status"], "CANCELLED");
-        assert_eq!(authorizations(&p, &payment_id).await[0]["status"], "CANCELLED");
-        let (_, wallet) = p.http.get(&format!("{}/payments/{payment_id}", p.url(Service::Appcard))).await;
+        assert_eq!(
+            authorizations(&p, &payment_id).await[0]["status"],
+            "CANCELLED"
+        );
+        let (_, wallet) = p
+            .http
+            .get(&format!(
+                "{}/payments/{payment_id}",
+                p.url(Service::Appcard)
+            ))
+            .await;
         assert_eq!(wallet["status"], "CANCELLED");
         let txns = bank_txns(&p, &payment_id).await;
         let kinds: Vec<&str> = txns.iter().map(|t| t["kind"].as_str().unwrap()).collect();
@@ -142,12 +178,19 @@ async fn card_number_payment_on_credit_holds_limit_and_cancel_releases_it() {
         let payment_id = paid["payment_id"].as_str().unwrap();
         let card_url = format!("{}/cards/9410000000000002", p.url(Service::Card));
         assert_eq!(p.http.get(&card_url).await.1["used"], 18_000);
-        assert!(bank_txns(&p, payment_id).await.is_empty(), "credit cards do not touch the bank");
+        assert!(
+            bank_txns(&p, payment_id).await.is_empty(),
+            "credit cards do not touch the bank"
+        );
         assert_eq!(authorizations(&p, payment_id).await.len(), 1);
 
         let (status, _) = p
             .http
-            .post(&format!("{}/orders/{id}/cancel", p.url(Service::Order)), &key(), json!({}))
+            .post(
+                &format!("{}/orders/{id}/cancel", p.url(Service::Order)),
+                &key(),
+                json!({}),
+            )
             .await;
         assert_eq!(status, 200);
         assert_eq!(p.http.get(&card_url).await.1["used"], 0);
@@ -156,33 +199,63 @@ async fn card_number_payment_on_credit_holds_limit_and_cancel_releases_it() {
 }
 
 async fn declined(p: &Platform, items: Value, pay: Value, code: &str) {
-    let summary_before = p.http.get(&format!("{}/ledger/summary", p.url(Service::Bank))).await.1;
-    let (_, accounts_before) = p.http.get(&format!("{}/accounts", p.url(Service::Bank))).await;
+    let summary_before = p
+        .http
+        .get(&format!("{}/ledger/summary", p.url(Service::Bank)))
+        .await
+        .1;
+    let (_, accounts_before) = p
+        .http
+        .get(&format!("{}/accounts", p.url(Service::Bank)))
+        .await;
     let order = new_order(p, items).await;
     let id = order["id"].as_str().unwrap();
     let (status, err) = p
         .http
-        .post(&format!("{}/orders/{id}/pay", p.url(Service::Order)), &key(), pay)
+        .post(
+            &format!("{}/orders/{id}/pay", p.url(Service::Order)),
+            &key(),
+            pay,
+        )
         .await;
     assert_eq!(status, 402, "{err}");
     assert_eq!(err["code"], code, "{err}");
     assert!(!err["error"].as_str().unwrap().is_empty());
-    let (_, order) = p.http.get(&format!("{}/orders/{id}", p.url(Service::Order))).await;
+    let (_, order) = p
+        .http
+        .get(&format!("{}/orders/{id}", p.url(Service::Order)))
+        .await;
     assert_eq!(order["status"], "FAILED");
     assert_eq!(order["failure_code"], code);
     let (_, payments) = p
         .http
-        .get_with(&format!("{}/payments?order_id={id}", p.url(Service::Pg)), &[("x-merchant-key", MERCHANT_KEY)])
+        .get_with(
+            &format!("{}/payments?order_id={id}", p.url(Service::Pg)),
+            &[("x-merchant-key", MERCHANT_KEY)],
+        )
         .await;
     let payment = &payments[0];
     assert_eq!(payment["status"], "DECLINED");
     assert_eq!(payment["decline_code"], code);
     let payment_id = payment["id"].as_str().unwrap();
-    assert!(authorizations(p, payment_id).await.is_empty(), "no approval for a decline");
-    assert!(bank_txns(p, payment_id).await.is_empty(), "no bank posting for a decline");
-    let (_, accounts_after) = p.http.get(&format!("{}/accounts", p.url(Service::Bank))).await;
+    assert!(
+        authorizations(p, payment_id).await.is_empty(),
+        "no approval for a decline"
+    );
+    assert!(
+        bank_txns(p, payment_id).await.is_empty(),
+        "no bank posting for a decline"
+    );
+    let (_, accounts_after) = p
+        .http
+        .get(&format!("{}/accounts", p.url(Service::Bank)))
+        .await;
     assert_eq!(accounts_before, accounts_after, "no balance changed");
-    let summary_after = p.http.get(&format!("{}/ledger/summary", p.url(Service::Bank))).await.1;
+    let summary_after = p
+        .http
+        .get(&format!("{}/ledger/summary", p.url(Service::Bank)))
+        .await
+        .1;
     assert_eq!(summary_before, summary_after);
 }
 
@@ -225,7 +298,10 @@ async fn declines_fail_with_clear_errors_and_change_no_balance() {
             "fraud_amount_ceiling",
         )
         .await;
-        let (_, card) = p.http.get(&format!("{}/cards/9410000000000004", p.url(Service::Card))).await;
+        let (_, card) = p
+            .http
+            .get(&format!("{}/cards/9410000000000004", p.url(Service::Card)))
+            .await;
         assert_eq!(card["used"], 0, "over-limit holds nothing");
     })
     .await;
@@ -243,10 +319,14 @@ async fn bank_outage_leaves_order_pending_and_a_retry_charges_once() {
         let (status, err) = p.http.post(&pay_url, &pay_key, pay.clone()).await;
         assert_eq!(status, 503, "{err}");
         assert_eq!(err["code"], "payment_unavailable");
-        let (_, pending) = p.http.get(&format!("{}/orders/{id}", p.url(Service::Order))).await;
+        let (_, pending) = p
+            .http
+            .get(&format!("{}/orders/{id}", p.url(Service::Order)))
+            .await;
         assert_eq!(pending["status"], "PENDING");
         // A different pay request for the same order is refused while the first is unresolved.
-        let other = json!({"method": "appcard", "user_id": "u-kim", "card_id": "c-kim-1", "pin": "1234"});
+        let other =
+            json!({"method": "appcard", "user_id": "u-kim", "card_id": "c-kim-1", "pin": "1234"});
         let (status, _) = p.http.post(&pay_url, &key(), other).await;
         assert_eq!(status, 409);
 

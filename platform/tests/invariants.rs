@@ -43,7 +43,13 @@ impl Processes {
             children: HashMap::new(),
             http: Http::new(),
         };
-        for s in [Service::Bank, Service::Card, Service::Appcard, Service::Pg, Service::Order] {
+        for s in [
+            Service::Bank,
+            Service::Card,
+            Service::Appcard,
+            Service::Pg,
+            Service::Order,
+        ] {
             p.launch(s, None);
             let addr = wait_for_listening(&p.log_path(s)).await;
             p.addrs.insert(s, addr);
@@ -96,7 +102,11 @@ impl Processes {
 
     async fn wait_healthy(&self, s: Service) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(1)).build().unwrap();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
         while Instant::now() < deadline {
             if let Ok(r) = client.get(format!("{}/healthz", self.url(s))).send().await
                 && r.status().is_success()
@@ -105,7 +115,11 @@ impl Processes {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("{} did not become healthy; see {}", s.name(), self.log_path(s).display());
+        panic!(
+            "{} did not become healthy; see {}",
+            s.name(),
+            self.log_path(s).display()
+        );
     }
 
     /// SIGKILL, a pause, then a restart on the same port with the same database file.
@@ -166,12 +180,15 @@ async fn list(http: &Http, url: String, headers: &[(&str, &str)]) -> Vec<Value> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invariants_hold_after_1000_payments_with_crashes_and_retries() {
-    tokio::time::timeout(Duration::from_secs(240), run()).await.expect("invariant test took longer than 240 s");
+    tokio::time::timeout(Duration::from_secs(240), run())
+        .await
+        .expect("invariant test took longer than 240 s");
 }
 
 async fn run() {
     let mut procs = Processes::start().await;
-    let mut config = TrafficConfig::new(&procs.url(Service::Order), 150.0, Duration::from_secs(120));
+    let mut config =
+        TrafficConfig::new(&procs.url(Service::Order), 150.0, Duration::from_secs(120));
     config.max_scenarios = Some(1_100);
     config.concurrency = 48;
     config.retry_for = Duration::from_secs(60);
@@ -180,37 +197,87 @@ async fn run() {
     let traffic = tokio::spawn(traffic::run(config));
 
     // Faults: each service is killed mid-run and restarted on the same port and database.
-    for s in [Service::Card, Service::Bank, Service::Pg, Service::Appcard, Service::Order] {
+    for s in [
+        Service::Card,
+        Service::Bank,
+        Service::Pg,
+        Service::Appcard,
+        Service::Order,
+    ] {
         tokio::time::sleep(Duration::from_millis(900)).await;
         procs.crash_and_restart(s, Duration::from_millis(300)).await;
     }
     let summary = traffic.await.unwrap().unwrap();
     println!("{}", traffic::render(&summary));
-    assert!(summary.attempts >= 1_000, "only {} scenarios ran", summary.attempts);
-    assert!(summary.retries > 0, "the crashes should have forced retries");
-    assert_eq!(summary.unexpected, 0, "every scenario ends as its kind expects: {summary:#?}");
+    assert!(
+        summary.attempts >= 1_000,
+        "only {} scenarios ran",
+        summary.attempts
+    );
+    assert!(
+        summary.retries > 0,
+        "the crashes should have forced retries"
+    );
+    assert_eq!(
+        summary.unexpected, 0,
+        "every scenario ends as its kind expects: {summary:#?}"
+    );
 
     let http = &procs.http;
     let merchant = [("x-merchant-key", MERCHANT_KEY)];
     let orders = list(http, format!("{}/orders", procs.url(Service::Order)), &[]).await;
-    let payments = list(http, format!("{}/payments", procs.url(Service::Pg)), &merchant).await;
-    let wallet = list(http, format!("{}/payments", procs.url(Service::Appcard)), &[]).await;
-    let auths = list(http, format!("{}/authorizations", procs.url(Service::Card)), &[]).await;
-    let txns = list(http, format!("{}/transactions", procs.url(Service::Bank)), &[]).await;
+    let payments = list(
+        http,
+        format!("{}/payments", procs.url(Service::Pg)),
+        &merchant,
+    )
+    .await;
+    let wallet = list(
+        http,
+        format!("{}/payments", procs.url(Service::Appcard)),
+        &[],
+    )
+    .await;
+    let auths = list(
+        http,
+        format!("{}/authorizations", procs.url(Service::Card)),
+        &[],
+    )
+    .await;
+    let txns = list(
+        http,
+        format!("{}/transactions", procs.url(Service::Bank)),
+        &[],
+    )
+    .await;
     let cards = list(http, format!("{}/cards", procs.url(Service::Card)), &[]).await;
-    let (_, ledger) = http.get(&format!("{}/ledger/summary", procs.url(Service::Bank))).await;
+    let (_, ledger) = http
+        .get(&format!("{}/ledger/summary", procs.url(Service::Bank)))
+        .await;
     let accounts = list(http, format!("{}/accounts", procs.url(Service::Bank)), &[]).await;
 
     // Money is conserved.
-    assert_eq!(ledger["customer_and_settlement_total"], SEEDED_TOTAL, "{ledger}");
+    assert_eq!(
+        ledger["customer_and_settlement_total"], SEEDED_TOTAL,
+        "{ledger}"
+    );
     assert_eq!(ledger["total_balance"], 0);
     assert_eq!(ledger["entries_sum"], 0);
     for t in &txns {
-        let sum: i64 = t["entries"].as_array().unwrap().iter().map(|e| e["amount"].as_i64().unwrap()).sum();
+        let sum: i64 = t["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["amount"].as_i64().unwrap())
+            .sum();
         assert_eq!(sum, 0, "unbalanced transaction {t}");
     }
 
-    assert_eq!(orders.len() as u64, summary.attempts, "every scenario placed exactly one order");
+    assert_eq!(
+        orders.len() as u64,
+        summary.attempts,
+        "every scenario placed exactly one order"
+    );
     let payments_by_order = by(&payments, "order_id");
     let wallet_by_ref = by(&wallet, "payment_ref");
     let auths_by_ref = by(&auths, "payment_ref");
@@ -233,11 +300,21 @@ async fn run() {
         let appcard = payment["method"] == "appcard";
         match status {
             "PAID" | "CANCELLED" => {
-                let (pg_status, auth_status) =
-                    if status == "PAID" { ("APPROVED", "APPROVED") } else { ("CANCELLED", "CANCELLED") };
+                let (pg_status, auth_status) = if status == "PAID" {
+                    ("APPROVED", "APPROVED")
+                } else {
+                    ("CANCELLED", "CANCELLED")
+                };
                 assert_eq!(order["payment_id"], pid);
-                assert_eq!(payment["status"], pg_status, "order {id} is {status}: {payment}");
-                assert_eq!(a.len(), 1, "order {id} must have exactly one approval: {a:?}");
+                assert_eq!(
+                    payment["status"], pg_status,
+                    "order {id} is {status}: {payment}"
+                );
+                assert_eq!(
+                    a.len(),
+                    1,
+                    "order {id} must have exactly one approval: {a:?}"
+                );
                 assert_eq!(a[0]["status"], auth_status);
                 assert_eq!(a[0]["approval_no"], order["approval_no"]);
                 assert_eq!(a[0]["approval_no"], payment["approval_no"]);
@@ -255,7 +332,12 @@ async fn run() {
                 };
                 assert_eq!(kinds, expected, "bank postings of order {id} ({status})");
                 for x in &t {
-                    let moved = x["entries"].as_array().unwrap().iter().map(|e| e["amount"].as_i64().unwrap().abs()).max();
+                    let moved = x["entries"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| e["amount"].as_i64().unwrap().abs())
+                        .max();
                     assert_eq!(moved, order["amount"].as_i64());
                 }
                 if status == "PAID" && a[0]["kind"] == "check" {
@@ -263,7 +345,10 @@ async fn run() {
                 }
             }
             "FAILED" => {
-                assert_eq!(payment["status"], "DECLINED", "order {id} FAILED: {payment}");
+                assert_eq!(
+                    payment["status"], "DECLINED",
+                    "order {id} FAILED: {payment}"
+                );
                 assert_eq!(payment["decline_code"], order["failure_code"]);
                 assert!(a.is_empty(), "a failed order has no approval: {a:?}");
                 assert!(w.is_empty());
@@ -274,33 +359,51 @@ async fn run() {
     }
 
     // No debit without an approval, no approval without a payment.
-    let payment_ids: HashMap<&str, &Value> =
-        payments.iter().map(|p| (p["id"].as_str().unwrap(), p)).collect();
+    let payment_ids: HashMap<&str, &Value> = payments
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap(), p))
+        .collect();
     for t in &txns {
         if t["kind"] == "opening" {
             continue;
         }
         let r = t["reference"].as_str().unwrap();
-        let a = auths_by_ref.get(r).unwrap_or_else(|| panic!("bank posting {r} without an approval"));
+        let a = auths_by_ref
+            .get(r)
+            .unwrap_or_else(|| panic!("bank posting {r} without an approval"));
         assert_eq!(a[0]["kind"], "check");
     }
     for a in &auths {
-        assert!(payment_ids.contains_key(a["payment_ref"].as_str().unwrap()), "approval without payment: {a}");
+        assert!(
+            payment_ids.contains_key(a["payment_ref"].as_str().unwrap()),
+            "approval without payment: {a}"
+        );
     }
-    let settlement = accounts.iter().find(|a| a["id"] == "acc-card-settlement").unwrap();
-    assert_eq!(settlement["balance"], check_card_outstanding, "settlement holds exactly the outstanding check-card debits");
+    let settlement = accounts
+        .iter()
+        .find(|a| a["id"] == "acc-card-settlement")
+        .unwrap();
+    assert_eq!(
+        settlement["balance"], check_card_outstanding,
+        "settlement holds exactly the outstanding check-card debits"
+    );
 
     // Credit limits in use equal the approved credit authorizations.
     for card in &cards {
         let last4 = card["last4"].as_str().unwrap();
         let held: i64 = auths
             .iter()
-            .filter(|a| a["card_last4"] == last4 && a["kind"] == "credit" && a["status"] == "APPROVED")
+            .filter(|a| {
+                a["card_last4"] == last4 && a["kind"] == "credit" && a["status"] == "APPROVED"
+            })
             .map(|a| a["amount"].as_i64().unwrap())
             .sum();
         assert_eq!(card["used"], held, "card ending {last4}");
     }
-    println!("orders by status: {counts:?}; bank transactions: {}", txns.len());
+    println!(
+        "orders by status: {counts:?}; bank transactions: {}",
+        txns.len()
+    );
     assert!(counts.get("PAID").copied().unwrap_or(0) > 300);
     assert!(counts.get("CANCELLED").copied().unwrap_or(0) > 30);
     assert!(counts.get("FAILED").copied().unwrap_or(0) > 100);

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::common::api::{
-    ApiError, ApiJson, IdemHeader, ApiPath, ErrorBody, IdemKey, Reply, RequestError, check_amount, check_text,
-    error_response,
+    ApiError, ApiJson, ApiPath, ErrorBody, IdemHeader, IdemKey, Reply, RequestError, check_amount,
+    check_text, error_response,
 };
 use crate::common::client::{Upstream, UpstreamError};
 use crate::common::db::{Db, DbError, Migration};
@@ -288,10 +288,30 @@ pub fn app(state: AppcardState) -> Router {
 /// The wallet's OpenAPI description.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "appcard", description = "App-card wallet: users, card tokens, PIN-confirmed payments."),
-    paths(create_user, get_user, list_cards, register_card, confirm, list_payments, get_payment,
-          cancel, crate::common::serve::healthz),
-    components(schemas(User, NewUser, WalletCard, RegisterCard, ConfirmPayment, WalletPayment, ErrorBody))
+    info(
+        title = "appcard",
+        description = "App-card wallet: users, card tokens, PIN-confirmed payments."
+    ),
+    paths(
+        create_user,
+        get_user,
+        list_cards,
+        register_card,
+        confirm,
+        list_payments,
+        get_payment,
+        cancel,
+        crate::common::serve::healthz
+    ),
+    components(schemas(
+        User,
+        NewUser,
+        WalletCard,
+        RegisterCard,
+        ConfirmPayment,
+        WalletPayment,
+        ErrorBody
+    ))
 )]
 pub struct ApiDoc;
 
@@ -301,7 +321,9 @@ fn pin_hash(user: &str, pin: &str) -> String {
 
 fn check_pin_format(pin: &str) -> Result<(), RequestError> {
     if !(4..=6).contains(&pin.len()) || !pin.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(RequestError::InvalidData("pin must be 4 to 6 digits".into()));
+        return Err(RequestError::InvalidData(
+            "pin must be 4 to 6 digits".into(),
+        ));
     }
     Ok(())
 }
@@ -311,15 +333,19 @@ fn value<T: Serialize>(v: &T) -> serde_json::Value {
 }
 
 fn read_user(c: &Connection, id: &str) -> Result<(User, String), AppcardError> {
-    c.query_row("SELECT id, name, pin_hash FROM users WHERE id = ?1", [id], |r| {
-        Ok((
-            User {
-                id: r.get(0)?,
-                name: r.get(1)?,
+    c.query_row(
+        "SELECT id, name, pin_hash FROM users WHERE id = ?1",
+        [id],
+        |r| {
+            Ok((
+                User {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
                 },
-            r.get(2)?,
-        ))
-    })
+                r.get(2)?,
+            ))
+        },
+    )
     .optional()?
     .ok_or_else(|| AppcardError::NoUser(id.to_string()))
 }
@@ -406,7 +432,10 @@ pub async fn get_user(
     State(state): State<AppcardState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<User>, AppcardError> {
-    state.db.run(move |c| read_user(c, &id).map(|(u, _)| Json(u))).await
+    state
+        .db
+        .run(move |c| read_user(c, &id).map(|(u, _)| Json(u)))
+        .await
 }
 
 /// A user's registered cards.
@@ -447,7 +476,9 @@ pub async fn register_card(
     ApiJson(req): ApiJson<RegisterCard>,
 ) -> Result<Reply, AppcardError> {
     if req.card_number.len() != 16 || !req.card_number.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(RequestError::InvalidData("card_number must be exactly 16 digits".into()).into());
+        return Err(
+            RequestError::InvalidData("card_number must be exactly 16 digits".into()).into(),
+        );
     }
     let hash = request_hash(&(&id, &req));
     const SCOPE: &str = "register";
@@ -469,7 +500,10 @@ pub async fn register_card(
         .card
         .post::<_, Token>(
             "/tokens",
-            &format!("appcard:register:{}", sha256_hex(format!("{id}:{}", key.0).as_bytes())),
+            &format!(
+                "appcard:register:{}",
+                sha256_hex(format!("{id}:{}", key.0).as_bytes())
+            ),
             &[],
             &serde_json::json!({"card_number": req.card_number}),
         )
@@ -669,7 +703,9 @@ pub async fn list_payments(
             let mut stmt = c.prepare(&format!(
                 "SELECT {PAYMENT_COLUMNS} FROM payments ORDER BY created_ms, payment_ref"
             ))?;
-            let rows = stmt.query_map([], payment_row)?.collect::<Result<Vec<_>, _>>()?;
+            let rows = stmt
+                .query_map([], payment_row)?
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(Json(rows))
         })
         .await
@@ -685,5 +721,8 @@ pub async fn get_payment(
     State(state): State<AppcardState>,
     ApiPath(payment_ref): ApiPath<String>,
 ) -> Result<Json<WalletPayment>, AppcardError> {
-    state.db.run(move |c| read_payment(c, &payment_ref).map(Json)).await
+    state
+        .db
+        .run(move |c| read_payment(c, &payment_ref).map(Json))
+        .await
 }

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::common::api::{
-    ApiError, ApiJson, IdemHeader, ApiPath, ApiQuery, ErrorBody, IdemKey, Reply, RequestError, check_amount,
-    check_text, error_response,
+    ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, IdemHeader, IdemKey, Reply, RequestError,
+    check_amount, check_text, error_response,
 };
 use crate::common::db::{Db, DbError, Migration};
 use crate::common::{idem, new_id, now_ms, request_hash};
@@ -275,11 +275,30 @@ pub fn app(state: BankState) -> Router {
 /// The bank's OpenAPI description.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "bank", description = "Accounts and a double-entry ledger; postings idempotent by key."),
-    paths(list_accounts, get_account, statement, debit, credit, transfer, list_transactions, summary,
-          crate::common::serve::healthz),
-    components(schemas(Account, Entry, LedgerTransaction, TransferRequest, PostingRequest,
-                       LedgerSummary, ErrorBody))
+    info(
+        title = "bank",
+        description = "Accounts and a double-entry ledger; postings idempotent by key."
+    ),
+    paths(
+        list_accounts,
+        get_account,
+        statement,
+        debit,
+        credit,
+        transfer,
+        list_transactions,
+        summary,
+        crate::common::serve::healthz
+    ),
+    components(schemas(
+        Account,
+        Entry,
+        LedgerTransaction,
+        TransferRequest,
+        PostingRequest,
+        LedgerSummary,
+        ErrorBody
+    ))
 )]
 pub struct ApiDoc;
 
@@ -369,22 +388,27 @@ fn post_transfer(
     read_transaction(conn, &id)
 }
 
-async fn posting(
-    state: &BankState,
+/// One balanced posting to book under an idempotency key.
+struct Posting {
     scope: &'static str,
-    key: IdemKey,
-    hash: String,
     kind: &'static str,
     from: String,
     to: String,
     amount: i64,
     reference: String,
+}
+
+async fn posting(
+    state: &BankState,
+    key: IdemKey,
+    hash: String,
+    p: Posting,
 ) -> Result<Reply, BankError> {
     state
         .db
         .run(move |conn| {
-            idem::execute(conn, scope, &key.0, &hash, StatusCode::CREATED, |c| {
-                let txn = post_transfer(c, kind, &from, &to, amount, &reference)?;
+            idem::execute(conn, p.scope, &key.0, &hash, StatusCode::CREATED, |c| {
+                let txn = post_transfer(c, p.kind, &p.from, &p.to, p.amount, &p.reference)?;
                 Ok(serde_json::to_value(txn).unwrap_or_default())
             })
         })
@@ -415,8 +439,20 @@ pub async fn transfer(
     validate_posting(req.amount, &req.from, &req.reference)?;
     check_text("to", &req.to, 64)?;
     let hash = request_hash(&req);
-    posting(&state, "transfer", key, hash, "transfer", req.from, req.to, req.amount, req.reference)
-        .await
+    posting(
+        &state,
+        key,
+        hash,
+        Posting {
+            scope: "transfer",
+            kind: "transfer",
+            from: req.from,
+            to: req.to,
+            amount: req.amount,
+            reference: req.reference,
+        },
+    )
+    .await
 }
 
 /// Take money out of an account (into the counterparty).
@@ -437,8 +473,20 @@ pub async fn debit(
 ) -> Result<Reply, BankError> {
     validate_posting(req.amount, &req.counterparty, &req.reference)?;
     let hash = request_hash(&(&id, &req));
-    posting(&state, "debit", key, hash, "debit", id, req.counterparty, req.amount, req.reference)
-        .await
+    posting(
+        &state,
+        key,
+        hash,
+        Posting {
+            scope: "debit",
+            kind: "debit",
+            from: id,
+            to: req.counterparty,
+            amount: req.amount,
+            reference: req.reference,
+        },
+    )
+    .await
 }
 
 /// Put money into an account (out of the counterparty).
@@ -459,14 +507,28 @@ pub async fn credit(
 ) -> Result<Reply, BankError> {
     validate_posting(req.amount, &req.counterparty, &req.reference)?;
     let hash = request_hash(&(&id, &req));
-    posting(&state, "credit", key, hash, "credit", req.counterparty, id, req.amount, req.reference)
-        .await
+    posting(
+        &state,
+        key,
+        hash,
+        Posting {
+            scope: "credit",
+            kind: "credit",
+            from: req.counterparty,
+            to: id,
+            amount: req.amount,
+            reference: req.reference,
+        },
+    )
+    .await
 }
 
 /// All accounts with their balances.
 #[utoipa::path(get, path = "/accounts", tag = "accounts",
     responses((status = 200, description = "accounts", body = [Account])))]
-pub async fn list_accounts(State(state): State<BankState>) -> Result<Json<Vec<Account>>, BankError> {
+pub async fn list_accounts(
+    State(state): State<BankState>,
+) -> Result<Json<Vec<Account>>, BankError> {
     state
         .db
         .run(|conn| {
@@ -497,7 +559,10 @@ pub async fn get_account(
     State(state): State<BankState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Account>, BankError> {
-    state.db.run(move |conn| read_account(conn, &id).map(Json)).await
+    state
+        .db
+        .run(move |conn| read_account(conn, &id).map(Json))
+        .await
 }
 
 /// An account's entries, oldest first.
@@ -514,9 +579,8 @@ pub async fn statement(
         .db
         .run(move |conn| {
             read_account(conn, &id)?;
-            let mut stmt = conn.prepare(
-                "SELECT DISTINCT txn_id FROM entries WHERE account_id = ?1 ORDER BY id",
-            )?;
+            let mut stmt = conn
+                .prepare("SELECT DISTINCT txn_id FROM entries WHERE account_id = ?1 ORDER BY id")?;
             let ids = stmt
                 .query_map([&id], |r| r.get::<_, String>(0))?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -579,7 +643,9 @@ pub async fn summary(State(state): State<BankState>) -> Result<Json<LedgerSummar
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
             let entries_sum =
-                conn.query_row("SELECT COALESCE(SUM(amount), 0) FROM entries", [], |r| r.get(0))?;
+                conn.query_row("SELECT COALESCE(SUM(amount), 0) FROM entries", [], |r| {
+                    r.get(0)
+                })?;
             let transactions =
                 conn.query_row("SELECT COUNT(*) FROM ledger_transactions", [], |r| r.get(0))?;
             Ok(Json(LedgerSummary {

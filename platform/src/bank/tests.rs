@@ -13,7 +13,9 @@ fn bank() -> Router {
 }
 
 async fn balance(app: &Router, id: &str) -> i64 {
-    call(app, "GET", &format!("/accounts/{id}"), None, None).await.body["balance"]
+    call(app, "GET", &format!("/accounts/{id}"), None, None)
+        .await
+        .body["balance"]
         .as_i64()
         .unwrap()
 }
@@ -32,10 +34,25 @@ async fn seeded_ledger_balances_to_zero() {
 #[tokio::test]
 async fn debit_is_idempotent_by_key() {
     let app = bank();
-    let body = json!({"amount": 15_000, "counterparty": "acc-card-settlement", "reference": "pay_1"});
-    let first = call(&app, "POST", "/accounts/acc-kim/debit", Some("k1"), Some(body.clone())).await;
+    let body =
+        json!({"amount": 15_000, "counterparty": "acc-card-settlement", "reference": "pay_1"});
+    let first = call(
+        &app,
+        "POST",
+        "/accounts/acc-kim/debit",
+        Some("k1"),
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
-    let again = call(&app, "POST", "/accounts/acc-kim/debit", Some("k1"), Some(body.clone())).await;
+    let again = call(
+        &app,
+        "POST",
+        "/accounts/acc-kim/debit",
+        Some("k1"),
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(again.status, StatusCode::CREATED);
     assert!(again.replayed && !first.replayed);
     assert_eq!(first.body, again.body);
@@ -47,7 +64,14 @@ async fn debit_is_idempotent_by_key() {
     assert_eq!(sum, 0, "a transaction's entries sum to zero");
 
     let other = json!({"amount": 99, "counterparty": "acc-card-settlement", "reference": "pay_1"});
-    let conflict = call(&app, "POST", "/accounts/acc-kim/debit", Some("k1"), Some(other)).await;
+    let conflict = call(
+        &app,
+        "POST",
+        "/accounts/acc-kim/debit",
+        Some("k1"),
+        Some(other),
+    )
+    .await;
     assert_eq!(conflict.status, StatusCode::CONFLICT);
     assert_eq!(conflict.body["code"], "idempotency_conflict");
     assert_eq!(balance(&app, "acc-kim").await, 1_000_000_000 - 15_000);
@@ -60,16 +84,33 @@ async fn debit_is_idempotent_by_key() {
 async fn insufficient_funds_is_refused_and_changes_nothing() {
     let app = bank();
     let body = json!({"amount": 20_001, "counterparty": "acc-card-settlement", "reference": "p"});
-    let r = call(&app, "POST", "/accounts/acc-park/debit", Some("k"), Some(body.clone())).await;
+    let r = call(
+        &app,
+        "POST",
+        "/accounts/acc-park/debit",
+        Some("k"),
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.body["code"], "insufficient_funds");
     assert_eq!(balance(&app, "acc-park").await, 20_000);
     // The refusal is final for this key: replayed, still nothing booked.
-    let again = call(&app, "POST", "/accounts/acc-park/debit", Some("k"), Some(body)).await;
+    let again = call(
+        &app,
+        "POST",
+        "/accounts/acc-park/debit",
+        Some("k"),
+        Some(body),
+    )
+    .await;
     assert!(again.replayed);
     assert_eq!(again.body["code"], "insufficient_funds");
     let s = call(&app, "GET", "/ledger/summary", None, None).await;
-    assert_eq!(s.body["transactions"], 1, "only the opening transaction exists");
+    assert_eq!(
+        s.body["transactions"], 1,
+        "only the opening transaction exists"
+    );
 }
 
 #[tokio::test]
@@ -79,7 +120,14 @@ async fn transfers_and_credits_move_money_both_ways() {
     let r = call(&app, "POST", "/transfers", Some("t1"), Some(t)).await;
     assert_eq!(r.status, StatusCode::CREATED);
     let c = json!({"amount": 500, "counterparty": "acc-choi", "reference": "r2"});
-    let r = call(&app, "POST", "/accounts/acc-lee/credit", Some("c1"), Some(c)).await;
+    let r = call(
+        &app,
+        "POST",
+        "/accounts/acc-lee/credit",
+        Some("c1"),
+        Some(c),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(balance(&app, "acc-lee").await, 500_000_000 - 500);
     assert_eq!(balance(&app, "acc-choi").await, 300_000_000 + 500);
@@ -93,12 +141,33 @@ async fn transfers_and_credits_move_money_both_ways() {
 async fn bad_input_gets_json_4xx() {
     let app = bank();
     let body = json!({"amount": 1, "counterparty": "acc-card-settlement", "reference": "p"});
-    let r = call(&app, "POST", "/accounts/acc-kim/debit", None, Some(body.clone())).await;
+    let r = call(
+        &app,
+        "POST",
+        "/accounts/acc-kim/debit",
+        None,
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.body["code"], "missing_idempotency_key");
-    let r = call(&app, "POST", "/accounts/nobody/debit", Some("x"), Some(body)).await;
+    let r = call(
+        &app,
+        "POST",
+        "/accounts/nobody/debit",
+        Some("x"),
+        Some(body),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    let r = call(&app, "POST", "/transfers", Some("y"), Some(json!({"amount": "lots"}))).await;
+    let r = call(
+        &app,
+        "POST",
+        "/transfers",
+        Some("y"),
+        Some(json!({"amount": "lots"})),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     let zero = json!({"from": "acc-kim", "to": "acc-lee", "amount": 0, "reference": "z"});
     let r = call(&app, "POST", "/transfers", Some("z"), Some(zero)).await;

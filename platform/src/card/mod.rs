@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::common::api::{
-    ApiError, ApiJson, IdemHeader, ApiPath, ApiQuery, ErrorBody, IdemKey, Reply, RequestError, check_amount,
-    check_text, error_response,
+    ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, IdemHeader, IdemKey, Reply, RequestError,
+    check_amount, check_text, error_response,
 };
 use crate::common::client::{Upstream, UpstreamError};
 use crate::common::db::{Db, DbError, Migration};
@@ -314,10 +314,28 @@ pub fn app(state: CardState) -> Router {
 /// The issuer's OpenAPI description.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "card", description = "Card issuer: cards, tokens, authorizations, cancellations."),
-    paths(list_cards, get_card, issue_token, authorize, list_authorizations, get_authorization,
-          cancel, crate::common::serve::healthz),
-    components(schemas(CardView, TokenRequest, TokenView, AuthorizeRequest, Authorization, ErrorBody))
+    info(
+        title = "card",
+        description = "Card issuer: cards, tokens, authorizations, cancellations."
+    ),
+    paths(
+        list_cards,
+        get_card,
+        issue_token,
+        authorize,
+        list_authorizations,
+        get_authorization,
+        cancel,
+        crate::common::serve::healthz
+    ),
+    components(schemas(
+        CardView,
+        TokenRequest,
+        TokenView,
+        AuthorizeRequest,
+        Authorization,
+        ErrorBody
+    ))
 )]
 pub struct ApiDoc;
 
@@ -338,7 +356,11 @@ impl Card {
 
     fn view(&self) -> CardView {
         CardView {
-            masked_number: format!("{}-****-****-{}", &self.number[..4.min(self.number.len())], self.last4()),
+            masked_number: format!(
+                "{}-****-****-{}",
+                &self.number[..4.min(self.number.len())],
+                self.last4()
+            ),
             last4: self.last4(),
             holder: self.holder.clone(),
             kind: self.kind.clone(),
@@ -387,7 +409,11 @@ fn resolve_card(conn: &Connection, req: &AuthorizeRequest) -> Result<Card, CardE
         (Some(number), None) => read_card(conn, number),
         (None, Some(token)) => {
             let number: Option<String> = conn
-                .query_row("SELECT card_number FROM tokens WHERE token = ?1", [token], |r| r.get(0))
+                .query_row(
+                    "SELECT card_number FROM tokens WHERE token = ?1",
+                    [token],
+                    |r| r.get(0),
+                )
                 .optional()?;
             match number {
                 Some(n) => read_card(conn, &n),
@@ -425,8 +451,11 @@ fn read_authorization(conn: &Connection, id: &str) -> Result<(Authorization, Str
         )
         .optional()?
         .ok_or_else(|| CardError::NoAuthorization(id.to_string()))?;
-    let number: String =
-        conn.query_row("SELECT card_number FROM authorizations WHERE id = ?1", [id], |r| r.get(0))?;
+    let number: String = conn.query_row(
+        "SELECT card_number FROM authorizations WHERE id = ?1",
+        [id],
+        |r| r.get(0),
+    )?;
     Ok((auth, number))
 }
 
@@ -627,8 +656,12 @@ pub async fn cancel(
             state
                 .db
                 .run(move |c| {
-                    c.query_row("SELECT bank_account FROM cards WHERE number = ?1", [&n], |r| r.get(0))
-                        .map_err(CardError::from)
+                    c.query_row(
+                        "SELECT bank_account FROM cards WHERE number = ?1",
+                        [&n],
+                        |r| r.get(0),
+                    )
+                    .map_err(CardError::from)
                 })
                 .await?
         };
@@ -717,8 +750,11 @@ pub async fn list_cards(State(state): State<CardState>) -> Result<Json<Vec<CardV
     state
         .db
         .run(|c| {
-            let mut stmt = c.prepare(&format!("SELECT {CARD_COLUMNS} FROM cards ORDER BY number"))?;
-            let cards = stmt.query_map([], card_row)?.collect::<Result<Vec<_>, _>>()?;
+            let mut stmt =
+                c.prepare(&format!("SELECT {CARD_COLUMNS} FROM cards ORDER BY number"))?;
+            let cards = stmt
+                .query_map([], card_row)?
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(Json(cards.iter().map(Card::view).collect()))
         })
         .await

@@ -65,7 +65,9 @@ pub enum RequestError {
     #[error("invalid path: {0}")]
     InvalidPath(String),
     /// A mutating call came without an `Idempotency-Key` header.
-    #[error("missing Idempotency-Key header; every mutating call needs a unique key per intended effect")]
+    #[error(
+        "missing Idempotency-Key header; every mutating call needs a unique key per intended effect"
+    )]
     MissingIdempotencyKey,
     /// The `Idempotency-Key` header is empty, too long or not printable ASCII.
     #[error("invalid Idempotency-Key header; use 1 to 200 characters")]

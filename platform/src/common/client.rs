@@ -51,7 +51,9 @@ pub enum UpstreamError {
         body: ErrorBody,
     },
     /// No final answer after all attempts (connection refused, timeout, 5xx).
-    #[error("{service} is unavailable after {attempts} attempts: {reason}; retry later with the same request")]
+    #[error(
+        "{service} is unavailable after {attempts} attempts: {reason}; retry later with the same request"
+    )]
     Unavailable {
         /// Which upstream.
         service: &'static str,
@@ -130,11 +132,16 @@ impl Upstream {
         let attempts = self.config.attempts.max(1);
         for attempt in 1..=attempts {
             if attempt > 1 {
-                let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
+                let jitter =
+                    Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
                 tokio::time::sleep(backoff + jitter).await;
                 backoff = backoff.saturating_mul(2);
             }
-            let mut req = self.client.post(&url).header(IDEMPOTENCY_KEY, key).json(body);
+            let mut req = self
+                .client
+                .post(&url)
+                .header(IDEMPOTENCY_KEY, key)
+                .json(body);
             for (name, value) in headers {
                 req = req.header(*name, *value);
             }

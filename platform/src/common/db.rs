@@ -155,7 +155,9 @@ mod tests {
         for _ in 0..2 {
             let db = Db::open_in_dir(&dir, "t", TEST).unwrap();
             let conn = db.conn.lock().unwrap();
-            let n: i64 = conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
+            let n: i64 = conn
+                .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+                .unwrap();
             assert_eq!(n, 1, "seed must run exactly once");
             let m: i64 = conn
                 .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))

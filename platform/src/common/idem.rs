@@ -14,7 +14,9 @@ use super::api::{ApiError, Reply};
 
 /// The same idempotency key was used earlier with a different request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("idempotency key {key:?} was already used for a different request to {scope}; use a new key for a new request")]
+#[error(
+    "idempotency key {key:?} was already used for a different request to {scope}; use a new key for a new request"
+)]
 pub struct Conflict {
     /// The operation.
     pub scope: String,
@@ -230,12 +232,14 @@ mod tests {
     fn conn() -> Connection {
         let c = Connection::open_in_memory().unwrap();
         c.execute_batch(BASE_MIGRATIONS[0].sql).unwrap();
-        c.execute_batch("CREATE TABLE effects (n INTEGER);").unwrap();
+        c.execute_batch("CREATE TABLE effects (n INTEGER);")
+            .unwrap();
         c
     }
 
     fn count(c: &Connection) -> i64 {
-        c.query_row("SELECT COUNT(*) FROM effects", [], |r| r.get(0)).unwrap()
+        c.query_row("SELECT COUNT(*) FROM effects", [], |r| r.get(0))
+            .unwrap()
     }
 
     fn effect(c: &Connection) -> Result<serde_json::Value, TestError> {
@@ -278,7 +282,10 @@ mod tests {
         });
         assert!(broken.is_err());
         let retried = execute(&mut c, "s", "b", "h", StatusCode::OK, effect).unwrap();
-        assert!(!retried.replayed, "a server error is not stored, so the retry runs");
+        assert!(
+            !retried.replayed,
+            "a server error is not stored, so the retry runs"
+        );
         assert_eq!(count(&c), 1);
     }
 }

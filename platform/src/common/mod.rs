@@ -87,7 +87,10 @@ mod tests {
         assert_eq!(date_of_ms(start), "2026-11-25");
         assert_eq!(date_of_ms(end - 1), "2026-11-25");
         assert_eq!(date_of_ms(end), "2026-11-26");
-        assert_eq!(date_of_ms(days_from_civil(2024, 2, 29) * 86_400_000), "2024-02-29");
+        assert_eq!(
+            date_of_ms(days_from_civil(2024, 2, 29) * 86_400_000),
+            "2024-02-29"
+        );
         assert!(day_range_ms("2026-13-01").is_none());
         assert!(day_range_ms("nope").is_none());
     }

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::common::api::{
-    ApiError, ApiJson, IdemHeader, ApiPath, ApiQuery, ErrorBody, IdemKey, Reply, RequestError, error_response,
+    ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, IdemHeader, IdemKey, Reply, RequestError,
+    error_response,
 };
 use crate::common::client::{Upstream, UpstreamError};
 use crate::common::db::{Db, DbError, Migration};
@@ -366,11 +367,35 @@ pub fn app(state: OrderState) -> Router {
 /// The shop's OpenAPI description.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "order", description = "Table-ordering shop: menu, carts, orders, pay, cancel."),
-    paths(menu, create_cart, get_cart, add_item, checkout, create_order, list_orders, get_order,
-          pay, cancel, crate::common::serve::healthz),
-    components(schemas(MenuItem, LineRequest, Line, NewCart, Cart, NewOrder, Order, PayMethod,
-                       PayRequest, ErrorBody))
+    info(
+        title = "order",
+        description = "Table-ordering shop: menu, carts, orders, pay, cancel."
+    ),
+    paths(
+        menu,
+        create_cart,
+        get_cart,
+        add_item,
+        checkout,
+        create_order,
+        list_orders,
+        get_order,
+        pay,
+        cancel,
+        crate::common::serve::healthz
+    ),
+    components(schemas(
+        MenuItem,
+        LineRequest,
+        Line,
+        NewCart,
+        Cart,
+        NewOrder,
+        Order,
+        PayMethod,
+        PayRequest,
+        ErrorBody
+    ))
 )]
 pub struct ApiDoc;
 
@@ -404,7 +429,9 @@ fn check_line(line: &LineRequest) -> Result<(), RequestError> {
 
 fn check_table(table_no: i64) -> Result<(), RequestError> {
     if !(1..=100).contains(&table_no) {
-        return Err(RequestError::InvalidData("table_no must be 1 to 100".into()));
+        return Err(RequestError::InvalidData(
+            "table_no must be 1 to 100".into(),
+        ));
     }
     Ok(())
 }
@@ -780,16 +807,22 @@ pub async fn pay(
     if let Some(n) = &req.card_number
         && (n.len() != 16 || !n.bytes().all(|b| b.is_ascii_digit()))
     {
-        return Err(RequestError::InvalidData("card_number must be exactly 16 digits".into()).into());
+        return Err(
+            RequestError::InvalidData("card_number must be exactly 16 digits".into()).into(),
+        );
     }
     match req.method {
-        PayMethod::Appcard if req.user_id.is_none() || req.card_id.is_none() || req.pin.is_none() => {
+        PayMethod::Appcard
+            if req.user_id.is_none() || req.card_id.is_none() || req.pin.is_none() =>
+        {
             return Err(OrderError::MissingDetails(
                 "an appcard payment needs user_id, card_id and pin",
             ));
         }
         PayMethod::Card if req.card_number.is_none() => {
-            return Err(OrderError::MissingDetails("a card payment needs card_number"));
+            return Err(OrderError::MissingDetails(
+                "a card payment needs card_number",
+            ));
         }
         _ => {}
     }
@@ -854,7 +887,9 @@ pub async fn pay(
             &body,
         )
         .await;
-    if let Err(e @ (UpstreamError::Unavailable { .. } | UpstreamError::BadResponse { .. })) = outcome {
+    if let Err(e @ (UpstreamError::Unavailable { .. } | UpstreamError::BadResponse { .. })) =
+        outcome
+    {
         return Err(OrderError::Unavailable(e));
     }
     state
@@ -874,7 +909,9 @@ pub async fn pay(
                         )?;
                         Ok(Reply::new(StatusCode::OK, &read_order(c, &id)?))
                     }
-                    Err(UpstreamError::Rejected { status, body, .. }) if status == 402 => {
+                    Err(UpstreamError::Rejected {
+                        status: 402, body, ..
+                    }) => {
                         c.execute(
                             "UPDATE orders SET status = 'FAILED', failure_code = ?2, failure_message = ?3, updated_ms = ?4 WHERE id = ?1",
                             params![id, body.code, body.error, now_ms()],

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::common::api::{
-    ApiError, ApiJson, IdemHeader, ApiPath, ApiQuery, ErrorBody, IdemKey, Reply, RequestError, check_amount,
-    check_text, error_response,
+    ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, IdemHeader, IdemKey, Reply, RequestError,
+    check_amount, check_text, error_response,
 };
 use crate::common::client::{Upstream, UpstreamError};
 use crate::common::db::{Db, DbError, Migration};
@@ -89,7 +89,9 @@ pub enum PgError {
     #[error("{0}")]
     MissingDetails(&'static str),
     /// The order already has a payment under another key.
-    #[error("order {0} already has a payment; retry with the same Idempotency-Key or use a new order")]
+    #[error(
+        "order {0} already has a payment; retry with the same Idempotency-Key or use a new order"
+    )]
     DuplicateOrder(String),
     /// The payment is not in a state that can be cancelled.
     #[error("payment {id} is {status} and cannot be cancelled")]
@@ -302,9 +304,18 @@ pub fn app(state: PgState) -> Router {
 /// The gateway's OpenAPI description.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "pg", description = "Payment gateway: payments per order, routing, cancel, settlement."),
-    paths(create_payment, list_payments, get_payment, cancel_payment, settlement,
-          crate::common::serve::healthz),
+    info(
+        title = "pg",
+        description = "Payment gateway: payments per order, routing, cancel, settlement."
+    ),
+    paths(
+        create_payment,
+        list_payments,
+        get_payment,
+        cancel_payment,
+        settlement,
+        crate::common::serve::healthz
+    ),
     components(schemas(Method, PaymentRequest, Payment, Settlement, ErrorBody))
 )]
 pub struct ApiDoc;
@@ -352,9 +363,11 @@ async fn merchant(state: &PgState, headers: &HeaderMap) -> Result<String, PgErro
     state
         .db
         .run(move |c| {
-            c.query_row("SELECT id FROM merchants WHERE api_key = ?1", [&key], |r| r.get(0))
-                .optional()?
-                .ok_or(PgError::Unauthorized)
+            c.query_row("SELECT id FROM merchants WHERE api_key = ?1", [&key], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or(PgError::Unauthorized)
         })
         .await
 }
@@ -382,7 +395,9 @@ fn validate(req: &PaymentRequest) -> Result<(), PgError> {
     if let Some(n) = &req.card_number
         && (n.len() != 16 || !n.bytes().all(|b| b.is_ascii_digit()))
     {
-        return Err(RequestError::InvalidData("card_number must be exactly 16 digits".into()).into());
+        return Err(
+            RequestError::InvalidData("card_number must be exactly 16 digits".into()).into(),
+        );
     }
     match req.method {
         Method::Appcard if req.user_id.is_none() || req.card_id.is_none() || req.pin.is_none() => {
@@ -420,7 +435,12 @@ pub async fn create_payment(
     validate(&req)?;
     let hash = request_hash(&(&merchant_id, &req));
     const SCOPE: &str = "payment";
-    let (k, h, r, m) = (key.0.clone(), hash.clone(), req.clone(), merchant_id.clone());
+    let (k, h, r, m) = (
+        key.0.clone(),
+        hash.clone(),
+        req.clone(),
+        merchant_id.clone(),
+    );
     let payment_id = match state
         .db
         .run(move |c| {
@@ -474,7 +494,10 @@ pub async fn create_payment(
                 "merchant": merchant_id,
             });
             let key = format!("pg:{payment_id}:approve");
-            state.appcard.post::<_, Approval>("/payments", &key, &[], &body).await
+            state
+                .appcard
+                .post::<_, Approval>("/payments", &key, &[], &body)
+                .await
         }
         Method::Card => {
             let body = serde_json::json!({
@@ -484,10 +507,15 @@ pub async fn create_payment(
                 "payment_ref": payment_id,
             });
             let key = format!("pg:{payment_id}:authorize");
-            state.card.post::<_, Approval>("/authorizations", &key, &[], &body).await
+            state
+                .card
+                .post::<_, Approval>("/authorizations", &key, &[], &body)
+                .await
         }
     };
-    if let Err(e @ (UpstreamError::Unavailable { .. } | UpstreamError::BadResponse { .. })) = outcome {
+    if let Err(e @ (UpstreamError::Unavailable { .. } | UpstreamError::BadResponse { .. })) =
+        outcome
+    {
         return Err(PgError::Upstream(e));
     }
 
@@ -567,14 +595,24 @@ pub async fn cancel_payment(
             "appcard" => {
                 state
                     .appcard
-                    .post::<_, serde_json::Value>(&format!("/payments/{id}/cancel"), &key, &[], &serde_json::json!({}))
+                    .post::<_, serde_json::Value>(
+                        &format!("/payments/{id}/cancel"),
+                        &key,
+                        &[],
+                        &serde_json::json!({}),
+                    )
                     .await
             }
             _ => {
                 let auth = payment.authorization_id.clone().unwrap_or_default();
                 state
                     .card
-                    .post::<_, serde_json::Value>(&format!("/authorizations/{auth}/cancel"), &key, &[], &serde_json::json!({}))
+                    .post::<_, serde_json::Value>(
+                        &format!("/authorizations/{auth}/cancel"),
+                        &key,
+                        &[],
+                        &serde_json::json!({}),
+                    )
                     .await
             }
         };
@@ -663,9 +701,8 @@ pub async fn settlement(
     ApiQuery(q): ApiQuery<SettlementQuery>,
 ) -> Result<Json<Settlement>, PgError> {
     let merchant_id = merchant(&state, &headers).await?;
-    let (start, end) = day_range_ms(&q.date).ok_or_else(|| {
-        RequestError::InvalidQuery("date must be a day as YYYY-MM-DD".into())
-    })?;
+    let (start, end) = day_range_ms(&q.date)
+        .ok_or_else(|| RequestError::InvalidQuery("date must be a day as YYYY-MM-DD".into()))?;
     if merchant_id != id {
         return Err(PgError::Forbidden(id));
     }

@@ -28,7 +28,8 @@ pub struct Platform {
 
 /// A fresh temporary directory.
 pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("onemesh-platform-{tag}-{:016x}", fastrand::u64(..)));
+    let dir =
+        std::env::temp_dir().join(format!("onemesh-platform-{tag}-{:016x}", fastrand::u64(..)));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -87,7 +88,9 @@ impl Platform {
 
     /// Starts a service that was skipped, on its reserved address.
     pub async fn serve(&self, service: Service) {
-        let l = tokio::net::TcpListener::bind(self.addrs[&service]).await.unwrap();
+        let l = tokio::net::TcpListener::bind(self.addrs[&service])
+            .await
+            .unwrap();
         self.spawn(service, l);
     }
 
