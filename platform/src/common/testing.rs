@@ -58,3 +58,45 @@ pub async fn call_with(
         replayed,
     }
 }
+
+/// Serves `app` on 127.0.0.1 port 0 in the background; returns its base URL.
+pub async fn serve_local(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(crate::common::serve::serve(
+        listener,
+        app,
+        std::future::pending(),
+    ));
+    url
+}
+
+/// A client config for tests: no proxy, short backoff, 2 attempts.
+pub fn client_config() -> crate::common::client::ClientConfig {
+    crate::common::client::ClientConfig {
+        timeout: std::time::Duration::from_secs(5),
+        attempts: 2,
+        backoff: std::time::Duration::from_millis(10),
+        use_env_proxy: false,
+    }
+}
+
+/// A base URL where nothing listens (connections are refused).
+pub fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
+/// An in-memory bank served on a loopback port; returns its URL.
+pub async fn local_bank() -> String {
+    let db = crate::common::db::Db::open_in_memory(crate::bank::MIGRATIONS).unwrap();
+    serve_local(crate::bank::app(crate::bank::BankState { db })).await
+}
+
+/// An in-memory card issuer (backed by a local bank) served on a loopback port.
+pub async fn local_card() -> String {
+    let bank = local_bank().await;
+    let db = crate::common::db::Db::open_in_memory(crate::card::MIGRATIONS).unwrap();
+    let bank = crate::common::client::Upstream::new("bank", &bank, client_config()).unwrap();
+    serve_local(crate::card::app(crate::card::CardState { db, bank })).await
+}
