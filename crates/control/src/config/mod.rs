@@ -397,8 +397,7 @@ struct Resource<'y> {
 }
 
 fn header<'y>(errors: &mut Errors, doc: Node<'y>) -> Option<Resource<'y>> {
-    let map = doc.map(errors, &["apiVersion", "kind", "metadata", "spec"]);
-    let map = map?;
+    let map = doc.map(errors, &["apiVersion", "kind", "metadata", "spec"])?;
     let api = map.required(errors, "apiVersion");
     if let Some(api) = api
         && let Some(value) = api.str(errors)

@@ -1,6 +1,6 @@
 //! The three gRPC services (identity, destination, policy) and what their watch streams share.
 //!
-//! Every watch stream follows one pattern ([`watch_stream`]): subscribe to the store's state,
+//! Every watch stream follows one pattern (`watch_stream`): subscribe to the store's state,
 //! compute this subscriber's view (a pure function from [`crate::state`]), send it, then on each
 //! state change recompute and send only what changed. A stream ends when the client goes away,
 //! when the store stops, or when the control plane shuts down.
