@@ -101,6 +101,16 @@ struct Harness {
     store: LocalStore,
     control: Control,
     _watcher: AbortOnDrop,
+    _cleanup: RemoveOnDrop,
+}
+
+/// Removes the test's temp directory at the end.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -147,6 +157,7 @@ async fn harness() -> Harness {
         .unwrap()
         .unwrap();
     Harness {
+        _cleanup: RemoveOnDrop(dir.clone()),
         dir,
         store,
         control,
@@ -628,4 +639,59 @@ async fn renewal_with_the_current_certificate_needs_no_token() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+}
+
+#[tokio::test]
+async fn a_service_added_later_replaces_the_empty_snapshot() {
+    let h = harness().await;
+    let mut client = DestinationClient::new(h.channel(h.control.destination_addr).await);
+    let mut stream = client
+        .watch(WatchRequest {
+            name: "card.card.svc.cluster.local:8080".into(),
+            caller_namespace: "bank".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&first.kind, Some(update::Kind::Snapshot(s)) if !s.exists),
+        "{first:?}"
+    );
+
+    let card = "\n---\napiVersion: onemesh.dev/v1\nkind: Service\nmetadata: {name: card, namespace: card}\nspec: {selector: {app: card}, ports: [{port: 8080}]}\n";
+    let endpoints = ENDPOINTS_ONE.replace(
+        "\n]",
+        ",\n  {\"namespace\": \"card\", \"workload\": \"card\", \"inbound\": \"127.0.0.1:41003\"}\n]",
+    );
+    replace(&h.dir.join(ENDPOINTS_FILE), &endpoints);
+    replace(&h.mesh(), &format!("{MESH}{card}"));
+    let deadline = Instant::now() + WAIT;
+    let snapshot = loop {
+        let next = tokio::time::timeout_at(deadline.into(), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(update::Kind::Snapshot(s)) = next.kind
+            && s.exists
+        {
+            break s;
+        }
+    };
+    assert_eq!((snapshot.service.as_str(), snapshot.port), ("card", 8080));
+    assert_eq!(snapshot.endpoints.len(), 1);
+    assert_eq!(snapshot.endpoints[0].addr, "127.0.0.1:41003");
+    assert_eq!(
+        snapshot.endpoints[0].target_port, 8080,
+        "no port mapping: the declared port"
+    );
+    assert_eq!(
+        snapshot.endpoints[0].identity,
+        "spiffe://cluster.local/ns/card/sa/card"
+    );
 }
