@@ -46,6 +46,11 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
 
+    // Before anything is announced, so a SIGTERM right after start is a graceful stop.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+
     let store = LocalStore::open(&args.config, &args.state_dir)?;
     let watcher = store.spawn_watcher(POLL_INTERVAL);
     let mut settings = Settings::new(args.state_dir.clone());
@@ -62,10 +67,8 @@ async fn main() -> anyhow::Result<()> {
         "onemesh-control listening"
     );
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
