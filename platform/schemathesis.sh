@@ -45,7 +45,7 @@ for svc in order pg appcard card bank; do port[$svc]="$(free_port)"; done
 for svc in order pg appcard card bank; do
   PG_URL="http://127.0.0.1:${port[pg]}" APPCARD_URL="http://127.0.0.1:${port[appcard]}" \
   CARD_URL="http://127.0.0.1:${port[card]}" BANK_URL="http://127.0.0.1:${port[bank]}" \
-  NO_PROXY="*" RUST_LOG=warn \
+  RUST_LOG=warn env -u HTTP_PROXY -u http_proxy -u ALL_PROXY -u all_proxy \
     "$bin" "$svc" --listen "127.0.0.1:${port[$svc]}" --data-dir "$work/data" >"$work/$svc.log" 2>&1 &
   pids+=($!)
 done

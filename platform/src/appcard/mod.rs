@@ -282,7 +282,7 @@ pub fn routes(state: AppcardState) -> Router {
 
 /// The whole wallet service.
 pub fn app(state: AppcardState) -> Router {
-    crate::common::serve::with_common(routes(state), ApiDoc::openapi())
+    crate::common::serve::with_common("appcard", routes(state), ApiDoc::openapi())
 }
 
 /// The wallet's OpenAPI description.

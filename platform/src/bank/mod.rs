@@ -269,7 +269,7 @@ pub fn routes(state: BankState) -> Router {
 
 /// The whole bank service: routes, `/healthz`, `/openapi.json`, logging.
 pub fn app(state: BankState) -> Router {
-    crate::common::serve::with_common(routes(state), ApiDoc::openapi())
+    crate::common::serve::with_common("bank", routes(state), ApiDoc::openapi())
 }
 
 /// The bank's OpenAPI description.

@@ -308,7 +308,7 @@ pub fn routes(state: CardState) -> Router {
 
 /// The whole issuer service.
 pub fn app(state: CardState) -> Router {
-    crate::common::serve::with_common(routes(state), ApiDoc::openapi())
+    crate::common::serve::with_common("card", routes(state), ApiDoc::openapi())
 }
 
 /// The issuer's OpenAPI description.

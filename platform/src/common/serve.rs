@@ -54,12 +54,13 @@ async fn not_found() -> Response {
         .into_response()
 }
 
-async fn log_request(request: Request, next: Next) -> Response {
+async fn log_request(service: &'static str, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let started = Instant::now();
     let response = next.run(request).await;
     tracing::info!(
+        service,
         %method,
         %path,
         status = response.status().as_u16(),
@@ -69,9 +70,13 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// Adds `/healthz`, `/openapi.json`, the JSON 404 fallback and request logging to a service's
-/// routes.
-pub fn with_common(router: Router, openapi: utoipa::openapi::OpenApi) -> Router {
+/// Adds `/healthz`, `/openapi.json`, the JSON 404 fallback and request logging (one JSON line
+/// per request, tagged with `service`) to a service's routes.
+pub fn with_common(
+    service: &'static str,
+    router: Router,
+    openapi: utoipa::openapi::OpenApi,
+) -> Router {
     let spec = openapi;
     router
         .route("/healthz", get(healthz))
@@ -83,7 +88,9 @@ pub fn with_common(router: Router, openapi: utoipa::openapi::OpenApi) -> Router 
             }),
         )
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(log_request))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            log_request(service, req, next)
+        }))
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then drains in-flight requests.

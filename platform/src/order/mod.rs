@@ -361,7 +361,7 @@ pub fn routes(state: OrderState) -> Router {
 
 /// The whole shop service.
 pub fn app(state: OrderState) -> Router {
-    crate::common::serve::with_common(routes(state), ApiDoc::openapi())
+    crate::common::serve::with_common("order", routes(state), ApiDoc::openapi())
 }
 
 /// The shop's OpenAPI description.

@@ -298,7 +298,7 @@ pub fn routes(state: PgState) -> Router {
 
 /// The whole gateway service.
 pub fn app(state: PgState) -> Router {
-    crate::common::serve::with_common(routes(state), ApiDoc::openapi())
+    crate::common::serve::with_common("pg", routes(state), ApiDoc::openapi())
 }
 
 /// The gateway's OpenAPI description.
