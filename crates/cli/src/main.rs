@@ -1,1 +1,120 @@
-fn main() {}
+//! `onemesh`: runs the mesh and its reference platform on this machine (`up`, `down`) and shows
+//! the mesh from one place (`status`, `check`, `stat`, `edges`, `authz`, `identity`).
+//!
+//! Exit codes scripts can rely on: 0 success; 1 the command ran and found a problem (a failed
+//! check, an unknown workload, the mesh not running); 2 a usage error (bad flags).
+
+mod commands;
+mod dashboard;
+mod history;
+mod http;
+mod layout;
+mod mesh;
+mod prom;
+mod supervise;
+mod table;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "onemesh",
+    version,
+    about = "A service mesh with automatic mTLS, policy and golden metrics"
+)]
+struct Cli {
+    /// Where `onemesh up` keeps its CA, tokens, data and running layout.
+    #[arg(
+        long,
+        global = true,
+        env = "ONEMESH_STATE_DIR",
+        default_value = ".onemesh"
+    )]
+    state_dir: PathBuf,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Wide,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane and every workload of mesh.yaml with its proxy, until Ctrl-C or `down`.
+    Up(up::Args),
+    /// Stop what `onemesh up` started.
+    Down,
+    /// The running layout: every workload's identity, ports, pids and readiness.
+    Status,
+    /// Verify the control plane, every proxy, certificates, clocks and policy; exit 1 on any failure.
+    Check,
+    /// Success rate, requests/s and latency percentiles of each workload over a window.
+    Stat {
+        /// A namespace, or `namespace/workload`, to show only that.
+        target: Option<String>,
+        /// Window in seconds.
+        #[arg(long, default_value_t = 60)]
+        window: u64,
+    },
+    /// Who calls whom: identities, mTLS, requests/s, success rate.
+    Edges {
+        namespace: Option<String>,
+        #[arg(long, default_value_t = 60)]
+        window: u64,
+    },
+    /// The authorization policies in force on a workload and what they allow.
+    Authz { workload: String },
+    /// A workload's current certificate: SPIFFE id, issuer, validity.
+    Identity { workload: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let dir = &cli.state_dir;
+        match cli.command {
+            Command::Up(args) => up::run(args, dir).await,
+            Command::Down => commands::down(dir).await,
+            Command::Status => commands::status(dir, cli.output).await,
+            Command::Check => commands::check(dir).await,
+            Command::Stat { target, window } => {
+                commands::stat(dir, target, window, cli.output).await
+            }
+            Command::Edges { namespace, window } => {
+                commands::edges(dir, namespace, window, cli.output).await
+            }
+            Command::Authz { workload } => commands::authz(dir, &workload, cli.output).await,
+            Command::Identity { workload } => commands::identity(dir, &workload, cli.output).await,
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

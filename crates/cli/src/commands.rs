@@ -1,0 +1,376 @@
+//! The read-only commands (`status`, `check`, `stat`, `edges`, `authz`, `identity`) and `down`.
+//! Each reads the layout that `onemesh up` wrote, asks the running parts, and prints a table or
+//! JSON. They return `Ok(false)` when they ran but found a problem (exit code 1).
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use hyper::StatusCode;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::Output;
+use crate::history::{EdgeRow, StatRow};
+use crate::layout::Layout;
+use crate::table::{ms, pct, render};
+
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn down(dir: &Path) -> anyhow::Result<bool> {
+    let layout = Layout::load(dir)?;
+    let pid = Pid::from_raw(layout.pid as i32);
+    if kill(pid, None).is_err() {
+        println!("onemesh up (pid {}) is not running", layout.pid);
+        return Ok(true);
+    }
+    kill(pid, Signal::SIGTERM).context("cannot signal onemesh up")?;
+    let deadline =
+        std::time::Instant::now() + crate::supervise::STOP_GRACE + Duration::from_secs(5);
+    while kill(pid, None).is_ok() {
+        if std::time::Instant::now() > deadline {
+            println!("onemesh up (pid {}) is still stopping", layout.pid);
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("stopped");
+    Ok(true)
+}
+
+/// Is the proxy's admin `/ready` answering 200?
+async fn ready(admin: &str) -> bool {
+    matches!(crate::http::get(admin, "/ready", ASK_TIMEOUT).await, Ok((s, _)) if s == StatusCode::OK)
+}
+
+pub async fn status(dir: &Path, out: Output) -> anyhow::Result<bool> {
+    #[derive(Serialize)]
+    struct Row<'a> {
+        #[serde(flatten)]
+        w: &'a crate::layout::Workload,
+        ready: bool,
+    }
+    let layout = Layout::load(dir)?;
+    let mut rows = Vec::new();
+    for w in &layout.workloads {
+        rows.push(Row {
+            w,
+            ready: ready(&w.admin).await,
+        });
+    }
+    match out {
+        Output::Json => {
+            let v = serde_json::json!({
+                "pid": layout.pid, "config": layout.config, "trust_domain": layout.trust_domain,
+                "control": layout.control, "dashboard": layout.dashboard, "entries": layout.entries,
+                "workloads": rows,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Table | Output::Wide => {
+            let wide = out == Output::Wide;
+            let mut header = vec![
+                "NAMESPACE",
+                "WORKLOAD",
+                "READY",
+                "APP",
+                "INBOUND",
+                "OUTBOUND",
+                "ADMIN",
+            ];
+            if wide {
+                header.extend(["IDENTITY", "APP PID", "PROXY PID", "RESTARTS"]);
+            }
+            let table: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    let ports: Vec<String> =
+                        r.w.app_ports
+                            .iter()
+                            .map(|(d, l)| format!("{d}→{l}"))
+                            .collect();
+                    let mut row = vec![
+                        r.w.namespace.clone(),
+                        r.w.name.clone(),
+                        if r.ready { "yes" } else { "no" }.into(),
+                        ports.join(","),
+                        r.w.inbound.clone(),
+                        r.w.outbound.clone(),
+                        r.w.admin.clone(),
+                    ];
+                    if wide {
+                        let pid = |p: Option<u32>| p.map_or("-".into(), |p| p.to_string());
+                        row.extend([
+                            r.w.identity.clone(),
+                            pid(r.w.app_pid),
+                            pid(r.w.proxy_pid),
+                            r.w.restarts.to_string(),
+                        ]);
+                    }
+                    row
+                })
+                .collect();
+            print!("{}", render(&header, &table));
+            for (svc, url) in &layout.entries {
+                println!("entry {svc}: {url}");
+            }
+            println!("dashboard: http://{}/", layout.dashboard);
+        }
+    }
+    Ok(rows.iter().all(|r| r.ready))
+}
+
+async fn api<T: for<'de> Deserialize<'de>>(layout: &Layout, path: &str) -> anyhow::Result<T> {
+    let (status, body) = crate::http::get(&layout.dashboard, path, ASK_TIMEOUT)
+        .await
+        .context("cannot reach the dashboard of onemesh up")?;
+    anyhow::ensure!(
+        status == StatusCode::OK,
+        "dashboard answered {status} for {path}"
+    );
+    serde_json::from_str(&body).with_context(|| format!("dashboard sent bad JSON for {path}"))
+}
+
+pub async fn stat(
+    dir: &Path,
+    target: Option<String>,
+    window: u64,
+    out: Output,
+) -> anyhow::Result<bool> {
+    let layout = Layout::load(dir)?;
+    let mut rows: Vec<StatRow> = api(&layout, &format!("/api/stat?window={window}")).await?;
+    if let Some(t) = &target {
+        rows.retain(|r| &r.namespace == t || &format!("{}/{}", r.namespace, r.workload) == t);
+        anyhow::ensure!(!rows.is_empty(), "no workload matches {t:?}");
+    }
+    if out == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(true);
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.namespace.clone(),
+                r.workload.clone(),
+                format!("{}/1", r.meshed),
+                pct(r.success_rate),
+                format!("{:.1}", r.rps),
+                ms(r.p50_ms),
+                ms(r.p95_ms),
+                ms(r.p99_ms),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        render(
+            &[
+                "NAMESPACE",
+                "WORKLOAD",
+                "MESHED",
+                "SUCCESS",
+                "RPS",
+                "P50",
+                "P95",
+                "P99"
+            ],
+            &table
+        )
+    );
+    Ok(true)
+}
+
+pub async fn edges(
+    dir: &Path,
+    ns: Option<String>,
+    window: u64,
+    out: Output,
+) -> anyhow::Result<bool> {
+    let layout = Layout::load(dir)?;
+    let q = ns
+        .as_ref()
+        .map(|n| format!("&namespace={n}"))
+        .unwrap_or_default();
+    let rows: Vec<EdgeRow> = api(&layout, &format!("/api/edges?window={window}{q}")).await?;
+    if out == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(true);
+    }
+    let wide = out == Output::Wide;
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|e| {
+            let mut row = vec![
+                e.src.clone(),
+                e.dst.clone(),
+                if e.tls { "√ mTLS" } else { "plain" }.into(),
+                format!("{:.1}", e.rps),
+                pct(e.success_rate),
+            ];
+            if wide {
+                row.extend([e.src_id.clone(), e.dst_id.clone()]);
+            }
+            row
+        })
+        .collect();
+    let mut header = vec!["SRC", "DST", "SECURED", "RPS", "SUCCESS"];
+    if wide {
+        header.extend(["SRC_ID", "DST_ID"]);
+    }
+    print!("{}", render(&header, &table));
+    Ok(true)
+}
+
+/// The certificate a proxy holds, as its admin `/identity` reports it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CertInfo {
+    pub id: String,
+    pub issuer: String,
+    pub serial: String,
+    pub not_before_unix_secs: i64,
+    pub not_after_unix_secs: i64,
+}
+
+async fn cert_of(admin: &str) -> anyhow::Result<CertInfo> {
+    let (status, body) = crate::http::get(admin, "/identity", ASK_TIMEOUT).await?;
+    anyhow::ensure!(
+        status == StatusCode::OK,
+        "proxy has no certificate yet ({status}): {}",
+        body.trim()
+    );
+    serde_json::from_str(&body).context("proxy sent bad JSON for /identity")
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub async fn identity(dir: &Path, which: &str, out: Output) -> anyhow::Result<bool> {
+    let layout = Layout::load(dir)?;
+    let w = layout.workload(which)?;
+    let cert = cert_of(&w.admin).await?;
+    if out == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&cert)?);
+        return Ok(true);
+    }
+    let left = cert.not_after_unix_secs - now_unix();
+    println!("workload:   {}", w.key());
+    println!("identity:   {}", cert.id);
+    println!("issuer:     {}", cert.issuer);
+    println!("serial:     {}", cert.serial);
+    println!("not before: {} (unix)", cert.not_before_unix_secs);
+    println!(
+        "not after:  {} (unix), in {}h{:02}m",
+        cert.not_after_unix_secs,
+        left / 3600,
+        (left % 3600) / 60
+    );
+    Ok(left > 0)
+}
+
+/// One line of `onemesh check`.
+pub(crate) struct Check {
+    pub ok: bool,
+    pub what: String,
+    pub hint: String,
+}
+
+pub async fn check(dir: &Path) -> anyhow::Result<bool> {
+    let mut checks = Vec::new();
+    let layout = match Layout::load(dir) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("✗ layout: {e:#}");
+            return Ok(false);
+        }
+    };
+    let up_alive = kill(Pid::from_raw(layout.pid as i32), None).is_ok();
+    checks.push(Check {
+        ok: up_alive,
+        what: format!("onemesh up is running (pid {})", layout.pid),
+        hint: "start it with `onemesh up`".into(),
+    });
+    for (name, addr) in [
+        ("identity", &layout.control.identity),
+        ("destination", &layout.control.destination),
+        ("policy", &layout.control.policy),
+    ] {
+        let ok = tokio::time::timeout(ASK_TIMEOUT, tokio::net::TcpStream::connect(addr.as_str()))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        checks.push(Check {
+            ok,
+            what: format!("control plane {name} service answers on {addr}"),
+            hint: "see the control plane's log lines in the output of `onemesh up`".into(),
+        });
+    }
+    let now = now_unix();
+    for w in &layout.workloads {
+        checks.push(Check {
+            ok: ready(&w.admin).await,
+            what: format!("proxy of {} is ready", w.key()),
+            hint: format!("ask it why: curl http://{}/ready", w.admin),
+        });
+        match cert_of(&w.admin).await {
+            Ok(c) => {
+                let valid = c.not_before_unix_secs <= now && now < c.not_after_unix_secs;
+                checks.push(Check {
+                    ok: valid && c.id == w.identity,
+                    what: format!("certificate of {} is {} and valid", w.key(), w.identity),
+                    hint: format!(
+                        "it holds {} valid {}..{} (unix)",
+                        c.id, c.not_before_unix_secs, c.not_after_unix_secs
+                    ),
+                });
+                let life = (c.not_after_unix_secs - c.not_before_unix_secs).max(1);
+                checks.push(Check {
+                    ok: (c.not_after_unix_secs - now) * 10 > life,
+                    what: format!("certificate of {} is not about to expire", w.key()),
+                    hint: "renewal is failing: check that the identity service answers".into(),
+                });
+                // A clock that is off by more than the 60 s back-dating of every leaf makes fresh
+                // certificates look not-yet-valid to peers.
+                checks.push(Check {
+                    ok: now + 60 >= c.not_before_unix_secs,
+                    what: format!("clock agrees with the issuer's for {}", w.key()),
+                    hint: "this machine's clock is behind the certificate's issue time: fix the clock (NTP)".into(),
+                });
+            }
+            Err(e) => checks.push(Check {
+                ok: false,
+                what: format!("certificate of {}", w.key()),
+                hint: format!("{e:#}"),
+            }),
+        }
+    }
+    checks.extend(crate::up::policy_checks(&layout));
+    let mut all = true;
+    for c in &checks {
+        if c.ok {
+            println!("√ {}", c.what);
+        } else {
+            all = false;
+            println!("× {} — {}", c.what, c.hint);
+        }
+    }
+    println!(
+        "{}",
+        if all {
+            "all checks passed"
+        } else {
+            "some checks failed"
+        }
+    );
+    Ok(all)
+}
+
+pub async fn authz(dir: &Path, which: &str, out: Output) -> anyhow::Result<bool> {
+    let layout = Layout::load(dir)?;
+    let w = layout.workload(which)?;
+    crate::up::print_authz(&layout, w, out)
+}

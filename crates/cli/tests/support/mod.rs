@@ -1,0 +1,249 @@
+//! Runs `onemesh up` as a user would (the real binaries: onemesh, onemesh-control, onemesh-proxy)
+//! on free ports with a private state directory, and stops it — and checks that nothing it started
+//! is left behind — when dropped.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// Directory holding this build's binaries (`scripts/test` builds them all before the tests).
+pub fn bin_dir() -> PathBuf {
+    let onemesh = PathBuf::from(env!("CARGO_BIN_EXE_onemesh"));
+    let dir = onemesh
+        .parent()
+        .expect("binary has a directory")
+        .to_path_buf();
+    for b in ["onemesh-control", "onemesh-proxy"] {
+        assert!(
+            dir.join(b).exists(),
+            "{b} is not built in {}: run `cargo build --workspace --bins` first (scripts/test does)",
+            dir.display()
+        );
+    }
+    dir
+}
+
+pub struct Up {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+fn unique_dir(tag: &str) -> PathBuf {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("onemesh-{tag}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Up {
+    /// Writes `mesh_yaml` to a fresh directory and starts `onemesh up` on it; waits until
+    /// `onemesh check` passes.
+    pub fn start(tag: &str, mesh_yaml: &str) -> Up {
+        let dir = unique_dir(tag);
+        let config = dir.join("mesh.yaml");
+        std::fs::write(&config, mesh_yaml).unwrap();
+        let log = std::fs::File::create(dir.join("up.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_onemesh"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["up", "-f"])
+            .arg(&config)
+            .args([
+                "--identity-addr=127.0.0.1:0",
+                "--destination-addr=127.0.0.1:0",
+                "--policy-addr=127.0.0.1:0",
+                "--dashboard-addr=127.0.0.1:0",
+                "--expose-any-port",
+            ])
+            .arg("--bin-dir")
+            .arg(bin_dir())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start onemesh up");
+        let up = Up {
+            dir,
+            config,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let (ok, out) = up.cli(&["check"]);
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "onemesh check did not pass within 90 s:\n{out}\n--- up.log:\n{}",
+                up.log()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        up
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("up.log")).unwrap_or_default()
+    }
+
+    /// Runs `onemesh <args>` against this mesh: (exit 0?, stdout + stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_onemesh"))
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .args(args)
+            .output()
+            .expect("run onemesh");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    pub fn status(&self) -> Value {
+        let (ok, out) = self.cli(&["status", "-o", "json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status -o json ({ok}): {e}: {out}"))
+    }
+
+    /// The workload `namespace/name` from `onemesh status -o json`.
+    pub fn workload(&self, key: &str) -> Value {
+        let status = self.status();
+        status["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| {
+                format!(
+                    "{}/{}",
+                    w["namespace"].as_str().unwrap(),
+                    w["name"].as_str().unwrap()
+                ) == key
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no workload {key} in {status}"))
+    }
+
+    /// Every pid the layout names (up, control plane, proxies, apps).
+    pub fn pids(&self) -> Vec<i32> {
+        let s = self.status();
+        let mut pids = vec![s["pid"].as_i64().unwrap() as i32];
+        if let Some(p) = s["control"]["pid"].as_i64() {
+            pids.push(p as i32);
+        }
+        for w in s["workloads"].as_array().unwrap() {
+            for k in ["app_pid", "proxy_pid"] {
+                if let Some(p) = w[k].as_i64() {
+                    pids.push(p as i32);
+                }
+            }
+        }
+        pids
+    }
+
+    pub fn edit_config(&self, f: impl FnOnce(&str) -> String) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, f(&text)).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    /// Stops `onemesh up` with `onemesh down`, and returns whether it exited 0.
+    pub fn down(&mut self) -> bool {
+        let (ok, out) = self.cli(&["down"]);
+        assert!(ok, "onemesh down failed: {out}");
+        match self.child.take() {
+            Some(mut c) => c.wait().map(|s| s.success()).unwrap_or(false),
+            None => true,
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Whether a process is still alive.
+pub fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// A plain HTTP/1.1 request to `addr` (a proxy's outbound port, as an app would send it).
+pub async fn request(
+    addr: &str,
+    method: &str,
+    host: &str,
+    path: &str,
+    body: &'static [u8],
+) -> (u16, hyper::HeaderMap, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("request timed out")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A proxy's `/metrics` text.
+pub async fn metrics(admin: &str) -> String {
+    let stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/metrics")
+        .header("host", admin)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
