@@ -268,6 +268,18 @@ impl LocalStore {
             config: files.mesh.good.clone(),
             instances: files.endpoints.good.clone(),
         };
+        for i in &state.instances {
+            let key = (i.namespace.clone(), i.workload.clone());
+            if !state.config.workloads.contains_key(&key) {
+                tracing::warn!(
+                    file = %files.endpoints.path.display(),
+                    "instance {}/{} at {} is not a workload of the mesh: it gets no traffic",
+                    i.namespace,
+                    i.workload,
+                    i.inbound
+                );
+            }
+        }
         self.inner.state.send_if_modified(|current| {
             if **current == state {
                 false
