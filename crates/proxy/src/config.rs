@@ -1,0 +1,566 @@
+//! The proxy's configuration: every `ONEMESH_PROXY_*` environment variable, its default and what
+//! it does, parsed in one pass.
+//!
+//! Variables are read through [`Source`], a one-method string lookup: the binary passes [`Env`],
+//! tests pass a `HashMap` (never `std::env::set_var`). [`Config::from_source`] parses every
+//! variable and reports every bad one at once in [`ConfigError`], so an operator fixes them all in
+//! one round.
+//!
+//! Durations are written `<number><unit>` with unit `ms`, `s`, `m` or `h` (`"1s"`, `"500ms"`,
+//! `"24h"`); a bare number is seconds.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use onemesh_identity::SpiffeId;
+
+/// Outbound listener: the app's plain HTTP (or redirected TCP) comes in here.
+pub const ENV_OUTBOUND_ADDR: &str = "ONEMESH_PROXY_OUTBOUND_ADDR";
+/// Default outbound listener address.
+pub const DEFAULT_OUTBOUND_ADDR: &str = "127.0.0.1:4140";
+/// Inbound listener: mTLS from other proxies (and plain from unmeshed callers) comes in here.
+pub const ENV_INBOUND_ADDR: &str = "ONEMESH_PROXY_INBOUND_ADDR";
+/// Default inbound listener address.
+pub const DEFAULT_INBOUND_ADDR: &str = "0.0.0.0:4143";
+/// Admin server (`/metrics`, `/ready`, `/live`).
+pub const ENV_ADMIN_ADDR: &str = "ONEMESH_PROXY_ADMIN_ADDR";
+/// Default admin address.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:4191";
+/// The host the inbound forwards to (`<host>:<target port>`).
+pub const ENV_INBOUND_APP_HOST: &str = "ONEMESH_PROXY_INBOUND_APP_HOST";
+/// Default application host.
+pub const DEFAULT_INBOUND_APP_HOST: &str = "127.0.0.1";
+/// This workload's SPIFFE id (required).
+pub const ENV_IDENTITY: &str = "ONEMESH_PROXY_IDENTITY";
+/// Workload name used in metric labels; defaults to the identity's service account.
+pub const ENV_WORKLOAD: &str = "ONEMESH_PROXY_WORKLOAD";
+/// Path to the PEM trust bundle (one or more roots).
+pub const ENV_TRUST_ANCHORS: &str = "ONEMESH_PROXY_TRUST_ANCHORS";
+/// Path to the static JSON configuration (services, tcp forwards, inbound authorizations).
+pub const ENV_STATIC_CONFIG: &str = "ONEMESH_PROXY_STATIC_CONFIG";
+/// Static mode: PEM chain of a local issuer that signs this proxy's CSR.
+pub const ENV_IDENTITY_ISSUER_CERT: &str = "ONEMESH_PROXY_IDENTITY_ISSUER_CERT";
+/// Static mode: PEM private key of that issuer.
+pub const ENV_IDENTITY_ISSUER_KEY: &str = "ONEMESH_PROXY_IDENTITY_ISSUER_KEY";
+/// Static mode: lifetime of the leaf certificates the local issuer signs.
+pub const ENV_LEAF_LIFETIME: &str = "ONEMESH_PROXY_LEAF_LIFETIME";
+/// Default leaf lifetime.
+pub const DEFAULT_LEAF_LIFETIME: &str = "24h";
+/// How long protocol detection waits for the client's first bytes.
+pub const ENV_DETECT_TIMEOUT: &str = "ONEMESH_PROXY_DETECT_TIMEOUT";
+/// Default detection timeout.
+pub const DEFAULT_DETECT_TIMEOUT: &str = "1s";
+/// How long a TCP connect (+ TLS handshake) to an upstream may take.
+pub const ENV_CONNECT_TIMEOUT: &str = "ONEMESH_PROXY_CONNECT_TIMEOUT";
+/// Default connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: &str = "3s";
+/// How long a client may take to send a complete request head.
+pub const ENV_HEADER_READ_TIMEOUT: &str = "ONEMESH_PROXY_HEADER_READ_TIMEOUT";
+/// Default header read timeout.
+pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
+/// The largest request head (request line + headers) accepted, in bytes (at least 8192).
+pub const ENV_MAX_HEADER_BYTES: &str = "ONEMESH_PROXY_MAX_HEADER_BYTES";
+/// Default maximum header size.
+pub const DEFAULT_MAX_HEADER_BYTES: &str = "65536";
+/// How long in-flight work may continue after SIGTERM before the proxy exits.
+pub const ENV_SHUTDOWN_GRACE: &str = "ONEMESH_PROXY_SHUTDOWN_GRACE";
+/// Default shutdown grace.
+pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
+/// Comma-separated ports whose traffic skips protocol detection (carried as opaque TCP).
+pub const ENV_OPAQUE_PORTS: &str = "ONEMESH_PROXY_OPAQUE_PORTS";
+/// Default opaque ports: SMTP, MySQL, PostgreSQL, Redis, memcached and others that speak first
+/// or are never HTTP.
+pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
+/// A `tracing` filter, e.g. `info,onemesh_proxy=debug`.
+pub const ENV_LOG: &str = "ONEMESH_PROXY_LOG";
+/// Default log filter.
+pub const DEFAULT_LOG: &str = "info";
+/// Log format: `plain` or `json`.
+pub const ENV_LOG_FORMAT: &str = "ONEMESH_PROXY_LOG_FORMAT";
+/// Default log format.
+pub const DEFAULT_LOG_FORMAT: &str = "plain";
+/// Control-plane mode: `host:port` of the control plane's identity service (`Identity.Certify`).
+/// Setting this and the two below selects control-plane mode instead of the static file.
+pub const ENV_CONTROL_IDENTITY_ADDR: &str = "ONEMESH_PROXY_CONTROL_IDENTITY_ADDR";
+/// Control-plane mode: `host:port` of the destination service (`Destination.Watch`).
+pub const ENV_CONTROL_DESTINATION_ADDR: &str = "ONEMESH_PROXY_CONTROL_DESTINATION_ADDR";
+/// Control-plane mode: `host:port` of the policy service (`Policy.WatchInbound`/`WatchOutbound`).
+pub const ENV_CONTROL_POLICY_ADDR: &str = "ONEMESH_PROXY_CONTROL_POLICY_ADDR";
+/// Control-plane mode: the SPIFFE id the control plane must prove (verified against
+/// `ONEMESH_PROXY_TRUST_ANCHORS`); defaults to
+/// `spiffe://<trust domain of ONEMESH_PROXY_IDENTITY>/ns/onemesh/sa/control`.
+pub const ENV_CONTROL_ID: &str = "ONEMESH_PROXY_CONTROL_ID";
+/// Control-plane mode: the bootstrap token sent with every certificate signing request
+/// (required in that mode; `onemesh up` hands one to each proxy).
+pub const ENV_IDENTITY_TOKEN: &str = "ONEMESH_PROXY_IDENTITY_TOKEN";
+/// The control plane's namespace and service account in its default SPIFFE id.
+pub const DEFAULT_CONTROL_NAMESPACE: &str = "onemesh";
+/// See [`DEFAULT_CONTROL_NAMESPACE`].
+pub const DEFAULT_CONTROL_SERVICE_ACCOUNT: &str = "control";
+
+/// Where variables come from. One method, so tests can pass a map.
+pub trait Source {
+    /// The value of `name`, or `None` when it is not set.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Env;
+
+impl Source for Env {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
+impl Source for HashMap<&str, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
+impl Source for HashMap<&str, &str> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).map(|s| s.to_string())
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the control plane is, in control-plane mode (see [`ENV_CONTROL_IDENTITY_ADDR`]).
+#[derive(Clone)]
+pub struct ControlPlaneConfig {
+    /// See [`ENV_CONTROL_IDENTITY_ADDR`].
+    pub identity_addr: String,
+    /// See [`ENV_CONTROL_DESTINATION_ADDR`].
+    pub destination_addr: String,
+    /// See [`ENV_CONTROL_POLICY_ADDR`].
+    pub policy_addr: String,
+    /// See [`ENV_CONTROL_ID`].
+    pub id: SpiffeId,
+    /// See [`ENV_IDENTITY_TOKEN`].
+    pub token: String,
+}
+
+impl fmt::Debug for ControlPlaneConfig {
+    // The token is a credential: never in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlPlaneConfig")
+            .field("identity_addr", &self.identity_addr)
+            .field("destination_addr", &self.destination_addr)
+            .field("policy_addr", &self.policy_addr)
+            .field("id", &self.id)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The parsed configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// See [`ENV_OUTBOUND_ADDR`].
+    pub outbound_addr: SocketAddr,
+    /// See [`ENV_INBOUND_ADDR`].
+    pub inbound_addr: SocketAddr,
+    /// See [`ENV_ADMIN_ADDR`].
+    pub admin_addr: SocketAddr,
+    /// See [`ENV_INBOUND_APP_HOST`].
+    pub inbound_app_host: IpAddr,
+    /// See [`ENV_IDENTITY`].
+    pub identity: SpiffeId,
+    /// See [`ENV_WORKLOAD`].
+    pub workload: String,
+    /// See [`ENV_TRUST_ANCHORS`].
+    pub trust_anchors: Option<PathBuf>,
+    /// See [`ENV_STATIC_CONFIG`].
+    pub static_config: Option<PathBuf>,
+    /// See [`ENV_IDENTITY_ISSUER_CERT`].
+    pub issuer_cert: Option<PathBuf>,
+    /// See [`ENV_IDENTITY_ISSUER_KEY`].
+    pub issuer_key: Option<PathBuf>,
+    /// See [`ENV_LEAF_LIFETIME`].
+    pub leaf_lifetime: Duration,
+    /// See [`ENV_DETECT_TIMEOUT`].
+    pub detect_timeout: Duration,
+    /// See [`ENV_CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// See [`ENV_HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+    /// See [`ENV_MAX_HEADER_BYTES`].
+    pub max_header_bytes: usize,
+    /// See [`ENV_SHUTDOWN_GRACE`].
+    pub shutdown_grace: Duration,
+    /// See [`ENV_OPAQUE_PORTS`].
+    pub opaque_ports: BTreeSet<u16>,
+    /// See [`ENV_LOG`].
+    pub log: String,
+    /// See [`ENV_LOG_FORMAT`].
+    pub log_format: LogFormat,
+    /// Control-plane mode when set (see [`ENV_CONTROL_IDENTITY_ADDR`]); static mode otherwise.
+    pub control: Option<ControlPlaneConfig>,
+}
+
+impl Config {
+    /// This workload's namespace (from its identity).
+    pub fn namespace(&self) -> &str {
+        self.identity.namespace()
+    }
+}
+
+/// One bad variable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadVar {
+    /// The variable's name.
+    pub name: &'static str,
+    /// What is wrong and what to do.
+    pub problem: String,
+}
+
+/// Every bad variable found in one pass.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// One or more variables are missing or malformed.
+    #[error("invalid proxy configuration: {}", display_bad(.0))]
+    Invalid(Vec<BadVar>),
+}
+
+fn display_bad(bad: &[BadVar]) -> String {
+    bad.iter()
+        .map(|b| format!("{}: {}", b.name, b.problem))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ConfigError {
+    /// The bad variables.
+    pub fn bad_vars(&self) -> &[BadVar] {
+        match self {
+            ConfigError::Invalid(bad) => bad,
+        }
+    }
+}
+
+impl fmt::Display for BadVar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.name, self.problem)
+    }
+}
+
+/// Collects values and problems while parsing.
+struct Parser<'a> {
+    source: &'a dyn Source,
+    bad: Vec<BadVar>,
+}
+
+impl Parser<'_> {
+    fn raw(&self, name: &'static str) -> Option<String> {
+        self.source
+            .get(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn parse<T>(
+        &mut self,
+        name: &'static str,
+        default: &str,
+        f: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let value = self.raw(name).unwrap_or_else(|| default.to_string());
+        match f(&value) {
+            Ok(v) => Some(v),
+            Err(problem) => {
+                self.bad.push(BadVar {
+                    name,
+                    problem: format!("{problem} (got {value:?})"),
+                });
+                None
+            }
+        }
+    }
+
+    fn required<T>(&mut self, name: &'static str, f: impl Fn(&str) -> Result<T, String>) -> Option<T> {
+        match self.raw(name) {
+            Some(value) => match f(&value) {
+                Ok(v) => Some(v),
+                Err(problem) => {
+                    self.bad.push(BadVar {
+                        name,
+                        problem: format!("{problem} (got {value:?})"),
+                    });
+                    None
+                }
+            },
+            None => {
+                self.bad.push(BadVar {
+                    name,
+                    problem: "is required but not set".to_string(),
+                });
+                None
+            }
+        }
+    }
+}
+
+fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| "must be an ip:port socket address, e.g. 127.0.0.1:4140".to_string())
+}
+
+/// Parses a duration like `500ms`, `1s`, `5m`, `24h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "must be a duration such as 500ms, 1s, 5m or 24h".to_string())?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err("has an unknown unit: use ms, s, m or h".to_string()),
+    };
+    Ok(d)
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be more than zero".to_string());
+    }
+    Ok(d)
+}
+
+fn ports(s: &str) -> Result<BTreeSet<u16>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("must be a comma-separated list of ports 1-65535; {p:?} is not one"))
+        })
+        .collect()
+}
+
+fn host_port(s: &str) -> Result<String, String> {
+    let ok = s
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("must be host:port, e.g. 127.0.0.1:8080".to_string())
+    }
+}
+
+/// Control-plane mode's variables: `None` (static mode) when no address is set.
+fn control_plane(p: &mut Parser<'_>, identity: Option<&SpiffeId>) -> Option<ControlPlaneConfig> {
+    let names = [
+        ENV_CONTROL_IDENTITY_ADDR,
+        ENV_CONTROL_DESTINATION_ADDR,
+        ENV_CONTROL_POLICY_ADDR,
+    ];
+    if names.iter().all(|n| p.raw(n).is_none()) {
+        return None;
+    }
+    let [identity_addr, destination_addr, policy_addr] = names.map(|name| {
+        let value = p.raw(name);
+        if value.is_none() {
+            p.bad.push(BadVar {
+                name,
+                problem: format!(
+                    "is required in control-plane mode: set all of {}",
+                    names.join(", ")
+                ),
+            });
+        }
+        value.and_then(|v| match host_port(&v) {
+            Ok(v) => Some(v),
+            Err(problem) => {
+                p.bad.push(BadVar {
+                    name,
+                    problem: format!("{problem} (got {v:?})"),
+                });
+                None
+            }
+        })
+    });
+    let id = match p.raw(ENV_CONTROL_ID) {
+        Some(_) => p.required(ENV_CONTROL_ID, |s| {
+            SpiffeId::from_str(s).map_err(|e| format!("is not a spiffe id: {e}"))
+        }),
+        None => identity.and_then(|own| {
+            SpiffeId::new(
+                own.trust_domain(),
+                DEFAULT_CONTROL_NAMESPACE,
+                DEFAULT_CONTROL_SERVICE_ACCOUNT,
+            )
+            .ok()
+        }),
+    };
+    let token = p.raw(ENV_IDENTITY_TOKEN);
+    if token.is_none() {
+        p.bad.push(BadVar {
+            name: ENV_IDENTITY_TOKEN,
+            problem: "is required in control-plane mode: set the bootstrap token `onemesh up` gave this proxy".to_string(),
+        });
+    }
+    if p.raw(ENV_TRUST_ANCHORS).is_none() {
+        p.bad.push(BadVar {
+            name: ENV_TRUST_ANCHORS,
+            problem: "is required in control-plane mode: set it to the PEM bundle that verifies the control plane".to_string(),
+        });
+    }
+    Some(ControlPlaneConfig {
+        identity_addr: identity_addr?,
+        destination_addr: destination_addr?,
+        policy_addr: policy_addr?,
+        id: id?,
+        token: token?,
+    })
+}
+
+impl Config {
+    /// Parses every variable from `source`, reporting every bad one at once.
+    pub fn from_source(source: &dyn Source) -> Result<Config, ConfigError> {
+        let mut p = Parser {
+            source,
+            bad: Vec::new(),
+        };
+        let outbound_addr = p.parse(ENV_OUTBOUND_ADDR, DEFAULT_OUTBOUND_ADDR, socket_addr);
+        let inbound_addr = p.parse(ENV_INBOUND_ADDR, DEFAULT_INBOUND_ADDR, socket_addr);
+        let admin_addr = p.parse(ENV_ADMIN_ADDR, DEFAULT_ADMIN_ADDR, socket_addr);
+        let inbound_app_host = p.parse(ENV_INBOUND_APP_HOST, DEFAULT_INBOUND_APP_HOST, |s| {
+            IpAddr::from_str(s).map_err(|_| "must be an ip address, e.g. 127.0.0.1".to_string())
+        });
+        let identity = p.required(ENV_IDENTITY, |s| {
+            SpiffeId::from_str(s).map_err(|e| format!("is not a spiffe id: {e}"))
+        });
+        let workload = p.raw(ENV_WORKLOAD);
+        let trust_anchors = p.raw(ENV_TRUST_ANCHORS).map(PathBuf::from);
+        let static_config = p.raw(ENV_STATIC_CONFIG).map(PathBuf::from);
+        let issuer_cert = p.raw(ENV_IDENTITY_ISSUER_CERT).map(PathBuf::from);
+        let issuer_key = p.raw(ENV_IDENTITY_ISSUER_KEY).map(PathBuf::from);
+        if issuer_cert.is_some() != issuer_key.is_some() {
+            let missing = if issuer_cert.is_some() {
+                ENV_IDENTITY_ISSUER_KEY
+            } else {
+                ENV_IDENTITY_ISSUER_CERT
+            };
+            p.bad.push(BadVar {
+                name: missing,
+                problem: format!(
+                    "must be set together with {}: the local issuer needs both its certificate and key",
+                    if missing == ENV_IDENTITY_ISSUER_KEY {
+                        ENV_IDENTITY_ISSUER_CERT
+                    } else {
+                        ENV_IDENTITY_ISSUER_KEY
+                    }
+                ),
+            });
+        }
+        let leaf_lifetime = p.parse(ENV_LEAF_LIFETIME, DEFAULT_LEAF_LIFETIME, positive_duration);
+        let detect_timeout = p.parse(ENV_DETECT_TIMEOUT, DEFAULT_DETECT_TIMEOUT, positive_duration);
+        let connect_timeout =
+            p.parse(ENV_CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, positive_duration);
+        let header_read_timeout = p.parse(
+            ENV_HEADER_READ_TIMEOUT,
+            DEFAULT_HEADER_READ_TIMEOUT,
+            positive_duration,
+        );
+        let max_header_bytes = p.parse(ENV_MAX_HEADER_BYTES, DEFAULT_MAX_HEADER_BYTES, |s| {
+            s.parse::<usize>()
+                .ok()
+                .filter(|n| (8192..=1 << 20).contains(n))
+                .ok_or_else(|| "must be a byte count between 8192 and 1048576".to_string())
+        });
+        let shutdown_grace = p.parse(ENV_SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE, parse_duration);
+        let opaque_ports = p.parse(ENV_OPAQUE_PORTS, DEFAULT_OPAQUE_PORTS, ports);
+        let control = control_plane(&mut p, identity.as_ref());
+        let log = p.raw(ENV_LOG).unwrap_or_else(|| DEFAULT_LOG.to_string());
+        let log_format = p.parse(ENV_LOG_FORMAT, DEFAULT_LOG_FORMAT, |s| match s {
+            "plain" => Ok(LogFormat::Plain),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("must be plain or json".to_string()),
+        });
+
+        match (
+            outbound_addr,
+            inbound_addr,
+            admin_addr,
+            inbound_app_host,
+            identity,
+            leaf_lifetime,
+            detect_timeout,
+            connect_timeout,
+            header_read_timeout,
+            max_header_bytes,
+            shutdown_grace,
+            opaque_ports,
+            log_format,
+        ) {
+            (
+                Some(outbound_addr),
+                Some(inbound_addr),
+                Some(admin_addr),
+                Some(inbound_app_host),
+                Some(identity),
+                Some(leaf_lifetime),
+                Some(detect_timeout),
+                Some(connect_timeout),
+                Some(header_read_timeout),
+                Some(max_header_bytes),
+                Some(shutdown_grace),
+                Some(opaque_ports),
+                Some(log_format),
+            ) if p.bad.is_empty() => Ok(Config {
+                outbound_addr,
+                inbound_addr,
+                admin_addr,
+                inbound_app_host,
+                workload: workload.unwrap_or_else(|| identity.service_account().to_string()),
+                identity,
+                trust_anchors,
+                static_config,
+                issuer_cert,
+                issuer_key,
+                leaf_lifetime,
+                detect_timeout,
+                connect_timeout,
+                header_read_timeout,
+                max_header_bytes,
+                shutdown_grace,
+                opaque_ports,
+                log,
+                log_format,
+                control,
+            }),
+            _ => Err(ConfigError::Invalid(p.bad)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,88 @@
+//! Unit tests for configuration parsing.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::*;
+
+const ID: &str = "spiffe://cluster.local/ns/bank/sa/bank";
+
+#[test]
+fn defaults_apply() {
+    let env = HashMap::from([(ENV_IDENTITY, ID)]);
+    let c = Config::from_source(&env).unwrap();
+    assert_eq!(c.outbound_addr, DEFAULT_OUTBOUND_ADDR.parse().unwrap());
+    assert_eq!(c.inbound_addr, DEFAULT_INBOUND_ADDR.parse().unwrap());
+    assert_eq!(c.admin_addr, DEFAULT_ADMIN_ADDR.parse().unwrap());
+    assert_eq!(c.detect_timeout, Duration::from_secs(1));
+    assert_eq!(c.leaf_lifetime, Duration::from_secs(24 * 3600));
+    assert_eq!(c.workload, "bank");
+    assert_eq!(c.namespace(), "bank");
+    assert!(c.opaque_ports.contains(&5432));
+    assert_eq!(c.log_format, LogFormat::Plain);
+}
+
+#[test]
+fn values_override_defaults() {
+    let env = HashMap::from([
+        (ENV_IDENTITY, ID),
+        (ENV_ADMIN_ADDR, "127.0.0.1:0"),
+        (ENV_LEAF_LIFETIME, "3s"),
+        (ENV_DETECT_TIMEOUT, "250ms"),
+        (ENV_OPAQUE_PORTS, "1, 2,3"),
+        (ENV_WORKLOAD, "bank-v2"),
+        (ENV_LOG_FORMAT, "json"),
+    ]);
+    let c = Config::from_source(&env).unwrap();
+    assert_eq!(c.admin_addr.port(), 0);
+    assert_eq!(c.leaf_lifetime, Duration::from_secs(3));
+    assert_eq!(c.detect_timeout, Duration::from_millis(250));
+    assert_eq!(c.opaque_ports.iter().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(c.workload, "bank-v2");
+    assert_eq!(c.log_format, LogFormat::Json);
+}
+
+#[test]
+fn reports_every_bad_variable_at_once() {
+    let env = HashMap::from([
+        (ENV_OUTBOUND_ADDR, "nope"),
+        (ENV_DETECT_TIMEOUT, "1 fortnight"),
+        (ENV_OPAQUE_PORTS, "80,99999"),
+        (ENV_MAX_HEADER_BYTES, "12"),
+        (ENV_LOG_FORMAT, "xml"),
+        (ENV_IDENTITY_ISSUER_CERT, "/x"),
+    ]);
+    let err = Config::from_source(&env).unwrap_err();
+    let names: Vec<_> = err.bad_vars().iter().map(|b| b.name).collect();
+    for expected in [
+        ENV_OUTBOUND_ADDR,
+        ENV_IDENTITY,
+        ENV_DETECT_TIMEOUT,
+        ENV_OPAQUE_PORTS,
+        ENV_MAX_HEADER_BYTES,
+        ENV_LOG_FORMAT,
+        ENV_IDENTITY_ISSUER_KEY,
+    ] {
+        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+    }
+    let text = err.to_string();
+    assert!(text.contains("ONEMESH_PROXY_IDENTITY: is required"), "{text}");
+}
+
+#[test]
+fn bad_identity_is_reported() {
+    let env = HashMap::from([(ENV_IDENTITY, "http://x")]);
+    let err = Config::from_source(&env).unwrap_err();
+    assert_eq!(err.bad_vars()[0].name, ENV_IDENTITY);
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+    assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+    assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+    assert!(parse_duration("h").is_err());
+    assert!(parse_duration("3d").is_err());
+    assert!(parse_duration("-1s").is_err());
+}

@@ -1,0 +1,239 @@
+//! The seams between the data path and whatever configures it: service discovery
+//! ([`Discover`]), inbound authorization ([`InboundPolicy`]) and certificate issuance
+//! ([`Certifier`]).
+//!
+//! Today the implementations are static (see [`crate::static_config`]): a JSON file and a local
+//! issuer. The next step replaces them with a gRPC control-plane client without touching the data
+//! path, because the data path only ever sees these traits and the `tokio::sync::watch` receivers
+//! they hand out:
+//!
+//! - [`Discover::resolve`] turns a name (or an original destination address) into a
+//!   [`Resolution`]: either a watch of the [`Service`] (endpoints with their expected identities,
+//!   routes) or "not in the mesh" (egress passthrough). A control-plane client returns a receiver
+//!   at once and keeps sending updates; the data path reads `borrow()` per request, which is an
+//!   `Arc` clone.
+//! - [`InboundPolicy::authorizations`] gives a watch of the [`Authorizations`] in force.
+//! - [`Certifier::certify`] turns a CSR (DER) into an [`Issued`] chain. The private key never
+//!   leaves the proxy.
+//!
+//! Each trait has its static implementation beside it in `static_config`, which doubles as the
+//! test double.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use onemesh_identity::{Issued, SpiffeId};
+use tokio::sync::watch;
+
+use crate::policy::Authorizations;
+
+/// A boxed, sendable future (the seams are object-safe).
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What the application asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A host name and port (from a URI, a Host header or a tcp forward).
+    Name {
+        /// The host as written (lower-cased, no trailing dot).
+        host: String,
+        /// The port.
+        port: u16,
+    },
+    /// An original destination address (iptables redirect) or a literal IP in a Host header.
+    Addr(SocketAddr),
+}
+
+impl Target {
+    /// Parses `host[:port]` (port defaults to `default_port`). IP literals become [`Target::Addr`].
+    pub fn from_authority(authority: &str, default_port: u16) -> Option<Target> {
+        let authority: http::uri::Authority = authority.parse().ok()?;
+        let port = authority.port_u16().unwrap_or(default_port);
+        let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
+        if host.is_empty() {
+            return None;
+        }
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            return Some(Target::Addr(SocketAddr::new(ip, port)));
+        }
+        Some(Target::Name { host, port })
+    }
+
+    /// `host:port` for logs and the transport header.
+    pub fn authority(&self) -> String {
+        match self {
+            Target::Name { host, port } => format!("{host}:{port}"),
+            Target::Addr(addr) => addr.to_string(),
+        }
+    }
+}
+
+/// How an endpoint's traffic is carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EndpointProtocol {
+    /// HTTP (detected per connection on the client side).
+    Http,
+    /// Always opaque TCP.
+    Opaque,
+}
+
+/// One endpoint of a service: another workload's inbound proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The inbound proxy's address.
+    pub addr: SocketAddr,
+    /// The application port behind that proxy.
+    pub target_port: u16,
+    /// The identity the endpoint must prove in the TLS handshake.
+    pub identity: SpiffeId,
+    /// The endpoint's workload name (metric label).
+    pub workload: Arc<str>,
+    /// The endpoint's namespace (metric label).
+    pub namespace: Arc<str>,
+    /// Relative weight for load balancing (at least 1).
+    pub weight: u32,
+    /// How to carry its traffic.
+    pub protocol: EndpointProtocol,
+}
+
+/// An outbound HTTP route of a service: per-route timeout and retry policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The route's name (metric label).
+    pub name: Arc<str>,
+    /// Methods it matches; empty matches all.
+    pub methods: Vec<http::Method>,
+    /// Path prefix it matches.
+    pub path_prefix: String,
+    /// Request timeout (504 after it).
+    pub timeout: Option<Duration>,
+    /// Whether a failed request may be retried even if its method is not idempotent.
+    pub retryable: bool,
+}
+
+impl Route {
+    /// Whether the route matches a request.
+    pub fn matches(&self, method: &http::Method, path: &str) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method))
+            && path.starts_with(&self.path_prefix)
+    }
+}
+
+/// A meshed service as the outbound side sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// `<service>.<namespace>` (log/metric label).
+    pub name: Arc<str>,
+    /// The service's namespace.
+    pub namespace: Arc<str>,
+    /// The service port.
+    pub port: u16,
+    /// Current endpoints (may be empty: requests get 503).
+    pub endpoints: Vec<Endpoint>,
+    /// Routes, first match wins.
+    pub routes: Vec<Route>,
+}
+
+impl Service {
+    /// The first route matching the request.
+    pub fn route_for(&self, method: &http::Method, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(method, path))
+    }
+}
+
+/// The answer to a resolution.
+#[derive(Clone, Debug)]
+pub enum Resolution {
+    /// In the mesh: follow this watch.
+    Mesh(watch::Receiver<Arc<Service>>),
+    /// Not in the mesh: forward plain to the destination as named (egress passthrough).
+    External,
+}
+
+/// Why a resolution failed (the request gets 503).
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    /// The discovery source could not answer.
+    #[error("service discovery is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Resolves destinations to services.
+pub trait Discover: Send + Sync + 'static {
+    /// Resolves a target. Cheap to call repeatedly; the data path caches per target anyway.
+    fn resolve(&self, target: &Target) -> BoxFuture<Result<Resolution, DiscoverError>>;
+}
+
+/// Gives the inbound authorizations in force.
+pub trait InboundPolicy: Send + Sync + 'static {
+    /// A watch of the current authorizations.
+    fn authorizations(&self) -> watch::Receiver<Arc<Authorizations>>;
+}
+
+/// Why a certificate could not be obtained.
+#[derive(Debug, thiserror::Error)]
+pub enum CertifyError {
+    /// The issuer refused or failed to sign.
+    #[error("the issuer refused the certificate signing request: {0}")]
+    Refused(#[from] onemesh_identity::Error),
+    /// The issuer could not be reached.
+    #[error("the issuer is unreachable: {0}")]
+    Unreachable(String),
+}
+
+/// Obtains certificates for this proxy's key.
+pub trait Certifier: Send + Sync + 'static {
+    /// Sends a CSR (DER) and returns the issued chain.
+    fn certify(&self, csr_der: Vec<u8>) -> BoxFuture<Result<Issued, CertifyError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_parse() {
+        assert_eq!(
+            Target::from_authority("Bank.Bank:8080", 80),
+            Some(Target::Name {
+                host: "bank.bank".into(),
+                port: 8080
+            })
+        );
+        assert_eq!(
+            Target::from_authority("bank", 80),
+            Some(Target::Name {
+                host: "bank".into(),
+                port: 80
+            })
+        );
+        assert_eq!(
+            Target::from_authority("127.0.0.1:9", 80),
+            Some(Target::Addr("127.0.0.1:9".parse().unwrap()))
+        );
+        assert_eq!(
+            Target::from_authority("[::1]:9", 80),
+            Some(Target::Addr("[::1]:9".parse().unwrap()))
+        );
+        assert_eq!(Target::from_authority("", 80), None);
+        assert_eq!(Target::from_authority("a b", 80), None);
+    }
+
+    #[test]
+    fn routes_match_method_and_prefix() {
+        let r = Route {
+            name: "get".into(),
+            methods: vec![http::Method::GET],
+            path_prefix: "/v1/".into(),
+            timeout: None,
+            retryable: false,
+        };
+        assert!(r.matches(&http::Method::GET, "/v1/x"));
+        assert!(!r.matches(&http::Method::POST, "/v1/x"));
+        assert!(!r.matches(&http::Method::GET, "/v2/x"));
+    }
+}

@@ -1,0 +1,125 @@
+//! HTTP helpers shared by both directions: hop-by-hop header handling, upgrade detection, the
+//! original-protocol header, response classification and the per-request metrics recorder.
+
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tracing::debug;
+
+use crate::io::ByteCounters;
+use crate::metrics::{Classification, Metrics, ResponseLabels, RouteLabels};
+
+/// Request header carrying the application's original HTTP version across the h2 hop between
+/// proxies (`HTTP/1.1` or `HTTP/1.0`); absent means the application spoke HTTP/2.
+pub const ORIG_PROTO: HeaderName = HeaderName::from_static("onemesh-orig-proto");
+/// Request header the inbound sets to the verified caller identity (and strips from outside).
+pub const CLIENT_ID: HeaderName = HeaderName::from_static("onemesh-client-id");
+
+/// Whether the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Removes hop-by-hop headers (and any header named in `Connection`), keeping `te: trailers`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.contains("trailers")));
+    headers.remove(header::TE);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The HTTP/1 version name for [`ORIG_PROTO`].
+pub fn version_name(v: Version) -> Option<HeaderValue> {
+    match v {
+        Version::HTTP_10 => Some(HeaderValue::from_static("HTTP/1.0")),
+        Version::HTTP_11 | Version::HTTP_09 => Some(HeaderValue::from_static("HTTP/1.1")),
+        _ => None,
+    }
+}
+
+/// Classifies a response: 5xx and gRPC errors in the headers are failures.
+pub fn classify<B>(rsp: &Response<B>) -> Classification {
+    if rsp.status().is_server_error() {
+        return Classification::Failure;
+    }
+    match rsp.headers().get("grpc-status") {
+        Some(v) if v.as_bytes() != b"0" => Classification::Failure,
+        _ => Classification::Success,
+    }
+}
+
+/// Records one request's outcome.
+pub fn record(
+    metrics: &Metrics,
+    labels: &RouteLabels,
+    start: Instant,
+    status: StatusCode,
+    class: Classification,
+) {
+    metrics
+        .response_latency_ms
+        .get_or_create(labels)
+        .observe(start.elapsed().as_secs_f64() * 1e3);
+    metrics
+        .response_total
+        .get_or_create(&ResponseLabels {
+            route: labels.clone(),
+            classification: class,
+            status_code: status.as_u16(),
+        })
+        .inc();
+}
+
+/// After a `101 Switching Protocols`, joins the two upgraded streams and copies bytes both ways.
+/// (The bytes are counted by the accepted connection's [`crate::io::CountingIo`], if any.)
+pub fn splice_upgrades(client: OnUpgrade, upstream: OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(error) => {
+                debug!(%error, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        let _ = crate::io::splice(&mut client, &mut upstream, &ByteCounters::default()).await;
+    });
+}

@@ -1,0 +1,466 @@
+//! The inbound side: traffic from other proxies (mTLS) and unmeshed callers (plain) to the local
+//! application.
+//!
+//! The stack, top to bottom ([`Inbound::handle`]):
+//!
+//! 1. accept, and peek one byte: a TLS ClientHello (0x16) is a meshed caller, anything else is
+//!    unauthenticated;
+//! 2. TLS: terminate mTLS with this workload's certificate (the client must present a valid mesh
+//!    identity; failures are counted by [`HandshakeFailure`] reason), learn the caller's
+//!    [`SpiffeId`], then read the [`TransportHeader`] (protocol + target port);
+//!    plain: the target port is the original destination's (iptables); without one the
+//!    connection is refused; then detect the protocol;
+//! 3. policy ([`crate::policy::authorize`]): per request for HTTP (403 `forbidden` naming the
+//!    caller and policy), per connection for opaque TCP (closed and counted);
+//! 4. forward to `ONEMESH_PROXY_INBOUND_APP_HOST:<target port>`: HTTP/1.1 to an HTTP/1.1 app
+//!    (the `onemesh-orig-proto` header says so), HTTP/2 to an h2/gRPC app, upgrades spliced, opaque
+//!    bytes copied. The caller's identity goes to the app in `onemesh-client-id` (any such header
+//!    from outside is removed).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use onemesh_identity::{CredentialStore, HandshakeFailure, SpiffeId, peer_id};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::{self, Body};
+use crate::client::{ALPN, PlainClients, plain_error};
+use crate::detect::{self, Detected};
+use crate::drain::Drain;
+use crate::error::ProxyError;
+use crate::http_util::{self, CLIENT_ID, ORIG_PROTO};
+use crate::io::{CountingIo, PrefixedIo};
+use crate::metrics::{
+    Classification, DenyLabels, Direction, EdgeLabels, Metrics, ReasonLabels, RouteLabels, Tls,
+};
+use crate::orig_dst::original_dst;
+use crate::policy::{Authorizations, authorize};
+use crate::server::{self, HttpLimits, HttpService};
+use crate::transport_header::{Protocol, TransportHeader};
+
+/// Settings of the inbound side.
+#[derive(Clone, Debug)]
+pub struct InboundSettings {
+    /// Detection (and transport header) deadline.
+    pub detect_timeout: Duration,
+    /// TLS handshake and app connect deadline.
+    pub connect_timeout: Duration,
+    /// HTTP limits.
+    pub limits: HttpLimits,
+    /// Ports carried as opaque TCP without detection (plain callers).
+    pub opaque_ports: std::collections::BTreeSet<u16>,
+    /// Where the application listens.
+    pub app_host: IpAddr,
+    /// This workload's namespace.
+    pub namespace: Arc<str>,
+    /// This workload's name.
+    pub workload: Arc<str>,
+}
+
+/// How the caller speaks HTTP on this connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Http1,
+    H2,
+}
+
+/// What is known about an accepted connection.
+#[derive(Debug)]
+struct Conn {
+    client: Option<SpiffeId>,
+    client_header: Option<HeaderValue>,
+    target_port: u16,
+    edge: EdgeLabels,
+    mode: Mode,
+}
+
+/// The inbound proxy.
+#[derive(Clone)]
+pub struct Inbound {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: InboundSettings,
+    credentials: watch::Receiver<Option<CredentialStore>>,
+    server_config: Mutex<Option<Arc<rustls::ServerConfig>>>,
+    policy: watch::Receiver<Arc<Authorizations>>,
+    plain: PlainClients,
+    metrics: Arc<Metrics>,
+}
+
+impl Inbound {
+    /// Builds the inbound side.
+    pub fn new(
+        settings: InboundSettings,
+        credentials: watch::Receiver<Option<CredentialStore>>,
+        policy: watch::Receiver<Arc<Authorizations>>,
+        plain: PlainClients,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                credentials,
+                server_config: Mutex::new(None),
+                policy,
+                plain,
+                metrics,
+            }),
+        }
+    }
+
+    fn edge(&self, client: Option<&SpiffeId>) -> EdgeLabels {
+        let s = &self.inner.settings;
+        EdgeLabels {
+            direction: Direction::Inbound,
+            namespace: s.namespace.clone(),
+            workload: s.workload.clone(),
+            dst_namespace: s.namespace.clone(),
+            dst_workload: s.workload.clone(),
+            peer_id: client.map(|id| Arc::from(id.as_str())),
+            tls: if client.is_some() {
+                Tls::True
+            } else {
+                Tls::NoIdentity
+            },
+        }
+    }
+
+    fn server_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        let mut cached = self
+            .inner
+            .server_config
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cached.is_none() {
+            let store = self.inner.credentials.borrow().clone()?;
+            *cached = Some(store.server_config(&[ALPN]));
+        }
+        cached.clone()
+    }
+
+    fn error(&self, reason: &'static str) {
+        self.inner.metrics.error(Direction::Inbound, reason);
+    }
+
+    /// Handles one connection accepted on the inbound listener.
+    pub async fn handle(self, tcp: TcpStream, _peer: SocketAddr, drain: Drain) {
+        let mut first = [0u8; 1];
+        let peeked = tokio::time::timeout(self.inner.settings.detect_timeout, tcp.peek(&mut first)).await;
+        match peeked {
+            Ok(Ok(1)) if first[0] == 0x16 => self.tls(tcp, drain).await,
+            Ok(Ok(1)) => self.plain(tcp, drain).await,
+            // Nothing arrived: a plain server-speaks-first client, if redirected.
+            Err(_) => self.plain(tcp, drain).await,
+            Ok(_) => {}
+        }
+    }
+
+    async fn tls(self, tcp: TcpStream, drain: Drain) {
+        let Some(config) = self.server_config() else {
+            self.error("not_ready");
+            return;
+        };
+        let accept = TlsAcceptor::from(config).accept(tcp);
+        let mut tls = match tokio::time::timeout(self.inner.settings.connect_timeout, accept).await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return self.handshake_failed(HandshakeFailure::from_io(&e)),
+            Err(_) => return self.handshake_failed(HandshakeFailure::Io),
+        };
+        let client = peer_id(tls.get_ref().1);
+        let header = match TransportHeader::read(&mut tls, self.inner.settings.detect_timeout).await {
+            Ok(h) => h,
+            Err(error) => {
+                tracing::debug!(%error, "bad transport header");
+                self.error("transport_header");
+                return;
+            }
+        };
+        let edge = self.edge(client.as_ref());
+        let conn = Conn {
+            client_header: client
+                .as_ref()
+                .and_then(|id| HeaderValue::from_str(id.as_str()).ok()),
+            client,
+            target_port: header.target_port,
+            edge: edge.clone(),
+            mode: if header.protocol == Protocol::H2 {
+                Mode::H2
+            } else {
+                Mode::Http1
+            },
+        };
+        let guard = self.inner.metrics.open_tcp(edge);
+        match header.protocol {
+            Protocol::H2 => {
+                let io = CountingIo::new(tls, guard.counters().clone());
+                let svc = self.service(conn);
+                server::serve_h2(io, svc, self.inner.settings.limits, &drain).await;
+            }
+            Protocol::Http1 => {
+                let io = CountingIo::new(tls, guard.counters().clone());
+                let svc = self.service(conn);
+                server::serve_http1(io, svc, self.inner.settings.limits, &drain).await;
+            }
+            Protocol::Opaque => self.opaque(tls, &conn, guard).await,
+        }
+    }
+
+    fn handshake_failed(&self, reason: HandshakeFailure) {
+        self.inner
+            .metrics
+            .tls_handshake_failure_total
+            .get_or_create(&ReasonLabels {
+                direction: Direction::Inbound,
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    async fn plain(self, mut tcp: TcpStream, drain: Drain) {
+        // Unauthenticated: only redirected connections have a target port.
+        let Some(dst) = original_dst(&tcp) else {
+            self.error("no_original_dst");
+            return;
+        };
+        let edge = self.edge(None);
+        let mut conn = Conn {
+            client: None,
+            client_header: None,
+            target_port: dst.port(),
+            edge: edge.clone(),
+            mode: Mode::Http1,
+        };
+        if self.inner.settings.opaque_ports.contains(&dst.port()) {
+            let guard = self.inner.metrics.open_tcp(edge);
+            return self.opaque(tcp, &conn, guard).await;
+        }
+        let (found, mut buf) = detect::detect(&mut tcp, self.inner.settings.detect_timeout).await;
+        self.inner
+            .metrics
+            .detect_total
+            .get_or_create(&ReasonLabels {
+                direction: Direction::Inbound,
+                reason: found.as_str(),
+            })
+            .inc();
+        let limits = self.inner.settings.limits;
+        match found {
+            Detected::Http1 => {
+                if !server::check_first_head(
+                    &mut tcp,
+                    &mut buf,
+                    limits,
+                    &self.inner.metrics,
+                    Direction::Inbound,
+                )
+                .await
+                {
+                    return;
+                }
+                let guard = self.inner.metrics.open_tcp(edge);
+                let io = CountingIo::new(PrefixedIo::new(buf.freeze(), tcp), guard.counters().clone());
+                let svc = self.service(conn);
+                server::serve_http1(io, svc, limits, &drain).await;
+            }
+            Detected::Http2 => {
+                conn.mode = Mode::H2;
+                let guard = self.inner.metrics.open_tcp(edge);
+                let io = CountingIo::new(PrefixedIo::new(buf.freeze(), tcp), guard.counters().clone());
+                let svc = self.service(conn);
+                server::serve_h2(io, svc, limits, &drain).await;
+            }
+            Detected::Opaque | Detected::Timeout => {
+                let guard = self.inner.metrics.open_tcp(edge);
+                self.opaque(PrefixedIo::new(buf.freeze(), tcp), &conn, guard)
+                    .await;
+            }
+        }
+    }
+
+    async fn opaque<I>(&self, mut io: I, conn: &Conn, guard: crate::metrics::TcpGuard)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let decision = authorize(
+            &self.inner.policy.borrow().clone(),
+            &self.inner.settings.namespace,
+            conn.target_port,
+            conn.client.as_ref(),
+            None,
+        );
+        if !decision.allowed {
+            self.inner
+                .metrics
+                .authz_deny_total
+                .get_or_create(&DenyLabels {
+                    edge: conn.edge.clone(),
+                    policy: decision.policy,
+                    kind: "tcp",
+                })
+                .inc();
+            return;
+        }
+        let app = SocketAddr::new(self.inner.settings.app_host, conn.target_port);
+        let mut upstream = match tokio::time::timeout(
+            self.inner.settings.connect_timeout,
+            TcpStream::connect(app),
+        )
+        .await
+        {
+            Ok(Ok(tcp)) => tcp,
+            _ => {
+                self.error("connect_failed");
+                return;
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        let _ = crate::io::splice(&mut io, &mut upstream, guard.counters()).await;
+    }
+
+    fn service(&self, conn: Conn) -> HttpService {
+        let this = self.clone();
+        let conn = Arc::new(conn);
+        HttpService::new(move |req: Request<Incoming>| {
+            let this = this.clone();
+            let conn = conn.clone();
+            async move { this.proxy(&conn, req.map(body::boxed)).await }
+        })
+    }
+
+    async fn proxy(&self, conn: &Conn, mut req: Request<Body>) -> Response<Body> {
+        req.headers_mut().remove(CLIENT_ID);
+        let orig_proto = req.headers_mut().remove(ORIG_PROTO);
+        let labels = RouteLabels {
+            edge: conn.edge.clone(),
+            route: "default".into(),
+        };
+        let metrics = &self.inner.metrics;
+        metrics.request_total.get_or_create(&labels).inc();
+        let start = Instant::now();
+        // policy
+        let decision = authorize(
+            &self.inner.policy.borrow().clone(),
+            &self.inner.settings.namespace,
+            conn.target_port,
+            conn.client.as_ref(),
+            Some((req.method(), req.uri().path())),
+        );
+        let result = if decision.allowed {
+            if let Some(v) = &conn.client_header {
+                req.headers_mut().insert(CLIENT_ID, v.clone());
+            }
+            let http1 = orig_proto.is_some() || conn.mode == Mode::Http1;
+            self.forward(conn, req, http1).await
+        } else {
+            metrics
+                .authz_deny_total
+                .get_or_create(&DenyLabels {
+                    edge: conn.edge.clone(),
+                    policy: decision.policy.clone(),
+                    kind: "http",
+                })
+                .inc();
+            Err(ProxyError::Forbidden {
+                caller: conn
+                    .client
+                    .as_ref()
+                    .map(|id| id.to_string())
+                    .unwrap_or_else(|| "unauthenticated".to_string()),
+                policy: decision.policy.to_string(),
+            })
+        };
+        match result {
+            Ok(rsp) => {
+                http_util::record(metrics, &labels, start, rsp.status(), http_util::classify(&rsp));
+                rsp
+            }
+            Err(err) => {
+                let outcome = err.outcome();
+                let class = if outcome.status.is_server_error() {
+                    Classification::Failure
+                } else {
+                    Classification::Success
+                };
+                http_util::record(metrics, &labels, start, outcome.status, class);
+                self.error(outcome.reason);
+                err.to_response()
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        conn: &Conn,
+        mut req: Request<Body>,
+        http1: bool,
+    ) -> Result<Response<Body>, ProxyError> {
+        let app = SocketAddr::new(self.inner.settings.app_host, conn.target_port).to_string();
+        let upgrade = http1 && http_util::is_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            });
+        let (mut parts, body) = req.into_parts();
+        if !upgrade {
+            http_util::strip_hop_by_hop(&mut parts.headers);
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(app.as_str())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| ProxyError::Malformed("the request uri is invalid"))?;
+        let client = if http1 {
+            if !parts.headers.contains_key(header::HOST)
+                && let Some(a) = authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok())
+            {
+                parts.headers.insert(header::HOST, a);
+            }
+            parts.version = Version::HTTP_11;
+            &self.inner.plain.http1
+        } else {
+            parts.headers.remove(header::HOST);
+            parts.version = Version::HTTP_2;
+            &self.inner.plain.h2
+        };
+        let mut rsp = client
+            .request(Request::from_parts(parts, body))
+            .await
+            .map_err(|e| plain_error(&app, e))?;
+        if let Some(client_upgrade) = client_upgrade
+            && rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            let upstream = hyper::upgrade::on(&mut rsp);
+            http_util::splice_upgrades(client_upgrade, upstream);
+            return Ok(rsp.map(body::boxed));
+        }
+        let (mut parts, body) = rsp.into_parts();
+        if conn.mode == Mode::H2 {
+            http_util::strip_hop_by_hop(&mut parts.headers);
+        }
+        Ok(Response::from_parts(parts, body::boxed(body)))
+    }
+}

@@ -1,0 +1,48 @@
+//! `onemesh-proxy`: logging → configuration → [`onemesh_proxy::build`] → wait for SIGTERM or
+//! SIGINT → drain for up to `ONEMESH_PROXY_SHUTDOWN_GRACE` → exit 0.
+
+use anyhow::Context;
+use onemesh_proxy::config::LogFormat;
+use onemesh_proxy::{Config, Env, Sources};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Plain => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::from_source(&Env).context("reading ONEMESH_PROXY_* variables")?;
+    init_logging(&config);
+    let grace = config.shutdown_grace;
+    let sources = if config.control.is_some() {
+        onemesh_proxy::control::sources(&config).context("starting the control-plane client")?
+    } else {
+        Sources::from_static_config(&config).context("loading static configuration")?
+    };
+    let proxy = onemesh_proxy::build(config, sources)
+        .await
+        .context("starting the proxy")?;
+
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: draining"),
+        _ = int.recv() => info!("SIGINT: draining"),
+    }
+    if proxy.shutdown(grace).await {
+        info!("drained; exiting");
+    } else {
+        warn!(?grace, "shutdown grace period passed with work in flight; exiting");
+    }
+    Ok(())
+}

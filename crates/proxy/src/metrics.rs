@@ -1,0 +1,391 @@
+//! The proxy's Prometheus metrics (served as text on the admin `/metrics`).
+//!
+//! Names and labels follow DESIGN.md: `request_total`, `response_total`, `response_latency_ms`,
+//! `tcp_open_total`, `tcp_close_total`, `tcp_open_connections`, `tcp_read_bytes_total`,
+//! `tcp_write_bytes_total`, labelled `direction`, `namespace`, `workload`, `dst_namespace`,
+//! `dst_workload`, `client_id` (inbound) / `server_id` (outbound), `tls`, `route`. Plus the proxy's
+//! own: `tls_handshake_failure_total`, `authz_deny_total`, `proxy_error_total`, `detect_total`,
+//! `identity_cert_expiration_timestamp_seconds`, `identity_certify_total`.
+//!
+//! Every label value comes from a bounded enum, the configuration, or a verified peer identity;
+//! never from request data or error text. Label sets hold `Arc<str>`s, so a connection builds its
+//! [`EdgeLabels`] once and each request only clones pointers.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::io::ByteCounters;
+
+/// Which listener a connection came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From another proxy (or an unmeshed caller) to our app.
+    Inbound,
+    /// From our app to somewhere else.
+    Outbound,
+}
+
+impl Direction {
+    /// Label value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Whether the hop was mTLS with a verified identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tls {
+    /// mTLS, peer identity verified.
+    True,
+    /// Plain: unmeshed caller or egress.
+    NoIdentity,
+}
+
+impl Tls {
+    /// Label value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Tls::True => "true",
+            Tls::NoIdentity => "no_identity",
+        }
+    }
+}
+
+/// The labels of an edge: who (this workload) talks to whom, over what.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EdgeLabels {
+    /// Direction.
+    pub direction: Direction,
+    /// This workload's namespace.
+    pub namespace: Arc<str>,
+    /// This workload's name.
+    pub workload: Arc<str>,
+    /// The destination's namespace (empty when unknown, e.g. egress).
+    pub dst_namespace: Arc<str>,
+    /// The destination's workload (empty when unknown).
+    pub dst_workload: Arc<str>,
+    /// The peer's identity: `client_id` on inbound, `server_id` on outbound.
+    pub peer_id: Option<Arc<str>>,
+    /// mTLS or not.
+    pub tls: Tls,
+}
+
+impl EncodeLabelSet for EdgeLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("direction", self.direction.as_str()).encode(encoder.encode_label())?;
+        ("namespace", &*self.namespace).encode(encoder.encode_label())?;
+        ("workload", &*self.workload).encode(encoder.encode_label())?;
+        ("dst_namespace", &*self.dst_namespace).encode(encoder.encode_label())?;
+        ("dst_workload", &*self.dst_workload).encode(encoder.encode_label())?;
+        if let Some(id) = &self.peer_id {
+            let key = match self.direction {
+                Direction::Inbound => "client_id",
+                Direction::Outbound => "server_id",
+            };
+            (key, &**id).encode(encoder.encode_label())?;
+        }
+        ("tls", self.tls.as_str()).encode(encoder.encode_label())?;
+        Ok(())
+    }
+}
+
+/// Edge labels plus the route.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RouteLabels {
+    /// The edge.
+    pub edge: EdgeLabels,
+    /// Route name (from config; `default` when none matched).
+    pub route: Arc<str>,
+}
+
+impl EncodeLabelSet for RouteLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        self.edge.encode(encoder)?;
+        ("route", &*self.route).encode(encoder.encode_label())?;
+        Ok(())
+    }
+}
+
+/// Whether a response counts as a success.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Classification {
+    /// Not a 5xx (and, for gRPC, grpc-status 0 when present in the headers).
+    Success,
+    /// A 5xx, a gRPC error, or no response at all.
+    Failure,
+}
+
+/// Route labels plus the outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ResponseLabels {
+    /// Route labels.
+    pub route: RouteLabels,
+    /// Success or failure.
+    pub classification: Classification,
+    /// HTTP status code.
+    pub status_code: u16,
+}
+
+impl EncodeLabelSet for ResponseLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        self.route.encode(encoder)?;
+        let class = match self.classification {
+            Classification::Success => "success",
+            Classification::Failure => "failure",
+        };
+        ("classification", class).encode(encoder.encode_label())?;
+        ("status_code", self.status_code as u64).encode(encoder.encode_label())?;
+        Ok(())
+    }
+}
+
+/// Direction + a static reason (handshake failures, proxy errors, detection outcomes).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ReasonLabels {
+    /// Direction.
+    pub direction: Direction,
+    /// A bounded reason.
+    pub reason: &'static str,
+}
+
+impl EncodeLabelSet for ReasonLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("direction", self.direction.as_str()).encode(encoder.encode_label())?;
+        ("reason", self.reason).encode(encoder.encode_label())?;
+        Ok(())
+    }
+}
+
+/// An authorization denial.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DenyLabels {
+    /// The edge (inbound, with the caller's id if any).
+    pub edge: EdgeLabels,
+    /// The policy that denied.
+    pub policy: Arc<str>,
+    /// `http` or `tcp`.
+    pub kind: &'static str,
+}
+
+impl EncodeLabelSet for DenyLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        self.edge.encode(encoder)?;
+        ("policy", &*self.policy).encode(encoder.encode_label())?;
+        ("kind", self.kind).encode(encoder.encode_label())?;
+        Ok(())
+    }
+}
+
+/// Outcome of a certificate request.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+impl EncodeLabelSet for ResultLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("result", self.result).encode(encoder.encode_label())
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0,
+        1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0,
+    ])
+}
+
+/// Every metric of the proxy.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests started.
+    pub request_total: Family<RouteLabels, Counter>,
+    /// HTTP responses (or failures) by outcome.
+    pub response_total: Family<ResponseLabels, Counter>,
+    /// Time to response headers, in milliseconds.
+    pub response_latency_ms: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// TCP connections opened.
+    pub tcp_open_total: Family<EdgeLabels, Counter>,
+    /// TCP connections closed.
+    pub tcp_close_total: Family<EdgeLabels, Counter>,
+    /// TCP connections open now.
+    pub tcp_open_connections: Family<EdgeLabels, Gauge>,
+    /// Bytes read from the accepted peer.
+    pub tcp_read_bytes_total: Family<EdgeLabels, Counter>,
+    /// Bytes written to the accepted peer.
+    pub tcp_write_bytes_total: Family<EdgeLabels, Counter>,
+    /// TLS handshakes that failed, by reason.
+    pub tls_handshake_failure_total: Family<ReasonLabels, Counter>,
+    /// Requests/connections denied by policy.
+    pub authz_deny_total: Family<DenyLabels, Counter>,
+    /// Proxy errors by `onemesh-error` reason.
+    pub proxy_error_total: Family<ReasonLabels, Counter>,
+    /// Protocol detection outcomes (reason = http1, http2, opaque, timeout, skipped).
+    pub detect_total: Family<ReasonLabels, Counter>,
+    /// When the current leaf certificate expires (unix seconds).
+    pub identity_cert_expiration_timestamp_seconds: Gauge<f64, AtomicU64>,
+    /// Certificate requests by result.
+    pub identity_certify_total: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            request_total: Family::default(),
+            response_total: Family::default(),
+            response_latency_ms: Family::new_with_constructor(latency_histogram),
+            tcp_open_total: Family::default(),
+            tcp_close_total: Family::default(),
+            tcp_open_connections: Family::default(),
+            tcp_read_bytes_total: Family::default(),
+            tcp_write_bytes_total: Family::default(),
+            tls_handshake_failure_total: Family::default(),
+            authz_deny_total: Family::default(),
+            proxy_error_total: Family::default(),
+            detect_total: Family::default(),
+            identity_cert_expiration_timestamp_seconds: Gauge::default(),
+            identity_certify_total: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("request", "HTTP requests received", m.request_total.clone());
+        registry.register(
+            "response",
+            "HTTP responses sent, by classification and status code",
+            m.response_total.clone(),
+        );
+        registry.register(
+            "response_latency_ms",
+            "Time from request to response headers, in milliseconds",
+            m.response_latency_ms.clone(),
+        );
+        registry.register("tcp_open", "TCP connections opened", m.tcp_open_total.clone());
+        registry.register("tcp_close", "TCP connections closed", m.tcp_close_total.clone());
+        registry.register(
+            "tcp_open_connections",
+            "TCP connections currently open",
+            m.tcp_open_connections.clone(),
+        );
+        registry.register(
+            "tcp_read_bytes",
+            "Bytes read from the accepted side of TCP connections",
+            m.tcp_read_bytes_total.clone(),
+        );
+        registry.register(
+            "tcp_write_bytes",
+            "Bytes written to the accepted side of TCP connections",
+            m.tcp_write_bytes_total.clone(),
+        );
+        registry.register(
+            "tls_handshake_failure",
+            "TLS handshakes that failed, by reason",
+            m.tls_handshake_failure_total.clone(),
+        );
+        registry.register(
+            "authz_deny",
+            "Inbound requests and connections denied by policy",
+            m.authz_deny_total.clone(),
+        );
+        registry.register(
+            "proxy_error",
+            "Errors answered by the proxy, by onemesh-error reason",
+            m.proxy_error_total.clone(),
+        );
+        registry.register(
+            "detect",
+            "Protocol detection outcomes",
+            m.detect_total.clone(),
+        );
+        registry.register(
+            "identity_cert_expiration_timestamp_seconds",
+            "Unix time at which the current leaf certificate expires",
+            m.identity_cert_expiration_timestamp_seconds.clone(),
+        );
+        registry.register(
+            "identity_certify",
+            "Certificate signing requests sent, by result",
+            m.identity_certify_total.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+            let _ = writeln!(out, "# metrics encoding failed");
+        }
+        out
+    }
+
+    /// Counts an opened connection and returns a guard that counts its close and bytes.
+    pub fn open_tcp(self: &Arc<Self>, labels: EdgeLabels) -> TcpGuard {
+        self.tcp_open_total.get_or_create(&labels).inc();
+        self.tcp_open_connections.get_or_create(&labels).inc();
+        let counters = ByteCounters {
+            read: self.tcp_read_bytes_total.get_or_create_owned(&labels),
+            write: self.tcp_write_bytes_total.get_or_create_owned(&labels),
+        };
+        TcpGuard {
+            metrics: self.clone(),
+            labels,
+            counters,
+        }
+    }
+
+    /// Counts a proxy error.
+    pub fn error(&self, direction: Direction, reason: &'static str) {
+        self.proxy_error_total
+            .get_or_create(&ReasonLabels { direction, reason })
+            .inc();
+    }
+}
+
+/// Counts a TCP connection's close when dropped; holds its byte counters.
+#[derive(Debug)]
+pub struct TcpGuard {
+    metrics: Arc<Metrics>,
+    labels: EdgeLabels,
+    counters: ByteCounters,
+}
+
+impl TcpGuard {
+    /// The connection's byte counters.
+    pub fn counters(&self) -> &ByteCounters {
+        &self.counters
+    }
+}
+
+impl Drop for TcpGuard {
+    fn drop(&mut self) {
+        self.metrics.tcp_close_total.get_or_create(&self.labels).inc();
+        self.metrics.tcp_open_connections.get_or_create(&self.labels).dec();
+    }
+}

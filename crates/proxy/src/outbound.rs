@@ -1,0 +1,566 @@
+//! The outbound side: the application's traffic to other services.
+//!
+//! The stack, top to bottom ([`Outbound::handle`]):
+//!
+//! 1. accept: read the original destination (`SO_ORIGINAL_DST`) when iptables redirected us;
+//! 2. opaque ports / opaque services skip detection;
+//! 3. detect: HTTP/1, HTTP/2 or opaque (a timeout counts as opaque);
+//! 4. HTTP: check the first request head, then serve HTTP/1 or HTTP/2; per request
+//!    ([`Outbound::proxy`]): target from the absolute URI, the Host header or the original
+//!    destination → discovery → route (timeout) → balancer (P2C + peak EWMA) → mTLS to the
+//!    endpoint's inbound proxy: the shared HTTP/2 connection, or a dedicated HTTP/1.1 one for an
+//!    upgrade. Names outside the mesh are forwarded plain (egress, `tls="no_identity"`);
+//! 5. opaque: resolve the original destination (or the tcp forward's service) and splice bytes
+//!    over mTLS (or plain, for egress).
+//!
+//! Every failure on this path becomes a response through [`ProxyError::to_response`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::debug;
+
+use crate::balance::{Balancer, EndpointLoad};
+use crate::body::{self, Body};
+use crate::client::{MeshClient, PlainClients, plain_error};
+use crate::detect::{self, Detected};
+use crate::discover::{Discover, EndpointProtocol, Resolution, Service, Target};
+use crate::drain::Drain;
+use crate::error::ProxyError;
+use crate::http_util::{self, ORIG_PROTO};
+use crate::io::PrefixedIo;
+use crate::metrics::{Direction, EdgeLabels, Metrics, ReasonLabels, RouteLabels, Tls};
+use crate::orig_dst::original_dst;
+use crate::server::{self, HttpLimits, HttpService};
+use crate::transport_header::Protocol;
+
+/// Settings of the outbound side.
+#[derive(Clone, Debug)]
+pub struct OutboundSettings {
+    /// Detection deadline.
+    pub detect_timeout: std::time::Duration,
+    /// HTTP limits.
+    pub limits: HttpLimits,
+    /// TCP connect timeout (egress).
+    pub connect_timeout: std::time::Duration,
+    /// Ports carried as opaque TCP without detection.
+    pub opaque_ports: std::collections::BTreeSet<u16>,
+    /// This workload's namespace.
+    pub namespace: Arc<str>,
+    /// This workload's name.
+    pub workload: Arc<str>,
+}
+
+/// A resolved target, cached: its discovery watch and its balancer.
+struct Resolved {
+    resolution: Resolution,
+    balancer: Mutex<Option<(Arc<Service>, Arc<Balancer>)>>,
+}
+
+impl Resolved {
+    /// The current service and balancer (rebuilt when discovery changed the service).
+    fn current(&self, rx: &watch::Receiver<Arc<Service>>) -> (Arc<Service>, Arc<Balancer>) {
+        let service = rx.borrow().clone();
+        let mut cached = self.balancer.lock().unwrap_or_else(PoisonError::into_inner);
+        match cached.as_ref() {
+            Some((s, b)) if Arc::ptr_eq(s, &service) => (s.clone(), b.clone()),
+            other => {
+                let previous = other.map(|(_, b)| b.clone()).unwrap_or_default();
+                let next = Arc::new(previous.update(&service.endpoints));
+                *cached = Some((service.clone(), next.clone()));
+                (service, next)
+            }
+        }
+    }
+}
+
+/// The outbound proxy.
+#[derive(Clone)]
+pub struct Outbound {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: OutboundSettings,
+    discover: Arc<dyn Discover>,
+    resolved: Mutex<HashMap<Target, Arc<Resolved>>>,
+    mesh: MeshClient,
+    plain: PlainClients,
+    metrics: Arc<Metrics>,
+}
+
+impl Outbound {
+    /// Builds the outbound side.
+    pub fn new(
+        settings: OutboundSettings,
+        discover: Arc<dyn Discover>,
+        mesh: MeshClient,
+        plain: PlainClients,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                discover,
+                resolved: Mutex::new(HashMap::new()),
+                mesh,
+                plain,
+                metrics,
+            }),
+        }
+    }
+
+    fn detected(&self, outcome: &'static str) {
+        self.inner
+            .metrics
+            .detect_total
+            .get_or_create(&ReasonLabels {
+                direction: Direction::Outbound,
+                reason: outcome,
+            })
+            .inc();
+    }
+
+    /// Handles one connection accepted on the outbound listener.
+    pub async fn handle(self, mut tcp: TcpStream, _peer: SocketAddr, drain: Drain) {
+        // accept: where was this connection going before iptables sent it here?
+        let orig_dst = original_dst(&tcp);
+        // opaque ports and opaque services skip detection
+        if let Some(dst) = orig_dst {
+            let opaque_service = match self.resolve(&Target::Addr(dst)).await {
+                Ok(r) => match &r.resolution {
+                    Resolution::Mesh(rx) => rx
+                        .borrow()
+                        .endpoints
+                        .first()
+                        .is_some_and(|e| e.protocol == EndpointProtocol::Opaque),
+                    Resolution::External => false,
+                },
+                Err(_) => false,
+            };
+            if opaque_service || self.inner.settings.opaque_ports.contains(&dst.port()) {
+                self.detected("skipped");
+                self.opaque(tcp, Target::Addr(dst)).await;
+                return;
+            }
+        }
+        // detect
+        let (found, mut buf) = detect::detect(&mut tcp, self.inner.settings.detect_timeout).await;
+        self.detected(found.as_str());
+        match found {
+            Detected::Http1 => {
+                let limits = self.inner.settings.limits;
+                if !server::check_first_head(
+                    &mut tcp,
+                    &mut buf,
+                    limits,
+                    &self.inner.metrics,
+                    Direction::Outbound,
+                )
+                .await
+                {
+                    return;
+                }
+                let io = PrefixedIo::new(buf.freeze(), tcp);
+                let svc = self.service(orig_dst);
+                server::serve_http1(io, svc, limits, &drain).await;
+            }
+            Detected::Http2 => {
+                let io = PrefixedIo::new(buf.freeze(), tcp);
+                let svc = self.service(orig_dst);
+                server::serve_h2(io, svc, self.inner.settings.limits, &drain).await;
+            }
+            Detected::Opaque | Detected::Timeout => match orig_dst {
+                Some(dst) => {
+                    let io = PrefixedIo::new(buf.freeze(), tcp);
+                    self.opaque(io, Target::Addr(dst)).await;
+                }
+                None => {
+                    // A direct connection that is not HTTP has nowhere to go.
+                    self.inner
+                        .metrics
+                        .error(Direction::Outbound, "no_original_dst");
+                }
+            },
+        }
+    }
+
+    fn service(&self, orig_dst: Option<SocketAddr>) -> HttpService {
+        let this = self.clone();
+        HttpService::new(move |req: Request<Incoming>| {
+            let this = this.clone();
+            async move { this.proxy(req.map(body::boxed), orig_dst).await }
+        })
+    }
+
+    async fn resolve(&self, target: &Target) -> Result<Arc<Resolved>, ProxyError> {
+        if let Some(r) = self
+            .inner
+            .resolved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(target)
+        {
+            return Ok(r.clone());
+        }
+        let resolution = self
+            .inner
+            .discover
+            .resolve(target)
+            .await
+            .map_err(|e| ProxyError::DiscoveryUnavailable(e.to_string()))?;
+        let resolved = Arc::new(Resolved {
+            resolution,
+            balancer: Mutex::new(None),
+        });
+        let mut cache = self
+            .inner
+            .resolved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Bounded: a flood of distinct external names must not grow memory without limit.
+        if cache.len() >= 10_000 {
+            cache.clear();
+        }
+        Ok(cache.entry(target.clone()).or_insert(resolved).clone())
+    }
+
+    fn edge(&self, dst_namespace: Arc<str>, dst_workload: Arc<str>, peer: Option<Arc<str>>, tls: Tls) -> EdgeLabels {
+        EdgeLabels {
+            direction: Direction::Outbound,
+            namespace: self.inner.settings.namespace.clone(),
+            workload: self.inner.settings.workload.clone(),
+            dst_namespace,
+            dst_workload,
+            peer_id: peer,
+            tls,
+        }
+    }
+
+    /// Proxies one HTTP request from the application.
+    pub async fn proxy(&self, req: Request<Body>, orig_dst: Option<SocketAddr>) -> Response<Body> {
+        match self.proxy_inner(req, orig_dst).await {
+            Ok(rsp) => rsp,
+            Err(err) => {
+                self.inner
+                    .metrics
+                    .error(Direction::Outbound, err.outcome().reason);
+                err.to_response()
+            }
+        }
+    }
+
+    async fn proxy_inner(
+        &self,
+        req: Request<Body>,
+        orig_dst: Option<SocketAddr>,
+    ) -> Result<Response<Body>, ProxyError> {
+        // target: absolute URI, else Host header, else the original destination
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            });
+        let target = match (authority.as_deref(), orig_dst) {
+            (Some(a), _) => Target::from_authority(a, 80)
+                .ok_or(ProxyError::Malformed("the request's host is not a valid authority"))?,
+            (None, Some(dst)) => Target::Addr(dst),
+            (None, None) => return Err(ProxyError::Malformed("the request names no host")),
+        };
+        // discovery
+        let resolved = self.resolve(&target).await?;
+        let rx = match &resolved.resolution {
+            Resolution::Mesh(rx) => rx.clone(),
+            Resolution::External => return self.egress(req, &target, orig_dst).await,
+        };
+        // route and balancer
+        let (service, balancer) = resolved.current(&rx);
+        let route = service.route_for(req.method(), req.uri().path()).cloned();
+        let load = balancer
+            .pick()
+            .ok_or_else(|| ProxyError::NoEndpoints(service.name.to_string()))?;
+        let labels = RouteLabels {
+            edge: self.edge(
+                load.endpoint.namespace.clone(),
+                load.endpoint.workload.clone(),
+                Some(load.server_id.clone()),
+                Tls::True,
+            ),
+            route: route
+                .as_ref()
+                .map(|r| r.name.clone())
+                .unwrap_or_else(|| "default".into()),
+        };
+        let authority = target.authority();
+        self.inner.metrics.request_total.get_or_create(&labels).inc();
+        let start = Instant::now();
+        let forward = self.forward_mesh(req, &load, &authority);
+        let result = match route.as_ref().and_then(|r| r.timeout) {
+            Some(t) => tokio::time::timeout(t, forward)
+                .await
+                .unwrap_or(Err(ProxyError::Timeout(t))),
+            None => forward.await,
+        };
+        match result {
+            Ok(rsp) => {
+                http_util::record(
+                    &self.inner.metrics,
+                    &labels,
+                    start,
+                    rsp.status(),
+                    http_util::classify(&rsp),
+                );
+                Ok(rsp)
+            }
+            Err(err) => {
+                http_util::record(
+                    &self.inner.metrics,
+                    &labels,
+                    start,
+                    err.outcome().status,
+                    crate::metrics::Classification::Failure,
+                );
+                Err(err)
+            }
+        }
+    }
+
+    async fn forward_mesh(
+        &self,
+        mut req: Request<Body>,
+        load: &Arc<EndpointLoad>,
+        authority: &str,
+    ) -> Result<Response<Body>, ProxyError> {
+        let in_flight = load.start();
+        let ep = &load.endpoint;
+        if http_util::is_upgrade(&req) {
+            // h2 cannot carry an upgrade: its own HTTP/1.1 connection, then splice.
+            let client_upgrade = hyper::upgrade::on(&mut req);
+            set_origin_form(&mut req, authority)?;
+            let mut rsp = self.inner.mesh.send_http1(ep, authority, req).await?;
+            in_flight.complete();
+            if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                let upstream = hyper::upgrade::on(&mut rsp);
+                http_util::splice_upgrades(client_upgrade, upstream);
+            }
+            return Ok(rsp.map(body::boxed));
+        }
+        let original = req.version();
+        let (mut parts, body) = req.into_parts();
+        http_util::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(ORIG_PROTO);
+        if let Some(v) = http_util::version_name(original) {
+            parts.headers.insert(ORIG_PROTO, v);
+        }
+        parts.headers.remove(header::HOST);
+        parts.uri = absolute(&parts.uri, authority)?;
+        parts.version = Version::HTTP_2;
+        let rsp = self
+            .inner
+            .mesh
+            .send_h2(ep, authority, Request::from_parts(parts, body))
+            .await?;
+        in_flight.complete();
+        let (mut parts, body) = rsp.into_parts();
+        strip_response(&mut parts.headers);
+        parts.version = original;
+        Ok(Response::from_parts(parts, body::boxed(body)))
+    }
+
+    /// Forwards a request for a name outside the mesh, plain.
+    async fn egress(
+        &self,
+        mut req: Request<Body>,
+        target: &Target,
+        orig_dst: Option<SocketAddr>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let labels = RouteLabels {
+            edge: self.edge("".into(), "".into(), None, Tls::NoIdentity),
+            route: "default".into(),
+        };
+        // Connect to the original destination when we have one, else the name as given.
+        let connect_to = match (orig_dst, target) {
+            (Some(dst), _) => dst.to_string(),
+            (None, t) => t.authority(),
+        };
+        self.inner.metrics.request_total.get_or_create(&labels).inc();
+        let start = Instant::now();
+        let upgrade = http_util::is_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| HeaderValue::from_str(&target.authority()).ok());
+        let (mut parts, body) = req.into_parts();
+        if !upgrade {
+            http_util::strip_hop_by_hop(&mut parts.headers);
+        }
+        parts.uri = absolute(&parts.uri, &connect_to)?;
+        if let Some(h) = host {
+            parts.headers.insert(header::HOST, h);
+        }
+        parts.version = Version::HTTP_11;
+        let result = self
+            .inner
+            .plain
+            .http1
+            .request(Request::from_parts(parts, body))
+            .await
+            .map_err(|e| plain_error(&connect_to, e));
+        match result {
+            Ok(mut rsp) => {
+                http_util::record(
+                    &self.inner.metrics,
+                    &labels,
+                    start,
+                    rsp.status(),
+                    http_util::classify(&rsp),
+                );
+                if let Some(client_upgrade) = client_upgrade
+                    && rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    let upstream = hyper::upgrade::on(&mut rsp);
+                    http_util::splice_upgrades(client_upgrade, upstream);
+                }
+                Ok(rsp.map(body::boxed))
+            }
+            Err(err) => {
+                http_util::record(
+                    &self.inner.metrics,
+                    &labels,
+                    start,
+                    err.outcome().status,
+                    crate::metrics::Classification::Failure,
+                );
+                Err(err)
+            }
+        }
+    }
+
+    /// Carries an opaque stream to `target`.
+    pub async fn opaque<I>(&self, mut io: I, target: Target)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let resolved = match self.resolve(&target).await {
+            Ok(r) => r,
+            Err(err) => {
+                self.inner
+                    .metrics
+                    .error(Direction::Outbound, err.outcome().reason);
+                return;
+            }
+        };
+        match &resolved.resolution {
+            Resolution::Mesh(rx) => {
+                let (service, balancer) = resolved.current(rx);
+                let Some(load) = balancer.pick() else {
+                    self.inner.metrics.error(Direction::Outbound, "no_endpoints");
+                    debug!(service = %service.name, "no endpoints for opaque connection");
+                    return;
+                };
+                let in_flight = load.start();
+                let mut upstream = match self
+                    .inner
+                    .mesh
+                    .connect(&load.endpoint, Protocol::Opaque, &target.authority())
+                    .await
+                {
+                    Ok(tls) => tls,
+                    Err(err) => {
+                        self.inner
+                            .metrics
+                            .error(Direction::Outbound, err.outcome().reason);
+                        return;
+                    }
+                };
+                in_flight.complete();
+                let guard = self.inner.metrics.open_tcp(self.edge(
+                    load.endpoint.namespace.clone(),
+                    load.endpoint.workload.clone(),
+                    Some(load.server_id.clone()),
+                    Tls::True,
+                ));
+                let _ = crate::io::splice(&mut io, &mut upstream, guard.counters()).await;
+            }
+            Resolution::External => {
+                let dst = target.authority();
+                let connect = TcpStream::connect(dst.as_str());
+                let mut upstream = match tokio::time::timeout(
+                    self.inner.settings.connect_timeout,
+                    connect,
+                )
+                .await
+                {
+                    Ok(Ok(tcp)) => tcp,
+                    _ => {
+                        self.inner
+                            .metrics
+                            .error(Direction::Outbound, "connect_failed");
+                        return;
+                    }
+                };
+                let guard = self.inner.metrics.open_tcp(self.edge(
+                    "".into(),
+                    "".into(),
+                    None,
+                    Tls::NoIdentity,
+                ));
+                let _ = crate::io::splice(&mut io, &mut upstream, guard.counters()).await;
+            }
+        }
+    }
+}
+
+/// `http://<authority><path>`.
+fn absolute(uri: &Uri, authority: &str) -> Result<Uri, ProxyError> {
+    let authority: Authority = authority
+        .parse()
+        .map_err(|_| ProxyError::Malformed("the request's host is not a valid authority"))?;
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(uri.scheme().cloned().unwrap_or(Scheme::HTTP));
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).map_err(|_| ProxyError::Malformed("the request uri is invalid"))
+}
+
+/// Origin-form URI with a Host header (an HTTP/1.1 request to another proxy).
+fn set_origin_form(req: &mut Request<Body>, authority: &str) -> Result<(), ProxyError> {
+    if !req.headers().contains_key(header::HOST) {
+        let host = HeaderValue::from_str(authority)
+            .map_err(|_| ProxyError::Malformed("the request's host is not a valid header"))?;
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(pq);
+    Ok(())
+}
+
+/// Removes hop-by-hop headers from a response going back to the application.
+fn strip_response(headers: &mut http::HeaderMap) {
+    http_util::strip_hop_by_hop(headers);
+    headers.remove(header::TE);
+}

@@ -1,0 +1,197 @@
+//! Inbound authorization: may this caller (a SPIFFE id, or unauthenticated) use this port and,
+//! for HTTP, this method and path?
+//!
+//! The model (DESIGN.md): when no authorization names a port of this workload, meshed callers
+//! from the same namespace are allowed and everyone else is denied (policy
+//! [`DEFAULT_SAME_NAMESPACE`]). When any authorization names the port, only callers matching one
+//! of them are allowed; a caller matching none is denied by [`DENY_UNLISTED`]. An authorization
+//! with an empty `ports` list applies to every port. Routes (method + path prefix) only filter
+//! HTTP requests; an opaque TCP connection is allowed only by an authorization without routes.
+//!
+//! [`authorize`] is a pure function over a snapshot, so the data path just reads the current
+//! `Arc<Authorizations>` from a watch and calls it.
+
+use std::sync::Arc;
+
+use onemesh_identity::SpiffeId;
+
+/// The policy name of the default (no authorization names the port).
+pub const DEFAULT_SAME_NAMESPACE: &str = "default:same-namespace";
+/// The policy name used when authorizations name the port but none matches the caller.
+pub const DENY_UNLISTED: &str = "default:deny-unlisted";
+
+/// A method + path prefix filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteMatch {
+    /// Methods; empty matches all.
+    pub methods: Vec<http::Method>,
+    /// Path prefix.
+    pub path_prefix: String,
+}
+
+impl RouteMatch {
+    fn matches(&self, method: &http::Method, path: &str) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method))
+            && path.starts_with(&self.path_prefix)
+    }
+}
+
+/// One authorization.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authorization {
+    /// Its name (metric label, 403 body).
+    pub name: Arc<str>,
+    /// Ports of this workload it covers; empty = all.
+    pub ports: Vec<u16>,
+    /// HTTP routes it allows; empty = all requests (and opaque connections).
+    pub routes: Vec<RouteMatch>,
+    /// Identities allowed.
+    pub identities: Vec<SpiffeId>,
+    /// Namespaces whose meshed callers are allowed.
+    pub namespaces: Vec<String>,
+    /// Whether callers without a mesh identity are allowed.
+    pub unauthenticated: bool,
+}
+
+impl Authorization {
+    fn covers(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.contains(&port)
+    }
+
+    fn admits(&self, caller: Option<&SpiffeId>) -> bool {
+        match caller {
+            Some(id) => {
+                self.identities.contains(id) || self.namespaces.iter().any(|n| n == id.namespace())
+            }
+            None => self.unauthenticated,
+        }
+    }
+
+    fn allows_request(&self, request: Option<(&http::Method, &str)>) -> bool {
+        match request {
+            Some((method, path)) => {
+                self.routes.is_empty() || self.routes.iter().any(|r| r.matches(method, path))
+            }
+            None => self.routes.is_empty(),
+        }
+    }
+}
+
+/// The authorizations in force for this workload.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Authorizations {
+    /// All of them.
+    pub list: Vec<Authorization>,
+}
+
+/// The outcome of an authorization check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Allowed or not.
+    pub allowed: bool,
+    /// The policy that allowed or denied (bounded: from config or a constant).
+    pub policy: Arc<str>,
+}
+
+/// Decides whether `caller` may reach `port`; `request` is the HTTP method and path, or `None`
+/// for an opaque connection.
+pub fn authorize(
+    auths: &Authorizations,
+    own_namespace: &str,
+    port: u16,
+    caller: Option<&SpiffeId>,
+    request: Option<(&http::Method, &str)>,
+) -> Decision {
+    let mut any_covers = false;
+    for auth in auths.list.iter().filter(|a| a.covers(port)) {
+        any_covers = true;
+        if auth.admits(caller) && auth.allows_request(request) {
+            return Decision {
+                allowed: true,
+                policy: auth.name.clone(),
+            };
+        }
+    }
+    if any_covers {
+        return Decision {
+            allowed: false,
+            policy: DENY_UNLISTED.into(),
+        };
+    }
+    Decision {
+        allowed: caller.is_some_and(|id| id.namespace() == own_namespace),
+        policy: DEFAULT_SAME_NAMESPACE.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ns: &str) -> SpiffeId {
+        SpiffeId::new("cluster.local", ns, ns).unwrap()
+    }
+
+    fn allow_card() -> Authorizations {
+        Authorizations {
+            list: vec![Authorization {
+                name: "allow-card".into(),
+                ports: vec![8080],
+                routes: vec![RouteMatch {
+                    methods: vec![http::Method::POST],
+                    path_prefix: "/v1/".into(),
+                }],
+                identities: vec![id("card")],
+                namespaces: vec![],
+                unauthenticated: false,
+            }],
+        }
+    }
+
+    #[test]
+    fn default_allows_same_namespace_only() {
+        let none = Authorizations::default();
+        let d = authorize(&none, "bank", 8080, Some(&id("bank")), None);
+        assert!(d.allowed);
+        assert_eq!(&*d.policy, DEFAULT_SAME_NAMESPACE);
+        assert!(!authorize(&none, "bank", 8080, Some(&id("card")), None).allowed);
+        assert!(!authorize(&none, "bank", 8080, None, None).allowed);
+    }
+
+    #[test]
+    fn named_port_allows_only_listed_callers_and_routes() {
+        let a = allow_card();
+        let post = (&http::Method::POST, "/v1/pay");
+        let d = authorize(&a, "bank", 8080, Some(&id("card")), Some(post));
+        assert!(d.allowed);
+        assert_eq!(&*d.policy, "allow-card");
+        // same namespace is no longer enough once the port is named
+        let d = authorize(&a, "bank", 8080, Some(&id("bank")), Some(post));
+        assert!(!d.allowed);
+        assert_eq!(&*d.policy, DENY_UNLISTED);
+        // wrong route
+        let get = (&http::Method::GET, "/v1/pay");
+        assert!(!authorize(&a, "bank", 8080, Some(&id("card")), Some(get)).allowed);
+        // opaque connection: the authorization has routes, so it does not allow raw TCP
+        assert!(!authorize(&a, "bank", 8080, Some(&id("card")), None).allowed);
+        // another port falls back to the default
+        assert!(authorize(&a, "bank", 9090, Some(&id("bank")), None).allowed);
+    }
+
+    #[test]
+    fn namespaces_and_unauthenticated() {
+        let a = Authorizations {
+            list: vec![Authorization {
+                name: "open".into(),
+                ports: vec![],
+                routes: vec![],
+                identities: vec![],
+                namespaces: vec!["pg".into()],
+                unauthenticated: true,
+            }],
+        };
+        assert!(authorize(&a, "bank", 1, Some(&id("pg")), None).allowed);
+        assert!(authorize(&a, "bank", 1, None, None).allowed);
+        assert!(!authorize(&a, "bank", 1, Some(&id("order")), None).allowed);
+    }
+}
