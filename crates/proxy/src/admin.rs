@@ -67,7 +67,7 @@ pub fn respond(path: &str, metrics: &Metrics, readiness: &Readiness, draining: b
     let (status, content_type, text) = match path {
         "/metrics" => (
             StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "text/plain; version=0.0.4; charset=utf-8",
             match &readiness.control {
                 Some(control) => control.append_metrics(metrics.encode()),
                 None => metrics.encode(),

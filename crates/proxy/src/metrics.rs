@@ -11,7 +11,6 @@
 //! never from request data or error text. Label sets hold `Arc<str>`s, so a connection builds its
 //! [`EdgeLabels`] once and each request only clones pointers.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -335,14 +334,17 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition (format 0.0.4).
+    ///
+    /// prometheus-client writes OpenMetrics, where a counter family `x` has samples `x_total`;
+    /// the Prometheus text format (what promtool and most scrapers expect) names the family
+    /// `x_total` in `# HELP`/`# TYPE` too, so those lines are rewritten, and `# EOF` dropped.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-            let _ = writeln!(out, "# metrics encoding failed");
+        let mut open_metrics = String::new();
+        if prometheus_client::encoding::text::encode(&mut open_metrics, &self.registry).is_err() {
+            return "# metrics encoding failed\n".to_string();
         }
-        out
+        to_prometheus_text(&open_metrics)
     }
 
     /// Counts an opened connection and returns a guard that counts its close and bytes.
@@ -366,6 +368,38 @@ impl Metrics {
             .get_or_create(&ReasonLabels { direction, reason })
             .inc();
     }
+}
+
+/// Rewrites OpenMetrics counter metadata to the Prometheus text format (see [`Metrics::encode`]).
+pub fn to_prometheus_text(open_metrics: &str) -> String {
+    let lines: Vec<&str> = open_metrics.lines().collect();
+    let mut counters = std::collections::HashSet::new();
+    for line in &lines {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some(name) = rest.strip_suffix(" counter")
+        {
+            counters.insert(name.to_string());
+        }
+    }
+    let mut out = String::with_capacity(open_metrics.len() + 64);
+    for line in lines {
+        if line == "# EOF" {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match rewritten {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Counts a TCP connection's close when dropped; holds its byte counters.

@@ -429,3 +429,97 @@ pub fn sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
 
 /// Shared handle to a value (tests keep proxies alive with it).
 pub type Shared<T> = Arc<T>;
+
+// ---------------------------------------------------------------------------------------------
+// Raw mTLS clients (for refusal tests)
+
+/// A server verifier that accepts any certificate (only to reach the server's own checks).
+#[derive(Debug)]
+pub struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls_pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("tls 1.2 is not used".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS 1.3 client config that presents no certificate.
+pub fn no_cert_client_config() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)))
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// Dials `addr` with `config`, writes an HTTP/1 transport header for `target_port` and one GET.
+/// Returns everything read back until EOF or error (empty when refused during TLS).
+pub async fn raw_mtls_get(
+    config: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    target_port: u16,
+) -> Result<String, std::io::Error> {
+    use onemesh_proxy::transport_header::{Protocol, TransportHeader};
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("bank.bank.sa.cluster.local")
+        .unwrap()
+        .to_owned();
+    let mut tls = tokio::time::timeout(TIMEOUT, tokio_rustls::TlsConnector::from(config).connect(name, tcp))
+        .await
+        .map_err(|_| std::io::Error::other("handshake timed out"))??;
+    let header = TransportHeader {
+        protocol: Protocol::Http1,
+        target_port,
+        authority: "web.bank:80".into(),
+    };
+    tls.write_all(&header.encode().unwrap()).await?;
+    tls.write_all(b"GET /raw HTTP/1.1\r\nHost: web.bank\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(TIMEOUT, tls.read_to_end(&mut out))
+        .await
+        .map_err(|_| std::io::Error::other("read timed out"))?;
+    let text = String::from_utf8_lossy(&out).to_string();
+    match read {
+        Ok(_) => Ok(text),
+        Err(e) if text.is_empty() => Err(e),
+        Err(_) => Ok(text),
+    }
+}
