@@ -203,6 +203,7 @@ fn text(s: impl Into<Bytes>) -> AppBody {
 /// The HTTP app's handler:
 /// - `/echo`: streams the request body back (with its trailers);
 /// - `/download?n=BYTES`: streams `n` bytes in 64 KiB chunks;
+/// - `/slow/<ms>`: answers after that many milliseconds;
 /// - `/status/<code>`: answers that status;
 /// - anything else: `version=<v> client=<onemesh-client-id or none> path=<path>`.
 async fn app(req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
@@ -224,6 +225,11 @@ async fn app(req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
         });
         let stream = futures_util::stream::iter(chunks);
         return Ok(Response::new(StreamBody::new(stream).boxed()));
+    }
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        let ms: u64 = ms.parse().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        return Ok(Response::new(text(format!("slept {ms}"))));
     }
     if let Some(code) = path.strip_prefix("/status/") {
         let mut rsp = Response::new(text("status"));

@@ -1,0 +1,145 @@
+//! Every failure of the proxy path is a status with an `onemesh-error` header and a metric:
+//! 503 no endpoints, 502 connect failure, 502 TLS failure (wrong identity), 504 route timeout,
+//! 431 oversized headers, 400 malformed head, 408 slow client.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use serde_json::json;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn error_count(admin: SocketAddr, reason: &str) -> f64 {
+    let m = metrics(admin).await;
+    sum(
+        &m,
+        "proxy_error_total",
+        &["direction=\"outbound\"", &format!("reason=\"{reason}\"")],
+    )
+}
+
+/// Writes raw bytes to the outbound port and reads the whole answer.
+async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut out)).await.unwrap();
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[tokio::test]
+async fn upstream_failures_map_to_statuses() {
+    let pki = Pki::new();
+    let app = http1_app().await;
+    let server = ProxyBuilder::new(&pki, "bank")
+        .static_config(json!({ "inbound": allow(&["pg"]) }))
+        .start()
+        .await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut wrong_id = endpoint(&server, app, "bank", "http");
+    wrong_id["identity"] = json!(id("mallory").to_string());
+    let client = ProxyBuilder::new(&pki, "pg")
+        .static_config(json!({ "services": [
+            { "name": "empty", "namespace": "bank", "endpoints": [] },
+            { "name": "down", "namespace": "bank", "endpoints": [ {
+                "addr": closed.to_string(), "target_port": 1, "identity": id("bank").to_string(),
+                "workload": "bank", "namespace": "bank" } ] },
+            { "name": "imposter", "namespace": "bank", "endpoints": [ wrong_id ] },
+            { "name": "slow", "namespace": "bank", "endpoints": [ endpoint(&server, app, "bank", "http") ],
+              "routes": [ { "name": "slow", "path_prefix": "/slow/", "timeout_ms": 200 } ] },
+        ] }))
+        .start()
+        .await;
+    let mut conn = http1_client(client.outbound_addr).await;
+    for (host, path, status, reason) in [
+        ("empty.bank", "/", 503, "no_endpoints"),
+        ("down.bank", "/", 502, "connect_failed"),
+        ("imposter.bank", "/", 502, "tls_failed"),
+        ("slow.bank", "/slow/2000", 504, "timeout"),
+    ] {
+        let (got, headers, _) = get(&mut conn, host, path).await;
+        assert_eq!(got, status, "{host}");
+        assert_eq!(headers["onemesh-error"], reason, "{host}");
+        assert_eq!(error_count(client.admin_addr, reason).await, 1.0, "{host}");
+    }
+    // the same route answers in time when the app is fast enough
+    let (got, _, body) = get(&mut conn, "slow.bank", "/slow/10").await;
+    assert_eq!(got, 200);
+    assert_eq!(&body[..], b"slept 10");
+    let m = metrics(client.admin_addr).await;
+    assert_eq!(
+        sum(&m, "tls_handshake_failure_total", &["direction=\"outbound\"", "reason=\"identity_mismatch\""]),
+        1.0
+    );
+    assert_eq!(
+        sum(&m, "response_total", &["route=\"slow\"", "status_code=\"504\"", "classification=\"failure\""]),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn bad_request_heads_get_the_proxys_answer() {
+    let pki = Pki::new();
+    let client = ProxyBuilder::new(&pki, "pg")
+        .env(onemesh_proxy::config::ENV_HEADER_READ_TIMEOUT, "300ms")
+        .env(onemesh_proxy::config::ENV_MAX_HEADER_BYTES, "8192")
+        .start()
+        .await;
+    let addr = client.outbound_addr;
+
+    let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 20_000));
+    big.extend_from_slice(b"\r\n\r\n");
+    let rsp = raw(addr, &big).await;
+    assert!(rsp.starts_with("HTTP/1.1 431"), "{rsp}");
+    assert!(rsp.contains("onemesh-error: header_too_large"), "{rsp}");
+
+    let rsp = raw(addr, b"GET / HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n").await;
+    assert!(rsp.starts_with("HTTP/1.1 400"), "{rsp}");
+    assert!(rsp.contains("onemesh-error: malformed"), "{rsp}");
+
+    // a slow client: the head never completes
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut out)).await.unwrap();
+    let rsp = String::from_utf8_lossy(&out);
+    assert!(rsp.starts_with("HTTP/1.1 408"), "{rsp}");
+    assert!(rsp.contains("onemesh-error: header_timeout"), "{rsp}");
+
+    // a request without any host
+    let rsp = raw(addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(rsp.starts_with("HTTP/1.1 400"), "{rsp}");
+    assert!(rsp.contains("onemesh-error: malformed"), "{rsp}");
+
+    for reason in ["header_too_large", "header_timeout"] {
+        assert_eq!(error_count(addr_admin(&client), reason).await, 1.0, "{reason}");
+    }
+    assert_eq!(error_count(addr_admin(&client), "malformed").await, 2.0);
+}
+
+fn addr_admin(p: &onemesh_proxy::Proxy) -> SocketAddr {
+    p.admin_addr
+}
+
+#[tokio::test]
+async fn egress_passthrough_reaches_names_outside_the_mesh() {
+    let pki = Pki::new();
+    let app = http1_app().await;
+    let client = ProxyBuilder::new(&pki, "pg").start().await;
+    let mut conn = http1_client(client.outbound_addr).await;
+    let (status, _, body) = get(&mut conn, &format!("localhost:{app}"), "/outside").await;
+    assert_eq!(status, 200);
+    // no mesh identity reached the app
+    assert_eq!(&body[..], b"version=HTTP/1.1 client=none path=/outside");
+    let m = metrics(client.admin_addr).await;
+    assert_eq!(
+        sum(&m, "request_total", &["direction=\"outbound\"", "tls=\"no_identity\""]),
+        1.0
+    );
+}
