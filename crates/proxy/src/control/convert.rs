@@ -252,7 +252,11 @@ pub fn authorizations(p: &pol::InboundPolicy) -> (Authorizations, Vec<ConvertErr
                 name: a.name.as_str().into(),
                 ports,
                 routes,
-                identities: if admits_nobody { Vec::new() } else { identities },
+                identities: if admits_nobody {
+                    Vec::new()
+                } else {
+                    identities
+                },
                 namespaces: if admits_nobody {
                     Vec::new()
                 } else {

@@ -81,7 +81,7 @@ impl Inner {
         let mut names = self.names();
         if names
             .get(target)
-            .is_some_and(|rx| answer.same_channel(rx))
+            .is_some_and(|rx| rx.same_channel(&answer.subscribe()))
         {
             names.remove(target);
         }

@@ -16,11 +16,11 @@ use super::{Backoff, ControlPlane, ServiceKind};
 use crate::discover::InboundPolicy;
 use crate::policy::Authorizations;
 
-/// Inbound authorizations from the control plane.
+/// Inbound authorizations from the control plane. The stream's task runs for the life of the
+/// process (or runtime): the data path keeps its receiver after this handle is dropped.
 #[derive(Debug)]
 pub struct ControlPolicy {
     authorizations: watch::Sender<Arc<Authorizations>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl ControlPolicy {
@@ -32,23 +32,14 @@ impl ControlPolicy {
         plane: ControlPlane,
     ) -> Self {
         let (authorizations, _) = watch::channel(Arc::new(Authorizations::default()));
-        let task = tokio::spawn(run(
+        tokio::spawn(run(
             client,
             namespace,
             workload,
             plane,
             authorizations.clone(),
         ));
-        ControlPolicy {
-            authorizations,
-            task,
-        }
-    }
-}
-
-impl Drop for ControlPolicy {
-    fn drop(&mut self) {
-        self.task.abort();
+        ControlPolicy { authorizations }
     }
 }
 

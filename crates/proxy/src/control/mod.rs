@@ -100,10 +100,16 @@ pub enum ControlError {
     )]
     NotConfigured,
     /// No trust anchors to verify the control plane with.
-    #[error("control-plane mode needs {}: set it to the PEM trust bundle", config::ENV_TRUST_ANCHORS)]
+    #[error(
+        "control-plane mode needs {}: set it to the PEM trust bundle",
+        config::ENV_TRUST_ANCHORS
+    )]
     NoTrustAnchors,
     /// The trust anchors file could not be read.
-    #[error("cannot read the trust anchors {path}: {source}; check {}", config::ENV_TRUST_ANCHORS)]
+    #[error(
+        "cannot read the trust anchors {path}: {source}; check {}",
+        config::ENV_TRUST_ANCHORS
+    )]
     ReadAnchors {
         /// The file.
         path: PathBuf,

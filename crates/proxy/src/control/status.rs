@@ -109,7 +109,9 @@ impl ControlPlane {
             connected.clone(),
         );
         for kind in ServiceKind::ALL {
-            connected.get_or_create(&ServiceLabels { service: kind }).set(0);
+            connected
+                .get_or_create(&ServiceLabels { service: kind })
+                .set(0);
         }
         let (config_loaded, _) = watch::channel(false);
         ControlPlane {
@@ -130,7 +132,9 @@ impl ControlPlane {
         let _ = self.inner.credentials.set(credentials);
     }
 
-    pub(crate) fn credentials_slot(&self) -> Arc<OnceLock<watch::Receiver<Option<CredentialStore>>>> {
+    pub(crate) fn credentials_slot(
+        &self,
+    ) -> Arc<OnceLock<watch::Receiver<Option<CredentialStore>>>> {
         self.inner.credentials.clone()
     }
 
@@ -236,7 +240,10 @@ impl ControlPlane {
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, [Counts; 3]> {
-        self.inner.counts.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn publish(&self, counts: &[Counts; 3]) {
