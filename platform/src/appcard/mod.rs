@@ -26,7 +26,7 @@ use crate::common::api::{
 use crate::common::client::{Upstream, UpstreamError};
 use crate::common::db::{Db, DbError, Migration};
 use crate::common::idem::{self, Begin};
-use crate::common::{new_id, now_ms, request_hash, sha256_hex};
+use crate::common::{derive_key, new_id, now_ms, request_hash, sha256_hex};
 
 #[cfg(test)]
 mod tests;
@@ -196,10 +196,10 @@ pub struct User {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NewUser {
     /// Name.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, example = "Jung Hoseok")]
     pub name: String,
     /// 4 to 6 digits.
-    #[schema(pattern = "^[0-9]{4,6}$")]
+    #[schema(pattern = "^[0-9]{4,6}$", example = "1234")]
     pub pin: String,
 }
 
@@ -218,7 +218,7 @@ pub struct WalletCard {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RegisterCard {
     /// The 16-digit card number.
-    #[schema(pattern = "^[0-9]{16}$")]
+    #[schema(pattern = "^[0-9]{16}$", example = "9410000000000001")]
     pub card_number: String,
 }
 
@@ -226,23 +226,23 @@ pub struct RegisterCard {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ConfirmPayment {
     /// The gateway's payment id.
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(min_length = 1, max_length = 128, example = "pay_example")]
     pub payment_ref: String,
     /// The paying user.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, example = "u-kim")]
     pub user_id: String,
     /// The user's card in the wallet.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, example = "c-kim-1")]
     pub card_id: String,
     /// The user's PIN.
-    #[schema(pattern = "^[0-9]{4,6}$")]
+    #[schema(pattern = "^[0-9]{4,6}$", example = "1234")]
     pub pin: String,
     /// Amount in won.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64, example = 12000)]
     #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub amount: i64,
     /// Merchant id.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, example = "tableshop")]
     pub merchant: String,
 }
 
@@ -599,7 +599,7 @@ pub async fn confirm(
         .card
         .post::<_, IssuerAuthorization>(
             "/authorizations",
-            &format!("appcard:{}:authorize", req.payment_ref),
+            &derive_key("appcard", &req.payment_ref, "authorize"),
             &[],
             &body,
         )
@@ -659,7 +659,7 @@ pub async fn cancel(
             .card
             .post::<_, serde_json::Value>(
                 &format!("/authorizations/{}/cancel", payment.authorization_id),
-                &format!("appcard:{payment_ref}:cancel"),
+                &derive_key("appcard", &payment_ref, "cancel"),
                 &[],
                 &serde_json::json!({}),
             )

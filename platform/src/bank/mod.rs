@@ -201,17 +201,17 @@ pub struct LedgerTransaction {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TransferRequest {
     /// Account debited.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, example = "acc-kim")]
     pub from: String,
     /// Account credited.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, example = "acc-lee")]
     pub to: String,
     /// Amount in won.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64, example = 12000)]
     #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub amount: i64,
     /// Caller's reference, e.g. a payment id.
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(min_length = 1, max_length = 128, example = "pay_example")]
     pub reference: String,
 }
 
@@ -219,14 +219,14 @@ pub struct TransferRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PostingRequest {
     /// Amount in won.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64, example = 12000)]
     #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub amount: i64,
     /// The other side of the posting (e.g. `acc-card-settlement`).
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, example = "acc-card-settlement")]
     pub counterparty: String,
     /// Caller's reference, e.g. a payment id.
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(min_length = 1, max_length = 128, example = "pay_example")]
     pub reference: String,
 }
 

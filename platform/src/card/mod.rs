@@ -25,7 +25,7 @@ use crate::common::api::{
 use crate::common::client::{Upstream, UpstreamError};
 use crate::common::db::{Db, DbError, Migration};
 use crate::common::idem::{self, Begin};
-use crate::common::{new_id, now_ms, request_hash};
+use crate::common::{derive_key, new_id, now_ms, request_hash};
 
 #[cfg(test)]
 mod tests;
@@ -226,7 +226,7 @@ pub struct CardView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenRequest {
     /// The 16-digit card number.
-    #[schema(pattern = "^[0-9]{16}$")]
+    #[schema(pattern = "^[0-9]{16}$", example = "9410000000000001")]
     pub card_number: String,
 }
 
@@ -245,20 +245,20 @@ pub struct TokenView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuthorizeRequest {
     /// The 16-digit card number (card-number payments).
-    #[schema(pattern = "^[0-9]{16}$")]
+    #[schema(pattern = "^[0-9]{16}$", example = "9410000000000001")]
     pub card_number: Option<String>,
     /// A wallet token (app-card payments).
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, example = "tok_kim_1")]
     pub token: Option<String>,
     /// Amount in won.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64, example = 12000)]
     #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub amount: i64,
     /// Merchant id.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, example = "tableshop")]
     pub merchant: String,
     /// The payment's reference at the gateway; one authorization per reference.
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(min_length = 1, max_length = 128, example = "pay_example")]
     pub payment_ref: String,
 }
 
@@ -587,7 +587,7 @@ pub async fn authorize(
                 reference: &req.payment_ref,
             };
             let path = format!("/accounts/{account}/debit");
-            let bank_key = format!("card:{}:debit", req.payment_ref);
+            let bank_key = derive_key("card", &req.payment_ref, "debit");
             match state
                 .bank
                 .post::<_, serde_json::Value>(&path, &bank_key, &[], &posting)
@@ -672,7 +672,7 @@ pub async fn cancel(
                 reference: &auth.payment_ref,
             };
             let path = format!("/accounts/{account}/credit");
-            let bank_key = format!("card:{}:refund", auth.payment_ref);
+            let bank_key = derive_key("card", &auth.payment_ref, "refund");
             state
                 .bank
                 .post::<_, serde_json::Value>(&path, &bank_key, &[], &posting)

@@ -38,6 +38,18 @@ pub fn request_hash<T: serde::Serialize>(value: &T) -> String {
     sha256_hex(&serde_json::to_vec(value).unwrap_or_default())
 }
 
+/// The idempotency key a service sends upstream for `step` of payment `id`, e.g.
+/// `card:pay_3f9a…:debit`. Deterministic, so every retry sends the same key; an id that is not
+/// short printable ASCII (it came from a caller) is replaced by its hash so the key is always a
+/// valid header value.
+pub fn derive_key(service: &str, id: &str, step: &str) -> String {
+    if !id.is_empty() && id.len() <= 100 && id.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+        format!("{service}:{id}:{step}")
+    } else {
+        format!("{service}:h{}:{step}", &sha256_hex(id.as_bytes())[..32])
+    }
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (month 1..=12, day 1..=31).
 pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
@@ -93,6 +105,16 @@ mod tests {
         );
         assert!(day_range_ms("2026-13-01").is_none());
         assert!(day_range_ms("nope").is_none());
+    }
+
+    #[test]
+    fn derived_keys_are_stable_header_values() {
+        assert_eq!(derive_key("card", "pay_1", "debit"), "card:pay_1:debit");
+        let odd = derive_key("card", "\u{c}\u{1a} x", "debit");
+        assert_eq!(odd, derive_key("card", "\u{c}\u{1a} x", "debit"));
+        assert!(odd.bytes().all(|b| b.is_ascii_graphic()), "{odd}");
+        assert_ne!(odd, derive_key("card", "\u{c}\u{1a} y", "debit"));
+        assert_ne!(derive_key("a", "b:c", "d"), derive_key("a:b", "c", "d"));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::common::api::{
 use crate::common::client::{Upstream, UpstreamError};
 use crate::common::db::{Db, DbError, Migration};
 use crate::common::idem::{self, Begin};
-use crate::common::{new_id, now_ms, request_hash};
+use crate::common::{derive_key, new_id, now_ms, request_hash};
 
 #[cfg(test)]
 mod tests;
@@ -218,7 +218,7 @@ pub struct MenuItem {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LineRequest {
     /// Menu id.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, example = "m-bibimbap")]
     pub menu_id: String,
     /// Quantity.
     #[schema(minimum = 1, maximum = 20)]
@@ -322,16 +322,16 @@ pub struct PayRequest {
     /// `appcard` (user_id, card_id, pin) or `card` (card_number).
     pub method: PayMethod,
     /// App-card: the wallet user.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, example = "u-kim")]
     pub user_id: Option<String>,
     /// App-card: the card in the wallet.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, example = "c-kim-1")]
     pub card_id: Option<String>,
     /// App-card: the PIN.
-    #[schema(pattern = "^[0-9]{4,6}$")]
+    #[schema(pattern = "^[0-9]{4,6}$", example = "1234")]
     pub pin: Option<String>,
     /// Card: the 16-digit number.
-    #[schema(pattern = "^[0-9]{16}$")]
+    #[schema(pattern = "^[0-9]{16}$", example = "9410000000000001")]
     pub card_number: Option<String>,
 }
 
@@ -882,7 +882,7 @@ pub async fn pay(
         .pg
         .post::<_, PgPayment>(
             "/payments",
-            &format!("order:{id}:pay"),
+            &derive_key("order", &id, "pay"),
             &[(crate::pg::MERCHANT_KEY, &state.merchant_key)],
             &body,
         )
@@ -992,7 +992,7 @@ pub async fn cancel(
             .pg
             .post::<_, serde_json::Value>(
                 &format!("/payments/{payment}/cancel"),
-                &format!("order:{id}:cancel"),
+                &derive_key("order", &id, "cancel"),
                 &[(crate::pg::MERCHANT_KEY, &state.merchant_key)],
                 &serde_json::json!({}),
             )

@@ -25,7 +25,7 @@ use crate::common::api::{
 use crate::common::client::{Upstream, UpstreamError};
 use crate::common::db::{Db, DbError, Migration};
 use crate::common::idem::{self, Begin};
-use crate::common::{day_range_ms, new_id, now_ms, request_hash};
+use crate::common::{day_range_ms, derive_key, new_id, now_ms, request_hash};
 
 #[cfg(test)]
 mod tests;
@@ -196,25 +196,25 @@ impl Method {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PaymentRequest {
     /// The merchant's order id (one payment per order).
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, example = "ord_example")]
     pub order_id: String,
     /// Amount in won.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64, example = 12000)]
     #[serde(deserialize_with = "crate::common::api::int::deserialize")]
     pub amount: i64,
     /// `appcard` or `card`.
     pub method: Method,
     /// App-card: the wallet user.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, example = "u-kim")]
     pub user_id: Option<String>,
     /// App-card: the card in the wallet.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, example = "c-kim-1")]
     pub card_id: Option<String>,
     /// App-card: the user's PIN.
-    #[schema(pattern = "^[0-9]{4,6}$")]
+    #[schema(pattern = "^[0-9]{4,6}$", example = "1234")]
     pub pin: Option<String>,
     /// Card: the 16-digit card number.
-    #[schema(pattern = "^[0-9]{16}$")]
+    #[schema(pattern = "^[0-9]{16}$", example = "9410000000000001")]
     pub card_number: Option<String>,
 }
 
@@ -493,7 +493,7 @@ pub async fn create_payment(
                 "amount": req.amount,
                 "merchant": merchant_id,
             });
-            let key = format!("pg:{payment_id}:approve");
+            let key = derive_key("pg", &payment_id, "approve");
             state
                 .appcard
                 .post::<_, Approval>("/payments", &key, &[], &body)
@@ -506,7 +506,7 @@ pub async fn create_payment(
                 "merchant": merchant_id,
                 "payment_ref": payment_id,
             });
-            let key = format!("pg:{payment_id}:authorize");
+            let key = derive_key("pg", &payment_id, "authorize");
             state
                 .card
                 .post::<_, Approval>("/authorizations", &key, &[], &body)
@@ -590,7 +590,7 @@ pub async fn cancel_payment(
         Begin::Proceed(p) => p,
     };
     let outcome = if payment.status == "APPROVED" {
-        let key = format!("pg:{id}:cancel");
+        let key = derive_key("pg", &id, "cancel");
         let result = match payment.method.as_str() {
             "appcard" => {
                 state
