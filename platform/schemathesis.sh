@@ -7,7 +7,7 @@
 #
 # Usage: platform/schemathesis.sh [SERVICE...]   (default: all five)
 # Env:   SCHEMATHESIS (default: .venv/bin/schemathesis at the repo root, else from PATH)
-#        PLATFORM_BIN (default: the debug build under $CARGO_TARGET_DIR or target/)
+#        PLATFORM_BIN (default: build the debug binary under $CARGO_TARGET_DIR or target/)
 #        MAX_EXAMPLES (default: 30)
 set -euo pipefail
 
@@ -17,9 +17,10 @@ st="${SCHEMATHESIS:-}"
 if [[ -z "$st" ]]; then
   if [[ -x "$root/.venv/bin/schemathesis" ]]; then st="$root/.venv/bin/schemathesis"; else st="schemathesis"; fi
 fi
-bin="${PLATFORM_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/onemesh-platform}"
-if [[ ! -x "$bin" ]]; then
+bin="${PLATFORM_BIN:-}"
+if [[ -z "$bin" ]]; then
   (cd "$root" && cargo build -q -p onemesh-platform)
+  bin="${CARGO_TARGET_DIR:-$root/target}/debug/onemesh-platform"
 fi
 max_examples="${MAX_EXAMPLES:-30}"
 services=("$@")

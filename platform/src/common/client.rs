@@ -199,3 +199,102 @@ fn describe(e: &reqwest::Error) -> String {
         e.to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::post;
+
+    use super::*;
+    use crate::common::testing::{client_config, dead_url, serve_local};
+
+    /// A server that answers 503 `failures` times, then 201; it records the keys it saw.
+    async fn flaky(failures: usize, final_status: StatusCode) -> (String, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        let app = Router::new().route(
+            "/x",
+            post(move |headers: HeaderMap| {
+                let s = Arc::clone(&s);
+                async move {
+                    let key = headers[IDEMPOTENCY_KEY].to_str().unwrap().to_string();
+                    let mut seen = s.lock().unwrap();
+                    seen.push(key);
+                    if seen.len() <= failures {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            axum::Json(serde_json::json!({})),
+                        )
+                    } else if final_status.is_success() {
+                        (final_status, axum::Json(serde_json::json!({"ok": true})))
+                    } else {
+                        (
+                            final_status,
+                            axum::Json(serde_json::json!({"error": "no", "code": "nope"})),
+                        )
+                    }
+                }
+            }),
+        );
+        (serve_local(app).await, seen)
+    }
+
+    fn config(attempts: u32) -> ClientConfig {
+        ClientConfig {
+            attempts,
+            ..client_config()
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_server_errors_with_the_same_key() {
+        let (url, seen) = flaky(2, StatusCode::CREATED).await;
+        let up = Upstream::new("test", &url, config(3)).unwrap();
+        let body: serde_json::Value = up
+            .post("/x", "key-1", &[], &serde_json::json!({}))
+            .await
+            .unwrap();
+        assert_eq!(body["ok"], true);
+        assert_eq!(*seen.lock().unwrap(), vec!["key-1"; 3]);
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_the_attempts_and_never_retries_a_refusal() {
+        let (url, seen) = flaky(5, StatusCode::CREATED).await;
+        let up = Upstream::new("test", &url, config(2)).unwrap();
+        let err = up
+            .post::<_, serde_json::Value>("/x", "k", &[], &serde_json::json!({}))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, UpstreamError::Unavailable { attempts: 2, .. }),
+            "{err:?}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 2);
+
+        let (url, seen) = flaky(0, StatusCode::PAYMENT_REQUIRED).await;
+        let up = Upstream::new("test", &url, config(3)).unwrap();
+        let err = up
+            .post::<_, serde_json::Value>("/x", "k", &[], &serde_json::json!({}))
+            .await
+            .unwrap_err();
+        match err {
+            UpstreamError::Rejected { status, body, .. } => {
+                assert_eq!(status, 402);
+                assert_eq!(body.code, "nope");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(seen.lock().unwrap().len(), 1, "a 4xx is final: no retry");
+
+        let up = Upstream::new("test", &dead_url(), config(2)).unwrap();
+        let err = up
+            .post::<_, serde_json::Value>("/x", "k", &[], &serde_json::json!({}))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, UpstreamError::Unavailable { .. }));
+    }
+}
