@@ -100,6 +100,12 @@ impl Platform {
     }
 }
 
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A small JSON client (no proxy, timeouts on everything).
 #[derive(Clone)]
 pub struct Http {
