@@ -122,7 +122,7 @@ pub enum ControlError {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: onemesh_identity::Error,
+        source: Box<onemesh_identity::Error>,
     },
     /// A control-plane address does not make a URI.
     #[error("the control-plane address {addr:?} is not usable: {source}; set host:port")]
@@ -147,8 +147,10 @@ pub fn sources(config: &Config) -> Result<Sources, ControlError> {
         path: path.clone(),
         source,
     })?;
-    let bundle =
-        TrustBundle::from_pem(&pem).map_err(|source| ControlError::BadAnchors { path, source })?;
+    let bundle = TrustBundle::from_pem(&pem).map_err(|source| ControlError::BadAnchors {
+        path,
+        source: Box::new(source),
+    })?;
     sources_with_bundle(config, control, bundle)
 }
 

@@ -164,10 +164,8 @@ impl ControlPlane {
     /// certificate error while there is no certificate.
     pub fn problems(&self, has_certificate: bool) -> Vec<String> {
         let mut problems = Vec::new();
-        if !has_certificate {
-            if let Some(error) = self.certify_error() {
-                problems.push(format!("the last certificate request failed: {error}"));
-            }
+        if let Some(error) = self.certify_error().filter(|_| !has_certificate) {
+            problems.push(format!("the last certificate request failed: {error}"));
         }
         if !*self.inner.config_loaded.borrow() {
             problems.push("waiting for the inbound policy from the control plane".to_string());

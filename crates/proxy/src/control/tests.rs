@@ -76,10 +76,10 @@ where
                 _ = tx.closed() => return,
             }
             let current = rx.borrow_and_update().clone();
-            if let Some(update) = next(&previous, &current) {
-                if tx.send(Ok(update)).await.is_err() {
-                    return;
-                }
+            if let Some(update) = next(&previous, &current)
+                && tx.send(Ok(update)).await.is_err()
+            {
+                return;
             }
             previous = current;
         }
