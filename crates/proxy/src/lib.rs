@@ -17,7 +17,8 @@
 //!
 //! What configures the data path is behind the seams in [`discover`] (discovery, inbound policy,
 //! certificate issuance); [`static_config`] implements them from a JSON file and a local issuer,
-//! and the next step swaps in a control-plane client without touching the data path.
+//! [`control`] from the control plane's gRPC API (selected by `ONEMESH_PROXY_CONTROL_*_ADDR`),
+//! without touching the data path.
 //!
 //! Failures become responses in exactly one place ([`error::ProxyError::outcome`]); metrics are
 //! in [`metrics`]; configuration ([`config`]) is `ONEMESH_PROXY_*` environment variables.
