@@ -235,3 +235,54 @@ async fn tokens_are_issued_for_active_cards_only() {
     .await;
     assert_eq!(r.body["code"], "card_inactive");
 }
+
+#[tokio::test]
+async fn a_crash_between_debit_and_approval_heals_on_retry_without_a_second_debit() {
+    let bank_url = local_bank().await;
+    let app = issuer(&bank_url).await;
+    // The state a crash leaves: the bank booked the debit under the derived key, the issuer
+    // recorded nothing (its transaction never committed).
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let debit = http
+        .post(format!("{bank_url}/accounts/acc-kim/debit"))
+        .header(
+            "idempotency-key",
+            crate::common::derive_key("card", "pay_crash", "debit"),
+        )
+        .json(
+            &json!({"amount": 7_000, "counterparty": SETTLEMENT_ACCOUNT, "reference": "pay_crash"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(debit.status(), 201);
+    // The caller retries: the issuer approves, and the bank replays instead of debiting again.
+    let r = call(
+        &app,
+        "POST",
+        "/authorizations",
+        Some("retry"),
+        Some(auth("9410000000000001", 7_000, "pay_crash")),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["status"], "APPROVED");
+    let txns: serde_json::Value = http
+        .get(format!("{bank_url}/transactions?reference=pay_crash"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(txns.as_array().unwrap().len(), 1, "still exactly one debit");
+    let kim: serde_json::Value = http
+        .get(format!("{bank_url}/accounts/acc-kim"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(kim["balance"], 1_000_000_000 - 7_000);
+}
