@@ -56,6 +56,15 @@ enum Command {
         /// How long to run, e.g. `30s`, `2m`, `500ms`.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         duration: Duration,
+        /// Scenarios in flight at most.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Stop after this many scenarios (default: only the duration limits).
+        #[arg(long)]
+        max: Option<u64>,
+        /// Percent of pay requests sent twice at once with the same key (a racing client retry).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+        duplicate_pay_percent: u32,
         /// Print the summary as JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -156,9 +165,16 @@ async fn main() -> anyhow::Result<()> {
             target,
             rate,
             duration,
+            concurrency,
+            max,
+            duplicate_pay_percent,
             json,
         } => {
-            let summary = traffic::run(TrafficConfig::new(&target, rate, duration)).await?;
+            let mut config = TrafficConfig::new(&target, rate, duration);
+            config.concurrency = concurrency;
+            config.max_scenarios = max;
+            config.duplicate_pay_percent = duplicate_pay_percent;
+            let summary = traffic::run(config).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {

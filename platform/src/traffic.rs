@@ -109,7 +109,8 @@ pub struct TrafficSummary {
     pub retries: u64,
     /// Wall time, seconds.
     pub elapsed_s: f64,
-    /// Orders created, with their kind, in start order.
+    /// Orders created, with their kind, in start order (not printed).
+    #[serde(skip)]
     pub orders: Vec<(String, Kind)>,
 }
 
