@@ -116,12 +116,12 @@ pub async fn serve(
     tcp: tokio::net::TcpStream,
     metrics: Arc<Metrics>,
     readiness: Readiness,
-    draining: Drain,
+    draining: watch::Receiver<bool>,
     stop: Drain,
     limits: HttpLimits,
 ) {
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let rsp = respond(req.uri().path(), &metrics, &readiness, draining.is_draining());
+        let rsp = respond(req.uri().path(), &metrics, &readiness, *draining.borrow());
         async move { Ok::<_, Infallible>(rsp) }
     });
     server::serve_http1(tcp, svc, limits, &stop).await;

@@ -56,6 +56,12 @@ impl Controller {
         }
     }
 
+    /// A receiver of the drain signal that does not count as running work (for observers such
+    /// as the admin server's `/ready`).
+    pub fn signal(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+
     /// A handle for new work.
     pub fn handle(&self) -> Drain {
         self.handle.clone()

@@ -294,7 +294,7 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
         }));
     }
     let m = metrics.clone();
-    let draining = drain.handle();
+    let draining = drain.signal();
     tokio::spawn(server::accept_loop(
         admin_listener,
         admin_stop.handle(),

@@ -382,6 +382,7 @@ pub async fn get(
         .header("host", host)
         .body(text(""))
         .unwrap();
+    tokio::time::timeout(TIMEOUT, sender.ready()).await.unwrap().unwrap();
     let rsp = tokio::time::timeout(TIMEOUT, sender.send_request(req))
         .await
         .unwrap()
@@ -397,18 +398,42 @@ pub async fn get(
 
 /// Fetches the admin `/metrics` text.
 pub async fn metrics(admin: SocketAddr) -> String {
+    admin_get(admin, "/metrics").await.1
+}
+
+/// Polls the admin `/ready` until it answers 200 (panics after [`TIMEOUT`]).
+pub async fn wait_ready(admin: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Ok(tcp) = TcpStream::connect(admin).await {
+            drop(tcp);
+            let (status, body) = admin_get(admin, "/ready").await;
+            if status == 200 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never ready: {body}");
+        }
+        assert!(tokio::time::Instant::now() < deadline, "admin server never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GETs an admin path: (status, body).
+pub async fn admin_get(admin: SocketAddr, path: &str) -> (http::StatusCode, String) {
     let tcp = TcpStream::connect(admin).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, AppBody>(TokioIo::new(tcp))
         .await
         .unwrap();
     tokio::spawn(conn);
-    let req = Request::get("/metrics")
+    let req = Request::get(path)
         .header("host", "admin")
         .body(text(""))
         .unwrap();
+    sender.ready().await.unwrap();
     let rsp = sender.send_request(req).await.unwrap();
+    let status = rsp.status();
     let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8(body.to_vec()).unwrap()
+    (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
 /// Sums the samples of `name` whose labels contain every `key="value"` in `labels`.
