@@ -18,17 +18,31 @@ use crate::table::{ms, pct, render};
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Whether a process runs (a zombie, exited but not yet reaped by its parent, does not).
+pub fn running(pid: u32) -> bool {
+    if kill(Pid::from_raw(pid as i32), None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses: `pid (comm) S ...`.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
 pub async fn down(dir: &Path) -> anyhow::Result<bool> {
     let layout = Layout::load(dir)?;
     let pid = Pid::from_raw(layout.pid as i32);
-    if kill(pid, None).is_err() {
+    if !running(layout.pid) {
         println!("onemesh up (pid {}) is not running", layout.pid);
         return Ok(true);
     }
     kill(pid, Signal::SIGTERM).context("cannot signal onemesh up")?;
     let deadline =
         std::time::Instant::now() + crate::supervise::STOP_GRACE + Duration::from_secs(5);
-    while kill(pid, None).is_ok() {
+    while running(layout.pid) {
         if std::time::Instant::now() > deadline {
             println!("onemesh up (pid {}) is still stopping", layout.pid);
             return Ok(false);
@@ -289,7 +303,7 @@ pub async fn check(dir: &Path) -> anyhow::Result<bool> {
             return Ok(false);
         }
     };
-    let up_alive = kill(Pid::from_raw(layout.pid as i32), None).is_ok();
+    let up_alive = running(layout.pid);
     checks.push(Check {
         ok: up_alive,
         what: format!("onemesh up is running (pid {})", layout.pid),
@@ -316,6 +330,23 @@ pub async fn check(dir: &Path) -> anyhow::Result<bool> {
             what: format!("proxy of {} is ready", w.key()),
             hint: format!("ask it why: curl http://{}/ready", w.admin),
         });
+        for (declared, local) in &w.app_ports {
+            let ok = tokio::time::timeout(
+                ASK_TIMEOUT,
+                tokio::net::TcpStream::connect(("127.0.0.1", *local)),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            checks.push(Check {
+                ok,
+                what: format!(
+                    "app of {} listens on its port {declared} (127.0.0.1:{local})",
+                    w.key()
+                ),
+                hint: "the app is not up (yet): see its log lines in the output of `onemesh up`"
+                    .into(),
+            });
+        }
         match cert_of(&w.admin).await {
             Ok(c) => {
                 let valid = c.not_before_unix_secs <= now && now < c.not_after_unix_secs;

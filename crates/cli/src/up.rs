@@ -86,7 +86,7 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     let state_dir = state_dir.canonicalize()?;
     let config = args.config.canonicalize()?;
     if let Ok(old) = Layout::load(&state_dir)
-        && nix::sys::signal::kill(nix::unistd::Pid::from_raw(old.pid as i32), None).is_ok()
+        && crate::commands::running(old.pid)
         && old.pid != std::process::id()
     {
         anyhow::bail!(

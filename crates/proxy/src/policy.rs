@@ -4,7 +4,9 @@
 //! The model (DESIGN.md): when no authorization names a port of this workload, meshed callers
 //! from the same namespace are allowed and everyone else is denied (policy
 //! [`DEFAULT_SAME_NAMESPACE`]). When any authorization names the port, only callers matching one
-//! of them are allowed; a caller matching none is denied by [`DENY_UNLISTED`]. An authorization
+//! of them are allowed; a caller matching none is denied by the authorizations in force on that
+//! port, and the 403 names them (their names joined by `,`), so an operator knows which policy
+//! to edit. An authorization
 //! with an empty `ports` list applies to every port. Routes (method + path prefix) only filter
 //! HTTP requests; an opaque TCP connection is allowed only by an authorization without routes.
 //!
@@ -17,8 +19,6 @@ use onemesh_identity::SpiffeId;
 
 /// The policy name of the default (no authorization names the port).
 pub const DEFAULT_SAME_NAMESPACE: &str = "default:same-namespace";
-/// The policy name used when authorizations name the port but none matches the caller.
-pub const DENY_UNLISTED: &str = "default:deny-unlisted";
 
 /// A method + path prefix filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,20 +102,24 @@ pub fn authorize(
     caller: Option<&SpiffeId>,
     request: Option<(&http::Method, &str)>,
 ) -> Decision {
-    let mut any_covers = false;
+    let mut in_force: Option<Arc<str>> = None;
     for auth in auths.list.iter().filter(|a| a.covers(port)) {
-        any_covers = true;
         if auth.admits(caller) && auth.allows_request(request) {
             return Decision {
                 allowed: true,
                 policy: auth.name.clone(),
             };
         }
+        // Only the deny path pays for naming several policies.
+        in_force = Some(match in_force {
+            None => auth.name.clone(),
+            Some(names) => format!("{names},{}", auth.name).into(),
+        });
     }
-    if any_covers {
+    if let Some(policy) = in_force {
         return Decision {
             allowed: false,
-            policy: DENY_UNLISTED.into(),
+            policy,
         };
     }
     Decision {
@@ -168,7 +172,10 @@ mod tests {
         // same namespace is no longer enough once the port is named
         let d = authorize(&a, "bank", 8080, Some(&id("bank")), Some(post));
         assert!(!d.allowed);
-        assert_eq!(&*d.policy, DENY_UNLISTED);
+        assert_eq!(
+            &*d.policy, "allow-card",
+            "the 403 names the policy in force"
+        );
         // wrong route
         let get = (&http::Method::GET, "/v1/pay");
         assert!(!authorize(&a, "bank", 8080, Some(&id("card")), Some(get)).allowed);

@@ -124,7 +124,7 @@ async fn identity_not_allowed_by_policy_gets_403_through_its_proxy() {
     assert_eq!(headers["onemesh-error"], "forbidden");
     let body = String::from_utf8(body.to_vec()).unwrap();
     assert!(body.contains("spiffe://cluster.local/ns/order/sa/order"), "{body}");
-    assert!(body.contains("default:deny-unlisted"), "{body}");
+    assert!(body.contains("allow-test"), "{body}");
 
     let m = metrics(s.proxy.admin_addr).await;
     assert_eq!(
@@ -133,7 +133,7 @@ async fn identity_not_allowed_by_policy_gets_403_through_its_proxy() {
             "authz_deny_total",
             &[
                 "client_id=\"spiffe://cluster.local/ns/order/sa/order\"",
-                "policy=\"default:deny-unlisted\"",
+                "policy=\"allow-test\"",
                 "kind=\"http\"",
             ]
         ),
