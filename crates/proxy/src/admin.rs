@@ -58,7 +58,9 @@ impl Readiness {
 
     /// What a ready proxy should add (it lost the control plane but serves its last state).
     pub fn note(&self) -> Option<&'static str> {
-        self.control.as_ref().and_then(crate::control::ControlPlane::note)
+        self.control
+            .as_ref()
+            .and_then(crate::control::ControlPlane::note)
     }
 }
 
