@@ -8,6 +8,14 @@
 //!
 //! Durations are written `<number><unit>` with unit `ms`, `s`, `m` or `h` (`"1s"`, `"500ms"`,
 //! `"24h"`); a bare number is seconds.
+//!
+//! Two modes. **Static** (default): `ONEMESH_PROXY_STATIC_CONFIG` and a local issuer
+//! (`ONEMESH_PROXY_IDENTITY_ISSUER_CERT`/`_KEY`). **Control plane**: set
+//! `ONEMESH_PROXY_CONTROL_IDENTITY_ADDR`, `ONEMESH_PROXY_CONTROL_DESTINATION_ADDR` and
+//! `ONEMESH_PROXY_CONTROL_POLICY_ADDR` (`host:port` each, all three), plus
+//! `ONEMESH_PROXY_IDENTITY_TOKEN` (the bootstrap token) and optionally `ONEMESH_PROXY_CONTROL_ID`
+//! (the control plane's SPIFFE id; default `spiffe://<our trust domain>/ns/onemesh/sa/control`).
+//! Both modes verify peers with `ONEMESH_PROXY_TRUST_ANCHORS`. See [`crate::control`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
