@@ -854,3 +854,45 @@ async fn a_proxy_started_while_the_control_plane_is_down_becomes_ready_later() {
     assert_eq!(status, 200);
     proxy.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn concurrent_resolves_share_one_stream_and_a_removed_service_empties() {
+    let plane = Plane::new();
+    plane.set_destination("bank.bank:80", bank(&["127.0.0.1:1001"]));
+    let server = plane.serve("127.0.0.1:0".parse().unwrap()).await;
+    let config = config(server.addr, TOKEN);
+    let sources = sources_for(&plane, &config);
+    let discover = sources.discover.clone();
+
+    let resolves = (0..20).map(|_| {
+        let d = discover.clone();
+        tokio::spawn(async move { resolve_mesh(&*d, &bank_target()).await })
+    });
+    let mut watches = Vec::new();
+    for r in resolves {
+        watches.push(r.await.unwrap());
+    }
+    assert!(watches.iter().all(|w| w.same_channel(&watches[0])));
+    assert_eq!(plane.state.destination_watches.load(Ordering::SeqCst), 1);
+
+    // The service goes away: no endpoints (503s), but the watch stays for when it comes back.
+    let mut rx = watches.pop().unwrap();
+    plane.set_destination("bank.bank:80", missing());
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        rx.wait_for(|s| s.endpoints.is_empty()),
+    )
+    .await
+    .expect("the removal did not arrive within a second")
+    .unwrap();
+    plane.set_destination("bank.bank:80", bank(&["127.0.0.1:1003"]));
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        rx.wait_for(|s| s.endpoints.len() == 1),
+    )
+    .await
+    .expect("the service did not come back within a second")
+    .unwrap();
+    assert_eq!(addrs(&rx.borrow()), ["127.0.0.1:1003"]);
+    server.stop();
+}
