@@ -199,7 +199,7 @@ impl Delta<'_> {
             .iter()
             .filter(|s| s.name == name && keep(s))
             .map(|s| self.increase(s))
-            .sum()
+            .fold(0.0, |a, b| a + b)
     }
 
     /// Cumulative bucket increases by upper bound, summed over label sets.
