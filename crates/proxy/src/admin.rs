@@ -65,7 +65,12 @@ impl Readiness {
 }
 
 /// Answers one admin request.
-pub fn respond(path: &str, metrics: &Metrics, readiness: &Readiness, draining: bool) -> Response<Body> {
+pub fn respond(
+    path: &str,
+    metrics: &Metrics,
+    readiness: &Readiness,
+    draining: bool,
+) -> Response<Body> {
     let (status, content_type, text) = match path {
         "/metrics" => (
             StatusCode::OK,
@@ -102,7 +107,11 @@ pub fn respond(path: &str, metrics: &Metrics, readiness: &Readiness, draining: b
                 ),
             }
         }
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /ready, /live or /identity\n".to_string()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics, /ready, /live or /identity\n".to_string(),
+        ),
     };
     let mut rsp = Response::new(body::full(text));
     *rsp.status_mut() = status;

@@ -95,7 +95,8 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         if !self.done {
             // A failure: count it as slow so the endpoint is avoided for a while.
-            self.load.observe(self.start.elapsed().max(Duration::from_secs(1)));
+            self.load
+                .observe(self.start.elapsed().max(Duration::from_secs(1)));
         }
         self.load.pending.fetch_sub(1, Ordering::Relaxed);
     }

@@ -305,7 +305,11 @@ impl Parser<'_> {
         }
     }
 
-    fn required<T>(&mut self, name: &'static str, f: impl Fn(&str) -> Result<T, String>) -> Option<T> {
+    fn required<T>(
+        &mut self,
+        name: &'static str,
+        f: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
         match self.raw(name) {
             Some(value) => match f(&value) {
                 Ok(v) => Some(v),
@@ -364,10 +368,9 @@ fn ports(s: &str) -> Result<BTreeSet<u16>, String> {
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|p| {
-            p.parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("must be a comma-separated list of ports 1-65535; {p:?} is not one"))
+            p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                format!("must be a comma-separated list of ports 1-65535; {p:?} is not one")
+            })
         })
         .collect()
 }
@@ -490,9 +493,16 @@ impl Config {
             });
         }
         let leaf_lifetime = p.parse(ENV_LEAF_LIFETIME, DEFAULT_LEAF_LIFETIME, positive_duration);
-        let detect_timeout = p.parse(ENV_DETECT_TIMEOUT, DEFAULT_DETECT_TIMEOUT, positive_duration);
-        let connect_timeout =
-            p.parse(ENV_CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, positive_duration);
+        let detect_timeout = p.parse(
+            ENV_DETECT_TIMEOUT,
+            DEFAULT_DETECT_TIMEOUT,
+            positive_duration,
+        );
+        let connect_timeout = p.parse(
+            ENV_CONNECT_TIMEOUT,
+            DEFAULT_CONNECT_TIMEOUT,
+            positive_duration,
+        );
         let header_read_timeout = p.parse(
             ENV_HEADER_READ_TIMEOUT,
             DEFAULT_HEADER_READ_TIMEOUT,

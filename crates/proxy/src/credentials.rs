@@ -10,7 +10,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use onemesh_identity::{CredentialStore, Issued, SpiffeId, TrustBundle, WorkloadKey, renewal_delay};
+use onemesh_identity::{
+    CredentialStore, Issued, SpiffeId, TrustBundle, WorkloadKey, renewal_delay,
+};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -57,7 +59,9 @@ fn record(metrics: &Metrics, issued: &Issued) {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
-    metrics.identity_cert_expiration_timestamp_seconds.set(expiry);
+    metrics
+        .identity_cert_expiration_timestamp_seconds
+        .set(expiry);
     metrics
         .identity_certify_total
         .get_or_create(&ResultLabels { result: "ok" })

@@ -94,9 +94,10 @@ impl ProxyError {
         let (status, reason) = match self {
             ProxyError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             ProxyError::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed"),
-            ProxyError::HeaderTooLarge(_) => {
-                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_too_large")
-            }
+            ProxyError::HeaderTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header_too_large",
+            ),
             ProxyError::HeaderTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "header_timeout"),
             ProxyError::NoEndpoints(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_endpoints"),
             ProxyError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
@@ -109,6 +110,22 @@ impl ProxyError {
             ProxyError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
         };
         Outcome { status, reason }
+    }
+
+    /// Whether the request may be sent again elsewhere: the failure happened before any
+    /// response (connect, TLS, or the upstream connection broke).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProxyError::Connect { .. } | ProxyError::Tls { .. } | ProxyError::Upstream(_) => true,
+            ProxyError::Forbidden { .. }
+            | ProxyError::Malformed(_)
+            | ProxyError::HeaderTooLarge(_)
+            | ProxyError::HeaderTimeout(_)
+            | ProxyError::NoEndpoints(_)
+            | ProxyError::NotReady(_)
+            | ProxyError::DiscoveryUnavailable(_)
+            | ProxyError::Timeout(_) => false,
+        }
     }
 
     /// The response the client gets.

@@ -155,7 +155,8 @@ impl Inbound {
     /// Handles one connection accepted on the inbound listener.
     pub async fn handle(self, tcp: TcpStream, _peer: SocketAddr, drain: Drain) {
         let mut first = [0u8; 1];
-        let peeked = tokio::time::timeout(self.inner.settings.detect_timeout, tcp.peek(&mut first)).await;
+        let peeked =
+            tokio::time::timeout(self.inner.settings.detect_timeout, tcp.peek(&mut first)).await;
         match peeked {
             Ok(Ok(1)) if first[0] == 0x16 => self.tls(tcp, drain).await,
             Ok(Ok(1)) => self.plain(tcp, drain).await,
@@ -178,7 +179,8 @@ impl Inbound {
             Err(_) => return self.handshake_failed(HandshakeFailure::Io),
         };
         let client = peer_id(tls.get_ref().1);
-        let header = match TransportHeader::read(&mut tls, self.inner.settings.detect_timeout).await {
+        let header = match TransportHeader::read(&mut tls, self.inner.settings.detect_timeout).await
+        {
             Ok(h) => h,
             Err(error) => {
                 tracing::debug!(%error, "bad transport header");
@@ -269,14 +271,16 @@ impl Inbound {
                     return;
                 }
                 let guard = self.inner.metrics.open_tcp(edge);
-                let io = CountingIo::new(PrefixedIo::new(buf.freeze(), tcp), guard.counters().clone());
+                let io =
+                    CountingIo::new(PrefixedIo::new(buf.freeze(), tcp), guard.counters().clone());
                 let svc = self.service(conn);
                 server::serve_http1(io, svc, limits, &drain).await;
             }
             Detected::Http2 => {
                 conn.mode = Mode::H2;
                 let guard = self.inner.metrics.open_tcp(edge);
-                let io = CountingIo::new(PrefixedIo::new(buf.freeze(), tcp), guard.counters().clone());
+                let io =
+                    CountingIo::new(PrefixedIo::new(buf.freeze(), tcp), guard.counters().clone());
                 let svc = self.service(conn);
                 server::serve_h2(io, svc, limits, &drain).await;
             }
@@ -382,7 +386,13 @@ impl Inbound {
         };
         match result {
             Ok(rsp) => {
-                http_util::record(metrics, &labels, start, rsp.status(), http_util::classify(&rsp));
+                http_util::record(
+                    metrics,
+                    &labels,
+                    start,
+                    rsp.status(),
+                    http_util::classify(&rsp),
+                );
                 rsp
             }
             Err(err) => {
@@ -435,7 +445,9 @@ impl Inbound {
             .map_err(|_| ProxyError::Malformed("the request uri is invalid"))?;
         let client = if http1 {
             if !parts.headers.contains_key(header::HOST)
-                && let Some(a) = authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok())
+                && let Some(a) = authority
+                    .as_deref()
+                    .and_then(|a| HeaderValue::from_str(a).ok())
             {
                 parts.headers.insert(header::HOST, a);
             }

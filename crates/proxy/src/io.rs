@@ -57,7 +57,11 @@ impl<I: AsyncRead> AsyncRead for PrefixedIo<I> {
 }
 
 impl<I: AsyncWrite> AsyncWrite for PrefixedIo<I> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.project().inner.poll_write(cx, buf)
     }
 
@@ -146,7 +150,11 @@ impl<I: AsyncRead> AsyncRead for CountingIo<I> {
 }
 
 impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.inner.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &result {

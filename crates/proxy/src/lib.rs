@@ -64,7 +64,9 @@ use tracing::info;
 pub use config::{Config, ConfigError, Env, Source};
 pub use discover::{Certifier, Discover, InboundPolicy, Target};
 
-use crate::static_config::{StaticCertifier, StaticConfig, StaticDiscover, StaticPolicy, TcpForward};
+use crate::static_config::{
+    StaticCertifier, StaticConfig, StaticDiscover, StaticPolicy, TcpForward,
+};
 
 /// What configures a proxy: the seams' implementations and the trust bundle.
 pub struct Sources {
@@ -111,13 +113,17 @@ impl Sources {
             .trust_anchors
             .as_deref()
             .ok_or(BuildError::Missing(config::ENV_TRUST_ANCHORS))?;
-        let trust_bundle = TrustBundle::from_pem(&static_config::read_file("trust anchors", anchors)?)
-            .map_err(|source| static_config::StaticError::Identity {
-                what: "the trust anchors",
-                source,
-            })?;
+        let trust_bundle =
+            TrustBundle::from_pem(&static_config::read_file("trust anchors", anchors)?).map_err(
+                |source| static_config::StaticError::Identity {
+                    what: "the trust anchors",
+                    source,
+                },
+            )?;
         let loaded = match config.static_config.as_deref() {
-            Some(path) => StaticConfig::from_json(&static_config::read_file("static config", path)?)?,
+            Some(path) => {
+                StaticConfig::from_json(&static_config::read_file("static config", path)?)?
+            }
             None => StaticConfig::default(),
         }
         .load()?;
@@ -222,7 +228,8 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
         control.attach_credentials(credentials.clone());
     }
     let plain = client::PlainClients::new(config.connect_timeout);
-    let mesh = client::MeshClient::new(credentials.clone(), config.connect_timeout, metrics.clone());
+    let mesh =
+        client::MeshClient::new(credentials.clone(), config.connect_timeout, metrics.clone());
 
     let outbound = outbound::Outbound::new(
         outbound::OutboundSettings {
@@ -284,14 +291,18 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
         let addr = local(&listener, SocketAddr::from(([0, 0, 0, 0], 0)));
         tcp_forward_addrs.push((target.clone(), addr));
         let ob = outbound.clone();
-        tokio::spawn(server::accept_loop(listener, drain.handle(), move |tcp, _, d| {
-            let ob = ob.clone();
-            let target = target.clone();
-            async move {
-                ob.opaque(tcp, target).await;
-                drop(d);
-            }
-        }));
+        tokio::spawn(server::accept_loop(
+            listener,
+            drain.handle(),
+            move |tcp, _, d| {
+                let ob = ob.clone();
+                let target = target.clone();
+                async move {
+                    ob.opaque(tcp, target).await;
+                    drop(d);
+                }
+            },
+        ));
     }
     let m = metrics.clone();
     let draining = drain.signal();
@@ -299,7 +310,14 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
         admin_listener,
         admin_stop.handle(),
         move |tcp, _, stop| {
-            admin::serve(tcp, m.clone(), readiness.clone(), draining.clone(), stop, limits)
+            admin::serve(
+                tcp,
+                m.clone(),
+                readiness.clone(),
+                draining.clone(),
+                stop,
+                limits,
+            )
         },
     ));
 

@@ -42,7 +42,10 @@ async fn main() -> anyhow::Result<()> {
     if proxy.shutdown(grace).await {
         info!("drained; exiting");
     } else {
-        warn!(?grace, "shutdown grace period passed with work in flight; exiting");
+        warn!(
+            ?grace,
+            "shutdown grace period passed with work in flight; exiting"
+        );
     }
     Ok(())
 }

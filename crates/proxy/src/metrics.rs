@@ -238,6 +238,8 @@ pub struct Metrics {
     pub authz_deny_total: Family<DenyLabels, Counter>,
     /// Proxy errors by `onemesh-error` reason.
     pub proxy_error_total: Family<ReasonLabels, Counter>,
+    /// Outbound retries (reason = retried, budget_exhausted).
+    pub retry_total: Family<ReasonLabels, Counter>,
     /// Protocol detection outcomes (reason = http1, http2, opaque, timeout, skipped).
     pub detect_total: Family<ReasonLabels, Counter>,
     /// When the current leaf certificate expires (unix seconds).
@@ -268,6 +270,7 @@ impl Metrics {
             tls_handshake_failure_total: Family::default(),
             authz_deny_total: Family::default(),
             proxy_error_total: Family::default(),
+            retry_total: Family::default(),
             detect_total: Family::default(),
             identity_cert_expiration_timestamp_seconds: Gauge::default(),
             identity_certify_total: Family::default(),
@@ -284,8 +287,16 @@ impl Metrics {
             "Time from request to response headers, in milliseconds",
             m.response_latency_ms.clone(),
         );
-        registry.register("tcp_open", "TCP connections opened", m.tcp_open_total.clone());
-        registry.register("tcp_close", "TCP connections closed", m.tcp_close_total.clone());
+        registry.register(
+            "tcp_open",
+            "TCP connections opened",
+            m.tcp_open_total.clone(),
+        );
+        registry.register(
+            "tcp_close",
+            "TCP connections closed",
+            m.tcp_close_total.clone(),
+        );
         registry.register(
             "tcp_open_connections",
             "TCP connections currently open",
@@ -315,6 +326,11 @@ impl Metrics {
             "proxy_error",
             "Errors answered by the proxy, by onemesh-error reason",
             m.proxy_error_total.clone(),
+        );
+        registry.register(
+            "retry",
+            "Outbound requests retried on another endpoint, or not for lack of budget",
+            m.retry_total.clone(),
         );
         registry.register(
             "detect",
@@ -419,7 +435,13 @@ impl TcpGuard {
 
 impl Drop for TcpGuard {
     fn drop(&mut self) {
-        self.metrics.tcp_close_total.get_or_create(&self.labels).inc();
-        self.metrics.tcp_open_connections.get_or_create(&self.labels).dec();
+        self.metrics
+            .tcp_close_total
+            .get_or_create(&self.labels)
+            .inc();
+        self.metrics
+            .tcp_open_connections
+            .get_or_create(&self.labels)
+            .dec();
     }
 }

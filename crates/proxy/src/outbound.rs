@@ -9,7 +9,9 @@
 //!    ([`Outbound::proxy`]): target from the absolute URI, the Host header or the original
 //!    destination → discovery → route (timeout) → balancer (P2C + peak EWMA) → mTLS to the
 //!    endpoint's inbound proxy: the shared HTTP/2 connection, or a dedicated HTTP/1.1 one for an
-//!    upgrade. Names outside the mesh are forwarded plain (egress, `tls="no_identity"`);
+//!    upgrade; a bodiless idempotent (or `retryable` route) request that failed before any
+//!    response is retried once on another pick, within a 20 % [`RetryBudget`]. Names outside the
+//!    mesh are forwarded plain (egress, `tls="no_identity"`);
 //! 5. opaque: resolve the original destination (or the tcp forward's service) and splice bytes
 //!    over mTLS (or plain, for egress).
 //!
@@ -23,6 +25,7 @@ use std::time::Instant;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -60,8 +63,70 @@ pub struct OutboundSettings {
     pub workload: Arc<str>,
 }
 
-/// A resolved target, cached: its discovery watch and its balancer.
+/// Limits retries to a fraction of requests: each request deposits [`RETRY_RATIO`] tokens (up to
+/// [`RETRY_RESERVE_MAX`]), each retry spends one. It starts with one token in reserve.
+#[derive(Debug)]
+pub struct RetryBudget {
+    balance: Mutex<f64>,
+}
+
+/// Retries allowed per request, on average (20 % extra load at most).
+pub const RETRY_RATIO: f64 = 0.2;
+/// The most retry tokens saved up.
+pub const RETRY_RESERVE_MAX: f64 = 10.0;
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self {
+            balance: Mutex::new(1.0),
+        }
+    }
+}
+
+impl RetryBudget {
+    /// Records a request.
+    pub fn deposit(&self) {
+        let mut b = self.balance.lock().unwrap_or_else(PoisonError::into_inner);
+        *b = (*b + RETRY_RATIO).min(RETRY_RESERVE_MAX);
+    }
+
+    /// Takes a token for a retry; `false` when the budget is spent.
+    pub fn withdraw(&self) -> bool {
+        let mut b = self.balance.lock().unwrap_or_else(PoisonError::into_inner);
+        if *b >= 1.0 {
+            *b -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn is_idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
+}
+
+/// The request without its body, to send again.
+fn clone_head(req: &Request<Body>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    head
+}
+
+/// A resolved target, cached: its discovery watch, its balancer and its retry budget.
 struct Resolved {
+    budget: RetryBudget,
     resolution: Resolution,
     balancer: Mutex<Option<(Arc<Service>, Arc<Balancer>)>>,
 }
@@ -117,6 +182,17 @@ impl Outbound {
                 metrics,
             }),
         }
+    }
+
+    fn retried(&self, outcome: &'static str) {
+        self.inner
+            .metrics
+            .retry_total
+            .get_or_create(&ReasonLabels {
+                direction: Direction::Outbound,
+                reason: outcome,
+            })
+            .inc();
     }
 
     fn detected(&self, outcome: &'static str) {
@@ -219,6 +295,7 @@ impl Outbound {
             .await
             .map_err(|e| ProxyError::DiscoveryUnavailable(e.to_string()))?;
         let resolved = Arc::new(Resolved {
+            budget: RetryBudget::default(),
             resolution,
             balancer: Mutex::new(None),
         });
@@ -234,7 +311,13 @@ impl Outbound {
         Ok(cache.entry(target.clone()).or_insert(resolved).clone())
     }
 
-    fn edge(&self, dst_namespace: Arc<str>, dst_workload: Arc<str>, peer: Option<Arc<str>>, tls: Tls) -> EdgeLabels {
+    fn edge(
+        &self,
+        dst_namespace: Arc<str>,
+        dst_workload: Arc<str>,
+        peer: Option<Arc<str>>,
+        tls: Tls,
+    ) -> EdgeLabels {
         EdgeLabels {
             direction: Direction::Outbound,
             namespace: self.inner.settings.namespace.clone(),
@@ -276,8 +359,9 @@ impl Outbound {
                     .map(str::to_string)
             });
         let target = match (authority.as_deref(), orig_dst) {
-            (Some(a), _) => Target::from_authority(a, 80)
-                .ok_or(ProxyError::Malformed("the request's host is not a valid authority"))?,
+            (Some(a), _) => Target::from_authority(a, 80).ok_or(ProxyError::Malformed(
+                "the request's host is not a valid authority",
+            ))?,
             (None, Some(dst)) => Target::Addr(dst),
             (None, None) => return Err(ProxyError::Malformed("the request names no host")),
         };
@@ -306,9 +390,35 @@ impl Outbound {
                 .unwrap_or_else(|| "default".into()),
         };
         let authority = target.authority();
-        self.inner.metrics.request_total.get_or_create(&labels).inc();
+        self.inner
+            .metrics
+            .request_total
+            .get_or_create(&labels)
+            .inc();
         let start = Instant::now();
-        let forward = self.forward_mesh(req, &load, &authority);
+        // retries: only bodiless requests (replayable), idempotent or on a retryable route,
+        // within the service's budget; the route timeout covers every attempt
+        let retryable = route.as_ref().is_some_and(|r| r.retryable) || is_idempotent(req.method());
+        let replay = (retryable && !http_util::is_upgrade(&req) && req.body().is_end_stream())
+            .then(|| clone_head(&req));
+        resolved.budget.deposit();
+        let forward = async {
+            let first = self.forward_mesh(req, &load, &authority).await;
+            let Err(err) = &first else { return first };
+            let Some(head) = replay.filter(|_| err.is_retryable()) else {
+                return first;
+            };
+            if !resolved.budget.withdraw() {
+                self.retried("budget_exhausted");
+                return first;
+            }
+            let Some(next) = balancer.pick() else {
+                return first;
+            };
+            self.retried("retried");
+            self.forward_mesh(head.map(|()| body::empty()), &next, &authority)
+                .await
+        };
         let result = match route.as_ref().and_then(|r| r.timeout) {
             Some(t) => tokio::time::timeout(t, forward)
                 .await
@@ -397,7 +507,11 @@ impl Outbound {
             (Some(dst), _) => dst.to_string(),
             (None, t) => t.authority(),
         };
-        self.inner.metrics.request_total.get_or_create(&labels).inc();
+        self.inner
+            .metrics
+            .request_total
+            .get_or_create(&labels)
+            .inc();
         let start = Instant::now();
         let upgrade = http_util::is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -470,7 +584,9 @@ impl Outbound {
             Resolution::Mesh(rx) => {
                 let (service, balancer) = resolved.current(rx);
                 let Some(load) = balancer.pick() else {
-                    self.inner.metrics.error(Direction::Outbound, "no_endpoints");
+                    self.inner
+                        .metrics
+                        .error(Direction::Outbound, "no_endpoints");
                     debug!(service = %service.name, "no endpoints for opaque connection");
                     return;
                 };

@@ -46,7 +46,8 @@ impl HttpService {
 impl Service<Request<Incoming>> for HttpService {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let fut = (self.handler)(req);
@@ -150,8 +151,13 @@ pub async fn check_first_head<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let refusal = match head::read_first(io, buf, limits.header_read_timeout, limits.max_header_bytes)
-        .await
+    let refusal = match head::read_first(
+        io,
+        buf,
+        limits.header_read_timeout,
+        limits.max_header_bytes,
+    )
+    .await
     {
         Ok(()) => return true,
         Err(r) => r,

@@ -23,7 +23,6 @@ async fn sigterm_drains_in_flight_requests() {
         .static_config(json!({ "services": [ { "name": "web", "namespace": "bank",
             "endpoints": [ endpoint(&server, app, "bank", "http") ] } ] }))
         .env(onemesh_proxy::config::ENV_SHUTDOWN_GRACE, "10s")
-
         .variables();
     let mut child = Command::new(env!("CARGO_BIN_EXE_onemesh-proxy"))
         .env_clear()
@@ -43,10 +42,16 @@ async fn sigterm_drains_in_flight_requests() {
     });
     let addr = |line: &str, key: &str| -> std::net::SocketAddr {
         let rest = line.split(key).nth(1).unwrap();
-        rest.split(|c: char| c.is_whitespace() || c == '"').next().unwrap().parse().unwrap()
+        rest.split(|c: char| c.is_whitespace() || c == '"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let (outbound, admin) = loop {
-        let line = rx.recv_timeout(TIMEOUT).expect("the proxy printed no listening line");
+        let line = rx
+            .recv_timeout(TIMEOUT)
+            .expect("the proxy printed no listening line");
         if line.contains("outbound=") {
             break (addr(&line, "outbound="), addr(&line, "admin="));
         }
@@ -63,7 +68,9 @@ async fn sigterm_drains_in_flight_requests() {
     let mut in_flight = Vec::new();
     for _ in 0..10 {
         let mut c = http1_client(outbound).await;
-        in_flight.push(tokio::spawn(async move { get(&mut c, "web.bank", "/slow/1500").await }));
+        in_flight.push(tokio::spawn(async move {
+            get(&mut c, "web.bank", "/slow/1500").await
+        }));
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     nix::sys::signal::kill(
@@ -88,7 +95,10 @@ async fn sigterm_drains_in_flight_requests() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(std::time::Instant::now() < deadline, "the proxy did not exit soon after draining");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy did not exit soon after draining"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "exit status {status:?}");

@@ -75,11 +75,18 @@ async fn http1_keep_alive_carries_identity_both_ways() {
         let (status, _, body) = get(&mut conn, "web.bank", &format!("/whoami/{i}")).await;
         assert_eq!(status, 200);
         let body = String::from_utf8(body.to_vec()).unwrap();
-        assert_eq!(body, format!("version=HTTP/1.1 client={PG_ID} path=/whoami/{i}"));
+        assert_eq!(
+            body,
+            format!("version=HTTP/1.1 client={PG_ID} path=/whoami/{i}")
+        );
     }
     // proxy form (HTTP_PROXY=...): absolute URI, on the same connection
     let req = Request::get("http://web.bank.svc.cluster.local/abs")
-        .body(http_body_util::Empty::<Bytes>::new().map_err(|n| match n {}).boxed())
+        .body(
+            http_body_util::Empty::<Bytes>::new()
+                .map_err(|n| match n {})
+                .boxed(),
+        )
         .unwrap();
     let rsp = conn.send_request(req).await.unwrap();
     assert_eq!(rsp.status(), 200);
@@ -89,20 +96,54 @@ async fn http1_keep_alive_carries_identity_both_ways() {
     // a forged client id from the app is replaced by the verified one
     let req = Request::get("/forged")
         .header("host", "web.bank")
-        .header("onemesh-client-id", "spiffe://cluster.local/ns/bank/sa/admin")
-        .body(http_body_util::Empty::<Bytes>::new().map_err(|n| match n {}).boxed())
+        .header(
+            "onemesh-client-id",
+            "spiffe://cluster.local/ns/bank/sa/admin",
+        )
+        .body(
+            http_body_util::Empty::<Bytes>::new()
+                .map_err(|n| match n {})
+                .boxed(),
+        )
         .unwrap();
-    let body = conn.send_request(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
-    assert!(body.starts_with(format!("version=HTTP/1.1 client={PG_ID} ").as_bytes()), "{body:?}");
+    let body = conn
+        .send_request(req)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(
+        body.starts_with(format!("version=HTTP/1.1 client={PG_ID} ").as_bytes()),
+        "{body:?}"
+    );
 
     let server = metrics(m.server.admin_addr).await;
     assert_eq!(
-        sum(&server, "request_total", &["direction=\"inbound\"", &format!("client_id=\"{PG_ID}\""), "tls=\"true\""]),
+        sum(
+            &server,
+            "request_total",
+            &[
+                "direction=\"inbound\"",
+                &format!("client_id=\"{PG_ID}\""),
+                "tls=\"true\""
+            ]
+        ),
         5.0
     );
     let client = metrics(m.client.admin_addr).await;
     assert_eq!(
-        sum(&client, "request_total", &["direction=\"outbound\"", &format!("server_id=\"{BANK_ID}\""), "dst_namespace=\"bank\""]),
+        sum(
+            &client,
+            "request_total",
+            &[
+                "direction=\"outbound\"",
+                &format!("server_id=\"{BANK_ID}\""),
+                "dst_namespace=\"bank\""
+            ]
+        ),
         5.0
     );
 }
@@ -115,14 +156,23 @@ async fn chunked_upload_and_streaming_download() {
     let chunk = Bytes::from((0..65536u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
     let n_chunks = 10 * 1024 * 1024 / chunk.len();
     let c = chunk.clone();
-    let frames = futures_util::stream::iter((0..n_chunks).map(move |_| Ok::<_, hyper::Error>(Frame::data(c.clone()))));
+    let frames = futures_util::stream::iter(
+        (0..n_chunks).map(move |_| Ok::<_, hyper::Error>(Frame::data(c.clone()))),
+    );
     let req = Request::post("/echo")
         .header("host", "web.bank")
         .body(BodyExt::boxed(StreamBody::new(frames)))
         .unwrap();
-    let rsp = tokio::time::timeout(TIMEOUT, conn.send_request(req)).await.unwrap().unwrap();
+    let rsp = tokio::time::timeout(TIMEOUT, conn.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(rsp.status(), 200);
-    let body = tokio::time::timeout(TIMEOUT, rsp.into_body().collect()).await.unwrap().unwrap().to_bytes();
+    let body = tokio::time::timeout(TIMEOUT, rsp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
     assert_eq!(body.len(), n_chunks * chunk.len());
     assert!(body.chunks(chunk.len()).all(|c| c == &chunk[..]));
 
@@ -137,16 +187,22 @@ async fn chunked_upload_and_streaming_download() {
 async fn http2_prior_knowledge() {
     let m = mesh().await;
     let tcp = TcpStream::connect(m.client.outbound_addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<Bytes>>(
-        TokioExecutor::new(),
-        TokioIo::new(tcp),
-    )
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Empty<Bytes>,
+    >(TokioExecutor::new(), TokioIo::new(tcp))
     .await
     .unwrap();
     tokio::spawn(conn);
     for _ in 0..3 {
-        let req = Request::get("http://h2.bank/h2").body(http_body_util::Empty::new()).unwrap();
-        let rsp = tokio::time::timeout(TIMEOUT, sender.send_request(req)).await.unwrap().unwrap();
+        let req = Request::get("http://h2.bank/h2")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let rsp = tokio::time::timeout(TIMEOUT, sender.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(rsp.status(), 200);
         let body = rsp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, format!("version=HTTP/2.0 client={PG_ID} path=/h2"));
@@ -158,62 +214,100 @@ async fn grpc_unary_and_server_streaming() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
     let m = mesh().await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", m.client.outbound_addr))
-        .unwrap()
-        .origin("http://grpc.bank:80".parse().unwrap())
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(TIMEOUT)
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", m.client.outbound_addr))
+            .unwrap()
+            .origin("http://grpc.bank:80".parse().unwrap())
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(TIMEOUT)
+            .connect()
+            .await
+            .unwrap();
     let mut client = HealthClient::new(channel);
     let rsp = client
-        .check(HealthCheckRequest { service: "bank".into() })
+        .check(HealthCheckRequest {
+            service: "bank".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(rsp.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        rsp.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     let missing = client
-        .check(HealthCheckRequest { service: "nope".into() })
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
 
     let mut stream = client
-        .watch(HealthCheckRequest { service: "bank".into() })
+        .watch(HealthCheckRequest {
+            service: "bank".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    let first = tokio::time::timeout(TIMEOUT, stream.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!(first.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let first = tokio::time::timeout(TIMEOUT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     let server = metrics(m.server.admin_addr).await;
-    assert!(sum(&server, "request_total", &["direction=\"inbound\"", &format!("client_id=\"{PG_ID}\"")]) >= 3.0);
+    assert!(
+        sum(
+            &server,
+            "request_total",
+            &["direction=\"inbound\"", &format!("client_id=\"{PG_ID}\"")]
+        ) >= 3.0
+    );
 }
 
 #[tokio::test]
 async fn websocket_echo() {
     let m = mesh().await;
     let tcp = TcpStream::connect(m.client.outbound_addr).await.unwrap();
-    let (mut ws, rsp) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async("ws://ws.bank/chat", tcp))
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut ws, rsp) = tokio::time::timeout(
+        TIMEOUT,
+        tokio_tungstenite::client_async("ws://ws.bank/chat", tcp),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(rsp.status(), 101);
     for i in 0..5 {
         let msg = tokio_tungstenite::tungstenite::Message::text(format!("hello {i}"));
         ws.send(msg.clone()).await.unwrap();
-        let back = tokio::time::timeout(TIMEOUT, ws.next()).await.unwrap().unwrap().unwrap();
+        let back = tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(back, msg);
     }
     let big = tokio_tungstenite::tungstenite::Message::binary(vec![7u8; 200_000]);
     ws.send(big.clone()).await.unwrap();
-    let back = tokio::time::timeout(TIMEOUT, ws.next()).await.unwrap().unwrap().unwrap();
+    let back = tokio::time::timeout(TIMEOUT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(back, big);
     ws.close(None).await.unwrap();
     let server = metrics(m.server.admin_addr).await;
     assert_eq!(
-        sum(&server, "request_total", &["direction=\"inbound\"", &format!("client_id=\"{PG_ID}\"")]),
+        sum(
+            &server,
+            "request_total",
+            &["direction=\"inbound\"", &format!("client_id=\"{PG_ID}\"")]
+        ),
         1.0
     );
 }
@@ -224,12 +318,18 @@ async fn opaque_server_speaks_first() {
     let (_, forward) = m.client.tcp_forward_addrs[0].clone();
     let mut tcp = TcpStream::connect(forward).await.unwrap();
     let mut banner = [0u8; 6];
-    tokio::time::timeout(TIMEOUT, tcp.read_exact(&mut banner)).await.unwrap().unwrap();
+    tokio::time::timeout(TIMEOUT, tcp.read_exact(&mut banner))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&banner, b"HELLO\n");
     let payload = vec![42u8; 100_000];
     tcp.write_all(&payload).await.unwrap();
     let mut back = vec![0u8; payload.len()];
-    tokio::time::timeout(TIMEOUT, tcp.read_exact(&mut back)).await.unwrap().unwrap();
+    tokio::time::timeout(TIMEOUT, tcp.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(back, payload);
     drop(tcp);
     // the server side counted the bytes, labelled with the caller's identity
@@ -237,20 +337,42 @@ async fn opaque_server_speaks_first() {
     loop {
         let server = metrics(m.server.admin_addr).await;
         let client_label = format!("client_id=\"{PG_ID}\"");
-        let read = sum(&server, "tcp_read_bytes_total", &["direction=\"inbound\"", &client_label]);
-        let closed = sum(&server, "tcp_close_total", &["direction=\"inbound\"", &client_label]);
+        let read = sum(
+            &server,
+            "tcp_read_bytes_total",
+            &["direction=\"inbound\"", &client_label],
+        );
+        let closed = sum(
+            &server,
+            "tcp_close_total",
+            &["direction=\"inbound\"", &client_label],
+        );
         if closed >= 1.0 {
             assert!(read >= payload.len() as f64, "read {read}");
-            let written = sum(&server, "tcp_write_bytes_total", &["direction=\"inbound\"", &client_label]);
+            let written = sum(
+                &server,
+                "tcp_write_bytes_total",
+                &["direction=\"inbound\"", &client_label],
+            );
             assert!(written >= (payload.len() + 6) as f64, "written {written}");
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "inbound tcp connection never closed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "inbound tcp connection never closed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let client = metrics(m.client.admin_addr).await;
     assert_eq!(
-        sum(&client, "tcp_open_total", &["direction=\"outbound\"", &format!("server_id=\"{BANK_ID}\"")]),
+        sum(
+            &client,
+            "tcp_open_total",
+            &[
+                "direction=\"outbound\"",
+                &format!("server_id=\"{BANK_ID}\"")
+            ]
+        ),
         1.0
     );
 }

@@ -6,6 +6,7 @@ mod support;
 
 use std::net::SocketAddr;
 
+use http_body_util::BodyExt;
 use serde_json::json;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,7 +26,9 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut out)).await.unwrap();
+    let _ = tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut out))
+        .await
+        .unwrap();
     String::from_utf8_lossy(&out).to_string()
 }
 
@@ -73,11 +76,24 @@ async fn upstream_failures_map_to_statuses() {
     assert_eq!(&body[..], b"slept 10");
     let m = metrics(client.admin_addr).await;
     assert_eq!(
-        sum(&m, "tls_handshake_failure_total", &["direction=\"outbound\"", "reason=\"identity_mismatch\""]),
-        1.0
+        sum(
+            &m,
+            "tls_handshake_failure_total",
+            &["direction=\"outbound\"", "reason=\"identity_mismatch\""]
+        ),
+        // the GET was tried, then retried once
+        2.0
     );
     assert_eq!(
-        sum(&m, "response_total", &["route=\"slow\"", "status_code=\"504\"", "classification=\"failure\""]),
+        sum(
+            &m,
+            "response_total",
+            &[
+                "route=\"slow\"",
+                "status_code=\"504\"",
+                "classification=\"failure\""
+            ]
+        ),
         1.0
     );
 }
@@ -105,9 +121,13 @@ async fn bad_request_heads_get_the_proxys_answer() {
 
     // a slow client: the head never completes
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut out)).await.unwrap();
+    let _ = tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut out))
+        .await
+        .unwrap();
     let rsp = String::from_utf8_lossy(&out);
     assert!(rsp.starts_with("HTTP/1.1 408"), "{rsp}");
     assert!(rsp.contains("onemesh-error: header_timeout"), "{rsp}");
@@ -118,7 +138,11 @@ async fn bad_request_heads_get_the_proxys_answer() {
     assert!(rsp.contains("onemesh-error: malformed"), "{rsp}");
 
     for reason in ["header_too_large", "header_timeout"] {
-        assert_eq!(error_count(addr_admin(&client), reason).await, 1.0, "{reason}");
+        assert_eq!(
+            error_count(addr_admin(&client), reason).await,
+            1.0,
+            "{reason}"
+        );
     }
     assert_eq!(error_count(addr_admin(&client), "malformed").await, 2.0);
 }
@@ -139,7 +163,71 @@ async fn egress_passthrough_reaches_names_outside_the_mesh() {
     assert_eq!(&body[..], b"version=HTTP/1.1 client=none path=/outside");
     let m = metrics(client.admin_addr).await;
     assert_eq!(
-        sum(&m, "request_total", &["direction=\"outbound\"", "tls=\"no_identity\""]),
+        sum(
+            &m,
+            "request_total",
+            &["direction=\"outbound\"", "tls=\"no_identity\""]
+        ),
         1.0
+    );
+}
+
+#[tokio::test]
+async fn idempotent_requests_are_retried_within_the_budget() {
+    let pki = Pki::new();
+    let app = http1_app().await;
+    let server = ProxyBuilder::new(&pki, "bank")
+        .static_config(json!({ "inbound": allow(&["pg"]) }))
+        .start()
+        .await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let down = json!({ "addr": closed.to_string(), "target_port": 1,
+        "identity": id("bank").to_string(), "workload": "bank", "namespace": "bank" });
+    let client = ProxyBuilder::new(&pki, "pg")
+        .static_config(json!({ "services": [
+            { "name": "flaky", "namespace": "bank",
+              "endpoints": [ down.clone(), endpoint(&server, app, "bank", "http") ] },
+            { "name": "dead", "namespace": "bank", "endpoints": [ down.clone(), down ] },
+        ] }))
+        .start()
+        .await;
+    let mut conn = http1_client(client.outbound_addr).await;
+    // one endpoint down: a failed first try goes to the other one
+    for i in 0..10 {
+        let (status, _, _) = get(&mut conn, "flaky.bank", &format!("/r/{i}")).await;
+        assert_eq!(status, 200, "request {i}");
+    }
+    let retries = |m: &str, reason: &str| {
+        sum(
+            m,
+            "retry_total",
+            &["direction=\"outbound\"", &format!("reason=\"{reason}\"")],
+        )
+    };
+    let before = retries(&metrics(client.admin_addr).await, "retried");
+
+    // everything down: a GET is retried once (budget: 1 token in reserve + 0.2 per request)
+    let (status, _, _) = get(&mut conn, "dead.bank", "/").await;
+    assert_eq!(status, 502);
+    let m = metrics(client.admin_addr).await;
+    assert_eq!(retries(&m, "retried"), before + 1.0);
+    // a POST is never retried
+    let req = http::Request::post("/")
+        .header("host", "dead.bank")
+        .body(
+            http_body_util::Empty::<bytes::Bytes>::new()
+                .map_err(|n| match n {})
+                .boxed(),
+        )
+        .unwrap();
+    conn.ready().await.unwrap();
+    let rsp = conn.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), 502);
+    assert_eq!(
+        retries(&metrics(client.admin_addr).await, "retried"),
+        before + 1.0
     );
 }

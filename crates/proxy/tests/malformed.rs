@@ -44,7 +44,9 @@ fn input(rng: &mut fastrand::Rng) -> Vec<u8> {
 }
 
 async fn throw(addr: SocketAddr, bytes: Vec<u8>) {
-    let Ok(mut tcp) = TcpStream::connect(addr).await else { return };
+    let Ok(mut tcp) = TcpStream::connect(addr).await else {
+        return;
+    };
     let _ = tcp.write_all(&bytes).await;
     let _ = tcp.shutdown().await;
     let mut sink = Vec::new();

@@ -30,7 +30,12 @@ fn promtool_check(text: &str) {
             "promtool is missing ({e}): install it with `apt-get update && apt-get install -y prometheus`"
         ),
     };
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let report = format!(
         "{}{}",
@@ -46,7 +51,9 @@ fn promtool_check(text: &str) {
         Some(0) => {}
         // 3 = lint problems only: acceptable if the only one is the documented exception.
         Some(3) if problems.is_empty() => {}
-        code => panic!("promtool check metrics failed ({code:?}):\n{report}\n--- metrics ---\n{text}"),
+        code => {
+            panic!("promtool check metrics failed ({code:?}):\n{report}\n--- metrics ---\n{text}")
+        }
     }
 }
 
@@ -78,29 +85,69 @@ async fn counts_match_requests_and_promtool_passes() {
     let n = (ok + failed) as f64;
 
     for (proxy, direction, own, peer) in [
-        (&client, "outbound", ",namespace=\"pg\"", format!("server_id=\"{BANK_ID}\"")),
-        (&server, "inbound", ",namespace=\"bank\"", format!("client_id=\"{PG_ID}\"")),
+        (
+            &client,
+            "outbound",
+            ",namespace=\"pg\"",
+            format!("server_id=\"{BANK_ID}\""),
+        ),
+        (
+            &server,
+            "inbound",
+            ",namespace=\"bank\"",
+            format!("client_id=\"{PG_ID}\""),
+        ),
     ] {
         let text = metrics(proxy.admin_addr).await;
         let d = format!("direction=\"{direction}\"");
-        assert_eq!(sum(&text, "request_total", &[&d, own, "dst_namespace=\"bank\""]), n);
-        assert_eq!(sum(&text, "request_total", &[&d, &peer]), n, "{direction}\n{text}");
         assert_eq!(
-            sum(&text, "response_total", &[&d, &peer, "classification=\"success\""]),
+            sum(&text, "request_total", &[&d, own, "dst_namespace=\"bank\""]),
+            n
+        );
+        assert_eq!(
+            sum(&text, "request_total", &[&d, &peer]),
+            n,
+            "{direction}\n{text}"
+        );
+        assert_eq!(
+            sum(
+                &text,
+                "response_total",
+                &[&d, &peer, "classification=\"success\""]
+            ),
             ok as f64,
             "{direction}"
         );
         assert_eq!(
-            sum(&text, "response_total", &[&d, &peer, "classification=\"failure\"", "status_code=\"500\""]),
+            sum(
+                &text,
+                "response_total",
+                &[
+                    &d,
+                    &peer,
+                    "classification=\"failure\"",
+                    "status_code=\"500\""
+                ]
+            ),
             failed as f64,
             "{direction}"
         );
-        assert_eq!(sum(&text, "response_latency_ms_count", &[&d, &peer]), n, "{direction}");
+        assert_eq!(
+            sum(&text, "response_latency_ms_count", &[&d, &peer]),
+            n,
+            "{direction}"
+        );
         promtool_check(&text);
     }
     // the outbound side labels requests by route
     let text = metrics(client.admin_addr).await;
-    assert_eq!(sum(&text, "request_total", &["route=\"status\""]), failed as f64);
-    assert_eq!(sum(&text, "request_total", &["route=\"default\""]), ok as f64);
+    assert_eq!(
+        sum(&text, "request_total", &["route=\"status\""]),
+        failed as f64
+    );
+    assert_eq!(
+        sum(&text, "request_total", &["route=\"default\""]),
+        ok as f64
+    );
     assert!(sum(&text, "identity_cert_expiration_timestamp_seconds", &[]) > 1.7e9);
 }

@@ -55,19 +55,32 @@ async fn allowed_client_gets_through() {
     // The control case for the refusals below: same raw client, valid certificate.
     let s = server().await;
     let store = s.pki.credentials(&id("pg"));
-    let rsp = raw_mtls_get(store.client_config(&id("bank"), &alpn()), s.proxy.inbound_addr, s.app)
-        .await
-        .unwrap();
+    let rsp = raw_mtls_get(
+        store.client_config(&id("bank"), &alpn()),
+        s.proxy.inbound_addr,
+        s.app,
+    )
+    .await
+    .unwrap();
     assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
-    assert!(rsp.contains("client=spiffe://cluster.local/ns/pg/sa/pg"), "{rsp}");
+    assert!(
+        rsp.contains("client=spiffe://cluster.local/ns/pg/sa/pg"),
+        "{rsp}"
+    );
 }
 
 #[tokio::test]
 async fn client_without_certificate_is_refused() {
     let s = server().await;
     let rsp = raw_mtls_get(no_cert_client_config(), s.proxy.inbound_addr, s.app).await;
-    assert!(!rsp.as_deref().unwrap_or("").contains("HTTP/1.1"), "{rsp:?}");
-    assert_eq!(handshake_failures(s.proxy.admin_addr, "no_client_cert").await, 1.0);
+    assert!(
+        !rsp.as_deref().unwrap_or("").contains("HTTP/1.1"),
+        "{rsp:?}"
+    );
+    assert_eq!(
+        handshake_failures(s.proxy.admin_addr, "no_client_cert").await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -87,8 +100,16 @@ async fn client_with_expired_certificate_is_refused() {
         )
         .unwrap();
     let store = CredentialStore::new(id("pg"), key, issued, s.pki.bundle()).unwrap();
-    let rsp = raw_mtls_get(store.client_config(&id("bank"), &alpn()), s.proxy.inbound_addr, s.app).await;
-    assert!(!rsp.as_deref().unwrap_or("").contains("HTTP/1.1"), "{rsp:?}");
+    let rsp = raw_mtls_get(
+        store.client_config(&id("bank"), &alpn()),
+        s.proxy.inbound_addr,
+        s.app,
+    )
+    .await;
+    assert!(
+        !rsp.as_deref().unwrap_or("").contains("HTTP/1.1"),
+        "{rsp:?}"
+    );
     assert_eq!(handshake_failures(s.proxy.admin_addr, "expired").await, 1.0);
 }
 
@@ -105,9 +126,20 @@ async fn client_from_another_trust_anchor_is_refused() {
     // The client trusts both roots (so it accepts the server); the server trusts only its own.
     let bundle = other.bundle().merge(&s.pki.bundle());
     let store = CredentialStore::new(id("pg"), key, issued, bundle).unwrap();
-    let rsp = raw_mtls_get(store.client_config(&id("bank"), &alpn()), s.proxy.inbound_addr, s.app).await;
-    assert!(!rsp.as_deref().unwrap_or("").contains("HTTP/1.1"), "{rsp:?}");
-    assert_eq!(handshake_failures(s.proxy.admin_addr, "unknown_issuer").await, 1.0);
+    let rsp = raw_mtls_get(
+        store.client_config(&id("bank"), &alpn()),
+        s.proxy.inbound_addr,
+        s.app,
+    )
+    .await;
+    assert!(
+        !rsp.as_deref().unwrap_or("").contains("HTTP/1.1"),
+        "{rsp:?}"
+    );
+    assert_eq!(
+        handshake_failures(s.proxy.admin_addr, "unknown_issuer").await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -123,7 +155,10 @@ async fn identity_not_allowed_by_policy_gets_403_through_its_proxy() {
     assert_eq!(status, 403);
     assert_eq!(headers["onemesh-error"], "forbidden");
     let body = String::from_utf8(body.to_vec()).unwrap();
-    assert!(body.contains("spiffe://cluster.local/ns/order/sa/order"), "{body}");
+    assert!(
+        body.contains("spiffe://cluster.local/ns/order/sa/order"),
+        "{body}"
+    );
     assert!(body.contains("allow-test"), "{body}");
 
     let m = metrics(s.proxy.admin_addr).await;
@@ -140,11 +175,19 @@ async fn identity_not_allowed_by_policy_gets_403_through_its_proxy() {
         1.0
     );
     assert_eq!(
-        sum(&m, "response_total", &["direction=\"inbound\"", "status_code=\"403\""]),
+        sum(
+            &m,
+            "response_total",
+            &["direction=\"inbound\"", "status_code=\"403\""]
+        ),
         1.0
     );
     assert_eq!(
-        sum(&m, "proxy_error_total", &["direction=\"inbound\"", "reason=\"forbidden\""]),
+        sum(
+            &m,
+            "proxy_error_total",
+            &["direction=\"inbound\"", "reason=\"forbidden\""]
+        ),
         1.0
     );
 }
@@ -152,15 +195,25 @@ async fn identity_not_allowed_by_policy_gets_403_through_its_proxy() {
 #[tokio::test]
 async fn plain_connection_without_original_destination_is_closed() {
     let s = server().await;
-    let mut tcp = tokio::net::TcpStream::connect(s.proxy.inbound_addr).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(s.proxy.inbound_addr)
+        .await
+        .unwrap();
     use tokio::io::AsyncWriteExt;
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut out)).await.unwrap();
+    let _ = tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut out))
+        .await
+        .unwrap();
     assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
     let m = metrics(s.proxy.admin_addr).await;
     assert_eq!(
-        sum(&m, "proxy_error_total", &["direction=\"inbound\"", "reason=\"no_original_dst\""]),
+        sum(
+            &m,
+            "proxy_error_total",
+            &["direction=\"inbound\"", "reason=\"no_original_dst\""]
+        ),
         1.0
     );
 }

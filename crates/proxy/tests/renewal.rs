@@ -31,7 +31,14 @@ async fn traffic_flows_across_renewals() {
         }))
         .start()
         .await;
-    let first_serial = client.credentials.borrow().as_ref().unwrap().current().chain[0].clone();
+    let first_serial = client
+        .credentials
+        .borrow()
+        .as_ref()
+        .unwrap()
+        .current()
+        .chain[0]
+        .clone();
     let (_, forward) = client.tcp_forward_addrs[0].clone();
 
     let mut conn = http1_client(client.outbound_addr).await;
@@ -49,7 +56,10 @@ async fn traffic_flows_across_renewals() {
             .unwrap_or_else(|e| panic!("opaque round {rounds} failed: {e}"));
         tcp.write_all(b"ping").await.unwrap();
         let mut back = [0u8; 4];
-        tokio::time::timeout(TIMEOUT, tcp.read_exact(&mut back)).await.unwrap().unwrap();
+        tokio::time::timeout(TIMEOUT, tcp.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(&back, b"ping");
         rounds += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -59,9 +69,19 @@ async fn traffic_flows_across_renewals() {
         let m = metrics(p.admin_addr).await;
         let renewed = sum(&m, "identity_certify_total", &["result=\"ok\""]);
         assert!(renewed >= 3.0, "only {renewed} certificates issued");
-        assert_eq!(sum(&m, "identity_certify_total", &["result=\"error\""]), 0.0);
+        assert_eq!(
+            sum(&m, "identity_certify_total", &["result=\"error\""]),
+            0.0
+        );
         assert_eq!(sum(&m, "tls_handshake_failure_total", &[]), 0.0);
     }
-    let last_serial = client.credentials.borrow().as_ref().unwrap().current().chain[0].clone();
+    let last_serial = client
+        .credentials
+        .borrow()
+        .as_ref()
+        .unwrap()
+        .current()
+        .chain[0]
+        .clone();
     assert_ne!(first_serial, last_serial, "the leaf was never swapped");
 }

@@ -37,7 +37,10 @@ fn values_override_defaults() {
     assert_eq!(c.admin_addr.port(), 0);
     assert_eq!(c.leaf_lifetime, Duration::from_secs(3));
     assert_eq!(c.detect_timeout, Duration::from_millis(250));
-    assert_eq!(c.opaque_ports.iter().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        c.opaque_ports.iter().copied().collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert_eq!(c.workload, "bank-v2");
     assert_eq!(c.log_format, LogFormat::Json);
 }
@@ -63,10 +66,16 @@ fn reports_every_bad_variable_at_once() {
         ENV_LOG_FORMAT,
         ENV_IDENTITY_ISSUER_KEY,
     ] {
-        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
     }
     let text = err.to_string();
-    assert!(text.contains("ONEMESH_PROXY_IDENTITY: is required"), "{text}");
+    assert!(
+        text.contains("ONEMESH_PROXY_IDENTITY: is required"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -52,7 +52,10 @@ fn overlong_line_is_opaque() {
 #[tokio::test]
 async fn detect_replays_what_it_read() {
     let (mut client, mut server) = tokio::io::duplex(64 * 1024);
-    client.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    client
+        .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
     let (found, buf) = detect(&mut server, Duration::from_secs(1)).await;
     assert_eq!(found, Detected::Http1);
     assert!(buf.starts_with(b"GET /x HTTP/1.1\r\n"));
@@ -92,7 +95,8 @@ async fn eof_is_opaque() {
 async fn idle_client_does_not_stall_others() {
     let (_idle, mut idle_server) = tokio::io::duplex(1024);
     let (mut busy, mut busy_server) = tokio::io::duplex(1024);
-    let idle = tokio::spawn(async move { detect(&mut idle_server, Duration::from_secs(1)).await.0 });
+    let idle =
+        tokio::spawn(async move { detect(&mut idle_server, Duration::from_secs(1)).await.0 });
     busy.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
     let (found, _) = detect(&mut busy_server, Duration::from_secs(1)).await;
     assert_eq!(found, Detected::Http1);

@@ -31,14 +31,23 @@ fn oversized_heads() {
 
 #[test]
 fn malformed_heads() {
-    assert_eq!(check(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 8192), Head::Malformed);
+    assert_eq!(
+        check(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 8192),
+        Head::Malformed
+    );
     assert_eq!(check(b"\x00\x01\x02\r\n\r\n", 8192), Head::Malformed);
     assert_eq!(
-        check(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 8192),
+        check(
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            8192
+        ),
         Head::Malformed
     );
     assert_eq!(
-        check(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 8192),
+        check(
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            8192
+        ),
         Head::Malformed
     );
     assert_eq!(

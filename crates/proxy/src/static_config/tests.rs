@@ -46,7 +46,10 @@ fn bad_values_name_the_field() {
     .unwrap()
     .load()
     .unwrap_err();
-    assert!(err.to_string().contains("services[0].routes[0].methods"), "{err}");
+    assert!(
+        err.to_string().contains("services[0].routes[0].methods"),
+        "{err}"
+    );
     let err = StaticConfig::from_json(
         r#"{"services": [{"name": "a", "namespace": "b", "endpoints": [{"addr": "1.2.3.4:1", "target_port": 1,
             "identity": "spiffe://cluster.local/ns/b/sa/a", "workload": "a", "namespace": "b", "weight": 0}]}]}"#,
@@ -54,7 +57,10 @@ fn bad_values_name_the_field() {
     .unwrap()
     .load()
     .unwrap_err();
-    assert!(err.to_string().contains("services[0].endpoints[0]"), "{err}");
+    assert!(
+        err.to_string().contains("services[0].endpoints[0]"),
+        "{err}"
+    );
     let err = StaticConfig::from_json(
         r#"{"services": [{"name": "a", "namespace": "b", "endpoints": [{"addr": "1.2.3.4:1", "target_port": 1,
             "identity": "not-an-id", "workload": "a", "namespace": "b"}]}]}"#,
@@ -67,7 +73,10 @@ fn bad_values_name_the_field() {
 fn service_names_follow_the_mesh_rules() {
     assert_eq!(service_name("bank", "pg"), Some(("bank", "pg")));
     assert_eq!(service_name("bank.bank", "pg"), Some(("bank", "bank")));
-    assert_eq!(service_name("bank.bank.svc.cluster.local", "pg"), Some(("bank", "bank")));
+    assert_eq!(
+        service_name("bank.bank.svc.cluster.local", "pg"),
+        Some(("bank", "bank"))
+    );
     assert_eq!(service_name("example.com.evil", "pg"), None);
     assert_eq!(service_name("a.b.svc", "pg"), None);
 }
@@ -81,13 +90,19 @@ async fn discover_resolves_names_and_passes_others_through() {
             host: host.into(),
             port: 80,
         };
-        assert!(matches!(d.resolve(&t).await.unwrap(), Resolution::Mesh(_)), "{host}");
+        assert!(
+            matches!(d.resolve(&t).await.unwrap(), Resolution::Mesh(_)),
+            "{host}"
+        );
     }
     let other_port = Target::Name {
         host: "bank.bank".into(),
         port: 81,
     };
-    assert!(matches!(d.resolve(&other_port).await.unwrap(), Resolution::External));
+    assert!(matches!(
+        d.resolve(&other_port).await.unwrap(),
+        Resolution::External
+    ));
     let same_ns = StaticDiscover::new(&loaded, "bank");
     let short = Target::Name {
         host: "bank".into(),

@@ -35,13 +35,19 @@ fn empty_authority_round_trips() {
 fn every_strict_prefix_needs_more() {
     let bytes = header(Protocol::H2, 80, "a:80").encode().unwrap();
     for n in 0..bytes.len() {
-        assert!(TransportHeader::decode(&bytes[..n]).unwrap().is_none(), "prefix {n}");
+        assert!(
+            TransportHeader::decode(&bytes[..n]).unwrap().is_none(),
+            "prefix {n}"
+        );
     }
 }
 
 #[test]
 fn refuses_bad_input() {
-    assert!(matches!(TransportHeader::decode(b"GET / HTTP/1.1"), Err(HeaderError::BadMagic)));
+    assert!(matches!(
+        TransportHeader::decode(b"GET / HTTP/1.1"),
+        Err(HeaderError::BadMagic)
+    ));
     assert!(matches!(
         TransportHeader::decode(b"OMSH\x02"),
         Err(HeaderError::UnsupportedVersion(2))
@@ -77,7 +83,9 @@ async fn read_leaves_following_bytes() {
     let mut bytes = h.encode().unwrap();
     bytes.extend_from_slice(b"after");
     a.write_all(&bytes).await.unwrap();
-    let got = TransportHeader::read(&mut b, Duration::from_secs(1)).await.unwrap();
+    let got = TransportHeader::read(&mut b, Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(got, h);
     let mut rest = [0u8; 5];
     b.read_exact(&mut rest).await.unwrap();
@@ -89,6 +97,8 @@ async fn read_times_out_on_a_slow_peer() {
     use tokio::io::AsyncWriteExt;
     let (mut a, mut b) = tokio::io::duplex(4096);
     a.write_all(b"OMSH\x01").await.unwrap();
-    let err = TransportHeader::read(&mut b, Duration::from_secs(1)).await.unwrap_err();
+    let err = TransportHeader::read(&mut b, Duration::from_secs(1))
+        .await
+        .unwrap_err();
     assert!(matches!(err, HeaderError::Timeout(_)));
 }

@@ -20,9 +20,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use onemesh_identity::{
-    CredentialStore, Issuer, SpiffeId, TrustAnchor, TrustBundle, WorkloadKey,
-};
+use onemesh_identity::{CredentialStore, Issuer, SpiffeId, TrustAnchor, TrustBundle, WorkloadKey};
 use onemesh_proxy::config as env;
 use onemesh_proxy::{Config, Proxy, Sources};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -166,7 +164,11 @@ impl<'a> ProxyBuilder<'a> {
         let config = Config::from_source(&vars).unwrap();
         let sources = Sources::from_static_config(&config).unwrap();
         let proxy = onemesh_proxy::build(config, sources).await.unwrap();
-        assert!(proxy.wait_ready(TIMEOUT).await, "proxy {} got no certificate", self.name);
+        assert!(
+            proxy.wait_ready(TIMEOUT).await,
+            "proxy {} got no certificate",
+            self.name
+        );
         proxy
     }
 }
@@ -254,7 +256,9 @@ pub async fn http1_app() -> u16 {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), hyper::service::service_fn(app))
@@ -272,7 +276,9 @@ pub async fn h2_app() -> u16 {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), hyper::service::service_fn(app))
@@ -290,9 +296,13 @@ pub async fn ws_app() -> u16 {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
                 while let Some(Ok(msg)) = ws.next().await {
                     if msg.is_close() {
                         break;
@@ -313,7 +323,9 @@ pub async fn banner_app() -> u16 {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 if tcp.write_all(b"HELLO\n").await.is_err() {
                     return;
@@ -382,7 +394,10 @@ pub async fn get(
         .header("host", host)
         .body(text(""))
         .unwrap();
-    tokio::time::timeout(TIMEOUT, sender.ready()).await.unwrap().unwrap();
+    tokio::time::timeout(TIMEOUT, sender.ready())
+        .await
+        .unwrap()
+        .unwrap();
     let rsp = tokio::time::timeout(TIMEOUT, sender.send_request(req))
         .await
         .unwrap()
@@ -411,9 +426,15 @@ pub async fn wait_ready(admin: SocketAddr) {
             if status == 200 {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "never ready: {body}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never ready: {body}"
+            );
         }
-        assert!(tokio::time::Instant::now() < deadline, "admin server never came up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "admin server never came up"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -532,9 +553,12 @@ pub async fn raw_mtls_get(
     let name = rustls_pki_types::ServerName::try_from("bank.bank.sa.cluster.local")
         .unwrap()
         .to_owned();
-    let mut tls = tokio::time::timeout(TIMEOUT, tokio_rustls::TlsConnector::from(config).connect(name, tcp))
-        .await
-        .map_err(|_| std::io::Error::other("handshake timed out"))??;
+    let mut tls = tokio::time::timeout(
+        TIMEOUT,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("handshake timed out"))??;
     let header = TransportHeader {
         protocol: Protocol::Http1,
         target_port,
