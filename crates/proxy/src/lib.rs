@@ -117,7 +117,7 @@ impl Sources {
             TrustBundle::from_pem(&static_config::read_file("trust anchors", anchors)?).map_err(
                 |source| static_config::StaticError::Identity {
                     what: "the trust anchors",
-                    source,
+                    source: Box::new(source),
                 },
             )?;
         let loaded = match config.static_config.as_deref() {
@@ -141,7 +141,7 @@ impl Sources {
         )
         .map_err(|source| static_config::StaticError::Identity {
             what: "the local issuer",
-            source,
+            source: Box::new(source),
         })?;
         Ok(Sources {
             discover: Arc::new(StaticDiscover::new(&loaded, config.namespace())),

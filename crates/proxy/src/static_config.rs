@@ -210,7 +210,7 @@ pub enum StaticError {
         /// What failed to load.
         what: &'static str,
         /// The identity error.
-        source: onemesh_identity::Error,
+        source: Box<onemesh_identity::Error>,
     },
 }
 
