@@ -22,6 +22,7 @@ use onemesh_api::identity::{CertifyRequest, CertifyResponse};
 use onemesh_identity::{Issuer, SpiffeId, TrustBundle};
 use tonic::{Request, Response, Status};
 
+use crate::pki::{CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT};
 use crate::server::PeerInfo;
 use crate::store::{Store, StoreError};
 
@@ -47,6 +48,10 @@ pub enum CertifyError {
     Csr(#[source] onemesh_identity::Error),
     #[error("cannot read the public key of the csr ({0}): send a DER PKCS#10 request")]
     CsrKey(String),
+    #[error(
+        "{0} is the control plane's own identity and is never issued to a proxy: give the workload another namespace or service account"
+    )]
+    Reserved(SpiffeId),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -56,9 +61,9 @@ impl From<CertifyError> for Status {
         let message = e.to_string();
         match e {
             CertifyError::NoToken | CertifyError::UnknownToken => Status::unauthenticated(message),
-            CertifyError::NotEntitled { .. } | CertifyError::OtherKey => {
-                Status::permission_denied(message)
-            }
+            CertifyError::NotEntitled { .. }
+            | CertifyError::OtherKey
+            | CertifyError::Reserved(_) => Status::permission_denied(message),
             CertifyError::Csr(_) | CertifyError::CsrKey(_) => Status::invalid_argument(message),
             CertifyError::Store(_) => Status::unavailable(message),
         }
@@ -110,6 +115,13 @@ impl IdentityService {
                     .ok_or(CertifyError::UnknownToken)?,
             ),
         };
+        // Proxies trust the control plane by this id: whoever holds a leaf for it could answer
+        // in its place (endpoints, policy), whatever a token or mesh.yaml says.
+        if entitled.namespace() == CONTROL_NAMESPACE
+            && entitled.service_account() == CONTROL_SERVICE_ACCOUNT
+        {
+            return Err(CertifyError::Reserved(entitled));
+        }
         let issued = self
             .issuer
             .sign_csr(csr, self.lifetime, |asked| asked == &entitled)
@@ -175,3 +187,6 @@ impl Identity for IdentityService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
