@@ -184,6 +184,10 @@ pub enum Problem {
     BadProtocol(String),
     #[error("{0:?} is not an address: use ip:port, e.g. 127.0.0.1:8000")]
     BadAddress(String),
+    #[error(
+        "namespace {0:?} is reserved for the control plane (its identity lives there): use another name"
+    )]
+    ReservedNamespace(String),
 }
 
 /// How a workload port speaks: HTTP (detected as HTTP/1 or HTTP/2) or opaque TCP.
@@ -505,6 +509,14 @@ fn namespace(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
     if let Some(spec) = &r.spec {
         // A Namespace has no settings yet; accept an empty `spec: {}` only.
         spec.map(errors, &[]);
+    }
+    if r.meta.name == crate::pki::CONTROL_NAMESPACE {
+        // A workload there could be issued the control plane's own id and answer in its place.
+        errors.push(
+            r.meta.line,
+            "metadata.name",
+            Problem::ReservedNamespace(r.meta.name.clone()),
+        );
     }
     if let Some(first) = mesh.namespaces.get(&r.meta.name) {
         duplicate(errors, "Namespace", &r, &first.meta.clone());

@@ -368,3 +368,15 @@ fn durations() {
         assert_eq!(parse_duration(bad), None, "{bad:?}");
     }
 }
+
+#[test]
+fn the_control_planes_namespace_is_reserved() {
+    let text = format!(
+        "{GOOD}---\napiVersion: onemesh.dev/v1\nkind: Namespace\nmetadata: {{name: onemesh}}\n"
+    );
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "metadata.name");
+    assert!(matches!(&errors[0].problem, Problem::ReservedNamespace(n) if n == "onemesh"));
+    assert_eq!(errors[0].line, text.lines().count() - 2);
+}
