@@ -97,12 +97,25 @@ fn write(path: &Path, text: &str, private: bool) -> Result<(), PkiError> {
         path: path.to_path_buf(),
         source,
     };
-    std::fs::write(path, text).map_err(io)?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // A private key is created with mode 0600 rather than chmod-ed after it is written, so it is
+    // never readable by others, not even for a moment.
+    let mode = if private { 0o600 } else { 0o644 };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
     if private {
+        // `mode` applies only to a file this call creates; tighten one that was already there.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
     }
-    Ok(())
+    file.write_all(text.as_bytes()).map_err(io)
 }
 
 /// Loads the CA from `state_dir`, or makes a new one for `trust_domain` when none is there.
@@ -224,3 +237,6 @@ pub fn spawn_renewal(
 pub fn server_config(credentials: &CredentialStore) -> Arc<ServerConfig> {
     credentials.server_config_optional_client_auth(&[b"h2"])
 }
+
+#[cfg(test)]
+mod tests;
