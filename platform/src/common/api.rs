@@ -176,11 +176,15 @@ impl<S: Send + Sync> FromRequestParts<S> for IdemKey {
             .headers
             .get(IDEMPOTENCY_KEY)
             .ok_or(RequestError::MissingIdempotencyKey)?;
-        let text = String::from_utf8_lossy(value.as_bytes());
-        if text.is_empty() || text.chars().count() > 200 {
+        // Visible ASCII only: a lossy decoding would turn distinct non-UTF-8 keys into one
+        // (every bad byte becomes U+FFFD), so two requests would share a key.
+        let text = value
+            .to_str()
+            .map_err(|_| RequestError::InvalidIdempotencyKey)?;
+        if text.is_empty() || text.len() > 200 {
             return Err(RequestError::InvalidIdempotencyKey);
         }
-        Ok(IdemKey(text.into_owned()))
+        Ok(IdemKey(text.to_string()))
     }
 }
 
@@ -279,3 +283,47 @@ pub fn check_amount(field: &str, value: i64) -> Result<(), RequestError> {
 
 /// The largest single amount any service accepts (one trillion won).
 pub const MAX_AMOUNT: i64 = 1_000_000_000_000;
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderValue, Request};
+
+    use super::*;
+
+    async fn key(value: HeaderValue) -> Result<IdemKey, RequestError> {
+        let (mut parts, ()) = Request::builder()
+            .header(IDEMPOTENCY_KEY, value)
+            .body(())
+            .unwrap()
+            .into_parts();
+        IdemKey::from_request_parts(&mut parts, &()).await
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_are_visible_ascii_of_1_to_200() {
+        let ok = key(HeaderValue::from_static("pay-1:order_7"))
+            .await
+            .unwrap();
+        assert_eq!(ok.0, "pay-1:order_7");
+        assert!(
+            key(HeaderValue::from_str(&"k".repeat(200)).unwrap())
+                .await
+                .is_ok()
+        );
+        for bad in [
+            HeaderValue::from_static(""),
+            HeaderValue::from_str(&"k".repeat(201)).unwrap(),
+            // Two distinct keys that a lossy decoding would make equal.
+            HeaderValue::from_bytes(b"k\xff").unwrap(),
+            HeaderValue::from_bytes(b"k\xfe").unwrap(),
+        ] {
+            assert!(
+                matches!(
+                    key(bad.clone()).await,
+                    Err(RequestError::InvalidIdempotencyKey)
+                ),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+}
