@@ -2,9 +2,10 @@
 //!
 //! Every movement of money is a ledger transaction with two entries that sum to zero (a debit
 //! of one account and a credit of another), so the sum of all balances never changes. Opening
-//! balances come from the `bank-equity` account, the only one allowed below zero. Every posting
-//! runs under an `Idempotency-Key`: the key, the entries and the stored response commit in one
-//! SQLite transaction, so a retried posting is replayed, never booked twice.
+//! balances come from the `bank-equity` account, the only one allowed below zero; no request may
+//! post to or from it, so the customer and settlement accounts together always hold the same sum.
+//! Every posting runs under an `Idempotency-Key`: the key, the entries and the stored response
+//! commit in one SQLite transaction, so a retried posting is replayed, never booked twice.
 //!
 //! Not here: interest, overdrafts, currencies other than KRW (amounts are integer won).
 
@@ -104,6 +105,11 @@ pub enum BankError {
     /// Both sides of a posting are the same account.
     #[error("a posting needs two different accounts, got {0} twice")]
     SameAccount(String),
+    /// A posting names the equity account, which only funded the opening balances.
+    #[error(
+        "account {0} only funded the opening balances and cannot be posted to or from; use a customer or settlement account"
+    )]
+    EquityAccount(String),
     /// An idempotency key was reused for another request.
     #[error(transparent)]
     Conflict(#[from] idem::Conflict),
@@ -123,9 +129,9 @@ impl ApiError for BankError {
         match self {
             BankError::Request(e) => e.status(),
             BankError::NoAccount(_) => StatusCode::NOT_FOUND,
-            BankError::InsufficientFunds { .. } | BankError::SameAccount(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            BankError::InsufficientFunds { .. }
+            | BankError::SameAccount(_)
+            | BankError::EquityAccount(_) => StatusCode::UNPROCESSABLE_ENTITY,
             BankError::Conflict(_) => StatusCode::CONFLICT,
             BankError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -137,6 +143,7 @@ impl ApiError for BankError {
             BankError::NoAccount(_) => "no_account",
             BankError::InsufficientFunds { .. } => "insufficient_funds",
             BankError::SameAccount(_) => "same_account",
+            BankError::EquityAccount(_) => "equity_account",
             BankError::Conflict(_) => "idempotency_conflict",
             BankError::Db(_) => "internal",
         }
@@ -360,7 +367,11 @@ fn post_transfer(
     }
     let source = read_account(conn, from)?;
     let target = read_account(conn, to)?;
-    if source.kind != "equity" && source.balance < amount {
+    // Equity may go below zero: a posting from it would make money out of nothing.
+    if let Some(equity) = [&source, &target].into_iter().find(|a| a.kind == "equity") {
+        return Err(BankError::EquityAccount(equity.id.clone()));
+    }
+    if source.balance < amount {
         return Err(BankError::InsufficientFunds {
             account: source.id,
             balance: source.balance,

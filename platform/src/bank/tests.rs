@@ -181,3 +181,37 @@ async fn bad_input_gets_json_4xx() {
     let spec = call(&app, "GET", "/openapi.json", None, None).await;
     assert!(spec.body["paths"]["/transfers"]["post"].is_object());
 }
+
+#[tokio::test]
+async fn the_equity_account_cannot_be_posted_to_or_from() {
+    let app = bank();
+    let mint = json!({"amount": 1_000_000, "counterparty": "bank-equity", "reference": "mint"});
+    let r = call(
+        &app,
+        "POST",
+        "/accounts/acc-park/credit",
+        Some("m1"),
+        Some(mint.clone()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    assert_eq!(r.body["code"], "equity_account");
+    let r = call(
+        &app,
+        "POST",
+        "/accounts/acc-park/debit",
+        Some("m2"),
+        Some(mint),
+    )
+    .await;
+    assert_eq!(r.body["code"], "equity_account");
+    let from_equity =
+        json!({"from": "bank-equity", "to": "acc-park", "amount": 1_000_000, "reference": "mint"});
+    let r = call(&app, "POST", "/transfers", Some("m3"), Some(from_equity)).await;
+    assert_eq!(r.body["code"], "equity_account");
+
+    assert_eq!(balance(&app, "acc-park").await, 20_000);
+    let s = call(&app, "GET", "/ledger/summary", None, None).await;
+    assert_eq!(s.body["customer_and_settlement_total"], 1_800_020_000_i64);
+    assert_eq!(s.body["transactions"], 1, "only the opening transaction");
+}
