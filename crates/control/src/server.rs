@@ -91,13 +91,18 @@ pub struct Control {
     /// The trust anchors its certificate chains to.
     pub bundle: TrustBundle,
     shutdown: watch::Sender<bool>,
+    /// The servers: they stop on the shutdown signal.
     tasks: Vec<JoinHandle<()>>,
+    /// The renewal of its own certificate: it sleeps until the next renewal and never looks at
+    /// the shutdown signal, so it is aborted rather than waited for.
+    renewal: JoinHandle<()>,
 }
 
 impl Control {
     /// Ends every watch stream, stops accepting, and waits (up to [`SHUTDOWN_GRACE`]) for the
     /// servers to finish.
     pub async fn shutdown(mut self) {
+        self.renewal.abort();
         self.shutdown.send_replace(true);
         for task in std::mem::take(&mut self.tasks) {
             let abort = task.abort_handle();
@@ -110,6 +115,7 @@ impl Control {
 
 impl Drop for Control {
     fn drop(&mut self) {
+        self.renewal.abort();
         for task in &self.tasks {
             task.abort();
         }
@@ -174,8 +180,8 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
     let policy = PolicyServer::new(PolicyService::new(store, shutdown_rx.clone()));
 
     let builder = || tonic::transport::Server::builder();
+    let renewal = pki::spawn_renewal(issuer, credentials, settings.leaf_lifetime);
     let tasks = vec![
-        pki::spawn_renewal(issuer, credentials, settings.leaf_lifetime),
         tokio::spawn(serve(
             "identity",
             identity_listener,
@@ -206,6 +212,7 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
         bundle,
         shutdown,
         tasks,
+        renewal,
     })
 }
 

@@ -589,9 +589,16 @@ async fn shutdown_ends_watch_streams() {
         .unwrap()
         .unwrap();
     let Harness { control, .. } = h;
+    let started = Instant::now();
     tokio::time::timeout(WAIT, control.shutdown())
         .await
         .unwrap();
+    // Nothing should need the grace period: every task stops on the signal or is aborted.
+    assert!(
+        started.elapsed() < onemesh_control::server::SHUTDOWN_GRACE,
+        "shutdown took {:?}",
+        started.elapsed()
+    );
     let end = tokio::time::timeout(WAIT, stream.next()).await.unwrap();
     assert!(
         !matches!(end, Some(Ok(_))),
