@@ -3,6 +3,7 @@
 //! (SIGTERM, then SIGKILL after a grace period) when the mesh goes down. Children get
 //! `PR_SET_PDEATHSIG` so that none outlives a killed `onemesh up`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -169,9 +170,14 @@ fn spawn(spec: &Spec) -> std::io::Result<Child> {
     {
         let label = spec.label.clone();
         tokio::spawn(async move {
-            let mut lines = BufReader::new(out).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                log(&label, &compact(&line));
+            // Bytes, not `lines()`: a line that is not UTF-8 must not stop the reading (the
+            // child would then block on a full pipe).
+            let mut reader = BufReader::new(out);
+            let mut line = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut line).await, Ok(n) if n > 0) {
+                let text = String::from_utf8_lossy(&line);
+                log(&label, &compact(text.trim_end_matches(['\n', '\r'])));
+                line.clear();
             }
         });
     }
@@ -196,7 +202,11 @@ pub fn log(label: &str, text: &str) {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    println!("{h:02}:{m:02}:{s:02} {label:<22} │ {text}");
+    // A closed stdout (`onemesh up | head`) must not bring the mesh down: ignore write errors.
+    let _ = writeln!(
+        std::io::stdout().lock(),
+        "{h:02}:{m:02}:{s:02} {label:<22} │ {text}"
+    );
 }
 
 /// Shortens a JSON log line (tracing's JSON format) to `LEVEL message key=value…`; other lines pass.

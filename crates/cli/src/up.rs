@@ -438,9 +438,18 @@ fn refresh_pids(layout: &mut Layout, watched: &[Watched], control: Option<u32>) 
     }
 }
 
+/// Writes JSON atomically, readable by this user only (tokens.json holds bootstrap secrets).
 fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(v)?)
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&serde_json::to_vec_pretty(v)?))
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }

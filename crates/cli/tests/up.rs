@@ -92,6 +92,17 @@ async fn up_meshes_calls_enforces_policy_and_survives_the_control_plane() {
     let client = up.workload("alpha/client");
     let outbound = client["outbound"].as_str().unwrap().to_string();
     let client_admin = client["admin"].as_str().unwrap().to_string();
+    // The bootstrap tokens are secrets: readable by this user only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(up.dir.join("state/tokens.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "tokens.json is readable by others: {mode:o}"
+    );
 
     // 1. An allowed call crosses the mesh; the app sees the caller's identity.
     let (status, _, body) = request(&outbound, "GET", "open.beta", "/hello", b"").await;
