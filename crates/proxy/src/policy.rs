@@ -30,10 +30,48 @@ pub struct RouteMatch {
 }
 
 impl RouteMatch {
+    /// `path` must already be [`normalize`]d. The prefix matches whole segments: `/v1` matches
+    /// `/v1` and `/v1/pay`, never `/v1admin`.
     fn matches(&self, method: &http::Method, path: &str) -> bool {
-        (self.methods.is_empty() || self.methods.contains(method))
-            && path.starts_with(&self.path_prefix)
+        let prefix = self.path_prefix.as_str();
+        let path_ok = match path.strip_prefix(prefix) {
+            Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?']),
+            None => false,
+        };
+        (self.methods.is_empty() || self.methods.contains(method)) && path_ok
     }
+}
+
+/// The path as an application would resolve it, for matching routes: the query dropped,
+/// percent-encoded dots decoded and dot segments removed (RFC 3986 §5.2.4), so `/v1/../admin`
+/// and `/v1/%2e%2e/admin` are both `/admin` and cannot borrow `/v1`'s authorization.
+pub fn normalize(path: &str) -> std::borrow::Cow<'_, str> {
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let suspicious = path.contains("/.") || path.contains('%');
+    if !suspicious {
+        return path.into();
+    }
+    let decoded = path.replace("%2e", ".").replace("%2E", ".");
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *seg {
+            "." => {
+                if last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/")).into()
 }
 
 /// One authorization.
@@ -102,6 +140,8 @@ pub fn authorize(
     caller: Option<&SpiffeId>,
     request: Option<(&http::Method, &str)>,
 ) -> Decision {
+    let normalized = request.map(|(m, p)| (m, normalize(p)));
+    let request = normalized.as_ref().map(|(m, p)| (*m, p.as_ref()));
     let mut in_force: Option<Arc<str>> = None;
     for auth in auths.list.iter().filter(|a| a.covers(port)) {
         if auth.admits(caller) && auth.allows_request(request) {
@@ -131,6 +171,42 @@ pub fn authorize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_normalized_before_matching() {
+        assert_eq!(normalize("/v1/pay?x=1"), "/v1/pay");
+        assert_eq!(normalize("/v1/../admin"), "/admin");
+        assert_eq!(normalize("/v1/%2e%2e/admin"), "/admin");
+        assert_eq!(normalize("/v1/%2E%2E/%2e/admin/"), "/admin/");
+        assert_eq!(normalize("/../../x"), "/x");
+        assert_eq!(normalize("/v1/."), "/v1/");
+        let get = http::Method::GET;
+        let v1 = RouteMatch {
+            methods: vec![],
+            path_prefix: "/v1".into(),
+        };
+        assert!(v1.matches(&get, "/v1"));
+        assert!(v1.matches(&get, "/v1/pay"));
+        assert!(
+            !v1.matches(&get, "/v1admin"),
+            "a prefix matches whole segments only"
+        );
+        let a = Authorizations {
+            list: vec![Authorization {
+                name: "v1-only".into(),
+                ports: vec![8080],
+                routes: vec![v1],
+                identities: vec![id("card")],
+                namespaces: vec![],
+                unauthenticated: false,
+            }],
+        };
+        for sneaky in ["/v1/../admin", "/v1/%2e%2e/admin", "/v1admin"] {
+            let d = authorize(&a, "bank", 8080, Some(&id("card")), Some((&get, sneaky)));
+            assert!(!d.allowed, "{sneaky} borrowed /v1's authorization");
+        }
+        assert!(authorize(&a, "bank", 8080, Some(&id("card")), Some((&get, "/v1/pay"))).allowed);
+    }
 
     fn id(ns: &str) -> SpiffeId {
         SpiffeId::new("cluster.local", ns, ns).unwrap()
