@@ -1,5 +1,5 @@
 //! [`InboundPolicy`] over `Policy.WatchInbound`: this workload's authorizations on a watch,
-//! starting empty (the same-namespace default) and replaced by each full state the control plane
+//! starting closed ([`awaiting_policy`]: nobody is let in) and replaced by each full state the control plane
 //! sends. The stream is reopened with backoff; until then the last state stays in force. The
 //! first answer marks the initial configuration as loaded for `/ready`.
 
@@ -31,7 +31,7 @@ impl ControlPolicy {
         workload: String,
         plane: ControlPlane,
     ) -> Self {
-        let (authorizations, _) = watch::channel(Arc::new(Authorizations::default()));
+        let (authorizations, _) = watch::channel(Arc::new(awaiting_policy()));
         tokio::spawn(run(
             client,
             namespace,
@@ -42,6 +42,24 @@ impl ControlPolicy {
         ControlPolicy { authorizations }
     }
 }
+
+/// Until the control plane has answered, every caller is denied (fail closed): the default
+/// would let same-namespace callers reach ports that a policy restricts.
+pub fn awaiting_policy() -> Authorizations {
+    Authorizations {
+        list: vec![crate::policy::Authorization {
+            name: AWAITING_POLICY.into(),
+            ports: Vec::new(),
+            routes: Vec::new(),
+            identities: Vec::new(),
+            namespaces: Vec::new(),
+            unauthenticated: false,
+        }],
+    }
+}
+
+/// The policy name a 403 carries before the first answer of the control plane.
+pub const AWAITING_POLICY: &str = "default:awaiting-control-plane";
 
 impl InboundPolicy for ControlPolicy {
     fn authorizations(&self) -> watch::Receiver<Arc<Authorizations>> {

@@ -722,11 +722,14 @@ async fn inbound_policy_changes_reach_the_watch() {
     let sources = sources_for(&plane, &config);
     let control = sources.control.clone().unwrap();
     let mut rx = sources.policy.authorizations();
-    tokio::time::timeout(WAIT, rx.wait_for(|a| a.list.len() == 1))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&*rx.borrow().list[0].name, "first");
+    tokio::time::timeout(
+        WAIT,
+        rx.wait_for(|a| a.list.first().is_some_and(|x| &*x.name == "first")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(rx.borrow().list.len(), 1);
     assert!(*control.config_loaded().borrow());
 
     plane.set_inbound(allow("second"));
@@ -895,4 +898,13 @@ async fn concurrent_resolves_share_one_stream_and_a_removed_service_empties() {
     .unwrap();
     assert_eq!(addrs(&rx.borrow()), ["127.0.0.1:1003"]);
     server.stop();
+}
+
+#[test]
+fn before_the_first_policy_nobody_is_let_in() {
+    let closed = super::inbound::awaiting_policy();
+    let same_ns = onemesh_identity::SpiffeId::new("cluster.local", "bank", "bank").unwrap();
+    let d = crate::policy::authorize(&closed, "bank", 8080, Some(&same_ns), None);
+    assert!(!d.allowed);
+    assert_eq!(&*d.policy, super::inbound::AWAITING_POLICY);
 }
