@@ -26,8 +26,14 @@
 //! [`build`] binds everything and returns the addresses really bound (tests use port 0);
 //! [`Proxy::shutdown`] drains.
 //!
-//! Not done yet (the data model carries them): retries with a budget; `protocol: opaque`
-//! endpoints are honoured only for redirected connections.
+//! Per-route timeouts (504) and retries (bodiless idempotent or `retryable` requests, once, within
+//! a 20 % budget) are applied on the outbound side.
+//!
+//! Deliberate limits: only the first request head of an HTTP/1 connection gets the proxy's own
+//! 400/408/431 answer (later ones on a keep-alive connection get hyper's, and are counted);
+//! `protocol: opaque` endpoints are honoured for redirected connections and tcp forwards (an
+//! HTTP-detected connection to such a service is still proxied as HTTP); gRPC classification
+//! reads `grpc-status` from response headers only, not trailers.
 
 pub mod admin;
 pub mod balance;

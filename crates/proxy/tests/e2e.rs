@@ -376,3 +376,40 @@ async fn opaque_server_speaks_first() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn http1_trailers_cross_both_proxies() {
+    let m = mesh().await;
+    let mut conn = http1_client(m.client.outbound_addr).await;
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc123".parse().unwrap());
+    let frames = vec![
+        Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(b"hello "))),
+        Ok(Frame::data(Bytes::from_static(b"trailers"))),
+        Ok(Frame::trailers(trailers.clone())),
+    ];
+    let req = Request::post("/echo")
+        .header("host", "web.bank")
+        .header("te", "trailers")
+        .header("trailer", "x-checksum")
+        .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+            frames,
+        ))))
+        .unwrap();
+    conn.ready().await.unwrap();
+    let rsp = tokio::time::timeout(TIMEOUT, conn.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    let collected = tokio::time::timeout(TIMEOUT, rsp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap();
+    let got_trailers = collected.trailers().cloned();
+    assert_eq!(&collected.to_bytes()[..], b"hello trailers");
+    assert_eq!(
+        got_trailers.as_ref().and_then(|t| t.get("x-checksum")),
+        trailers.get("x-checksum")
+    );
+}

@@ -203,7 +203,7 @@ fn text(s: impl Into<Bytes>) -> AppBody {
 }
 
 /// The HTTP app's handler:
-/// - `/echo`: streams the request body back (with its trailers);
+/// - `/echo`: streams the request body back (with its trailers, declared as the request's were);
 /// - `/download?n=BYTES`: streams `n` bytes in 64 KiB chunks;
 /// - `/slow/<ms>`: answers after that many milliseconds;
 /// - `/status/<code>`: answers that status;
@@ -211,8 +211,13 @@ fn text(s: impl Into<Bytes>) -> AppBody {
 async fn app(req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
     let path = req.uri().path().to_string();
     if path == "/echo" {
-        let body = req.into_body().boxed();
-        return Ok(Response::new(body));
+        // HTTP/1 sends trailers only when they are declared in a `Trailer` header.
+        let declared = req.headers().get("trailer").cloned();
+        let mut rsp = Response::new(req.into_body().boxed());
+        if let Some(d) = declared {
+            rsp.headers_mut().insert("trailer", d);
+        }
+        return Ok(rsp);
     }
     if path == "/download" {
         let n: usize = req
