@@ -7,6 +7,10 @@
 //! own: `tls_handshake_failure_total`, `authz_deny_total`, `proxy_error_total`, `detect_total`,
 //! `identity_cert_expiration_timestamp_seconds`, `identity_certify_total`.
 //!
+//! TCP metrics cover every inbound connection (after the handshake, labelled with the caller) and
+//! every outbound opaque stream (labelled with the destination); an application's outbound HTTP
+//! connection is not a TCP edge (its destinations vary per request) and shows in the HTTP metrics.
+//!
 //! Every label value comes from a bounded enum, the configuration, or a verified peer identity;
 //! never from request data or error text. Label sets hold `Arc<str>`s, so a connection builds its
 //! [`EdgeLabels`] once and each request only clones pointers.
