@@ -91,6 +91,11 @@ pub const DEFAULT_LOG: &str = "info";
 pub const ENV_LOG_FORMAT: &str = "ONEMESH_PROXY_LOG_FORMAT";
 /// Default log format.
 pub const DEFAULT_LOG_FORMAT: &str = "plain";
+/// Worker threads of the proxy's runtime. A sidecar shares its pod's CPU with the app: one
+/// thread avoids cross-thread wake-ups and uses ~20 % less CPU per request (bench/).
+pub const ENV_CORES: &str = "ONEMESH_PROXY_CORES";
+/// Default worker threads.
+pub const DEFAULT_CORES: &str = "1";
 /// Control-plane mode: `host:port` of the control plane's identity service (`Identity.Certify`).
 /// Setting this and the two below selects control-plane mode instead of the static file.
 pub const ENV_CONTROL_IDENTITY_ADDR: &str = "ONEMESH_PROXY_CONTROL_IDENTITY_ADDR";
@@ -222,6 +227,8 @@ pub struct Config {
     pub log: String,
     /// See [`ENV_LOG_FORMAT`].
     pub log_format: LogFormat,
+    /// See [`ENV_CORES`].
+    pub cores: usize,
     /// Control-plane mode when set (see [`ENV_CONTROL_IDENTITY_ADDR`]); static mode otherwise.
     pub control: Option<ControlPlaneConfig>,
 }
@@ -518,6 +525,12 @@ impl Config {
         let opaque_ports = p.parse(ENV_OPAQUE_PORTS, DEFAULT_OPAQUE_PORTS, ports);
         let control = control_plane(&mut p, identity.as_ref());
         let log = p.raw(ENV_LOG).unwrap_or_else(|| DEFAULT_LOG.to_string());
+        let cores = p.parse(ENV_CORES, DEFAULT_CORES, |s| {
+            s.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| "must be a whole number of threads from 1 to 64".to_string())
+        });
         let log_format = p.parse(ENV_LOG_FORMAT, DEFAULT_LOG_FORMAT, |s| match s {
             "plain" => Ok(LogFormat::Plain),
             "json" => Ok(LogFormat::Json),
@@ -538,6 +551,7 @@ impl Config {
             shutdown_grace,
             opaque_ports,
             log_format,
+            cores,
         ) {
             (
                 Some(outbound_addr),
@@ -553,6 +567,7 @@ impl Config {
                 Some(shutdown_grace),
                 Some(opaque_ports),
                 Some(log_format),
+                Some(cores),
             ) if p.bad.is_empty() => Ok(Config {
                 outbound_addr,
                 inbound_addr,
@@ -573,6 +588,7 @@ impl Config {
                 opaque_ports,
                 log,
                 log_format,
+                cores,
                 control,
             }),
             _ => Err(ConfigError::Invalid(p.bad)),

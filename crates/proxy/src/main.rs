@@ -1,5 +1,6 @@
-//! `onemesh-proxy`: logging → configuration → [`onemesh_proxy::build`] → wait for SIGTERM or
-//! SIGINT → drain for up to `ONEMESH_PROXY_SHUTDOWN_GRACE` → exit 0.
+//! `onemesh-proxy`: configuration → logging → a runtime of `ONEMESH_PROXY_CORES` threads →
+//! [`onemesh_proxy::build`] → wait for SIGTERM or SIGINT → drain for up to
+//! `ONEMESH_PROXY_SHUTDOWN_GRACE` → exit 0.
 
 use anyhow::Context;
 use onemesh_proxy::config::LogFormat;
@@ -19,10 +20,18 @@ fn init_logging(config: &Config) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = Config::from_source(&Env).context("reading ONEMESH_PROXY_* variables")?;
     init_logging(&config);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.cores)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
     let grace = config.shutdown_grace;
     let sources = if config.control.is_some() {
         onemesh_proxy::control::sources(&config).context("starting the control-plane client")?

@@ -20,6 +20,7 @@ fn defaults_apply() {
     assert_eq!(c.namespace(), "bank");
     assert!(c.opaque_ports.contains(&5432));
     assert_eq!(c.log_format, LogFormat::Plain);
+    assert_eq!(c.cores, 1);
 }
 
 #[test]
@@ -32,8 +33,10 @@ fn values_override_defaults() {
         (ENV_OPAQUE_PORTS, "1, 2,3"),
         (ENV_WORKLOAD, "bank-v2"),
         (ENV_LOG_FORMAT, "json"),
+        (ENV_CORES, "2"),
     ]);
     let c = Config::from_source(&env).unwrap();
+    assert_eq!(c.cores, 2);
     assert_eq!(c.admin_addr.port(), 0);
     assert_eq!(c.leaf_lifetime, Duration::from_secs(3));
     assert_eq!(c.detect_timeout, Duration::from_millis(250));
@@ -53,6 +56,7 @@ fn reports_every_bad_variable_at_once() {
         (ENV_OPAQUE_PORTS, "80,99999"),
         (ENV_MAX_HEADER_BYTES, "12"),
         (ENV_LOG_FORMAT, "xml"),
+        (ENV_CORES, "0"),
         (ENV_IDENTITY_ISSUER_CERT, "/x"),
     ]);
     let err = Config::from_source(&env).unwrap_err();
@@ -64,6 +68,7 @@ fn reports_every_bad_variable_at_once() {
         ENV_OPAQUE_PORTS,
         ENV_MAX_HEADER_BYTES,
         ENV_LOG_FORMAT,
+        ENV_CORES,
         ENV_IDENTITY_ISSUER_KEY,
     ] {
         assert!(
