@@ -61,6 +61,13 @@ impl Platform {
         )
     }
 
+    /// GETs `path` from a workload's app directly (a check behind the mesh's back).
+    async fn get(&self, workload: &str, path: &str) -> Value {
+        let (status, v) = self.call(&self.app(workload), "GET", path, None, "").await;
+        assert_eq!(status, 200, "GET {path} at {workload}: {v}");
+        v
+    }
+
     async fn balance(&self, account: &str) -> i64 {
         let (status, v) = self
             .call(
@@ -172,36 +179,19 @@ async fn a_customer_pays_and_cancels_through_the_mesh_and_policy_holds() {
     assert_eq!((status, &again["status"]), (200, &json!("PAID")));
 
     let payment = paid["payment_id"].as_str().unwrap().to_string();
-    let (_, pg) = p
-        .call(
-            &p.app("pg/pg"),
-            "GET",
-            &format!("/payments/{payment}"),
-            None,
-            "",
-        )
-        .await;
+    let pg = p.get("pg/pg", &format!("/payments/{payment}")).await;
     assert_eq!(pg["status"], "APPROVED", "{pg}");
-    let (_, auths) = p
-        .call(
-            &p.app("card/card"),
-            "GET",
+    let auths = p
+        .get(
+            "card/card",
             &format!("/authorizations?payment_ref={payment}"),
-            None,
-            "",
         )
         .await;
     let auths = auths.as_array().unwrap();
     assert_eq!(auths.len(), 1, "{auths:?}");
     assert_eq!(auths[0]["status"], "APPROVED");
-    let (_, txns) = p
-        .call(
-            &p.app("bank/bank"),
-            "GET",
-            &format!("/transactions?reference={payment}"),
-            None,
-            "",
-        )
+    let txns = p
+        .get("bank/bank", &format!("/transactions?reference={payment}"))
         .await;
     let debits: Vec<&Value> = txns
         .as_array()
@@ -228,23 +218,12 @@ async fn a_customer_pays_and_cancels_through_the_mesh_and_policy_holds() {
         .await;
     assert_eq!(status, 200, "{cancelled}");
     assert_eq!(cancelled["status"], "CANCELLED");
-    let (_, pg) = p
-        .call(
-            &p.app("pg/pg"),
-            "GET",
-            &format!("/payments/{payment}"),
-            None,
-            "",
-        )
-        .await;
+    let pg = p.get("pg/pg", &format!("/payments/{payment}")).await;
     assert_eq!(pg["status"], "CANCELLED", "{pg}");
-    let (_, auths) = p
-        .call(
-            &p.app("card/card"),
-            "GET",
+    let auths = p
+        .get(
+            "card/card",
             &format!("/authorizations?payment_ref={payment}"),
-            None,
-            "",
         )
         .await;
     assert_ne!(auths[0]["status"], "APPROVED", "{auths}");
