@@ -19,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use onemesh_identity::{CredentialStore, HandshakeFailure, SpiffeId};
 use tokio::io::AsyncWriteExt;
+use tokio::io::BufWriter;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
@@ -98,7 +99,7 @@ impl MeshClient {
         ep: &Endpoint,
         protocol: Protocol,
         authority: &str,
-    ) -> Result<TlsStream<TcpStream>, ProxyError> {
+    ) -> Result<TlsStream<BufWriter<TcpStream>>, ProxyError> {
         let config = self.config(&ep.identity)?;
         let timeout = self.inner.connect_timeout;
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(ep.addr))
@@ -109,6 +110,9 @@ impl MeshClient {
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
+        // TLS records are buffered under TLS and written at each flush: one syscall per h2 flush
+        // instead of one per frame (the profile in bench/results showed 9-19 % in those writes).
+        let tcp = BufWriter::with_capacity(crate::io::TLS_WRITE_BUFFER, tcp);
         let handshake = TlsConnector::from(config).connect(ep.identity.tls_server_name(), tcp);
         let mut tls = match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(tls)) => tls,

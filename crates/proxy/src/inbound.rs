@@ -171,6 +171,7 @@ impl Inbound {
             self.error("not_ready");
             return;
         };
+        let tcp = tokio::io::BufWriter::with_capacity(crate::io::TLS_WRITE_BUFFER, tcp);
         let accept = TlsAcceptor::from(config).accept(tcp);
         let mut tls = match tokio::time::timeout(self.inner.settings.connect_timeout, accept).await
         {

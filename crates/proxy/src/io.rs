@@ -13,6 +13,10 @@ use pin_project_lite::pin_project;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Bytes of TLS records gathered under each mTLS connection before they are written: the
+/// records of one flush go out in one syscall. A record is at most ~16 KiB, so one fits.
+pub const TLS_WRITE_BUFFER: usize = 17 * 1024;
+
 pin_project! {
     /// An I/O stream that first yields `prefix` (bytes already read from `inner`), then reads from
     /// `inner`. Writes go straight to `inner`.
