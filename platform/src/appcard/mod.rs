@@ -19,6 +19,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
+use crate::common::api::value;
 use crate::common::api::{
     ApiError, ApiJson, ApiPath, ErrorBody, IdemHeader, IdemKey, Reply, RequestError, check_amount,
     check_text, error_response,
@@ -326,10 +327,6 @@ fn check_pin_format(pin: &str) -> Result<(), RequestError> {
         ));
     }
     Ok(())
-}
-
-fn value<T: Serialize>(v: &T) -> serde_json::Value {
-    serde_json::to_value(v).unwrap_or_default()
 }
 
 fn read_user(c: &Connection, id: &str) -> Result<(User, String), AppcardError> {

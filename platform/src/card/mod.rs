@@ -18,6 +18,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+use crate::common::api::value;
 use crate::common::api::{
     ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, IdemHeader, IdemKey, Reply, RequestError,
     check_amount, check_text, error_response,
@@ -466,10 +467,6 @@ fn validate_number(number: &str) -> Result<(), RequestError> {
         ));
     }
     Ok(())
-}
-
-fn value<T: Serialize>(v: &T) -> serde_json::Value {
-    serde_json::to_value(v).unwrap_or_default()
 }
 
 /// Records an approved authorization (and, for credit, holds limit).

@@ -233,6 +233,11 @@ impl IntoResponse for Reply {
     }
 }
 
+/// A response body as JSON, for storing with an idempotency record (our own types always serialize).
+pub fn value<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
 /// Checks a text field: 1..=`max` characters (as the OpenAPI schema says; any characters).
 pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), RequestError> {
     let len = value.chars().count();

@@ -16,6 +16,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+use crate::common::api::value;
 use crate::common::api::{
     ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, IdemHeader, IdemKey, Reply, RequestError,
     error_response,
@@ -398,10 +399,6 @@ pub fn app(state: OrderState) -> Router {
     ))
 )]
 pub struct ApiDoc;
-
-fn value<T: Serialize>(v: &T) -> serde_json::Value {
-    serde_json::to_value(v).unwrap_or_default()
-}
 
 fn menu_item(c: &Connection, id: &str) -> Result<MenuItem, OrderError> {
     c.query_row(

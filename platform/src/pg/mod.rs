@@ -18,6 +18,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+use crate::common::api::value;
 use crate::common::api::{
     ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, IdemHeader, IdemKey, Reply, RequestError,
     check_amount, check_text, error_response,
@@ -347,10 +348,6 @@ fn read_payment(c: &Connection, merchant: &str, id: &str) -> Result<Payment, PgE
     )
     .optional()?
     .ok_or_else(|| PgError::NoPayment(id.to_string()))
-}
-
-fn value<T: Serialize>(v: &T) -> serde_json::Value {
-    serde_json::to_value(v).unwrap_or_default()
 }
 
 /// Resolves the merchant from the `X-Merchant-Key` header.
