@@ -1,16 +1,14 @@
 //! HTTP helpers shared by both directions: hop-by-hop header handling, upgrade detection, the
-//! original-protocol header, response classification and the per-request metrics recorder.
-
-use std::time::Instant;
+//! original-protocol header and response classification.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use crate::io::ByteCounters;
-use crate::metrics::{Classification, Metrics, ResponseLabels, RouteLabels};
+use crate::metrics::Classification;
 
 /// Request header carrying the application's original HTTP version across the h2 hop between
 /// proxies (`HTTP/1.1` or `HTTP/1.0`); absent means the application spoke HTTP/2.
@@ -83,28 +81,6 @@ pub fn classify<B>(rsp: &Response<B>) -> Classification {
         Some(v) if v.as_bytes() != b"0" => Classification::Failure,
         _ => Classification::Success,
     }
-}
-
-/// Records one request's outcome.
-pub fn record(
-    metrics: &Metrics,
-    labels: &RouteLabels,
-    start: Instant,
-    status: StatusCode,
-    class: Classification,
-) {
-    metrics
-        .response_latency_ms
-        .get_or_create(labels)
-        .observe(start.elapsed().as_secs_f64() * 1e3);
-    metrics
-        .response_total
-        .get_or_create(&ResponseLabels {
-            route: labels.clone(),
-            classification: class,
-            status_code: status.as_u16(),
-        })
-        .inc();
 }
 
 /// After a `101 Switching Protocols`, joins the two upgraded streams and copies bytes both ways.

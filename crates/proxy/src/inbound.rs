@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Uri};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use onemesh_identity::{CredentialStore, HandshakeFailure, SpiffeId, peer_id};
@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::app_pool::AppPool;
 use crate::body::{self, Body};
 use crate::client::{ALPN, PlainClients, plain_error};
 use crate::detect::{self, Detected};
@@ -39,7 +40,8 @@ use crate::error::ProxyError;
 use crate::http_util::{self, CLIENT_ID, ORIG_PROTO};
 use crate::io::{CountingIo, PrefixedIo};
 use crate::metrics::{
-    Classification, DenyLabels, Direction, EdgeLabels, Metrics, ReasonLabels, RouteLabels, Tls,
+    Classification, DenyLabels, Direction, EdgeLabels, Metrics, ReasonLabels, RouteLabels,
+    RouteMetrics, Tls,
 };
 use crate::orig_dst::original_dst;
 use crate::policy::{Authorizations, authorize};
@@ -82,6 +84,16 @@ struct Conn {
     mode: Mode,
 }
 
+/// What every request of one HTTP connection shares, built once when it is served.
+#[derive(Debug)]
+struct HttpConn {
+    conn: Conn,
+    /// The application's `host:port` for this connection's target port.
+    app: Authority,
+    /// Inbound requests have one route, `default`.
+    route: RouteMetrics,
+}
+
 /// The inbound proxy.
 #[derive(Clone)]
 pub struct Inbound {
@@ -93,6 +105,9 @@ struct Inner {
     credentials: watch::Receiver<Option<CredentialStore>>,
     server_config: Mutex<Option<Arc<rustls::ServerConfig>>>,
     policy: watch::Receiver<Arc<Authorizations>>,
+    /// HTTP/1.1 to the application.
+    app: AppPool,
+    /// HTTP/2 to an h2/gRPC application.
     plain: PlainClients,
     metrics: Arc<Metrics>,
 }
@@ -106,12 +121,14 @@ impl Inbound {
         plain: PlainClients,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let connect_timeout = settings.connect_timeout;
         Self {
             inner: Arc::new(Inner {
                 settings,
                 credentials,
                 server_config: Mutex::new(None),
                 policy,
+                app: AppPool::new(connect_timeout),
                 plain,
                 metrics,
             }),
@@ -335,7 +352,17 @@ impl Inbound {
 
     fn service(&self, conn: Conn) -> HttpService {
         let this = self.clone();
-        let conn = Arc::new(conn);
+        let app = SocketAddr::new(self.inner.settings.app_host, conn.target_port);
+        let conn = Arc::new(HttpConn {
+            // An IP address and a port always make an authority.
+            app: Authority::try_from(app.to_string())
+                .unwrap_or_else(|_| Authority::from_static("127.0.0.1")),
+            route: self.inner.metrics.route(RouteLabels {
+                edge: conn.edge.clone(),
+                route: "default".into(),
+            }),
+            conn,
+        });
         HttpService::new(move |req: Request<Incoming>| {
             let this = this.clone();
             let conn = conn.clone();
@@ -343,15 +370,12 @@ impl Inbound {
         })
     }
 
-    async fn proxy(&self, conn: &Conn, mut req: Request<Body>) -> Response<Body> {
+    async fn proxy(&self, http: &HttpConn, mut req: Request<Body>) -> Response<Body> {
+        let conn = &http.conn;
         req.headers_mut().remove(CLIENT_ID);
         let orig_proto = req.headers_mut().remove(ORIG_PROTO);
-        let labels = RouteLabels {
-            edge: conn.edge.clone(),
-            route: "default".into(),
-        };
         let metrics = &self.inner.metrics;
-        metrics.request_total.get_or_create(&labels).inc();
+        http.route.request();
         let start = Instant::now();
         // policy
         let decision = authorize(
@@ -366,7 +390,7 @@ impl Inbound {
                 req.headers_mut().insert(CLIENT_ID, v.clone());
             }
             let http1 = orig_proto.is_some() || conn.mode == Mode::Http1;
-            self.forward(conn, req, http1).await
+            self.forward(http, req, http1).await
         } else {
             metrics
                 .authz_deny_total
@@ -387,13 +411,8 @@ impl Inbound {
         };
         match result {
             Ok(rsp) => {
-                http_util::record(
-                    metrics,
-                    &labels,
-                    start,
-                    rsp.status(),
-                    http_util::classify(&rsp),
-                );
+                let class = http_util::classify(&rsp);
+                http.route.record(metrics, start, rsp.status(), class);
                 rsp
             }
             Err(err) => {
@@ -403,7 +422,7 @@ impl Inbound {
                 } else {
                     Classification::Success
                 };
-                http_util::record(metrics, &labels, start, outcome.status, class);
+                http.route.record(metrics, start, outcome.status, class);
                 self.error(outcome.reason);
                 err.to_response()
             }
@@ -412,11 +431,10 @@ impl Inbound {
 
     async fn forward(
         &self,
-        conn: &Conn,
+        http: &HttpConn,
         mut req: Request<Body>,
         http1: bool,
     ) -> Result<Response<Body>, ProxyError> {
-        let app = SocketAddr::new(self.inner.settings.app_host, conn.target_port).to_string();
         let upgrade = http1 && http_util::is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let authority = req
@@ -438,13 +456,7 @@ impl Inbound {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(app.as_str())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| ProxyError::Malformed("the request uri is invalid"))?;
-        let client = if http1 {
+        let mut rsp = if http1 {
             if !parts.headers.contains_key(header::HOST)
                 && let Some(a) = authority
                     .as_deref()
@@ -453,27 +465,40 @@ impl Inbound {
                 parts.headers.insert(header::HOST, a);
             }
             parts.version = Version::HTTP_11;
-            &self.inner.plain.http1
+            parts.uri = Uri::from(pq);
+            let app = SocketAddr::new(self.inner.settings.app_host, http.conn.target_port);
+            self.inner
+                .app
+                .send(app, Request::from_parts(parts, body))
+                .await?
+                .map(body::boxed)
         } else {
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(http.app.clone());
+            uri.path_and_query = Some(pq);
+            parts.uri = Uri::from_parts(uri)
+                .map_err(|_| ProxyError::Malformed("the request uri is invalid"))?;
             parts.headers.remove(header::HOST);
             parts.version = Version::HTTP_2;
-            &self.inner.plain.h2
+            self.inner
+                .plain
+                .h2
+                .request(Request::from_parts(parts, body))
+                .await
+                .map_err(|e| plain_error(http.app.as_str(), e))?
+                .map(body::boxed)
         };
-        let mut rsp = client
-            .request(Request::from_parts(parts, body))
-            .await
-            .map_err(|e| plain_error(&app, e))?;
         if let Some(client_upgrade) = client_upgrade
             && rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS
         {
             let upstream = hyper::upgrade::on(&mut rsp);
             http_util::splice_upgrades(client_upgrade, upstream);
-            return Ok(rsp.map(body::boxed));
+            return Ok(rsp);
         }
-        let (mut parts, body) = rsp.into_parts();
-        if conn.mode == Mode::H2 {
-            http_util::strip_hop_by_hop(&mut parts.headers);
+        if http.conn.mode == Mode::H2 {
+            http_util::strip_hop_by_hop(rsp.headers_mut());
         }
-        Ok(Response::from_parts(parts, body::boxed(body)))
+        Ok(rsp)
     }
 }

@@ -36,6 +36,7 @@
 //! reads `grpc-status` from response headers only, not trailers.
 
 pub mod admin;
+pub mod app_pool;
 pub mod balance;
 pub mod body;
 pub mod client;
@@ -50,6 +51,7 @@ pub mod head;
 pub mod http_util;
 pub mod inbound;
 pub mod io;
+pub mod memory;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
@@ -310,6 +312,7 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
             },
         ));
     }
+    tokio::spawn(memory::trim_when_idle(drain.handle()));
     let m = metrics.clone();
     let draining = drain.signal();
     tokio::spawn(server::accept_loop(

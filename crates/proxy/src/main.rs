@@ -1,4 +1,5 @@
-//! `onemesh-proxy`: configuration → logging → a runtime of `ONEMESH_PROXY_CORES` threads →
+//! `onemesh-proxy`: configuration → logging → a runtime of `ONEMESH_PROXY_CORES` threads (one:
+//! current-thread) →
 //! [`onemesh_proxy::build`] → wait for SIGTERM or SIGINT → drain for up to
 //! `ONEMESH_PROXY_SHUTDOWN_GRACE` → exit 0.
 
@@ -23,12 +24,22 @@ fn init_logging(config: &Config) {
 fn main() -> anyhow::Result<()> {
     let config = Config::from_source(&Env).context("reading ONEMESH_PROXY_* variables")?;
     init_logging(&config);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.cores)
-        .enable_all()
-        .build()
+    runtime(config.cores)
         .context("starting the async runtime")?
         .block_on(run(config))
+}
+
+/// One core: a current-thread runtime, so every task runs on the main thread and no wake-up
+/// crosses threads. More: a work-stealing runtime with that many workers.
+fn runtime(cores: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if cores <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cores);
+        b
+    };
+    builder.enable_all().build()
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

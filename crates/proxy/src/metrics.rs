@@ -122,6 +122,42 @@ impl EncodeLabelSet for RouteLabels {
     }
 }
 
+/// A route's request counter and latency histogram, looked up once (per connection inbound, per
+/// endpoint and route outbound) so that a request hashes one label set instead of three.
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    /// The labels.
+    pub labels: RouteLabels,
+    requests: Counter,
+    latency: Histogram,
+}
+
+impl RouteMetrics {
+    /// Counts a request.
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    /// Records a request's outcome: its latency since `start` and its response.
+    pub fn record(
+        &self,
+        metrics: &Metrics,
+        start: std::time::Instant,
+        status: http::StatusCode,
+        classification: Classification,
+    ) {
+        self.latency.observe(start.elapsed().as_secs_f64() * 1e3);
+        metrics
+            .response_total
+            .get_or_create(&ResponseLabels {
+                route: self.labels.clone(),
+                classification,
+                status_code: status.as_u16(),
+            })
+            .inc();
+    }
+}
+
 /// Whether a response counts as a success.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Classification {
@@ -365,6 +401,15 @@ impl Metrics {
             return "# metrics encoding failed\n".to_string();
         }
         to_prometheus_text(&open_metrics)
+    }
+
+    /// The request counter and latency histogram of `labels`.
+    pub fn route(&self, labels: RouteLabels) -> RouteMetrics {
+        RouteMetrics {
+            requests: self.request_total.get_or_create_owned(&labels),
+            latency: self.response_latency_ms.get_or_create_owned(&labels),
+            labels,
+        }
     }
 
     /// Counts an opened connection and returns a guard that counts its close and bytes.

@@ -41,7 +41,9 @@ use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::http_util::{self, ORIG_PROTO};
 use crate::io::PrefixedIo;
-use crate::metrics::{Direction, EdgeLabels, Metrics, ReasonLabels, RouteLabels, Tls};
+use crate::metrics::{
+    Classification, Direction, EdgeLabels, Metrics, ReasonLabels, RouteLabels, RouteMetrics, Tls,
+};
 use crate::orig_dst::original_dst;
 use crate::server::{self, HttpLimits, HttpService};
 use crate::transport_header::Protocol;
@@ -124,12 +126,20 @@ fn clone_head(req: &Request<Body>) -> Request<()> {
     head
 }
 
-/// A resolved target, cached: its discovery watch, its balancer and its retry budget.
+/// A resolved target, cached: its discovery watch, its balancer, its retry budget and the metric
+/// handles of each endpoint and route it has sent to.
 struct Resolved {
     budget: RetryBudget,
     resolution: Resolution,
     balancer: Mutex<Option<(Arc<Service>, Arc<Balancer>)>>,
+    routes: Mutex<HashMap<RouteKey, RouteMetrics>>,
 }
+
+/// An endpoint (address, target port) and a route name (`None`: `default`).
+type RouteKey = (SocketAddr, u16, Option<Arc<str>>);
+
+/// The most endpoint × route handles kept per target (discovery churn must not grow memory).
+const MAX_ROUTE_METRICS: usize = 1024;
 
 impl Resolved {
     /// The current service and balancer (rebuilt when discovery changed the service).
@@ -298,6 +308,7 @@ impl Outbound {
             budget: RetryBudget::default(),
             resolution,
             balancer: Mutex::new(None),
+            routes: Mutex::new(HashMap::new()),
         });
         let mut cache = self
             .inner
@@ -377,24 +388,9 @@ impl Outbound {
         let load = balancer
             .pick()
             .ok_or_else(|| ProxyError::NoEndpoints(service.name.to_string()))?;
-        let labels = RouteLabels {
-            edge: self.edge(
-                load.endpoint.namespace.clone(),
-                load.endpoint.workload.clone(),
-                Some(load.server_id.clone()),
-                Tls::True,
-            ),
-            route: route
-                .as_ref()
-                .map(|r| r.name.clone())
-                .unwrap_or_else(|| "default".into()),
-        };
+        let metrics = self.route_metrics(&resolved, &load, route.as_ref().map(|r| &r.name));
         let authority = target.authority();
-        self.inner
-            .metrics
-            .request_total
-            .get_or_create(&labels)
-            .inc();
+        metrics.request();
         let start = Instant::now();
         // retries: only bodiless requests (replayable), idempotent or on a retryable route,
         // within the service's budget; the route timeout covers every attempt
@@ -425,28 +421,46 @@ impl Outbound {
                 .unwrap_or(Err(ProxyError::Timeout(t))),
             None => forward.await,
         };
-        match result {
-            Ok(rsp) => {
-                http_util::record(
-                    &self.inner.metrics,
-                    &labels,
-                    start,
-                    rsp.status(),
-                    http_util::classify(&rsp),
-                );
-                Ok(rsp)
-            }
-            Err(err) => {
-                http_util::record(
-                    &self.inner.metrics,
-                    &labels,
-                    start,
-                    err.outcome().status,
-                    crate::metrics::Classification::Failure,
-                );
-                Err(err)
-            }
+        let (status, class) = match &result {
+            Ok(rsp) => (rsp.status(), http_util::classify(rsp)),
+            Err(err) => (err.outcome().status, Classification::Failure),
+        };
+        metrics.record(&self.inner.metrics, start, status, class);
+        result
+    }
+
+    /// The metric handles of `route` on the endpoint `load` (looked up once, then cached).
+    fn route_metrics(
+        &self,
+        resolved: &Resolved,
+        load: &EndpointLoad,
+        route: Option<&Arc<str>>,
+    ) -> RouteMetrics {
+        let ep = &load.endpoint;
+        let key = (ep.addr, ep.target_port, route.cloned());
+        let mut routes = resolved
+            .routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = routes.get(&key) {
+            return m.clone();
         }
+        if routes.len() >= MAX_ROUTE_METRICS {
+            routes.clear();
+        }
+        let labels = RouteLabels {
+            edge: self.edge(
+                ep.namespace.clone(),
+                ep.workload.clone(),
+                Some(load.server_id.clone()),
+                Tls::True,
+            ),
+            route: route.cloned().unwrap_or_else(|| "default".into()),
+        };
+        routes
+            .entry(key)
+            .or_insert_with(|| self.inner.metrics.route(labels))
+            .clone()
     }
 
     async fn forward_mesh(
@@ -498,20 +512,16 @@ impl Outbound {
         target: &Target,
         orig_dst: Option<SocketAddr>,
     ) -> Result<Response<Body>, ProxyError> {
-        let labels = RouteLabels {
+        let metrics = self.inner.metrics.route(RouteLabels {
             edge: self.edge("".into(), "".into(), None, Tls::NoIdentity),
             route: "default".into(),
-        };
+        });
         // Connect to the original destination when we have one, else the name as given.
         let connect_to = match (orig_dst, target) {
             (Some(dst), _) => dst.to_string(),
             (None, t) => t.authority(),
         };
-        self.inner
-            .metrics
-            .request_total
-            .get_or_create(&labels)
-            .inc();
+        metrics.request();
         let start = Instant::now();
         let upgrade = http_util::is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -538,13 +548,8 @@ impl Outbound {
             .map_err(|e| plain_error(&connect_to, e));
         match result {
             Ok(mut rsp) => {
-                http_util::record(
-                    &self.inner.metrics,
-                    &labels,
-                    start,
-                    rsp.status(),
-                    http_util::classify(&rsp),
-                );
+                let class = http_util::classify(&rsp);
+                metrics.record(&self.inner.metrics, start, rsp.status(), class);
                 if let Some(client_upgrade) = client_upgrade
                     && rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS
                 {
@@ -554,13 +559,8 @@ impl Outbound {
                 Ok(rsp.map(body::boxed))
             }
             Err(err) => {
-                http_util::record(
-                    &self.inner.metrics,
-                    &labels,
-                    start,
-                    err.outcome().status,
-                    crate::metrics::Classification::Failure,
-                );
+                let status = err.outcome().status;
+                metrics.record(&self.inner.metrics, start, status, Classification::Failure);
                 Err(err)
             }
         }

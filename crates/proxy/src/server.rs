@@ -75,7 +75,12 @@ where
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    tokio::spawn(handle(tcp, peer, drain.clone()));
+                    crate::memory::note_activity();
+                    let conn = handle(tcp, peer, drain.clone());
+                    tokio::spawn(async move {
+                        conn.await;
+                        crate::memory::note_activity();
+                    });
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: back off instead of spinning.
