@@ -1,6 +1,7 @@
 //! Connections the proxy makes: to other proxies over mTLS (one multiplexed HTTP/2 connection per
-//! endpoint, re-dialled when it fails; a dedicated HTTP/1.1 connection per upgrade; a dedicated
-//! connection per opaque stream), and plain ones to the local application or egress destinations.
+//! endpoint, re-dialled when it fails; pooled HTTP/1.1 connections per endpoint, [`Http1Pool`],
+//! which an upgrade keeps for itself; a dedicated connection per opaque stream), and plain ones to
+//! egress destinations and HTTP/2 applications.
 //!
 //! Every mTLS connection starts with a [`TransportHeader`] right after the handshake. The client
 //! TLS config demands exactly the endpoint's expected identity; a failed handshake is classified
@@ -13,13 +14,12 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::client::legacy::Client as LegacyClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use onemesh_identity::{CredentialStore, HandshakeFailure, SpiffeId};
 use tokio::io::AsyncWriteExt;
-use tokio::io::BufWriter;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
@@ -29,13 +29,18 @@ use tracing::debug;
 use crate::body::Body;
 use crate::discover::Endpoint;
 use crate::error::ProxyError;
+use crate::io::CoalescedWrites;
 use crate::metrics::{Direction, Metrics, ReasonLabels};
+use crate::pool::{self, Http1Pool, PooledBody};
 use crate::transport_header::{Protocol, TransportHeader};
 
 /// ALPN id of proxy-to-proxy connections.
 pub const ALPN: &[u8] = b"onemesh/1";
 
 type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+
+/// An endpoint as the pools key it: its inbound address, the app port, and its identity.
+pub type EndpointKey = (SocketAddr, u16, SpiffeId);
 
 /// Dials other proxies.
 #[derive(Clone)]
@@ -48,7 +53,8 @@ struct Inner {
     connect_timeout: Duration,
     metrics: Arc<Metrics>,
     configs: Mutex<HashMap<SpiffeId, Arc<rustls::ClientConfig>>>,
-    h2: Mutex<HashMap<(SocketAddr, u16, SpiffeId), H2Slot>>,
+    h2: Mutex<HashMap<EndpointKey, H2Slot>>,
+    http1: Http1Pool<EndpointKey>,
 }
 
 impl std::fmt::Debug for MeshClient {
@@ -71,6 +77,7 @@ impl MeshClient {
                 metrics,
                 configs: Mutex::new(HashMap::new()),
                 h2: Mutex::new(HashMap::new()),
+                http1: Http1Pool::new(connect_timeout),
             }),
         }
     }
@@ -99,7 +106,7 @@ impl MeshClient {
         ep: &Endpoint,
         protocol: Protocol,
         authority: &str,
-    ) -> Result<TlsStream<BufWriter<TcpStream>>, ProxyError> {
+    ) -> Result<TlsStream<CoalescedWrites<TcpStream>>, ProxyError> {
         let config = self.config(&ep.identity)?;
         let timeout = self.inner.connect_timeout;
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(ep.addr))
@@ -112,7 +119,7 @@ impl MeshClient {
         let _ = tcp.set_nodelay(true);
         // TLS records are buffered under TLS and written at each flush: one syscall per h2 flush
         // instead of one per frame (the profile in bench/results showed 9-19 % in those writes).
-        let tcp = BufWriter::with_capacity(crate::io::TLS_WRITE_BUFFER, tcp);
+        let tcp = CoalescedWrites::new(tcp);
         let handshake = TlsConnector::from(config).connect(ep.identity.tls_server_name(), tcp);
         let mut tls = match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(tls)) => tls,
@@ -223,24 +230,25 @@ impl MeshClient {
         }
     }
 
-    /// Sends an HTTP/1.1 request over its own mTLS connection (for upgrades).
+    /// Closes idle pooled HTTP/1.1 connections beyond `keep` per endpoint.
+    pub fn shrink_idle(&self, keep: usize) {
+        self.inner.http1.shrink_idle(keep);
+    }
+
+    /// Sends an HTTP/1.1 request (origin-form, with its Host header) on an idle pooled mTLS
+    /// connection to `ep`, or a new one. An upgrade keeps its connection.
     pub async fn send_http1(
         &self,
         ep: &Endpoint,
         authority: &str,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let tls = self.connect(ep, Protocol::Http1, authority).await?;
-        let (mut sender, conn) = http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| ProxyError::Upstream(format!("http/1 handshake: {e}")))?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        sender
-            .send_request(req)
-            .await
-            .map_err(|e| ProxyError::Upstream(e.to_string()))
+    ) -> Result<Response<PooledBody<EndpointKey>>, ProxyError> {
+        let key = (ep.addr, ep.target_port, ep.identity.clone());
+        let dial = || async {
+            let tls = self.connect(ep, Protocol::Http1, authority).await?;
+            pool::handshake(tls, "the peer proxy").await
+        };
+        self.inner.http1.send(key, req, dial).await
     }
 }
 

@@ -96,6 +96,13 @@ pub const DEFAULT_LOG_FORMAT: &str = "plain";
 pub const ENV_CORES: &str = "ONEMESH_PROXY_CORES";
 /// Default worker threads.
 pub const DEFAULT_CORES: &str = "1";
+/// How the application's HTTP/1 requests travel to other proxies: `http1` (kept-alive HTTP/1.1
+/// connections over mTLS, one request at a time each, like the application's own; the fastest) or
+/// `h2` (multiplexed on one HTTP/2 connection per endpoint; the fewest connections). HTTP/2 and
+/// gRPC always ride HTTP/2.
+pub const ENV_HTTP1_TRANSPORT: &str = "ONEMESH_PROXY_HTTP1_TRANSPORT";
+/// Default transport of HTTP/1 requests between proxies.
+pub const DEFAULT_HTTP1_TRANSPORT: &str = "http1";
 /// Control-plane mode: `host:port` of the control plane's identity service (`Identity.Certify`).
 /// Setting this and the two below selects control-plane mode instead of the static file.
 pub const ENV_CONTROL_IDENTITY_ADDR: &str = "ONEMESH_PROXY_CONTROL_IDENTITY_ADDR";
@@ -156,6 +163,15 @@ pub enum LogFormat {
     Plain,
     /// One JSON object per line.
     Json,
+}
+
+/// How HTTP/1 requests travel between proxies (see [`ENV_HTTP1_TRANSPORT`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Http1Transport {
+    /// Pooled HTTP/1.1 connections over mTLS.
+    Http1,
+    /// One multiplexed HTTP/2 connection per endpoint.
+    H2,
 }
 
 /// Where the control plane is, in control-plane mode (see [`ENV_CONTROL_IDENTITY_ADDR`]).
@@ -229,6 +245,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// See [`ENV_CORES`].
     pub cores: usize,
+    /// See [`ENV_HTTP1_TRANSPORT`].
+    pub http1_transport: Http1Transport,
     /// Control-plane mode when set (see [`ENV_CONTROL_IDENTITY_ADDR`]); static mode otherwise.
     pub control: Option<ControlPlaneConfig>,
 }
@@ -536,6 +554,11 @@ impl Config {
             "json" => Ok(LogFormat::Json),
             _ => Err("must be plain or json".to_string()),
         });
+        let http1_transport = p.parse(ENV_HTTP1_TRANSPORT, DEFAULT_HTTP1_TRANSPORT, |s| match s {
+            "http1" => Ok(Http1Transport::Http1),
+            "h2" => Ok(Http1Transport::H2),
+            _ => Err("must be http1 or h2".to_string()),
+        });
 
         match (
             outbound_addr,
@@ -552,6 +575,7 @@ impl Config {
             opaque_ports,
             log_format,
             cores,
+            http1_transport,
         ) {
             (
                 Some(outbound_addr),
@@ -568,6 +592,7 @@ impl Config {
                 Some(opaque_ports),
                 Some(log_format),
                 Some(cores),
+                Some(http1_transport),
             ) if p.bad.is_empty() => Ok(Config {
                 outbound_addr,
                 inbound_addr,
@@ -589,6 +614,7 @@ impl Config {
                 log,
                 log_format,
                 cores,
+                http1_transport,
                 control,
             }),
             _ => Err(ConfigError::Invalid(p.bad)),

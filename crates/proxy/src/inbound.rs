@@ -31,7 +31,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::app_pool::AppPool;
 use crate::body::{self, Body};
 use crate::client::{ALPN, PlainClients, plain_error};
 use crate::detect::{self, Detected};
@@ -45,6 +44,7 @@ use crate::metrics::{
 };
 use crate::orig_dst::original_dst;
 use crate::policy::{Authorizations, authorize};
+use crate::pool::{self, Http1Pool};
 use crate::server::{self, HttpLimits, HttpService};
 use crate::transport_header::{Protocol, TransportHeader};
 
@@ -105,8 +105,8 @@ struct Inner {
     credentials: watch::Receiver<Option<CredentialStore>>,
     server_config: Mutex<Option<Arc<rustls::ServerConfig>>>,
     policy: watch::Receiver<Arc<Authorizations>>,
-    /// HTTP/1.1 to the application.
-    app: AppPool,
+    /// HTTP/1.1 to the application, by address.
+    app: Http1Pool<SocketAddr>,
     /// HTTP/2 to an h2/gRPC application.
     plain: PlainClients,
     metrics: Arc<Metrics>,
@@ -128,11 +128,16 @@ impl Inbound {
                 credentials,
                 server_config: Mutex::new(None),
                 policy,
-                app: AppPool::new(connect_timeout),
+                app: Http1Pool::new(connect_timeout),
                 plain,
                 metrics,
             }),
         }
+    }
+
+    /// Closes idle connections to the application beyond `keep` per port.
+    pub fn shrink_idle(&self, keep: usize) {
+        self.inner.app.shrink_idle(keep);
     }
 
     fn edge(&self, client: Option<&SpiffeId>) -> EdgeLabels {
@@ -188,7 +193,7 @@ impl Inbound {
             self.error("not_ready");
             return;
         };
-        let tcp = tokio::io::BufWriter::with_capacity(crate::io::TLS_WRITE_BUFFER, tcp);
+        let tcp = crate::io::CoalescedWrites::new(tcp);
         let accept = TlsAcceptor::from(config).accept(tcp);
         let mut tls = match tokio::time::timeout(self.inner.settings.connect_timeout, accept).await
         {
@@ -371,6 +376,7 @@ impl Inbound {
     }
 
     async fn proxy(&self, http: &HttpConn, mut req: Request<Body>) -> Response<Body> {
+        crate::memory::note_activity();
         let conn = &http.conn;
         req.headers_mut().remove(CLIENT_ID);
         let orig_proto = req.headers_mut().remove(ORIG_PROTO);
@@ -429,6 +435,20 @@ impl Inbound {
         }
     }
 
+    async fn dial_app(&self, app: SocketAddr) -> Result<pool::Sender, ProxyError> {
+        let connect_error = |source| ProxyError::Connect {
+            target: app.to_string(),
+            source,
+        };
+        let connect = TcpStream::connect(app);
+        let tcp = tokio::time::timeout(self.inner.settings.connect_timeout, connect)
+            .await
+            .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
+            .map_err(connect_error)?;
+        let _ = tcp.set_nodelay(true);
+        pool::handshake(tcp, "the app").await
+    }
+
     async fn forward(
         &self,
         http: &HttpConn,
@@ -467,9 +487,10 @@ impl Inbound {
             parts.version = Version::HTTP_11;
             parts.uri = Uri::from(pq);
             let app = SocketAddr::new(self.inner.settings.app_host, http.conn.target_port);
+            let dial = || self.dial_app(app);
             self.inner
                 .app
-                .send(app, Request::from_parts(parts, body))
+                .send(app, Request::from_parts(parts, body), dial)
                 .await?
                 .map(body::boxed)
         } else {

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use pin_project_lite::pin_project;
@@ -16,6 +16,110 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Bytes of TLS records gathered under each mTLS connection before they are written: the
 /// records of one flush go out in one syscall. A record is at most ~16 KiB, so one fits.
 pub const TLS_WRITE_BUFFER: usize = 17 * 1024;
+
+pin_project! {
+    /// Gathers the writes made between two flushes (the TLS records of one HTTP/2 flush or one
+    /// HTTP/1 message) and writes them to `inner` in one go, at the flush or when
+    /// [`TLS_WRITE_BUFFER`] bytes are waiting. Unlike `tokio::io::BufWriter` it holds no buffer
+    /// between flushes, so an idle pooled connection costs no write buffer. Reads pass through.
+    #[derive(Debug)]
+    pub struct CoalescedWrites<I> {
+        #[pin]
+        inner: I,
+        buf: Vec<u8>,
+        written: usize,
+    }
+}
+
+impl<I> CoalescedWrites<I> {
+    /// Wraps `inner`.
+    pub fn new(inner: I) -> Self {
+        Self {
+            inner,
+            buf: Vec::new(),
+            written: 0,
+        }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
+}
+
+impl<I: AsyncWrite> CoalescedWrites<I> {
+    /// Writes out what is gathered, then lets the buffer go.
+    fn poll_write_out(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut this = self.project();
+        while *this.written < this.buf.len() {
+            let n = ready!(
+                this.inner
+                    .as_mut()
+                    .poll_write(cx, &this.buf[*this.written..])
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *this.written += n;
+        }
+        *this.buf = Vec::new();
+        *this.written = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for CoalescedWrites<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.buf.len() + len > TLS_WRITE_BUFFER {
+            ready!(self.as_mut().poll_write_out(cx))?;
+        }
+        if len >= TLS_WRITE_BUFFER {
+            return self.project().inner.poll_write_vectored(cx, bufs);
+        }
+        let this = self.project();
+        for b in bufs {
+            this.buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(len))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_write_out(cx))?;
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_write_out(cx))?;
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for CoalescedWrites<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().inner.poll_read(cx, buf)
+    }
+}
 
 pin_project! {
     /// An I/O stream that first yields `prefix` (bytes already read from `inner`), then reads from
@@ -175,3 +279,6 @@ impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
         self.project().inner.poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -36,7 +36,6 @@
 //! reads `grpc-status` from response headers only, not trailers.
 
 pub mod admin;
-pub mod app_pool;
 pub mod balance;
 pub mod body;
 pub mod client;
@@ -56,6 +55,7 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
 pub mod policy;
+pub mod pool;
 pub mod server;
 pub mod static_config;
 pub mod transport_header;
@@ -239,6 +239,7 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
     let mesh =
         client::MeshClient::new(credentials.clone(), config.connect_timeout, metrics.clone());
 
+    let mesh_pools = mesh.clone();
     let outbound = outbound::Outbound::new(
         outbound::OutboundSettings {
             detect_timeout: config.detect_timeout,
@@ -247,6 +248,7 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
             opaque_ports: config.opaque_ports.clone(),
             namespace: namespace.clone(),
             workload: workload.clone(),
+            http1_transport: config.http1_transport,
         },
         sources.discover.clone(),
         mesh,
@@ -312,7 +314,11 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
             },
         ));
     }
-    tokio::spawn(memory::trim_when_idle(drain.handle()));
+    let (ib, mc) = (inbound.clone(), mesh_pools);
+    tokio::spawn(memory::trim_when_idle(drain.handle(), move |keep| {
+        ib.shrink_idle(keep);
+        mc.shrink_idle(keep);
+    }));
     let m = metrics.clone();
     let draining = drain.signal();
     tokio::spawn(server::accept_loop(

@@ -1,35 +1,43 @@
-//! Giving freed heap back to the operating system once the proxy goes quiet.
+//! Giving memory back once the proxy goes quiet.
 //!
 //! glibc's allocator keeps memory freed by closed connections (read and write buffers, TLS and
-//! HTTP/2 state) in its free lists instead of returning it, so a sidecar that once served a burst
-//! holds on to that memory while idle. The connection-accepting loops note each accept and close
-//! here ([`note_activity`]); [`trim_when_idle`] looks every [`IDLE_CHECK`] and, once a whole check
-//! interval has passed without any, asks the allocator to release its free pages
-//! (`malloc_trim`), once per quiet spell. It never trims while connections come and go, so a busy
-//! proxy does not pay page faults to get the same memory back.
+//! HTTP/2 state) in its free lists instead of returning it, and the HTTP/1 connection pools keep
+//! as many idle connections as the last burst needed. The accept loops (each accept and close) and
+//! both directions (each request) note activity here ([`note_activity`]); [`trim_when_idle`] looks
+//! every [`IDLE_CHECK`] and, once a whole check interval has passed without any, shrinks the pools
+//! to [`KEEP_IDLE_WHEN_QUIET`] connections per peer, then, one interval later (when the closed
+//! connections have freed their buffers), asks the allocator to release its free pages
+//! (`malloc_trim`); once per quiet spell. It never does so while requests flow, so a busy
+//! proxy pays no page faults or handshakes to get the same resources back; the first burst after
+//! a quiet spell dials what it needs beyond the kept connections.
 //!
-//! Only glibc needs this; elsewhere the task does nothing.
+//! Only glibc needs the trim; elsewhere that part does nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::drain::Drain;
 
-/// How often the idle check runs: the proxy trims between one and two of these after the last
-/// connection opened or closed.
+/// How often the idle check runs: the pools shrink between one and two of these after the last
+/// request, accept or close, and the heap is trimmed one interval later.
 pub const IDLE_CHECK: Duration = Duration::from_millis(250);
+/// Idle pooled connections kept per peer through a quiet spell (enough for low-rate traffic to
+/// need no new handshakes).
+pub const KEEP_IDLE_WHEN_QUIET: usize = 2;
 
 static ACTIVITY: AtomicU64 = AtomicU64::new(0);
 
-/// Records that a connection was accepted or closed.
+/// Records that a request was sent, or a connection accepted or closed.
 pub fn note_activity() {
     ACTIVITY.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Runs until drained: releases free heap after each quiet spell.
-pub async fn trim_when_idle(drain: Drain) {
+/// Runs until drained: one check interval into each quiet spell calls `shrink_pools` (with
+/// [`KEEP_IDLE_WHEN_QUIET`]); one more, once the closed connections have let go of their
+/// buffers, releases free heap.
+pub async fn trim_when_idle(drain: Drain, shrink_pools: impl Fn(usize) + Send + 'static) {
     let mut seen = ACTIVITY.load(Ordering::Relaxed);
-    let mut trimmed = true;
+    let mut stage = Stage::Trimmed;
     let mut tick = tokio::time::interval(IDLE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -40,12 +48,32 @@ pub async fn trim_when_idle(drain: Drain) {
         let now = ACTIVITY.load(Ordering::Relaxed);
         if now != seen {
             seen = now;
-            trimmed = false;
-        } else if !trimmed {
-            release_free_heap();
-            trimmed = true;
+            stage = Stage::Busy;
+            continue;
         }
+        stage = match stage {
+            Stage::Busy => {
+                shrink_pools(KEEP_IDLE_WHEN_QUIET);
+                Stage::Shrunk
+            }
+            Stage::Shrunk => {
+                release_free_heap();
+                Stage::Trimmed
+            }
+            Stage::Trimmed => Stage::Trimmed,
+        };
     }
+}
+
+/// Where the idle task is in a quiet spell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Activity was seen in the last interval.
+    Busy,
+    /// Quiet for one interval: the pools were shrunk.
+    Shrunk,
+    /// Quiet for two: the heap was trimmed; nothing more until the next activity.
+    Trimmed,
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -58,3 +86,6 @@ fn release_free_heap() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release_free_heap() {}
+
+#[cfg(test)]
+mod tests;

@@ -35,6 +35,7 @@ use tracing::debug;
 use crate::balance::{Balancer, EndpointLoad};
 use crate::body::{self, Body};
 use crate::client::{MeshClient, PlainClients, plain_error};
+use crate::config::Http1Transport;
 use crate::detect::{self, Detected};
 use crate::discover::{Discover, EndpointProtocol, Resolution, Service, Target};
 use crate::drain::Drain;
@@ -63,6 +64,8 @@ pub struct OutboundSettings {
     pub namespace: Arc<str>,
     /// This workload's name.
     pub workload: Arc<str>,
+    /// How the app's HTTP/1 requests travel to other proxies.
+    pub http1_transport: Http1Transport,
 }
 
 /// Limits retries to a fraction of requests: each request deposits [`RETRY_RATIO`] tokens (up to
@@ -342,6 +345,7 @@ impl Outbound {
 
     /// Proxies one HTTP request from the application.
     pub async fn proxy(&self, req: Request<Body>, orig_dst: Option<SocketAddr>) -> Response<Body> {
+        crate::memory::note_activity();
         match self.proxy_inner(req, orig_dst).await {
             Ok(rsp) => rsp,
             Err(err) => {
@@ -471,19 +475,33 @@ impl Outbound {
     ) -> Result<Response<Body>, ProxyError> {
         let in_flight = load.start();
         let ep = &load.endpoint;
-        if http_util::is_upgrade(&req) {
-            // h2 cannot carry an upgrade: its own HTTP/1.1 connection, then splice.
-            let client_upgrade = hyper::upgrade::on(&mut req);
+        let original = req.version();
+        let upgrade = http_util::is_upgrade(&req);
+        let pooled_http1 = original != Version::HTTP_2
+            && self.inner.settings.http1_transport == Http1Transport::Http1;
+        if upgrade || pooled_http1 {
+            // HTTP/1.1 on a pooled connection, as the app sent it (h2 cannot carry an upgrade;
+            // an upgraded connection is spliced and never goes back to the pool).
+            let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+            if !upgrade {
+                http_util::strip_hop_by_hop(req.headers_mut());
+            }
+            req.headers_mut().remove(ORIG_PROTO);
             set_origin_form(&mut req, authority)?;
+            *req.version_mut() = Version::HTTP_11;
             let mut rsp = self.inner.mesh.send_http1(ep, authority, req).await?;
             in_flight.complete();
-            if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade
+                && rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+            {
                 let upstream = hyper::upgrade::on(&mut rsp);
                 http_util::splice_upgrades(client_upgrade, upstream);
+                return Ok(rsp.map(body::boxed));
             }
+            strip_response(rsp.headers_mut());
+            *rsp.version_mut() = original;
             return Ok(rsp.map(body::boxed));
         }
-        let original = req.version();
         let (mut parts, body) = req.into_parts();
         http_util::strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(ORIG_PROTO);

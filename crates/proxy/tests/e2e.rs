@@ -31,6 +31,11 @@ struct Mesh {
 
 /// App ports behind the `bank` proxy; the `pg` proxy knows them as services in namespace bank.
 async fn mesh() -> Mesh {
+    mesh_with("http1").await
+}
+
+/// [`mesh`] with the client proxy's `ONEMESH_PROXY_HTTP1_TRANSPORT`.
+async fn mesh_with(http1_transport: &str) -> Mesh {
     let pki = Pki::new();
     let (web, h2, grpc, ws, banner) = (
         http1_app().await,
@@ -48,6 +53,7 @@ async fn mesh() -> Mesh {
                 "endpoints": [endpoint(&server, app, "bank", protocol)] })
     };
     let client = ProxyBuilder::new(&pki, "pg")
+        .env("ONEMESH_PROXY_HTTP1_TRANSPORT", http1_transport)
         .static_config(json!({
             "services": [
                 svc("web", 80, web, "http"),
@@ -146,6 +152,71 @@ async fn http1_keep_alive_carries_identity_both_ways() {
         ),
         5.0
     );
+}
+
+/// Two application connections at once (each starts with a slow request, so the two overlap),
+/// each with keep-alive requests and a chunked upload.
+async fn two_busy_connections(m: &Mesh) {
+    let work = |i: usize| async move {
+        let mut conn = http1_client(m.client.outbound_addr).await;
+        // Both in flight at once for a while, whatever the scheduling.
+        let (status, _, _) = get(&mut conn, "web.bank", "/slow/300").await;
+        assert_eq!(status, 200);
+        for j in 0..3 {
+            let (status, _, body) = get(&mut conn, "web.bank", &format!("/whoami/{i}-{j}")).await;
+            assert_eq!(status, 200);
+            let expected = format!("version=HTTP/1.1 client={PG_ID} path=/whoami/{i}-{j}");
+            assert_eq!(body, Bytes::from(expected));
+        }
+        let chunk = Bytes::from(vec![i as u8; 65536]);
+        let frames = futures_util::stream::iter(
+            (0..16).map(move |_| Ok::<_, hyper::Error>(Frame::data(chunk.clone()))),
+        );
+        let req = Request::post("/echo")
+            .header("host", "web.bank")
+            .body(BodyExt::boxed(StreamBody::new(frames)))
+            .unwrap();
+        let rsp = tokio::time::timeout(TIMEOUT, conn.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let body = rsp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 16 * 65536);
+        assert!(body.iter().all(|b| *b == i as u8));
+    };
+    tokio::join!(work(1), work(2));
+}
+
+/// Mesh connections the server proxy accepted from the client proxy.
+async fn accepted_from_pg(m: &Mesh) -> f64 {
+    let server = metrics(m.server.admin_addr).await;
+    sum(
+        &server,
+        "tcp_open_total",
+        &["direction=\"inbound\"", &format!("client_id=\"{PG_ID}\"")],
+    )
+}
+
+#[tokio::test]
+async fn http1_rides_pooled_http1_connections_by_default() {
+    let m = mesh().await;
+    two_busy_connections(&m).await;
+    // One mesh connection per concurrent request, reused: two here.
+    assert_eq!(accepted_from_pg(&m).await, 2.0);
+    two_busy_connections(&m).await;
+    assert_eq!(
+        accepted_from_pg(&m).await,
+        2.0,
+        "pooled connections were reused"
+    );
+}
+
+#[tokio::test]
+async fn http1_can_ride_one_multiplexed_h2_connection() {
+    let m = mesh_with("h2").await;
+    two_busy_connections(&m).await;
+    two_busy_connections(&m).await;
+    assert_eq!(accepted_from_pg(&m).await, 1.0);
 }
 
 #[tokio::test]

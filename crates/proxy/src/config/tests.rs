@@ -21,6 +21,7 @@ fn defaults_apply() {
     assert!(c.opaque_ports.contains(&5432));
     assert_eq!(c.log_format, LogFormat::Plain);
     assert_eq!(c.cores, 1);
+    assert_eq!(c.http1_transport, Http1Transport::Http1);
 }
 
 #[test]
@@ -34,9 +35,11 @@ fn values_override_defaults() {
         (ENV_WORKLOAD, "bank-v2"),
         (ENV_LOG_FORMAT, "json"),
         (ENV_CORES, "2"),
+        (ENV_HTTP1_TRANSPORT, "h2"),
     ]);
     let c = Config::from_source(&env).unwrap();
     assert_eq!(c.cores, 2);
+    assert_eq!(c.http1_transport, Http1Transport::H2);
     assert_eq!(c.admin_addr.port(), 0);
     assert_eq!(c.leaf_lifetime, Duration::from_secs(3));
     assert_eq!(c.detect_timeout, Duration::from_millis(250));
@@ -57,6 +60,7 @@ fn reports_every_bad_variable_at_once() {
         (ENV_MAX_HEADER_BYTES, "12"),
         (ENV_LOG_FORMAT, "xml"),
         (ENV_CORES, "0"),
+        (ENV_HTTP1_TRANSPORT, "spdy"),
         (ENV_IDENTITY_ISSUER_CERT, "/x"),
     ]);
     let err = Config::from_source(&env).unwrap_err();
@@ -69,6 +73,7 @@ fn reports_every_bad_variable_at_once() {
         ENV_MAX_HEADER_BYTES,
         ENV_LOG_FORMAT,
         ENV_CORES,
+        ENV_HTTP1_TRANSPORT,
         ENV_IDENTITY_ISSUER_KEY,
     ] {
         assert!(
