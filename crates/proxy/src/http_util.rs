@@ -31,8 +31,23 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     })
 }
 
+/// Whether `name` is a hop-by-hop header that [`strip_hop_by_hop`] looks at.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::TE
+        || *name == header::PROXY_AUTHORIZATION
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
 /// Removes hop-by-hop headers (and any header named in `Connection`), keeping `te: trailers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one pass over the names instead of a hashed lookup per name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -99,3 +114,6 @@ pub fn splice_upgrades(client: OnUpgrade, upstream: OnUpgrade) {
         let _ = crate::io::splice(&mut client, &mut upstream, &ByteCounters::default()).await;
     });
 }
+
+#[cfg(test)]
+mod tests;

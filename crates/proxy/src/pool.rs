@@ -171,13 +171,13 @@ impl<K: Hash + Eq + Clone + Send + 'static> Http1Pool<K> {
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // Closed and stale connections are skipped when popped (and dropped when the pools
+        // shrink), so a return costs no scan of the stack.
         let stack = idle.entry(key).or_default();
-        let now = Instant::now();
-        stack.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT);
         if stack.len() >= MAX_IDLE_PER_KEY {
             stack.remove(0);
         }
-        stack.push((sender, now));
+        stack.push((sender, Instant::now()));
     }
 }
 
