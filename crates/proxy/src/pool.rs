@@ -5,8 +5,10 @@
 //! the most recently used idle one (its buffers are the warmest) or dials a new one with the
 //! caller's dial function; the connection goes back on the stack when the response body has been
 //! read to its end ([`PooledBody`]). A response dropped early, an upgrade (`101`), or a connection
-//! the peer closed is never reused. Idle connections older than [`IDLE_TIMEOUT`] are closed, at
-//! most [`MAX_IDLE_PER_KEY`] are kept per key, and when the whole proxy goes quiet the pools shrink
+//! the peer closed is never reused. At most [`MAX_DIALS_PER_KEY`] connections are dialled at once
+//! per key (more requests wait for one of them, or for a connection to come back, so a burst does
+//! not turn into a burst of handshakes). Idle connections older than [`IDLE_TIMEOUT`] are closed,
+//! at most [`MAX_IDLE_PER_KEY`] are kept per key, and when the whole proxy goes quiet the pools shrink
 //! to a few per key ([`Http1Pool::shrink_idle`], called from [`crate::memory`]).
 //!
 //! Why not hyper-util's general client: it spawns a task per request to put the connection back
@@ -28,6 +30,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::body::Body;
@@ -37,6 +40,10 @@ use crate::error::ProxyError;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most idle connections kept per key.
 pub const MAX_IDLE_PER_KEY: usize = 64;
+/// The most connections dialled at once per key: a burst of requests after a quiet spell waits
+/// for a few new connections (or for returning ones) instead of handshaking once per request at
+/// the same moment.
+pub const MAX_DIALS_PER_KEY: usize = 4;
 
 /// One HTTP/1.1 connection's request handle.
 pub type Sender = http1::SendRequest<Body>;
@@ -58,19 +65,60 @@ impl<K> Clone for Http1Pool<K> {
 #[derive(Debug)]
 struct Inner<K> {
     ready_timeout: Duration,
-    idle: Mutex<HashMap<K, Vec<(Sender, Instant)>>>,
+    slots: Mutex<HashMap<K, Slot>>,
+}
+
+/// One key's idle connections and dials in progress.
+#[derive(Debug, Default)]
+struct Slot {
+    idle: Vec<(Sender, Instant)>,
+    dialing: usize,
+    /// Signalled when a connection comes back or a dial ends.
+    freed: Arc<Notify>,
+}
+
+/// What a request gets from the pool.
+enum Acquired<K: Hash + Eq + Clone + Send + 'static> {
+    /// An idle connection, ready.
+    Idle(Sender),
+    /// Leave to dial a new one (released when dropped).
+    Dial(DialSlot<K>),
+}
+
+/// A dial in progress; frees its place when dropped.
+struct DialSlot<K: Hash + Eq + Clone + Send + 'static> {
+    pool: Http1Pool<K>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Clone + Send + 'static> Drop for DialSlot<K> {
+    fn drop(&mut self) {
+        let mut slots = self.pool.lock();
+        if let Some(slot) = slots.get_mut(&self.key) {
+            slot.dialing = slot.dialing.saturating_sub(1);
+            slot.freed.notify_one();
+        }
+    }
 }
 
 impl<K: Hash + Eq + Clone + Send + 'static> Http1Pool<K> {
     /// An empty pool; a returned connection that is not ready for its next request within
-    /// `ready_timeout` is dropped.
+    /// `ready_timeout` is dropped, and a request waits at most that long at a time for a
+    /// connection to come back before it looks again.
     pub fn new(ready_timeout: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 ready_timeout,
-                idle: Mutex::new(HashMap::new()),
+                slots: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Slot>> {
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sends `req` (origin-form, with its Host header) on an idle connection of `key`, or on a
@@ -78,7 +126,7 @@ impl<K: Hash + Eq + Clone + Send + 'static> Http1Pool<K> {
     pub async fn send<D, F>(
         &self,
         key: K,
-        req: Request<Body>,
+        mut req: Request<Body>,
         dial: D,
     ) -> Result<Response<PooledBody<K>>, ProxyError>
     where
@@ -86,23 +134,26 @@ impl<K: Hash + Eq + Clone + Send + 'static> Http1Pool<K> {
         F: Future<Output = Result<Sender, ProxyError>>,
     {
         let upstream = |e: hyper::Error| ProxyError::Upstream(e.to_string());
-        let (sender, rsp) = match self.checkout(&key).await {
-            Some(mut idle) => match idle.try_send_request(req).await {
-                Ok(rsp) => (idle, rsp),
-                // The peer closed the idle connection before the request went out: a new one.
-                Err(mut e) => match e.take_message() {
-                    Some(req) => {
-                        let mut fresh = dial().await?;
-                        let rsp = fresh.send_request(req).await.map_err(upstream)?;
-                        (fresh, rsp)
-                    }
-                    None => return Err(upstream(e.into_error())),
+        let mut dial = Some(dial);
+        let (sender, rsp) = loop {
+            match self.acquire(&key).await {
+                Acquired::Idle(mut idle) => match idle.try_send_request(req).await {
+                    Ok(rsp) => break (idle, rsp),
+                    // The peer closed the idle connection before the request went out.
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(upstream(e.into_error())),
+                    },
                 },
-            },
-            None => {
-                let mut fresh = dial().await?;
-                let rsp = fresh.send_request(req).await.map_err(upstream)?;
-                (fresh, rsp)
+                Acquired::Dial(slot) => {
+                    let Some(dial) = dial.take() else {
+                        return Err(ProxyError::Upstream("no connection to send on".into()));
+                    };
+                    let mut fresh = dial().await?;
+                    drop(slot);
+                    let rsp = fresh.send_request(req).await.map_err(upstream)?;
+                    break (fresh, rsp);
+                }
             }
         };
         // An upgraded connection belongs to the upgrade from now on.
@@ -115,50 +166,64 @@ impl<K: Hash + Eq + Clone + Send + 'static> Http1Pool<K> {
         Ok(rsp)
     }
 
-    /// The most recently used idle connection, once it can take a request. (A connection goes
-    /// back on the stack as its last response frame is read, a moment before its task marks it
-    /// ready; one that turns out closed is dropped and the next one tried.)
-    async fn checkout(&self, key: &K) -> Option<Sender> {
+    /// The most recently used idle connection once it can take a request, else leave to dial
+    /// if fewer than [`MAX_DIALS_PER_KEY`] dials are in progress, else waits for one of those.
+    /// (A connection goes back on the stack as its last response frame is read, a moment before
+    /// its task marks it ready; one that turns out closed is dropped and the next one tried.)
+    async fn acquire(&self, key: &K) -> Acquired<K> {
         loop {
-            let mut sender = self.pop_idle(key)?;
-            if sender.is_ready() {
-                return Some(sender);
-            }
-            let ready = tokio::time::timeout(self.inner.ready_timeout, sender.ready()).await;
-            if let Ok(Ok(())) = ready {
-                return Some(sender);
+            let freed = {
+                let mut slots = self.lock();
+                if !slots.contains_key(key) {
+                    slots.insert(key.clone(), Slot::default());
+                }
+                let Some(slot) = slots.get_mut(key) else {
+                    continue;
+                };
+                let now = Instant::now();
+                let mut found = None;
+                while let Some((sender, since)) = slot.idle.pop() {
+                    if !sender.is_closed() && now.duration_since(since) < IDLE_TIMEOUT {
+                        found = Some(sender);
+                        break;
+                    }
+                }
+                match found {
+                    Some(sender) => Ok(sender),
+                    None if slot.dialing < MAX_DIALS_PER_KEY => {
+                        slot.dialing += 1;
+                        return Acquired::Dial(DialSlot {
+                            pool: self.clone(),
+                            key: key.clone(),
+                        });
+                    }
+                    None => Err(slot.freed.clone()),
+                }
+            };
+            match freed {
+                Ok(mut sender) => {
+                    if sender.is_ready() {
+                        return Acquired::Idle(sender);
+                    }
+                    let ready = tokio::time::timeout(self.inner.ready_timeout, sender.ready());
+                    if let Ok(Ok(())) = ready.await {
+                        return Acquired::Idle(sender);
+                    }
+                }
+                Err(freed) => {
+                    let _ = tokio::time::timeout(self.inner.ready_timeout, freed.notified()).await;
+                }
             }
         }
-    }
-
-    fn pop_idle(&self, key: &K) -> Option<Sender> {
-        let mut idle = self
-            .inner
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let stack = idle.get_mut(key)?;
-        let now = Instant::now();
-        while let Some((sender, since)) = stack.pop() {
-            if !sender.is_closed() && now.duration_since(since) < IDLE_TIMEOUT {
-                return Some(sender);
-            }
-        }
-        None
     }
 
     /// Closes idle connections beyond the `keep` most recently used of each key (the proxy went
     /// quiet: see [`crate::memory`]).
     pub fn shrink_idle(&self, keep: usize) {
-        let mut idle = self
-            .inner
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        idle.retain(|_, stack| {
-            let extra = stack.len().saturating_sub(keep);
-            stack.drain(..extra);
-            !stack.is_empty()
+        self.lock().retain(|_, slot| {
+            let extra = slot.idle.len().saturating_sub(keep);
+            slot.idle.drain(..extra);
+            !slot.idle.is_empty() || slot.dialing > 0
         });
     }
 
@@ -166,18 +231,15 @@ impl<K: Hash + Eq + Clone + Send + 'static> Http1Pool<K> {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self
-            .inner
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
         // Closed and stale connections are skipped when popped (and dropped when the pools
         // shrink), so a return costs no scan of the stack.
-        let stack = idle.entry(key).or_default();
-        if stack.len() >= MAX_IDLE_PER_KEY {
-            stack.remove(0);
+        let mut slots = self.lock();
+        let slot = slots.entry(key).or_default();
+        if slot.idle.len() >= MAX_IDLE_PER_KEY {
+            slot.idle.remove(0);
         }
-        stack.push((sender, Instant::now()));
+        slot.idle.push((sender, Instant::now()));
+        slot.freed.notify_one();
     }
 }
 

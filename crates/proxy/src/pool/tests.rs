@@ -134,3 +134,22 @@ async fn shrinking_keeps_the_most_recent_idle_connections() {
         "one kept connection plus one new one"
     );
 }
+
+#[tokio::test]
+async fn a_burst_dials_a_few_connections_and_shares_them() {
+    let (addr, accepted) = server().await;
+    let pool = Http1Pool::new(Duration::from_secs(1));
+    let burst = (0..40).map(|i| {
+        let pool = pool.clone();
+        async move { get(&pool, addr, &format!("/{i}")).await }
+    });
+    let answers = futures_util::future::join_all(burst).await;
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(*a, format!("/{i}"));
+    }
+    let dialled = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..40).contains(&dialled),
+        "40 requests at once dialled {dialled} connections; the dial limit should share them"
+    );
+}
