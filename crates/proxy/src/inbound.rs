@@ -13,7 +13,8 @@
 //! 3. policy ([`crate::policy::authorize`]): per request for HTTP (403 `forbidden` naming the
 //!    caller and policy), per connection for opaque TCP (closed and counted);
 //! 4. forward to `ONEMESH_PROXY_INBOUND_APP_HOST:<target port>`: HTTP/1.1 to an HTTP/1.1 app
-//!    (the `onemesh-orig-proto` header says so), HTTP/2 to an h2/gRPC app, upgrades spliced, opaque
+//!    (an HTTP/1.1 mesh connection, or the `onemesh-orig-proto` header on HTTP/2, says so) on a
+//!    pooled connection ([`crate::pool`]), HTTP/2 to an h2/gRPC app, upgrades spliced, opaque
 //!    bytes copied. The caller's identity goes to the app in `onemesh-client-id` (any such header
 //!    from outside is removed).
 

@@ -10,10 +10,12 @@
 //!   ([`inbound`]);
 //! - **admin** (default `127.0.0.1:4191`): `/metrics`, `/ready`, `/live` ([`admin`]).
 //!
-//! Between proxies, HTTP (1 or 2) rides one multiplexed HTTP/2 connection per endpoint, with the
-//! application's original version in `onemesh-orig-proto`; upgrades (WebSocket) and opaque TCP get
-//! their own connection; every connection begins with a [`transport_header`]. Protocols are
-//! detected ([`detect`]) with one bounded read under a deadline.
+//! Between proxies, HTTP/2 and gRPC ride one multiplexed HTTP/2 connection per endpoint; HTTP/1
+//! rides pooled HTTP/1.1 connections ([`pool`]), or with `ONEMESH_PROXY_HTTP1_TRANSPORT=h2` the
+//! HTTP/2 connection too, with the application's original version in `onemesh-orig-proto`;
+//! upgrades (WebSocket) and opaque TCP get their own connection; every connection begins with a
+//! [`transport_header`]. Protocols are detected ([`detect`]) with one bounded read under a
+//! deadline. A quiet proxy shrinks its pools and returns freed heap ([`memory`]).
 //!
 //! What configures the data path is behind the seams in [`discover`] (discovery, inbound policy,
 //! certificate issuance); [`static_config`] implements them from a JSON file and a local issuer,

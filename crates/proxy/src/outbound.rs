@@ -8,8 +8,9 @@
 //! 4. HTTP: check the first request head, then serve HTTP/1 or HTTP/2; per request
 //!    ([`Outbound::proxy`]): target from the absolute URI, the Host header or the original
 //!    destination → discovery → route (timeout) → balancer (P2C + peak EWMA) → mTLS to the
-//!    endpoint's inbound proxy: the shared HTTP/2 connection, or a dedicated HTTP/1.1 one for an
-//!    upgrade; a bodiless idempotent (or `retryable` route) request that failed before any
+//!    endpoint's inbound proxy: HTTP/1 on a pooled HTTP/1.1 connection (an upgrade keeps its
+//!    connection), HTTP/2 on the shared HTTP/2 connection (and HTTP/1 too when
+//!    `ONEMESH_PROXY_HTTP1_TRANSPORT=h2`); a bodiless idempotent (or `retryable` route) request that failed before any
 //!    response is retried once on another pick, within a 20 % [`RetryBudget`]. Names outside the
 //!    mesh are forwarded plain (egress, `tls="no_identity"`);
 //! 5. opaque: resolve the original destination (or the tcp forward's service) and splice bytes
