@@ -188,13 +188,17 @@ impl MeshClient {
         {
             return Ok(sender.clone());
         }
-        let tls = self.connect(ep, Protocol::H2, authority).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| ProxyError::Upstream(format!("http/2 handshake: {e}")))?;
+        // Boxed: the rare path, kept out of every request's future.
+        let (sender, conn) = Box::pin(async {
+            let tls = self.connect(ep, Protocol::H2, authority).await?;
+            http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| ProxyError::Upstream(format!("http/2 handshake: {e}")))
+        })
+        .await?;
         let addr = ep.addr;
         tokio::spawn(async move {
             if let Err(error) = conn.await {

@@ -370,14 +370,13 @@ impl Inbound {
             conn,
         });
         HttpService::new(move |req: Request<Incoming>| {
-            let this = this.clone();
-            let conn = conn.clone();
-            async move { this.proxy(&conn, req.map(body::boxed)).await }
+            this.clone().proxy(conn.clone(), req.map(body::boxed))
         })
     }
 
-    async fn proxy(&self, http: &HttpConn, mut req: Request<Body>) -> Response<Body> {
+    async fn proxy(self, http: Arc<HttpConn>, mut req: Request<Body>) -> Response<Body> {
         crate::memory::note_activity();
+        let http = &*http;
         let conn = &http.conn;
         req.headers_mut().remove(CLIENT_ID);
         let orig_proto = req.headers_mut().remove(ORIG_PROTO);
@@ -503,13 +502,16 @@ impl Inbound {
                 .map_err(|_| ProxyError::Malformed("the request uri is invalid"))?;
             parts.headers.remove(header::HOST);
             parts.version = Version::HTTP_2;
-            self.inner
-                .plain
-                .h2
-                .request(Request::from_parts(parts, body))
-                .await
-                .map_err(|e| plain_error(http.app.as_str(), e))?
-                .map(body::boxed)
+            // Boxed: hyper-util's request future is large, and most apps take the pooled path.
+            Box::pin(
+                self.inner
+                    .plain
+                    .h2
+                    .request(Request::from_parts(parts, body)),
+            )
+            .await
+            .map_err(|e| plain_error(http.app.as_str(), e))?
+            .map(body::boxed)
         };
         if let Some(client_upgrade) = client_upgrade
             && rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS

@@ -19,10 +19,13 @@
 //! Every failure on this path becomes a response through [`ProxyError::to_response`].
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
@@ -287,8 +290,7 @@ impl Outbound {
     fn service(&self, orig_dst: Option<SocketAddr>) -> HttpService {
         let this = self.clone();
         HttpService::new(move |req: Request<Incoming>| {
-            let this = this.clone();
-            async move { this.proxy(req.map(body::boxed), orig_dst).await }
+            this.clone().proxy(req.map(body::boxed), orig_dst)
         })
     }
 
@@ -345,21 +347,28 @@ impl Outbound {
     }
 
     /// Proxies one HTTP request from the application.
-    pub async fn proxy(&self, req: Request<Body>, orig_dst: Option<SocketAddr>) -> Response<Body> {
+    ///
+    /// (Takes `self` and maps the result with a combinator rather than an `async` wrapper: each
+    /// layer of `async` would add a copy of the whole request future, moved once per request.)
+    pub fn proxy(
+        self,
+        req: Request<Body>,
+        orig_dst: Option<SocketAddr>,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static {
         crate::memory::note_activity();
-        match self.proxy_inner(req, orig_dst).await {
-            Ok(rsp) => rsp,
-            Err(err) => {
-                self.inner
-                    .metrics
-                    .error(Direction::Outbound, err.outcome().reason);
-                err.to_response()
-            }
-        }
+        let metrics = self.inner.metrics.clone();
+        self.proxy_inner(req, orig_dst)
+            .map(move |result| match result {
+                Ok(rsp) => rsp,
+                Err(err) => {
+                    metrics.error(Direction::Outbound, err.outcome().reason);
+                    err.to_response()
+                }
+            })
     }
 
     async fn proxy_inner(
-        &self,
+        self,
         req: Request<Body>,
         orig_dst: Option<SocketAddr>,
     ) -> Result<Response<Body>, ProxyError> {
@@ -385,7 +394,8 @@ impl Outbound {
         let resolved = self.resolve(&target).await?;
         let rx = match &resolved.resolution {
             Resolution::Mesh(rx) => rx.clone(),
-            Resolution::External => return self.egress(req, &target, orig_dst).await,
+            // Boxed: egress is the rare path, kept out of every mesh request's future.
+            Resolution::External => return Box::pin(self.egress(req, &target, orig_dst)).await,
         };
         // route and balancer
         let (service, balancer) = resolved.current(&rx);
@@ -420,12 +430,16 @@ impl Outbound {
             self.forward_mesh(head.map(|()| body::empty()), &next, &authority)
                 .await
         };
-        let result = match route.as_ref().and_then(|r| r.timeout) {
-            Some(t) => tokio::time::timeout(t, forward)
-                .await
-                .unwrap_or(Err(ProxyError::Timeout(t))),
-            None => forward.await,
+        // One future awaited in one place: a future awaited in two arms would take the space
+        // of both in this function's own future, which every request moves around.
+        let forward = match route.as_ref().and_then(|r| r.timeout) {
+            Some(t) => Either::Left(
+                tokio::time::timeout(t, forward)
+                    .map(move |r| r.unwrap_or(Err(ProxyError::Timeout(t)))),
+            ),
+            None => Either::Right(forward),
         };
+        let result = forward.await;
         let (status, class) = match &result {
             Ok(rsp) => (rsp.status(), http_util::classify(rsp)),
             Err(err) => (err.outcome().status, Classification::Failure),

@@ -149,7 +149,9 @@ impl<K: Hash + Eq + Clone + Send + 'static> Http1Pool<K> {
                     let Some(dial) = dial.take() else {
                         return Err(ProxyError::Upstream("no connection to send on".into()));
                     };
-                    let mut fresh = dial().await?;
+                    // Boxed: dialling (connect, TLS, handshake) is the rare path, and its large
+                    // future would otherwise be part of every request's future.
+                    let mut fresh = Box::pin(dial()).await?;
                     drop(slot);
                     let rsp = fresh.send_request(req).await.map_err(upstream)?;
                     break (fresh, rsp);

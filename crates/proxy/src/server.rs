@@ -46,12 +46,14 @@ impl HttpService {
 impl Service<Request<Incoming>> for HttpService {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = futures_util::future::Map<
+        BoxFuture<Response<Body>>,
+        fn(Response<Body>) -> Result<Response<Body>, Infallible>,
+    >;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let fut = (self.handler)(req);
-        Box::pin(async move { Ok(fut.await) })
+        // One allocation per request: the handler's own box, wrapped without another.
+        futures_util::FutureExt::map((self.handler)(req), Ok)
     }
 }
 
