@@ -94,12 +94,42 @@ class Args(unittest.TestCase):
     def test_smoke_defaults(self):
         a = run.parse_args(["--smoke"])
         self.assertEqual((a.rates, a.bodies, a.duration, a.release), ([200], [1024], 3, False))
+        self.assertEqual(a.rounds, 1)
 
     def test_full_defaults(self):
         a = run.parse_args([])
         self.assertEqual(a.rates, [20, 200, 2000, "max"])
         self.assertEqual(a.bodies, [1024, 65536])
         self.assertTrue(a.release)
+        self.assertEqual(a.rounds, 3)
+
+
+
+class CombineRounds(unittest.TestCase):
+    def test_one_round_is_itself(self):
+        r = make_run("onemesh", 2000, 0.4, 1.0, rss_idle=7000, rss_load=8000, cpu=0.7)
+        self.assertEqual(run.combine_rounds([r]), r)
+
+    def test_medians_worst_max_peak_memory_and_sums(self):
+        rounds = [make_run("onemesh", 2000, p50, p99, rss_idle=7000, rss_load=load, cpu=cpu)
+                  for p50, p99, load, cpu in ((0.4, 1.0, 8000, 0.7), (0.5, 9.0, 8500, 0.9),
+                                              (0.3, 1.2, 8100, 0.8))]
+        c = run.combine_rounds(rounds)
+        self.assertEqual(c["p50_ms"], 0.4)
+        self.assertEqual(c["p99_ms"], 1.2, "one noisy round does not decide the tail")
+        self.assertEqual(c["max_ms"], 9.0, "max is the worst request of any round")
+        self.assertEqual(c["cpu_s_per_10k"], 0.8)
+        self.assertEqual(c["rss_load_kib"], 8500)
+        self.assertEqual(c["rss_idle_kib"], 7000)
+        self.assertEqual(c["requests"], 300)
+        self.assertEqual(c["errors"], 0)
+
+    def test_direct_runs_keep_empty_proxy_fields(self):
+        rounds = [make_run("direct", 20, 0.1, 0.2), make_run("direct", 20, 0.3, 0.4)]
+        c = run.combine_rounds(rounds)
+        self.assertIsNone(c["cpu_s_per_10k"])
+        self.assertIsNone(c["rss_load_kib"])
+        self.assertEqual(c["p50_ms"], 0.2)
 
 
 if __name__ == "__main__":

@@ -234,11 +234,6 @@ impl MeshClient {
         }
     }
 
-    /// Closes idle pooled HTTP/1.1 connections beyond `keep` per endpoint.
-    pub fn shrink_idle(&self, keep: usize) {
-        self.inner.http1.shrink_idle(keep);
-    }
-
     /// Sends an HTTP/1.1 request (origin-form, with its Host header) on an idle pooled mTLS
     /// connection to `ep`, or a new one. An upgrade keeps its connection.
     pub async fn send_http1(
@@ -250,7 +245,7 @@ impl MeshClient {
         let key = (ep.addr, ep.target_port, ep.identity.clone());
         let dial = || async {
             let tls = self.connect(ep, Protocol::Http1, authority).await?;
-            pool::handshake(tls, "the peer proxy").await
+            pool::handshake(tls, "the peer proxy", Some(pool::TLS_READ_BUFFER)).await
         };
         self.inner.http1.send(key, req, dial).await
     }

@@ -83,7 +83,7 @@ pub const ENV_OPAQUE_PORTS: &str = "ONEMESH_PROXY_OPAQUE_PORTS";
 /// Default opaque ports: SMTP, MySQL, PostgreSQL, Redis, memcached and others that speak first
 /// or are never HTTP.
 pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
-/// A `tracing` filter, e.g. `info,onemesh_proxy=debug`.
+/// Log level, or `target=level` directives: `info,onemesh_proxy=debug`.
 pub const ENV_LOG: &str = "ONEMESH_PROXY_LOG";
 /// Default log filter.
 pub const DEFAULT_LOG: &str = "info";

@@ -15,7 +15,7 @@
 //! HTTP/2 connection too, with the application's original version in `onemesh-orig-proto`;
 //! upgrades (WebSocket) and opaque TCP get their own connection; every connection begins with a
 //! [`transport_header`]. Protocols are detected ([`detect`]) with one bounded read under a
-//! deadline. A quiet proxy shrinks its pools and returns freed heap ([`memory`]).
+//! deadline. A quiet proxy shrinks its pool to the app and returns freed heap ([`memory`]).
 //!
 //! What configures the data path is behind the seams in [`discover`] (discovery, inbound policy,
 //! certificate issuance); [`static_config`] implements them from a JSON file and a local issuer,
@@ -241,7 +241,6 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
     let mesh =
         client::MeshClient::new(credentials.clone(), config.connect_timeout, metrics.clone());
 
-    let mesh_pools = mesh.clone();
     let outbound = outbound::Outbound::new(
         outbound::OutboundSettings {
             detect_timeout: config.detect_timeout,
@@ -316,10 +315,12 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
             },
         ));
     }
-    let (ib, mc) = (inbound.clone(), mesh_pools);
+    // Only the pools to the app shrink in a quiet spell (a plain connect is cheap); connections
+    // to other proxies stay warm until their idle timeout, so a burst after a pause does not pay
+    // a TLS handshake per connection.
+    let ib = inbound.clone();
     tokio::spawn(memory::trim_when_idle(drain.handle(), move |keep| {
-        ib.shrink_idle(keep);
-        mc.shrink_idle(keep);
+        ib.shrink_idle(keep)
     }));
     let m = metrics.clone();
     let draining = drain.signal();

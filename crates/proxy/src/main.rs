@@ -8,16 +8,25 @@ use onemesh_proxy::config::LogFormat;
 use onemesh_proxy::{Config, Env, Sources};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
+/// `ONEMESH_PROXY_LOG` as `level` or `target=level` directives (`info,onemesh_proxy=debug`).
+/// A plain target filter rather than `EnvFilter`, whose regular-expression engine would stay
+/// resident in every sidecar for a start-up parse.
 fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = config
+        .log
+        .parse::<Targets>()
+        .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Plain => builder.init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.json())
+            .init(),
+        LogFormat::Plain => tracing_subscriber::registry().with(filter).with(fmt).init(),
     }
 }
 

@@ -1,15 +1,16 @@
 //! Giving memory back once the proxy goes quiet.
 //!
 //! glibc's allocator keeps memory freed by closed connections (read and write buffers, TLS and
-//! HTTP/2 state) in its free lists instead of returning it, and the HTTP/1 connection pools keep
-//! as many idle connections as the last burst needed. The accept loops (each accept and close) and
-//! both directions (each request) note activity here ([`note_activity`]); [`trim_when_idle`] looks
-//! every [`IDLE_CHECK`] and, once a whole check interval has passed without any, shrinks the pools
-//! to [`KEEP_IDLE_WHEN_QUIET`] connections per peer, then, one interval later (when the closed
-//! connections have freed their buffers), asks the allocator to release its free pages
-//! (`malloc_trim`); once per quiet spell. It never does so while requests flow, so a busy
-//! proxy pays no page faults or handshakes to get the same resources back; the first burst after
-//! a quiet spell dials what it needs beyond the kept connections.
+//! HTTP/2 state) in its free lists instead of returning it, and the pool of connections to the
+//! application keeps as many idle connections as the last burst needed. The accept loops (each
+//! accept and close) and both directions (each request) note activity here ([`note_activity`]);
+//! [`trim_when_idle`] looks every [`IDLE_CHECK`] and, once a whole check interval has passed
+//! without any, shrinks the app pools to [`KEEP_IDLE_WHEN_QUIET`] connections per port, then, one
+//! interval later (when the closed connections have freed their buffers), asks the allocator to
+//! release its free pages (`malloc_trim`); once per quiet spell. It never does so while requests
+//! flow, so a busy proxy pays no page faults or reconnects to get the same resources back.
+//! Connections to other proxies are not shrunk here: re-dialling one costs a TLS handshake, so
+//! they live until their idle timeout ([`crate::pool::IDLE_TIMEOUT`]).
 //!
 //! Only glibc needs the trim; elsewhere that part does nothing.
 
@@ -21,9 +22,9 @@ use crate::drain::Drain;
 /// How often the idle check runs: the pools shrink between one and two of these after the last
 /// request, accept or close, and the heap is trimmed one interval later.
 pub const IDLE_CHECK: Duration = Duration::from_millis(250);
-/// Idle pooled connections kept per peer through a quiet spell (enough for low-rate traffic to
-/// need no new handshakes).
-pub const KEEP_IDLE_WHEN_QUIET: usize = 2;
+/// Idle pooled connections to the application kept per port through a quiet spell: enough that
+/// ordinary traffic after a pause needs few new connections (~20 KiB each).
+pub const KEEP_IDLE_WHEN_QUIET: usize = 8;
 
 static ACTIVITY: AtomicU64 = AtomicU64::new(0);
 
