@@ -245,7 +245,7 @@ impl MeshClient {
         let key = (ep.addr, ep.target_port, ep.identity.clone());
         let dial = || async {
             let tls = self.connect(ep, Protocol::Http1, authority).await?;
-            pool::handshake(tls, "the peer proxy", Some(pool::TLS_READ_BUFFER)).await
+            pool::handshake(tls, "the peer proxy").await
         };
         self.inner.http1.send(key, req, dial).await
     }

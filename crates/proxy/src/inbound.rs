@@ -446,7 +446,7 @@ impl Inbound {
             .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
             .map_err(connect_error)?;
         let _ = tcp.set_nodelay(true);
-        pool::handshake(tcp, "the app", None).await
+        pool::handshake(tcp, "the app").await
     }
 
     async fn forward(

@@ -246,24 +246,13 @@ impl<K: Hash + Eq + Clone + Send + 'static> Http1Pool<K> {
     }
 }
 
-/// The read buffer of an HTTP/1.1 connection over TLS: rustls hands over plaintext in reads of
-/// this size anyway, and a pooled connection then holds 4 KiB less than hyper's adaptive 8 KiB.
-pub const TLS_READ_BUFFER: usize = 4096;
-
 /// Starts HTTP/1.1 on a connected stream: spawns the connection's task (upgrades allowed) and
-/// returns its request handle. `peer` names the other side in the error; `read_buffer` fixes the
-/// read buffer's size (`None`: hyper's adaptive buffer, best for plain sockets).
-pub async fn handshake<I>(
-    io: I,
-    peer: &str,
-    read_buffer: Option<usize>,
-) -> Result<Sender, ProxyError>
+/// returns its request handle. `peer` names the other side in the error.
+pub async fn handshake<I>(io: I, peer: &str) -> Result<Sender, ProxyError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, conn) = http1::Builder::new()
-        .read_buf_exact_size(read_buffer)
-        .handshake(TokioIo::new(io))
+    let (sender, conn) = http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| ProxyError::Upstream(format!("http/1 handshake with {peer}: {e}")))?;
     tokio::spawn(async move {

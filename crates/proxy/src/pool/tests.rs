@@ -56,7 +56,7 @@ async fn get(pool: &Http1Pool<SocketAddr>, addr: SocketAddr, path: &str) -> Stri
         .unwrap();
     let dial = || async move {
         let tcp = TcpStream::connect(addr).await.unwrap();
-        handshake(tcp, "the test server", None).await
+        handshake(tcp, "the test server").await
     };
     let rsp = pool.send(addr, req, dial).await.unwrap();
     let body = rsp.into_body().collect().await.unwrap().to_bytes();
@@ -109,9 +109,7 @@ async fn a_response_dropped_unread_does_not_return_its_connection() {
         .header(http::header::HOST, "app")
         .body(body::empty())
         .unwrap();
-    let dial = || async move {
-        handshake(TcpStream::connect(addr).await.unwrap(), "test", Some(4096)).await
-    };
+    let dial = || async move { handshake(TcpStream::connect(addr).await.unwrap(), "test").await };
     let rsp = pool.send(addr, req, dial).await.unwrap();
     drop(rsp);
     assert_eq!(get(&pool, addr, "/next").await, "/next");
