@@ -234,6 +234,12 @@ impl MeshClient {
         }
     }
 
+    /// Closes idle pooled HTTP/1.1 connections that the peer closed or that outlived their idle
+    /// timeout; returns how many.
+    pub fn prune_idle(&self) -> usize {
+        self.inner.http1.prune()
+    }
+
     /// Sends an HTTP/1.1 request (origin-form, with its Host header) on an idle pooled mTLS
     /// connection to `ep`, or a new one. An upgrade keeps its connection.
     pub async fn send_http1(

@@ -141,6 +141,12 @@ impl Inbound {
         self.inner.app.shrink_idle(keep);
     }
 
+    /// Closes idle connections to the application that it closed or that outlived their idle
+    /// timeout; returns how many.
+    pub fn prune_idle(&self) -> usize {
+        self.inner.app.prune()
+    }
+
     fn edge(&self, client: Option<&SpiffeId>) -> EdgeLabels {
         let s = &self.inner.settings;
         EdgeLabels {

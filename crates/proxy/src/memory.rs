@@ -22,6 +22,8 @@ use crate::drain::Drain;
 /// How often the idle check runs: the pools shrink between one and two of these after the last
 /// request, accept or close, and the heap is trimmed one interval later.
 pub const IDLE_CHECK: Duration = Duration::from_millis(250);
+/// Idle connections are pruned every this many checks (5 s).
+pub const PRUNE_EVERY: u32 = 20;
 /// Idle pooled connections to the application kept per port through a quiet spell: enough that
 /// ordinary traffic after a pause needs few new connections (~20 KiB each).
 pub const KEEP_IDLE_WHEN_QUIET: usize = 8;
@@ -36,15 +38,28 @@ pub fn note_activity() {
 /// Runs until drained: one check interval into each quiet spell calls `shrink_pools` (with
 /// [`KEEP_IDLE_WHEN_QUIET`]); one more, once the closed connections have let go of their
 /// buffers, releases free heap.
-pub async fn trim_when_idle(drain: Drain, shrink_pools: impl Fn(usize) + Send + 'static) {
+///
+/// Every [`PRUNE_EVERY`] checks, busy or not, it also calls `prune_pools` (close connections the
+/// peer closed or that outlived their idle timeout); closing any counts as activity, so the
+/// memory they held is given back in the quiet spell that follows.
+pub async fn trim_when_idle(
+    drain: Drain,
+    shrink_pools: impl Fn(usize) + Send + 'static,
+    prune_pools: impl Fn() -> usize + Send + 'static,
+) {
     let mut seen = ACTIVITY.load(Ordering::Relaxed);
     let mut stage = Stage::Trimmed;
     let mut tick = tokio::time::interval(IDLE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checks: u32 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = drain.signaled() => return,
+        }
+        checks = checks.wrapping_add(1);
+        if checks.is_multiple_of(PRUNE_EVERY) && prune_pools() > 0 {
+            note_activity();
         }
         let now = ACTIVITY.load(Ordering::Relaxed);
         if now != seen {

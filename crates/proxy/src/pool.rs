@@ -37,7 +37,8 @@ use tracing::debug;
 use crate::body::Body;
 use crate::error::ProxyError;
 
-/// Idle connections unused for this long are closed.
+/// Idle connections unused for this long are closed (by [`Http1Pool::prune`], within a few
+/// seconds; one is never handed out once this old).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most idle connections kept per key.
 pub const MAX_IDLE_PER_KEY: usize = 64;
@@ -66,6 +67,7 @@ impl<K> Clone for Http1Pool<K> {
 #[derive(Debug)]
 struct Inner<K> {
     ready_timeout: Duration,
+    idle_timeout: Duration,
     slots: Mutex<HashMap<K, Slot>>,
 }
 
@@ -107,9 +109,15 @@ impl<K: Hash + Eq + Clone + Send + 'static> Http1Pool<K> {
     /// `ready_timeout` is dropped, and a request waits at most that long at a time for a
     /// connection to come back before it looks again.
     pub fn new(ready_timeout: Duration) -> Self {
+        Self::with_idle_timeout(ready_timeout, IDLE_TIMEOUT)
+    }
+
+    /// [`Http1Pool::new`] with another idle timeout than [`IDLE_TIMEOUT`].
+    pub fn with_idle_timeout(ready_timeout: Duration, idle_timeout: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 ready_timeout,
+                idle_timeout,
                 slots: Mutex::new(HashMap::new()),
             }),
         }
@@ -186,7 +194,7 @@ impl<K: Hash + Eq + Clone + Send + 'static> Http1Pool<K> {
                 let now = Instant::now();
                 let mut found = None;
                 while let Some((sender, since)) = slot.idle.pop() {
-                    if !sender.is_closed() && now.duration_since(since) < IDLE_TIMEOUT {
+                    if !sender.is_closed() && now.duration_since(since) < self.inner.idle_timeout {
                         found = Some(sender);
                         break;
                     }
@@ -230,12 +238,28 @@ impl<K: Hash + Eq + Clone + Send + 'static> Http1Pool<K> {
         });
     }
 
+    /// Closes idle connections that the peer closed or that have been idle longer than the idle
+    /// timeout (called every few seconds from [`crate::memory`]); returns how many.
+    pub fn prune(&self) -> usize {
+        let now = Instant::now();
+        let idle_timeout = self.inner.idle_timeout;
+        let mut closed = 0;
+        self.lock().retain(|_, slot| {
+            let before = slot.idle.len();
+            slot.idle
+                .retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < idle_timeout);
+            closed += before - slot.idle.len();
+            !slot.idle.is_empty() || slot.dialing > 0
+        });
+        closed
+    }
+
     fn checkin(&self, key: K, sender: Sender) {
         if sender.is_closed() {
             return;
         }
-        // Closed and stale connections are skipped when popped (and dropped when the pools
-        // shrink), so a return costs no scan of the stack.
+        // Closed and stale connections are skipped when popped and dropped by `prune`, so a
+        // return costs no scan of the stack.
         let mut slots = self.lock();
         let slot = slots.entry(key).or_default();
         if slot.idle.len() >= MAX_IDLE_PER_KEY {

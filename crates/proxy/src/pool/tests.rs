@@ -153,3 +153,19 @@ async fn a_burst_dials_a_few_connections_and_shares_them() {
         "40 requests at once dialled {dialled} connections; the dial limit should share them"
     );
 }
+
+#[tokio::test]
+async fn prune_closes_connections_idle_past_their_timeout() {
+    let (addr, accepted) = server().await;
+    let pool = Http1Pool::with_idle_timeout(Duration::from_secs(1), Duration::from_millis(50));
+    assert_eq!(get(&pool, addr, "/1").await, "/1");
+    assert_eq!(pool.prune(), 0, "a fresh idle connection stays");
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(pool.prune(), 1);
+    assert_eq!(get(&pool, addr, "/2").await, "/2");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the pruned connection was not reused"
+    );
+}
