@@ -154,6 +154,32 @@ async fn http1_keep_alive_carries_identity_both_ways() {
     );
 }
 
+/// POSTs `n` copies of `chunk` (chunked, no content-length) to the app's `/echo` through the
+/// mesh; returns the body echoed back after checking the status.
+async fn echo_upload(
+    conn: &mut hyper::client::conn::http1::SendRequest<AppBody>,
+    chunk: Bytes,
+    n: usize,
+) -> Bytes {
+    let frames = futures_util::stream::iter(
+        (0..n).map(move |_| Ok::<_, hyper::Error>(Frame::data(chunk.clone()))),
+    );
+    let req = Request::post("/echo")
+        .header("host", "web.bank")
+        .body(BodyExt::boxed(StreamBody::new(frames)))
+        .unwrap();
+    let rsp = tokio::time::timeout(TIMEOUT, conn.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    tokio::time::timeout(TIMEOUT, rsp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes()
+}
+
 /// Two application connections at once (each starts with a slow request, so the two overlap),
 /// each with keep-alive requests and a chunked upload.
 async fn two_busy_connections(m: &Mesh) {
@@ -168,19 +194,7 @@ async fn two_busy_connections(m: &Mesh) {
             let expected = format!("version=HTTP/1.1 client={PG_ID} path=/whoami/{i}-{j}");
             assert_eq!(body, Bytes::from(expected));
         }
-        let chunk = Bytes::from(vec![i as u8; 65536]);
-        let frames = futures_util::stream::iter(
-            (0..16).map(move |_| Ok::<_, hyper::Error>(Frame::data(chunk.clone()))),
-        );
-        let req = Request::post("/echo")
-            .header("host", "web.bank")
-            .body(BodyExt::boxed(StreamBody::new(frames)))
-            .unwrap();
-        let rsp = tokio::time::timeout(TIMEOUT, conn.send_request(req))
-            .await
-            .unwrap()
-            .unwrap();
-        let body = rsp.into_body().collect().await.unwrap().to_bytes();
+        let body = echo_upload(&mut conn, Bytes::from(vec![i as u8; 65536]), 16).await;
         assert_eq!(body.len(), 16 * 65536);
         assert!(body.iter().all(|b| *b == i as u8));
     };
@@ -226,24 +240,7 @@ async fn chunked_upload_and_streaming_download() {
     // 10 MB upload without a content-length (chunked), echoed back
     let chunk = Bytes::from((0..65536u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
     let n_chunks = 10 * 1024 * 1024 / chunk.len();
-    let c = chunk.clone();
-    let frames = futures_util::stream::iter(
-        (0..n_chunks).map(move |_| Ok::<_, hyper::Error>(Frame::data(c.clone()))),
-    );
-    let req = Request::post("/echo")
-        .header("host", "web.bank")
-        .body(BodyExt::boxed(StreamBody::new(frames)))
-        .unwrap();
-    let rsp = tokio::time::timeout(TIMEOUT, conn.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(rsp.status(), 200);
-    let body = tokio::time::timeout(TIMEOUT, rsp.into_body().collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
+    let body = echo_upload(&mut conn, chunk.clone(), n_chunks).await;
     assert_eq!(body.len(), n_chunks * chunk.len());
     assert!(body.chunks(chunk.len()).all(|c| c == &chunk[..]));
 

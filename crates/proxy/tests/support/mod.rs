@@ -196,7 +196,8 @@ pub fn allow(callers: &[&str]) -> serde_json::Value {
 // ---------------------------------------------------------------------------------------------
 // Apps
 
-type AppBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+/// The body type of the test apps and clients.
+pub type AppBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 fn text(s: impl Into<Bytes>) -> AppBody {
     Full::new(s.into()).map_err(|never| match never {}).boxed()
