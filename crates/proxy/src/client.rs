@@ -117,8 +117,8 @@ impl MeshClient {
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
-        // TLS records are buffered under TLS and written at each flush: one syscall per h2 flush
-        // instead of one per frame (the profile in bench/results showed 9-19 % in those writes).
+        // TLS records are gathered under TLS and written at each flush: one syscall per flush
+        // instead of one per record (the profile in bench/results showed 9-19 % in those writes).
         let tcp = CoalescedWrites::new(tcp);
         let handshake = TlsConnector::from(config).connect(ep.identity.tls_server_name(), tcp);
         let mut tls = match tokio::time::timeout(timeout, handshake).await {
@@ -269,10 +269,11 @@ fn truncate(s: &str) -> &str {
     &s[..end]
 }
 
-/// Plain HTTP clients for the local application and egress (pooled, with upgrades).
+/// Plain HTTP clients for egress and HTTP/2 applications (pooled, with upgrades); HTTP/1.1 to the
+/// local application goes through the inbound's own [`Http1Pool`].
 #[derive(Clone, Debug)]
 pub struct PlainClients {
-    /// HTTP/1.1.
+    /// HTTP/1.1 (egress).
     pub http1: LegacyClient<HttpConnector, Body>,
     /// HTTP/2 with prior knowledge (gRPC apps).
     pub h2: LegacyClient<HttpConnector, Body>,

@@ -241,7 +241,7 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
     let mesh =
         client::MeshClient::new(credentials.clone(), config.connect_timeout, metrics.clone());
 
-    let mesh_pool = mesh.clone();
+    let mesh_to_prune = mesh.clone();
     let outbound = outbound::Outbound::new(
         outbound::OutboundSettings {
             detect_timeout: config.detect_timeout,
@@ -319,11 +319,11 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
     // Only the pools to the app shrink in a quiet spell (a plain connect is cheap); connections
     // to other proxies stay warm until their idle timeout, so a burst after a pause does not pay
     // a TLS handshake per connection.
-    let (ib, ib2) = (inbound.clone(), inbound.clone());
+    let (to_shrink, to_prune) = (inbound.clone(), inbound.clone());
     tokio::spawn(memory::trim_when_idle(
         drain.handle(),
-        move |keep| ib.shrink_idle(keep),
-        move || ib2.prune_idle() + mesh_pool.prune_idle(),
+        move |keep| to_shrink.shrink_idle(keep),
+        move || to_prune.prune_idle() + mesh_to_prune.prune_idle(),
     ));
     let m = metrics.clone();
     let draining = drain.signal();

@@ -10,9 +10,9 @@
 //!    destination → discovery → route (timeout) → balancer (P2C + peak EWMA) → mTLS to the
 //!    endpoint's inbound proxy: HTTP/1 on a pooled HTTP/1.1 connection (an upgrade keeps its
 //!    connection), HTTP/2 on the shared HTTP/2 connection (and HTTP/1 too when
-//!    `ONEMESH_PROXY_HTTP1_TRANSPORT=h2`); a bodiless idempotent (or `retryable` route) request that failed before any
-//!    response is retried once on another pick, within a 20 % [`RetryBudget`]. Names outside the
-//!    mesh are forwarded plain (egress, `tls="no_identity"`);
+//!    `ONEMESH_PROXY_HTTP1_TRANSPORT=h2`); a bodiless idempotent (or `retryable` route) request
+//!    that failed before any response is retried once on another pick, within a 20 %
+//!    [`RetryBudget`]. Names outside the mesh are forwarded plain (egress, `tls="no_identity"`);
 //! 5. opaque: resolve the original destination (or the tcp forward's service) and splice bytes
 //!    over mTLS (or plain, for egress).
 //!
@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use futures_util::FutureExt;
-use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
@@ -139,11 +138,13 @@ struct Resolved {
     budget: RetryBudget,
     resolution: Resolution,
     balancer: Mutex<Option<(Arc<Service>, Arc<Balancer>)>>,
-    routes: Mutex<HashMap<RouteKey, RouteMetrics>>,
+    routes: Mutex<HashMap<RouteKey, (Arc<EndpointLoad>, RouteMetrics)>>,
 }
 
-/// An endpoint (address, target port) and a route name (`None`: `default`).
-type RouteKey = (SocketAddr, u16, Option<Arc<str>>);
+/// An endpoint's load state, by address (the map holds the `Arc`, so the address cannot be
+/// reused while cached; an endpoint whose identity or workload changed has new state, hence new
+/// labels), and a route name (`None`: `default`).
+type RouteKey = (usize, Option<Arc<str>>);
 
 /// The most endpoint × route handles kept per target (discovery churn must not grow memory).
 const MAX_ROUTE_METRICS: usize = 1024;
@@ -430,16 +431,12 @@ impl Outbound {
             self.forward_mesh(head.map(|()| body::empty()), &next, &authority)
                 .await
         };
-        // One future awaited in one place: a future awaited in two arms would take the space
-        // of both in this function's own future, which every request moves around.
-        let forward = match route.as_ref().and_then(|r| r.timeout) {
-            Some(t) => Either::Left(
-                tokio::time::timeout(t, forward)
-                    .map(move |r| r.unwrap_or(Err(ProxyError::Timeout(t)))),
-            ),
-            None => Either::Right(forward),
+        let result = match route.as_ref().and_then(|r| r.timeout) {
+            Some(t) => tokio::time::timeout(t, forward)
+                .await
+                .unwrap_or(Err(ProxyError::Timeout(t))),
+            None => forward.await,
         };
-        let result = forward.await;
         let (status, class) = match &result {
             Ok(rsp) => (rsp.status(), http_util::classify(rsp)),
             Err(err) => (err.outcome().status, Classification::Failure),
@@ -452,18 +449,18 @@ impl Outbound {
     fn route_metrics(
         &self,
         resolved: &Resolved,
-        load: &EndpointLoad,
+        load: &Arc<EndpointLoad>,
         route: Option<&Arc<str>>,
     ) -> RouteMetrics {
-        let ep = &load.endpoint;
-        let key = (ep.addr, ep.target_port, route.cloned());
+        let key = (Arc::as_ptr(load) as usize, route.cloned());
         let mut routes = resolved
             .routes
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(m) = routes.get(&key) {
+        if let Some((_, m)) = routes.get(&key) {
             return m.clone();
         }
+        let ep = &load.endpoint;
         if routes.len() >= MAX_ROUTE_METRICS {
             routes.clear();
         }
@@ -476,10 +473,9 @@ impl Outbound {
             ),
             route: route.cloned().unwrap_or_else(|| "default".into()),
         };
-        routes
-            .entry(key)
-            .or_insert_with(|| self.inner.metrics.route(labels))
-            .clone()
+        let metrics = self.inner.metrics.route(labels);
+        routes.insert(key, (load.clone(), metrics.clone()));
+        metrics
     }
 
     async fn forward_mesh(
