@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::client::{EndpointKey, endpoint_key};
 use crate::discover::Endpoint;
 
 /// The estimate a new endpoint starts with.
@@ -27,6 +28,8 @@ pub struct EndpointLoad {
     pub endpoint: Endpoint,
     /// The endpoint's identity as a metric label value (built once).
     pub server_id: Arc<str>,
+    /// The endpoint's connection pool key (built once).
+    pub key: EndpointKey,
     pending: AtomicUsize,
     ewma: Mutex<(f64, Instant)>,
 }
@@ -36,6 +39,7 @@ impl EndpointLoad {
     pub fn new(endpoint: Endpoint) -> Self {
         Self {
             server_id: endpoint.identity.as_str().into(),
+            key: endpoint_key(&endpoint),
             endpoint,
             pending: AtomicUsize::new(0),
             ewma: Mutex::new((DEFAULT_RTT.as_secs_f64() * 1e3, Instant::now())),

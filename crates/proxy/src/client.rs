@@ -7,11 +7,11 @@
 //! TLS config demands exactly the endpoint's expected identity; a failed handshake is classified
 //! with [`HandshakeFailure`] and counted in `tls_handshake_failure_total{direction="outbound"}`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use foldhash::HashMap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
@@ -26,6 +26,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tracing::debug;
 
+use crate::balance::EndpointLoad;
 use crate::body::Body;
 use crate::discover::Endpoint;
 use crate::error::ProxyError;
@@ -39,8 +40,14 @@ pub const ALPN: &[u8] = b"onemesh/1";
 
 type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
 
-/// An endpoint as the pools key it: its inbound address, the app port, and its identity.
-pub type EndpointKey = (SocketAddr, u16, SpiffeId);
+/// An endpoint as the pools key it: its inbound address, the app port, and its identity (shared:
+/// every request clones its key).
+pub type EndpointKey = Arc<(SocketAddr, u16, SpiffeId)>;
+
+/// The pool key of `ep`.
+pub fn endpoint_key(ep: &Endpoint) -> EndpointKey {
+    Arc::new((ep.addr, ep.target_port, ep.identity.clone()))
+}
 
 /// Dials other proxies.
 #[derive(Clone)]
@@ -75,8 +82,8 @@ impl MeshClient {
                 credentials,
                 connect_timeout,
                 metrics,
-                configs: Mutex::new(HashMap::new()),
-                h2: Mutex::new(HashMap::new()),
+                configs: Mutex::default(),
+                h2: Mutex::default(),
                 http1: Http1Pool::new(connect_timeout),
             }),
         }
@@ -170,16 +177,14 @@ impl MeshClient {
 
     async fn h2_sender(
         &self,
-        ep: &Endpoint,
+        load: &EndpointLoad,
         authority: &str,
         fresh: bool,
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
+        let ep = &load.endpoint;
         let slot = {
             let mut pools = self.inner.h2.lock().unwrap_or_else(PoisonError::into_inner);
-            pools
-                .entry((ep.addr, ep.target_port, ep.identity.clone()))
-                .or_default()
-                .clone()
+            pools.entry(load.key.clone()).or_default().clone()
         };
         let mut guard = slot.lock().await;
         if let Some(sender) = guard.as_ref()
@@ -213,17 +218,17 @@ impl MeshClient {
     /// is closed or fails before the request was sent.
     pub async fn send_h2(
         &self,
-        ep: &Endpoint,
+        load: &EndpointLoad,
         authority: &str,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let mut sender = self.h2_sender(ep, authority, false).await?;
+        let mut sender = self.h2_sender(load, authority, false).await?;
         match sender.try_send_request(req).await {
             Ok(rsp) => Ok(rsp),
             Err(mut e) => match e.take_message() {
                 // Not sent: the connection was dead. Re-dial and try once more.
                 Some(req) => {
-                    let mut sender = self.h2_sender(ep, authority, true).await?;
+                    let mut sender = self.h2_sender(load, authority, true).await?;
                     sender
                         .send_request(req)
                         .await
@@ -241,19 +246,20 @@ impl MeshClient {
     }
 
     /// Sends an HTTP/1.1 request (origin-form, with its Host header) on an idle pooled mTLS
-    /// connection to `ep`, or a new one. An upgrade keeps its connection.
+    /// connection to the endpoint of `load`, or a new one. An upgrade keeps its connection.
     pub async fn send_http1(
         &self,
-        ep: &Endpoint,
+        load: &EndpointLoad,
         authority: &str,
         req: Request<Body>,
     ) -> Result<Response<PooledBody<EndpointKey>>, ProxyError> {
-        let key = (ep.addr, ep.target_port, ep.identity.clone());
         let dial = || async {
-            let tls = self.connect(ep, Protocol::Http1, authority).await?;
+            let tls = self
+                .connect(&load.endpoint, Protocol::Http1, authority)
+                .await?;
             pool::handshake(tls, "the peer proxy").await
         };
-        self.inner.http1.send(key, req, dial).await
+        self.inner.http1.send(load.key.clone(), req, dial).await
     }
 }
 

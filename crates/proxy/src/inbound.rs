@@ -463,16 +463,6 @@ impl Inbound {
     ) -> Result<Response<Body>, ProxyError> {
         let upgrade = http1 && http_util::is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            });
         let (mut parts, body) = req.into_parts();
         if !upgrade {
             http_util::strip_hop_by_hop(&mut parts.headers);
@@ -484,9 +474,10 @@ impl Inbound {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut rsp = if http1 {
             if !parts.headers.contains_key(header::HOST)
-                && let Some(a) = authority
-                    .as_deref()
-                    .and_then(|a| HeaderValue::from_str(a).ok())
+                && let Some(a) = parts
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             {
                 parts.headers.insert(header::HOST, a);
             }

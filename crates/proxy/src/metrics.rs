@@ -15,8 +15,8 @@
 //! never from request data or error text. Label sets hold `Arc<str>`s, so a connection builds its
 //! [`EdgeLabels`] once and each request only clones pointers.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -122,15 +122,22 @@ impl EncodeLabelSet for RouteLabels {
     }
 }
 
-/// A route's request counter and latency histogram, looked up once (per connection inbound, per
-/// endpoint and route outbound) so that a request hashes one label set instead of three.
+/// A route's request counter, latency histogram and response counters, looked up once (per
+/// connection inbound, per endpoint and route outbound) so that a request hashes no label set.
 #[derive(Clone, Debug)]
 pub struct RouteMetrics {
     /// The labels.
     pub labels: RouteLabels,
     requests: Counter,
     latency: Histogram,
+    /// `response_total` counters by status and classification, each looked up once (shared by
+    /// every clone of these handles).
+    responses: Arc<Mutex<Vec<(u16, Classification, Counter)>>>,
 }
+
+/// The most (status, classification) counters a [`RouteMetrics`] keeps at hand; rarer outcomes
+/// are looked up in the family each time.
+const MAX_CACHED_RESPONSES: usize = 16;
 
 impl RouteMetrics {
     /// Counts a request.
@@ -147,14 +154,27 @@ impl RouteMetrics {
         classification: Classification,
     ) {
         self.latency.observe(start.elapsed().as_secs_f64() * 1e3);
-        metrics
-            .response_total
-            .get_or_create(&ResponseLabels {
-                route: self.labels.clone(),
-                classification,
-                status_code: status.as_u16(),
-            })
-            .inc();
+        let code = status.as_u16();
+        let mut cached = self
+            .responses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, _, counter)) = cached
+            .iter()
+            .find(|(s, c, _)| *s == code && *c == classification)
+        {
+            counter.inc();
+            return;
+        }
+        let counter = metrics.response_total.get_or_create_owned(&ResponseLabels {
+            route: self.labels.clone(),
+            classification,
+            status_code: code,
+        });
+        counter.inc();
+        if cached.len() < MAX_CACHED_RESPONSES {
+            cached.push((code, classification, counter));
+        }
     }
 }
 
@@ -408,6 +428,7 @@ impl Metrics {
         RouteMetrics {
             requests: self.request_total.get_or_create_owned(&labels),
             latency: self.response_latency_ms.get_or_create_owned(&labels),
+            responses: Arc::default(),
             labels,
         }
     }
@@ -492,5 +513,68 @@ impl Drop for TcpGuard {
             .tcp_open_connections
             .get_or_create(&self.labels)
             .dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> RouteLabels {
+        RouteLabels {
+            edge: EdgeLabels {
+                direction: Direction::Inbound,
+                namespace: "pg".into(),
+                workload: "api".into(),
+                dst_namespace: "pg".into(),
+                dst_workload: "api".into(),
+                peer_id: None,
+                tls: Tls::NoIdentity,
+            },
+            route: "default".into(),
+        }
+    }
+
+    fn count(metrics: &Metrics, status: u16, class: &str) -> Option<u64> {
+        let text = metrics.encode();
+        let needle = format!("classification=\"{class}\",status_code=\"{status}\"}} ");
+        text.lines()
+            .find_map(|l| l.split_once(&needle).map(|(_, n)| n.parse().ok()))
+            .flatten()
+    }
+
+    #[test]
+    fn responses_are_counted_per_status_through_every_clone() {
+        let metrics = Metrics::new();
+        let route = metrics.route(labels());
+        let copy = route.clone();
+        let now = std::time::Instant::now();
+        route.record(&metrics, now, http::StatusCode::OK, Classification::Success);
+        copy.record(&metrics, now, http::StatusCode::OK, Classification::Success);
+        route.record(
+            &metrics,
+            now,
+            http::StatusCode::BAD_GATEWAY,
+            Classification::Failure,
+        );
+        assert_eq!(count(&metrics, 200, "success"), Some(2));
+        assert_eq!(count(&metrics, 502, "failure"), Some(1));
+        assert_eq!(count(&metrics, 502, "success"), None);
+    }
+
+    #[test]
+    fn outcomes_beyond_the_cache_are_still_counted() {
+        let metrics = Metrics::new();
+        let route = metrics.route(labels());
+        let now = std::time::Instant::now();
+        for _ in 0..2 {
+            for code in 200..200 + 2 * MAX_CACHED_RESPONSES as u16 {
+                let status = http::StatusCode::from_u16(code).expect("valid status");
+                route.record(&metrics, now, status, Classification::Success);
+            }
+        }
+        for code in 200..200 + 2 * MAX_CACHED_RESPONSES as u16 {
+            assert_eq!(count(&metrics, code, "success"), Some(2), "status {code}");
+        }
     }
 }

@@ -18,12 +18,12 @@
 //!
 //! Every failure on this path becomes a response through [`ProxyError::to_response`].
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use foldhash::HashMap;
 use futures_util::FutureExt;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -135,6 +135,10 @@ fn clone_head(req: &Request<Body>) -> Request<()> {
 /// A resolved target, cached: its discovery watch, its balancer, its retry budget and the metric
 /// handles of each endpoint and route it has sent to.
 struct Resolved {
+    target: Target,
+    /// `host:port` of the target (the transport header's authority, and the Host of a request
+    /// that had none).
+    authority: Box<str>,
     budget: RetryBudget,
     resolution: Resolution,
     balancer: Mutex<Option<(Arc<Service>, Arc<Balancer>)>>,
@@ -148,6 +152,10 @@ type RouteKey = (usize, Option<Arc<str>>);
 
 /// The most endpoint × route handles kept per target (discovery churn must not grow memory).
 const MAX_ROUTE_METRICS: usize = 1024;
+
+/// The most targets (and, separately, spellings of request hosts) cached: a flood of distinct
+/// external names must not grow memory without limit.
+const MAX_RESOLVED: usize = 10_000;
 
 impl Resolved {
     /// The current service and balancer (rebuilt when discovery changed the service).
@@ -176,6 +184,9 @@ struct Inner {
     settings: OutboundSettings,
     discover: Arc<dyn Discover>,
     resolved: Mutex<HashMap<Target, Arc<Resolved>>>,
+    /// The same, by the request's host exactly as written (the URI's authority or the Host
+    /// header), so that a request parses no host once its spelling has been seen.
+    by_host: Mutex<HashMap<Box<[u8]>, Arc<Resolved>>>,
     mesh: MeshClient,
     plain: PlainClients,
     metrics: Arc<Metrics>,
@@ -194,7 +205,8 @@ impl Outbound {
             inner: Arc::new(Inner {
                 settings,
                 discover,
-                resolved: Mutex::new(HashMap::new()),
+                resolved: Mutex::default(),
+                by_host: Mutex::default(),
                 mesh,
                 plain,
                 metrics,
@@ -312,21 +324,54 @@ impl Outbound {
             .await
             .map_err(|e| ProxyError::DiscoveryUnavailable(e.to_string()))?;
         let resolved = Arc::new(Resolved {
+            target: target.clone(),
+            authority: target.authority().into(),
             budget: RetryBudget::default(),
             resolution,
             balancer: Mutex::new(None),
-            routes: Mutex::new(HashMap::new()),
+            routes: Mutex::default(),
         });
         let mut cache = self
             .inner
             .resolved
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // Bounded: a flood of distinct external names must not grow memory without limit.
-        if cache.len() >= 10_000 {
+        if cache.len() >= MAX_RESOLVED {
             cache.clear();
         }
         Ok(cache.entry(target.clone()).or_insert(resolved).clone())
+    }
+
+    /// [`Outbound::resolve`] for a request's host as written (`default port 80`).
+    async fn resolve_host(&self, host: &[u8]) -> Result<Arc<Resolved>, ProxyError> {
+        let cached = |host: &[u8]| {
+            let by_host = self
+                .inner
+                .by_host
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            by_host.get(host).cloned()
+        };
+        if let Some(r) = cached(host) {
+            return Ok(r);
+        }
+        let target = std::str::from_utf8(host)
+            .ok()
+            .and_then(|a| Target::from_authority(a, 80))
+            .ok_or(ProxyError::Malformed(
+                "the request's host is not a valid authority",
+            ))?;
+        let resolved = self.resolve(&target).await?;
+        let mut by_host = self
+            .inner
+            .by_host
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if by_host.len() >= MAX_RESOLVED {
+            by_host.clear();
+        }
+        by_host.insert(host.into(), resolved.clone());
+        Ok(resolved)
     }
 
     fn edge(
@@ -374,29 +419,23 @@ impl Outbound {
         orig_dst: Option<SocketAddr>,
     ) -> Result<Response<Body>, ProxyError> {
         // target: absolute URI, else Host header, else the original destination
-        let authority = req
+        let host = req
             .uri()
             .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            });
-        let target = match (authority.as_deref(), orig_dst) {
-            (Some(a), _) => Target::from_authority(a, 80).ok_or(ProxyError::Malformed(
-                "the request's host is not a valid authority",
-            ))?,
-            (None, Some(dst)) => Target::Addr(dst),
+            .map(|a| a.as_str().as_bytes())
+            .or_else(|| req.headers().get(header::HOST).map(HeaderValue::as_bytes));
+        // discovery
+        let resolved = match (host, orig_dst) {
+            (Some(host), _) => self.resolve_host(host).await?,
+            (None, Some(dst)) => self.resolve(&Target::Addr(dst)).await?,
             (None, None) => return Err(ProxyError::Malformed("the request names no host")),
         };
-        // discovery
-        let resolved = self.resolve(&target).await?;
         let rx = match &resolved.resolution {
             Resolution::Mesh(rx) => rx.clone(),
             // Boxed: egress is the rare path, kept out of every mesh request's future.
-            Resolution::External => return Box::pin(self.egress(req, &target, orig_dst)).await,
+            Resolution::External => {
+                return Box::pin(self.egress(req, &resolved.target, orig_dst)).await;
+            }
         };
         // route and balancer
         let (service, balancer) = resolved.current(&rx);
@@ -405,7 +444,7 @@ impl Outbound {
             .pick()
             .ok_or_else(|| ProxyError::NoEndpoints(service.name.to_string()))?;
         let metrics = self.route_metrics(&resolved, &load, route.as_ref().map(|r| &r.name));
-        let authority = target.authority();
+        let authority = &*resolved.authority;
         metrics.request();
         let start = Instant::now();
         // retries: only bodiless requests (replayable), idempotent or on a retryable route,
@@ -415,7 +454,7 @@ impl Outbound {
             .then(|| clone_head(&req));
         resolved.budget.deposit();
         let forward = async {
-            let first = self.forward_mesh(req, &load, &authority).await;
+            let first = self.forward_mesh(req, &load, authority).await;
             let Err(err) = &first else { return first };
             let Some(head) = replay.filter(|_| err.is_retryable()) else {
                 return first;
@@ -428,7 +467,7 @@ impl Outbound {
                 return first;
             };
             self.retried("retried");
-            self.forward_mesh(head.map(|()| body::empty()), &next, &authority)
+            self.forward_mesh(head.map(|()| body::empty()), &next, authority)
                 .await
         };
         let result = match route.as_ref().and_then(|r| r.timeout) {
@@ -485,7 +524,6 @@ impl Outbound {
         authority: &str,
     ) -> Result<Response<Body>, ProxyError> {
         let in_flight = load.start();
-        let ep = &load.endpoint;
         let original = req.version();
         let upgrade = http_util::is_upgrade(&req);
         let pooled_http1 = original != Version::HTTP_2
@@ -500,7 +538,7 @@ impl Outbound {
             req.headers_mut().remove(ORIG_PROTO);
             set_origin_form(&mut req, authority)?;
             *req.version_mut() = Version::HTTP_11;
-            let mut rsp = self.inner.mesh.send_http1(ep, authority, req).await?;
+            let mut rsp = self.inner.mesh.send_http1(load, authority, req).await?;
             in_flight.complete();
             if let Some(client_upgrade) = client_upgrade
                 && rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS
@@ -525,7 +563,7 @@ impl Outbound {
         let rsp = self
             .inner
             .mesh
-            .send_h2(ep, authority, Request::from_parts(parts, body))
+            .send_h2(load, authority, Request::from_parts(parts, body))
             .await?;
         in_flight.complete();
         let (mut parts, body) = rsp.into_parts();

@@ -164,8 +164,16 @@ pub fn authorize(
     }
     Decision {
         allowed: caller.is_some_and(|id| id.namespace() == own_namespace),
-        policy: DEFAULT_SAME_NAMESPACE.into(),
+        policy: default_policy_name(),
     }
+}
+
+/// [`DEFAULT_SAME_NAMESPACE`] as a decision's policy (built once: most requests are decided by
+/// the default, and a decision must not allocate).
+fn default_policy_name() -> Arc<str> {
+    static NAME: std::sync::LazyLock<Arc<str>> =
+        std::sync::LazyLock::new(|| DEFAULT_SAME_NAMESPACE.into());
+    NAME.clone()
 }
 
 #[cfg(test)]

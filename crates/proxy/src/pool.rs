@@ -14,9 +14,9 @@
 //!
 //! Why not hyper-util's general client: it spawns a task per request to put the connection back
 //! in its pool and keys the pool by scheme and authority strings; here the peers are known
-//! addresses reached by the proxy's own dialers, so a stack per key is all this needs.
+//! addresses reached by the proxy's own dialers, so a stack per key is all this needs. A request
+//! clones its key, so keys are cheap to clone (an address, an `Arc`).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
@@ -25,6 +25,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use foldhash::HashMap;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -118,7 +119,7 @@ impl<K: Hash + Eq + Clone + Send + 'static> Http1Pool<K> {
             inner: Arc::new(Inner {
                 ready_timeout,
                 idle_timeout,
-                slots: Mutex::new(HashMap::new()),
+                slots: Mutex::default(),
             }),
         }
     }
@@ -185,12 +186,7 @@ impl<K: Hash + Eq + Clone + Send + 'static> Http1Pool<K> {
         loop {
             let freed = {
                 let mut slots = self.lock();
-                if !slots.contains_key(key) {
-                    slots.insert(key.clone(), Slot::default());
-                }
-                let Some(slot) = slots.get_mut(key) else {
-                    continue;
-                };
+                let slot = slots.entry(key.clone()).or_default();
                 let now = Instant::now();
                 let mut found = None;
                 while let Some((sender, since)) = slot.idle.pop() {
