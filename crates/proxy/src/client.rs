@@ -239,6 +239,11 @@ impl MeshClient {
         }
     }
 
+    /// Closes idle pooled HTTP/1.1 connections beyond the `keep` most recently used per endpoint.
+    pub fn shrink_idle(&self, keep: usize) {
+        self.inner.http1.shrink_idle(keep);
+    }
+
     /// Closes idle pooled HTTP/1.1 connections that the peer closed or that outlived their idle
     /// timeout; returns how many.
     pub fn prune_idle(&self) -> usize {

@@ -242,7 +242,13 @@ impl Inbound {
             Protocol::Http1 => {
                 let io = CountingIo::new(tls, guard.counters().clone());
                 let svc = self.service(conn);
-                server::serve_http1(io, svc, self.inner.settings.limits, &drain).await;
+                server::serve_http1(
+                    io,
+                    svc,
+                    mesh_http1_limits(self.inner.settings.limits),
+                    &drain,
+                )
+                .await;
             }
             Protocol::Opaque => self.opaque(tls, &conn, guard).await,
         }
@@ -521,5 +527,20 @@ impl Inbound {
             http_util::strip_hop_by_hop(rsp.headers_mut());
         }
         Ok(rsp)
+    }
+}
+
+/// How long a pooled HTTP/1.1 connection from another proxy may stay idle before this side
+/// closes it: longer than the other side keeps it in its pool ([`pool::IDLE_TIMEOUT`]), so a
+/// request is never sent on a connection this side is closing at that moment.
+pub const MESH_KEEP_ALIVE: Duration = Duration::from_secs(pool::IDLE_TIMEOUT.as_secs() + 5);
+
+/// The limits of an HTTP/1.1 connection from another proxy. hyper's header read timeout also
+/// closes a connection waiting idle for its next request, so for these (authenticated peers that
+/// pool their connections) it is at least [`MESH_KEEP_ALIVE`].
+fn mesh_http1_limits(limits: HttpLimits) -> HttpLimits {
+    HttpLimits {
+        header_read_timeout: limits.header_read_timeout.max(MESH_KEEP_ALIVE),
+        ..limits
     }
 }

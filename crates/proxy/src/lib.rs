@@ -15,7 +15,7 @@
 //! HTTP/2 connection too, with the application's original version in `onemesh-orig-proto`;
 //! upgrades (WebSocket) and opaque TCP get their own connection; every connection begins with a
 //! [`transport_header`]. Protocols are detected ([`detect`]) with one bounded read under a
-//! deadline. A quiet proxy shrinks its pool to the app and returns freed heap ([`memory`]).
+//! deadline. A quiet proxy shrinks its pools and returns freed heap ([`memory`]).
 //!
 //! What configures the data path is behind the seams in [`discover`] (discovery, inbound policy,
 //! certificate issuance); [`static_config`] implements them from a JSON file and a local issuer,
@@ -316,13 +316,16 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
             },
         ));
     }
-    // Only the pools to the app shrink in a quiet spell (a plain connect is cheap); connections
-    // to other proxies stay warm until their idle timeout, so a burst after a pause does not pay
-    // a TLS handshake per connection.
+    // In a quiet spell the pools to the app shrink to a few connections per port (a plain
+    // connect is cheap) and those to other proxies to more (a TLS handshake is not): see memory.
     let (to_shrink, to_prune) = (inbound.clone(), inbound.clone());
+    let mesh_to_shrink = mesh_to_prune.clone();
     tokio::spawn(memory::trim_when_idle(
         drain.handle(),
-        move |keep| to_shrink.shrink_idle(keep),
+        move |keep| {
+            to_shrink.shrink_idle(keep);
+            mesh_to_shrink.shrink_idle(memory::KEEP_MESH_IDLE_WHEN_QUIET);
+        },
         move || to_prune.prune_idle() + mesh_to_prune.prune_idle(),
     ));
     let m = metrics.clone();

@@ -5,12 +5,19 @@
 //! application keeps as many idle connections as the last burst needed. The accept loops (each
 //! accept and close) and both directions (each request) note activity here ([`note_activity`]);
 //! [`trim_when_idle`] looks every [`IDLE_CHECK`] and, once a whole check interval has passed
-//! without any, shrinks the app pools to [`KEEP_IDLE_WHEN_QUIET`] connections per port, then, one
-//! interval later (when the closed connections have freed their buffers), asks the allocator to
-//! release its free pages (`malloc_trim`); once per quiet spell. It never does so while requests
-//! flow, so a busy proxy pays no page faults or reconnects to get the same resources back.
-//! Connections to other proxies are not shrunk here: re-dialling one costs a TLS handshake, so
-//! they live until their idle timeout ([`crate::pool::IDLE_TIMEOUT`]).
+//! without any, shrinks the pools (to the app: [`KEEP_IDLE_WHEN_QUIET`] connections per port; to
+//! each other proxy: [`KEEP_MESH_IDLE_WHEN_QUIET`]), then, one interval later (when the closed
+//! connections have freed their buffers), asks the allocator to release its free pages
+//! (`malloc_trim`); once per quiet spell. It never does so while requests flow, so a busy proxy
+//! pays no page faults or reconnects to get the same resources back.
+//!
+//! An idle pooled connection holds about 35-40 KiB on each side (hyper's read and write buffers
+//! and request channel, the TLS state, the connection's task), so 50 left over from a burst cost
+//! about 2 MiB. The pools to other proxies keep more than the pools to the app because
+//! re-dialling one costs a TLS handshake: 16 cover the concurrency of steady traffic (2,000
+//! requests/s in bench/ never needed more), so a burst after a pause does not wait for
+//! handshakes; the rest live until their idle timeout ([`crate::pool::IDLE_TIMEOUT`]) only while
+//! traffic flows.
 //!
 //! Only glibc needs the trim; elsewhere that part does nothing.
 
@@ -25,8 +32,10 @@ pub const IDLE_CHECK: Duration = Duration::from_millis(250);
 /// Idle connections are pruned every this many checks (5 s).
 pub const PRUNE_EVERY: u32 = 20;
 /// Idle pooled connections to the application kept per port through a quiet spell: enough that
-/// ordinary traffic after a pause needs few new connections (~20 KiB each).
+/// ordinary traffic after a pause needs few new connections (a plain connect is cheap).
 pub const KEEP_IDLE_WHEN_QUIET: usize = 8;
+/// Idle pooled mTLS connections to another proxy kept per endpoint through a quiet spell.
+pub const KEEP_MESH_IDLE_WHEN_QUIET: usize = 16;
 
 static ACTIVITY: AtomicU64 = AtomicU64::new(0);
 
@@ -36,8 +45,9 @@ pub fn note_activity() {
 }
 
 /// Runs until drained: one check interval into each quiet spell calls `shrink_pools` (with
-/// [`KEEP_IDLE_WHEN_QUIET`]); one more, once the closed connections have let go of their
-/// buffers, releases free heap.
+/// [`KEEP_IDLE_WHEN_QUIET`], the app pools' share; the caller shrinks the mesh pools to
+/// [`KEEP_MESH_IDLE_WHEN_QUIET`] in the same call); one more, once the closed connections have
+/// let go of their buffers, releases free heap.
 ///
 /// Every [`PRUNE_EVERY`] checks, busy or not, it also calls `prune_pools` (close connections the
 /// peer closed or that outlived their idle timeout); closing any counts as activity, so the

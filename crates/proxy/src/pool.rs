@@ -8,9 +8,8 @@
 //! the peer closed is never reused. At most [`MAX_DIALS_PER_KEY`] connections are dialled at once
 //! per key (more requests wait for one of them, or for a connection to come back, so a burst does
 //! not turn into a burst of handshakes). Idle connections older than [`IDLE_TIMEOUT`] are closed,
-//! at most [`MAX_IDLE_PER_KEY`] are kept per key, and when the whole proxy goes quiet the pool to the
-//! application shrinks to a few per port ([`Http1Pool::shrink_idle`], called from
-//! [`crate::memory`]).
+//! at most [`MAX_IDLE_PER_KEY`] are kept per key, and when the whole proxy goes quiet the pools
+//! shrink to a few per key ([`Http1Pool::shrink_idle`], called from [`crate::memory`]).
 //!
 //! Why not hyper-util's general client: it spawns a task per request to put the connection back
 //! in its pool and keys the pool by scheme and authority strings; here the peers are known

@@ -31,11 +31,12 @@ struct Mesh {
 
 /// App ports behind the `bank` proxy; the `pg` proxy knows them as services in namespace bank.
 async fn mesh() -> Mesh {
-    mesh_with("http1").await
+    mesh_with("http1", "10s").await
 }
 
-/// [`mesh`] with the client proxy's `ONEMESH_PROXY_HTTP1_TRANSPORT`.
-async fn mesh_with(http1_transport: &str) -> Mesh {
+/// [`mesh`] with the client proxy's `ONEMESH_PROXY_HTTP1_TRANSPORT` and the server proxy's
+/// `ONEMESH_PROXY_HEADER_READ_TIMEOUT`.
+async fn mesh_with(http1_transport: &str, server_header_timeout: &str) -> Mesh {
     let pki = Pki::new();
     let (web, h2, grpc, ws, banner) = (
         http1_app().await,
@@ -45,6 +46,7 @@ async fn mesh_with(http1_transport: &str) -> Mesh {
         banner_app().await,
     );
     let server = ProxyBuilder::new(&pki, "bank")
+        .env("ONEMESH_PROXY_HEADER_READ_TIMEOUT", server_header_timeout)
         .static_config(json!({ "inbound": allow(&["pg"]) }))
         .start()
         .await;
@@ -227,10 +229,65 @@ async fn http1_rides_pooled_http1_connections_by_default() {
 
 #[tokio::test]
 async fn http1_can_ride_one_multiplexed_h2_connection() {
-    let m = mesh_with("h2").await;
+    let m = mesh_with("h2", "10s").await;
     two_busy_connections(&m).await;
     two_busy_connections(&m).await;
     assert_eq!(accepted_from_pg(&m).await, 1.0);
+}
+
+#[tokio::test]
+async fn a_quiet_proxy_keeps_a_few_warm_mesh_connections() {
+    use onemesh_proxy::memory::KEEP_MESH_IDLE_WHEN_QUIET as KEEP;
+    let m = mesh().await;
+    // A burst of overlapping slow requests: each holds a mesh connection of its own.
+    let addr = m.client.outbound_addr;
+    let slow = |_| async move {
+        let mut conn = http1_client(addr).await;
+        let (status, _, _) = get(&mut conn, "web.bank", "/slow/600").await;
+        assert_eq!(status, 200);
+    };
+    futures_util::future::join_all((0..KEEP + 6).map(slow)).await;
+    let accepted = accepted_from_pg(&m).await;
+    assert!(
+        accepted > KEEP as f64,
+        "the burst used {accepted} connections"
+    );
+    // Quiet now: the client proxy closes its idle mesh connections beyond KEEP.
+    let open = || async {
+        let server = metrics(m.server.admin_addr).await;
+        let labels = ["direction=\"inbound\"", &format!("client_id=\"{PG_ID}\"")];
+        sum(&server, "tcp_open_connections", &labels)
+    };
+    // (Scraping is activity too, and both proxies share this process: look only now and then.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while open().await > KEEP as f64 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert_eq!(open().await, KEEP as f64);
+    // The warm ones still carry traffic, without a new handshake.
+    let mut conn = http1_client(addr).await;
+    let (status, _, _) = get(&mut conn, "web.bank", "/whoami/after").await;
+    assert_eq!(status, 200);
+    assert_eq!(accepted_from_pg(&m).await, accepted);
+}
+
+#[tokio::test]
+async fn idle_mesh_connections_outlive_the_header_read_timeout() {
+    // hyper's header read timeout also closes a connection waiting for its next request; between
+    // proxies the pool reuses idle connections for up to a minute, so the serving side waits at
+    // least that long (else a request could go out on a connection being closed).
+    let m = mesh_with("http1", "1s").await;
+    let mut conn = http1_client(m.client.outbound_addr).await;
+    let (status, _, _) = get(&mut conn, "web.bank", "/whoami/first").await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, _, _) = get(&mut conn, "web.bank", "/whoami/second").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        accepted_from_pg(&m).await,
+        1.0,
+        "the idle connection was reused"
+    );
 }
 
 #[tokio::test]
