@@ -51,7 +51,16 @@ impl Target {
     /// Parses `host[:port]` (port defaults to `default_port`). IP literals become [`Target::Addr`].
     pub fn from_authority(authority: &str, default_port: u16) -> Option<Target> {
         let authority: http::uri::Authority = authority.parse().ok()?;
-        let port = authority.port_u16().unwrap_or(default_port);
+        // `host:` means the default port; a port that is not a u16 makes the authority invalid
+        // (`http` would read it as no port at all).
+        let host_port = authority
+            .as_str()
+            .rsplit_once('@')
+            .map_or(authority.as_str(), |(_, hp)| hp);
+        let port = match host_port[authority.host().len()..].strip_prefix(':') {
+            None | Some("") => default_port,
+            Some(port) => port.parse().ok()?,
+        };
         let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
         if host.is_empty() {
             return None;
@@ -220,6 +229,19 @@ mod tests {
             Some(Target::Addr("[::1]:9".parse().unwrap()))
         );
         assert_eq!(Target::from_authority("", 80), None);
+        assert_eq!(Target::from_authority("bank:99999", 80), None);
+        assert_eq!(Target::from_authority("bank:x", 80), None);
+        assert_eq!(
+            Target::from_authority("bank:", 80),
+            Target::from_authority("bank:80", 80)
+        );
+        assert_eq!(
+            Target::from_authority("me@Bank:81", 80),
+            Some(Target::Name {
+                host: "bank".into(),
+                port: 81
+            })
+        );
         assert_eq!(Target::from_authority("a b", 80), None);
     }
 

@@ -291,6 +291,29 @@ async fn idle_mesh_connections_outlive_the_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn every_spelling_of_a_host_reaches_its_service() {
+    // Targets are cached by the host as written: each spelling must still resolve like the
+    // canonical one (case, default port, trailing dot), and a bad one must not be cached as good.
+    let m = mesh().await;
+    let mut conn = http1_client(m.client.outbound_addr).await;
+    for host in [
+        "web.bank",
+        "WEB.Bank",
+        "web.bank:80",
+        "web.bank.",
+        "web.bank",
+    ] {
+        let (status, _, body) = get(&mut conn, host, "/whoami/spelled").await;
+        assert_eq!(status, 200, "host {host}");
+        let expected = format!("version=HTTP/1.1 client={PG_ID} path=/whoami/spelled");
+        assert_eq!(body, Bytes::from(expected), "host {host}");
+    }
+    let mut conn = http1_client(m.client.outbound_addr).await;
+    let (status, _, _) = get(&mut conn, "web.bank:99999", "/").await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
 async fn chunked_upload_and_streaming_download() {
     let m = mesh().await;
     let mut conn = http1_client(m.client.outbound_addr).await;
