@@ -8,7 +8,7 @@
 //! | 403 | `forbidden` (policy) |
 //! | 408 | `header_timeout` (slow client) |
 //! | 431 | `header_too_large` |
-//! | 502 | `connect_failed`, `tls_failed`, `upstream_failed` |
+//! | 502 | `connect_failed`, `tls_failed`, `upstream_failed`, `loop_detected` |
 //! | 503 | `no_endpoints`, `not_ready`, `discovery_unavailable` |
 //! | 504 | `timeout` |
 //!
@@ -77,6 +77,12 @@ pub enum ProxyError {
     /// The route's timeout passed.
     #[error("request timed out after {0:?}")]
     Timeout(Duration),
+    /// An egress request came back to the proxy that sent it.
+    #[error(
+        "request loop: {0} leads back to this proxy (a request to the proxy's own port is not \
+         forwarded again); send it to the service's own address or name"
+    )]
+    Loop(String),
 }
 
 /// What a failure becomes.
@@ -108,6 +114,7 @@ impl ProxyError {
             ProxyError::Tls { .. } => (StatusCode::BAD_GATEWAY, "tls_failed"),
             ProxyError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_failed"),
             ProxyError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ProxyError::Loop(_) => (StatusCode::BAD_GATEWAY, "loop_detected"),
         };
         Outcome { status, reason }
     }
@@ -124,7 +131,8 @@ impl ProxyError {
             | ProxyError::NoEndpoints(_)
             | ProxyError::NotReady(_)
             | ProxyError::DiscoveryUnavailable(_)
-            | ProxyError::Timeout(_) => false,
+            | ProxyError::Timeout(_)
+            | ProxyError::Loop(_) => false,
         }
     }
 
@@ -164,6 +172,11 @@ mod tests {
             (ProxyError::NotReady("no certificate"), 503, "not_ready"),
             (ProxyError::Upstream("reset".into()), 502, "upstream_failed"),
             (ProxyError::Timeout(Duration::from_secs(1)), 504, "timeout"),
+            (
+                ProxyError::Loop("127.0.0.1:4140".into()),
+                502,
+                "loop_detected",
+            ),
         ];
         for (err, status, reason) in cases {
             let rsp = err.to_response();

@@ -15,6 +15,9 @@ use crate::metrics::Classification;
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("onemesh-orig-proto");
 /// Request header the inbound sets to the verified caller identity (and strips from outside).
 pub const CLIENT_ID: HeaderName = HeaderName::from_static("onemesh-client-id");
+/// Set on every egress request to this proxy's random id: a request that comes back to the
+/// same outbound with it went round a loop (its destination leads to the proxy itself).
+pub const EGRESS_ID: HeaderName = HeaderName::from_static("onemesh-egress-id");
 
 /// Whether the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {

@@ -12,7 +12,10 @@
 //!    connection), HTTP/2 on the shared HTTP/2 connection (and HTTP/1 too when
 //!    `ONEMESH_PROXY_HTTP1_TRANSPORT=h2`); a bodiless idempotent (or `retryable` route) request
 //!    that failed before any response is retried once on another pick, within a 20 %
-//!    [`RetryBudget`]. Names outside the mesh are forwarded plain (egress, `tls="no_identity"`);
+//!    [`RetryBudget`]. Names outside the mesh are forwarded plain (egress, `tls="no_identity"`),
+//!    marked with this proxy's random `onemesh-egress-id`: one that comes back (its destination
+//!    is the proxy itself) is answered `502 loop_detected` instead of going round until the
+//!    proxy runs out of sockets;
 //! 5. opaque: resolve the original destination (or the tcp forward's service) and splice bytes
 //!    over mTLS (or plain, for egress).
 //!
@@ -43,7 +46,7 @@ use crate::detect::{self, Detected};
 use crate::discover::{Discover, EndpointProtocol, Resolution, Service, Target};
 use crate::drain::Drain;
 use crate::error::ProxyError;
-use crate::http_util::{self, ORIG_PROTO};
+use crate::http_util::{self, EGRESS_ID, ORIG_PROTO};
 use crate::io::PrefixedIo;
 use crate::metrics::{
     Classification, Direction, EdgeLabels, Metrics, ReasonLabels, RouteLabels, RouteMetrics, Tls,
@@ -190,6 +193,8 @@ struct Inner {
     mesh: MeshClient,
     plain: PlainClients,
     metrics: Arc<Metrics>,
+    /// This outbound's [`EGRESS_ID`] value.
+    egress_id: HeaderValue,
 }
 
 impl Outbound {
@@ -210,6 +215,8 @@ impl Outbound {
                 mesh,
                 plain,
                 metrics,
+                egress_id: HeaderValue::from_str(&format!("{:016x}", fastrand::u64(..)))
+                    .unwrap_or_else(|_| HeaderValue::from_static("onemesh")),
             }),
         }
     }
@@ -588,6 +595,12 @@ impl Outbound {
             (Some(dst), _) => dst.to_string(),
             (None, t) => t.authority(),
         };
+        // A request this outbound already sent out came back: its destination is the proxy.
+        if req.headers().get(EGRESS_ID) == Some(&self.inner.egress_id) {
+            return Err(ProxyError::Loop(connect_to));
+        }
+        req.headers_mut()
+            .insert(EGRESS_ID, self.inner.egress_id.clone());
         metrics.request();
         let start = Instant::now();
         let upgrade = http_util::is_upgrade(&req);

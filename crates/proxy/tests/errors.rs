@@ -173,6 +173,28 @@ async fn egress_passthrough_reaches_names_outside_the_mesh() {
 }
 
 #[tokio::test]
+async fn a_request_to_the_proxys_own_port_is_refused_not_looped() {
+    let pki = Pki::new();
+    let app = http1_app().await;
+    let client = ProxyBuilder::new(&pki, "pg").start().await;
+    let mut conn = http1_client(client.outbound_addr).await;
+    // The outbound's own address is outside the mesh: egress would send it back to itself.
+    let own = client.outbound_addr.to_string();
+    let (status, headers, body) = get(&mut conn, &own, "/again").await;
+    assert_eq!(status, 502);
+    assert_eq!(headers["onemesh-error"], "loop_detected");
+    assert!(String::from_utf8_lossy(&body).contains("leads back to this proxy"));
+    // Ordinary egress still works, on the same connection.
+    let (status, _, _) = get(&mut conn, &format!("localhost:{app}"), "/outside").await;
+    assert_eq!(status, 200);
+    let m = metrics(client.admin_addr).await;
+    assert_eq!(
+        sum(&m, "proxy_error_total", &["reason=\"loop_detected\""]),
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn idempotent_requests_are_retried_within_the_budget() {
     let pki = Pki::new();
     let app = http1_app().await;
