@@ -129,7 +129,7 @@ impl Inbound {
                 credentials,
                 server_config: Mutex::new(None),
                 policy,
-                app: Http1Pool::new(connect_timeout),
+                app: Http1Pool::with_idle_timeout(connect_timeout, APP_IDLE_TIMEOUT),
                 plain,
                 metrics,
             }),
@@ -529,6 +529,12 @@ impl Inbound {
         Ok(rsp)
     }
 }
+
+/// How long an idle connection to the application is reused: shorter than the keep-alive
+/// timeout of common application servers (Node.js and uvicorn close idle connections after 5 s),
+/// so a request is not sent on a connection the app is closing at that moment (it would fail
+/// without an answer; a local connect is cheap).
+pub const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// How long a pooled HTTP/1.1 connection from another proxy may stay idle before this side
 /// closes it: longer than the other side keeps it in its pool ([`pool::IDLE_TIMEOUT`]), so a

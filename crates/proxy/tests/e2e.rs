@@ -314,6 +314,45 @@ async fn every_spelling_of_a_host_reaches_its_service() {
 }
 
 #[tokio::test]
+async fn idle_app_connections_are_not_reused_past_the_app_idle_timeout() {
+    // Apps close idle keep-alive connections (Node.js, uvicorn: after 5 s); the inbound must
+    // have stopped reusing one before that, or a request could go out as the app closes it.
+    use onemesh_proxy::inbound::APP_IDLE_TIMEOUT;
+    use std::sync::atomic::Ordering;
+    let pki = Pki::new();
+    let (app, accepted) = counted_http1_app().await;
+    let server = ProxyBuilder::new(&pki, "bank")
+        .static_config(json!({ "inbound": allow(&["pg"]) }))
+        .start()
+        .await;
+    let client = ProxyBuilder::new(&pki, "pg")
+        .static_config(
+            json!({ "services": [ { "name": "web", "namespace": "bank", "port": 80,
+            "endpoints": [endpoint(&server, app, "bank", "http")] } ] }),
+        )
+        .start()
+        .await;
+    let mut conn = http1_client(client.outbound_addr).await;
+    for _ in 0..2 {
+        let (status, _, _) = get(&mut conn, "web.bank", "/whoami/x").await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "kept alive while in use"
+    );
+    tokio::time::sleep(APP_IDLE_TIMEOUT + Duration::from_millis(300)).await;
+    let (status, _, _) = get(&mut conn, "web.bank", "/whoami/y").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "a fresh connection after the timeout"
+    );
+}
+
+#[tokio::test]
 async fn chunked_upload_and_streaming_download() {
     let m = mesh().await;
     let mut conn = http1_client(m.client.outbound_addr).await;

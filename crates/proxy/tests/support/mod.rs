@@ -258,13 +258,21 @@ async fn app(req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
 
 /// Starts the HTTP/1.1 app; returns its port.
 pub async fn http1_app() -> u16 {
+    counted_http1_app().await.0
+}
+
+/// [`http1_app`], with a count of the connections it accepted.
+pub async fn counted_http1_app() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), hyper::service::service_fn(app))
@@ -273,7 +281,7 @@ pub async fn http1_app() -> u16 {
             });
         }
     });
-    port
+    (port, accepted)
 }
 
 /// Starts the HTTP/2 (prior knowledge) app; returns its port.
