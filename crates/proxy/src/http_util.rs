@@ -19,6 +19,26 @@ pub const CLIENT_ID: HeaderName = HeaderName::from_static("onemesh-client-id");
 /// same outbound with it went round a loop (its destination leads to the proxy itself).
 pub const EGRESS_ID: HeaderName = HeaderName::from_static("onemesh-egress-id");
 
+/// gRPC's status, in a trailers-only response's headers.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// The value of `name`, found by comparing names rather than hashing one: cheaper for the few
+/// headers of a typical message, and what the per-request checks below use for names that are
+/// usually absent.
+pub fn find<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    headers.iter().find_map(|(k, v)| (k == name).then_some(v))
+}
+
+/// Removes `name` (every value) and returns its first value; nothing is hashed when it is
+/// absent (see [`find`]).
+pub fn take(headers: &mut HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+    if headers.keys().any(|k| k == name) {
+        headers.remove(name)
+    } else {
+        None
+    }
+}
+
 /// Whether the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
@@ -45,11 +65,12 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-/// Removes hop-by-hop headers (and any header named in `Connection`), keeping `te: trailers`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes hop-by-hop headers (and any header named in `Connection`), keeping `te: trailers`;
+/// returns whether there were any.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // Most messages have none: one pass over the names instead of a hashed lookup per name.
     if !headers.keys().any(is_hop_by_hop) {
-        return;
+        return false;
     }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -79,6 +100,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    true
 }
 
 /// The HTTP/1 version name for [`ORIG_PROTO`].
@@ -95,7 +117,7 @@ pub fn classify<B>(rsp: &Response<B>) -> Classification {
     if rsp.status().is_server_error() {
         return Classification::Failure;
     }
-    match rsp.headers().get("grpc-status") {
+    match find(rsp.headers(), &GRPC_STATUS) {
         Some(v) if v.as_bytes() != b"0" => Classification::Failure,
         _ => Classification::Success,
     }

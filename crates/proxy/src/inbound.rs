@@ -390,8 +390,8 @@ impl Inbound {
         crate::memory::note_activity();
         let http = &*http;
         let conn = &http.conn;
-        req.headers_mut().remove(CLIENT_ID);
-        let orig_proto = req.headers_mut().remove(ORIG_PROTO);
+        http_util::take(req.headers_mut(), &CLIENT_ID);
+        let orig_proto = http_util::take(req.headers_mut(), &ORIG_PROTO);
         let metrics = &self.inner.metrics;
         http.route.request();
         let start = Instant::now();

@@ -542,7 +542,7 @@ impl Outbound {
             if !upgrade {
                 http_util::strip_hop_by_hop(req.headers_mut());
             }
-            req.headers_mut().remove(ORIG_PROTO);
+            http_util::take(req.headers_mut(), &ORIG_PROTO);
             set_origin_form(&mut req, authority)?;
             *req.version_mut() = Version::HTTP_11;
             let mut rsp = self.inner.mesh.send_http1(load, authority, req).await?;
@@ -560,7 +560,7 @@ impl Outbound {
         }
         let (mut parts, body) = req.into_parts();
         http_util::strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(ORIG_PROTO);
+        http_util::take(&mut parts.headers, &ORIG_PROTO);
         if let Some(v) = http_util::version_name(original) {
             parts.headers.insert(ORIG_PROTO, v);
         }
@@ -757,6 +757,8 @@ fn set_origin_form(req: &mut Request<Body>, authority: &str) -> Result<(), Proxy
 
 /// Removes hop-by-hop headers from a response going back to the application.
 fn strip_response(headers: &mut http::HeaderMap) {
-    http_util::strip_hop_by_hop(headers);
-    headers.remove(header::TE);
+    // (A message without hop-by-hop headers has no TE either.)
+    if http_util::strip_hop_by_hop(headers) {
+        headers.remove(header::TE);
+    }
 }

@@ -1,4 +1,4 @@
-//! Unit tests of the hop-by-hop header handling.
+//! Unit tests of the header handling: hop-by-hop stripping, lookups by name, classification.
 
 use http::header::{self, HeaderMap, HeaderValue};
 
@@ -16,7 +16,7 @@ fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
 fn end_to_end_headers_pass_untouched() {
     let mut h = map(&[("host", "a"), ("content-length", "3"), ("x-id", "1")]);
     let before = h.clone();
-    strip_hop_by_hop(&mut h);
+    assert!(!strip_hop_by_hop(&mut h));
     assert_eq!(h, before);
 }
 
@@ -45,4 +45,44 @@ fn te_without_trailers_is_removed() {
     strip_hop_by_hop(&mut h);
     assert!(!h.contains_key(header::TE));
     assert!(h.contains_key("x-kept"));
+}
+
+#[test]
+fn find_and_take_match_by_name_and_take_every_value() {
+    let mut h = map(&[
+        ("host", "a"),
+        ("onemesh-client-id", "spoofed-1"),
+        ("onemesh-client-id", "spoofed-2"),
+        ("x-kept", "yes"),
+    ]);
+    assert_eq!(
+        find(&h, &CLIENT_ID).map(|v| v.as_bytes()),
+        Some(&b"spoofed-1"[..])
+    );
+    assert_eq!(find(&h, &ORIG_PROTO), None);
+    assert_eq!(take(&mut h, &ORIG_PROTO), None);
+    assert_eq!(
+        take(&mut h, &CLIENT_ID),
+        Some(HeaderValue::from_static("spoofed-1"))
+    );
+    assert!(!h.contains_key(&CLIENT_ID));
+    assert_eq!(h.len(), 2);
+}
+
+#[test]
+fn server_errors_and_grpc_errors_are_failures() {
+    let rsp = |status: u16, grpc: Option<&'static str>| {
+        let mut r = http::Response::new(());
+        *r.status_mut() = http::StatusCode::from_u16(status).expect("status");
+        if let Some(g) = grpc {
+            r.headers_mut()
+                .insert("grpc-status", HeaderValue::from_static(g));
+        }
+        r
+    };
+    assert_eq!(classify(&rsp(200, None)), Classification::Success);
+    assert_eq!(classify(&rsp(404, None)), Classification::Success);
+    assert_eq!(classify(&rsp(503, None)), Classification::Failure);
+    assert_eq!(classify(&rsp(200, Some("0"))), Classification::Success);
+    assert_eq!(classify(&rsp(200, Some("14"))), Classification::Failure);
 }
