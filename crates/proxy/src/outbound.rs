@@ -145,13 +145,17 @@ struct Resolved {
     budget: RetryBudget,
     resolution: Resolution,
     balancer: Mutex<Option<(Arc<Service>, Arc<Balancer>)>>,
-    routes: Mutex<HashMap<RouteKey, (Arc<EndpointLoad>, RouteMetrics)>>,
+    routes: Mutex<HashMap<RouteKey, RouteHandles>>,
 }
 
 /// An endpoint's load state, by address (the map holds the `Arc`, so the address cannot be
 /// reused while cached; an endpoint whose identity or workload changed has new state, hence new
 /// labels), and a route name (`None`: `default`).
 type RouteKey = (usize, Option<Arc<str>>);
+
+/// An endpoint's load state (held, so that its address in the key stays its own) and the metric
+/// handles of one of its routes.
+type RouteHandles = (Arc<EndpointLoad>, Arc<RouteMetrics>);
 
 /// The most endpoint × route handles kept per target (discovery churn must not grow memory).
 const MAX_ROUTE_METRICS: usize = 1024;
@@ -497,7 +501,7 @@ impl Outbound {
         resolved: &Resolved,
         load: &Arc<EndpointLoad>,
         route: Option<&Arc<str>>,
-    ) -> RouteMetrics {
+    ) -> Arc<RouteMetrics> {
         let key = (Arc::as_ptr(load) as usize, route.cloned());
         let mut routes = resolved
             .routes
@@ -519,7 +523,7 @@ impl Outbound {
             ),
             route: route.cloned().unwrap_or_else(|| "default".into()),
         };
-        let metrics = self.inner.metrics.route(labels);
+        let metrics = Arc::new(self.inner.metrics.route(labels));
         routes.insert(key, (load.clone(), metrics.clone()));
         metrics
     }
