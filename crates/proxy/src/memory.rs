@@ -15,8 +15,8 @@
 //! and request channel, the TLS state, the connection's task), so 50 left over from a burst cost
 //! about 2 MiB. The pools to other proxies keep more than the pools to the app because
 //! re-dialling one costs a TLS handshake: 16 cover the concurrency of steady traffic (2,000
-//! requests/s in bench/ never needed more), so a burst after a pause does not wait for
-//! handshakes; the rest live until their idle timeout ([`crate::pool::IDLE_TIMEOUT`]) only while
+//! requests/s in bench/ rarely needed more), so a burst after a pause seldom waits for a
+//! handshake; the rest live until their idle timeout ([`crate::pool::IDLE_TIMEOUT`]) only while
 //! traffic flows.
 //!
 //! Only glibc needs the trim; elsewhere that part does nothing.
