@@ -15,8 +15,9 @@ use crate::metrics::Classification;
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("onemesh-orig-proto");
 /// Request header the inbound sets to the verified caller identity (and strips from outside).
 pub const CLIENT_ID: HeaderName = HeaderName::from_static("onemesh-client-id");
-/// Set on every egress request to this proxy's random id: a request that comes back to the
-/// same outbound with it went round a loop (its destination leads to the proxy itself).
+/// Set on egress requests without an original destination to this proxy's random id: a request
+/// that comes back to the same outbound with it went round a loop (its destination leads to the
+/// proxy itself). The inbound removes it, so none from outside reaches the app.
 pub const EGRESS_ID: HeaderName = HeaderName::from_static("onemesh-egress-id");
 
 /// gRPC's status, in a trailers-only response's headers.

@@ -37,7 +37,7 @@ use crate::client::{ALPN, PlainClients, plain_error};
 use crate::detect::{self, Detected};
 use crate::drain::Drain;
 use crate::error::ProxyError;
-use crate::http_util::{self, CLIENT_ID, ORIG_PROTO};
+use crate::http_util::{self, CLIENT_ID, EGRESS_ID, ORIG_PROTO};
 use crate::io::{CountingIo, PrefixedIo};
 use crate::metrics::{
     Classification, DenyLabels, Direction, EdgeLabels, Metrics, ReasonLabels, RouteLabels,
@@ -391,6 +391,9 @@ impl Inbound {
         let http = &*http;
         let conn = &http.conn;
         http_util::take(req.headers_mut(), &CLIENT_ID);
+        // (An egress id from outside must not reach the app: passed on by the app, it would make
+        // its own outbound refuse the request as a loop.)
+        http_util::take(req.headers_mut(), &EGRESS_ID);
         let orig_proto = http_util::take(req.headers_mut(), &ORIG_PROTO);
         let metrics = &self.inner.metrics;
         http.route.request();

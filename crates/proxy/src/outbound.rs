@@ -13,9 +13,9 @@
 //!    `ONEMESH_PROXY_HTTP1_TRANSPORT=h2`); a bodiless idempotent (or `retryable` route) request
 //!    that failed before any response is retried once on another pick, within a 20 %
 //!    [`RetryBudget`]. Names outside the mesh are forwarded plain (egress, `tls="no_identity"`),
-//!    marked with this proxy's random `onemesh-egress-id`: one that comes back (its destination
-//!    is the proxy itself) is answered `502 loop_detected` instead of going round until the
-//!    proxy runs out of sockets;
+//!    those without an original destination marked with this proxy's random `onemesh-egress-id`:
+//!    one that comes back (its destination is the proxy itself) is answered `502 loop_detected`
+//!    instead of going round until the proxy runs out of sockets;
 //! 5. opaque: resolve the original destination (or the tcp forward's service) and splice bytes
 //!    over mTLS (or plain, for egress).
 //!
@@ -190,10 +190,12 @@ pub struct Outbound {
 struct Inner {
     settings: OutboundSettings,
     discover: Arc<dyn Discover>,
-    resolved: Mutex<HashMap<Target, Arc<Resolved>>>,
+    /// (SipHash, not foldhash: the keys come from request data, and this map must stay fast under
+    /// hosts chosen to collide.)
+    resolved: Mutex<std::collections::HashMap<Target, Arc<Resolved>>>,
     /// The same, by the request's host exactly as written (the URI's authority or the Host
     /// header), so that a request parses no host once its spelling has been seen.
-    by_host: Mutex<HashMap<Box<[u8]>, Arc<Resolved>>>,
+    by_host: Mutex<std::collections::HashMap<Box<[u8]>, Arc<Resolved>>>,
     mesh: MeshClient,
     plain: PlainClients,
     metrics: Arc<Metrics>,
@@ -349,6 +351,13 @@ impl Outbound {
             .unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= MAX_RESOLVED {
             cache.clear();
+            // The spellings go too, so that a target never has two live states (two retry
+            // budgets, two balancers). (Lock order: `resolved`, then `by_host`.)
+            self.inner
+                .by_host
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
         }
         Ok(cache.entry(target.clone()).or_insert(resolved).clone())
     }
@@ -600,11 +609,15 @@ impl Outbound {
             (None, t) => t.authority(),
         };
         // A request this outbound already sent out came back: its destination is the proxy.
-        if req.headers().get(EGRESS_ID) == Some(&self.inner.egress_id) {
+        // Only a request without an original destination can (the proxy's own connections are
+        // not redirected back to it), so only those carry the id out.
+        if http_util::find(req.headers(), &EGRESS_ID) == Some(&self.inner.egress_id) {
             return Err(ProxyError::Loop(connect_to));
         }
-        req.headers_mut()
-            .insert(EGRESS_ID, self.inner.egress_id.clone());
+        if orig_dst.is_none() {
+            req.headers_mut()
+                .insert(EGRESS_ID, self.inner.egress_id.clone());
+        }
         metrics.request();
         let start = Instant::now();
         let upgrade = http_util::is_upgrade(&req);

@@ -353,6 +353,29 @@ async fn idle_app_connections_are_not_reused_past_the_app_idle_timeout() {
 }
 
 #[tokio::test]
+async fn the_app_never_sees_the_meshs_own_headers_from_outside() {
+    // A caller cannot claim an identity, and an egress id from outside cannot reach the app
+    // (passed on, it would make the app's own outbound refuse a request as a loop).
+    let m = mesh().await;
+    let mut conn = http1_client(m.client.outbound_addr).await;
+    let spoofed = [
+        (
+            "onemesh-client-id",
+            "spiffe://cluster.local/ns/bank/sa/admin",
+        ),
+        ("onemesh-egress-id", "0123456789abcdef"),
+    ];
+    let (status, _, body) =
+        get_with(&mut conn, "web.bank", "/header/onemesh-client-id", &spoofed).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, Bytes::from(PG_ID));
+    let (status, _, body) =
+        get_with(&mut conn, "web.bank", "/header/onemesh-egress-id", &spoofed).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, Bytes::from("none"));
+}
+
+#[tokio::test]
 async fn chunked_upload_and_streaming_download() {
     let m = mesh().await;
     let mut conn = http1_client(m.client.outbound_addr).await;

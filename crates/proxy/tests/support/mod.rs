@@ -208,6 +208,7 @@ fn text(s: impl Into<Bytes>) -> AppBody {
 /// - `/download?n=BYTES`: streams `n` bytes in 64 KiB chunks;
 /// - `/slow/<ms>`: answers after that many milliseconds;
 /// - `/status/<code>`: answers that status;
+/// - `/header/<name>`: answers the request's values of that header, comma-separated (or `none`);
 /// - anything else: `version=<v> client=<onemesh-client-id or none> path=<path>`.
 async fn app(req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
     let path = req.uri().path().to_string();
@@ -238,6 +239,20 @@ async fn app(req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
         let ms: u64 = ms.parse().unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         return Ok(Response::new(text(format!("slept {ms}"))));
+    }
+    if let Some(name) = path.strip_prefix("/header/") {
+        let values: Vec<&str> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let answer = if values.is_empty() {
+            "none".to_string()
+        } else {
+            values.join(",")
+        };
+        return Ok(Response::new(text(answer)));
     }
     if let Some(code) = path.strip_prefix("/status/") {
         let mut rsp = Response::new(text("status"));
@@ -404,10 +419,21 @@ pub async fn get(
     host: &str,
     path: &str,
 ) -> (http::StatusCode, http::HeaderMap, Bytes) {
-    let req = Request::get(path)
-        .header("host", host)
-        .body(text(""))
-        .unwrap();
+    get_with(sender, host, path, &[]).await
+}
+
+/// [`get`] with more request headers.
+pub async fn get_with(
+    sender: &mut hyper::client::conn::http1::SendRequest<AppBody>,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (http::StatusCode, http::HeaderMap, Bytes) {
+    let mut req = Request::get(path).header("host", host);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(text("")).unwrap();
     tokio::time::timeout(TIMEOUT, sender.ready())
         .await
         .unwrap()
