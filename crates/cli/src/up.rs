@@ -52,17 +52,32 @@ pub struct Args {
     bin_dir: Option<PathBuf>,
 }
 
-/// Picks a free loopback port when `addr` has port 0.
-fn concrete(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
-    if addr.port() != 0 {
-        return Ok(addr);
-    }
-    let l = std::net::TcpListener::bind(addr).with_context(|| format!("cannot bind {addr}"))?;
-    Ok(l.local_addr()?)
+/// Free ports for the processes `up` starts. Each picked port stays bound (by a listener held
+/// here) until [`Ports::release`], just before the processes start: otherwise the kernel may hand
+/// the same port out again to a later pick, and two processes would race for it.
+#[derive(Default)]
+struct Ports {
+    held: Vec<std::net::TcpListener>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(concrete("127.0.0.1:0".parse()?)?.port())
+impl Ports {
+    /// `addr`, with a free loopback port when its port is 0.
+    fn concrete(&mut self, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+        if addr.port() != 0 {
+            return Ok(addr);
+        }
+        let l = std::net::TcpListener::bind(addr).with_context(|| format!("cannot bind {addr}"))?;
+        let picked = l.local_addr()?;
+        self.held.push(l);
+        Ok(picked)
+    }
+
+    fn free_port(&mut self) -> anyhow::Result<u16> {
+        Ok(self.concrete("127.0.0.1:0".parse()?)?.port())
+    }
+
+    /// Unbinds every picked port, for its process to bind.
+    fn release(self) {}
 }
 
 /// A binary of ours: next to this executable first, then PATH.
@@ -104,9 +119,10 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     };
 
     // Ports: the control plane's, then per workload an inbound, outbound, admin and app ports.
-    let identity_addr = concrete(args.identity_addr)?;
-    let destination_addr = concrete(args.destination_addr)?;
-    let policy_addr = concrete(args.policy_addr)?;
+    let mut ports = Ports::default();
+    let identity_addr = ports.concrete(args.identity_addr)?;
+    let destination_addr = ports.concrete(args.destination_addr)?;
+    let policy_addr = ports.concrete(args.policy_addr)?;
     let td = mesh.trust_domain().to_string();
     let control_id = format!("spiffe://{td}/ns/onemesh/sa/control");
     let mut workloads = Vec::new();
@@ -114,7 +130,7 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     for w in mesh.workloads() {
         let mut app_ports = BTreeMap::new();
         for p in &w.ports {
-            app_ports.insert(*p, free_port()?);
+            app_ports.insert(*p, ports.free_port()?);
         }
         let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         tokens.insert(token.clone(), w.identity.clone());
@@ -126,9 +142,9 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
                 name: w.name.clone(),
                 identity: w.identity.clone(),
                 app_ports,
-                inbound: format!("127.0.0.1:{}", free_port()?),
-                outbound: format!("127.0.0.1:{}", free_port()?),
-                admin: format!("127.0.0.1:{}", free_port()?),
+                inbound: format!("127.0.0.1:{}", ports.free_port()?),
+                outbound: format!("127.0.0.1:{}", ports.free_port()?),
+                admin: format!("127.0.0.1:{}", ports.free_port()?),
                 app_pid: None,
                 proxy_pid: None,
                 restarts: 0,
@@ -200,6 +216,7 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut handles = Vec::new();
+    ports.release();
 
     // 1. The control plane.
     log(
