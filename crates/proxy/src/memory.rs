@@ -1,9 +1,9 @@
 //! Giving memory back once the proxy goes quiet.
 //!
 //! glibc's allocator keeps memory freed by closed connections (read and write buffers, TLS and
-//! HTTP/2 state) in its free lists instead of returning it, and the pool of connections to the
-//! application keeps as many idle connections as the last burst needed. The accept loops (each
-//! accept and close) and both directions (each request) note activity here ([`note_activity`]);
+//! HTTP/2 state) in its free lists instead of returning it, and the connection pools keep as
+//! many idle connections as the last burst needed. The accept loops (each accept and close) and
+//! both directions (each request) note activity here ([`note_activity`]);
 //! [`trim_when_idle`] looks every [`IDLE_CHECK`] and, once a whole check interval has passed
 //! without any, shrinks the pools (to the app: [`KEEP_IDLE_WHEN_QUIET`] connections per port; to
 //! each other proxy: [`KEEP_MESH_IDLE_WHEN_QUIET`]), then, one interval later (when the closed

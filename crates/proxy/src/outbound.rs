@@ -221,8 +221,7 @@ impl Outbound {
                 mesh,
                 plain,
                 metrics,
-                egress_id: HeaderValue::from_str(&format!("{:016x}", fastrand::u64(..)))
-                    .unwrap_or_else(|_| HeaderValue::from_static("onemesh")),
+                egress_id: HeaderValue::from(fastrand::u64(..)),
             }),
         }
     }
@@ -364,15 +363,11 @@ impl Outbound {
 
     /// [`Outbound::resolve`] for a request's host as written (`default port 80`).
     async fn resolve_host(&self, host: &[u8]) -> Result<Arc<Resolved>, ProxyError> {
-        let cached = |host: &[u8]| {
-            let by_host = self
-                .inner
-                .by_host
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            by_host.get(host).cloned()
-        };
-        if let Some(r) = cached(host) {
+        let cached = (self.inner.by_host.lock())
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(host)
+            .cloned();
+        if let Some(r) = cached {
             return Ok(r);
         }
         let target = std::str::from_utf8(host)
