@@ -38,6 +38,10 @@ fn both_sides_see_each_others_spiffe_id() {
     assert_eq!(peer_id(&s).as_ref(), Some(client.id()));
     assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
     assert_eq!(c.alpn_protocol(), Some(&b"h2"[..]));
+    // The cheapest suite of the mesh's own list, on both sides.
+    let suite = rustls::CipherSuite::TLS13_AES_128_GCM_SHA256;
+    assert_eq!(c.negotiated_cipher_suite().map(|s| s.suite()), Some(suite));
+    assert_eq!(s.negotiated_cipher_suite().map(|s| s.suite()), Some(suite));
     let (at_server, at_client) = exchange(&mut c, &mut s, b"hello over mtls");
     assert_eq!(at_server, b"hello over mtls");
     assert_eq!(at_client, b"hello over mtls");
