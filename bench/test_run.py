@@ -132,5 +132,54 @@ class CombineRounds(unittest.TestCase):
         self.assertEqual(c["p50_ms"], 0.2)
 
 
+_HOT_LOADER = importlib.machinery.SourceFileLoader(
+    "bench_hot_symbols", str(Path(__file__).with_name("hot-symbols")))
+_HOT_SPEC = importlib.util.spec_from_loader("bench_hot_symbols", _HOT_LOADER)
+hot = importlib.util.module_from_spec(_HOT_SPEC)
+_HOT_LOADER.exec_module(hot)
+
+CALLGRIND_OUT = """\
+version: 1
+cmd: /repo/target/release/onemesh-proxy
+ob=/usr/lib/x86_64-linux-gnu/libc.so.6
+fn=malloc
+ob=/repo/target/release/onemesh-proxy
+fn=_ZN5tokio7runtime4park17hE
+cfn=_ZN5hyper5parse17hE
+fn=_ZN5hyper5parse17hE
+fn=_ZN5hyper5parse17hE'2
+fn=(below main)
+fn=0x000000000014a870
+fn=_ZN5tokio7runtime4park17hE
+ob=/usr/lib/x86_64-linux-gnu/libm.so.6
+fn=exp
+"""
+
+
+class HotSymbols(unittest.TestCase):
+    def test_lists_each_function_of_the_binary_once_in_first_seen_order(self):
+        path = Path(os.environ.get("TMPDIR", "/tmp")) / f"callgrind-test-{os.getpid()}"
+        path.write_text(CALLGRIND_OUT)
+        try:
+            names = hot.executed_functions(path, "onemesh-proxy")
+        finally:
+            path.unlink()
+        self.assertEqual(names, ["_ZN5tokio7runtime4park17hE", "_ZN5hyper5parse17hE"],
+                         "other objects, recursion marks and pseudo-functions are left out")
+
+    def test_layout_counts_listed_names_the_binary_still_has(self):
+        listed = Path(os.environ.get("TMPDIR", "/tmp")) / f"hot-symbols-test-{os.getpid()}"
+        listed.write_text("a\nstale\nb\n")
+        real = run.binary_symbols
+        run.binary_symbols = lambda _path: ["a", "b", "c"]
+        try:
+            layout = run.hot_symbols_layout(Path("/nonexistent"), listed)
+        finally:
+            run.binary_symbols = real
+            listed.unlink()
+        self.assertEqual(layout, "2 of 3 hot functions placed together")
+        self.assertIsNone(run.hot_symbols_layout(Path("/nonexistent"), listed),
+                          "no list, no claim")
+
 if __name__ == "__main__":
     unittest.main()
