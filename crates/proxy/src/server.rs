@@ -23,6 +23,7 @@ use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::head::{self, Refusal};
 use crate::metrics::{Direction, Metrics};
+use crate::timer::HeadTimer;
 
 /// A boxed per-request handler, as the HTTP servers call it.
 #[derive(Clone)]
@@ -104,7 +105,7 @@ where
     S::Future: Send + 'static,
 {
     let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
+        .timer(HeadTimer::default())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .serve_connection(TokioIo::new(io), svc)

@@ -151,6 +151,72 @@ fn addr_admin(p: &onemesh_proxy::Proxy) -> SocketAddr {
     p.admin_addr
 }
 
+/// Reads one response with a `content-length` body from a kept-alive connection.
+async fn read_response(tcp: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .expect("a content-length");
+            if buf.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let mut chunk = [0; 4096];
+        let n = tokio::time::timeout(TIMEOUT, tcp.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(n > 0, "closed mid-response: {text}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_slow_head_on_a_kept_alive_connection_times_out_too() {
+    let pki = Pki::new();
+    let app = http1_app().await;
+    let client = ProxyBuilder::new(&pki, "pg")
+        .env(onemesh_proxy::config::ENV_HEADER_READ_TIMEOUT, "300ms")
+        .start()
+        .await;
+    let mut tcp = TcpStream::connect(client.outbound_addr).await.unwrap();
+    // Several quick requests first (their heads each get the timeout anew, then are done with it;
+    // the gaps add up to more than one timeout), then one whose head never completes.
+    for i in 0..4 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let req = format!("GET /{i} HTTP/1.1\r\nHost: localhost:{app}\r\n\r\n");
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let rsp = read_response(&mut tcp).await;
+        assert!(rsp.starts_with("HTTP/1.1 200"), "request {i}: {rsp}");
+    }
+    // The proxy waits for the next head from the moment it answered the last one.
+    let started = std::time::Instant::now();
+    tcp.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut out))
+        .await
+        .expect("the proxy closes the connection")
+        .unwrap();
+    let waited = started.elapsed();
+    // hyper closes a kept-alive connection whose next head is late without an answer.
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    assert!(
+        waited >= std::time::Duration::from_millis(250),
+        "closed after {waited:?}, before the head's own timeout"
+    );
+}
+
 #[tokio::test]
 async fn egress_passthrough_reaches_names_outside_the_mesh() {
     let pki = Pki::new();
