@@ -167,19 +167,22 @@ class HotSymbols(unittest.TestCase):
         self.assertEqual(names, ["_ZN5tokio7runtime4park17hE", "_ZN5hyper5parse17hE"],
                          "other objects, recursion marks and pseudo-functions are left out")
 
-    def test_layout_counts_listed_names_the_binary_still_has(self):
+    def test_layout_counts_listed_names_at_the_start_of_the_code(self):
         listed = Path(os.environ.get("TMPDIR", "/tmp")) / f"hot-symbols-test-{os.getpid()}"
         listed.write_text("a\nstale\nb\n")
-        real = run.binary_symbols
-        run.binary_symbols = lambda _path: ["a", "b", "c"]
+        real = run.code_symbols
         try:
-            layout = run.hot_symbols_layout(Path("/nonexistent"), listed)
+            run.code_symbols = lambda _path: ["a", "b", "c", "d"]
+            self.assertEqual(run.hot_symbols_layout(Path("/x"), listed),
+                             "2 of 3 hot functions placed together")
+            run.code_symbols = lambda _path: ["c", "a", "d", "b"]
+            self.assertEqual(run.hot_symbols_layout(Path("/x"), listed),
+                             "1 of 3 hot functions placed together",
+                             "a listed function far into the code is not placed")
         finally:
-            run.binary_symbols = real
+            run.code_symbols = real
             listed.unlink()
-        self.assertEqual(layout, "2 of 3 hot functions placed together")
-        self.assertIsNone(run.hot_symbols_layout(Path("/nonexistent"), listed),
-                          "no list, no claim")
+        self.assertIsNone(run.hot_symbols_layout(Path("/x"), listed), "no list, no claim")
 
 if __name__ == "__main__":
     unittest.main()

@@ -1,5 +1,5 @@
 //! Link layout of the release `onemesh-proxy` binary (x86_64 Linux, where rustc links with its
-//! own lld).
+//! own lld since 1.90; skipped when another linker is configured).
 //!
 //! A sidecar's resident memory is mostly its own code: the kernel maps a binary's pages in 64 KiB
 //! windows around each page the process touches, so code that runs (start-up, the request path,
@@ -16,7 +16,10 @@ fn main() {
     println!("cargo:rerun-if-changed={}", list.display());
     let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
     let target = std::env::var("TARGET").unwrap_or_default();
-    if !release || target != "x86_64-unknown-linux-gnu" || !list.exists() {
+    // A linker of the user's choosing may not be lld (GNU ld has no symbol ordering file).
+    let own_linker = std::env::var_os("RUSTC_LINKER").is_some()
+        || std::env::var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|f| f.contains("link"));
+    if !release || target != "x86_64-unknown-linux-gnu" || own_linker || !list.exists() {
         return;
     }
     for arg in [
