@@ -184,5 +184,10 @@ class HotSymbols(unittest.TestCase):
             listed.unlink()
         self.assertIsNone(run.hot_symbols_layout(Path("/x"), listed), "no list, no claim")
 
+    def test_layout_is_unknown_when_nm_cannot_read_the_binary(self):
+        self.assertIsNone(run.code_symbols(Path("/nonexistent/onemesh-proxy")))
+        self.assertTrue(run.hot_symbols_layout(Path("/nonexistent/onemesh-proxy"))
+                        .startswith("unknown"))
+
 if __name__ == "__main__":
     unittest.main()

@@ -202,8 +202,9 @@ fn alpn_list(alpn: &[&[u8]]) -> Vec<Vec<u8>> {
 /// The TLS 1.3 cipher suites of mesh connections, in order of preference. Both ends are onemesh,
 /// so there is no peer to stay compatible with: AES-128-GCM first (with AES-NI the cheapest of
 /// the three: 10 AES rounds against AES-256's 14, for a 128-bit key that is still the standard's
-/// mandatory suite), ChaCha20-Poly1305 for machines without AES instructions. AES-256-GCM is
-/// left out, as Linkerd's proxy also narrows its list.
+/// mandatory suite), and ChaCha20-Poly1305 stays offered for a peer that prefers it (a build for
+/// CPUs without AES instructions would). AES-256-GCM is left out, as Linkerd's proxy also narrows
+/// its list. The server follows the client's order.
 const CIPHER_SUITES: [rustls::SupportedCipherSuite; 2] = [
     rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
     rustls::crypto::ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
@@ -223,8 +224,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         .clone()
 }
 
-/// The ring provider supports TLS 1.3 with its default suites, so `with_protocol_versions`
-/// cannot fail here; this is the one place that would notice if that ever changed.
+/// [`CIPHER_SUITES`] are TLS 1.3 suites, so `with_protocol_versions(TLS13)` cannot fail here;
+/// this is the one place that would notice if that ever changed.
 fn unreachable_tls13() -> ! {
     panic!("the ring crypto provider must support tls 1.3")
 }

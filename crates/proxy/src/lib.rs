@@ -60,7 +60,7 @@ pub mod policy;
 pub mod pool;
 pub mod server;
 pub mod static_config;
-pub mod timer;
+mod timer;
 pub mod transport_header;
 
 use std::net::SocketAddr;

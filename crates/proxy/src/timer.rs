@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use hyper::rt::{Sleep, Timer};
 
-/// One connection's timer: give each connection its own.
+/// One connection's timer. Give each connection its own (a new `http1::Builder` each): a timer
+/// shared by several connections would keep only the last one's wake-up.
 #[derive(Debug, Default)]
-pub struct HeadTimer {
-    /// The connection's tokio sleep, made at the first deadline.
+pub(crate) struct HeadTimer {
+    /// The connection's tokio sleep, made when a head's sleep is first polled.
     armed: Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>,
 }
 

@@ -215,6 +215,10 @@ async fn a_slow_head_on_a_kept_alive_connection_times_out_too() {
         waited >= std::time::Duration::from_millis(250),
         "closed after {waited:?}, before the head's own timeout"
     );
+    assert!(
+        waited < std::time::Duration::from_secs(2),
+        "closed after {waited:?}, long past the head's 300 ms timeout"
+    );
 }
 
 #[tokio::test]

@@ -47,17 +47,25 @@ async fn each_head_gets_its_own_deadline_from_the_one_armed_sleep() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_armed_sleep_wakes_the_connection_at_a_later_heads_deadline() {
-    let timer = HeadTimer::default();
-    let mut first = timer.sleep(100 * MS);
-    assert!(!fired(&mut first).await);
-    drop(first);
-    tokio::time::advance(50 * MS).await;
-    let sleep = timer.sleep(100 * MS);
-    let started = tokio::time::Instant::now();
-    // Awaited, not polled by hand: only the armed tokio sleep's wake-ups get it to its end.
-    sleep.await;
-    assert_eq!(started.elapsed(), 100 * MS);
+async fn a_later_head_gets_its_full_timeout_from_the_armed_sleep() {
+    // The next head comes before the armed sleep's deadline (it fires while that head waits),
+    // and after it (it fired with no head waiting).
+    for gap in [50 * MS, 150 * MS] {
+        let timer = HeadTimer::default();
+        let mut first = timer.sleep(100 * MS);
+        assert!(!fired(&mut first).await);
+        drop(first);
+        tokio::time::advance(gap).await;
+        let next = timer.sleep(100 * MS);
+        let started = tokio::time::Instant::now();
+        // Awaited, not polled by hand: only the armed tokio sleep's wake-ups get it to its end.
+        next.await;
+        assert_eq!(
+            started.elapsed(),
+            100 * MS,
+            "next head {gap:?} after the first"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
