@@ -18,12 +18,14 @@ use std::time::{Duration, Instant};
 
 use hyper::rt::{Sleep, Timer};
 
+/// A connection's one tokio sleep, made when a head's sleep is first polled.
+type Armed = Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>;
+
 /// One connection's timer. Give each connection its own (a new `http1::Builder` each): a timer
 /// shared by several connections would keep only the last one's wake-up.
 #[derive(Debug, Default)]
 pub(crate) struct HeadTimer {
-    /// The connection's tokio sleep, made when a head's sleep is first polled.
-    armed: Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>,
+    armed: Armed,
 }
 
 impl Timer for HeadTimer {
@@ -46,7 +48,7 @@ impl Timer for HeadTimer {
 
 /// A deadline, kept by its connection's tokio sleep.
 struct HeadSleep {
-    armed: Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>,
+    armed: Armed,
     deadline: tokio::time::Instant,
 }
 
