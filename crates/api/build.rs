@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-const PROTOS: [&str; 3] = [
+const PROTOS: [&str; 4] = [
+    "proto/onemesh/admin.proto",
     "proto/onemesh/identity.proto",
     "proto/onemesh/destination.proto",
     "proto/onemesh/policy.proto",

@@ -216,9 +216,13 @@ pub fn inbound(state: &MeshState, namespace: &str, workload: &str, port: u16) ->
             unauthenticated: policy.from_unauthenticated,
         });
     }
+    let mut ports: Vec<u32> = w.ports.iter().flat_map(|p| real_ports(p.port)).collect();
+    ports.sort_unstable();
+    ports.dedup();
     InboundPolicy {
         exists: true,
         authorizations,
+        ports,
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use onemesh_api::identity::identity_server::Identity;
-use onemesh_api::identity::{CertifyRequest, CertifyResponse};
+use onemesh_api::identity::{CertifyRequest, CertifyResponse, TrustReport, TrustUpdate};
 use onemesh_identity::{Issuer, SpiffeId, TrustBundle};
 use tonic::{Request, Response, Status};
 
@@ -169,6 +169,15 @@ fn csr_public_key(csr: &[u8]) -> Result<Vec<u8>, CertifyError> {
 
 #[tonic::async_trait]
 impl Identity for IdentityService {
+    type WatchTrustStream = crate::services::WatchStream<TrustUpdate>;
+
+    async fn watch_trust(
+        &self,
+        _request: Request<tonic::Streaming<TrustReport>>,
+    ) -> Result<Response<Self::WatchTrustStream>, Status> {
+        Err(Status::unimplemented("trust updates are not served yet"))
+    }
+
     async fn certify(
         &self,
         request: Request<CertifyRequest>,

@@ -122,6 +122,15 @@ fn destination_update(old: &Snapshot, new: &Snapshot) -> Option<Update> {
 
 #[tonic::async_trait]
 impl identity_server::Identity for Fake {
+    type WatchTrustStream = BoxStream<onemesh_api::identity::TrustUpdate>;
+
+    async fn watch_trust(
+        &self,
+        _request: Request<tonic::Streaming<onemesh_api::identity::TrustReport>>,
+    ) -> Result<Response<Self::WatchTrustStream>, Status> {
+        Err(Status::unimplemented("this fake serves no trust updates"))
+    }
+
     async fn certify(
         &self,
         request: Request<CertifyRequest>,
@@ -358,6 +367,7 @@ fn allow(name: &str) -> pol::InboundPolicy {
             namespaces: vec![],
             unauthenticated: false,
         }],
+        ports: vec![8080],
     }
 }
 
