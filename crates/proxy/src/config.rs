@@ -117,6 +117,13 @@ pub const ENV_CONTROL_ID: &str = "ONEMESH_PROXY_CONTROL_ID";
 /// Control-plane mode: the bootstrap token sent with every certificate signing request
 /// (required in that mode; `onemesh up` hands one to each proxy).
 pub const ENV_IDENTITY_TOKEN: &str = "ONEMESH_PROXY_IDENTITY_TOKEN";
+/// Control-plane mode: a directory of this proxy's own where it keeps its private key, its leaf,
+/// the trust bundle and the last configuration the control plane sent (see
+/// [`crate::state_dir`]), so that a restarted proxy is ready at once, also while the control plane
+/// is down. Made with mode 0700 when missing. Unset: nothing is kept, and a restarted proxy makes a
+/// new key, which its bootstrap token (bound to the first key) will not certify. `onemesh up` sets
+/// it; in Kubernetes it is a memory-backed `emptyDir`.
+pub const ENV_STATE_DIR: &str = "ONEMESH_PROXY_STATE_DIR";
 /// The control plane's namespace and service account in its default SPIFFE id.
 pub const DEFAULT_CONTROL_NAMESPACE: &str = "onemesh";
 /// See [`DEFAULT_CONTROL_NAMESPACE`].
@@ -187,6 +194,8 @@ pub struct ControlPlaneConfig {
     pub id: SpiffeId,
     /// See [`ENV_IDENTITY_TOKEN`].
     pub token: String,
+    /// See [`ENV_STATE_DIR`].
+    pub state_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for ControlPlaneConfig {
@@ -198,6 +207,7 @@ impl fmt::Debug for ControlPlaneConfig {
             .field("policy_addr", &self.policy_addr)
             .field("id", &self.id)
             .field("token", &"<redacted>")
+            .field("state_dir", &self.state_dir)
             .finish()
     }
 }
@@ -475,6 +485,7 @@ fn control_plane(p: &mut Parser<'_>, identity: Option<&SpiffeId>) -> Option<Cont
         policy_addr: policy_addr?,
         id: id?,
         token: token?,
+        state_dir: p.raw(ENV_STATE_DIR).map(PathBuf::from),
     })
 }
 

@@ -59,6 +59,7 @@ pub mod outbound;
 pub mod policy;
 pub mod pool;
 pub mod server;
+pub mod state_dir;
 pub mod static_config;
 mod timer;
 pub mod transport_header;
@@ -93,6 +94,10 @@ pub struct Sources {
     pub tcp_forwards: Vec<TcpForward>,
     /// Control-plane mode's state (readiness, `control_plane_connected`); `None` in static mode.
     pub control: Option<control::ControlPlane>,
+    /// The live trust bundle and issuer (control-plane mode).
+    pub trust: Option<control::TrustWatch>,
+    /// Where the proxy keeps its key, leaf and last configuration across restarts.
+    pub state_dir: Option<state_dir::StateDir>,
 }
 
 /// Why the proxy could not start.
@@ -165,6 +170,8 @@ impl Sources {
             trust_bundle,
             tcp_forwards: loaded.tcp_forwards,
             control: None,
+            trust: None,
+            state_dir: None,
         })
     }
 }
@@ -204,7 +211,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, BuildError> {
 }
 
 /// Binds every listener, starts the identity task and serves. Returns once bound.
-pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError> {
+pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildError> {
     let metrics = Arc::new(metrics::Metrics::new());
     let drain = drain::Controller::new();
     let admin_stop = drain::Controller::new();
@@ -227,16 +234,23 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
     let inbound_addr = local(&inbound_listener, config.inbound_addr);
     let admin_addr = local(&admin_listener, config.admin_addr);
 
-    let credentials = credentials::spawn(
+    let credentials::Credentials {
+        store: credentials,
+        renew,
+    } = credentials::spawn(
         config.identity.clone(),
         sources.trust_bundle.clone(),
         sources.certifier.clone(),
         metrics.clone(),
         drain.handle(),
+        sources.state_dir.clone(),
     )?;
     if let Some(control) = &sources.control {
         // From now on the control-plane connections present this proxy's certificate.
         control.attach_credentials(credentials.clone());
+    }
+    if let Some(trust) = sources.trust.take() {
+        trust.spawn(credentials.clone(), renew);
     }
     let plain = client::PlainClients::new(config.connect_timeout);
     let mesh =
