@@ -56,6 +56,7 @@ pub mod memory;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
+pub mod path;
 pub mod policy;
 pub mod pool;
 pub mod server;
@@ -226,6 +227,11 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
     let outbound_addr = local(&outbound_listener, config.outbound_addr);
     let inbound_addr = local(&inbound_listener, config.inbound_addr);
     let admin_addr = local(&admin_listener, config.admin_addr);
+    // The inbound never forwards to the proxy's own listeners, whatever policy declares.
+    let mut proxy_ports = vec![outbound_addr.port(), inbound_addr.port(), admin_addr.port()];
+    for (_, l) in &forward_listeners {
+        proxy_ports.extend(l.local_addr().ok().map(|a| a.port()));
+    }
 
     let credentials = credentials::spawn(
         config.identity.clone(),
@@ -252,6 +258,7 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
             namespace: namespace.clone(),
             workload: workload.clone(),
             http1_transport: config.http1_transport,
+            stream_idle_timeout: config.stream_idle_timeout,
         },
         sources.discover.clone(),
         mesh,
@@ -267,6 +274,8 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
             app_host: config.inbound_app_host,
             namespace,
             workload,
+            proxy_ports,
+            stream_idle_timeout: config.stream_idle_timeout,
         },
         credentials.clone(),
         sources.policy.authorizations(),
