@@ -206,7 +206,11 @@ mod tests {
                 403,
                 "undeclared_port",
             ),
-            (ProxyError::Port(PortRefusal::ProxyPort(9)), 403, "proxy_port"),
+            (
+                ProxyError::Port(PortRefusal::ProxyPort(9)),
+                403,
+                "proxy_port",
+            ),
             (ProxyError::HeaderTooLarge(1), 431, "header_too_large"),
             (ProxyError::NoEndpoints("a".into()), 503, "no_endpoints"),
             (ProxyError::NotReady("no certificate"), 503, "not_ready"),

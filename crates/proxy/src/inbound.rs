@@ -312,7 +312,9 @@ impl Inbound {
         );
         let target_port = match target {
             Ok(port) => port,
-            Err(PortRefusal::NoOriginalDst) => return self.error(PortRefusal::NoOriginalDst.reason()),
+            Err(PortRefusal::NoOriginalDst) => {
+                return self.error(PortRefusal::NoOriginalDst.reason());
+            }
             Err(refusal) => return self.refuse_port(refusal, None),
         };
         let edge = self.edge(None);

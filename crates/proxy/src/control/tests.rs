@@ -555,7 +555,13 @@ fn unusable_entries_are_skipped_and_never_widen_policy() {
     assert_eq!(skipped.len(), 2, "{skipped:?}");
     // A workload that is not declared has no ports: nothing is forwarded.
     policy.exists = false;
-    assert!(convert::authorizations(&policy).0.ports.as_slice().is_empty());
+    assert!(
+        convert::authorizations(&policy)
+            .0
+            .ports
+            .as_slice()
+            .is_empty()
+    );
 }
 
 #[tokio::test]

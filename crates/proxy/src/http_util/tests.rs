@@ -90,7 +90,10 @@ fn server_errors_and_grpc_errors_are_failures() {
 #[test]
 fn h2c_upgrades_are_recognized_and_websocket_is_not() {
     for h2c in [
-        map(&[("upgrade", "h2c"), ("connection", "Upgrade, HTTP2-Settings")]),
+        map(&[
+            ("upgrade", "h2c"),
+            ("connection", "Upgrade, HTTP2-Settings"),
+        ]),
         map(&[("upgrade", "H2C")]),
         map(&[("upgrade", "websocket, h2c")]),
         map(&[("upgrade", "foo"), ("upgrade", " h2c/1 ")]),

@@ -108,7 +108,10 @@ async fn a_quiet_splice_is_closed_after_the_idle_timeout() {
     assert!(!task.is_finished(), "closed while bytes were moving");
     let quiet_since = tokio::time::Instant::now();
     let result = task.await.unwrap();
-    assert!(matches!(result, Err(SpliceError::Idle(d)) if d == idle), "{result:?}");
+    assert!(
+        matches!(result, Err(SpliceError::Idle(d)) if d == idle),
+        "{result:?}"
+    );
     let waited = quiet_since.elapsed();
     assert!(
         waited >= idle && waited < idle + Duration::from_secs(1),

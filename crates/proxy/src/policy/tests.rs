@@ -42,7 +42,12 @@ fn prefixes_match_whole_segments_of_the_raw_path() {
         assert!(!d.allowed, "{other} borrowed /v1's authorization");
     }
     assert!(authorize(&a, "bank", 8080, Some(&id("card")), req(&get, "/v1/pay")).allowed);
-    for ambiguous in ["/v1/../admin", "/v1/%2e%2e/admin", "/v1/..;/admin", "/v1%2fadmin"] {
+    for ambiguous in [
+        "/v1/../admin",
+        "/v1/%2e%2e/admin",
+        "/v1/..;/admin",
+        "/v1%2fadmin",
+    ] {
         assert!(check(ambiguous).is_err(), "{ambiguous} reaches policy");
     }
 }
@@ -121,7 +126,10 @@ fn declared_ports_are_sorted_and_looked_up() {
     assert_eq!(ports.as_slice(), [80, 8080, 9090]);
     assert!(ports.contains(8080));
     assert!(!ports.contains(8081));
-    assert!(!DeclaredPorts::default().contains(8080), "nothing by default");
+    assert!(
+        !DeclaredPorts::default().contains(8080),
+        "nothing by default"
+    );
 }
 
 #[test]
@@ -175,5 +183,8 @@ fn plain_connections_go_only_to_a_declared_original_destination() {
     .iter()
     .map(|r| r.reason())
     .collect();
-    assert_eq!(reasons, ["undeclared_port", "proxy_port", "no_original_dst"]);
+    assert_eq!(
+        reasons,
+        ["undeclared_port", "proxy_port", "no_original_dst"]
+    );
 }
