@@ -6,8 +6,9 @@
 //!   form or with a Host header, or any TCP redirected by iptables) goes out over mTLS to the
 //!   chosen endpoint's inbound proxy ([`outbound`]);
 //! - **inbound** (default `0.0.0.0:4143`): mTLS from other proxies is terminated, the caller's
-//!   SPIFFE id checked against policy, and the traffic forwarded plain to the local application
-//!   ([`inbound`]);
+//!   SPIFFE id checked against policy, and the traffic forwarded plain to the local application,
+//!   only to its declared ports and never to the proxy's own ([`inbound`]; request paths an app
+//!   could read differently from policy are refused first, [`path`]);
 //! - **admin** (default `127.0.0.1:4191`): `/metrics`, `/ready`, `/live` ([`admin`]).
 //!
 //! Between proxies, HTTP/2 and gRPC ride one multiplexed HTTP/2 connection per endpoint; HTTP/1

@@ -73,15 +73,16 @@ async fn a_full_buffer_is_written_out_and_large_writes_pass_straight_through() {
     assert_eq!(total, 2 * chunk.len() + big.len());
 }
 
-/// A splice between two in-memory pipes, with the far ends handed back.
-fn spliced(
-    idle: Duration,
-) -> (
+/// A running splice, its client end, its app end and its counters.
+type Spliced = (
     tokio::task::JoinHandle<Result<(u64, u64), SpliceError>>,
     tokio::io::DuplexStream,
     tokio::io::DuplexStream,
     ByteCounters,
-) {
+);
+
+/// A splice between two in-memory pipes, with the far ends handed back.
+fn spliced(idle: Duration) -> Spliced {
     let (mut accepted, client) = tokio::io::duplex(1024);
     let (mut upstream, app) = tokio::io::duplex(1024);
     let counters = ByteCounters::default();
