@@ -714,3 +714,6 @@ fn mesh_http1_limits(limits: HttpLimits) -> HttpLimits {
         ..limits
     }
 }
+
+#[cfg(test)]
+mod tests;
