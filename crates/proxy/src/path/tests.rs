@@ -69,3 +69,59 @@ fn reasons_tell_the_client_what_to_change() {
     let text = AmbiguousPath::Parameter.to_string();
     assert!(text.contains("';'") && text.contains("query"), "{text}");
 }
+
+/// Percent-decodes valid `%XX` sequences once (what a lenient app server does).
+fn decode_once(path: &str) -> Vec<u8> {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = percent(b, i + 1)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// What an accepted path must satisfy: decoding it (once, or twice) and reading `\` and `;` as a
+/// lenient server would gives the same segments as the raw path, none of them a dot segment.
+fn accepted_path_is_unambiguous(path: &str) {
+    let raw_segments = path.split('/').count();
+    let once = decode_once(path);
+    let twice = decode_once(&String::from_utf8_lossy(&once));
+    for decoded in [&once, &twice] {
+        let segments: Vec<&[u8]> = decoded.split(|c| *c == b'/').collect();
+        assert_eq!(segments.len(), raw_segments, "{path:?} gains a separator");
+        for s in segments {
+            assert!(s != b"." && s != b"..", "{path:?} decodes to a dot segment");
+            assert!(!s.contains(&b'\\') && !s.contains(&b';'), "{path:?}");
+        }
+    }
+}
+
+#[test]
+fn random_paths_that_pass_are_read_the_same_by_a_decoding_server() {
+    let alphabet = b"/.%25fFcCeE0a;\\";
+    let mut rng = fastrand::Rng::with_seed(0x0a7b_u64);
+    let mut accepted = 0;
+    for _ in 0..200_000 {
+        let len = rng.usize(1..12);
+        let path: String = (0..len)
+            .map(|_| char::from(alphabet[rng.usize(..alphabet.len())]))
+            .collect();
+        if check(&path).is_ok() {
+            accepted += 1;
+            accepted_path_is_unambiguous(&path);
+        }
+    }
+    assert!(
+        accepted > 1000,
+        "the alphabet exercises the accepting side too ({accepted})"
+    );
+}
