@@ -933,4 +933,9 @@ fn before_the_first_policy_nobody_is_let_in() {
     let d = crate::policy::authorize(&closed, "bank", 8080, Some(&same_ns), None);
     assert!(!d.allowed);
     assert_eq!(&*d.policy, super::inbound::AWAITING_POLICY);
+    // and no port is declared, so nothing is forwarded at all
+    assert_eq!(
+        crate::policy::check_port(&closed.ports, &[], 8080),
+        Err(crate::policy::PortRefusal::Undeclared(8080))
+    );
 }
