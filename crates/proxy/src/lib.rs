@@ -6,8 +6,9 @@
 //!   form or with a Host header, or any TCP redirected by iptables) goes out over mTLS to the
 //!   chosen endpoint's inbound proxy ([`outbound`]);
 //! - **inbound** (default `0.0.0.0:4143`): mTLS from other proxies is terminated, the caller's
-//!   SPIFFE id checked against policy, and the traffic forwarded plain to the local application
-//!   ([`inbound`]);
+//!   SPIFFE id checked against policy, and the traffic forwarded plain to the local application,
+//!   only to its declared ports and never to the proxy's own ([`inbound`]; request paths an app
+//!   could read differently from policy are refused first, [`path`]);
 //! - **admin** (default `127.0.0.1:4191`): `/metrics`, `/ready`, `/live` ([`admin`]).
 //!
 //! Between proxies, HTTP/2 and gRPC ride one multiplexed HTTP/2 connection per endpoint; HTTP/1
@@ -56,6 +57,7 @@ pub mod memory;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
+pub mod path;
 pub mod policy;
 pub mod pool;
 pub mod server;
@@ -233,6 +235,11 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
     let outbound_addr = local(&outbound_listener, config.outbound_addr);
     let inbound_addr = local(&inbound_listener, config.inbound_addr);
     let admin_addr = local(&admin_listener, config.admin_addr);
+    // The inbound never forwards to the proxy's own listeners, whatever policy declares.
+    let mut proxy_ports = vec![outbound_addr.port(), inbound_addr.port(), admin_addr.port()];
+    for (_, l) in &forward_listeners {
+        proxy_ports.extend(l.local_addr().ok().map(|a| a.port()));
+    }
 
     let credentials::Credentials {
         store: credentials,
@@ -266,6 +273,7 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
             namespace: namespace.clone(),
             workload: workload.clone(),
             http1_transport: config.http1_transport,
+            stream_idle_timeout: config.stream_idle_timeout,
         },
         sources.discover.clone(),
         mesh,
@@ -281,6 +289,8 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
             app_host: config.inbound_app_host,
             namespace,
             workload,
+            proxy_ports,
+            stream_idle_timeout: config.stream_idle_timeout,
         },
         credentials.clone(),
         sources.policy.authorizations(),
