@@ -5,7 +5,10 @@
 //! Identity on the first listener, Destination on the second and Policy on the third. TLS is
 //! terminated by our own accept loop (tokio-rustls, a handshake timeout, one task per handshake so
 //! a slow client stalls nobody) feeding tonic's `serve_with_incoming_shutdown`; that keeps the
-//! rustls configuration ours (TLS 1.3 only, ring, hot-swapped certificate, no client auth).
+//! rustls configuration ours (TLS 1.3 only, ring, hot-swapped certificate, a client certificate
+//! verified when presented). The accept loop enforces the connection caps of [`crate::limits`]
+//! (a connection beyond one is closed before any TLS work) and records the verified client id in
+//! [`PeerInfo`], which every handler checks ([`crate::services::authenticated`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,9 +31,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, Router};
 
+use crate::limits::{self, ConnectionLimits, Gate, GateStats};
+use crate::persist::PersistError;
 use crate::pki::{self, PkiError};
 use crate::services::destination::DestinationService;
-use crate::services::identity::IdentityService;
+use crate::services::identity::{IdentityService, IdentityState};
 use crate::services::policy::PolicyService;
 use crate::store::Store;
 
@@ -50,6 +55,8 @@ pub struct Settings {
     pub trust_domain: String,
     /// Lifetime of the leaves it signs (proxies' and its own).
     pub leaf_lifetime: Duration,
+    /// The connection caps of each listener.
+    pub connection_limits: ConnectionLimits,
 }
 
 impl Settings {
@@ -63,6 +70,7 @@ impl Settings {
             state_dir,
             trust_domain: onemesh_identity::DEFAULT_TRUST_DOMAIN.to_string(),
             leaf_lifetime: DEFAULT_LEAF_LIFETIME,
+            connection_limits: ConnectionLimits::default(),
         }
     }
 }
@@ -79,6 +87,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    State(#[from] PersistError),
 }
 
 /// A running control plane. Dropping it aborts its tasks; [`Control::shutdown`] stops it gently.
@@ -91,6 +101,8 @@ pub struct Control {
     /// The trust anchors its certificate chains to.
     pub bundle: TrustBundle,
     shutdown: watch::Sender<bool>,
+    /// The connection caps of each listener, and what each holds.
+    gates: [(&'static str, Arc<Gate>); 3],
     /// The servers: they stop on the shutdown signal.
     tasks: Vec<JoinHandle<()>>,
     /// The renewal of its own certificate: it sleeps until the next renewal and never looks at
@@ -99,6 +111,14 @@ pub struct Control {
 }
 
 impl Control {
+    /// What each listener (`identity`, `destination`, `policy`) holds now and has refused.
+    pub fn connection_stats(&self) -> Vec<(&'static str, GateStats)> {
+        self.gates
+            .iter()
+            .map(|(what, gate)| (*what, gate.stats()))
+            .collect()
+    }
+
     /// Ends every watch stream, stops accepting, and waits (up to [`SHUTDOWN_GRACE`]) for the
     /// servers to finish.
     pub async fn shutdown(mut self) {
@@ -159,6 +179,14 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
             path: settings.state_dir.clone(),
             source: io::Error::other(e),
         })??;
+    let state_dir = settings.state_dir.clone();
+    let identity_state = tokio::task::spawn_blocking(move || IdentityState::load(&state_dir))
+        .await
+        .map_err(|e| PkiError::Io {
+            action: "load",
+            path: settings.state_dir.clone(),
+            source: io::Error::other(e),
+        })??;
     let credentials = pki::own_credentials(&ca.issuer, &ca.bundle, settings.leaf_lifetime)?;
     let tls = pki::server_config(&credentials);
     let id = credentials.id().clone();
@@ -171,6 +199,7 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
         ca.bundle,
         store.clone(),
         settings.leaf_lifetime,
+        identity_state,
     ));
     let destination = DestinationServer::new(DestinationService::new(
         store.clone(),
@@ -179,12 +208,15 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
     ));
     let policy = PolicyServer::new(PolicyService::new(store, shutdown_rx.clone()));
 
-    let builder = || tonic::transport::Server::builder();
+    let builder = limits::grpc_server;
+    let gate = |what| (what, Gate::new(what, settings.connection_limits));
+    let gates = [gate("identity"), gate("destination"), gate("policy")];
     let renewal = pki::spawn_renewal(issuer, credentials, settings.leaf_lifetime);
     let tasks = vec![
         tokio::spawn(serve(
             "identity",
             identity_listener,
+            gates[0].1.clone(),
             tls.clone(),
             builder().add_service(identity),
             shutdown_rx.clone(),
@@ -192,6 +224,7 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
         tokio::spawn(serve(
             "destination",
             destination_listener,
+            gates[1].1.clone(),
             tls.clone(),
             builder().add_service(destination),
             shutdown_rx.clone(),
@@ -199,6 +232,7 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
         tokio::spawn(serve(
             "policy",
             policy_listener,
+            gates[2].1.clone(),
             tls,
             builder().add_service(policy),
             shutdown_rx,
@@ -211,16 +245,18 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
         id,
         bundle,
         shutdown,
+        gates,
         tasks,
         renewal,
     })
 }
 
-/// Accepts TCP connections, finishes each TLS handshake in its own task, and hands the
-/// established streams to tonic until shutdown.
+/// Accepts TCP connections within the `gate`'s caps (closing the others at once), finishes each
+/// TLS handshake in its own task, and hands the established streams to tonic until shutdown.
 async fn serve(
     what: &'static str,
     listener: TcpListener,
+    gate: Arc<Gate>,
     tls: Arc<ServerConfig>,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
@@ -241,14 +277,26 @@ async fn serve(
                 },
                 _ = stop_accepting.changed() => return,
             };
+            // Beyond a cap: closed before any TLS work (counted and logged by the gate).
+            let Ok(mut place) = gate.admit(peer.ip()) else {
+                drop(tcp);
+                continue;
+            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
+                        place.handshake_done();
                         let id = peer_id(stream.get_ref().1);
                         let peer = PeerInfo { addr: peer, id };
-                        let _ = tx.send(Ok(TlsConn { stream, peer })).await;
+                        let _ = tx
+                            .send(Ok(TlsConn {
+                                stream,
+                                peer,
+                                _place: place,
+                            }))
+                            .await;
                     }
                     Ok(Err(e)) => tracing::debug!(
                         server = what,
@@ -286,10 +334,12 @@ pub struct PeerInfo {
     pub id: Option<SpiffeId>,
 }
 
-/// An accepted TLS connection, as tonic wants it.
+/// An accepted TLS connection, as tonic wants it. It holds its place in the listener's
+/// connection count until tonic drops it.
 struct TlsConn {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     peer: PeerInfo,
+    _place: limits::Connection,
 }
 
 impl Connected for TlsConn {
