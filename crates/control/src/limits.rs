@@ -12,6 +12,9 @@
 //!   most once per [`REFUSAL_LOG_INTERVAL`] per listener, with the counts since the last line.
 //!   The per-address handshake cap is what keeps one client that opens sockets and never speaks
 //!   from holding every handshake slot for [`crate::server::HANDSHAKE_TIMEOUT`].
+//! - **Strangers' connections**: a connection on which the client presented no certificate is
+//!   closed [`UNAUTHENTICATED_LIFETIME`] after its handshake (destination, policy: they answer it
+//!   nothing) or [`UNAUTHENTICATED_LIFETIME_IDENTITY`] (identity: time for a bootstrap Certify).
 //! - **HTTP/2 and gRPC**, in tonic's server builder ([`grpc_server`]): tonic's own defaults lift
 //!   hyper's limits (no cap on concurrent streams, none on locally reset streams), so every one
 //!   is set here explicitly, each a documented constant.
@@ -63,6 +66,15 @@ pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 128;
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// ...and the connection is closed if it is not acknowledged within this.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection without a client certificate stays open on the destination and policy
+/// listeners, which answer such a client nothing but `UNAUTHENTICATED`: long enough to deliver
+/// that answer, short enough that a stranger holds no place, and that a proxy which dialled
+/// before it had its certificate soon dials again, presenting it.
+pub const UNAUTHENTICATED_LIFETIME: Duration = Duration::from_secs(1);
+/// The same on the identity listener, where a proxy without a certificate yet asks for its
+/// first one (a Certify takes milliseconds; [`REQUEST_TIMEOUT`] bounds a slow one): it then dials
+/// again with its certificate, which the calls that need one (`WatchTrust`) require.
+pub const UNAUTHENTICATED_LIFETIME_IDENTITY: Duration = Duration::from_secs(30);
 /// How long a call may take until its response starts. Covers a Certify entirely (reading the
 /// CSR, signing it); a watch only until its stream begins, so it never cuts a long watch.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

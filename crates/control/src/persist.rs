@@ -75,10 +75,9 @@ pub(crate) fn store<T: Serialize>(path: &Path, value: &T) -> Result<(), PersistE
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path.file_name().map_or_else(
-        || "state".into(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+    let name = path
+        .file_name()
+        .map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{name}.tmp"));
     let written = (|| {
         let mut file = std::fs::OpenOptions::new()

@@ -10,6 +10,7 @@
 //! (a connection beyond one is closed before any TLS work) and records the verified client id in
 //! [`PeerInfo`], which every handler checks ([`crate::services::authenticated`]).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, Router};
@@ -217,6 +219,7 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
             "identity",
             identity_listener,
             gates[0].1.clone(),
+            limits::UNAUTHENTICATED_LIFETIME_IDENTITY,
             tls.clone(),
             builder().add_service(identity),
             shutdown_rx.clone(),
@@ -225,6 +228,7 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
             "destination",
             destination_listener,
             gates[1].1.clone(),
+            limits::UNAUTHENTICATED_LIFETIME,
             tls.clone(),
             builder().add_service(destination),
             shutdown_rx.clone(),
@@ -233,6 +237,7 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
             "policy",
             policy_listener,
             gates[2].1.clone(),
+            limits::UNAUTHENTICATED_LIFETIME,
             tls,
             builder().add_service(policy),
             shutdown_rx,
@@ -252,11 +257,14 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
 }
 
 /// Accepts TCP connections within the `gate`'s caps (closing the others at once), finishes each
-/// TLS handshake in its own task, and hands the established streams to tonic until shutdown.
+/// TLS handshake in its own task, and hands the established streams to tonic until shutdown. A
+/// connection whose client presented no certificate is closed `unauthenticated_lifetime` after
+/// its handshake.
 async fn serve(
     what: &'static str,
     listener: TcpListener,
     gate: Arc<Gate>,
+    unauthenticated_lifetime: Duration,
     tls: Arc<ServerConfig>,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
@@ -289,11 +297,15 @@ async fn serve(
                     Ok(Ok(stream)) => {
                         place.handshake_done();
                         let id = peer_id(stream.get_ref().1);
+                        let deadline = id
+                            .is_none()
+                            .then(|| Box::pin(tokio::time::sleep(unauthenticated_lifetime)));
                         let peer = PeerInfo { addr: peer, id };
                         let _ = tx
                             .send(Ok(TlsConn {
                                 stream,
                                 peer,
+                                deadline,
                                 _place: place,
                             }))
                             .await;
@@ -339,6 +351,9 @@ pub struct PeerInfo {
 struct TlsConn {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     peer: PeerInfo,
+    /// Without a client certificate: when the connection reads as closed (end of file), which
+    /// ends it (see [`limits::UNAUTHENTICATED_LIFETIME`]).
+    deadline: Option<Pin<Box<Sleep>>>,
     _place: limits::Connection,
 }
 
@@ -356,7 +371,14 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        // hyper always has a read pending on an HTTP/2 connection, so this also arms the timer.
+        if let Some(deadline) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 

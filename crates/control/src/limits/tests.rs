@@ -66,9 +66,6 @@ fn ipv6_is_counted_per_64_and_mapped_ipv4_as_ipv4() {
     let a: Ipv6Addr = "2001:db8:1:2::1".parse().unwrap();
     let b: Ipv6Addr = "2001:db8:1:2:ffff::9".parse().unwrap();
     assert_eq!(address_key(a.into()), address_key(b.into()));
-    assert_ne!(
-        address_key(a.into()),
-        address_key(ip("2001:db8:1:3::1"))
-    );
+    assert_ne!(address_key(a.into()), address_key(ip("2001:db8:1:3::1")));
     assert_eq!(address_key(ip("::ffff:127.0.0.2")), ip("127.0.0.2"));
 }

@@ -46,7 +46,11 @@ fn a_failed_write_revokes_nothing() {
 #[test]
 fn a_corrupt_file_refuses_to_load() {
     let dir = temp_dir("revoked");
-    std::fs::write(dir.join(REVOCATIONS_FILE), r#"{"revoked": {"not an id": 1}}"#).unwrap();
+    std::fs::write(
+        dir.join(REVOCATIONS_FILE),
+        r#"{"revoked": {"not an id": 1}}"#,
+    )
+    .unwrap();
     assert!(Revocations::load(&dir).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
