@@ -115,6 +115,11 @@ pub enum BuildError {
     /// The identity task could not start.
     #[error(transparent)]
     Credentials(#[from] credentials::CredentialsError),
+    /// The operating system's cryptographic random number generator failed.
+    #[error(
+        "the system's random number generator failed: check that getrandom(2) or /dev/urandom is available to the proxy"
+    )]
+    Random,
 }
 
 impl Sources {
@@ -257,7 +262,7 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
         mesh,
         plain.clone(),
         metrics.clone(),
-    );
+    )?;
     let inbound = inbound::Inbound::new(
         inbound::InboundSettings {
             detect_timeout: config.detect_timeout,
