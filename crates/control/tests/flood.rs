@@ -203,7 +203,7 @@ async fn a_flood_neither_grows_memory_without_bound_nor_starves_a_real_proxy() {
             let mut round = 0u32;
             while flooding.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                if round % 12 == 0 {
+                if round.is_multiple_of(12) {
                     let mut fresh = DestinationClient::new(
                         channel_from(local, addr, config.clone(), &server).await,
                     );
