@@ -18,7 +18,7 @@
 //! The control plane answers only the proxies of its mesh, each with only what it needs. The TLS
 //! servers ask for a client certificate without requiring it (a proxy's first Certify comes
 //! before it has one), and every call checks what was presented
-//! ([`services::authenticated`]):
+//! (`services::authenticated`):
 //!
 //! | call | needs |
 //! |---|---|

@@ -20,7 +20,7 @@
 //!   is set here explicitly, each a documented constant.
 //!
 //! Unauthenticated calls are refused by the handlers before any state is computed
-//! ([`crate::services::authenticated`]); these limits bound what such a client can make the
+//! (`services::authenticated`); these limits bound what such a client can make the
 //! server hold while it is being refused. Local mode runs every proxy on 127.0.0.1, so the
 //! per-address caps are also the most connections the local mesh's proxies may open together:
 //! they are set well above what a mesh of a few hundred workloads needs (one connection per

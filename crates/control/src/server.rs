@@ -8,7 +8,7 @@
 //! rustls configuration ours (TLS 1.3 only, ring, hot-swapped certificate, a client certificate
 //! verified when presented). The accept loop enforces the connection caps of [`crate::limits`]
 //! (a connection beyond one is closed before any TLS work) and records the verified client id in
-//! [`PeerInfo`], which every handler checks ([`crate::services::authenticated`]).
+//! [`PeerInfo`], which every handler checks (`services::authenticated`).
 
 use std::future::Future;
 use std::io;

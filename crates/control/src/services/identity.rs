@@ -15,7 +15,7 @@
 //!   the id of that certificate, and only to it.
 //!
 //! Either way entitlement is checked again on every call, against the mesh as it is now: the id
-//! must be declared (a workload of the store's current [`MeshState`](crate::state::MeshState)
+//! must be declared (a workload of the store's current [`MeshState`]
 //! has its namespace and service account) and not revoked ([`crate::revocations`]). So removing
 //! a workload from the mesh, or revoking its id, stops its renewals: a stolen leaf no longer
 //! renews itself forever. Leaves already issued keep their lifetime (24 h by default): a revoked

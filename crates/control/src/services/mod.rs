@@ -1,9 +1,9 @@
 //! The three gRPC services (identity, destination, policy) and what they share: the check of
-//! who is calling ([`authenticated`]) and the watch-stream pattern.
+//! who is calling (`authenticated`) and the watch-stream pattern.
 //!
 //! Every call except a Certify with a bootstrap token must come over a connection on which the
 //! client presented a mesh certificate (verified in the TLS handshake: chains to the bundle, our
-//! trust domain, valid then). [`authenticated`] returns its id or `UNAUTHENTICATED`; handlers
+//! trust domain, valid then). `authenticated` returns its id or `UNAUTHENTICATED`; handlers
 //! call it first, before reading the store or computing anything.
 //!
 //! Every watch stream follows one pattern (`watch_stream`): subscribe to the store's state,
