@@ -7,9 +7,10 @@
 //! for a revoked id.
 //!
 //! What a revocation does not do: leaves already issued stay valid until they expire (24 h at
-//! most by default). The mesh has no CRL or OCSP: short-lived leaves are the revocation
-//! mechanism, and this set only stops the renewals. To cut a workload off at once, also remove
-//! it from the mesh (its policy and endpoints go away within a second) or rotate the issuer.
+//! most by default), for mTLS between proxies and for the control plane's Destination and Policy
+//! watches alike. The mesh has no CRL or OCSP: short-lived leaves are the revocation mechanism,
+//! and this set only stops the renewals. To cut a workload off sooner, also remove it from the
+//! mesh (policies naming it and its endpoints go away within a second) or rotate the issuer.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

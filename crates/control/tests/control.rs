@@ -909,6 +909,7 @@ async fn renewal_of_an_undeclared_id_is_refused() {
             Ok(_) => panic!("the bank still renews after its service account changed"),
             Err(status) => {
                 assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+                assert!(status.message().contains("not declared"), "{status:?}");
                 break;
             }
         }

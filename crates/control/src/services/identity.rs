@@ -265,8 +265,15 @@ impl Identity for IdentityService {
         match IdentityService::certify(self, &req.csr, &req.token, peer.as_ref()).await {
             Ok(response) => Ok(Response::new(response)),
             Err(e) => {
-                tracing::warn!("certify refused: {e}");
-                Err(e.into())
+                let status = Status::from(e);
+                // A stranger's calls (no or unknown token) are not logged above debug, so that a
+                // flood of them cannot flood the log; a refusal to a caller with a proof is.
+                if status.code() == tonic::Code::Unauthenticated {
+                    tracing::debug!("certify refused: {}", status.message());
+                } else {
+                    tracing::warn!("certify refused: {}", status.message());
+                }
+                Err(status)
             }
         }
     }
