@@ -1067,3 +1067,67 @@ async fn a_strangers_connection_is_closed_soon_and_a_proxys_kept() {
         "a proxy's connection stays open"
     );
 }
+
+#[tokio::test]
+async fn every_listener_announces_its_http2_limits() {
+    use onemesh_control::limits;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness().await;
+    for addr in [
+        h.control.identity_addr,
+        h.control.destination_addr,
+        h.control.policy_addr,
+    ] {
+        let config = h.mint(&id(CARD)).client_config(&h.control.id, &[b"h2"]);
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = TlsConnector::from(config)
+            .connect(h.control.id.tls_server_name(), tcp)
+            .await
+            .unwrap();
+        // The client preface and an empty SETTINGS frame, by hand.
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        // The server's first frame is its SETTINGS.
+        let mut header = [0u8; 9];
+        tokio::time::timeout(WAIT, tls.read_exact(&mut header))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(header[3], 0x4, "a SETTINGS frame: {header:?}");
+        let len =
+            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+        let mut payload = vec![0u8; len];
+        tls.read_exact(&mut payload).await.unwrap();
+        let settings: std::collections::BTreeMap<u16, u32> = payload
+            .chunks_exact(6)
+            .map(|c| {
+                (
+                    u16::from_be_bytes([c[0], c[1]]),
+                    u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+                )
+            })
+            .collect();
+        // SETTINGS_MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_HEADER_LIST_SIZE.
+        assert_eq!(
+            settings.get(&0x3),
+            Some(&limits::MAX_CONCURRENT_STREAMS),
+            "{settings:?}"
+        );
+        assert_eq!(
+            settings.get(&0x4),
+            Some(&limits::INITIAL_STREAM_WINDOW),
+            "{settings:?}"
+        );
+        assert_eq!(
+            settings.get(&0x6),
+            Some(&limits::MAX_HEADER_LIST_SIZE),
+            "{settings:?}"
+        );
+        // MAX_FRAME_SIZE: absent means the protocol's default, 16 KiB.
+        assert_eq!(
+            settings.get(&0x5).copied().unwrap_or(16_384),
+            limits::MAX_FRAME_SIZE
+        );
+    }
+}
