@@ -116,6 +116,35 @@ async fn connect_from(from: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStre
     socket.connect(addr).await
 }
 
+/// 10,000 watches from the stranger, up to 1,000 in flight: how each ended.
+async fn stream_flood(stranger: &DestinationClient<Channel>) -> Vec<&'static str> {
+    futures_util::stream::iter(0..STREAMS)
+        .map(|_| {
+            let mut client = stranger.clone();
+            async move {
+                match client.watch(watch_bank()).await {
+                    Ok(_) => "answered",
+                    Err(s) if s.code() == Code::Unauthenticated => "unauthenticated",
+                    // The stranger's connection is closed a second after its handshake: calls
+                    // in flight then fail on the client side, and the channel dials again.
+                    Err(_) => "connection_closed",
+                }
+            }
+        })
+        .buffer_unordered(1_000)
+        .collect()
+        .await
+}
+
+fn destination_stats(control: &Control) -> limits::GateStats {
+    control
+        .connection_stats()
+        .into_iter()
+        .find(|(w, _)| *w == "destination")
+        .unwrap()
+        .1
+}
+
 fn watch_bank() -> WatchRequest {
     WatchRequest {
         name: "bank.bank.svc.cluster.local:80".into(),
@@ -222,23 +251,12 @@ async fn a_flood_neither_grows_memory_without_bound_nor_starves_a_real_proxy() {
 
     // 1. Streams: 10,000 watches from the stranger, up to 1,000 in flight.
     let started = Instant::now();
-    let outcomes = futures_util::stream::iter(0..STREAMS)
-        .map(|_| {
-            let mut client = stranger.clone();
-            async move {
-                match client.watch(watch_bank()).await {
-                    Ok(_) => "answered",
-                    Err(s) if s.code() == Code::Unauthenticated => "unauthenticated",
-                    // The stranger's connection is closed a second after its handshake: calls
-                    // in flight then fail on the client side, and the channel dials again.
-                    Err(_) => "connection_closed",
-                }
-            }
-        })
-        .buffer_unordered(1_000)
-        .collect::<Vec<_>>()
-        .await;
+    let outcomes = stream_flood(&stranger).await;
     let streams_took = started.elapsed();
+    let rss_streams_once = vm_rss_kib();
+    // Once more: memory that a flood keeps would grow again; buffers reused do not.
+    let again = stream_flood(&stranger).await;
+    assert!(again.iter().all(|o| *o != "answered"));
     let count = |what| outcomes.iter().filter(|o| **o == what).count();
     let (answered_streams, unauthenticated, closed) = (
         count("answered"),
@@ -278,12 +296,17 @@ async fn a_flood_neither_grows_memory_without_bound_nor_starves_a_real_proxy() {
     let mut fresh =
         DestinationClient::new(channel_from(local, addr, proxy_config.clone(), &control.id).await);
     assert_eq!(first_snapshot(&mut fresh).await, 1);
-    let held = control
-        .connection_stats()
-        .into_iter()
-        .find(|(w, _)| *w == "destination")
-        .unwrap()
-        .1;
+    // Once the accept loop has taken every silent connection, all beyond the per-address
+    // handshake cap were closed at once.
+    let expected_refusals = (SILENT_CONNECTIONS - limits::MAX_HANDSHAKES_PER_IP) as u64;
+    let deadline = Instant::now() + WAIT;
+    let held = loop {
+        let stats = destination_stats(&control);
+        if stats.refused[3] >= expected_refusals || Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let rss_connections = vm_rss_kib();
 
     // A change still reaches the real proxy's open watch.
@@ -305,18 +328,14 @@ async fn a_flood_neither_grows_memory_without_bound_nor_starves_a_real_proxy() {
     // Everything the flood held is given back.
     let deadline = Instant::now() + WAIT;
     let after = loop {
-        let stats = control
-            .connection_stats()
-            .into_iter()
-            .find(|(w, _)| *w == "destination")
-            .unwrap()
-            .1;
+        let stats = destination_stats(&control);
         if stats.open <= 3 || Instant::now() > deadline {
             break stats;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let rss_after = vm_rss_kib();
+    let released_in = deadline.saturating_duration_since(Instant::now());
 
     println!(
         "{STREAMS} stranger streams in {streams_took:?}: {unauthenticated} UNAUTHENTICATED, {closed} cut with their connection, 0 answered"
@@ -330,8 +349,13 @@ async fn a_flood_neither_grows_memory_without_bound_nor_starves_a_real_proxy() {
         answered.load(Ordering::Relaxed)
     );
     println!(
-        "control plane VmRSS: {rss_before} KiB before, {rss_streams} KiB after the streams, {rss_connections} KiB with the connections held, {rss_after} KiB after (+{} KiB)",
+        "VmRSS (control plane and flooding client, one process): {rss_before} KiB before, {rss_streams_once} KiB after {STREAMS} streams, {rss_streams} KiB after {STREAMS} more (+{} KiB the second time), {rss_connections} KiB with the connections held, {rss_after} KiB after all (+{} KiB)",
+        rss_streams.saturating_sub(rss_streams_once),
         rss_after.saturating_sub(rss_before)
+    );
+    println!(
+        "flood's connections given back within {:?}",
+        WAIT - released_in
     );
 
     // The caps held: no more than a cap's worth from one address, the rest closed at once.
@@ -344,7 +368,7 @@ async fn a_flood_neither_grows_memory_without_bound_nor_starves_a_real_proxy() {
         "{held:?}"
     );
     assert!(
-        held.refused[3] as usize >= SILENT_CONNECTIONS - limits::MAX_HANDSHAKES_PER_IP,
+        held.refused[3] >= expected_refusals,
         "silent connections beyond the per-address handshake cap are closed at once: {held:?}"
     );
     assert!(
@@ -361,6 +385,10 @@ async fn a_flood_neither_grows_memory_without_bound_nor_starves_a_real_proxy() {
     assert!(
         rss_connections.saturating_sub(rss_before) < 96 * 1024,
         "{rss_before} -> {rss_connections} KiB"
+    );
+    assert!(
+        rss_streams.saturating_sub(rss_streams_once) < 16 * 1024,
+        "a second flood of streams grew memory again: {rss_streams_once} -> {rss_streams} KiB"
     );
     control.shutdown().await;
 }
