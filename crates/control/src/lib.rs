@@ -11,8 +11,28 @@
 //!
 //! The control plane has its own mesh identity, `spiffe://<td>/ns/onemesh/sa/control`, signed at
 //! start by the same issuer that signs the proxies (and renewed at 70 % of its life). Proxies
-//! verify it against the trust bundle; the server asks no client certificate, since a proxy's
-//! first Certify comes before it has one. TLS 1.3 only, rustls with `ring`.
+//! verify it against the trust bundle. TLS 1.3 only, rustls with `ring`.
+//!
+//! ## Who gets an answer
+//!
+//! The control plane answers only the proxies of its mesh, each with only what it needs. The TLS
+//! servers ask for a client certificate without requiring it (a proxy's first Certify comes
+//! before it has one), and every call checks what was presented
+//! (`services::authenticated`):
+//!
+//! | call | needs |
+//! |---|---|
+//! | `Identity.Certify` with a token | the token (bound to the first key that used it) |
+//! | `Identity.Certify` without a token | a mesh leaf: renews that leaf's id only |
+//! | `Destination.Watch`, `Policy.WatchOutbound` | any mesh leaf, else `UNAUTHENTICATED` |
+//! | `Policy.WatchInbound` | a leaf whose namespace and service account are the workload's, else `PERMISSION_DENIED` |
+//!
+//! Certify re-checks entitlement on every call: the id must still be declared in the mesh and
+//! not revoked (`<state-dir>/revoked.json`, see [`revocations`]).
+//!
+//! Every listener bounds what a client can hold (see [`limits`]): open connections per
+//! listener and per source address, concurrent TLS handshakes, and the HTTP/2 settings
+//! (concurrent streams, header list size, reset streams, frame and window sizes, keepalive).
 //!
 //! ## Where the mesh comes from: stores
 //!
@@ -27,7 +47,8 @@
 //!   service's `targetPort` mapped to the real local port. The same mapping is applied to the
 //!   ports of inbound authorizations, so a proxy compares them with the target port it really sees.
 //! - `<state-dir>/tokens.json`: one bootstrap token per proxy, each entitling exactly one id; the
-//!   first Certify binds a token to the key of its CSR, later ones must use that key. A proxy may
+//!   first Certify binds a token to the key of its CSR (kept across restarts in
+//!   `token-bindings.json`), later ones must use that key. A proxy may
 //!   also renew without a token over a connection that presents its current leaf, for that
 //!   leaf's id only (see [`services::identity`]).
 //!
@@ -42,12 +63,17 @@
 //!
 //! It does not enforce policy (proxies do, with DESIGN.md's default: deny between namespaces,
 //! same-namespace meshed callers allowed unless a policy names the port) and does not start
-//! workloads (`onemesh up` does). It keeps no state of its own besides the CA files and, in
-//! memory, the token-to-key bindings.
+//! workloads (`onemesh up` does). It keeps no state of its own besides the CA files, the revoked
+//! ids (`revoked.json`) and the token-to-key bindings (`token-bindings.json`, see [`bindings`]),
+//! all in the state directory.
 
+pub mod bindings;
 pub mod config;
+pub mod limits;
 pub mod local;
+pub mod persist;
 pub mod pki;
+pub mod revocations;
 pub mod server;
 pub mod services;
 pub mod state;

@@ -122,6 +122,11 @@ pub enum BuildError {
     /// The identity task could not start.
     #[error(transparent)]
     Credentials(#[from] credentials::CredentialsError),
+    /// The operating system's cryptographic random number generator failed.
+    #[error(
+        "the system's random number generator failed: check that getrandom(2) or /dev/urandom is available to the proxy"
+    )]
+    Random,
 }
 
 impl Sources {
@@ -279,7 +284,7 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
         mesh,
         plain.clone(),
         metrics.clone(),
-    );
+    )?;
     let inbound = inbound::Inbound::new(
         inbound::InboundSettings {
             detect_timeout: config.detect_timeout,

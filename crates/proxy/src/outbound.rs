@@ -211,15 +211,21 @@ struct Inner {
 }
 
 impl Outbound {
-    /// Builds the outbound side.
+    /// Builds the outbound side. Fails only when the OS's random number generator does (the
+    /// egress id comes from it).
     pub fn new(
         settings: OutboundSettings,
         discover: Arc<dyn Discover>,
         mesh: MeshClient,
         plain: PlainClients,
         metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, crate::BuildError> {
+        // From the OS's cryptographic RNG, once per process: not derivable from anything else
+        // the process made (fastrand is for jitter and balancer picks only).
+        let egress_id: [u8; 8] = ring::rand::generate(&ring::rand::SystemRandom::new())
+            .map_err(|_| crate::BuildError::Random)?
+            .expose();
+        Ok(Self {
             inner: Arc::new(Inner {
                 settings,
                 discover,
@@ -228,9 +234,9 @@ impl Outbound {
                 mesh,
                 plain,
                 metrics,
-                egress_id: HeaderValue::from(fastrand::u64(..)),
+                egress_id: HeaderValue::from(u64::from_ne_bytes(egress_id)),
             }),
-        }
+        })
     }
 
     fn retried(&self, outcome: &'static str) {
