@@ -12,6 +12,9 @@
 //! - The current leaf (renewal). A call with no token over a connection on which the client
 //!   presented its mesh certificate (verified in the handshake against the bundle) is entitled to
 //!   the id of that certificate, and only to it.
+//!
+//! Leaves are signed by the CA's current issuer (it may be rotated at any time, see
+//! [`crate::pki`]) and never outlive it. `WatchTrust` is served by [`super::trust`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,11 +22,13 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use onemesh_api::identity::identity_server::Identity;
 use onemesh_api::identity::{CertifyRequest, CertifyResponse, TrustReport, TrustUpdate};
-use onemesh_identity::{Issuer, SpiffeId, TrustBundle};
+use onemesh_identity::SpiffeId;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::pki::{CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT};
+use crate::pki::CaSnapshot;
 use crate::server::PeerInfo;
+use crate::services::trust::TrustService;
 use crate::store::{Store, StoreError};
 
 /// Why a Certify call was refused.
@@ -49,9 +54,11 @@ pub enum CertifyError {
     #[error("cannot read the public key of the csr ({0}): send a DER PKCS#10 request")]
     CsrKey(String),
     #[error(
-        "{0} is the control plane's own identity and is never issued to a proxy: give the workload another namespace or service account"
+        "{0} is the control plane's own or the operator's identity and is never issued to a proxy: give the workload another namespace or service account"
     )]
     Reserved(SpiffeId),
+    #[error("the issuer has expired: the operator must rotate it (`onemesh identity rotate-issuer`)")]
+    IssuerExpired,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -65,15 +72,15 @@ impl From<CertifyError> for Status {
             | CertifyError::OtherKey
             | CertifyError::Reserved(_) => Status::permission_denied(message),
             CertifyError::Csr(_) | CertifyError::CsrKey(_) => Status::invalid_argument(message),
-            CertifyError::Store(_) => Status::unavailable(message),
+            CertifyError::Store(_) | CertifyError::IssuerExpired => Status::unavailable(message),
         }
     }
 }
 
-/// The identity service: the issuer, the bundle it sends, and the token bindings.
+/// The identity service: the CA (current issuer and bundle), the token bindings, WatchTrust.
 pub struct IdentityService {
-    issuer: Arc<Issuer>,
-    bundle: TrustBundle,
+    ca: watch::Receiver<Arc<CaSnapshot>>,
+    trust: TrustService,
     store: Arc<dyn Store>,
     lifetime: Duration,
     /// Token → DER SubjectPublicKeyInfo of the first key that used it.
@@ -82,14 +89,14 @@ pub struct IdentityService {
 
 impl IdentityService {
     pub fn new(
-        issuer: Arc<Issuer>,
-        bundle: TrustBundle,
+        ca: watch::Receiver<Arc<CaSnapshot>>,
+        trust: TrustService,
         store: Arc<dyn Store>,
         lifetime: Duration,
     ) -> Self {
         IdentityService {
-            issuer,
-            bundle,
+            ca,
+            trust,
             store,
             lifetime,
             bindings: Mutex::new(HashMap::new()),
@@ -115,16 +122,19 @@ impl IdentityService {
                     .ok_or(CertifyError::UnknownToken)?,
             ),
         };
-        // Proxies trust the control plane by this id: whoever holds a leaf for it could answer
-        // in its place (endpoints, policy), whatever a token or mesh.yaml says.
-        if entitled.namespace() == CONTROL_NAMESPACE
-            && entitled.service_account() == CONTROL_SERVICE_ACCOUNT
-        {
+        // Proxies trust the control plane by its id: whoever holds a leaf for it could answer in
+        // its place (endpoints, policy); the operator's may rotate the CA. Neither is issued,
+        // whatever a token or mesh.yaml says.
+        if crate::pki::is_reserved(&entitled) {
             return Err(CertifyError::Reserved(entitled));
         }
-        let issued = self
+        let ca = self.ca.borrow().clone();
+        let lifetime = ca
+            .leaf_lifetime(self.lifetime, std::time::SystemTime::now())
+            .ok_or(CertifyError::IssuerExpired)?;
+        let issued = ca
             .issuer
-            .sign_csr(csr, self.lifetime, |asked| asked == &entitled)
+            .sign_csr(csr, lifetime, |asked| asked == &entitled)
             .map_err(|e| match e {
                 onemesh_identity::Error::NotEntitled { .. } => CertifyError::NotEntitled {
                     proof,
@@ -151,8 +161,8 @@ impl IdentityService {
             identity: issued.id.to_string(),
             chain: issued.chain.iter().map(|c| c.to_vec()).collect(),
             chain_pem: issued.chain_pem(),
-            trust_anchors: self.bundle.roots().iter().map(|c| c.to_vec()).collect(),
-            trust_anchors_pem: self.bundle.to_pem(),
+            trust_anchors: ca.bundle.roots().iter().map(|c| c.to_vec()).collect(),
+            trust_anchors_pem: ca.bundle.to_pem(),
             not_before_unix_secs: unix(issued.not_before),
             not_after_unix_secs: unix(issued.not_after),
         })
@@ -173,9 +183,16 @@ impl Identity for IdentityService {
 
     async fn watch_trust(
         &self,
-        _request: Request<tonic::Streaming<TrustReport>>,
+        request: Request<tonic::Streaming<TrustReport>>,
     ) -> Result<Response<Self::WatchTrustStream>, Status> {
-        Err(Status::unimplemented("trust updates are not served yet"))
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        match self.trust.watch(peer.as_ref(), request.into_inner()) {
+            Ok(stream) => Ok(Response::new(stream)),
+            Err(e) => {
+                tracing::warn!("watch trust refused: {e}");
+                Err(e.into())
+            }
+        }
     }
 
     async fn certify(

@@ -1,13 +1,16 @@
-//! The three gRPC services (identity, destination, policy) and what their watch streams share.
+//! The gRPC services (identity with its trust watch, destination, policy, and the operator's
+//! admin service) and what their watch streams share.
 //!
 //! Every watch stream follows one pattern (`watch_stream`): subscribe to the store's state,
 //! compute this subscriber's view (a pure function from [`crate::state`]), send it, then on each
 //! state change recompute and send only what changed. A stream ends when the client goes away,
 //! when the store stops, or when the control plane shuts down.
 
+pub mod admin;
 pub mod destination;
 pub mod identity;
 pub mod policy;
+pub mod trust;
 
 use std::pin::Pin;
 use std::sync::Arc;
