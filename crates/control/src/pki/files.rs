@@ -117,6 +117,7 @@ impl Files {
             source,
         };
         let mode = if private { 0o600 } else { 0o644 };
+        crash_point().map_err(|e| io("write", e))?;
         // A leftover temporary file (a crash mid-write) may have another mode: start afresh.
         remove_if_exists(&tmp).map_err(|e| io("replace", e))?;
         let mut file = std::fs::OpenOptions::new()
@@ -133,6 +134,7 @@ impl Files {
             .map_err(|e| io("write", e))?;
         file.sync_all().map_err(|e| io("sync", e))?;
         drop(file);
+        crash_point().map_err(|e| io("rename", e))?;
         std::fs::rename(&tmp, &path).map_err(|e| io("rename", e))?;
         self.sync_dir()
     }
@@ -144,7 +146,9 @@ impl Files {
         if !path.exists() {
             return Ok(false);
         }
-        std::fs::rename(&path, self.path(to)).map_err(|source| PkiError::Io {
+        crash_point()
+            .and_then(|()| std::fs::rename(&path, self.path(to)))
+            .map_err(|source| PkiError::Io {
             action: "rename",
             path,
             source,
@@ -156,7 +160,12 @@ impl Files {
     /// Removes `name` if it exists.
     pub fn remove(&self, name: &str) -> Result<(), PkiError> {
         let path = self.path(name);
-        remove_if_exists(&path).map_err(|source| PkiError::Io {
+        if !path.exists() {
+            return Ok(());
+        }
+        crash_point()
+            .and_then(|()| remove_if_exists(&path))
+            .map_err(|source| PkiError::Io {
             action: "remove",
             path,
             source,
@@ -185,5 +194,31 @@ fn remove_if_exists(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: how many more changes to the state directory succeed before every further one
+    /// fails, as if the process had been killed there (`None`: no limit).
+    pub(crate) static CRASH_AFTER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Where a test may stop the process (see [`CRASH_AFTER`]); nothing in a normal build.
+fn crash_point() -> std::io::Result<()> {
+    #[cfg(test)]
+    {
+        CRASH_AFTER.with(|left| match left.get() {
+            Some(0) => Err(std::io::Error::other("killed here by the test")),
+            Some(n) => {
+                left.set(Some(n - 1));
+                Ok(())
+            }
+            None => Ok(()),
+        })
+    }
+    #[cfg(not(test))]
+    {
+        Ok(())
     }
 }

@@ -239,8 +239,7 @@ impl Rotator {
                         }
                     }
                 }
-                // The blocking pool is shutting down with the runtime.
-                Err(_) => return None,
+                Err(e) => tracing::error!("rotation step failed, trying again in {RETRY:?}: {e}"),
             }
             tokio::time::sleep(RETRY).await;
         }

@@ -113,8 +113,8 @@ impl Step {
 pub struct Journal {
     pub kind: RotationKind,
     pub step: Step,
-    /// How long each step waits for the connected proxies.
-    pub deadline_secs: u64,
+    /// How long each step waits for the connected proxies, milliseconds.
+    pub deadline_ms: u64,
     /// Anchor rotation: SHA-256 (hex) of the anchor leaving and of the one joining.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_anchor: Option<String>,
@@ -124,7 +124,7 @@ pub struct Journal {
 
 impl Journal {
     pub fn deadline(&self) -> Duration {
-        Duration::from_secs(self.deadline_secs)
+        Duration::from_millis(self.deadline_ms)
     }
 
     fn check(&self) -> Result<(), String> {
@@ -252,7 +252,7 @@ impl CaState {
         let journal = Journal {
             kind: RotationKind::Issuer,
             step: Step::Swap,
-            deadline_secs: deadline.as_secs(),
+            deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
             old_anchor: None,
             new_anchor: None,
         };
@@ -280,7 +280,7 @@ impl CaState {
         let journal = Journal {
             kind: RotationKind::Anchor,
             step: Step::Join,
-            deadline_secs: deadline.as_secs(),
+            deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
             old_anchor: Some(cert::hex(&cert::sha256(old.cert_der()))),
             new_anchor: Some(cert::hex(&cert::sha256(next.cert_der()))),
         };
