@@ -46,11 +46,11 @@ use rustls::ServerConfig;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use files::Files;
 pub use files::{
     ISSUER_CERT_FILE, ISSUER_KEY_FILE, OPERATOR_CERT_FILE, OPERATOR_KEY_FILE, ROTATION_FILE,
     TRUST_ANCHOR_CERT_FILE, TRUST_ANCHOR_KEY_FILE, TRUST_ANCHORS_FILE,
 };
-use files::Files;
 pub use state::{CaSnapshot, CaState};
 
 /// Lifetime of a trust anchor the control plane makes.

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
 use onemesh_api::admin::admin_client::AdminClient;
-use onemesh_api::admin::{RevokeRequest, RotateRequest, RotationProgress, TrustRequest, TrustStatus};
+use onemesh_api::admin::{
+    RevokeRequest, RotateRequest, RotationProgress, TrustRequest, TrustStatus,
+};
 use onemesh_api::identity::identity_client::IdentityClient;
 use onemesh_api::identity::{CertifyRequest, TrustReport};
 use onemesh_control::local::{LocalStore, POLL_INTERVAL, TOKENS_FILE};
@@ -162,9 +164,12 @@ async fn tls_channel(
 
 /// A channel without a client certificate (a proxy before its first Certify).
 async fn anonymous(addr: SocketAddr, bundle: &TrustBundle) -> Channel {
-    tls_channel(addr, bootstrap_client_config(bundle, &control_id(), &[b"h2"]))
-        .await
-        .unwrap()
+    tls_channel(
+        addr,
+        bootstrap_client_config(bundle, &control_id(), &[b"h2"]),
+    )
+    .await
+    .unwrap()
 }
 
 /// A channel presenting `creds`' leaf.
@@ -184,7 +189,13 @@ fn operator_creds(dir: &Path) -> CredentialStore {
     let read = |name| std::fs::read_to_string(dir.join(name)).unwrap();
     let key = WorkloadKey::from_pem(&read(pki::OPERATOR_KEY_FILE)).unwrap();
     let issued = Issued::from_chain_pem(&read(pki::OPERATOR_CERT_FILE)).unwrap();
-    CredentialStore::new(pki::operator_id(TD).unwrap(), key, issued, bundle_on_disk(dir)).unwrap()
+    CredentialStore::new(
+        pki::operator_id(TD).unwrap(),
+        key,
+        issued,
+        bundle_on_disk(dir),
+    )
+    .unwrap()
 }
 
 async fn operator(plane: &Plane, dir: &Path) -> AdminClient<Channel> {
@@ -251,7 +262,11 @@ async fn fake_proxy(plane: &Plane, creds: CredentialStore, mode: Mode) -> FakePr
             if mode == Mode::Silent {
                 continue;
             }
-            let anchors = update.trust_anchors.iter().map(|c| c.clone().into()).collect();
+            let anchors = update
+                .trust_anchors
+                .iter()
+                .map(|c| c.clone().into())
+                .collect();
             proxy.update_bundle(TrustBundle::from_roots(anchors).unwrap());
             let signed_by = proxy.current().chain.get(1).map(|c| c.to_vec());
             if signed_by.as_deref() != Some(update.issuer.as_slice()) {
@@ -286,7 +301,11 @@ async fn handshake(client: &CredentialStore, server: &CredentialStore) -> Result
     let acceptor = TlsAcceptor::from(server.server_config(&[]));
     let accept = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
-        acceptor.accept(tcp).await.map(|_| ()).map_err(|e| e.to_string())
+        acceptor
+            .accept(tcp)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     });
     let connector = TlsConnector::from(client.client_config(server.id(), &[]));
     let tcp = TcpStream::connect(addr).await.unwrap();
@@ -352,8 +371,18 @@ async fn issuer_rotation_reissues_every_connected_proxy() {
     let dir = temp_dir();
     let _cleanup = RemoveOnDrop(dir.clone());
     let plane = plane(&dir).await;
-    let a = fake_proxy(&plane, bootstrap(&plane, &bank(), "t-bank").await, Mode::Apply).await;
-    let b = fake_proxy(&plane, bootstrap(&plane, &card(), "t-card").await, Mode::Apply).await;
+    let a = fake_proxy(
+        &plane,
+        bootstrap(&plane, &bank(), "t-bank").await,
+        Mode::Apply,
+    )
+    .await;
+    let b = fake_proxy(
+        &plane,
+        bootstrap(&plane, &card(), "t-card").await,
+        Mode::Apply,
+    )
+    .await;
     let mut admin = operator(&plane, &dir).await;
     let before = trust(&mut admin).await;
     assert_eq!(before.proxies.len(), 2);
@@ -375,7 +404,10 @@ async fn issuer_rotation_reissues_every_connected_proxy() {
     assert_eq!(after.anchors, before.anchors);
     assert_eq!(after.rotation, "");
     assert!(
-        after.proxies.iter().all(|p| p.current_issuer && p.current_bundle),
+        after
+            .proxies
+            .iter()
+            .all(|p| p.current_issuer && p.current_bundle),
         "{:?}",
         after.proxies
     );
@@ -399,8 +431,18 @@ async fn anchor_rotation_moves_every_proxy_to_the_new_anchor_without_a_failed_ha
     let _cleanup = RemoveOnDrop(dir.clone());
     let plane = plane(&dir).await;
     let old_bundle = bundle_on_disk(&dir);
-    let a = fake_proxy(&plane, bootstrap(&plane, &bank(), "t-bank").await, Mode::Apply).await;
-    let b = fake_proxy(&plane, bootstrap(&plane, &card(), "t-card").await, Mode::Apply).await;
+    let a = fake_proxy(
+        &plane,
+        bootstrap(&plane, &bank(), "t-bank").await,
+        Mode::Apply,
+    )
+    .await;
+    let b = fake_proxy(
+        &plane,
+        bootstrap(&plane, &card(), "t-card").await,
+        Mode::Apply,
+    )
+    .await;
     let mut admin = operator(&plane, &dir).await;
 
     let mut progress = admin
@@ -418,7 +460,10 @@ async fn anchor_rotation_moves_every_proxy_to_the_new_anchor_without_a_failed_ha
 
     let started = Instant::now();
     let seen = follow(&mut progress, &[&a, &b]).await;
-    println!("anchor rotation with 2 proxies took {:?}", started.elapsed());
+    println!(
+        "anchor rotation with 2 proxies took {:?}",
+        started.elapsed()
+    );
     assert!(seen.iter().all(|m| m.stragglers.is_empty()), "{seen:?}");
     let mut steps: Vec<&str> = Vec::new();
     for m in &seen {
@@ -448,11 +493,23 @@ async fn anchor_rotation_moves_every_proxy_to_the_new_anchor_without_a_failed_ha
     assert_leaves(&[&a, &b], &new_bundle, &issuer);
     // The leaves chain to the new anchor only: not to the old one.
     for p in [&a, &b] {
-        assert!(verify_peer(&old_bundle, &p.creds.current().chain, SystemTime::now(), TD, None).is_err());
+        assert!(
+            verify_peer(
+                &old_bundle,
+                &p.creds.current().chain,
+                SystemTime::now(),
+                TD,
+                None
+            )
+            .is_err()
+        );
     }
     // The anchor files are the new anchor's; the old key is gone.
     let anchor_pem = std::fs::read_to_string(dir.join(pki::TRUST_ANCHOR_CERT_FILE)).unwrap();
-    assert_eq!(pki::cert::pem_certs(&anchor_pem).unwrap(), new_bundle.roots());
+    assert_eq!(
+        pki::cert::pem_certs(&anchor_pem).unwrap(),
+        new_bundle.roots()
+    );
     assert!(!dir.join("trust-anchor.old.key").exists());
     assert!(!dir.join(pki::ROTATION_FILE).exists());
     // New connections work: the control plane's own certificate is from the new issuer (a fresh
@@ -467,8 +524,18 @@ async fn a_proxy_that_never_reports_is_a_straggler_at_the_deadline() {
     let dir = temp_dir();
     let _cleanup = RemoveOnDrop(dir.clone());
     let plane = plane(&dir).await;
-    let a = fake_proxy(&plane, bootstrap(&plane, &bank(), "t-bank").await, Mode::Apply).await;
-    let stuck = fake_proxy(&plane, bootstrap(&plane, &card(), "t-card").await, Mode::Silent).await;
+    let a = fake_proxy(
+        &plane,
+        bootstrap(&plane, &bank(), "t-bank").await,
+        Mode::Apply,
+    )
+    .await;
+    let stuck = fake_proxy(
+        &plane,
+        bootstrap(&plane, &card(), "t-card").await,
+        Mode::Silent,
+    )
+    .await;
     let mut admin = operator(&plane, &dir).await;
     let started = Instant::now();
     let mut progress = admin
@@ -536,7 +603,9 @@ async fn admin_answers_only_the_operator() {
             .await
             .unwrap_err(),
         as_proxy
-            .revoke(RevokeRequest { id: card().to_string() })
+            .revoke(RevokeRequest {
+                id: card().to_string(),
+            })
             .await
             .unwrap_err(),
     ] {
@@ -549,7 +618,11 @@ async fn admin_answers_only_the_operator() {
     let operator_id = pki::operator_id(TD).unwrap();
     let key = WorkloadKey::generate().unwrap();
     let minted = rogue_issuer
-        .sign_csr(&key.csr_der(&operator_id).unwrap(), Duration::from_secs(600), |_| true)
+        .sign_csr(
+            &key.csr_der(&operator_id).unwrap(),
+            Duration::from_secs(600),
+            |_| true,
+        )
         .unwrap();
     let forged = CredentialStore::new(operator_id, key, minted, bundle.clone()).unwrap();
     let forged_call = async {
@@ -581,7 +654,9 @@ async fn admin_answers_only_the_operator() {
     assert_eq!(status.anchors.len(), 1);
     assert!(status.issuer.is_some());
     let unwired = admin
-        .revoke(RevokeRequest { id: card().to_string() })
+        .revoke(RevokeRequest {
+            id: card().to_string(),
+        })
         .await
         .unwrap_err();
     assert_eq!(unwired.code(), Code::Unimplemented, "{unwired:?}");
@@ -618,7 +693,11 @@ async fn watch_trust_needs_a_client_certificate() {
         .await
         .unwrap()
         .into_inner();
-    let first = tokio::time::timeout(WAIT, updates.next()).await.unwrap().unwrap().unwrap();
+    let first = tokio::time::timeout(WAIT, updates.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let ca = plane.control.ca();
     assert_eq!(first.fingerprint, ca.fingerprint.to_vec());
     assert_eq!(first.issuer, ca.issuer_cert.to_vec());
@@ -644,7 +723,11 @@ async fn a_control_plane_stopped_mid_rotation_finishes_it_after_a_restart() {
         .await
         .unwrap()
         .into_inner();
-    let joined = tokio::time::timeout(WAIT, progress.next()).await.unwrap().unwrap().unwrap();
+    let joined = tokio::time::timeout(WAIT, progress.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(joined.step, "new anchor in the bundle");
     // The bank proxy applies the two-anchor bundle; then the control plane goes away.
     tokio::time::timeout(WAIT, async {
@@ -670,10 +753,17 @@ async fn a_control_plane_stopped_mid_rotation_finishes_it_after_a_restart() {
         if status.rotation.is_empty() {
             break status;
         }
-        assert!(started.elapsed() < WAIT, "still rotating: {}", status.rotation);
+        assert!(
+            started.elapsed() < WAIT,
+            "still rotating: {}",
+            status.rotation
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    println!("resumed rotation finished {:?} after the restart", started.elapsed());
+    println!(
+        "resumed rotation finished {:?} after the restart",
+        started.elapsed()
+    );
     assert_eq!(status.anchors.len(), 1);
     let new_bundle = bundle_on_disk(&dir);
     assert_eq!(new_bundle.roots().len(), 1);

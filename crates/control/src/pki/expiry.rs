@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use onemesh_api::admin::{Certificate, TrustStatus};
 
+use super::PkiError;
 use super::cert::{self, CertSummary};
 use super::files::{Files, ISSUER_CERT_FILE, TRUST_ANCHORS_FILE};
-use super::PkiError;
 
 /// Warn when a CA certificate expires within this (60 days).
 pub const EXPIRY_WARN: Duration = Duration::from_secs(60 * 24 * 3600);
@@ -105,7 +105,11 @@ pub fn expiries(state_dir: &Path) -> Result<Vec<Expiry>, PkiError> {
         };
         let certs = cert::pem_certs(&files.read(name)?).map_err(bad)?;
         // The issuer file holds the issuer first, then any further intermediates.
-        let take = if part == CaPart::Issuer { 1 } else { certs.len() };
+        let take = if part == CaPart::Issuer {
+            1
+        } else {
+            certs.len()
+        };
         for c in certs.iter().take(take) {
             out.push(Expiry::from_summary(
                 part,
@@ -123,7 +127,12 @@ pub fn expiries_from_status(status: &TrustStatus) -> Vec<Expiry> {
         .anchors
         .iter()
         .map(|c| Expiry::from_api(CaPart::Anchor, c))
-        .chain(status.issuer.iter().map(|c| Expiry::from_api(CaPart::Issuer, c)))
+        .chain(
+            status
+                .issuer
+                .iter()
+                .map(|c| Expiry::from_api(CaPart::Issuer, c)),
+        )
         .collect();
     out.sort_by_key(|e| e.not_after);
     out

@@ -149,10 +149,10 @@ impl Files {
         crash_point()
             .and_then(|()| std::fs::rename(&path, self.path(to)))
             .map_err(|source| PkiError::Io {
-            action: "rename",
-            path,
-            source,
-        })?;
+                action: "rename",
+                path,
+                source,
+            })?;
         self.sync_dir()?;
         Ok(true)
     }
@@ -166,10 +166,10 @@ impl Files {
         crash_point()
             .and_then(|()| remove_if_exists(&path))
             .map_err(|source| PkiError::Io {
-            action: "remove",
-            path,
-            source,
-        })
+                action: "remove",
+                path,
+                source,
+            })
     }
 
     /// Removes the temporary files a crash mid-write may have left.
@@ -186,7 +186,10 @@ impl Files {
             path: self.dir.clone(),
             source,
         };
-        std::fs::File::open(&self.dir).map_err(io)?.sync_all().map_err(io)
+        std::fs::File::open(&self.dir)
+            .map_err(io)?
+            .sync_all()
+            .map_err(io)
     }
 }
 

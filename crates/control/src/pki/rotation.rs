@@ -233,10 +233,10 @@ impl Rotator {
                 Ok(Ok(journal)) => return journal,
                 Ok(Err(e)) => {
                     tracing::error!("rotation step failed, trying again in {RETRY:?}: {e}");
-                    if let Some(step) = &mut self.lock().step {
-                        if !step.ends_with(")") {
-                            step.push_str(&format!(" (retrying: {e})"));
-                        }
+                    if let Some(step) = &mut self.lock().step
+                        && !step.ends_with(')')
+                    {
+                        step.push_str(&format!(" (retrying: {e})"));
                     }
                 }
                 Err(e) => tracing::error!("rotation step failed, trying again in {RETRY:?}: {e}"),
@@ -276,7 +276,11 @@ impl Rotator {
                 if sent != Some((progress.done, progress.total)) {
                     let _ = tx.send(message(Vec::new()));
                 }
-                tracing::info!(step, proxies = progress.total, "every connected proxy is done");
+                tracing::info!(
+                    step,
+                    proxies = progress.total,
+                    "every connected proxy is done"
+                );
                 return progress;
             }
             if now >= end {

@@ -180,7 +180,8 @@ impl CaState {
                 }
             }
         }
-        let exists = [TRUST_ANCHORS_FILE, ISSUER_CERT_FILE, ISSUER_KEY_FILE].map(|n| files.exists(n));
+        let exists =
+            [TRUST_ANCHORS_FILE, ISSUER_CERT_FILE, ISSUER_KEY_FILE].map(|n| files.exists(n));
         let (keys, issuer, bundle) = match exists {
             [false, false, false] => create(&files, trust_domain, &settings)?,
             [true, true, true] => load(&files)?,
@@ -289,7 +290,10 @@ impl CaState {
             .write(TRUST_ANCHORS_FILE, &snapshot.bundle.to_pem(), false)?;
         keys.next = Some(next);
         self.publish(snapshot);
-        tracing::info!(new_anchor = journal.new_anchor.as_deref().unwrap_or(""), "a new trust anchor joined the bundle");
+        tracing::info!(
+            new_anchor = journal.new_anchor.as_deref().unwrap_or(""),
+            "a new trust anchor joined the bundle"
+        );
         Ok(journal)
     }
 
@@ -425,11 +429,12 @@ fn load(files: &Files) -> Result<(Keys, Issuer, TrustBundle), PkiError> {
     let journal = match files.read_optional(ROTATION_FILE)? {
         None => None,
         Some(text) => {
-            let journal: Journal =
-                serde_json::from_str(&text).map_err(|e| PkiError::Journal {
-                    reason: e.to_string(),
-                })?;
-            journal.check().map_err(|reason| PkiError::Journal { reason })?;
+            let journal: Journal = serde_json::from_str(&text).map_err(|e| PkiError::Journal {
+                reason: e.to_string(),
+            })?;
+            journal
+                .check()
+                .map_err(|reason| PkiError::Journal { reason })?;
             Some(journal)
         }
     };
@@ -500,7 +505,8 @@ fn recover(files: &Files, journal: Option<&Journal>) -> Result<(), PkiError> {
             let bundle = TrustBundle::from_pem(&files.read(TRUST_ANCHORS_FILE)?)
                 .map_err(|e| load_error(files, TRUST_ANCHORS_FILE, e))?;
             let joined = bundle.merge(
-                &TrustBundle::from_roots(next).map_err(|e| load_error(files, NEXT_ANCHOR_CERT_FILE, e))?,
+                &TrustBundle::from_roots(next)
+                    .map_err(|e| load_error(files, NEXT_ANCHOR_CERT_FILE, e))?,
             );
             if joined != bundle {
                 files.write(TRUST_ANCHORS_FILE, &joined.to_pem(), false)?;
@@ -534,8 +540,18 @@ fn promote_issuer(files: &Files) -> Result<(), PkiError> {
 /// the old anchor's (copied aside first, unless a previous attempt already did).
 fn promote_anchor(files: &Files) -> Result<(), PkiError> {
     for (current, next, old, private) in [
-        (TRUST_ANCHOR_KEY_FILE, NEXT_ANCHOR_KEY_FILE, OLD_ANCHOR_KEY_FILE, true),
-        (TRUST_ANCHOR_CERT_FILE, NEXT_ANCHOR_CERT_FILE, OLD_ANCHOR_CERT_FILE, false),
+        (
+            TRUST_ANCHOR_KEY_FILE,
+            NEXT_ANCHOR_KEY_FILE,
+            OLD_ANCHOR_KEY_FILE,
+            true,
+        ),
+        (
+            TRUST_ANCHOR_CERT_FILE,
+            NEXT_ANCHOR_CERT_FILE,
+            OLD_ANCHOR_CERT_FILE,
+            false,
+        ),
     ] {
         if !files.exists(next) {
             continue;

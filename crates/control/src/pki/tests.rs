@@ -58,7 +58,9 @@ fn assert_consistent(dir: &Path, ca: &CaState) {
     let key = WorkloadKey::generate().unwrap();
     let issued = snapshot
         .issuer
-        .sign_csr(&key.csr_der(&id).unwrap(), Duration::from_secs(60), |_| true)
+        .sign_csr(&key.csr_der(&id).unwrap(), Duration::from_secs(60), |_| {
+            true
+        })
         .unwrap();
     verify_peer(&snapshot.bundle, &issued.chain, SystemTime::now(), TD, None).unwrap();
     assert_eq!(
@@ -156,7 +158,10 @@ fn issuer_rotation_signs_under_the_same_anchor() {
     let ca = CaState::open(&dir.0, TD, settings()).unwrap();
     let before = ca.current();
     let journal = ca.rotate_issuer(Duration::from_secs(7)).unwrap();
-    assert_eq!((journal.kind, journal.step), (RotationKind::Issuer, Step::Swap));
+    assert_eq!(
+        (journal.kind, journal.step),
+        (RotationKind::Issuer, Step::Swap)
+    );
     let after = ca.current();
     assert_ne!(after.issuer_sha256(), before.issuer_sha256());
     assert_ne!(after.fingerprint, before.fingerprint);
@@ -195,7 +200,9 @@ fn anchor_rotation_adds_swaps_then_removes() {
     let key = WorkloadKey::generate().unwrap();
     let leaf = swapped
         .issuer
-        .sign_csr(&key.csr_der(&id).unwrap(), Duration::from_secs(60), |_| true)
+        .sign_csr(&key.csr_der(&id).unwrap(), Duration::from_secs(60), |_| {
+            true
+        })
         .unwrap();
     verify_peer(&only_new, &leaf.chain, SystemTime::now(), TD, None).unwrap();
     assert_eq!(
@@ -210,7 +217,7 @@ fn anchor_rotation_adds_swaps_then_removes() {
     assert_consistent(&dir.0, &ca);
 
     ca.anchor_leave().unwrap();
-    assert_eq!(ca.current().bundle.roots(), &[new_root.clone()]);
+    assert_eq!(ca.current().bundle.roots(), std::slice::from_ref(&new_root));
     assert_consistent(&dir.0, &ca);
     ca.finish().unwrap();
     assert_settled(&dir.0);
@@ -285,7 +292,9 @@ fn an_issuer_rotation_killed_at_any_change_leaves_one_consistent_issuer() {
         let ca = CaState::open(&dir.0, TD, settings()).unwrap();
         let before = ca.current().issuer_sha256();
         files::CRASH_AFTER.with(|c| c.set(Some(crash_at)));
-        let run = ca.rotate_issuer(Duration::from_secs(1)).and_then(|_| ca.finish());
+        let run = ca
+            .rotate_issuer(Duration::from_secs(1))
+            .and_then(|_| ca.finish());
         files::CRASH_AFTER.with(|c| c.set(None));
         drop(ca);
         let ca = CaState::open(&dir.0, TD, settings()).unwrap();
@@ -358,7 +367,10 @@ fn the_issuer_is_due_at_the_configured_fraction_of_its_life() {
         snapshot.leaf_lifetime(Duration::from_secs(24 * 3600), now),
         Some(left)
     );
-    assert_eq!(snapshot.leaf_lifetime(Duration::from_secs(3600), issuer.not_after), None);
+    assert_eq!(
+        snapshot.leaf_lifetime(Duration::from_secs(3600), issuer.not_after),
+        None
+    );
 }
 
 #[test]
@@ -381,7 +393,10 @@ fn expiry_reads_the_state_dir_and_judges_each_certificate() {
     assert_eq!(in_days(61).level(now), ExpiryLevel::Ok);
     assert_eq!(in_days(59).level(now), ExpiryLevel::Warn);
     assert_eq!(in_days(6).level(now), ExpiryLevel::Fail);
-    assert_eq!(in_days(0).level(now + Duration::from_secs(1)), ExpiryLevel::Fail);
+    assert_eq!(
+        in_days(0).level(now + Duration::from_secs(1)),
+        ExpiryLevel::Fail
+    );
 
     let issuer = CertSummary::parse(&ca.current().issuer_cert).unwrap();
     let status = onemesh_api::admin::TrustStatus {
@@ -430,8 +445,14 @@ async fn a_rotation_goes_on_without_a_straggler_after_each_deadline() {
     let ca = Arc::new(CaState::open(&dir.0, TD, settings()).unwrap());
     let fleet = Arc::new(FakeFleet::default());
     fleet.proxies.lock().unwrap().extend([
-        ("spiffe://cluster.local/ns/a/sa/a @ 127.0.0.1:1".to_string(), true),
-        ("spiffe://cluster.local/ns/b/sa/b @ 127.0.0.1:2".to_string(), false),
+        (
+            "spiffe://cluster.local/ns/a/sa/a @ 127.0.0.1:1".to_string(),
+            true,
+        ),
+        (
+            "spiffe://cluster.local/ns/b/sa/b @ 127.0.0.1:2".to_string(),
+            false,
+        ),
     ]);
     let rotator = Rotator::new(ca.clone(), fleet.clone());
     let started = std::time::Instant::now();
@@ -439,9 +460,16 @@ async fn a_rotation_goes_on_without_a_straggler_after_each_deadline() {
         .start(RotationKind::Anchor, Some(Duration::from_millis(300)))
         .await
         .unwrap();
-    assert!(rotator.status().starts_with("anchor rotation"), "{}", rotator.status());
+    assert!(
+        rotator.status().starts_with("anchor rotation"),
+        "{}",
+        rotator.status()
+    );
     let second = rotator.start(RotationKind::Issuer, None).await;
-    assert!(matches!(second, Err(RotateError::InProgress(_))), "{second:?}");
+    assert!(
+        matches!(second, Err(RotateError::InProgress(_))),
+        "{second:?}"
+    );
 
     let mut stragglers = Vec::new();
     let last = loop {
@@ -458,11 +486,19 @@ async fn a_rotation_goes_on_without_a_straggler_after_each_deadline() {
     };
     assert_eq!((last.done_proxies, last.total_proxies), (1, 2));
     // Each of the three steps waited for its deadline.
-    assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
     let steps: Vec<&str> = stragglers.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(
         steps,
-        ["new anchor in the bundle", "leaves re-issued", "old anchor removed"]
+        [
+            "new anchor in the bundle",
+            "leaves re-issued",
+            "old anchor removed"
+        ]
     );
     for (_, names) in &stragglers {
         assert_eq!(names, &["spiffe://cluster.local/ns/b/sa/b @ 127.0.0.1:2"]);
@@ -488,7 +524,10 @@ async fn a_rotation_waits_for_every_proxy_not_for_its_deadline() {
         .await
         .unwrap();
     let first = progress.recv().await.unwrap();
-    assert_eq!((first.done_proxies, first.total_proxies, first.done), (0, 1, false));
+    assert_eq!(
+        (first.done_proxies, first.total_proxies, first.done),
+        (0, 1, false)
+    );
     // Nothing moves while the proxy has not renewed.
     assert!(
         tokio::time::timeout(Duration::from_millis(300), progress.recv())
@@ -523,10 +562,13 @@ async fn the_issuer_rotates_by_itself_when_due() {
     let rotator = Rotator::new(ca.clone(), Arc::new(FakeFleet::default()));
     rotator.spawn_auto();
     let mut rx = ca.subscribe();
-    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.issuer_sha256() != first))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|s| s.issuer_sha256() != first),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     rotator.stop();
 }
 
@@ -548,7 +590,11 @@ async fn without_the_anchor_key_the_automatic_rotation_says_it_is_blocked() {
         assert!(std::time::Instant::now() < deadline, "{}", rotator.status());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(rotator.status().contains(TRUST_ANCHOR_KEY_FILE), "{}", rotator.status());
+    assert!(
+        rotator.status().contains(TRUST_ANCHOR_KEY_FILE),
+        "{}",
+        rotator.status()
+    );
     let refused = rotator.start(RotationKind::Issuer, None).await;
     assert!(
         matches!(refused, Err(RotateError::Pki(PkiError::NoAnchorKey))),

@@ -57,7 +57,9 @@ pub enum CertifyError {
         "{0} is the control plane's own or the operator's identity and is never issued to a proxy: give the workload another namespace or service account"
     )]
     Reserved(SpiffeId),
-    #[error("the issuer has expired: the operator must rotate it (`onemesh identity rotate-issuer`)")]
+    #[error(
+        "the issuer has expired: the operator must rotate it (`onemesh identity rotate-issuer`)"
+    )]
     IssuerExpired,
     #[error(transparent)]
     Store(#[from] StoreError),

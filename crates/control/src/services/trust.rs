@@ -380,7 +380,8 @@ fn check_report(
             found: issued.id,
         });
     }
-    let summary = CertSummary::parse(issued.leaf()).map_err(|e| TrustError::BadLeaf(e.to_string()))?;
+    let summary =
+        CertSummary::parse(issued.leaf()).map_err(|e| TrustError::BadLeaf(e.to_string()))?;
     let issuer = match verify_peer(&ca.bundle, &issued.chain, now, peer.trust_domain(), None) {
         Ok(_) => issued.chain.get(1).map(|c| cert::sha256(c)),
         Err(e) => {

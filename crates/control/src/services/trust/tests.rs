@@ -34,7 +34,9 @@ fn chain(ca: &CaSnapshot, who: &SpiffeId) -> Vec<Vec<u8>> {
     let key = WorkloadKey::generate().unwrap();
     let issued = ca
         .issuer
-        .sign_csr(&key.csr_der(who).unwrap(), Duration::from_secs(60), |_| true)
+        .sign_csr(&key.csr_der(who).unwrap(), Duration::from_secs(60), |_| {
+            true
+        })
         .unwrap();
     issued.chain.iter().map(|c| c.to_vec()).collect()
 }
@@ -51,9 +53,13 @@ fn a_report_counts_its_issuer_only_when_the_chain_verifies() {
     let ca = ca();
     let bank = id("spiffe://cluster.local/ns/bank/sa/bank");
     let now = SystemTime::now();
-    let (fingerprint, leaf) =
-        check_report(&report(&ca.snapshot, chain(&ca.snapshot, &bank)), &bank, &ca.snapshot, now)
-            .unwrap();
+    let (fingerprint, leaf) = check_report(
+        &report(&ca.snapshot, chain(&ca.snapshot, &bank)),
+        &bank,
+        &ca.snapshot,
+        now,
+    )
+    .unwrap();
     assert_eq!(fingerprint, Some(ca.snapshot.fingerprint));
     let leaf = leaf.unwrap();
     assert_eq!(leaf.issuer, Some(ca.snapshot.issuer_sha256()));
@@ -63,14 +69,17 @@ fn a_report_counts_its_issuer_only_when_the_chain_verifies() {
     // recorded but not counted as signed by the current issuer.
     let rogue_anchor = TrustAnchor::generate(TD, Duration::from_secs(3600)).unwrap();
     let rogue = CaSnapshot::new(
-        Arc::new(rogue_anchor.issue_issuer(Duration::from_secs(3600)).unwrap()),
+        Arc::new(
+            rogue_anchor
+                .issue_issuer(Duration::from_secs(3600))
+                .unwrap(),
+        ),
         rogue_anchor.bundle(),
     )
     .unwrap();
     let mut forged = chain(&rogue, &bank);
     forged[1] = ca.snapshot.issuer_cert.to_vec();
-    let (_, leaf) =
-        check_report(&report(&ca.snapshot, forged), &bank, &ca.snapshot, now).unwrap();
+    let (_, leaf) = check_report(&report(&ca.snapshot, forged), &bank, &ca.snapshot, now).unwrap();
     assert_eq!(leaf.unwrap().issuer, None);
     let _ = ca.anchor;
 }
@@ -119,17 +128,28 @@ async fn a_stream_needs_a_certificate_and_its_entry_goes_with_it() {
     let (ca_tx, ca_rx) = watch::channel(Arc::new(ca.snapshot));
     let (_shutdown_tx, shutdown) = watch::channel(false);
     let registry = Registry::new();
-    let service = TrustService::new(registry.clone(), ca_rx, Duration::from_millis(1234), shutdown);
+    let service = TrustService::new(
+        registry.clone(),
+        ca_rx,
+        Duration::from_millis(1234),
+        shutdown,
+    );
 
     let (_tx, rx) = mpsc::unbounded_channel::<Result<TrustReport, Status>>();
     let refused = service.watch(Some(&peer(None, 1)), UnboundedReceiverStream::new(rx));
     assert!(matches!(refused, Err(TrustError::NoCertificate)));
-    assert_eq!(Status::from(TrustError::NoCertificate).code(), Code::Unauthenticated);
+    assert_eq!(
+        Status::from(TrustError::NoCertificate).code(),
+        Code::Unauthenticated
+    );
 
     let bank = id("spiffe://cluster.local/ns/bank/sa/bank");
     let (tx, rx) = mpsc::unbounded_channel();
     let mut stream = service
-        .watch(Some(&peer(Some(&bank), 2)), UnboundedReceiverStream::new(rx))
+        .watch(
+            Some(&peer(Some(&bank), 2)),
+            UnboundedReceiverStream::new(rx),
+        )
         .unwrap();
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(first.fingerprint, fingerprint.to_vec());
@@ -138,7 +158,8 @@ async fn a_stream_needs_a_certificate_and_its_entry_goes_with_it() {
     assert_eq!(registry.progress(&Goal::Fingerprint(fingerprint)).done, 0);
 
     let snapshot = ca_tx.borrow().clone();
-    tx.send(Ok(report(&snapshot, chain(&snapshot, &bank)))).unwrap();
+    tx.send(Ok(report(&snapshot, chain(&snapshot, &bank))))
+        .unwrap();
     // The report is read while the stream is polled for the next update.
     let _ = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
     let progress = registry.progress(&Goal::Issuer(snapshot.issuer_sha256()));
