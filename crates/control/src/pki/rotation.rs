@@ -1,6 +1,6 @@
 //! The rotation driver: runs an issuer or anchor rotation step by step, waiting at each step for
 //! every connected proxy (or the step's deadline, listing the stragglers), and rotates the issuer
-//! by itself when it reaches [`CaSettings::issuer_rotate_at`] of its life.
+//! by itself when it reaches [`super::CaSettings::issuer_rotate_at`] of its life.
 //!
 //! The driver only sequences: each step's change is a [`CaState`] method (persisted, published);
 //! which proxies are done is the [`Fleet`]'s answer (the WatchTrust registry in production, a
@@ -8,7 +8,7 @@
 //! operator who asked is still watching its progress; one rotation at a time.
 //!
 //! After a restart, a rotation found in the journal goes on from its step, but a step may not
-//! end before [`CaSettings::reconnect_grace`] has passed: until the proxies have reconnected, "every
+//! end before [`super::CaSettings::reconnect_grace`] has passed: until the proxies have reconnected, "every
 //! connected proxy is done" would be true of none.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -143,7 +143,7 @@ impl Rotator {
         Some(self.spawn(journal, grace))
     }
 
-    /// Rotates the issuer by itself at [`CaSettings::issuer_rotate_at`] of its life.
+    /// Rotates the issuer by itself at [`super::CaSettings::issuer_rotate_at`] of its life.
     pub fn spawn_auto(self: &Arc<Self>) {
         let me = self.clone();
         let task = tokio::spawn(async move { me.auto().await });
