@@ -6,6 +6,8 @@
 //! | service | default address | what |
 //! |---|---|---|
 //! | `Identity.Certify` | 127.0.0.1:8080 | signs a proxy's CSR when its bootstrap token entitles the SPIFFE id asked for |
+//! | `Identity.WatchTrust` | 127.0.0.1:8080 | the live trust bundle and issuer; each proxy reports what it holds |
+//! | `Admin` | 127.0.0.1:8080 | the operator's: rotate the anchor or the issuer, trust status (operator certificate only) |
 //! | `Destination.Watch` | 127.0.0.1:8086 | a service's endpoints: full set first, then diffs |
 //! | `Policy.WatchInbound` / `WatchOutbound` | 127.0.0.1:8090 | a workload's authorizations / a service's routes |
 //!
@@ -56,16 +58,20 @@
 //! (well within a second), an invalid one is logged and refused, and the last good state stays in
 //! force. A Kubernetes store is a later issue: it implements the same trait.
 //!
-//! The CA lives in the state directory (`trust-anchors.pem`, `issuer.crt`, `issuer.key`) and is
-//! made there when absent (see [`pki`]).
+//! The CA lives in the state directory (`trust-anchors.pem`, `issuer.crt`, `issuer.key`,
+//! `trust-anchor.crt`, `trust-anchor.key`) and is made there when absent. It is rotated without an
+//! outage (see [`pki`]): the issuer by itself at 70 % of its life (default 1 year:
+//! [`pki::CaSettings`]), the anchor when the operator asks, each step waiting for every connected
+//! proxy (default deadline 5 minutes) and surviving a restart of the control plane.
 //!
 //! ## What it deliberately does not do
 //!
 //! It does not enforce policy (proxies do, with DESIGN.md's default: deny between namespaces,
 //! same-namespace meshed callers allowed unless a policy names the port) and does not start
-//! workloads (`onemesh up` does). It keeps no state of its own besides the CA files, the revoked
-//! ids (`revoked.json`) and the token-to-key bindings (`token-bindings.json`, see [`bindings`]),
-//! all in the state directory.
+//! workloads (`onemesh up` does). It keeps no state of its own besides the CA files (and the
+//! operator's credentials), the revoked ids (`revoked.json`) and the token-to-key bindings
+//! (`token-bindings.json`, see [`bindings`]), all in the state directory, and, in memory, the
+//! registry of connected proxies' trust reports.
 
 pub mod bindings;
 pub mod config;

@@ -2,7 +2,9 @@
 //!
 //! [`start`] binds the three addresses (port 0 is fine: [`Control`] reports the real ones), makes
 //! or loads the CA in the state directory, issues the control plane's own certificate and serves
-//! Identity on the first listener, Destination on the second and Policy on the third. TLS is
+//! Identity (with the operator's Admin service) on the first listener, Destination on the second
+//! and Policy on the third; it resumes a rotation the state directory shows under way and rotates
+//! the issuer by itself when due (see [`crate::pki`]). TLS is
 //! terminated by our own accept loop (tokio-rustls, a handshake timeout, one task per handshake so
 //! a slow client stalls nobody) feeding tonic's `serve_with_incoming_shutdown`; that keeps the
 //! rustls configuration ours (TLS 1.3 only, ring, hot-swapped certificate, a client certificate
@@ -19,6 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use onemesh_api::admin::admin_server::AdminServer;
 use onemesh_api::destination::destination_server::DestinationServer;
 use onemesh_api::identity::identity_server::IdentityServer;
 use onemesh_api::policy::policy_server::PolicyServer;
@@ -35,10 +38,13 @@ use tonic::transport::server::{Connected, Router};
 
 use crate::limits::{self, ConnectionLimits, Gate, GateStats};
 use crate::persist::PersistError;
-use crate::pki::{self, PkiError};
+use crate::pki::rotation::Rotator;
+use crate::pki::{self, CaSettings, CaSnapshot, CaState, PkiError};
+use crate::services::admin::AdminService;
 use crate::services::destination::DestinationService;
 use crate::services::identity::{IdentityService, IdentityState};
 use crate::services::policy::PolicyService;
+use crate::services::trust::{Registry, TrustService};
 use crate::store::Store;
 
 /// How long a client may take to finish its TLS handshake.
@@ -59,6 +65,8 @@ pub struct Settings {
     pub leaf_lifetime: Duration,
     /// The connection caps of each listener.
     pub connection_limits: ConnectionLimits,
+    /// Anchor and issuer lifetimes, rotation timing.
+    pub ca: CaSettings,
 }
 
 impl Settings {
@@ -73,6 +81,7 @@ impl Settings {
             trust_domain: onemesh_identity::DEFAULT_TRUST_DOMAIN.to_string(),
             leaf_lifetime: DEFAULT_LEAF_LIFETIME,
             connection_limits: ConnectionLimits::default(),
+            ca: CaSettings::default(),
         }
     }
 }
@@ -100,8 +109,10 @@ pub struct Control {
     pub policy_addr: SocketAddr,
     /// The id its certificate carries (clients check it).
     pub id: SpiffeId,
-    /// The trust anchors its certificate chains to.
+    /// The trust anchors its certificate chained to at start (see [`Control::ca`] for now).
     pub bundle: TrustBundle,
+    ca: Arc<CaState>,
+    rotator: Arc<Rotator>,
     shutdown: watch::Sender<bool>,
     /// The connection caps of each listener, and what each holds.
     gates: [(&'static str, Arc<Gate>); 3],
@@ -125,6 +136,7 @@ impl Control {
     /// servers to finish.
     pub async fn shutdown(mut self) {
         self.renewal.abort();
+        self.rotator.stop();
         self.shutdown.send_replace(true);
         for task in std::mem::take(&mut self.tasks) {
             let abort = task.abort_handle();
@@ -135,9 +147,17 @@ impl Control {
     }
 }
 
+impl Control {
+    /// The CA now: bundle, issuer, fingerprint.
+    pub fn ca(&self) -> Arc<CaSnapshot> {
+        self.ca.current()
+    }
+}
+
 impl Drop for Control {
     fn drop(&mut self) {
         self.renewal.abort();
+        self.rotator.stop();
         for task in &self.tasks {
             task.abort();
         }
@@ -172,36 +192,50 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
     )?;
     let policy_addr = local_addr("policy", &policy_listener, settings.policy_addr)?;
 
-    let state_dir = settings.state_dir.clone();
-    let trust_domain = settings.trust_domain.clone();
-    let ca = tokio::task::spawn_blocking(move || pki::load_or_create(&state_dir, &trust_domain))
-        .await
-        .map_err(|e| PkiError::Io {
-            action: "load",
-            path: settings.state_dir.clone(),
-            source: io::Error::other(e),
-        })??;
-    let state_dir = settings.state_dir.clone();
-    let identity_state = tokio::task::spawn_blocking(move || IdentityState::load(&state_dir))
-        .await
-        .map_err(|e| PkiError::Io {
-            action: "load",
-            path: settings.state_dir.clone(),
-            source: io::Error::other(e),
-        })??;
-    let credentials = pki::own_credentials(&ca.issuer, &ca.bundle, settings.leaf_lifetime)?;
+    let (state_dir, trust_domain) = (settings.state_dir.clone(), settings.trust_domain.clone());
+    let ca_settings = settings.ca.clone();
+    let (ca, operator, identity_state) = tokio::task::spawn_blocking(move || {
+        let ca = CaState::open(&state_dir, &trust_domain, ca_settings)?;
+        let operator = pki::OperatorCredentials::create(&state_dir, &trust_domain)?;
+        let identity_state = IdentityState::load(&state_dir)?;
+        Ok::<_, ServerError>((Arc::new(ca), Arc::new(operator), identity_state))
+    })
+    .await
+    .map_err(|e| PkiError::Io {
+        action: "load",
+        path: settings.state_dir.clone(),
+        source: io::Error::other(e),
+    })??;
+    let snapshot = ca.current();
+    let credentials = pki::own_credentials(&snapshot, settings.leaf_lifetime)?;
+    operator.write(&snapshot, settings.leaf_lifetime)?;
     let tls = pki::server_config(&credentials);
     let id = credentials.id().clone();
-    let bundle = ca.bundle.clone();
-    let issuer = Arc::new(ca.issuer);
+    let bundle = snapshot.bundle.clone();
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let registry = Registry::new();
+    let rotator = Rotator::new(ca.clone(), registry.clone());
+    let trust = TrustService::new(
+        registry.clone(),
+        ca.subscribe(),
+        settings.ca.renew_within,
+        shutdown_rx.clone(),
+    );
+    let revocations = identity_state.revocations.clone();
     let identity = IdentityServer::new(IdentityService::new(
-        issuer.clone(),
-        ca.bundle,
+        ca.subscribe(),
+        trust,
         store.clone(),
         settings.leaf_lifetime,
         identity_state,
+    ));
+    let admin = AdminServer::new(AdminService::new(
+        pki::operator_id(&settings.trust_domain)?,
+        rotator.clone(),
+        registry,
+        ca.subscribe(),
+        revocations,
     ));
     let destination = DestinationServer::new(DestinationService::new(
         store.clone(),
@@ -213,7 +247,17 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
     let builder = limits::grpc_server;
     let gate = |what| (what, Gate::new(what, settings.connection_limits));
     let gates = [gate("identity"), gate("destination"), gate("policy")];
-    let renewal = pki::spawn_renewal(issuer, credentials, settings.leaf_lifetime);
+    let renewal = pki::spawn_renewal(
+        ca.subscribe(),
+        credentials,
+        operator,
+        settings.leaf_lifetime,
+    );
+    if let Some(progress) = rotator.resume() {
+        // Nobody watches a resumed rotation's progress but the logs.
+        drop(progress);
+    }
+    rotator.spawn_auto();
     let tasks = vec![
         tokio::spawn(serve(
             "identity",
@@ -221,7 +265,7 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
             gates[0].1.clone(),
             limits::UNAUTHENTICATED_LIFETIME_IDENTITY,
             tls.clone(),
-            builder().add_service(identity),
+            builder().add_service(identity).add_service(admin),
             shutdown_rx.clone(),
         )),
         tokio::spawn(serve(
@@ -249,6 +293,8 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
         policy_addr,
         id,
         bundle,
+        ca,
+        rotator,
         shutdown,
         gates,
         tasks,

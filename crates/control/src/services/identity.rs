@@ -20,20 +20,26 @@
 //! a workload from the mesh, or revoking its id, stops its renewals: a stolen leaf no longer
 //! renews itself forever. Leaves already issued keep their lifetime (24 h by default): a revoked
 //! or removed workload's leaf stays valid until it expires; there is no CRL or OCSP.
+//!
+//! Leaves are signed by the CA's current issuer (it may be rotated at any time, see
+//! [`crate::pki`]) and never outlive it. `WatchTrust` is served by [`super::trust`].
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use onemesh_api::identity::identity_server::Identity;
 use onemesh_api::identity::{CertifyRequest, CertifyResponse, TrustReport, TrustUpdate};
-use onemesh_identity::{Issuer, SpiffeId, TrustBundle};
+use onemesh_identity::SpiffeId;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::bindings::{Binding, TokenBindings};
 use crate::persist::PersistError;
-use crate::pki::{CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT};
+use crate::pki::CaSnapshot;
 use crate::revocations::Revocations;
 use crate::server::PeerInfo;
+use crate::services::trust::TrustService;
 use crate::state::MeshState;
 use crate::store::{Store, StoreError};
 
@@ -60,7 +66,7 @@ pub enum CertifyError {
     #[error("cannot read the public key of the csr ({0}): send a DER PKCS#10 request")]
     CsrKey(String),
     #[error(
-        "{0} is the control plane's own identity and is never issued to a proxy: give the workload another namespace or service account"
+        "{0} is the control plane's own or the operator's identity and is never issued to a proxy: give the workload another namespace or service account"
     )]
     Reserved(SpiffeId),
     #[error(
@@ -73,6 +79,10 @@ pub enum CertifyError {
         sa = .0.service_account()
     )]
     Undeclared(SpiffeId),
+    #[error(
+        "the issuer has expired: the operator must rotate it (`onemesh identity rotate-issuer`)"
+    )]
+    IssuerExpired,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot record the token's key binding ({0}); retry later")]
@@ -92,9 +102,10 @@ impl From<CertifyError> for Status {
             | CertifyError::Revoked(_)
             | CertifyError::Undeclared(_) => Status::permission_denied(message),
             CertifyError::Csr(_) | CertifyError::CsrKey(_) => Status::invalid_argument(message),
-            CertifyError::Store(_) | CertifyError::Persist(_) | CertifyError::Interrupted => {
-                Status::unavailable(message)
-            }
+            CertifyError::Store(_)
+            | CertifyError::Persist(_)
+            | CertifyError::Interrupted
+            | CertifyError::IssuerExpired => Status::unavailable(message),
         }
     }
 }
@@ -117,10 +128,11 @@ impl IdentityState {
     }
 }
 
-/// The identity service: the issuer, the bundle it sends, revocations and token bindings.
+/// The identity service: the CA (current issuer and bundle), revocations, token bindings,
+/// WatchTrust.
 pub struct IdentityService {
-    issuer: Arc<Issuer>,
-    bundle: TrustBundle,
+    ca: watch::Receiver<Arc<CaSnapshot>>,
+    trust: TrustService,
     store: Arc<dyn Store>,
     lifetime: Duration,
     revocations: Arc<Revocations>,
@@ -138,15 +150,15 @@ fn declared(state: &MeshState, id: &SpiffeId) -> bool {
 
 impl IdentityService {
     pub fn new(
-        issuer: Arc<Issuer>,
-        bundle: TrustBundle,
+        ca: watch::Receiver<Arc<CaSnapshot>>,
+        trust: TrustService,
         store: Arc<dyn Store>,
         lifetime: Duration,
         state: IdentityState,
     ) -> Self {
         IdentityService {
-            issuer,
-            bundle,
+            ca,
+            trust,
             store,
             lifetime,
             revocations: state.revocations,
@@ -178,25 +190,28 @@ impl IdentityService {
                     .ok_or(CertifyError::UnknownToken)?,
             ),
         };
-        // Proxies trust the control plane by this id: whoever holds a leaf for it could answer
-        // in its place (endpoints, policy), whatever a token or mesh.yaml says.
-        if entitled.namespace() == CONTROL_NAMESPACE
-            && entitled.service_account() == CONTROL_SERVICE_ACCOUNT
-        {
+        // Proxies trust the control plane by its id: whoever holds a leaf for it could answer in
+        // its place (endpoints, policy); the operator's may rotate the CA. Neither is issued,
+        // whatever a token or mesh.yaml says.
+        if crate::pki::is_reserved(&entitled) {
             return Err(CertifyError::Reserved(entitled));
         }
         // Entitlement is re-checked against the mesh as it is now, whatever the proof.
         if self.revocations.is_revoked(&entitled) {
             return Err(CertifyError::Revoked(entitled));
         }
-        if entitled.trust_domain() != self.issuer.trust_domain()
+        let ca = self.ca.borrow().clone();
+        if entitled.trust_domain() != ca.issuer.trust_domain()
             || !declared(&self.store.subscribe().borrow(), &entitled)
         {
             return Err(CertifyError::Undeclared(entitled));
         }
-        let issued = self
+        let lifetime = ca
+            .leaf_lifetime(self.lifetime, std::time::SystemTime::now())
+            .ok_or(CertifyError::IssuerExpired)?;
+        let issued = ca
             .issuer
-            .sign_csr(csr, self.lifetime, |asked| asked == &entitled)
+            .sign_csr(csr, lifetime, |asked| asked == &entitled)
             .map_err(|e| match e {
                 onemesh_identity::Error::NotEntitled { .. } => CertifyError::NotEntitled {
                     proof,
@@ -226,8 +241,8 @@ impl IdentityService {
             identity: issued.id.to_string(),
             chain: issued.chain.iter().map(|c| c.to_vec()).collect(),
             chain_pem: issued.chain_pem(),
-            trust_anchors: self.bundle.roots().iter().map(|c| c.to_vec()).collect(),
-            trust_anchors_pem: self.bundle.to_pem(),
+            trust_anchors: ca.bundle.roots().iter().map(|c| c.to_vec()).collect(),
+            trust_anchors_pem: ca.bundle.to_pem(),
             not_before_unix_secs: unix(issued.not_before),
             not_after_unix_secs: unix(issued.not_after),
         })
@@ -248,9 +263,16 @@ impl Identity for IdentityService {
 
     async fn watch_trust(
         &self,
-        _request: Request<tonic::Streaming<TrustReport>>,
+        request: Request<tonic::Streaming<TrustReport>>,
     ) -> Result<Response<Self::WatchTrustStream>, Status> {
-        Err(Status::unimplemented("trust updates are not served yet"))
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        match self.trust.watch(peer.as_ref(), request.into_inner()) {
+            Ok(stream) => Ok(Response::new(stream)),
+            Err(e) => {
+                tracing::warn!("watch trust refused: {e}");
+                Err(e.into())
+            }
+        }
     }
 
     async fn certify(

@@ -1,5 +1,6 @@
-//! The three gRPC services (identity, destination, policy) and what they share: the check of
-//! who is calling (`authenticated`) and the watch-stream pattern.
+//! The gRPC services (identity with its trust watch, destination, policy, and the operator's
+//! admin service) and what they share: the check of who is calling (`authenticated`) and the
+//! watch-stream pattern.
 //!
 //! Every call except a Certify with a bootstrap token must come over a connection on which the
 //! client presented a mesh certificate (verified in the TLS handshake: chains to the bundle, our
@@ -11,9 +12,11 @@
 //! state change recompute and send only what changed. A stream ends when the client goes away,
 //! when the store stops, or when the control plane shuts down.
 
+pub mod admin;
 pub mod destination;
 pub mod identity;
 pub mod policy;
+pub mod trust;
 
 use std::pin::Pin;
 use std::sync::Arc;

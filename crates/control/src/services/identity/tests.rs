@@ -7,9 +7,13 @@ use std::time::Duration;
 
 use onemesh_identity::{DEFAULT_TRUST_DOMAIN, Issuer, SpiffeId, TrustAnchor, WorkloadKey};
 
+use tokio::sync::watch;
+
 use super::{CertifyError, IdentityService, IdentityState};
 use crate::config::tests::GOOD;
 use crate::persist::tests::temp_dir;
+use crate::pki::CaSnapshot;
+use crate::services::trust::{Registry, TrustService};
 use crate::state::MeshState;
 use crate::store::StaticStore;
 
@@ -34,22 +38,45 @@ impl Drop for Setup {
     }
 }
 
+/// An identity service signing with `issuer` (600 s leaves) over `store` and `dir`.
+fn service(
+    issuer: Arc<Issuer>,
+    bundle: onemesh_identity::TrustBundle,
+    store: Arc<StaticStore>,
+    dir: &Path,
+) -> IdentityService {
+    let snapshot = CaSnapshot::new(issuer, bundle).unwrap();
+    let (_, ca) = watch::channel(Arc::new(snapshot));
+    let trust = TrustService::new(
+        Registry::new(),
+        ca.clone(),
+        Duration::from_secs(5),
+        watch::channel(false).1,
+    );
+    IdentityService::new(
+        ca,
+        trust,
+        store,
+        Duration::from_secs(600),
+        IdentityState::load(dir).unwrap(),
+    )
+}
+
 fn setup(tokens: &[(&str, &SpiffeId)]) -> Setup {
+    setup_with(tokens, Duration::from_secs(3600))
+}
+
+/// As [`setup`], with an issuer that lives `issuer_lifetime`.
+fn setup_with(tokens: &[(&str, &SpiffeId)], issuer_lifetime: Duration) -> Setup {
     let anchor = TrustAnchor::generate(DEFAULT_TRUST_DOMAIN, Duration::from_secs(3600)).unwrap();
-    let issuer = Arc::new(anchor.issue_issuer(Duration::from_secs(3600)).unwrap());
+    let issuer = Arc::new(anchor.issue_issuer(issuer_lifetime).unwrap());
     let tokens: BTreeMap<String, SpiffeId> = tokens
         .iter()
         .map(|(t, id)| ((*t).to_string(), (*id).clone()))
         .collect();
     let dir = temp_dir("identity");
     let store = Arc::new(StaticStore::new(mesh(), tokens));
-    let svc = IdentityService::new(
-        issuer.clone(),
-        anchor.bundle(),
-        store.clone(),
-        Duration::from_secs(600),
-        IdentityState::load(&dir).unwrap(),
-    );
+    let svc = service(issuer.clone(), anchor.bundle(), store.clone(), &dir);
     Setup {
         svc,
         store,
@@ -65,12 +92,11 @@ fn restart(s: &Setup, tokens: &[(&str, &SpiffeId)]) -> IdentityService {
         .map(|(t, id)| ((*t).to_string(), (*id).clone()))
         .collect();
     let anchor = TrustAnchor::generate(DEFAULT_TRUST_DOMAIN, Duration::from_secs(3600)).unwrap();
-    IdentityService::new(
+    service(
         s.issuer.clone(),
         anchor.bundle(),
         Arc::new(StaticStore::new(mesh(), tokens)),
-        Duration::from_secs(600),
-        IdentityState::load(&s.dir).unwrap(),
+        &s.dir,
     )
 }
 
@@ -227,4 +253,43 @@ async fn token_bindings_survive_a_restart() {
         .await
         .unwrap();
     assert_eq!(renewed.identity, bank.to_string());
+}
+
+#[tokio::test]
+async fn the_operators_id_is_never_issued() {
+    let operator = id("spiffe://cluster.local/ns/onemesh/sa/operator");
+    let s = setup(&[("t-operator", &operator)]);
+    let svc = &s.svc;
+    let csr = WorkloadKey::generate().unwrap().csr_der(&operator).unwrap();
+    let by_token = svc.certify(&csr, "t-operator", None).await;
+    assert!(
+        matches!(&by_token, Err(CertifyError::Reserved(found)) if *found == operator),
+        "{by_token:?}"
+    );
+    let by_peer = svc.certify(&csr, "", Some(&operator)).await;
+    assert!(
+        matches!(&by_peer, Err(CertifyError::Reserved(_))),
+        "{by_peer:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_leaf_never_outlives_its_issuer() {
+    let bank = id("spiffe://cluster.local/ns/bank/sa/bank");
+    // The issuer has 100 s left; leaves are asked for 600 s.
+    let s = setup_with(&[("t-bank", &bank)], Duration::from_secs(100));
+    let svc = &s.svc;
+    let key = WorkloadKey::generate().unwrap();
+    let issued = svc
+        .certify(&key.csr_der(&bank).unwrap(), "t-bank", None)
+        .await
+        .unwrap();
+    let issuer = crate::pki::cert::CertSummary::parse(&issued.chain[1]).unwrap();
+    let issuer_not_after = crate::pki::cert::unix_secs(issuer.not_after);
+    assert!(
+        issued.not_after_unix_secs <= issuer_not_after,
+        "leaf until {}, issuer until {issuer_not_after}",
+        issued.not_after_unix_secs
+    );
+    assert!(issued.not_after_unix_secs >= issuer_not_after - 2);
 }
