@@ -79,4 +79,6 @@ pub enum Error {
     IdMismatch { expected: SpiffeId, found: SpiffeId },
     #[error("{what} certificate has no spiffe id uri san: {reason}")]
     NoSpiffeId { what: &'static str, reason: String },
+    #[error("cannot read the public key of the csr ({reason}): send a DER PKCS#10 request")]
+    CsrKey { reason: String },
 }
