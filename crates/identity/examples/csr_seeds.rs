@@ -19,9 +19,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     for (name, id) in [
         ("seed-entitled", "spiffe://cluster.local/ns/bank/sa/bank"),
-        ("seed-other-workload", "spiffe://cluster.local/ns/order/sa/web"),
+        (
+            "seed-other-workload",
+            "spiffe://cluster.local/ns/order/sa/web",
+        ),
         ("seed-other-domain", "spiffe://example.org/ns/bank/sa/bank"),
-        ("seed-control-plane", "spiffe://cluster.local/ns/onemesh/sa/control"),
+        (
+            "seed-control-plane",
+            "spiffe://cluster.local/ns/onemesh/sa/control",
+        ),
     ] {
         let id: SpiffeId = id.parse()?;
         let csr = WorkloadKey::generate()?.csr_der(&id)?;
