@@ -1,8 +1,9 @@
 //! The golden metrics of the mesh over a time window, computed from periodic scrapes of every
 //! proxy's `/metrics`: per-workload success rate, requests per second and latency percentiles
-//! (`stat`), and who calls whom (`edges`). Counters are differenced between the newest scrape and
-//! the one closest to the window's start, like Prometheus' `increase()`, so a proxy restart (a
-//! counter going down) counts from zero instead of going negative.
+//! (`stat`: from the `response_latency_seconds` histogram, shown in milliseconds), and who calls
+//! whom (`edges`). Counters are differenced between the newest scrape and the one closest to the
+//! window's start, like Prometheus' `increase()`, so a proxy restart (a counter going down) counts
+//! from zero instead of going negative.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -97,7 +98,8 @@ impl History {
                 inbound(s) && s.label("classification") == "success"
             });
             let responses = d.sum("response_total", inbound);
-            let buckets = d.buckets("response_latency_ms_bucket", inbound);
+            let buckets = d.buckets("response_latency_seconds_bucket", inbound);
+            let ms = |q: f64| quantile(&buckets, q).map(|secs| secs * 1e3);
             let secs = new.at.duration_since(old.at).as_secs_f64();
             rows.push(StatRow {
                 namespace: namespace.to_string(),
@@ -106,9 +108,9 @@ impl History {
                 requests: requests as u64,
                 success_rate: ratio(ok, responses),
                 rps: rate(requests, secs),
-                p50_ms: quantile(&buckets, 0.50),
-                p95_ms: quantile(&buckets, 0.95),
-                p99_ms: quantile(&buckets, 0.99),
+                p50_ms: ms(0.50),
+                p95_ms: ms(0.95),
+                p99_ms: ms(0.99),
                 window_s: secs,
             });
         }

@@ -121,7 +121,7 @@ mod tests {
     fn reads_samples_labels_and_special_values() {
         let text = "# HELP request_total Requests.\n# TYPE request_total counter\n\
             request_total{direction=\"outbound\",dst_workload=\"pg\"} 12\n\
-            response_latency_ms_bucket{le=\"+Inf\",x=\"a\\\"b\"} 7\n\
+            response_latency_seconds_bucket{le=\"+Inf\",x=\"a\\\"b\"} 7\n\
             tcp_open_connections 3 1700000000\n";
         let samples = parse(text).unwrap();
         assert_eq!(samples.len(), 3);

@@ -275,6 +275,17 @@ impl Issuer {
     }
 }
 
+/// The DER SubjectPublicKeyInfo a CSR asks to certify: what the control plane binds a bootstrap
+/// token to. Only the structure is read; the signature is [`Issuer::sign_csr`]'s to check.
+pub fn csr_public_key(csr_der: &[u8]) -> Result<Vec<u8>, Error> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::prelude::FromDer;
+    let (_, req) = X509CertificationRequest::from_der(csr_der).map_err(|e| Error::CsrKey {
+        reason: e.to_string(),
+    })?;
+    Ok(req.certification_request_info.subject_pki.raw.to_vec())
+}
+
 /// A signed workload leaf and its chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Issued {

@@ -83,4 +83,6 @@ pub enum Error {
         "the system's cryptographic random number generator failed: check that getrandom(2) or /dev/urandom is available to this process"
     )]
     Random,
+    #[error("cannot read the public key of the csr ({reason}): send a DER PKCS#10 request")]
+    CsrKey { reason: String },
 }

@@ -7,7 +7,8 @@
 //!   The issuer signs a workload's CSR ([`WorkloadKey::csr_der`]) after checking its signature,
 //!   that it asks for exactly one SPIFFE id in the issuer's trust domain, and that the caller is
 //!   entitled to that id (a callback: the control plane decides, e.g. from a service-account
-//!   token). The result is an [`Issued`] chain, leaf first.
+//!   token). The result is an [`Issued`] chain, leaf first. [`csr_public_key`] reads the key a
+//!   CSR asks to certify (the control plane binds a bootstrap token to it).
 //! - [`TrustBundle`]: always a set of roots, so a root can be rotated.
 //! - [`CredentialStore`]: the workload's key and current leaf, hot-swappable; it builds rustls
 //!   [`ServerConfig`](rustls::ServerConfig)s that require and verify a client SPIFFE id and
@@ -73,7 +74,7 @@ mod verify;
 mod x509;
 
 pub use bundle::TrustBundle;
-pub use ca::{DEFAULT_LEAF_LIFETIME, Issued, Issuer, TrustAnchor};
+pub use ca::{DEFAULT_LEAF_LIFETIME, Issued, Issuer, TrustAnchor, csr_public_key};
 pub use error::Error;
 pub use failure::HandshakeFailure;
 pub use id::{DEFAULT_TRUST_DOMAIN, IdError, SpiffeId};

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::*;
 use onemesh_identity::{
     DEFAULT_LEAF_LIFETIME, Error, Issued, Issuer, SpiffeId, TrustAnchor, TrustBundle, WorkloadKey,
-    verify_peer,
+    csr_public_key, verify_peer,
 };
 use rcgen::{CertificateParams, KeyPair, SanType};
 use rustls::pki_types::CertificateDer;
@@ -140,6 +140,30 @@ fn garbage_is_not_a_csr() {
     assert!(matches!(err, Error::CsrParse(_)), "{err:?}");
     let err = pki.issuer.sign_csr(&[], HOUR, |_| true).unwrap_err();
     assert!(matches!(err, Error::CsrParse(_)), "{err:?}");
+}
+
+#[test]
+fn csr_public_key_is_the_key_the_leaf_certifies() {
+    let pki = Pki::new("cluster.local");
+    let csr = WorkloadKey::generate()
+        .unwrap()
+        .csr_der(&pki.id("order", "web"))
+        .unwrap();
+    let spki = csr_public_key(&csr).unwrap();
+    let issued = pki.issuer.sign_csr(&csr, HOUR, |_| true).unwrap();
+    let (_, leaf) = x509_parser::parse_x509_certificate(issued.leaf()).unwrap();
+    assert_eq!(spki, leaf.public_key().raw);
+    // Another key's CSR gives another key.
+    let other = WorkloadKey::generate()
+        .unwrap()
+        .csr_der(&pki.id("order", "web"))
+        .unwrap();
+    assert_ne!(csr_public_key(&other).unwrap(), spki);
+    for garbage in [&b"not a csr"[..], &[], &csr[..csr.len() / 2]] {
+        let err = csr_public_key(garbage).unwrap_err();
+        assert!(matches!(err, Error::CsrKey { .. }), "{err:?}");
+        assert!(err.to_string().contains("send a DER PKCS#10 request"));
+    }
 }
 
 #[test]

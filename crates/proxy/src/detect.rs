@@ -48,7 +48,12 @@ impl Detected {
 }
 
 /// Classifies the bytes read so far; `None` means more bytes are needed to decide.
+///
+/// The verdict does not depend on how the bytes were split: once a prefix decides, every longer
+/// input decides the same (the `detect` fuzz target checks this). Bytes past [`MAX_DETECT_BYTES`]
+/// are ignored, as detection would never have read them before deciding.
 pub fn classify(buf: &[u8]) -> Option<Detected> {
+    let buf = &buf[..buf.len().min(MAX_DETECT_BYTES)];
     if buf.is_empty() {
         return None;
     }
@@ -75,19 +80,26 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
         };
     };
     let rest = &buf[method_end + 1..];
-    let Some(line_end) = rest.iter().position(|&b| b == b'\n') else {
-        // A request target never holds control bytes.
-        return if rest.iter().any(|&b| b < 0x20 && b != b'\r') || buf.len() >= MAX_DETECT_BYTES {
+    let line_end = rest.iter().position(|&b| b == b'\n');
+    // A request line never holds a control byte other than the CR before its LF. Checked on the
+    // whole line as on a partial one, so that the verdict never depends on where the bytes were
+    // split.
+    let line = &rest[..line_end.unwrap_or(rest.len())];
+    if line.iter().any(|&b| b < 0x20 && b != b'\r') {
+        return Some(Detected::Opaque);
+    }
+    if line_end.is_none() {
+        return if buf.len() >= MAX_DETECT_BYTES {
             Some(Detected::Opaque)
         } else {
             None
         };
-    };
-    let line = &rest[..line_end];
+    }
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let is_http1 = (line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0"))
         && line.len() > b" HTTP/1.1".len()
-        && !line[..line.len() - 9].contains(&b' ');
+        && !line[..line.len() - 9].contains(&b' ')
+        && !line.contains(&b'\r');
     Some(if is_http1 {
         Detected::Http1
     } else {

@@ -1,6 +1,8 @@
 //! The proxy's Prometheus metrics (served as text on the admin `/metrics`).
 //!
-//! Names and labels follow DESIGN.md: `request_total`, `response_total`, `response_latency_ms`,
+//! Names and labels follow DESIGN.md and Prometheus conventions (base units: seconds and bytes;
+//! counters end in `_total`; `promtool check metrics` passes with no exception): `request_total`,
+//! `response_total`, `response_latency_seconds`,
 //! `tcp_open_total`, `tcp_close_total`, `tcp_open_connections`, `tcp_read_bytes_total`,
 //! `tcp_write_bytes_total`, labelled `direction`, `namespace`, `workload`, `dst_namespace`,
 //! `dst_workload`, `client_id` (inbound) / `server_id` (outbound), `tls`, `route`. Plus the proxy's
@@ -153,7 +155,7 @@ impl RouteMetrics {
         status: http::StatusCode,
         classification: Classification,
     ) {
-        self.latency.observe(start.elapsed().as_secs_f64() * 1e3);
+        self.latency.observe(start.elapsed().as_secs_f64());
         let code = status.as_u16();
         let mut cached = self
             .responses
@@ -265,11 +267,14 @@ impl EncodeLabelSet for ResultLabels {
     }
 }
 
+/// Bucket bounds of the latency histogram, in seconds: 1 ms to 30 s, 1-2-3-4-5 per decade.
+const LATENCY_BUCKETS: [f64; 23] = [
+    0.001, 0.002, 0.003, 0.004, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0,
+    2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0,
+];
+
 fn latency_histogram() -> Histogram {
-    Histogram::new([
-        1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0,
-        1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0,
-    ])
+    Histogram::new(LATENCY_BUCKETS)
 }
 
 /// Every metric of the proxy.
@@ -280,8 +285,8 @@ pub struct Metrics {
     pub request_total: Family<RouteLabels, Counter>,
     /// HTTP responses (or failures) by outcome.
     pub response_total: Family<ResponseLabels, Counter>,
-    /// Time to response headers, in milliseconds.
-    pub response_latency_ms: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Time to response headers, in seconds.
+    pub response_latency_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
     /// TCP connections opened.
     pub tcp_open_total: Family<EdgeLabels, Counter>,
     /// TCP connections closed.
@@ -321,7 +326,7 @@ impl Metrics {
         let m = Metrics {
             request_total: Family::default(),
             response_total: Family::default(),
-            response_latency_ms: Family::new_with_constructor(latency_histogram),
+            response_latency_seconds: Family::new_with_constructor(latency_histogram),
             tcp_open_total: Family::default(),
             tcp_close_total: Family::default(),
             tcp_open_connections: Family::default(),
@@ -343,9 +348,9 @@ impl Metrics {
             m.response_total.clone(),
         );
         registry.register(
-            "response_latency_ms",
-            "Time from request to response headers, in milliseconds",
-            m.response_latency_ms.clone(),
+            "response_latency_seconds",
+            "Time from request to response headers, in seconds",
+            m.response_latency_seconds.clone(),
         );
         registry.register(
             "tcp_open",
@@ -427,7 +432,7 @@ impl Metrics {
     pub fn route(&self, labels: RouteLabels) -> RouteMetrics {
         RouteMetrics {
             requests: self.request_total.get_or_create_owned(&labels),
-            latency: self.response_latency_ms.get_or_create_owned(&labels),
+            latency: self.response_latency_seconds.get_or_create_owned(&labels),
             responses: Arc::default(),
             labels,
         }

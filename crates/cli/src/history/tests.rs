@@ -17,9 +17,9 @@ fn stat_differences_counters_over_the_window() {
         scrape(
             "request_total{direction=\"inbound\"} 100\n\
              response_total{direction=\"inbound\",classification=\"success\"} 100\n\
-             response_latency_ms_bucket{direction=\"inbound\",le=\"1\"} 100\n\
-             response_latency_ms_bucket{direction=\"inbound\",le=\"10\"} 100\n\
-             response_latency_ms_bucket{direction=\"inbound\",le=\"+Inf\"} 100\n",
+             response_latency_seconds_bucket{direction=\"inbound\",le=\"0.001\"} 100\n\
+             response_latency_seconds_bucket{direction=\"inbound\",le=\"0.01\"} 100\n\
+             response_latency_seconds_bucket{direction=\"inbound\",le=\"+Inf\"} 100\n",
         ),
     );
     h.record(
@@ -29,9 +29,9 @@ fn stat_differences_counters_over_the_window() {
             "request_total{direction=\"inbound\"} 200\n\
              response_total{direction=\"inbound\",classification=\"success\"} 190\n\
              response_total{direction=\"inbound\",classification=\"failure\"} 10\n\
-             response_latency_ms_bucket{direction=\"inbound\",le=\"1\"} 150\n\
-             response_latency_ms_bucket{direction=\"inbound\",le=\"10\"} 200\n\
-             response_latency_ms_bucket{direction=\"inbound\",le=\"+Inf\"} 200\n",
+             response_latency_seconds_bucket{direction=\"inbound\",le=\"0.001\"} 150\n\
+             response_latency_seconds_bucket{direction=\"inbound\",le=\"0.01\"} 200\n\
+             response_latency_seconds_bucket{direction=\"inbound\",le=\"+Inf\"} 200\n",
         ),
     );
     let rows = h.stat(Duration::from_secs(60));

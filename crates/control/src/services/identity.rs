@@ -251,10 +251,10 @@ impl IdentityService {
 
 /// The DER SubjectPublicKeyInfo a CSR asks to certify.
 fn csr_public_key(csr: &[u8]) -> Result<Vec<u8>, CertifyError> {
-    use x509_parser::prelude::FromDer;
-    let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(csr)
-        .map_err(|e| CertifyError::CsrKey(e.to_string()))?;
-    Ok(req.certification_request_info.subject_pki.raw.to_vec())
+    onemesh_identity::csr_public_key(csr).map_err(|e| match e {
+        onemesh_identity::Error::CsrKey { reason } => CertifyError::CsrKey(reason),
+        other => CertifyError::Csr(other),
+    })
 }
 
 #[tonic::async_trait]
