@@ -251,14 +251,17 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
         },
         stop_rx.clone(),
     );
-    wait_for(
-        &format!("control plane on {identity_addr}"),
-        || async move {
-            TcpStream::connect(identity_addr).await.is_ok()
+    // Listening comes before the CA is ready on a first run: proxies need the trust anchors file.
+    let anchors_ready = state_dir.join("trust-anchors.pem");
+    wait_for(&format!("control plane on {identity_addr}"), || {
+        let anchors_ready = anchors_ready.clone();
+        async move {
+            anchors_ready.exists()
+                && TcpStream::connect(identity_addr).await.is_ok()
                 && TcpStream::connect(destination_addr).await.is_ok()
                 && TcpStream::connect(policy_addr).await.is_ok()
-        },
-    )
+        }
+    })
     .await?;
     let anchors = state_dir.join("trust-anchors.pem");
     // Each proxy's own state directory (made 0700 by the proxy).

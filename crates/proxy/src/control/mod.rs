@@ -225,7 +225,12 @@ pub fn sources_with_bundle(
             config.identity.clone(),
             plane.clone(),
         )),
-        trust: Some(TrustWatch::new(identity, state.clone())),
+        // Its own channel: the certifier's connection may have been dialled before the proxy had a
+        // certificate (the first Certify), and WatchTrust needs one.
+        trust: Some(TrustWatch::new(
+            IdentityClient::new(channel(&control.identity_addr)?),
+            state.clone(),
+        )),
         trust_bundle: bundle,
         tcp_forwards: Vec::new(),
         control: Some(plane),
