@@ -44,6 +44,11 @@ pub struct Args {
     /// The dashboard and its JSON API.
     #[arg(long, default_value = "127.0.0.1:8084")]
     dashboard_addr: SocketAddr,
+    /// Another name the dashboard answers to (NAME: on any port, or NAME:PORT), e.g. the one a
+    /// `kubectl port-forward` or a proxy in front uses; repeatable. Requests naming any other
+    /// host are refused (DNS-rebinding guard).
+    #[arg(long = "dashboard-host", value_name = "NAME")]
+    dashboard_hosts: Vec<String>,
     /// Give every exposed service a free port instead of the one mesh.yaml asks for (tests).
     #[arg(long)]
     expose_any_port: bool,
@@ -197,6 +202,8 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     let dashboard_listener = crate::dashboard::bind(args.dashboard_addr)
         .await
         .with_context(|| format!("cannot bind the dashboard on {}", args.dashboard_addr))?;
+    let dashboard_hosts =
+        crate::dashboard::Hosts::new(dashboard_listener.local_addr()?, &args.dashboard_hosts)?;
     let layout = Layout {
         pid: std::process::id(),
         config: config.clone(),
@@ -342,7 +349,7 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
         background.push(tokio::spawn(forward_entry(listener, backend)));
     }
     let (layout_tx, layout_rx) = watch::channel(layout.clone());
-    let dash = crate::dashboard::Dashboard::new(layout_rx);
+    let dash = crate::dashboard::Dashboard::new(layout_rx, dashboard_hosts);
     background.push(tokio::spawn(dash.clone().serve(dashboard_listener)));
     background.push(tokio::spawn(dash.scrape_forever()));
 
