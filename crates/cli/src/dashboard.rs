@@ -248,15 +248,18 @@ impl Dashboard {
 
 impl Dashboard {
     /// A 421 for a request not addressed to one of [`Hosts`] (checked on the `Host` header and on
-    /// an absolute-form target's authority, whichever are present; at least one must be).
+    /// an absolute-form target's authority, whichever are present; at least one must be, and
+    /// there may be only one `Host`).
     fn misdirected<B>(&self, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
-        let header = req.headers().get(header::HOST);
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let header = hosts.next();
         let named = [
             header.map(|h| h.to_str().unwrap_or("")),
             req.uri().authority().map(|a| a.as_str()),
         ];
         let bad = named.iter().flatten().find(|h| !self.hosts.allows(h));
         let shown = match (bad, named) {
+            _ if hosts.next().is_some() => "the request has more than one Host".to_string(),
             (Some(h), _) => format!("Host {h:?} is not a name of this dashboard"),
             (None, [None, None]) => "the request names no Host".to_string(),
             (None, _) => return None,

@@ -101,8 +101,9 @@ fn program(bin_dir: &Path, name: &str) -> PathBuf {
 pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mesh = Mesh::load(&args.config)?;
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+    // The state directory holds the CA keys, bootstrap tokens, the proxies' keys and the apps'
+    // databases: this user only.
+    private_dir(state_dir)?;
     let state_dir = state_dir.canonicalize()?;
     let config = args.config.canonicalize()?;
     if let Ok(old) = Layout::load(&state_dir)
@@ -267,8 +268,13 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
 
     // 2. Every workload: its proxy, then its app.
     let data = state_dir.join("data");
+    private_dir(&data)?;
+    let proxies = state_dir.join("proxies");
     let mut pids = Vec::new();
     for (w, token, l) in &workloads {
+        // The proxy keeps its key, leaf and last configuration here across restarts.
+        let proxy_state = proxies.join(format!("{}.{}", l.namespace, l.name));
+        private_dir(&proxy_state)?;
         let proxy = supervise::start(
             Spec {
                 label: format!("{}/{} proxy", l.namespace, l.name),
@@ -299,12 +305,16 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
                     ("ONEMESH_PROXY_CONTROL_ID".into(), control_id.clone()),
                     ("ONEMESH_PROXY_IDENTITY_TOKEN".into(), token.clone()),
                     ("ONEMESH_PROXY_LOG_FORMAT".into(), "json".into()),
+                    (
+                        "ONEMESH_PROXY_STATE_DIR".into(),
+                        proxy_state.display().to_string(),
+                    ),
                 ],
             },
             stop_rx.clone(),
         );
         let dir = data.join(&l.namespace).join(&l.name);
-        std::fs::create_dir_all(&dir)?;
+        private_dir(&dir)?;
         let first = l.app_ports.values().next().copied().unwrap_or(0);
         let mut env = vec![
             ("PORT".to_string(), first.to_string()),
@@ -460,6 +470,23 @@ fn refresh_pids(layout: &mut Layout, watched: &[Watched], control: Option<u32>) 
             w.restarts = x.restarts.iter().map(|r| r.load(Ordering::Relaxed)).sum();
         }
     }
+}
+
+/// Creates `dir` and its missing parents as 0700 (this user only), or tightens an existing `dir`
+/// to 0700 (a state directory made by an older onemesh, or by hand).
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .with_context(|| {
+            format!(
+                "cannot create {} readable by this user only: check that this user owns it, or pass another --state-dir",
+                dir.display()
+            )
+        })
 }
 
 /// Writes JSON atomically, readable by this user only (tokens.json holds bootstrap secrets).

@@ -44,10 +44,7 @@ fn futures_body(resp: Response<Full<Bytes>>) -> String {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let bytes = rt
-        .block_on(resp.into_body().collect())
-        .unwrap()
-        .to_bytes();
+    let bytes = rt.block_on(resp.into_body().collect()).unwrap().to_bytes();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -101,8 +98,25 @@ fn a_request_without_host_or_with_a_forged_authority_is_refused() {
         Some("127.0.0.1:8084"),
     );
     assert_eq!(status, StatusCode::MISDIRECTED_REQUEST);
-    let (status, _) = get(&d, "http://localhost:8084/api/status", Some("localhost:8084"));
+    let (status, _) = get(
+        &d,
+        "http://localhost:8084/api/status",
+        Some("localhost:8084"),
+    );
     assert_eq!(status, StatusCode::OK);
+    // Two Hosts, one good: refused whatever the order.
+    for pair in [
+        ["localhost:8084", "evil.example:8084"],
+        ["evil.example:8084", "localhost:8084"],
+    ] {
+        let mut req = Request::get("/api/status");
+        for h in pair {
+            req = req.header(header::HOST, h);
+        }
+        let resp = d.handle(req.body(()).unwrap());
+        assert_eq!(resp.status(), StatusCode::MISDIRECTED_REQUEST, "{pair:?}");
+        assert!(futures_body(resp).contains("more than one Host"));
+    }
 }
 
 #[test]

@@ -4,7 +4,8 @@ use super::*;
 
 #[test]
 fn compact_shortens_tracing_json() {
-    let line = r#"{"timestamp":"x","level":"INFO","fields":{"message":"paid","order":7},"target":"t"}"#;
+    let line =
+        r#"{"timestamp":"x","level":"INFO","fields":{"message":"paid","order":7},"target":"t"}"#;
     assert_eq!(compact(line), "INFO paid order=7");
     assert_eq!(compact("plain text"), "plain text");
 }
