@@ -71,6 +71,14 @@ pub fn addrs(up: &Up) -> Vec<Addrs> {
         .collect()
 }
 
+/// The last `n` lines of `onemesh up`'s log that contain `needle` (a failure message should not
+/// carry half a megabyte of log).
+pub fn log_tail(up: &Up, needle: &str, n: usize) -> String {
+    let log = up.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// The public entry of the shop (`order/order`), as `host:port`.
 pub fn entry(up: &Up) -> String {
     up.status()["entries"]["order/order"]
@@ -186,8 +194,9 @@ impl Kind {
                 small,
                 json!({"method": "appcard", "user_id": "u-kim", "card_id": "c-kim-1", "pin": "1234"}),
             ),
+            // The cheapest dish: Lee's 50,000,000 won limit lasts 10,000 such orders.
             Kind::AppcardCredit => (
-                small,
+                json!([{"menu_id": "m-soju", "qty": 1}]),
                 json!({"method": "appcard", "user_id": "u-lee", "card_id": "c-lee-2", "pin": "5678"}),
             ),
             Kind::CardNumber => (
