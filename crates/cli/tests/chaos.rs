@@ -5,7 +5,8 @@
 //! PAID or FAILED as its kind requires, and the money invariants hold (nothing lost or doubled).
 //!
 //! The CI run lasts [`DEFAULT_CHAOS`]; `ONEMESH_CHAOS_SECONDS` makes it longer (`scripts/chaos`),
-//! and `ONEMESH_CHAOS_KILL=apps|proxies` kills only one kind of process (default: both).
+//! and `ONEMESH_CHAOS_KILL` chooses what is killed: a comma-separated list of `apps`, `proxies`,
+//! `control` (default `all`: apps and proxies; `everything` adds the control plane).
 //! It prints a summary: kills, orders, outcomes, retries and the time each killed workload took
 //! to be ready again.
 
@@ -36,14 +37,42 @@ fn chaos_duration() -> Duration {
         .map_or(DEFAULT_CHAOS, Duration::from_secs)
 }
 
-/// Which kinds of process to kill: `app`, `proxy`, or both.
+/// Which kinds of process to kill (`app`, `proxy`, `control`), from `ONEMESH_CHAOS_KILL`: a
+/// comma-separated list of `apps`, `proxies`, `control`, or `all` (apps and proxies, the default)
+/// or `everything`.
 fn victims() -> Vec<&'static str> {
-    match std::env::var("ONEMESH_CHAOS_KILL").as_deref() {
-        Ok("apps") => vec!["app"],
-        Ok("proxies") => vec!["proxy"],
-        Ok("all") | Err(_) => vec!["app", "proxy"],
-        Ok(other) => panic!("ONEMESH_CHAOS_KILL={other:?}: say apps, proxies or all"),
+    let spec = std::env::var("ONEMESH_CHAOS_KILL").unwrap_or_else(|_| "all".into());
+    let mut kinds = Vec::new();
+    for part in spec.split(',') {
+        kinds.extend_from_slice(match part.trim() {
+            "apps" => &["app"][..],
+            "proxies" => &["proxy"],
+            "control" => &["control"],
+            "all" => &["app", "proxy"],
+            "everything" => &["app", "proxy", "control"],
+            other => panic!(
+                "ONEMESH_CHAOS_KILL: {other:?} is not one of apps, proxies, control, all, everything"
+            ),
+        });
     }
+    kinds.dedup();
+    kinds
+}
+
+/// Whether the control plane accepts connections on all three of its ports again.
+async fn control_ready(addrs: &[String], bound: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < bound {
+        let mut all = true;
+        for a in addrs {
+            all &= tokio::net::TcpStream::connect(a).await.is_ok();
+        }
+        if all {
+            return Some(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
 }
 
 /// One SIGKILL and how long its workload took to serve again.
@@ -93,6 +122,13 @@ async fn payments_survive_random_kills_of_apps_and_proxies() {
     // on the side.
     let mut measures = Vec::new();
     let mut kills_by: BTreeMap<String, u32> = BTreeMap::new();
+    let candidates: Vec<(Addrs, &str)> = kinds
+        .iter()
+        .flat_map(|k| {
+            let of: &[Addrs] = if *k == "control" { &addrs[..1] } else { &addrs };
+            of.iter().map(move |a| (a.clone(), *k))
+        })
+        .collect();
     let mut last_kill = Instant::now();
     loop {
         let pause = Duration::from_millis(fastrand::u64(1500..3500));
@@ -100,14 +136,27 @@ async fn payments_survive_random_kills_of_apps_and_proxies() {
             break;
         }
         tokio::time::sleep(pause).await;
-        let a: Addrs = addrs[fastrand::usize(..addrs.len())].clone();
-        let which = kinds[fastrand::usize(..kinds.len())];
-        let w = tokio::task::block_in_place(|| up.workload(&a.key));
-        let Some(pid) = w[format!("{which}_pid")].as_i64() else {
+        // Every process equally likely: each workload's app and proxy, and the control plane.
+        let (a, which) = candidates[fastrand::usize(..candidates.len())].clone();
+        let (pid, target, control) = if which == "control" {
+            let c = tokio::task::block_in_place(|| up.status())["control"].clone();
+            let ports = ["identity", "destination", "policy"]
+                .map(|k| c[k].as_str().unwrap().to_string())
+                .to_vec();
+            (
+                c["pid"].as_i64(),
+                "onemesh/control".to_string(),
+                Some(ports),
+            )
+        } else {
+            let w = tokio::task::block_in_place(|| up.workload(&a.key));
+            let pid = w[format!("{which}_pid")].as_i64();
+            (pid, format!("{} {which}", a.key), None)
+        };
+        let Some(pid) = pid else {
             // Still restarting from an earlier kill: pick again next time.
             continue;
         };
-        let target = format!("{} {which}", a.key);
         let at = Instant::now();
         last_kill = at;
         nix::sys::signal::kill(
@@ -125,9 +174,11 @@ async fn payments_survive_random_kills_of_apps_and_proxies() {
             while alive(pid as i32) && at.elapsed() < Duration::from_secs(5) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let after = platform::time_to_ready(&a, READY_BOUND)
-                .await
-                .map(|_| at.elapsed());
+            let after = match control {
+                Some(ports) => control_ready(&ports, READY_BOUND).await,
+                None => platform::time_to_ready(&a, READY_BOUND).await,
+            }
+            .map(|_| at.elapsed());
             match after {
                 Some(d) => println!(
                     "        {target} ready again {:.2} s after its kill",
@@ -192,7 +243,13 @@ async fn payments_survive_random_kills_of_apps_and_proxies() {
         all_ready.as_secs_f64()
     );
 
-    assert!(kills.len() >= 10, "only {} kills", kills.len());
+    // One kill every 2.5 s on average: at least half of that must have happened.
+    let expected_kills = (chaos.as_secs() / 5) as usize;
+    assert!(
+        kills.len() >= expected_kills,
+        "only {} kills in {chaos:?}",
+        kills.len()
+    );
     for k in &kills {
         assert!(
             k.after.is_some(),
@@ -202,7 +259,12 @@ async fn payments_survive_random_kills_of_apps_and_proxies() {
         );
     }
     assert!(outcomes.len() >= 50, "only {} orders", outcomes.len());
-    // The supervisor counted a restart for every kill (the layout is refreshed every second).
+    // The supervisor counted a restart for every kill of an app or a proxy (the layout is
+    // refreshed every second).
+    let workload_kills = kills
+        .iter()
+        .filter(|k| !k.target.starts_with("onemesh/"))
+        .count() as i64;
     let counted = Instant::now();
     loop {
         let restarts: i64 = up.status()["workloads"]
@@ -211,13 +273,12 @@ async fn payments_survive_random_kills_of_apps_and_proxies() {
             .iter()
             .map(|w| w["restarts"].as_i64().unwrap())
             .sum();
-        if restarts >= kills.len() as i64 {
+        if restarts >= workload_kills {
             break;
         }
         assert!(
             counted.elapsed() < Duration::from_secs(5),
-            "{restarts} restarts for {} kills",
-            kills.len()
+            "{restarts} restarts for {workload_kills} kills of apps and proxies"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
