@@ -28,44 +28,52 @@ const VICTIM: &str = "pg/pg";
 /// The two tests each run a whole platform: one at a time on a small machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Customers paying one after another until stopped; their outcomes.
+/// Customers paying at once, each one order after another, until stopped.
+const CUSTOMERS: usize = 4;
+
+/// Steady payment traffic: [`CUSTOMERS`] customers until stopped; their outcomes.
 struct Traffic {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<Outcome>>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Outcome>>>,
 }
 
 fn steady_traffic(entry: String, run: &str) -> Traffic {
     let stop = Arc::new(AtomicBool::new(false));
-    let run = run.to_string();
-    let n = AtomicU64::new(0);
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let mut out = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let i = n.fetch_add(1, Ordering::Relaxed);
-                let deadline = Instant::now() + Duration::from_secs(60);
-                out.push(
-                    platform::customer_order(
-                        &entry,
-                        &format!("{run}-{i}"),
-                        Kind::pick(i),
-                        deadline,
-                    )
-                    .await,
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            out
-        }
-    });
-    Traffic { stop, task }
+    let n = Arc::new(AtomicU64::new(0));
+    let tasks = (0..CUSTOMERS)
+        .map(|_| {
+            let (stop, n, entry, run) = (stop.clone(), n.clone(), entry.clone(), run.to_string());
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let i = n.fetch_add(1, Ordering::Relaxed);
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    out.push(
+                        platform::customer_order(
+                            &entry,
+                            &format!("{run}-{i}"),
+                            Kind::pick(i),
+                            deadline,
+                        )
+                        .await,
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                out
+            })
+        })
+        .collect();
+    Traffic { stop, tasks }
 }
 
 impl Traffic {
     async fn finish(self) -> Vec<Outcome> {
         self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap()
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
     }
 }
 
