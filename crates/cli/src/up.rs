@@ -138,7 +138,11 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
         for p in &w.ports {
             app_ports.insert(*p, ports.free_port()?);
         }
-        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        // 128 bits from the OS's cryptographic RNG: a token is a secret that entitles an id.
+        let random: [u8; 16] = ring::rand::generate(&ring::rand::SystemRandom::new())
+            .map_err(|_| anyhow::anyhow!("the system's random number generator failed: check that getrandom(2) or /dev/urandom works"))?
+            .expose();
+        let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
         tokens.insert(token.clone(), w.identity.clone());
         workloads.push((
             w,

@@ -6,13 +6,35 @@
 //! | service | default address | what |
 //! |---|---|---|
 //! | `Identity.Certify` | 127.0.0.1:8080 | signs a proxy's CSR when its bootstrap token entitles the SPIFFE id asked for |
+//! | `Identity.WatchTrust` | 127.0.0.1:8080 | the live trust bundle and issuer; each proxy reports what it holds |
+//! | `Admin` | 127.0.0.1:8080 | the operator's: rotate the anchor or the issuer, trust status (operator certificate only) |
 //! | `Destination.Watch` | 127.0.0.1:8086 | a service's endpoints: full set first, then diffs |
 //! | `Policy.WatchInbound` / `WatchOutbound` | 127.0.0.1:8090 | a workload's authorizations / a service's routes |
 //!
 //! The control plane has its own mesh identity, `spiffe://<td>/ns/onemesh/sa/control`, signed at
 //! start by the same issuer that signs the proxies (and renewed at 70 % of its life). Proxies
-//! verify it against the trust bundle; the server asks no client certificate, since a proxy's
-//! first Certify comes before it has one. TLS 1.3 only, rustls with `ring`.
+//! verify it against the trust bundle. TLS 1.3 only, rustls with `ring`.
+//!
+//! ## Who gets an answer
+//!
+//! The control plane answers only the proxies of its mesh, each with only what it needs. The TLS
+//! servers ask for a client certificate without requiring it (a proxy's first Certify comes
+//! before it has one), and every call checks what was presented
+//! (`services::authenticated`):
+//!
+//! | call | needs |
+//! |---|---|
+//! | `Identity.Certify` with a token | the token (bound to the first key that used it) |
+//! | `Identity.Certify` without a token | a mesh leaf: renews that leaf's id only |
+//! | `Destination.Watch`, `Policy.WatchOutbound` | any mesh leaf, else `UNAUTHENTICATED` |
+//! | `Policy.WatchInbound` | a leaf whose namespace and service account are the workload's, else `PERMISSION_DENIED` |
+//!
+//! Certify re-checks entitlement on every call: the id must still be declared in the mesh and
+//! not revoked (`<state-dir>/revoked.json`, see [`revocations`]).
+//!
+//! Every listener bounds what a client can hold (see [`limits`]): open connections per
+//! listener and per source address, concurrent TLS handshakes, and the HTTP/2 settings
+//! (concurrent streams, header list size, reset streams, frame and window sizes, keepalive).
 //!
 //! ## Where the mesh comes from: stores
 //!
@@ -27,7 +49,8 @@
 //!   service's `targetPort` mapped to the real local port. The same mapping is applied to the
 //!   ports of inbound authorizations, so a proxy compares them with the target port it really sees.
 //! - `<state-dir>/tokens.json`: one bootstrap token per proxy, each entitling exactly one id; the
-//!   first Certify binds a token to the key of its CSR, later ones must use that key. A proxy may
+//!   first Certify binds a token to the key of its CSR (kept across restarts in
+//!   `token-bindings.json`), later ones must use that key. A proxy may
 //!   also renew without a token over a connection that presents its current leaf, for that
 //!   leaf's id only (see [`services::identity`]).
 //!
@@ -35,19 +58,28 @@
 //! (well within a second), an invalid one is logged and refused, and the last good state stays in
 //! force. A Kubernetes store is a later issue: it implements the same trait.
 //!
-//! The CA lives in the state directory (`trust-anchors.pem`, `issuer.crt`, `issuer.key`) and is
-//! made there when absent (see [`pki`]).
+//! The CA lives in the state directory (`trust-anchors.pem`, `issuer.crt`, `issuer.key`,
+//! `trust-anchor.crt`, `trust-anchor.key`) and is made there when absent. It is rotated without an
+//! outage (see [`pki`]): the issuer by itself at 70 % of its life (default 1 year:
+//! [`pki::CaSettings`]), the anchor when the operator asks, each step waiting for every connected
+//! proxy (default deadline 5 minutes) and surviving a restart of the control plane.
 //!
 //! ## What it deliberately does not do
 //!
 //! It does not enforce policy (proxies do, with DESIGN.md's default: deny between namespaces,
 //! same-namespace meshed callers allowed unless a policy names the port) and does not start
-//! workloads (`onemesh up` does). It keeps no state of its own besides the CA files and, in
-//! memory, the token-to-key bindings.
+//! workloads (`onemesh up` does). It keeps no state of its own besides the CA files (and the
+//! operator's credentials), the revoked ids (`revoked.json`) and the token-to-key bindings
+//! (`token-bindings.json`, see [`bindings`]), all in the state directory, and, in memory, the
+//! registry of connected proxies' trust reports.
 
+pub mod bindings;
 pub mod config;
+pub mod limits;
 pub mod local;
+pub mod persist;
 pub mod pki;
+pub mod revocations;
 pub mod server;
 pub mod services;
 pub mod state;

@@ -3,10 +3,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use onemesh_control::local::{LocalStore, POLL_INTERVAL};
+use onemesh_control::pki::CaSettings;
 use onemesh_control::{Settings, start};
 
 /// The onemesh control plane: identity, destination and policy gRPC services over TLS.
@@ -31,9 +33,44 @@ struct Args {
     /// Trust domain of the mesh's SPIFFE ids.
     #[arg(long, default_value = onemesh_identity::DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
+    /// Lifetime of each issuer the control plane makes (e.g. `8760h`, one year).
+    #[arg(long, default_value = "8760h", value_parser = duration)]
+    issuer_lifetime: Duration,
+    /// Fraction of the issuer's life at which it is rotated by itself.
+    #[arg(long, default_value_t = onemesh_control::pki::ISSUER_ROTATE_AT, value_parser = fraction)]
+    issuer_rotate_at: f64,
+    /// Lifetime of a trust anchor the control plane makes (first start, anchor rotation).
+    #[arg(long, default_value = "87600h", value_parser = duration)]
+    anchor_lifetime: Duration,
+    /// How long each rotation step waits for the connected proxies when the operator names no
+    /// deadline (automatic issuer rotation included).
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    rotation_deadline: Duration,
+    /// Proxies renew within this after the issuer changed (spread at random over it).
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    renew_within: Duration,
     /// Log filter (tracing syntax), e.g. `info` or `onemesh_control=debug`.
     #[arg(long, env = "ONEMESH_CONTROL_LOG", default_value = "info")]
     log: String,
+}
+
+/// A positive duration such as `500ms`, `5m`, `8760h`.
+fn duration(s: &str) -> Result<Duration, String> {
+    onemesh_control::config::parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            format!("{s:?} is not a positive duration: write e.g. 500ms, 30s, 5m or 8760h")
+        })
+}
+
+/// A fraction strictly between 0 and 1.
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f < 1.0 => Ok(f),
+        _ => Err(format!(
+            "{s:?} is not a fraction between 0 and 1: write e.g. 0.7"
+        )),
+    }
 }
 
 #[tokio::main]
@@ -58,6 +95,14 @@ async fn main() -> anyhow::Result<()> {
     settings.destination_addr = args.listen_destination;
     settings.policy_addr = args.listen_policy;
     settings.trust_domain = args.trust_domain;
+    settings.ca = CaSettings {
+        anchor_lifetime: args.anchor_lifetime,
+        issuer_lifetime: args.issuer_lifetime,
+        issuer_rotate_at: args.issuer_rotate_at,
+        rotation_deadline: args.rotation_deadline,
+        renew_within: args.renew_within,
+        ..CaSettings::default()
+    };
     let control = start(&settings, Arc::new(store)).await?;
     tracing::info!(
         identity = %control.identity_addr,

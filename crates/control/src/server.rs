@@ -2,11 +2,17 @@
 //!
 //! [`start`] binds the three addresses (port 0 is fine: [`Control`] reports the real ones), makes
 //! or loads the CA in the state directory, issues the control plane's own certificate and serves
-//! Identity on the first listener, Destination on the second and Policy on the third. TLS is
+//! Identity (with the operator's Admin service) on the first listener, Destination on the second
+//! and Policy on the third; it resumes a rotation the state directory shows under way and rotates
+//! the issuer by itself when due (see [`crate::pki`]). TLS is
 //! terminated by our own accept loop (tokio-rustls, a handshake timeout, one task per handshake so
 //! a slow client stalls nobody) feeding tonic's `serve_with_incoming_shutdown`; that keeps the
-//! rustls configuration ours (TLS 1.3 only, ring, hot-swapped certificate, no client auth).
+//! rustls configuration ours (TLS 1.3 only, ring, hot-swapped certificate, a client certificate
+//! verified when presented). The accept loop enforces the connection caps of [`crate::limits`]
+//! (a connection beyond one is closed before any TLS work) and records the verified client id in
+//! [`PeerInfo`], which every handler checks (`services::authenticated`).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use onemesh_api::admin::admin_server::AdminServer;
 use onemesh_api::destination::destination_server::DestinationServer;
 use onemesh_api::identity::identity_server::IdentityServer;
 use onemesh_api::policy::policy_server::PolicyServer;
@@ -24,14 +31,20 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, Router};
 
-use crate::pki::{self, PkiError};
+use crate::limits::{self, ConnectionLimits, Gate, GateStats};
+use crate::persist::PersistError;
+use crate::pki::rotation::Rotator;
+use crate::pki::{self, CaSettings, CaSnapshot, CaState, PkiError};
+use crate::services::admin::AdminService;
 use crate::services::destination::DestinationService;
-use crate::services::identity::IdentityService;
+use crate::services::identity::{IdentityService, IdentityState};
 use crate::services::policy::PolicyService;
+use crate::services::trust::{Registry, TrustService};
 use crate::store::Store;
 
 /// How long a client may take to finish its TLS handshake.
@@ -50,6 +63,10 @@ pub struct Settings {
     pub trust_domain: String,
     /// Lifetime of the leaves it signs (proxies' and its own).
     pub leaf_lifetime: Duration,
+    /// The connection caps of each listener.
+    pub connection_limits: ConnectionLimits,
+    /// Anchor and issuer lifetimes, rotation timing.
+    pub ca: CaSettings,
 }
 
 impl Settings {
@@ -63,6 +80,8 @@ impl Settings {
             state_dir,
             trust_domain: onemesh_identity::DEFAULT_TRUST_DOMAIN.to_string(),
             leaf_lifetime: DEFAULT_LEAF_LIFETIME,
+            connection_limits: ConnectionLimits::default(),
+            ca: CaSettings::default(),
         }
     }
 }
@@ -79,6 +98,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    State(#[from] PersistError),
 }
 
 /// A running control plane. Dropping it aborts its tasks; [`Control::shutdown`] stops it gently.
@@ -88,9 +109,13 @@ pub struct Control {
     pub policy_addr: SocketAddr,
     /// The id its certificate carries (clients check it).
     pub id: SpiffeId,
-    /// The trust anchors its certificate chains to.
+    /// The trust anchors its certificate chained to at start (see [`Control::ca`] for now).
     pub bundle: TrustBundle,
+    ca: Arc<CaState>,
+    rotator: Arc<Rotator>,
     shutdown: watch::Sender<bool>,
+    /// The connection caps of each listener, and what each holds.
+    gates: [(&'static str, Arc<Gate>); 3],
     /// The servers: they stop on the shutdown signal.
     tasks: Vec<JoinHandle<()>>,
     /// The renewal of its own certificate: it sleeps until the next renewal and never looks at
@@ -99,10 +124,19 @@ pub struct Control {
 }
 
 impl Control {
+    /// What each listener (`identity`, `destination`, `policy`) holds now and has refused.
+    pub fn connection_stats(&self) -> Vec<(&'static str, GateStats)> {
+        self.gates
+            .iter()
+            .map(|(what, gate)| (*what, gate.stats()))
+            .collect()
+    }
+
     /// Ends every watch stream, stops accepting, and waits (up to [`SHUTDOWN_GRACE`]) for the
     /// servers to finish.
     pub async fn shutdown(mut self) {
         self.renewal.abort();
+        self.rotator.stop();
         self.shutdown.send_replace(true);
         for task in std::mem::take(&mut self.tasks) {
             let abort = task.abort_handle();
@@ -113,9 +147,17 @@ impl Control {
     }
 }
 
+impl Control {
+    /// The CA now: bundle, issuer, fingerprint.
+    pub fn ca(&self) -> Arc<CaSnapshot> {
+        self.ca.current()
+    }
+}
+
 impl Drop for Control {
     fn drop(&mut self) {
         self.renewal.abort();
+        self.rotator.stop();
         for task in &self.tasks {
             task.abort();
         }
@@ -150,27 +192,50 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
     )?;
     let policy_addr = local_addr("policy", &policy_listener, settings.policy_addr)?;
 
-    let state_dir = settings.state_dir.clone();
-    let trust_domain = settings.trust_domain.clone();
-    let ca = tokio::task::spawn_blocking(move || pki::load_or_create(&state_dir, &trust_domain))
-        .await
-        .map_err(|e| PkiError::Io {
-            action: "load",
-            path: settings.state_dir.clone(),
-            source: io::Error::other(e),
-        })??;
-    let credentials = pki::own_credentials(&ca.issuer, &ca.bundle, settings.leaf_lifetime)?;
+    let (state_dir, trust_domain) = (settings.state_dir.clone(), settings.trust_domain.clone());
+    let ca_settings = settings.ca.clone();
+    let (ca, operator, identity_state) = tokio::task::spawn_blocking(move || {
+        let ca = CaState::open(&state_dir, &trust_domain, ca_settings)?;
+        let operator = pki::OperatorCredentials::create(&state_dir, &trust_domain)?;
+        let identity_state = IdentityState::load(&state_dir)?;
+        Ok::<_, ServerError>((Arc::new(ca), Arc::new(operator), identity_state))
+    })
+    .await
+    .map_err(|e| PkiError::Io {
+        action: "load",
+        path: settings.state_dir.clone(),
+        source: io::Error::other(e),
+    })??;
+    let snapshot = ca.current();
+    let credentials = pki::own_credentials(&snapshot, settings.leaf_lifetime)?;
+    operator.write(&snapshot, settings.leaf_lifetime)?;
     let tls = pki::server_config(&credentials);
     let id = credentials.id().clone();
-    let bundle = ca.bundle.clone();
-    let issuer = Arc::new(ca.issuer);
+    let bundle = snapshot.bundle.clone();
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let registry = Registry::new();
+    let rotator = Rotator::new(ca.clone(), registry.clone());
+    let trust = TrustService::new(
+        registry.clone(),
+        ca.subscribe(),
+        settings.ca.renew_within,
+        shutdown_rx.clone(),
+    );
+    let revocations = identity_state.revocations.clone();
     let identity = IdentityServer::new(IdentityService::new(
-        issuer.clone(),
-        ca.bundle,
+        ca.subscribe(),
+        trust,
         store.clone(),
         settings.leaf_lifetime,
+        identity_state,
+    ));
+    let admin = AdminServer::new(AdminService::new(
+        pki::operator_id(&settings.trust_domain)?,
+        rotator.clone(),
+        registry,
+        ca.subscribe(),
+        revocations,
     ));
     let destination = DestinationServer::new(DestinationService::new(
         store.clone(),
@@ -179,19 +244,35 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
     ));
     let policy = PolicyServer::new(PolicyService::new(store, shutdown_rx.clone()));
 
-    let builder = || tonic::transport::Server::builder();
-    let renewal = pki::spawn_renewal(issuer, credentials, settings.leaf_lifetime);
+    let builder = limits::grpc_server;
+    let gate = |what| (what, Gate::new(what, settings.connection_limits));
+    let gates = [gate("identity"), gate("destination"), gate("policy")];
+    let renewal = pki::spawn_renewal(
+        ca.subscribe(),
+        credentials,
+        operator,
+        settings.leaf_lifetime,
+    );
+    if let Some(progress) = rotator.resume() {
+        // Nobody watches a resumed rotation's progress but the logs.
+        drop(progress);
+    }
+    rotator.spawn_auto();
     let tasks = vec![
         tokio::spawn(serve(
             "identity",
             identity_listener,
+            gates[0].1.clone(),
+            limits::UNAUTHENTICATED_LIFETIME_IDENTITY,
             tls.clone(),
-            builder().add_service(identity),
+            builder().add_service(identity).add_service(admin),
             shutdown_rx.clone(),
         )),
         tokio::spawn(serve(
             "destination",
             destination_listener,
+            gates[1].1.clone(),
+            limits::UNAUTHENTICATED_LIFETIME,
             tls.clone(),
             builder().add_service(destination),
             shutdown_rx.clone(),
@@ -199,6 +280,8 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
         tokio::spawn(serve(
             "policy",
             policy_listener,
+            gates[2].1.clone(),
+            limits::UNAUTHENTICATED_LIFETIME,
             tls,
             builder().add_service(policy),
             shutdown_rx,
@@ -210,17 +293,24 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
         policy_addr,
         id,
         bundle,
+        ca,
+        rotator,
         shutdown,
+        gates,
         tasks,
         renewal,
     })
 }
 
-/// Accepts TCP connections, finishes each TLS handshake in its own task, and hands the
-/// established streams to tonic until shutdown.
+/// Accepts TCP connections within the `gate`'s caps (closing the others at once), finishes each
+/// TLS handshake in its own task, and hands the established streams to tonic until shutdown. A
+/// connection whose client presented no certificate is closed `unauthenticated_lifetime` after
+/// its handshake.
 async fn serve(
     what: &'static str,
     listener: TcpListener,
+    gate: Arc<Gate>,
+    unauthenticated_lifetime: Duration,
     tls: Arc<ServerConfig>,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
@@ -241,14 +331,30 @@ async fn serve(
                 },
                 _ = stop_accepting.changed() => return,
             };
+            // Beyond a cap: closed before any TLS work (counted and logged by the gate).
+            let Ok(mut place) = gate.admit(peer.ip()) else {
+                drop(tcp);
+                continue;
+            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
+                        place.handshake_done();
                         let id = peer_id(stream.get_ref().1);
+                        let deadline = id
+                            .is_none()
+                            .then(|| Box::pin(tokio::time::sleep(unauthenticated_lifetime)));
                         let peer = PeerInfo { addr: peer, id };
-                        let _ = tx.send(Ok(TlsConn { stream, peer })).await;
+                        let _ = tx
+                            .send(Ok(TlsConn {
+                                stream,
+                                peer,
+                                deadline,
+                                _place: place,
+                            }))
+                            .await;
                     }
                     Ok(Err(e)) => tracing::debug!(
                         server = what,
@@ -286,10 +392,15 @@ pub struct PeerInfo {
     pub id: Option<SpiffeId>,
 }
 
-/// An accepted TLS connection, as tonic wants it.
+/// An accepted TLS connection, as tonic wants it. It holds its place in the listener's
+/// connection count until tonic drops it.
 struct TlsConn {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     peer: PeerInfo,
+    /// Without a client certificate: when the connection reads as closed (end of file), which
+    /// ends it (see [`limits::UNAUTHENTICATED_LIFETIME`]).
+    deadline: Option<Pin<Box<Sleep>>>,
+    _place: limits::Connection,
 }
 
 impl Connected for TlsConn {
@@ -306,7 +417,14 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        // hyper always has a read pending on an HTTP/2 connection, so this also arms the timer.
+        if let Some(deadline) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 

@@ -16,9 +16,10 @@ use onemesh_api::identity::identity_client::IdentityClient;
 use onemesh_api::policy::policy_client::PolicyClient;
 use onemesh_api::policy::{InboundRequest, OutboundRequest};
 use onemesh_control::local::{ENDPOINTS_FILE, LocalStore, POLL_INTERVAL, TOKENS_FILE};
+use onemesh_control::revocations::Revocations;
 use onemesh_control::{Control, Settings, start};
 use onemesh_identity::{
-    CredentialStore, Issued, SpiffeId, TrustBundle, WorkloadKey, bootstrap_client_config,
+    CredentialStore, Issued, Issuer, SpiffeId, TrustBundle, WorkloadKey, bootstrap_client_config,
     verify_peer,
 };
 use tokio::net::TcpStream;
@@ -145,6 +146,11 @@ async fn harness() -> Harness {
     std::fs::write(dir.join("mesh.yaml"), MESH).unwrap();
     std::fs::write(dir.join(ENDPOINTS_FILE), ENDPOINTS_ONE).unwrap();
     std::fs::write(dir.join(TOKENS_FILE), TOKENS).unwrap();
+    harness_in(dir).await
+}
+
+/// A control plane over an existing state directory (a restart, when one ran there before).
+async fn harness_in(dir: PathBuf) -> Harness {
     let store = LocalStore::open(&dir.join("mesh.yaml"), &dir).unwrap();
     let watcher = AbortOnDrop(store.spawn_watcher(POLL_INTERVAL));
     let mut settings = Settings::new(dir.clone());
@@ -216,7 +222,37 @@ impl Harness {
     fn mesh(&self) -> PathBuf {
         self.dir.join("mesh.yaml")
     }
+
+    /// The control plane's issuer, read from the state directory: what a test (or an attacker
+    /// who stole it, or a compromised workload's leaf) uses to mint leaves.
+    fn issuer(&self) -> Issuer {
+        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap();
+        Issuer::from_pem(&read("issuer.crt"), &read("issuer.key")).unwrap()
+    }
+
+    /// A valid leaf for `id` minted by the issuer, whatever the mesh declares, and its key.
+    fn mint(&self, id: &SpiffeId) -> CredentialStore {
+        let key = WorkloadKey::generate().unwrap();
+        let issued = self
+            .issuer()
+            .sign_csr(&key.csr_der(id).unwrap(), Duration::from_secs(3600), |_| {
+                true
+            })
+            .unwrap();
+        CredentialStore::new(id.clone(), key, issued, self.control.bundle.clone()).unwrap()
+    }
+
+    /// A channel to `addr` presenting a minted leaf for `id`, as that workload's proxy would.
+    async fn channel_as(&self, addr: SocketAddr, id: &SpiffeId) -> Channel {
+        let config = self.mint(id).client_config(&self.control.id, &[b"h2"]);
+        tls_channel(addr, config, &self.control.id).await
+    }
 }
+
+/// A proxy of the card workload (any mesh proxy may watch destinations and outbound policy).
+const CARD: &str = "spiffe://cluster.local/ns/card/sa/card";
+/// The bank workload's id (only it may watch the bank's inbound policy).
+const BANK: &str = "spiffe://cluster.local/ns/bank/sa/bank";
 
 fn id(s: &str) -> SpiffeId {
     s.parse().unwrap()
@@ -385,7 +421,8 @@ async fn clients_refuse_a_server_with_another_identity() {
 #[tokio::test]
 async fn destination_sends_the_full_set_then_changes_within_a_second() {
     let h = harness().await;
-    let mut client = DestinationClient::new(h.channel(h.control.destination_addr).await);
+    let mut client =
+        DestinationClient::new(h.channel_as(h.control.destination_addr, &id(CARD)).await);
     let mut stream = client
         .watch(WatchRequest {
             name: "bank.bank.svc.cluster.local:80".into(),
@@ -457,7 +494,7 @@ async fn inbound_policy_follows_an_edit_on_every_watcher() {
     // Two proxies of the same workload, each on its own connection.
     let mut streams = Vec::new();
     for _ in 0..2 {
-        let mut client = PolicyClient::new(h.channel(h.control.policy_addr).await);
+        let mut client = PolicyClient::new(h.channel_as(h.control.policy_addr, &id(BANK)).await);
         let stream = client
             .watch_inbound(InboundRequest {
                 namespace: "bank".into(),
@@ -511,7 +548,7 @@ async fn inbound_policy_follows_an_edit_on_every_watcher() {
 #[tokio::test]
 async fn an_invalid_edit_is_refused_and_the_last_good_state_kept() {
     let h = harness().await;
-    let mut client = PolicyClient::new(h.channel(h.control.policy_addr).await);
+    let mut client = PolicyClient::new(h.channel_as(h.control.policy_addr, &id(BANK)).await);
     let mut stream = client
         .watch_outbound(OutboundRequest {
             name: "bank".into(),
@@ -574,7 +611,8 @@ async fn an_invalid_edit_is_refused_and_the_last_good_state_kept() {
 #[tokio::test]
 async fn shutdown_ends_watch_streams() {
     let h = harness().await;
-    let mut client = DestinationClient::new(h.channel(h.control.destination_addr).await);
+    let mut client =
+        DestinationClient::new(h.channel_as(h.control.destination_addr, &id(CARD)).await);
     let mut stream = client
         .watch(WatchRequest {
             name: "bank.bank".into(),
@@ -668,7 +706,8 @@ async fn renewal_with_the_current_certificate_needs_no_token() {
 #[tokio::test]
 async fn a_service_added_later_replaces_the_empty_snapshot() {
     let h = harness().await;
-    let mut client = DestinationClient::new(h.channel(h.control.destination_addr).await);
+    let mut client =
+        DestinationClient::new(h.channel_as(h.control.destination_addr, &id(BANK)).await);
     let mut stream = client
         .watch(WatchRequest {
             name: "card.card.svc.cluster.local:8080".into(),
@@ -718,4 +757,377 @@ async fn a_service_added_later_replaces_the_empty_snapshot() {
         snapshot.endpoints[0].identity,
         "spiffe://cluster.local/ns/card/sa/card"
     );
+}
+
+#[tokio::test]
+async fn watches_without_a_client_certificate_are_unauthenticated() {
+    let h = harness().await;
+    let mut destination = DestinationClient::new(h.channel(h.control.destination_addr).await);
+    let status = destination
+        .watch(WatchRequest {
+            name: "bank.bank.svc.cluster.local:80".into(),
+            caller_namespace: "card".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("no mesh client certificate"),
+        "{status:?}"
+    );
+
+    let mut policy = PolicyClient::new(h.channel(h.control.policy_addr).await);
+    let status = policy
+        .watch_outbound(OutboundRequest {
+            name: "bank.bank".into(),
+            caller_namespace: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = policy
+        .watch_inbound(InboundRequest {
+            namespace: "bank".into(),
+            workload: "bank".into(),
+            port: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    // Refused even for a request that would otherwise be invalid: nothing is looked at first.
+    let status = policy
+        .watch_inbound(InboundRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+}
+
+#[tokio::test]
+async fn inbound_policy_goes_only_to_the_workloads_own_identity() {
+    let h = harness().await;
+    // A valid leaf of another workload (minted by the issuer, as a compromised workload holds),
+    // asking for the bank's inbound policy: who may call the bank is not its business.
+    for caller in [
+        "spiffe://cluster.local/ns/order/sa/customers",
+        CARD,
+        // The bank's service account name in another namespace.
+        "spiffe://cluster.local/ns/card/sa/bank",
+    ] {
+        let mut client = PolicyClient::new(h.channel_as(h.control.policy_addr, &id(caller)).await);
+        let status = client
+            .watch_inbound(InboundRequest {
+                namespace: "bank".into(),
+                workload: "bank".into(),
+                port: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{caller}: {status:?}"
+        );
+        assert!(status.message().contains(caller), "{status:?}");
+        // The same caller still gets what any proxy may see.
+        let mut outbound = client
+            .watch_outbound(OutboundRequest {
+                name: "bank.bank".into(),
+                caller_namespace: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = tokio::time::timeout(WAIT, outbound.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(first.exists);
+    }
+    // A workload that is not declared: refused too, even to a matching identity.
+    let ghost = "spiffe://cluster.local/ns/ghost/sa/ghost";
+    let mut client = PolicyClient::new(h.channel_as(h.control.policy_addr, &id(ghost)).await);
+    let status = client
+        .watch_inbound(InboundRequest {
+            namespace: "ghost".into(),
+            workload: "ghost".into(),
+            port: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
+
+#[tokio::test]
+async fn renewal_of_an_undeclared_id_is_refused() {
+    let h = harness().await;
+    // A leaf for an id declared nowhere, minted by the issuer: it must not renew itself.
+    let ghost = id("spiffe://cluster.local/ns/ghost/sa/ghost");
+    let creds = h.mint(&ghost);
+    let config = creds.client_config(&h.control.id, &[b"h2"]);
+    let mut client =
+        IdentityClient::new(tls_channel(h.control.identity_addr, config, &h.control.id).await);
+    let status = client
+        .certify(CertifyRequest {
+            csr: creds.key().csr_der(&ghost).unwrap(),
+            token: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("spiffe://cluster.local/ns/ghost/sa/ghost is not declared"),
+        "{status:?}"
+    );
+
+    // The bank, declared, renews by leaf; once removed from mesh.yaml it no longer does.
+    let bank = id(BANK);
+    let creds = h.mint(&bank);
+    let config = creds.client_config(&h.control.id, &[b"h2"]);
+    let mut client =
+        IdentityClient::new(tls_channel(h.control.identity_addr, config, &h.control.id).await);
+    let renew = || CertifyRequest {
+        csr: creds.key().csr_der(&bank).unwrap(),
+        token: String::new(),
+    };
+    client.certify(renew()).await.unwrap();
+    let without_bank = MESH
+        .replace("serviceAccount: bank", "serviceAccount: vault")
+        .replace(
+            "from: {identities: [spiffe://cluster.local/ns/card/sa/card]}",
+            "from: {namespaces: [card]}",
+        );
+    replace(&h.mesh(), &without_bank);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match client.certify(renew()).await {
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(POLL_INTERVAL / 2).await;
+            }
+            Ok(_) => panic!("the bank still renews after its service account changed"),
+            Err(status) => {
+                assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+                assert!(status.message().contains("not declared"), "{status:?}");
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_id_is_refused_by_token_and_by_leaf() {
+    let h = harness().await;
+    let bank = id(BANK);
+    let key = WorkloadKey::generate().unwrap();
+    let mut bootstrap = IdentityClient::new(h.channel(h.control.identity_addr).await);
+    let first = bootstrap
+        .certify(CertifyRequest {
+            csr: key.csr_der(&bank).unwrap(),
+            token: "t-bank".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let issued = Issued::from_chain_pem(&first.chain_pem).unwrap();
+    let creds =
+        CredentialStore::new(bank.clone(), key.clone(), issued, h.control.bundle.clone()).unwrap();
+
+    // The operator revokes the bank while the control plane is down; it starts again.
+    let Harness {
+        control,
+        dir,
+        _cleanup,
+        _watcher,
+        ..
+    } = h;
+    control.shutdown().await;
+    drop(_watcher);
+    assert!(Revocations::load(&dir).unwrap().revoke(&bank).unwrap());
+    let h = harness_in(dir).await;
+
+    let mut bootstrap = IdentityClient::new(h.channel(h.control.identity_addr).await);
+    let status = bootstrap
+        .certify(CertifyRequest {
+            csr: key.csr_der(&bank).unwrap(),
+            token: "t-bank".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
+
+    let config = creds.client_config(&h.control.id, &[b"h2"]);
+    let mut client =
+        IdentityClient::new(tls_channel(h.control.identity_addr, config, &h.control.id).await);
+    let status = client
+        .certify(CertifyRequest {
+            csr: key.csr_der(&bank).unwrap(),
+            token: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
+
+    // The card is not affected.
+    let card_key = WorkloadKey::generate().unwrap();
+    bootstrap
+        .certify(CertifyRequest {
+            csr: card_key.csr_der(&id(CARD)).unwrap(),
+            token: "t-card".into(),
+        })
+        .await
+        .unwrap();
+    drop(_cleanup);
+}
+
+#[tokio::test]
+async fn token_bindings_survive_a_restart() {
+    let h = harness().await;
+    let bank = id(BANK);
+    let key = WorkloadKey::generate().unwrap();
+    let certify = |key: &WorkloadKey| CertifyRequest {
+        csr: key.csr_der(&bank).unwrap(),
+        token: "t-bank".into(),
+    };
+    let mut client = IdentityClient::new(h.channel(h.control.identity_addr).await);
+    client.certify(certify(&key)).await.unwrap();
+
+    // A new control plane over the same state directory.
+    let Harness {
+        control,
+        dir,
+        _cleanup,
+        _watcher,
+        ..
+    } = h;
+    control.shutdown().await;
+    drop(_watcher);
+    let h = harness_in(dir).await;
+    let mut client = IdentityClient::new(h.channel(h.control.identity_addr).await);
+
+    // A thief with the token but another key is still refused...
+    let thief = WorkloadKey::generate().unwrap();
+    let status = client.certify(certify(&thief)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("another key"), "{status:?}");
+    // ...and the proxy that kept its key still gets its certificate by token.
+    let renewed = client.certify(certify(&key)).await.unwrap().into_inner();
+    assert_eq!(renewed.identity, BANK);
+    drop(_cleanup);
+}
+
+/// Reads until end of file or `within`; true when the server closed the connection in time.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_strangers_connection_is_closed_soon_and_a_proxys_kept() {
+    let h = harness().await;
+    let connect = |config: Arc<rustls::ClientConfig>| {
+        let addr = h.control.destination_addr;
+        let name = h.control.id.tls_server_name();
+        async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            TlsConnector::from(config).connect(name, tcp).await.unwrap()
+        }
+    };
+    let started = Instant::now();
+    let mut stranger = connect(bootstrap_client_config(
+        &h.control.bundle,
+        &h.control.id,
+        &[b"h2"],
+    ))
+    .await;
+    let mut proxy = connect(h.mint(&id(CARD)).client_config(&h.control.id, &[b"h2"])).await;
+    assert!(
+        closed_within(&mut stranger, WAIT).await,
+        "a connection without a certificate is closed"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= onemesh_control::limits::UNAUTHENTICATED_LIFETIME
+            && took < onemesh_control::limits::UNAUTHENTICATED_LIFETIME * 3,
+        "closed after {took:?}"
+    );
+    assert!(
+        !closed_within(&mut proxy, Duration::from_secs(2)).await,
+        "a proxy's connection stays open"
+    );
+}
+
+#[tokio::test]
+async fn every_listener_announces_its_http2_limits() {
+    use onemesh_control::limits;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness().await;
+    for addr in [
+        h.control.identity_addr,
+        h.control.destination_addr,
+        h.control.policy_addr,
+    ] {
+        let config = h.mint(&id(CARD)).client_config(&h.control.id, &[b"h2"]);
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = TlsConnector::from(config)
+            .connect(h.control.id.tls_server_name(), tcp)
+            .await
+            .unwrap();
+        // The client preface and an empty SETTINGS frame, by hand.
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        // The server's first frame is its SETTINGS.
+        let mut header = [0u8; 9];
+        tokio::time::timeout(WAIT, tls.read_exact(&mut header))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(header[3], 0x4, "a SETTINGS frame: {header:?}");
+        let len =
+            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+        let mut payload = vec![0u8; len];
+        tls.read_exact(&mut payload).await.unwrap();
+        let settings: std::collections::BTreeMap<u16, u32> = payload
+            .chunks_exact(6)
+            .map(|c| {
+                (
+                    u16::from_be_bytes([c[0], c[1]]),
+                    u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+                )
+            })
+            .collect();
+        // SETTINGS_MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_HEADER_LIST_SIZE.
+        assert_eq!(
+            settings.get(&0x3),
+            Some(&limits::MAX_CONCURRENT_STREAMS),
+            "{settings:?}"
+        );
+        assert_eq!(
+            settings.get(&0x4),
+            Some(&limits::INITIAL_STREAM_WINDOW),
+            "{settings:?}"
+        );
+        assert_eq!(
+            settings.get(&0x6),
+            Some(&limits::MAX_HEADER_LIST_SIZE),
+            "{settings:?}"
+        );
+        // MAX_FRAME_SIZE: absent means the protocol's default, 16 KiB.
+        assert_eq!(
+            settings.get(&0x5).copied().unwrap_or(16_384),
+            limits::MAX_FRAME_SIZE
+        );
+    }
 }

@@ -253,7 +253,7 @@ impl Issuer {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        params.serial_number = Some(random_serial());
+        params.serial_number = Some(random_serial()?);
         params.not_before = not_before.into();
         params.not_after = not_after.into();
         let leaf = params
@@ -365,7 +365,7 @@ fn ca_params(
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    params.serial_number = Some(random_serial());
+    params.serial_number = Some(random_serial()?);
     params.not_before = not_before.into();
     params.not_after = not_after.into();
     Ok(params)
@@ -403,15 +403,20 @@ fn check_validity(not_before: SystemTime, not_after: SystemTime) -> Result<(), E
     Ok(())
 }
 
-/// A positive 16-byte serial number. Uniqueness, not secrecy, is what matters here.
-fn random_serial() -> SerialNumber {
+/// A positive 16-byte serial number from the operating system's cryptographic RNG (ring's
+/// `SystemRandom`, i.e. getrandom): 126 bits of entropy after the two fixed bits below, well
+/// above the 64 that the CA/Browser Forum asks for, and within RFC 5280's 20 octets. Serials
+/// must be unique and unpredictable (a predictable serial helps forge a colliding certificate),
+/// so they never come from a general-purpose generator.
+pub(crate) fn random_serial() -> Result<SerialNumber, Error> {
+    use ring::rand::SecureRandom;
     let mut bytes = [0u8; 16];
-    for b in &mut bytes {
-        *b = fastrand::u8(..);
-    }
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Error::Random)?;
     // Positive (top bit clear) and without a leading zero byte, so the DER INTEGER is minimal.
     bytes[0] = (bytes[0] & 0x7f) | 0x01;
-    SerialNumber::from_slice(&bytes)
+    Ok(SerialNumber::from_slice(&bytes))
 }
 
 fn first_cert(pem_text: &str, what: &'static str) -> Result<CertificateDer<'static>, Error> {

@@ -79,4 +79,8 @@ pub enum Error {
     IdMismatch { expected: SpiffeId, found: SpiffeId },
     #[error("{what} certificate has no spiffe id uri san: {reason}")]
     NoSpiffeId { what: &'static str, reason: String },
+    #[error(
+        "the system's cryptographic random number generator failed: check that getrandom(2) or /dev/urandom is available to this process"
+    )]
+    Random,
 }

@@ -450,3 +450,25 @@ fn a_csr_cannot_ask_for_a_ca_or_extra_usages() {
     let eku = leaf.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.server_auth && eku.client_auth && !eku.code_signing);
 }
+
+#[test]
+fn serials_are_positive_16_byte_and_never_repeat() {
+    use x509_parser::prelude::X509Certificate;
+    let pki = Pki::new("cluster.local");
+    let id = pki.id("order", "web");
+    let mut seen = std::collections::BTreeSet::new();
+    // The anchor, the issuer (second in a leaf's chain), then leaves.
+    let mut certs: Vec<CertificateDer<'static>> = pki.anchor.bundle().roots().to_vec();
+    certs.push(pki.issue(&id).1.chain[1].clone());
+    for _ in 0..64 {
+        certs.push(pki.issue(&id).1.chain[0].clone());
+    }
+    for der in &certs {
+        let (_, cert) = X509Certificate::from_der(der).unwrap();
+        let raw = cert.raw_serial();
+        assert_eq!(raw.len(), 16, "serial {raw:02x?}");
+        assert_eq!(raw[0] & 0x80, 0, "positive (RFC 5280)");
+        assert_ne!(raw[0], 0, "minimal DER integer");
+        assert!(seen.insert(raw.to_vec()), "serial repeated");
+    }
+}

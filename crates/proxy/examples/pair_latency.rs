@@ -203,10 +203,10 @@ async fn main() {
             ("ONEMESH_PROXY_STATIC_CONFIG", path.display().to_string()),
         ]
     };
-    let (mut server, _, inbound) = spawn_proxy(&common(
-        "bank",
-        r#"{"inbound": {"authorizations": [{"name": "all", "namespaces": ["pg"]}]}}"#,
-    ));
+    let server_cfg = format!(
+        r#"{{"inbound": {{"ports": [{app_port}], "authorizations": [{{"name": "all", "namespaces": ["pg"]}}]}}}}"#
+    );
+    let (mut server, _, inbound) = spawn_proxy(&common("bank", &server_cfg));
     let client_cfg = format!(
         r#"{{"services": [{{"name": "web", "namespace": "bank", "endpoints": [{{"addr": "{inbound}",
             "target_port": {app_port}, "identity": "spiffe://cluster.local/ns/bank/sa/bank",

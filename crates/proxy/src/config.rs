@@ -78,6 +78,11 @@ pub const DEFAULT_MAX_HEADER_BYTES: &str = "65536";
 pub const ENV_SHUTDOWN_GRACE: &str = "ONEMESH_PROXY_SHUTDOWN_GRACE";
 /// Default shutdown grace.
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
+/// How long a spliced stream (opaque TCP, or an upgraded connection such as a WebSocket) may
+/// move no byte in either direction before the proxy closes it.
+pub const ENV_STREAM_IDLE_TIMEOUT: &str = "ONEMESH_PROXY_STREAM_IDLE_TIMEOUT";
+/// Default stream idle timeout.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: &str = "1h";
 /// Comma-separated ports whose traffic skips protocol detection (carried as opaque TCP).
 pub const ENV_OPAQUE_PORTS: &str = "ONEMESH_PROXY_OPAQUE_PORTS";
 /// Default opaque ports: SMTP, MySQL, PostgreSQL, Redis, memcached and others that speak first
@@ -117,6 +122,13 @@ pub const ENV_CONTROL_ID: &str = "ONEMESH_PROXY_CONTROL_ID";
 /// Control-plane mode: the bootstrap token sent with every certificate signing request
 /// (required in that mode; `onemesh up` hands one to each proxy).
 pub const ENV_IDENTITY_TOKEN: &str = "ONEMESH_PROXY_IDENTITY_TOKEN";
+/// Control-plane mode: a directory of this proxy's own where it keeps its private key, its leaf,
+/// the trust bundle and the last configuration the control plane sent (see
+/// [`crate::state_dir`]), so that a restarted proxy is ready at once, also while the control plane
+/// is down. Made with mode 0700 when missing. Unset: nothing is kept, and a restarted proxy makes a
+/// new key, which its bootstrap token (bound to the first key) will not certify. `onemesh up` sets
+/// it; in Kubernetes it is a memory-backed `emptyDir`.
+pub const ENV_STATE_DIR: &str = "ONEMESH_PROXY_STATE_DIR";
 /// The control plane's namespace and service account in its default SPIFFE id.
 pub const DEFAULT_CONTROL_NAMESPACE: &str = "onemesh";
 /// See [`DEFAULT_CONTROL_NAMESPACE`].
@@ -187,6 +199,8 @@ pub struct ControlPlaneConfig {
     pub id: SpiffeId,
     /// See [`ENV_IDENTITY_TOKEN`].
     pub token: String,
+    /// See [`ENV_STATE_DIR`].
+    pub state_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for ControlPlaneConfig {
@@ -198,6 +212,7 @@ impl fmt::Debug for ControlPlaneConfig {
             .field("policy_addr", &self.policy_addr)
             .field("id", &self.id)
             .field("token", &"<redacted>")
+            .field("state_dir", &self.state_dir)
             .finish()
     }
 }
@@ -237,6 +252,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// See [`ENV_SHUTDOWN_GRACE`].
     pub shutdown_grace: Duration,
+    /// See [`ENV_STREAM_IDLE_TIMEOUT`].
+    pub stream_idle_timeout: Duration,
     /// See [`ENV_OPAQUE_PORTS`].
     pub opaque_ports: BTreeSet<u16>,
     /// See [`ENV_LOG`].
@@ -475,6 +492,7 @@ fn control_plane(p: &mut Parser<'_>, identity: Option<&SpiffeId>) -> Option<Cont
         policy_addr: policy_addr?,
         id: id?,
         token: token?,
+        state_dir: p.raw(ENV_STATE_DIR).map(PathBuf::from),
     })
 }
 
@@ -540,6 +558,11 @@ impl Config {
                 .ok_or_else(|| "must be a byte count between 8192 and 1048576".to_string())
         });
         let shutdown_grace = p.parse(ENV_SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE, parse_duration);
+        let stream_idle_timeout = p.parse(
+            ENV_STREAM_IDLE_TIMEOUT,
+            DEFAULT_STREAM_IDLE_TIMEOUT,
+            positive_duration,
+        );
         let opaque_ports = p.parse(ENV_OPAQUE_PORTS, DEFAULT_OPAQUE_PORTS, ports);
         let control = control_plane(&mut p, identity.as_ref());
         let log = p.raw(ENV_LOG).unwrap_or_else(|| DEFAULT_LOG.to_string());
@@ -572,6 +595,7 @@ impl Config {
             header_read_timeout,
             max_header_bytes,
             shutdown_grace,
+            stream_idle_timeout,
             opaque_ports,
             log_format,
             cores,
@@ -589,6 +613,7 @@ impl Config {
                 Some(header_read_timeout),
                 Some(max_header_bytes),
                 Some(shutdown_grace),
+                Some(stream_idle_timeout),
                 Some(opaque_ports),
                 Some(log_format),
                 Some(cores),
@@ -610,6 +635,7 @@ impl Config {
                 header_read_timeout,
                 max_header_bytes,
                 shutdown_grace,
+                stream_idle_timeout,
                 opaque_ports,
                 log,
                 log_format,

@@ -12,7 +12,8 @@
 //!   routes) or "not in the mesh" (egress passthrough). A control-plane client returns a receiver
 //!   at once and keeps sending updates; the data path reads `borrow()` per request, which is an
 //!   `Arc` clone.
-//! - [`InboundPolicy::authorizations`] gives a watch of the [`Authorizations`] in force.
+//! - [`InboundPolicy::authorizations`] gives a watch of the [`Authorizations`] in force, with the
+//!   workload's declared ports (the only ports the inbound forwards to).
 //! - [`Certifier::certify`] turns a CSR (DER) into an [`Issued`] chain. The private key never
 //!   leaves the proxy.
 //!

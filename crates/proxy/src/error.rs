@@ -4,8 +4,8 @@
 //!
 //! | status | reasons |
 //! |---|---|
-//! | 400 | `malformed` (bad request head, missing host) |
-//! | 403 | `forbidden` (policy) |
+//! | 400 | `malformed` (bad request head, missing host), `ambiguous_path` (inbound: a path the app could read differently from policy, see [`crate::path`]), `h2c_upgrade` (an `Upgrade: h2c` / `HTTP2-Settings` request, both directions) |
+//! | 403 | `forbidden` (policy), `undeclared_port`, `proxy_port` (inbound: the transport header names a port that is not declared, or one of the proxy's own) |
 //! | 408 | `header_timeout` (slow client) |
 //! | 431 | `header_too_large` |
 //! | 502 | `connect_failed`, `tls_failed`, `upstream_failed`, `loop_detected` |
@@ -22,6 +22,8 @@ use http::{HeaderValue, Response, StatusCode};
 use onemesh_identity::HandshakeFailure;
 
 use crate::body::{self, Body};
+use crate::path::AmbiguousPath;
+use crate::policy::PortRefusal;
 
 /// The response header naming the proxy's error reason.
 pub const ERROR_HEADER: &str = "onemesh-error";
@@ -40,6 +42,20 @@ pub enum ProxyError {
     /// The request head could not be understood.
     #[error("malformed request: {0}")]
     Malformed(&'static str),
+    /// The request path could be read differently by the app than by policy.
+    #[error("ambiguous request path: {0}")]
+    AmbiguousPath(#[from] AmbiguousPath),
+    /// The request asks to upgrade to cleartext HTTP/2, which would tunnel requests past the
+    /// proxy.
+    #[error(
+        "upgrading to h2c is not supported through the mesh (later requests would bypass policy); \
+         speak HTTP/2 with prior knowledge, or HTTP/1.1 without the Upgrade: h2c and \
+         HTTP2-Settings headers"
+    )]
+    H2cUpgrade,
+    /// The inbound does not forward to the port the connection names.
+    #[error("the inbound does not forward there: {0}")]
+    Port(#[from] PortRefusal),
     /// The request head is larger than allowed.
     #[error("request headers are larger than {0} bytes")]
     HeaderTooLarge(usize),
@@ -100,6 +116,15 @@ impl ProxyError {
         let (status, reason) = match self {
             ProxyError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             ProxyError::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed"),
+            ProxyError::AmbiguousPath(_) => (StatusCode::BAD_REQUEST, "ambiguous_path"),
+            ProxyError::H2cUpgrade => (StatusCode::BAD_REQUEST, "h2c_upgrade"),
+            ProxyError::Port(refusal) => {
+                let status = match refusal {
+                    PortRefusal::Undeclared(_) | PortRefusal::ProxyPort(_) => StatusCode::FORBIDDEN,
+                    PortRefusal::NoOriginalDst => StatusCode::BAD_REQUEST,
+                };
+                (status, refusal.reason())
+            }
             ProxyError::HeaderTooLarge(_) => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "header_too_large",
@@ -126,6 +151,9 @@ impl ProxyError {
             ProxyError::Connect { .. } | ProxyError::Tls { .. } | ProxyError::Upstream(_) => true,
             ProxyError::Forbidden { .. }
             | ProxyError::Malformed(_)
+            | ProxyError::AmbiguousPath(_)
+            | ProxyError::H2cUpgrade
+            | ProxyError::Port(_)
             | ProxyError::HeaderTooLarge(_)
             | ProxyError::HeaderTimeout(_)
             | ProxyError::NoEndpoints(_)
@@ -167,6 +195,22 @@ mod tests {
                 "forbidden",
             ),
             (ProxyError::Malformed("x"), 400, "malformed"),
+            (
+                ProxyError::AmbiguousPath(AmbiguousPath::DotSegment),
+                400,
+                "ambiguous_path",
+            ),
+            (ProxyError::H2cUpgrade, 400, "h2c_upgrade"),
+            (
+                ProxyError::Port(PortRefusal::Undeclared(9)),
+                403,
+                "undeclared_port",
+            ),
+            (
+                ProxyError::Port(PortRefusal::ProxyPort(9)),
+                403,
+                "proxy_port",
+            ),
             (ProxyError::HeaderTooLarge(1), 431, "header_too_large"),
             (ProxyError::NoEndpoints("a".into()), 503, "no_endpoints"),
             (ProxyError::NotReady("no certificate"), 503, "not_ready"),

@@ -1,14 +1,20 @@
 //! HTTP helpers shared by both directions: hop-by-hop header handling, upgrade detection, the
 //! original-protocol header and response classification.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use crate::io::ByteCounters;
-use crate::metrics::Classification;
+use crate::io::{ByteCounters, SpliceError};
+use crate::metrics::{Classification, Direction, Metrics};
+
+/// The `proxy_error_total` reason of a spliced stream closed for idleness.
+pub const IDLE_TIMEOUT_REASON: &str = "stream_idle_timeout";
 
 /// Request header carrying the application's original HTTP version across the h2 hop between
 /// proxies (`HTTP/1.1` or `HTTP/1.0`); absent means the application spoke HTTP/2.
@@ -38,6 +44,28 @@ pub fn take(headers: &mut HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
     } else {
         None
     }
+}
+
+/// `HTTP2-Settings`, sent with an `Upgrade: h2c` request.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Whether the request asks to upgrade to cleartext HTTP/2: its `Upgrade` header lists `h2c`,
+/// or it carries `HTTP2-Settings`. Such an upgrade would turn the connection into an HTTP/2
+/// tunnel whose later requests no proxy sees, so both directions refuse it. One pass over the
+/// header names; a value is read only for an `Upgrade` header.
+pub fn is_h2c_upgrade(headers: &HeaderMap) -> bool {
+    headers.iter().any(|(name, value)| {
+        (*name == header::UPGRADE
+            && value.to_str().is_ok_and(|v| {
+                v.split(',').any(|t| {
+                    let t = t.trim();
+                    // `h2c`, or a versioned spelling of it (`h2c/1`)
+                    t.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("h2c"))
+                        && matches!(t.as_bytes().get(3), None | Some(b'/'))
+                })
+            }))
+            || *name == HTTP2_SETTINGS
+    })
 }
 
 /// Whether the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
@@ -124,9 +152,17 @@ pub fn classify<B>(rsp: &Response<B>) -> Classification {
     }
 }
 
-/// After a `101 Switching Protocols`, joins the two upgraded streams and copies bytes both ways.
-/// (The bytes are counted by the accepted connection's [`crate::io::CountingIo`], if any.)
-pub fn splice_upgrades(client: OnUpgrade, upstream: OnUpgrade) {
+/// After a `101 Switching Protocols`, joins the two upgraded streams and copies bytes both ways
+/// until both close, or no byte moved for `idle` (counted in `proxy_error_total` with reason
+/// `stream_idle_timeout`). (The bytes are counted by the accepted connection's
+/// [`crate::io::CountingIo`], if any.)
+pub fn splice_upgrades(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    metrics: Arc<Metrics>,
+    direction: Direction,
+) {
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
@@ -137,7 +173,12 @@ pub fn splice_upgrades(client: OnUpgrade, upstream: OnUpgrade) {
         };
         let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
-        let _ = crate::io::splice(&mut client, &mut upstream, &ByteCounters::default()).await;
+        let spliced =
+            crate::io::splice(&mut client, &mut upstream, &ByteCounters::default(), idle).await;
+        if let Err(error @ SpliceError::Idle(_)) = spliced {
+            debug!(%error, "upgraded stream closed");
+            metrics.error(direction, IDLE_TIMEOUT_REASON);
+        }
     });
 }
 

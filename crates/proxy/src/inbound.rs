@@ -10,15 +10,31 @@
 //!    [`SpiffeId`], then read the [`TransportHeader`] (protocol + target port);
 //!    plain: the target port is the original destination's (iptables); without one the
 //!    connection is refused; then detect the protocol;
-//! 3. policy ([`crate::policy::authorize`]): per request for HTTP (403 `forbidden` naming the
+//! 3. target port ([`crate::policy::check_port`], once per connection): only the workload's
+//!    declared ports, never the proxy's own listeners (inbound, outbound, admin, tcp forwards),
+//!    else nothing is forwarded: a mesh HTTP connection gets `403` with `onemesh-error:
+//!    undeclared_port` / `proxy_port` for each request, opaque and plain connections are closed;
+//!    counted in `proxy_error_total` once per connection, logged at debug (and a warning at most
+//!    once a minute). Before the first policy nothing is declared, so nothing is forwarded;
+//! 4. per HTTP request, before policy: an `Upgrade: h2c` / `HTTP2-Settings` request is refused
+//!    (`400 h2c_upgrade`: it would open a tunnel no policy sees), and so is a path the app could
+//!    read differently from policy (`400 ambiguous_path`, [`crate::path`]); the path that policy
+//!    matches is then exactly the path the app receives;
+//! 5. policy ([`crate::policy::authorize`]): per request for HTTP (403 `forbidden` naming the
 //!    caller and policy), per connection for opaque TCP (closed and counted);
-//! 4. forward to `ONEMESH_PROXY_INBOUND_APP_HOST:<target port>`: HTTP/1.1 to an HTTP/1.1 app
+//! 6. forward to `ONEMESH_PROXY_INBOUND_APP_HOST:<target port>`: HTTP/1.1 to an HTTP/1.1 app
 //!    (an HTTP/1.1 mesh connection, or the `onemesh-orig-proto` header on HTTP/2, says so) on a
 //!    pooled connection ([`crate::pool`]), HTTP/2 to an h2/gRPC app, upgrades spliced, opaque
-//!    bytes copied. The caller's identity goes to the app in `onemesh-client-id` (any such header
-//!    from outside is removed).
+//!    bytes copied (both closed after `ONEMESH_PROXY_STREAM_IDLE_TIMEOUT` without a byte). The
+//!    caller's identity goes to the app in `onemesh-client-id` (any such header from outside is
+//!    removed).
+//!
+//! A policy update that removes a declared port applies to connections opened after it; one
+//! already open keeps its port until it closes (the check is per connection, so that requests
+//! pay nothing for it).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -38,13 +54,13 @@ use crate::detect::{self, Detected};
 use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::http_util::{self, CLIENT_ID, EGRESS_ID, ORIG_PROTO};
-use crate::io::{CountingIo, PrefixedIo};
+use crate::io::{CountingIo, PrefixedIo, SpliceError};
 use crate::metrics::{
     Classification, DenyLabels, Direction, EdgeLabels, Metrics, ReasonLabels, RouteLabels,
     RouteMetrics, Tls,
 };
 use crate::orig_dst::original_dst;
-use crate::policy::{Authorizations, authorize};
+use crate::policy::{Authorizations, PortRefusal, authorize, check_port, plain_target};
 use crate::pool::{self, Http1Pool};
 use crate::server::{self, HttpLimits, HttpService};
 use crate::transport_header::{Protocol, TransportHeader};
@@ -66,6 +82,10 @@ pub struct InboundSettings {
     pub namespace: Arc<str>,
     /// This workload's name.
     pub workload: Arc<str>,
+    /// The proxy's own listening ports (inbound, outbound, admin, tcp forwards): never a target.
+    pub proxy_ports: Vec<u16>,
+    /// How long a spliced stream may move no byte before it is closed.
+    pub stream_idle_timeout: Duration,
 }
 
 /// How the caller speaks HTTP on this connection.
@@ -111,6 +131,8 @@ struct Inner {
     /// HTTP/2 to an h2/gRPC application.
     plain: PlainClients,
     metrics: Arc<Metrics>,
+    /// Limits the warnings about refused target ports.
+    refusal_warnings: Throttle,
 }
 
 impl Inbound {
@@ -132,6 +154,7 @@ impl Inbound {
                 app: Http1Pool::with_idle_timeout(connect_timeout, APP_IDLE_TIMEOUT),
                 plain,
                 metrics,
+                refusal_warnings: Throttle::new(REFUSAL_WARNING_INTERVAL),
             }),
         }
     }
@@ -219,6 +242,21 @@ impl Inbound {
             }
         };
         let edge = self.edge(client.as_ref());
+        if let Err(refusal) = self.check_port(header.target_port) {
+            self.refuse_port(refusal, client.as_ref());
+            return match header.protocol {
+                // Each request is answered with the refusal, so the caller learns why.
+                Protocol::H2 => {
+                    let svc = refusal_service(refusal);
+                    server::serve_h2(tls, svc, self.inner.settings.limits, &drain).await;
+                }
+                Protocol::Http1 => {
+                    let svc = refusal_service(refusal);
+                    server::serve_http1(tls, svc, self.inner.settings.limits, &drain).await;
+                }
+                Protocol::Opaque => {}
+            };
+        }
         let conn = Conn {
             client_header: client
                 .as_ref()
@@ -267,19 +305,27 @@ impl Inbound {
 
     async fn plain(self, mut tcp: TcpStream, drain: Drain) {
         // Unauthenticated: only redirected connections have a target port.
-        let Some(dst) = original_dst(&tcp) else {
-            self.error("no_original_dst");
-            return;
+        let target = plain_target(
+            original_dst(&tcp),
+            &self.inner.policy.borrow().ports,
+            &self.inner.settings.proxy_ports,
+        );
+        let target_port = match target {
+            Ok(port) => port,
+            Err(PortRefusal::NoOriginalDst) => {
+                return self.error(PortRefusal::NoOriginalDst.reason());
+            }
+            Err(refusal) => return self.refuse_port(refusal, None),
         };
         let edge = self.edge(None);
         let mut conn = Conn {
             client: None,
             client_header: None,
-            target_port: dst.port(),
+            target_port,
             edge: edge.clone(),
             mode: Mode::Http1,
         };
-        if self.inner.settings.opaque_ports.contains(&dst.port()) {
+        if self.inner.settings.opaque_ports.contains(&target_port) {
             let guard = self.inner.metrics.open_tcp(edge);
             return self.opaque(tcp, &conn, guard).await;
         }
@@ -365,7 +411,37 @@ impl Inbound {
             }
         };
         let _ = upstream.set_nodelay(true);
-        let _ = crate::io::splice(&mut io, &mut upstream, guard.counters()).await;
+        let idle = self.inner.settings.stream_idle_timeout;
+        let spliced = crate::io::splice(&mut io, &mut upstream, guard.counters(), idle).await;
+        if let Err(error @ SpliceError::Idle(_)) = spliced {
+            tracing::debug!(%error, port = conn.target_port, "opaque stream closed");
+            self.error(http_util::IDLE_TIMEOUT_REASON);
+        }
+    }
+
+    /// Whether this connection's target port may be forwarded to (declared, not the proxy's).
+    fn check_port(&self, port: u16) -> Result<u16, PortRefusal> {
+        check_port(
+            &self.inner.policy.borrow().ports,
+            &self.inner.settings.proxy_ports,
+            port,
+        )
+    }
+
+    /// Counts and logs a refused target port (a warning at most once per interval: a caller
+    /// probing ports must not flood the log).
+    fn refuse_port(&self, refusal: PortRefusal, client: Option<&SpiffeId>) {
+        self.error(refusal.reason());
+        let caller = client.map_or("unauthenticated", SpiffeId::as_str);
+        match self.inner.refusal_warnings.allow() {
+            Some(suppressed) => tracing::warn!(
+                %caller,
+                suppressed,
+                "inbound connection refused: {refusal} (further refusals in the next minute are \
+                 logged at debug only; proxy_error_total counts them all)"
+            ),
+            None => tracing::debug!(%caller, "inbound connection refused: {refusal}"),
+        }
     }
 
     fn service(&self, conn: Conn) -> HttpService {
@@ -394,37 +470,49 @@ impl Inbound {
         let metrics = &self.inner.metrics;
         http.route.request();
         let start = Instant::now();
-        // policy
-        let decision = authorize(
-            &self.inner.policy.borrow().clone(),
-            &self.inner.settings.namespace,
-            conn.target_port,
-            conn.client.as_ref(),
-            Some((req.method(), req.uri().path())),
-        );
-        let result = if decision.allowed {
-            if let Some(v) = &conn.client_header {
-                req.headers_mut().insert(CLIENT_ID, v.clone());
-            }
-            let http1 = orig_proto.is_some() || conn.mode == Mode::Http1;
-            self.forward(http, req, http1).await
+        // requests no policy could see through (h2c), or read differently from the app
+        let checked = if http_util::is_h2c_upgrade(req.headers()) {
+            Err(ProxyError::H2cUpgrade)
         } else {
-            metrics
-                .authz_deny_total
-                .get_or_create(&DenyLabels {
-                    edge: conn.edge.clone(),
-                    policy: decision.policy.clone(),
-                    kind: "http",
+            crate::path::check(req.uri().path()).map_err(ProxyError::from)
+        };
+        // policy
+        let decision = checked.map(|path| {
+            authorize(
+                &self.inner.policy.borrow().clone(),
+                &self.inner.settings.namespace,
+                conn.target_port,
+                conn.client.as_ref(),
+                Some((req.method(), path)),
+            )
+        });
+        let result = match decision {
+            Err(err) => Err(err),
+            Ok(decision) if decision.allowed => {
+                if let Some(v) = &conn.client_header {
+                    req.headers_mut().insert(CLIENT_ID, v.clone());
+                }
+                let http1 = orig_proto.is_some() || conn.mode == Mode::Http1;
+                self.forward(http, req, http1).await
+            }
+            Ok(decision) => {
+                metrics
+                    .authz_deny_total
+                    .get_or_create(&DenyLabels {
+                        edge: conn.edge.clone(),
+                        policy: decision.policy.clone(),
+                        kind: "http",
+                    })
+                    .inc();
+                Err(ProxyError::Forbidden {
+                    caller: conn
+                        .client
+                        .as_ref()
+                        .map(|id| id.to_string())
+                        .unwrap_or_else(|| "unauthenticated".to_string()),
+                    policy: decision.policy.to_string(),
                 })
-                .inc();
-            Err(ProxyError::Forbidden {
-                caller: conn
-                    .client
-                    .as_ref()
-                    .map(|id| id.to_string())
-                    .unwrap_or_else(|| "unauthenticated".to_string()),
-                policy: decision.policy.to_string(),
-            })
+            }
         };
         match result {
             Ok(rsp) => {
@@ -519,13 +607,76 @@ impl Inbound {
             && rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS
         {
             let upstream = hyper::upgrade::on(&mut rsp);
-            http_util::splice_upgrades(client_upgrade, upstream);
+            http_util::splice_upgrades(
+                client_upgrade,
+                upstream,
+                self.inner.settings.stream_idle_timeout,
+                self.inner.metrics.clone(),
+                Direction::Inbound,
+            );
             return Ok(rsp);
         }
         if http.conn.mode == Mode::H2 {
             http_util::strip_hop_by_hop(rsp.headers_mut());
         }
         Ok(rsp)
+    }
+}
+
+/// Answers every request of a connection whose target port is refused with that refusal (and
+/// closes an HTTP/1 connection after the answer).
+fn refusal_service(refusal: PortRefusal) -> HttpService {
+    HttpService::new(move |_req: Request<Incoming>| async move {
+        let mut rsp = ProxyError::Port(refusal).to_response();
+        rsp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        rsp
+    })
+}
+
+/// How often a refused target port is logged as a warning (the others at debug).
+pub const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Lets one event through per interval, and counts the ones held back.
+#[derive(Debug)]
+struct Throttle {
+    start: Instant,
+    interval_ms: u64,
+    /// Milliseconds since `start` before which nothing more goes through.
+    next_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl Throttle {
+    fn new(interval: Duration) -> Self {
+        Self {
+            start: Instant::now(),
+            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            next_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(events held back since the last one let through)` when this one goes through.
+    fn allow(&self) -> Option<u64> {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_ms.load(Ordering::Relaxed);
+        let due = now >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now.saturating_add(self.interval_ms),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok();
+        if due {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
     }
 }
 
@@ -563,3 +714,6 @@ fn mesh_http1_limits(limits: HttpLimits) -> HttpLimits {
         ..limits
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,12 +1,16 @@
 //! Small I/O helpers shared by both directions: a stream that replays bytes already read
 //! (detection, transport header) before reading from the socket, and a byte-counting splice for
-//! opaque TCP and upgraded connections.
+//! opaque TCP and upgraded connections that closes both sides after an idle timeout
+//! (`ONEMESH_PROXY_STREAM_IDLE_TIMEOUT`), so a quiet spliced stream cannot hold its sockets for
+//! ever.
 //!
 //! Nothing here knows about TLS or HTTP; the callers own the metrics handles they pass in.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use pin_project_lite::pin_project;
@@ -204,23 +208,143 @@ pub struct ByteCounters {
     pub write: Counter,
 }
 
+/// Why a [`splice`] ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SpliceError {
+    /// No byte moved either way for the idle timeout.
+    #[error(
+        "no bytes in either direction for {0:?}, so the stream was closed; raise \
+         ONEMESH_PROXY_STREAM_IDLE_TIMEOUT if such streams are meant to stay quiet longer"
+    )]
+    Idle(Duration),
+    /// One side failed.
+    #[error("the spliced stream failed: {0}")]
+    Io(#[from] io::Error),
+}
+
 /// Copies bytes both ways between `accepted` and `upstream` until both directions are closed,
-/// adding the byte counts to `counters` when done. Returns (bytes from accepted, bytes to accepted).
+/// or until no byte has moved either way for `idle` ([`SpliceError::Idle`]: both are then
+/// dropped, which closes them). Bytes read from and written to `accepted` are added to
+/// `counters` as they move. Returns (bytes from accepted, bytes to accepted).
+///
+/// The idle clock costs one read of tokio's clock per read or write that moved bytes, and one
+/// timer per stream that is re-armed only when it fires.
 pub async fn splice<A, U>(
     accepted: &mut A,
     upstream: &mut U,
     counters: &ByteCounters,
-) -> io::Result<(u64, u64)>
+    idle: Duration,
+) -> Result<(u64, u64), SpliceError>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let result = tokio::io::copy_bidirectional(accepted, upstream).await;
-    if let Ok((from_accepted, to_accepted)) = result {
-        counters.read.inc_by(from_accepted);
-        counters.write.inc_by(to_accepted);
+    let activity = Activity::new();
+    let mut accepted = Watched {
+        inner: accepted,
+        activity: &activity,
+        counters: Some(counters),
+    };
+    let mut upstream = Watched {
+        inner: upstream,
+        activity: &activity,
+        counters: None,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut accepted, &mut upstream);
+    tokio::pin!(copy);
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut copy => return done.map_err(SpliceError::from),
+            () = &mut timer => {
+                let deadline = activity.last() + idle;
+                if deadline <= tokio::time::Instant::now() {
+                    return Err(SpliceError::Idle(idle));
+                }
+                timer.as_mut().reset(deadline);
+            }
+        }
     }
-    result
+}
+
+/// When bytes last moved on a splice (milliseconds since it started, on tokio's clock, so
+/// tests can pause it).
+struct Activity {
+    start: tokio::time::Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// One side of a splice: notes activity, and counts bytes when it is the accepted side.
+struct Watched<'a, I: ?Sized> {
+    inner: &'a mut I,
+    activity: &'a Activity,
+    counters: Option<&'a ByteCounters>,
+}
+
+impl<I: AsyncRead + Unpin + ?Sized> AsyncRead for Watched<'_, I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.activity.touch();
+            if let Some(c) = self.counters {
+                c.read.inc_by(n as u64);
+            }
+        }
+        result
+    }
+}
+
+impl<I: AsyncWrite + Unpin + ?Sized> AsyncWrite for Watched<'_, I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut *self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &result
+            && *n > 0
+        {
+            self.activity.touch();
+            if let Some(c) = self.counters {
+                c.write.inc_by(*n as u64);
+            }
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
 }
 
 pin_project! {

@@ -6,8 +6,9 @@
 //!   form or with a Host header, or any TCP redirected by iptables) goes out over mTLS to the
 //!   chosen endpoint's inbound proxy ([`outbound`]);
 //! - **inbound** (default `0.0.0.0:4143`): mTLS from other proxies is terminated, the caller's
-//!   SPIFFE id checked against policy, and the traffic forwarded plain to the local application
-//!   ([`inbound`]);
+//!   SPIFFE id checked against policy, and the traffic forwarded plain to the local application,
+//!   only to its declared ports and never to the proxy's own ([`inbound`]; request paths an app
+//!   could read differently from policy are refused first, [`path`]);
 //! - **admin** (default `127.0.0.1:4191`): `/metrics`, `/ready`, `/live` ([`admin`]).
 //!
 //! Between proxies, HTTP/2 and gRPC ride one multiplexed HTTP/2 connection per endpoint; HTTP/1
@@ -56,9 +57,11 @@ pub mod memory;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
+pub mod path;
 pub mod policy;
 pub mod pool;
 pub mod server;
+pub mod state_dir;
 pub mod static_config;
 mod timer;
 pub mod transport_header;
@@ -93,6 +96,10 @@ pub struct Sources {
     pub tcp_forwards: Vec<TcpForward>,
     /// Control-plane mode's state (readiness, `control_plane_connected`); `None` in static mode.
     pub control: Option<control::ControlPlane>,
+    /// The live trust bundle and issuer (control-plane mode).
+    pub trust: Option<control::TrustWatch>,
+    /// Where the proxy keeps its key, leaf and last configuration across restarts.
+    pub state_dir: Option<state_dir::StateDir>,
 }
 
 /// Why the proxy could not start.
@@ -115,6 +122,11 @@ pub enum BuildError {
     /// The identity task could not start.
     #[error(transparent)]
     Credentials(#[from] credentials::CredentialsError),
+    /// The operating system's cryptographic random number generator failed.
+    #[error(
+        "the system's random number generator failed: check that getrandom(2) or /dev/urandom is available to the proxy"
+    )]
+    Random,
 }
 
 impl Sources {
@@ -165,6 +177,8 @@ impl Sources {
             trust_bundle,
             tcp_forwards: loaded.tcp_forwards,
             control: None,
+            trust: None,
+            state_dir: None,
         })
     }
 }
@@ -204,7 +218,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, BuildError> {
 }
 
 /// Binds every listener, starts the identity task and serves. Returns once bound.
-pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError> {
+pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildError> {
     let metrics = Arc::new(metrics::Metrics::new());
     let drain = drain::Controller::new();
     let admin_stop = drain::Controller::new();
@@ -226,17 +240,29 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
     let outbound_addr = local(&outbound_listener, config.outbound_addr);
     let inbound_addr = local(&inbound_listener, config.inbound_addr);
     let admin_addr = local(&admin_listener, config.admin_addr);
+    // The inbound never forwards to the proxy's own listeners, whatever policy declares.
+    let mut proxy_ports = vec![outbound_addr.port(), inbound_addr.port(), admin_addr.port()];
+    for (_, l) in &forward_listeners {
+        proxy_ports.extend(l.local_addr().ok().map(|a| a.port()));
+    }
 
-    let credentials = credentials::spawn(
+    let credentials::Credentials {
+        store: credentials,
+        renew,
+    } = credentials::spawn(
         config.identity.clone(),
         sources.trust_bundle.clone(),
         sources.certifier.clone(),
         metrics.clone(),
         drain.handle(),
+        sources.state_dir.clone(),
     )?;
     if let Some(control) = &sources.control {
         // From now on the control-plane connections present this proxy's certificate.
         control.attach_credentials(credentials.clone());
+    }
+    if let Some(trust) = sources.trust.take() {
+        trust.spawn(credentials.clone(), renew);
     }
     let plain = client::PlainClients::new(config.connect_timeout);
     let mesh =
@@ -252,12 +278,13 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
             namespace: namespace.clone(),
             workload: workload.clone(),
             http1_transport: config.http1_transport,
+            stream_idle_timeout: config.stream_idle_timeout,
         },
         sources.discover.clone(),
         mesh,
         plain.clone(),
         metrics.clone(),
-    );
+    )?;
     let inbound = inbound::Inbound::new(
         inbound::InboundSettings {
             detect_timeout: config.detect_timeout,
@@ -267,6 +294,8 @@ pub async fn build(config: Config, sources: Sources) -> Result<Proxy, BuildError
             app_host: config.inbound_app_host,
             namespace,
             workload,
+            proxy_ports,
+            stream_idle_timeout: config.stream_idle_timeout,
         },
         credentials.clone(),
         sources.policy.authorizations(),

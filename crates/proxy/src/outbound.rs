@@ -19,6 +19,11 @@
 //! 5. opaque: resolve the original destination (or the tcp forward's service) and splice bytes
 //!    over mTLS (or plain, for egress).
 //!
+//! An `Upgrade: h2c` (or `HTTP2-Settings`) request is refused with `400 h2c_upgrade` before
+//! anything else: the app must not tunnel HTTP/2 through its own proxy, where no later request
+//! would be seen. Spliced streams (opaque, upgrades) are closed after
+//! `ONEMESH_PROXY_STREAM_IDLE_TIMEOUT` without a byte either way.
+//!
 //! Every failure on this path becomes a response through [`ProxyError::to_response`].
 
 use std::future::Future;
@@ -47,7 +52,7 @@ use crate::discover::{Discover, EndpointProtocol, Resolution, Service, Target};
 use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::http_util::{self, EGRESS_ID, ORIG_PROTO};
-use crate::io::PrefixedIo;
+use crate::io::{ByteCounters, PrefixedIo, SpliceError};
 use crate::metrics::{
     Classification, Direction, EdgeLabels, Metrics, ReasonLabels, RouteLabels, RouteMetrics, Tls,
 };
@@ -72,6 +77,8 @@ pub struct OutboundSettings {
     pub workload: Arc<str>,
     /// How the app's HTTP/1 requests travel to other proxies.
     pub http1_transport: Http1Transport,
+    /// How long a spliced stream may move no byte before it is closed.
+    pub stream_idle_timeout: std::time::Duration,
 }
 
 /// Limits retries to a fraction of requests: each request deposits [`RETRY_RATIO`] tokens (up to
@@ -204,15 +211,21 @@ struct Inner {
 }
 
 impl Outbound {
-    /// Builds the outbound side.
+    /// Builds the outbound side. Fails only when the OS's random number generator does (the
+    /// egress id comes from it).
     pub fn new(
         settings: OutboundSettings,
         discover: Arc<dyn Discover>,
         mesh: MeshClient,
         plain: PlainClients,
         metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, crate::BuildError> {
+        // From the OS's cryptographic RNG, once per process: not derivable from anything else
+        // the process made (fastrand is for jitter and balancer picks only).
+        let egress_id: [u8; 8] = ring::rand::generate(&ring::rand::SystemRandom::new())
+            .map_err(|_| crate::BuildError::Random)?
+            .expose();
+        Ok(Self {
             inner: Arc::new(Inner {
                 settings,
                 discover,
@@ -221,9 +234,9 @@ impl Outbound {
                 mesh,
                 plain,
                 metrics,
-                egress_id: HeaderValue::from(fastrand::u64(..)),
+                egress_id: HeaderValue::from(u64::from_ne_bytes(egress_id)),
             }),
-        }
+        })
     }
 
     fn retried(&self, outcome: &'static str) {
@@ -433,6 +446,10 @@ impl Outbound {
         req: Request<Body>,
         orig_dst: Option<SocketAddr>,
     ) -> Result<Response<Body>, ProxyError> {
+        // An h2c upgrade would tunnel later requests past this proxy, to a mesh service or not.
+        if http_util::is_h2c_upgrade(req.headers()) {
+            return Err(ProxyError::H2cUpgrade);
+        }
         // target: absolute URI, else Host header, else the original destination
         let host = req
             .uri()
@@ -559,7 +576,7 @@ impl Outbound {
                 && rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS
             {
                 let upstream = hyper::upgrade::on(&mut rsp);
-                http_util::splice_upgrades(client_upgrade, upstream);
+                self.splice_upgrades(client_upgrade, upstream);
                 return Ok(rsp.map(body::boxed));
             }
             strip_response(rsp.headers_mut());
@@ -646,7 +663,7 @@ impl Outbound {
                     && rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS
                 {
                     let upstream = hyper::upgrade::on(&mut rsp);
-                    http_util::splice_upgrades(client_upgrade, upstream);
+                    self.splice_upgrades(client_upgrade, upstream);
                 }
                 Ok(rsp.map(body::boxed))
             }
@@ -704,7 +721,7 @@ impl Outbound {
                     Some(load.server_id.clone()),
                     Tls::True,
                 ));
-                let _ = crate::io::splice(&mut io, &mut upstream, guard.counters()).await;
+                self.splice(&mut io, &mut upstream, guard.counters()).await;
             }
             Resolution::External => {
                 let dst = target.authority();
@@ -729,9 +746,40 @@ impl Outbound {
                     None,
                     Tls::NoIdentity,
                 ));
-                let _ = crate::io::splice(&mut io, &mut upstream, guard.counters()).await;
+                self.splice(&mut io, &mut upstream, guard.counters()).await;
             }
         }
+    }
+
+    /// Splices an opaque stream, counting an idle close.
+    async fn splice<A, U>(&self, io: &mut A, upstream: &mut U, counters: &ByteCounters)
+    where
+        A: AsyncRead + AsyncWrite + Unpin + Send,
+        U: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let idle = self.inner.settings.stream_idle_timeout;
+        if let Err(error @ SpliceError::Idle(_)) =
+            crate::io::splice(io, upstream, counters, idle).await
+        {
+            debug!(%error, "opaque stream closed");
+            self.inner
+                .metrics
+                .error(Direction::Outbound, http_util::IDLE_TIMEOUT_REASON);
+        }
+    }
+
+    fn splice_upgrades(
+        &self,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+    ) {
+        http_util::splice_upgrades(
+            client,
+            upstream,
+            self.inner.settings.stream_idle_timeout,
+            self.inner.metrics.clone(),
+            Direction::Outbound,
+        );
     }
 }
 

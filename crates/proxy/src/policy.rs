@@ -10,12 +10,25 @@
 //! with an empty `ports` list applies to every port. Routes (method + path prefix) only filter
 //! HTTP requests; an opaque TCP connection is allowed only by an authorization without routes.
 //!
+//! Routes match the raw request path, which must first pass [`crate::path::check`] (the type
+//! [`CheckedPath`] says it did): once ambiguous spellings (`..`, `%2f`, `;`, double encoding) are
+//! refused there is nothing left to normalize, and the path matched is exactly the path the
+//! application receives.
+//!
+//! The same snapshot carries the workload's **declared ports** ([`DeclaredPorts`]): the inbound
+//! forwards only to those, and never to the proxy's own ports ([`check_port`], and
+//! [`plain_target`] for redirected plain connections). Nothing is declared until the first
+//! policy arrives, so nothing is forwarded before then.
+//!
 //! [`authorize`] is a pure function over a snapshot, so the data path just reads the current
 //! `Arc<Authorizations>` from a watch and calls it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use onemesh_identity::SpiffeId;
+
+use crate::path::CheckedPath;
 
 /// The policy name of the default (no authorization names the port).
 pub const DEFAULT_SAME_NAMESPACE: &str = "default:same-namespace";
@@ -30,48 +43,15 @@ pub struct RouteMatch {
 }
 
 impl RouteMatch {
-    /// `path` must already be [`normalize`]d. The prefix matches whole segments: `/v1` matches
-    /// `/v1` and `/v1/pay`, never `/v1admin`.
-    fn matches(&self, method: &http::Method, path: &str) -> bool {
+    /// The prefix matches whole segments: `/v1` matches `/v1` and `/v1/pay`, never `/v1admin`.
+    fn matches(&self, method: &http::Method, path: CheckedPath<'_>) -> bool {
         let prefix = self.path_prefix.as_str();
-        let path_ok = match path.strip_prefix(prefix) {
-            Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?']),
+        let path_ok = match path.as_str().strip_prefix(prefix) {
+            Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
             None => false,
         };
         (self.methods.is_empty() || self.methods.contains(method)) && path_ok
     }
-}
-
-/// The path as an application would resolve it, for matching routes: the query dropped,
-/// percent-encoded dots decoded and dot segments removed (RFC 3986 §5.2.4), so `/v1/../admin`
-/// and `/v1/%2e%2e/admin` are both `/admin` and cannot borrow `/v1`'s authorization.
-pub fn normalize(path: &str) -> std::borrow::Cow<'_, str> {
-    let path = path.split_once('?').map_or(path, |(p, _)| p);
-    let suspicious = path.contains("/.") || path.contains('%');
-    if !suspicious {
-        return path.into();
-    }
-    let decoded = path.replace("%2e", ".").replace("%2E", ".");
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
-    for (i, seg) in segments.iter().enumerate() {
-        let last = i + 1 == segments.len();
-        match *seg {
-            "." => {
-                if last {
-                    out.push("");
-                }
-            }
-            ".." => {
-                out.pop();
-                if last {
-                    out.push("");
-                }
-            }
-            s => out.push(s),
-        }
-    }
-    format!("/{}", out.join("/")).into()
 }
 
 /// One authorization.
@@ -105,7 +85,7 @@ impl Authorization {
         }
     }
 
-    fn allows_request(&self, request: Option<(&http::Method, &str)>) -> bool {
+    fn allows_request(&self, request: Option<(&http::Method, CheckedPath<'_>)>) -> bool {
         match request {
             Some((method, path)) => {
                 self.routes.is_empty() || self.routes.iter().any(|r| r.matches(method, path))
@@ -115,11 +95,95 @@ impl Authorization {
     }
 }
 
-/// The authorizations in force for this workload.
+/// The authorizations in force for this workload, and the ports it declares.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Authorizations {
     /// All of them.
     pub list: Vec<Authorization>,
+    /// The only ports the inbound forwards to (none by default: nothing is forwarded).
+    pub ports: DeclaredPorts,
+}
+
+/// A workload's declared ports, sorted: the ports its application serves, as the inbound
+/// reaches them. Looked up once per connection (a binary search in a few entries).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeclaredPorts(Box<[u16]>);
+
+impl DeclaredPorts {
+    /// The ports, in any order, duplicates allowed.
+    pub fn new(ports: impl IntoIterator<Item = u16>) -> Self {
+        let mut ports: Vec<u16> = ports.into_iter().collect();
+        ports.sort_unstable();
+        ports.dedup();
+        Self(ports.into())
+    }
+
+    /// Whether `port` is declared.
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.binary_search(&port).is_ok()
+    }
+
+    /// The ports, ascending.
+    pub fn as_slice(&self) -> &[u16] {
+        &self.0
+    }
+}
+
+/// Why the inbound refuses to forward a connection to the port it names, before any byte is
+/// forwarded. Each becomes a bounded metric reason ([`PortRefusal::reason`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PortRefusal {
+    /// The port is not one of the workload's declared ports.
+    #[error(
+        "port {0} is not a declared port of this workload; if its app serves that port, declare \
+         it (a container port, or a Service's target port)"
+    )]
+    Undeclared(u16),
+    /// The port is one of the proxy's own listeners (inbound, outbound, admin, tcp forwards):
+    /// forwarding there would let a caller act as this workload.
+    #[error("port {0} is one of the proxy's own ports; the inbound never forwards to it")]
+    ProxyPort(u16),
+    /// A plain connection that was not redirected by iptables names no port at all.
+    #[error("the plain connection was not redirected, so it names no port; call through a proxy")]
+    NoOriginalDst,
+}
+
+impl PortRefusal {
+    /// The metric label (`proxy_error_total{reason}`) and `onemesh-error` value.
+    pub fn reason(self) -> &'static str {
+        match self {
+            PortRefusal::Undeclared(_) => "undeclared_port",
+            PortRefusal::ProxyPort(_) => "proxy_port",
+            PortRefusal::NoOriginalDst => "no_original_dst",
+        }
+    }
+}
+
+/// Whether the inbound may forward to `port`: it must be declared and must not be one of
+/// `proxy_ports` (the proxy's own listeners; refused even when declared).
+pub fn check_port(
+    declared: &DeclaredPorts,
+    proxy_ports: &[u16],
+    port: u16,
+) -> Result<u16, PortRefusal> {
+    if proxy_ports.contains(&port) {
+        return Err(PortRefusal::ProxyPort(port));
+    }
+    if !declared.contains(port) {
+        return Err(PortRefusal::Undeclared(port));
+    }
+    Ok(port)
+}
+
+/// The target port of a plain (unauthenticated) connection: its original destination's port,
+/// if it was redirected there and [`check_port`] allows it.
+pub fn plain_target(
+    original_dst: Option<SocketAddr>,
+    declared: &DeclaredPorts,
+    proxy_ports: &[u16],
+) -> Result<u16, PortRefusal> {
+    let dst = original_dst.ok_or(PortRefusal::NoOriginalDst)?;
+    check_port(declared, proxy_ports, dst.port())
 }
 
 /// The outcome of an authorization check.
@@ -131,17 +195,15 @@ pub struct Decision {
     pub policy: Arc<str>,
 }
 
-/// Decides whether `caller` may reach `port`; `request` is the HTTP method and path, or `None`
-/// for an opaque connection.
+/// Decides whether `caller` may reach `port`; `request` is the HTTP method and checked path, or
+/// `None` for an opaque connection.
 pub fn authorize(
     auths: &Authorizations,
     own_namespace: &str,
     port: u16,
     caller: Option<&SpiffeId>,
-    request: Option<(&http::Method, &str)>,
+    request: Option<(&http::Method, CheckedPath<'_>)>,
 ) -> Decision {
-    let normalized = request.map(|(m, p)| (m, normalize(p)));
-    let request = normalized.as_ref().map(|(m, p)| (*m, p.as_ref()));
     let mut in_force: Option<Arc<str>> = None;
     for auth in auths.list.iter().filter(|a| a.covers(port)) {
         if auth.admits(caller) && auth.allows_request(request) {
@@ -177,112 +239,4 @@ fn default_policy_name() -> Arc<str> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_are_normalized_before_matching() {
-        assert_eq!(normalize("/v1/pay?x=1"), "/v1/pay");
-        assert_eq!(normalize("/v1/../admin"), "/admin");
-        assert_eq!(normalize("/v1/%2e%2e/admin"), "/admin");
-        assert_eq!(normalize("/v1/%2E%2E/%2e/admin/"), "/admin/");
-        assert_eq!(normalize("/../../x"), "/x");
-        assert_eq!(normalize("/v1/."), "/v1/");
-        let get = http::Method::GET;
-        let v1 = RouteMatch {
-            methods: vec![],
-            path_prefix: "/v1".into(),
-        };
-        assert!(v1.matches(&get, "/v1"));
-        assert!(v1.matches(&get, "/v1/pay"));
-        assert!(
-            !v1.matches(&get, "/v1admin"),
-            "a prefix matches whole segments only"
-        );
-        let a = Authorizations {
-            list: vec![Authorization {
-                name: "v1-only".into(),
-                ports: vec![8080],
-                routes: vec![v1],
-                identities: vec![id("card")],
-                namespaces: vec![],
-                unauthenticated: false,
-            }],
-        };
-        for sneaky in ["/v1/../admin", "/v1/%2e%2e/admin", "/v1admin"] {
-            let d = authorize(&a, "bank", 8080, Some(&id("card")), Some((&get, sneaky)));
-            assert!(!d.allowed, "{sneaky} borrowed /v1's authorization");
-        }
-        assert!(authorize(&a, "bank", 8080, Some(&id("card")), Some((&get, "/v1/pay"))).allowed);
-    }
-
-    fn id(ns: &str) -> SpiffeId {
-        SpiffeId::new("cluster.local", ns, ns).unwrap()
-    }
-
-    fn allow_card() -> Authorizations {
-        Authorizations {
-            list: vec![Authorization {
-                name: "allow-card".into(),
-                ports: vec![8080],
-                routes: vec![RouteMatch {
-                    methods: vec![http::Method::POST],
-                    path_prefix: "/v1/".into(),
-                }],
-                identities: vec![id("card")],
-                namespaces: vec![],
-                unauthenticated: false,
-            }],
-        }
-    }
-
-    #[test]
-    fn default_allows_same_namespace_only() {
-        let none = Authorizations::default();
-        let d = authorize(&none, "bank", 8080, Some(&id("bank")), None);
-        assert!(d.allowed);
-        assert_eq!(&*d.policy, DEFAULT_SAME_NAMESPACE);
-        assert!(!authorize(&none, "bank", 8080, Some(&id("card")), None).allowed);
-        assert!(!authorize(&none, "bank", 8080, None, None).allowed);
-    }
-
-    #[test]
-    fn named_port_allows_only_listed_callers_and_routes() {
-        let a = allow_card();
-        let post = (&http::Method::POST, "/v1/pay");
-        let d = authorize(&a, "bank", 8080, Some(&id("card")), Some(post));
-        assert!(d.allowed);
-        assert_eq!(&*d.policy, "allow-card");
-        // same namespace is no longer enough once the port is named
-        let d = authorize(&a, "bank", 8080, Some(&id("bank")), Some(post));
-        assert!(!d.allowed);
-        assert_eq!(
-            &*d.policy, "allow-card",
-            "the 403 names the policy in force"
-        );
-        // wrong route
-        let get = (&http::Method::GET, "/v1/pay");
-        assert!(!authorize(&a, "bank", 8080, Some(&id("card")), Some(get)).allowed);
-        // opaque connection: the authorization has routes, so it does not allow raw TCP
-        assert!(!authorize(&a, "bank", 8080, Some(&id("card")), None).allowed);
-        // another port falls back to the default
-        assert!(authorize(&a, "bank", 9090, Some(&id("bank")), None).allowed);
-    }
-
-    #[test]
-    fn namespaces_and_unauthenticated() {
-        let a = Authorizations {
-            list: vec![Authorization {
-                name: "open".into(),
-                ports: vec![],
-                routes: vec![],
-                identities: vec![],
-                namespaces: vec!["pg".into()],
-                unauthenticated: true,
-            }],
-        };
-        assert!(authorize(&a, "bank", 1, Some(&id("pg")), None).allowed);
-        assert!(authorize(&a, "bank", 1, None, None).allowed);
-        assert!(!authorize(&a, "bank", 1, Some(&id("order")), None).allowed);
-    }
-}
+mod tests;

@@ -2,8 +2,9 @@
 //! implementing the seams of [`crate::discover`] without a control plane.
 //!
 //! The file lists meshed services (endpoints with their expected identities, routes), extra
-//! outbound TCP listeners (`tcp_forwards`, for local mode without iptables) and the inbound
-//! authorizations. It is parsed with `deny_unknown_fields`, and every error names the field.
+//! outbound TCP listeners (`tcp_forwards`, for local mode without iptables), the inbound's
+//! declared ports (`inbound.ports`: the only ports it forwards to; none when absent) and the
+//! inbound authorizations. It is parsed with `deny_unknown_fields`, and every error names the field.
 //! These implementations are also the test doubles of the seams.
 
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ use crate::discover::{
     BoxFuture, Certifier, CertifyError, Discover, DiscoverError, Endpoint, EndpointProtocol,
     InboundPolicy, Resolution, Route, Service, Target,
 };
-use crate::policy::{Authorization, Authorizations, RouteMatch};
+use crate::policy::{Authorization, Authorizations, DeclaredPorts, RouteMatch};
 
 /// The file's top level.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -140,6 +141,10 @@ pub struct TcpForwardSpec {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboundSpec {
+    /// The workload's declared ports: the only ports the inbound forwards to (none when absent:
+    /// nothing is forwarded).
+    #[serde(default)]
+    pub ports: Vec<u16>,
     /// Authorizations.
     #[serde(default)]
     pub authorizations: Vec<AuthorizationSpec>,
@@ -342,6 +347,12 @@ impl StaticConfig {
                 },
             })
             .collect();
+        if self.inbound.ports.contains(&0) {
+            return Err(StaticError::Invalid {
+                field: "inbound.ports".into(),
+                problem: "0 is not a port: list the app's ports, 1-65535".into(),
+            });
+        }
         let mut list = Vec::new();
         for (i, a) in self.inbound.authorizations.iter().enumerate() {
             let mut routes = Vec::new();
@@ -370,7 +381,10 @@ impl StaticConfig {
             services,
             addresses,
             tcp_forwards,
-            authorizations: Authorizations { list },
+            authorizations: Authorizations {
+                list,
+                ports: DeclaredPorts::new(self.inbound.ports.iter().copied()),
+            },
         })
     }
 }

@@ -16,7 +16,7 @@ async fn sigterm_drains_in_flight_requests() {
     let pki = Pki::new();
     let app = http1_app().await;
     let server = ProxyBuilder::new(&pki, "bank")
-        .static_config(json!({ "inbound": allow(&["pg"]) }))
+        .static_config(json!({ "inbound": allow(&["pg"], &[app]) }))
         .start()
         .await;
     let vars = ProxyBuilder::new(&pki, "pg")

@@ -47,7 +47,7 @@ async fn mesh_with(http1_transport: &str, server_header_timeout: &str) -> Mesh {
     );
     let server = ProxyBuilder::new(&pki, "bank")
         .env("ONEMESH_PROXY_HEADER_READ_TIMEOUT", server_header_timeout)
-        .static_config(json!({ "inbound": allow(&["pg"]) }))
+        .static_config(json!({ "inbound": allow(&["pg"], &[web, h2, grpc, ws, banner]) }))
         .start()
         .await;
     let svc = |name: &str, port: u16, app: u16, protocol: &str| {
@@ -322,7 +322,7 @@ async fn idle_app_connections_are_not_reused_past_the_app_idle_timeout() {
     let pki = Pki::new();
     let (app, accepted) = counted_http1_app().await;
     let server = ProxyBuilder::new(&pki, "bank")
-        .static_config(json!({ "inbound": allow(&["pg"]) }))
+        .static_config(json!({ "inbound": allow(&["pg"], &[app]) }))
         .start()
         .await;
     let client = ProxyBuilder::new(&pki, "pg")

@@ -37,7 +37,7 @@ async fn upstream_failures_map_to_statuses() {
     let pki = Pki::new();
     let app = http1_app().await;
     let server = ProxyBuilder::new(&pki, "bank")
-        .static_config(json!({ "inbound": allow(&["pg"]) }))
+        .static_config(json!({ "inbound": allow(&["pg"], &[app]) }))
         .start()
         .await;
     let closed = {
@@ -259,7 +259,7 @@ async fn idempotent_requests_are_retried_within_the_budget() {
     let pki = Pki::new();
     let app = http1_app().await;
     let server = ProxyBuilder::new(&pki, "bank")
-        .static_config(json!({ "inbound": allow(&["pg"]) }))
+        .static_config(json!({ "inbound": allow(&["pg"], &[app]) }))
         .start()
         .await;
     let closed = {

@@ -58,7 +58,7 @@ async fn survives_thousands_of_malformed_inputs() {
     let pki = Pki::new();
     let app = http1_app().await;
     let server = ProxyBuilder::new(&pki, "bank")
-        .static_config(json!({ "inbound": allow(&["pg"]) }))
+        .static_config(json!({ "inbound": allow(&["pg"], &[app]) }))
         .start()
         .await;
     let client = ProxyBuilder::new(&pki, "pg")

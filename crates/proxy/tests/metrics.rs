@@ -62,7 +62,7 @@ async fn counts_match_requests_and_promtool_passes() {
     let pki = Pki::new();
     let app = http1_app().await;
     let server = ProxyBuilder::new(&pki, "bank")
-        .static_config(json!({ "inbound": allow(&["pg"]) }))
+        .static_config(json!({ "inbound": allow(&["pg"], &[app]) }))
         .start()
         .await;
     let client = ProxyBuilder::new(&pki, "pg")

@@ -23,7 +23,7 @@ async fn server() -> Server {
     let pki = Pki::new();
     let app = http1_app().await;
     let proxy = ProxyBuilder::new(&pki, "bank")
-        .static_config(json!({ "inbound": allow(&["pg"]) }))
+        .static_config(json!({ "inbound": allow(&["pg"], &[app]) }))
         .start()
         .await;
     Server { pki, proxy, app }

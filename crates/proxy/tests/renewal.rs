@@ -17,7 +17,7 @@ async fn traffic_flows_across_renewals() {
     let (web, banner) = (http1_app().await, banner_app().await);
     let server = ProxyBuilder::new(&pki, "bank")
         .env(onemesh_proxy::config::ENV_LEAF_LIFETIME, "3s")
-        .static_config(json!({ "inbound": allow(&["pg"]) }))
+        .static_config(json!({ "inbound": allow(&["pg"], &[web, banner]) }))
         .start()
         .await;
     let client = ProxyBuilder::new(&pki, "pg")

@@ -1,4 +1,6 @@
-//! `Destination.Watch`: a service's endpoints, the full set first, then diffs.
+//! `Destination.Watch`: a service's endpoints, the full set first, then diffs. Any proxy of the
+//! mesh may watch any service (it needs a mesh client certificate; the addresses and identities
+//! of a service are what a caller needs to reach it over mTLS).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use onemesh_api::destination::{Diff, Endpoint, Snapshot, Update, WatchRequest, u
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use super::{WatchStream, watch_stream};
+use super::{WatchStream, authenticated, watch_stream};
 use crate::state;
 use crate::store::Store;
 
@@ -81,10 +83,11 @@ impl Destination for DestinationService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = authenticated(&request)?;
         let req = request.into_inner();
         let target = state::resolve_name(&req.name, &req.caller_namespace)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        tracing::debug!(name = %req.name, "destination watch");
+        tracing::debug!(name = %req.name, %caller, "destination watch");
         let trust_domain = self.trust_domain.clone();
         let stream = watch_stream(
             self.store.subscribe(),

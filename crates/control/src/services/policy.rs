@@ -1,4 +1,10 @@
 //! `Policy.WatchInbound` and `Policy.WatchOutbound`: full states, resent on every change.
+//!
+//! Both need a mesh client certificate. Any proxy may watch a service's outbound policy (its
+//! routes); a workload's inbound policy (who may call it) goes only to a proxy whose certificate
+//! is that workload's: same namespace, same service account as the workload declared in the
+//! store's current state; anyone else, and a workload that is not declared, gets
+//! `PERMISSION_DENIED`. The check is made when the stream opens.
 
 use std::sync::Arc;
 
@@ -7,8 +13,10 @@ use onemesh_api::policy::{InboundPolicy, InboundRequest, OutboundPolicy, Outboun
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use super::{WatchStream, watch_stream, when_changed};
-use crate::state::{self, NameError};
+use onemesh_identity::SpiffeId;
+
+use super::{WatchStream, authenticated, watch_stream, when_changed};
+use crate::state::{self, MeshState, NameError};
 use crate::store::Store;
 
 /// The policy service over a store.
@@ -27,6 +35,28 @@ fn invalid(e: NameError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
+/// Whether `caller` runs as workload `namespace/workload` of `state`: `Err` says why not.
+pub(crate) fn runs_as(
+    state: &MeshState,
+    caller: &SpiffeId,
+    namespace: &str,
+    workload: &str,
+) -> Result<(), Status> {
+    let key = (namespace.to_string(), workload.to_string());
+    let Some(w) = state.config.workloads.get(&key) else {
+        return Err(Status::permission_denied(format!(
+            "workload {namespace}/{workload} is not declared in the mesh: ask for the inbound policy of this proxy's own workload"
+        )));
+    };
+    if caller.namespace() != w.meta.namespace || caller.service_account() != w.service_account {
+        return Err(Status::permission_denied(format!(
+            "{caller} may not watch the inbound policy of {namespace}/{workload} (it runs as service account {sa} in namespace {namespace}): a proxy gets only its own workload's inbound policy",
+            sa = w.service_account
+        )));
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl Policy for PolicyService {
     type WatchInboundStream = WatchStream<InboundPolicy>;
@@ -36,6 +66,7 @@ impl Policy for PolicyService {
         &self,
         request: Request<InboundRequest>,
     ) -> Result<Response<Self::WatchInboundStream>, Status> {
+        let caller = authenticated(&request)?;
         let req = request.into_inner();
         if req.namespace.is_empty() || req.workload.is_empty() {
             return Err(Status::invalid_argument(
@@ -44,9 +75,13 @@ impl Policy for PolicyService {
         }
         let port = u16::try_from(req.port)
             .map_err(|_| Status::invalid_argument("port out of range: use 0-65535"))?;
+        let rx = self.store.subscribe();
+        runs_as(&rx.borrow(), &caller, &req.namespace, &req.workload).inspect_err(|e| {
+            tracing::warn!(%caller, namespace = %req.namespace, workload = %req.workload, "inbound policy watch refused: {}", e.message());
+        })?;
         tracing::debug!(namespace = %req.namespace, workload = %req.workload, port, "inbound policy watch");
         let stream = watch_stream(
-            self.store.subscribe(),
+            rx,
             self.shutdown.clone(),
             move |s| state::inbound(s, &req.namespace, &req.workload, port),
             when_changed,
@@ -58,9 +93,10 @@ impl Policy for PolicyService {
         &self,
         request: Request<OutboundRequest>,
     ) -> Result<Response<Self::WatchOutboundStream>, Status> {
+        let caller = authenticated(&request)?;
         let req = request.into_inner();
         let target = state::resolve_name(&req.name, &req.caller_namespace).map_err(invalid)?;
-        tracing::debug!(name = %req.name, "outbound policy watch");
+        tracing::debug!(name = %req.name, %caller, "outbound policy watch");
         let stream = watch_stream(
             self.store.subscribe(),
             self.shutdown.clone(),
@@ -73,3 +109,6 @@ impl Policy for PolicyService {
         Ok(Response::new(stream))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -22,6 +22,7 @@ fn defaults_apply() {
     assert_eq!(c.log_format, LogFormat::Plain);
     assert_eq!(c.cores, 1);
     assert_eq!(c.http1_transport, Http1Transport::Http1);
+    assert_eq!(c.stream_idle_timeout, Duration::from_secs(3600));
 }
 
 #[test]
@@ -36,8 +37,10 @@ fn values_override_defaults() {
         (ENV_LOG_FORMAT, "json"),
         (ENV_CORES, "2"),
         (ENV_HTTP1_TRANSPORT, "h2"),
+        (ENV_STREAM_IDLE_TIMEOUT, "90s"),
     ]);
     let c = Config::from_source(&env).unwrap();
+    assert_eq!(c.stream_idle_timeout, Duration::from_secs(90));
     assert_eq!(c.cores, 2);
     assert_eq!(c.http1_transport, Http1Transport::H2);
     assert_eq!(c.admin_addr.port(), 0);
@@ -62,6 +65,7 @@ fn reports_every_bad_variable_at_once() {
         (ENV_CORES, "0"),
         (ENV_HTTP1_TRANSPORT, "spdy"),
         (ENV_IDENTITY_ISSUER_CERT, "/x"),
+        (ENV_STREAM_IDLE_TIMEOUT, "0s"),
     ]);
     let err = Config::from_source(&env).unwrap_err();
     let names: Vec<_> = err.bad_vars().iter().map(|b| b.name).collect();
@@ -75,6 +79,7 @@ fn reports_every_bad_variable_at_once() {
         ENV_CORES,
         ENV_HTTP1_TRANSPORT,
         ENV_IDENTITY_ISSUER_KEY,
+        ENV_STREAM_IDLE_TIMEOUT,
     ] {
         assert!(
             names.contains(&expected),

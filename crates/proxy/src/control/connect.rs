@@ -4,10 +4,13 @@
 //!
 //! The channel is lazy (nothing is dialled until the first call) and redials by itself after a
 //! connection breaks. Each dial picks its client config then: the proxy's own certificate once
-//! the credentials are attached and issued, none before (bootstrap).
+//! the credentials are attached and issued and while that certificate is unexpired, none
+//! otherwise (bootstrap). An expired leaf is never presented: the control plane would refuse the
+//! handshake, and a proxy whose leaf expired during a long control-plane outage could never get a
+//! new one (it asks with its bootstrap token instead).
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::TokioIo;
 use onemesh_identity::{CredentialStore, SpiffeId, TrustBundle, bootstrap_client_config};
@@ -46,7 +49,11 @@ pub fn channel(
     let addr = addr.to_string();
     let connector = tower::service_fn(move |_: Uri| {
         let config = match credentials.get().and_then(|rx| rx.borrow().clone()) {
-            Some(store) => store.client_config(&server_id, &[ALPN_H2]),
+            Some(store) if store.not_after() > SystemTime::now() => {
+                store.client_config(&server_id, &[ALPN_H2])
+            }
+            // The bundle may have changed since start (anchor rotation): verify with the current.
+            Some(store) => bootstrap_client_config(&store.bundle(), &server_id, &[ALPN_H2]),
             None => bootstrap.clone(),
         };
         let addr = addr.clone();

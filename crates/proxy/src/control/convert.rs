@@ -16,7 +16,7 @@ use onemesh_api::{destination as dst, policy as pol};
 use onemesh_identity::SpiffeId;
 
 use crate::discover::{Endpoint, EndpointProtocol, Route, Service};
-use crate::policy::{Authorization, Authorizations, RouteMatch};
+use crate::policy::{Authorization, Authorizations, DeclaredPorts, RouteMatch};
 
 /// One entry of a control-plane message that the proxy cannot use (it is skipped).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -210,11 +210,20 @@ pub fn routes(p: &pol::OutboundPolicy) -> (Vec<Route>, Vec<ConvertError>) {
     (out, skipped)
 }
 
-/// A workload's inbound authorizations (none when it is not declared: the default applies).
+/// A workload's inbound authorizations and declared ports (none when it is not declared: the
+/// default applies to authorization, and no port is forwarded). An unusable port is skipped: it
+/// is only ever one port fewer forwarded.
 pub fn authorizations(p: &pol::InboundPolicy) -> (Authorizations, Vec<ConvertError>) {
     let mut skipped = Vec::new();
     let mut list = Vec::new();
+    let mut declared = Vec::new();
     if p.exists {
+        for p in &p.ports {
+            match port("declared", *p) {
+                Ok(p) => declared.push(p),
+                Err(error) => skipped.push(error),
+            }
+        }
         for a in &p.authorizations {
             let mut ports = Vec::new();
             for p in &a.ports {
@@ -266,5 +275,6 @@ pub fn authorizations(p: &pol::InboundPolicy) -> (Authorizations, Vec<ConvertErr
             });
         }
     }
-    (Authorizations { list }, skipped)
+    let ports = DeclaredPorts::new(declared);
+    (Authorizations { list, ports }, skipped)
 }

@@ -43,8 +43,8 @@ impl ControlPolicy {
     }
 }
 
-/// Until the control plane has answered, every caller is denied (fail closed): the default
-/// would let same-namespace callers reach ports that a policy restricts.
+/// Until the control plane has answered, every caller is denied and no port is declared (fail
+/// closed): the default would let same-namespace callers reach ports that a policy restricts.
 pub fn awaiting_policy() -> Authorizations {
     Authorizations {
         list: vec![crate::policy::Authorization {
@@ -55,6 +55,7 @@ pub fn awaiting_policy() -> Authorizations {
             namespaces: Vec::new(),
             unauthenticated: false,
         }],
+        ports: crate::policy::DeclaredPorts::default(),
     }
 }
 
@@ -107,6 +108,7 @@ async fn run(
                                     %namespace,
                                     %workload,
                                     authorizations = authorizations.borrow().list.len(),
+                                    ports = ?authorizations.borrow().ports.as_slice(),
                                     "inbound policy updated"
                                 );
                             }

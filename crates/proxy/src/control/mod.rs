@@ -53,6 +53,7 @@ mod discover;
 mod inbound;
 mod leaf;
 mod status;
+pub mod trust;
 
 #[cfg(test)]
 mod tests;
@@ -73,10 +74,12 @@ pub use discover::ControlDiscover;
 pub use inbound::ControlPolicy;
 pub use leaf::{LeafError, LeafInfo, identity_json};
 pub use status::{ControlPlane, ServiceKind};
+pub use trust::TrustWatch;
 
 use crate::Sources;
 use crate::config::{self, Config, ControlPlaneConfig};
 use crate::discover::Target;
+use crate::state_dir::{StateDir, StateDirError};
 
 /// The first delay before reopening a failed stream (doubles up to [`MAX_BACKOFF`], jittered).
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -124,6 +127,9 @@ pub enum ControlError {
         /// Why.
         source: Box<onemesh_identity::Error>,
     },
+    /// The state directory cannot be used.
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
     /// A control-plane address does not make a URI.
     #[error("the control-plane address {addr:?} is not usable: {source}; set host:port")]
     BadAddr {
@@ -154,12 +160,31 @@ pub fn sources(config: &Config) -> Result<Sources, ControlError> {
     sources_with_bundle(config, control, bundle)
 }
 
+/// Opens the state directory of `control` (if any) and adds the bundle saved there to `bundle`:
+/// a proxy restarted after an anchor rotation it saw trusts the new anchor even if the file it
+/// was started with is older. (The first trust update replaces the union with the mesh's bundle.)
+fn open_state(
+    control: &ControlPlaneConfig,
+    bundle: TrustBundle,
+) -> Result<(Option<StateDir>, TrustBundle), ControlError> {
+    let Some(path) = control.state_dir.as_deref() else {
+        return Ok((None, bundle));
+    };
+    let state = StateDir::open(path)?;
+    let bundle = match state.load_bundle() {
+        Some(saved) => bundle.merge(&saved),
+        None => bundle,
+    };
+    Ok((Some(state), bundle))
+}
+
 /// As [`sources`], with the trust bundle already loaded.
 pub fn sources_with_bundle(
     config: &Config,
     control: &ControlPlaneConfig,
     bundle: TrustBundle,
 ) -> Result<Sources, ControlError> {
+    let (state, bundle) = open_state(control, bundle)?;
     let plane = ControlPlane::new();
     let channel = |addr: &str| {
         connect::channel(
@@ -192,15 +217,17 @@ pub fn sources_with_bundle(
         )),
         policy: Arc::new(inbound),
         certifier: Arc::new(ControlCertifier::new(
-            identity,
+            identity.clone(),
             control.token.clone(),
             control.identity_addr.clone(),
             config.identity.clone(),
             plane.clone(),
         )),
+        trust: Some(TrustWatch::new(identity, state.clone())),
         trust_bundle: bundle,
         tcp_forwards: Vec::new(),
         control: Some(plane),
+        state_dir: state,
     })
 }
 

@@ -543,9 +543,25 @@ fn unusable_entries_are_skipped_and_never_widen_policy() {
     assert_eq!(skipped.len(), 1);
     let caller: SpiffeId = "spiffe://cluster.local/ns/order/sa/web".parse().unwrap();
     let same_ns: SpiffeId = "spiffe://cluster.local/ns/pg/sa/other".parse().unwrap();
-    let get = (&http::Method::GET, "/");
+    let get = (&http::Method::GET, crate::path::check("/").unwrap());
     assert!(!crate::policy::authorize(&auths, "pg", 8080, Some(&caller), Some(get)).allowed);
     assert!(!crate::policy::authorize(&auths, "pg", 8080, Some(&same_ns), Some(get)).allowed);
+
+    // Declared ports are carried over; an unusable one is skipped (one port fewer forwarded).
+    let mut policy = allow("ports");
+    policy.ports = vec![9090, 8080, 70000, 0];
+    let (auths, skipped) = convert::authorizations(&policy);
+    assert_eq!(auths.ports.as_slice(), [8080, 9090]);
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    // A workload that is not declared has no ports: nothing is forwarded.
+    policy.exists = false;
+    assert!(
+        convert::authorizations(&policy)
+            .0
+            .ports
+            .as_slice()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -917,4 +933,9 @@ fn before_the_first_policy_nobody_is_let_in() {
     let d = crate::policy::authorize(&closed, "bank", 8080, Some(&same_ns), None);
     assert!(!d.allowed);
     assert_eq!(&*d.policy, super::inbound::AWAITING_POLICY);
+    // and no port is declared, so nothing is forwarded at all
+    assert_eq!(
+        crate::policy::check_port(&closed.ports, &[], 8080),
+        Err(crate::policy::PortRefusal::Undeclared(8080))
+    );
 }

@@ -86,3 +86,28 @@ fn server_errors_and_grpc_errors_are_failures() {
     assert_eq!(classify(&rsp(200, Some("0"))), Classification::Success);
     assert_eq!(classify(&rsp(200, Some("14"))), Classification::Failure);
 }
+
+#[test]
+fn h2c_upgrades_are_recognized_and_websocket_is_not() {
+    for h2c in [
+        map(&[
+            ("upgrade", "h2c"),
+            ("connection", "Upgrade, HTTP2-Settings"),
+        ]),
+        map(&[("upgrade", "H2C")]),
+        map(&[("upgrade", "websocket, h2c")]),
+        map(&[("upgrade", "foo"), ("upgrade", " h2c/1 ")]),
+        map(&[("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")]),
+    ] {
+        assert!(is_h2c_upgrade(&h2c), "{h2c:?}");
+    }
+    for other in [
+        map(&[("upgrade", "websocket"), ("connection", "upgrade")]),
+        map(&[("upgrade", "h2cx")]),
+        map(&[("upgrade", "h2")]),
+        map(&[("host", "a"), ("x-upgrade", "h2c")]),
+        HeaderMap::new(),
+    ] {
+        assert!(!is_h2c_upgrade(&other), "{other:?}");
+    }
+}

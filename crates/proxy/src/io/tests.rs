@@ -4,6 +4,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::*;
@@ -69,4 +71,69 @@ async fn a_full_buffer_is_written_out_and_large_writes_pass_straight_through() {
     w.shutdown().await.unwrap();
     let total: usize = w.get_ref().writes.iter().map(Vec::len).sum();
     assert_eq!(total, 2 * chunk.len() + big.len());
+}
+
+/// A running splice, its client end, its app end and its counters.
+type Spliced = (
+    tokio::task::JoinHandle<Result<(u64, u64), SpliceError>>,
+    tokio::io::DuplexStream,
+    tokio::io::DuplexStream,
+    ByteCounters,
+);
+
+/// A splice between two in-memory pipes, with the far ends handed back.
+fn spliced(idle: Duration) -> Spliced {
+    let (mut accepted, client) = tokio::io::duplex(1024);
+    let (mut upstream, app) = tokio::io::duplex(1024);
+    let counters = ByteCounters::default();
+    let c = counters.clone();
+    let task = tokio::spawn(async move { splice(&mut accepted, &mut upstream, &c, idle).await });
+    (task, client, app, counters)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_splice_is_closed_after_the_idle_timeout() {
+    use tokio::io::AsyncReadExt;
+    let idle = Duration::from_secs(3600);
+    let (task, mut client, mut app, counters) = spliced(idle);
+    client.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    app.read_exact(&mut buf).await.unwrap();
+    assert_eq!(counters.read.get(), 4, "bytes are counted as they move");
+    // Traffic every 40 minutes keeps it open past the first hour.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(40 * 60)).await;
+        app.write_all(b"pong").await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+    }
+    assert!(!task.is_finished(), "closed while bytes were moving");
+    let quiet_since = tokio::time::Instant::now();
+    let result = task.await.unwrap();
+    assert!(
+        matches!(result, Err(SpliceError::Idle(d)) if d == idle),
+        "{result:?}"
+    );
+    let waited = quiet_since.elapsed();
+    assert!(
+        waited >= idle && waited < idle + Duration::from_secs(1),
+        "closed after {waited:?} of quiet"
+    );
+    assert_eq!(counters.write.get(), 12);
+    // both ends see the close
+    assert_eq!(client.read(&mut buf).await.unwrap(), 0);
+    assert_eq!(app.read(&mut buf).await.unwrap(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_splice_that_ends_before_the_timeout_returns_its_byte_counts() {
+    use tokio::io::AsyncReadExt;
+    let (task, mut client, mut app, counters) = spliced(Duration::from_secs(60));
+    client.write_all(b"bye").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    app.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"bye");
+    app.shutdown().await.unwrap();
+    assert_eq!(task.await.unwrap().unwrap(), (3, 0));
+    assert_eq!(counters.read.get(), 3);
 }

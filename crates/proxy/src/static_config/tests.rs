@@ -9,7 +9,7 @@ const EXAMPLE: &str = r#"
                        "workload": "bank", "namespace": "bank", "weight": 1, "protocol": "http" } ],
       "routes": [ { "name": "get", "methods": ["GET"], "path_prefix": "/", "timeout_ms": 2000, "retryable": true } ] } ],
   "tcp_forwards": [ { "listen": "127.0.0.1:0", "service": "db.data", "port": 5432 } ],
-  "inbound": { "authorizations": [ { "name": "allow-card", "ports": [8080],
+  "inbound": { "ports": [8080, 9090, 8080], "authorizations": [ { "name": "allow-card", "ports": [8080],
         "routes": [ { "methods": ["POST"], "path_prefix": "/v1/" } ],
         "identities": ["spiffe://cluster.local/ns/card/sa/card"], "namespaces": [], "unauthenticated": false } ] } }
 "#;
@@ -24,6 +24,21 @@ fn the_documented_example_loads() {
     assert_eq!(s.routes[0].timeout, Some(Duration::from_secs(2)));
     assert_eq!(loaded.tcp_forwards[0].target.authority(), "db.data:5432");
     assert_eq!(&*loaded.authorizations.list[0].name, "allow-card");
+    assert_eq!(loaded.authorizations.ports.as_slice(), [8080, 9090]);
+}
+
+#[test]
+fn inbound_ports_default_to_none_and_reject_zero() {
+    let loaded = StaticConfig::from_json("{}").unwrap().load().unwrap();
+    assert!(
+        loaded.authorizations.ports.as_slice().is_empty(),
+        "no inbound.ports: nothing is forwarded"
+    );
+    let err = StaticConfig::from_json(r#"{"inbound": {"ports": [0]}}"#)
+        .unwrap()
+        .load()
+        .unwrap_err();
+    assert!(err.to_string().contains("inbound.ports"), "{err}");
 }
 
 #[test]

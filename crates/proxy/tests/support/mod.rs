@@ -185,12 +185,16 @@ pub fn endpoint(proxy: &Proxy, target_port: u16, name: &str, protocol: &str) -> 
     })
 }
 
-/// An authorization allowing `callers` on every port.
-pub fn allow(callers: &[&str]) -> serde_json::Value {
-    serde_json::json!({ "authorizations": [ {
-        "name": "allow-test",
-        "identities": callers.iter().map(|c| id(c).to_string()).collect::<Vec<_>>(),
-    } ] })
+/// A static config's `inbound`: the declared `ports` (the only ones the inbound forwards to),
+/// and an authorization allowing `callers` on every port.
+pub fn allow(callers: &[&str], ports: &[u16]) -> serde_json::Value {
+    serde_json::json!({
+        "ports": ports,
+        "authorizations": [ {
+            "name": "allow-test",
+            "identities": callers.iter().map(|c| id(c).to_string()).collect::<Vec<_>>(),
+        } ],
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -348,13 +352,21 @@ pub async fn ws_app() -> u16 {
 
 /// Starts a server-speaks-first TCP app: sends `HELLO\n`, then echoes; returns its port.
 pub async fn banner_app() -> u16 {
+    counted_banner_app().await.0
+}
+
+/// [`banner_app`], with a count of the connections it accepted.
+pub async fn counted_banner_app() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
     tokio::spawn(async move {
         loop {
             let Ok((mut tcp, _)) = listener.accept().await else {
                 return;
             };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
                 if tcp.write_all(b"HELLO\n").await.is_err() {
                     return;
@@ -373,7 +385,7 @@ pub async fn banner_app() -> u16 {
             });
         }
     });
-    port
+    (port, accepted)
 }
 
 /// Starts a tonic app serving the standard gRPC health service; returns its port.
@@ -588,7 +600,27 @@ pub async fn raw_mtls_get(
     addr: SocketAddr,
     target_port: u16,
 ) -> Result<String, std::io::Error> {
-    use onemesh_proxy::transport_header::{Protocol, TransportHeader};
+    raw_mtls(
+        config,
+        addr,
+        onemesh_proxy::transport_header::Protocol::Http1,
+        target_port,
+        b"GET /raw HTTP/1.1\r\nHost: web.bank\r\nConnection: close\r\n\r\n",
+    )
+    .await
+}
+
+/// Dials `addr` with `config`, writes a hand-made transport header (`protocol`, `target_port`)
+/// and then `bytes`, as a peer holding a valid leaf could. Returns everything read back until
+/// EOF or error (empty when refused during TLS or closed without an answer).
+pub async fn raw_mtls(
+    config: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    protocol: onemesh_proxy::transport_header::Protocol,
+    target_port: u16,
+    bytes: &[u8],
+) -> Result<String, std::io::Error> {
+    use onemesh_proxy::transport_header::TransportHeader;
     let tcp = TcpStream::connect(addr).await?;
     let name = rustls_pki_types::ServerName::try_from("bank.bank.sa.cluster.local")
         .unwrap()
@@ -600,13 +632,12 @@ pub async fn raw_mtls_get(
     .await
     .map_err(|_| std::io::Error::other("handshake timed out"))??;
     let header = TransportHeader {
-        protocol: Protocol::Http1,
+        protocol,
         target_port,
         authority: "web.bank:80".into(),
     };
     tls.write_all(&header.encode().unwrap()).await?;
-    tls.write_all(b"GET /raw HTTP/1.1\r\nHost: web.bank\r\nConnection: close\r\n\r\n")
-        .await?;
+    tls.write_all(bytes).await?;
     let mut out = Vec::new();
     let read = tokio::time::timeout(TIMEOUT, tls.read_to_end(&mut out))
         .await
