@@ -1,7 +1,7 @@
 //! What `onemesh up` leaves on disk and who can read it, with the reference platform running and
 //! a payment made (so every app has written its database and its WAL): every folder of the state
-//! directory is 0700, and every file holding a secret or customer data — bootstrap tokens, CA
-//! keys, the apps' SQLite databases with their `-wal`/`-shm`, anything in a proxy's state folder —
+//! directory is 0700, and every file holding a secret or customer data — bootstrap tokens and
+//! their bindings, CA and operator keys, the apps' SQLite databases with their `-wal`/`-shm`, anything in a proxy's state folder —
 //! is 0600. And the dashboard answers only its own names: a forged `Host` (DNS rebinding) is
 //! refused, a name given with `--dashboard-host` is served.
 
@@ -47,8 +47,10 @@ fn secret(rel: &Path) -> bool {
     [
         "tokens.json",
         "endpoints.json",
+        "token-bindings.json",
         "issuer.key",
         "trust-anchor.key",
+        "operator.key",
     ]
     .contains(&name.as_ref())
         || name.ends_with(".db")
@@ -100,7 +102,12 @@ async fn state_files_are_private_and_the_dashboard_answers_only_its_own_names() 
         secrets.len()
     );
     assert_eq!(dbs, 5, "one database per app: {secrets:?}");
-    for must in ["tokens.json", "issuer.key", "trust-anchor.key"] {
+    for must in [
+        "tokens.json",
+        "issuer.key",
+        "trust-anchor.key",
+        "operator.key",
+    ] {
         assert!(
             secrets.iter().any(|s| s == must),
             "{must} not found: {secrets:?}"
@@ -114,6 +121,8 @@ async fn state_files_are_private_and_the_dashboard_answers_only_its_own_names() 
         let (ns, name) = w.split_once('/').unwrap();
         let dir = state.join("proxies").join(format!("{ns}.{name}"));
         assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        // The proxy keeps its key there (and it was checked to be 0600 above).
+        assert!(dir.join("key.pem").exists(), "no key in {}", dir.display());
     }
 
     // The dashboard: its own address and a name given with --dashboard-host are served; a
