@@ -284,4 +284,7 @@ async fn payments_survive_random_kills_of_apps_and_proxies() {
     }
     let checked = platform::check_invariants(&up, &outcomes).await;
     println!("invariants hold: {checked:?}");
+    if let Ok(up) = Arc::try_unwrap(up) {
+        up.stop_and_clean();
+    }
 }

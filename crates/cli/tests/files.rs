@@ -161,4 +161,5 @@ async fn state_files_are_private_and_the_dashboard_answers_only_its_own_names() 
         assert!(!text.contains("spiffe://"), "{text}");
         assert_ne!(body, json!(null));
     }
+    up.stop_and_clean();
 }

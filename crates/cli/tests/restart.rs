@@ -194,6 +194,7 @@ async fn kill_one_proxy(control_frozen: bool) {
     );
     outcomes.extend(singles);
     platform::check_invariants(&up, &outcomes).await;
+    up.stop_and_clean();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

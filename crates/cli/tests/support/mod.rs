@@ -180,6 +180,16 @@ impl Up {
     }
 }
 
+impl Up {
+    /// Stops `onemesh up` (as dropping does) and removes its directory: for the end of a test that
+    /// passed (a failed one keeps its directory, with `up.log`, to look at).
+    pub fn stop_and_clean(self) {
+        let dir = self.dir.clone();
+        drop(self);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 impl Drop for Up {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
