@@ -648,18 +648,49 @@ async fn admin_answers_only_the_operator() {
         assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     }
 
-    // The operator is answered; revocation is not wired yet.
+    // The operator is answered, and may revoke: card is never certified again.
     let mut admin = operator(&plane, &dir).await;
     let status = trust(&mut admin).await;
     assert_eq!(status.anchors.len(), 1);
     assert!(status.issuer.is_some());
-    let unwired = admin
+    assert!(status.revoked.is_empty());
+    for newly in [true, false] {
+        let revoked = admin
+            .revoke(RevokeRequest {
+                id: card().to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(revoked.newly_revoked, newly);
+    }
+    assert_eq!(trust(&mut admin).await.revoked, vec![card().to_string()]);
+    let bad = admin
         .revoke(RevokeRequest {
-            id: card().to_string(),
+            id: "not-a-spiffe-id".into(),
         })
         .await
         .unwrap_err();
-    assert_eq!(unwired.code(), Code::Unimplemented, "{unwired:?}");
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    let card_csr = WorkloadKey::generate().unwrap().csr_der(&card()).unwrap();
+    let refused = identity
+        .certify(CertifyRequest {
+            csr: card_csr,
+            token: "t-card".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("revoked"), "{refused:?}");
+    // A proxy's certificate may not revoke.
+    let mut as_proxy = AdminClient::new(with_leaf(addr, &proxy).await);
+    let refused = as_proxy
+        .revoke(RevokeRequest {
+            id: bank().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     // Its key is private to the user.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(dir.join(pki::OPERATOR_KEY_FILE))
