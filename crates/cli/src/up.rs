@@ -269,21 +269,16 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     )
     .await?;
     let anchors = state_dir.join("trust-anchors.pem");
-    // Each proxy's own state directory (made 0700 by the proxy).
-    let proxies = state_dir.join("proxies");
-    std::fs::create_dir_all(&proxies)?;
-    std::fs::set_permissions(
-        &proxies,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )?;
 
     // 2. Every workload: its proxy, then its app.
     let data = state_dir.join("data");
     private_dir(&data)?;
+    // Each proxy's own state directory.
     let proxies = state_dir.join("proxies");
     let mut pids = Vec::new();
     for (w, token, l) in &workloads {
-        // The proxy keeps its key, leaf and last configuration here across restarts.
+        // The proxy keeps its key, leaf and last configuration here across restarts (0700 before
+        // it starts; the proxy makes its files 0600).
         let proxy_state = proxies.join(format!("{}.{}", l.namespace, l.name));
         private_dir(&proxy_state)?;
         let proxy = supervise::start(
@@ -315,15 +310,8 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
                     ),
                     ("ONEMESH_PROXY_CONTROL_ID".into(), control_id.clone()),
                     ("ONEMESH_PROXY_IDENTITY_TOKEN".into(), token.clone()),
-                    // Key, leaf, bundle and last configuration survive a restart of the proxy.
-                    (
-                        "ONEMESH_PROXY_STATE_DIR".into(),
-                        proxies
-                            .join(format!("{}.{}", l.namespace, l.name))
-                            .display()
-                            .to_string(),
-                    ),
                     ("ONEMESH_PROXY_LOG_FORMAT".into(), "json".into()),
+                    // Key, leaf, bundle and last configuration survive a restart of the proxy.
                     (
                         "ONEMESH_PROXY_STATE_DIR".into(),
                         proxy_state.display().to_string(),
