@@ -1,7 +1,13 @@
 //! Runs the processes of `onemesh up` (control plane, proxies, apps): starts each one, streams its
-//! output as one compact log, restarts it with exponential backoff when it dies, and stops it
-//! (SIGTERM, then SIGKILL after a grace period) when the mesh goes down. Children get
+//! output as one compact log, restarts it with a short exponential backoff when it dies, and stops
+//! it (SIGTERM, then SIGKILL after a grace period) when the mesh goes down. Children get
 //! `PR_SET_PDEATHSIG` so that none outlives a killed `onemesh up`.
+//!
+//! The backoff ([`Backoff`]) is kept low on purpose: a proxy or app killed again and again must
+//! never stay down for long (at most [`MAX_BACKOFF`] between a death and the next start), and one
+//! that ran for [`STABLE_RUN`] counts as healthy, so its next death restarts it at once
+//! ([`MIN_BACKOFF`]). The cost is a process that cannot start at all is retried every
+//! [`MAX_BACKOFF`], with one log line each time, which is what an operator wants to see anyway.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,12 +23,41 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 /// First restart delay; doubled after each quick death up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// A process that ran this long before dying restarts after [`MIN_BACKOFF`] again.
-const HEALTHY_RUN: Duration = Duration::from_secs(30);
+pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest a dead process waits before it is started again.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A process that ran this long before dying counts as healthy: it restarts after
+/// [`MIN_BACKOFF`] again.
+pub const STABLE_RUN: Duration = Duration::from_secs(3);
 /// How long a process may take to exit after SIGTERM before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The restart policy of one supervised process, as a pure state machine (no clock of its own:
+/// the caller says how long the process ran), so that it is tested without waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: MIN_BACKOFF }
+    }
+}
+
+impl Backoff {
+    /// The delay before restarting a process that died (or could not start) after running for
+    /// `ran_for`: [`MIN_BACKOFF`] after a stable run, otherwise twice the previous delay, never more
+    /// than [`MAX_BACKOFF`].
+    pub fn after_exit(&mut self, ran_for: Duration) -> Duration {
+        if ran_for >= STABLE_RUN {
+            self.next = MIN_BACKOFF;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        delay
+    }
+}
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -73,7 +108,7 @@ async fn run(
     restarts: Arc<AtomicU32>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::default();
     loop {
         if *shutdown.borrow() {
             return;
@@ -82,14 +117,18 @@ async fn run(
         let mut child = match spawn(&spec) {
             Ok(c) => c,
             Err(e) => {
+                let delay = backoff.after_exit(Duration::ZERO);
                 log(
                     &spec.label,
-                    &format!("cannot start {}: {e}", spec.program.display()),
+                    &format!(
+                        "cannot start {}: {e}; retrying in {} ms",
+                        spec.program.display(),
+                        delay.as_millis()
+                    ),
                 );
-                if wait_or_shutdown(&mut shutdown, backoff).await {
+                if wait_or_shutdown(&mut shutdown, delay).await {
                     return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
@@ -106,22 +145,19 @@ async fn run(
         if *shutdown.borrow() {
             return;
         }
-        if started.elapsed() >= HEALTHY_RUN {
-            backoff = MIN_BACKOFF;
-        }
+        let delay = backoff.after_exit(started.elapsed());
         let how = match status {
             Ok(s) => s.to_string(),
             Err(e) => format!("wait failed: {e}"),
         };
         log(
             &spec.label,
-            &format!("exited ({how}); restarting in {} ms", backoff.as_millis()),
+            &format!("exited ({how}); restarting in {} ms", delay.as_millis()),
         );
         restarts.fetch_add(1, Ordering::Relaxed);
-        if wait_or_shutdown(&mut shutdown, backoff).await {
+        if wait_or_shutdown(&mut shutdown, delay).await {
             return;
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -235,62 +271,4 @@ pub fn compact(line: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compact_shortens_tracing_json() {
-        let line = r#"{"timestamp":"x","level":"INFO","fields":{"message":"paid","order":7},"target":"t"}"#;
-        assert_eq!(compact(line), "INFO paid order=7");
-        assert_eq!(compact("plain text"), "plain text");
-    }
-
-    #[tokio::test]
-    async fn a_dead_process_is_restarted_and_stopped_on_shutdown() {
-        let (tx, rx) = watch::channel(false);
-        let h = start(
-            Spec {
-                label: "t".into(),
-                program: "/bin/sh".into(),
-                args: vec!["-c".into(), "exit 3".into()],
-                env: vec![],
-            },
-            rx,
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while h.restarts.load(Ordering::Relaxed) < 2 {
-            assert!(Instant::now() < deadline, "process was not restarted");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tx.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), h.stopped())
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn shutdown_stops_a_running_process() {
-        let (tx, rx) = watch::channel(false);
-        let h = start(
-            Spec {
-                label: "t".into(),
-                program: "/bin/sleep".into(),
-                args: vec!["60".into()],
-                env: vec![],
-            },
-            rx,
-        );
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while h.pid().is_none() {
-            assert!(Instant::now() < deadline, "process did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let pid = h.pid().unwrap();
-        tx.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), h.stopped())
-            .await
-            .unwrap();
-        // The process is gone (kill(pid, 0) fails once it has been reaped).
-        assert!(kill(Pid::from_raw(pid as i32), None).is_err());
-    }
-}
+mod tests;

@@ -44,6 +44,11 @@ pub struct Args {
     /// The dashboard and its JSON API.
     #[arg(long, default_value = "127.0.0.1:8084")]
     dashboard_addr: SocketAddr,
+    /// Another name the dashboard answers to (NAME: on any port, or NAME:PORT), e.g. the one a
+    /// `kubectl port-forward` or a proxy in front uses; repeatable. Requests naming any other
+    /// host are refused (DNS-rebinding guard).
+    #[arg(long = "dashboard-host", value_name = "NAME")]
+    dashboard_hosts: Vec<String>,
     /// Give every exposed service a free port instead of the one mesh.yaml asks for (tests).
     #[arg(long)]
     expose_any_port: bool,
@@ -96,8 +101,9 @@ fn program(bin_dir: &Path, name: &str) -> PathBuf {
 pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mesh = Mesh::load(&args.config)?;
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+    // The state directory holds the CA keys, bootstrap tokens, the proxies' keys and the apps'
+    // databases: this user only.
+    private_dir(state_dir)?;
     let state_dir = state_dir.canonicalize()?;
     let config = args.config.canonicalize()?;
     if let Ok(old) = Layout::load(&state_dir)
@@ -201,6 +207,8 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     let dashboard_listener = crate::dashboard::bind(args.dashboard_addr)
         .await
         .with_context(|| format!("cannot bind the dashboard on {}", args.dashboard_addr))?;
+    let dashboard_hosts =
+        crate::dashboard::Hosts::new(dashboard_listener.local_addr()?, &args.dashboard_hosts)?;
     let layout = Layout {
         pid: std::process::id(),
         config: config.clone(),
@@ -264,18 +272,18 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     })
     .await?;
     let anchors = state_dir.join("trust-anchors.pem");
-    // Each proxy's own state directory (made 0700 by the proxy).
-    let proxies = state_dir.join("proxies");
-    std::fs::create_dir_all(&proxies)?;
-    std::fs::set_permissions(
-        &proxies,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )?;
 
     // 2. Every workload: its proxy, then its app.
     let data = state_dir.join("data");
+    private_dir(&data)?;
+    // Each proxy's own state directory.
+    let proxies = state_dir.join("proxies");
     let mut pids = Vec::new();
     for (w, token, l) in &workloads {
+        // The proxy keeps its key, leaf and last configuration here across restarts (0700 before
+        // it starts; the proxy makes its files 0600).
+        let proxy_state = proxies.join(format!("{}.{}", l.namespace, l.name));
+        private_dir(&proxy_state)?;
         let proxy = supervise::start(
             Spec {
                 label: format!("{}/{} proxy", l.namespace, l.name),
@@ -305,21 +313,18 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
                     ),
                     ("ONEMESH_PROXY_CONTROL_ID".into(), control_id.clone()),
                     ("ONEMESH_PROXY_IDENTITY_TOKEN".into(), token.clone()),
+                    ("ONEMESH_PROXY_LOG_FORMAT".into(), "json".into()),
                     // Key, leaf, bundle and last configuration survive a restart of the proxy.
                     (
                         "ONEMESH_PROXY_STATE_DIR".into(),
-                        proxies
-                            .join(format!("{}.{}", l.namespace, l.name))
-                            .display()
-                            .to_string(),
+                        proxy_state.display().to_string(),
                     ),
-                    ("ONEMESH_PROXY_LOG_FORMAT".into(), "json".into()),
                 ],
             },
             stop_rx.clone(),
         );
         let dir = data.join(&l.namespace).join(&l.name);
-        std::fs::create_dir_all(&dir)?;
+        private_dir(&dir)?;
         let first = l.app_ports.values().next().copied().unwrap_or(0);
         let mut env = vec![
             ("PORT".to_string(), first.to_string()),
@@ -364,7 +369,7 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
         background.push(tokio::spawn(forward_entry(listener, backend)));
     }
     let (layout_tx, layout_rx) = watch::channel(layout.clone());
-    let dash = crate::dashboard::Dashboard::new(layout_rx);
+    let dash = crate::dashboard::Dashboard::new(layout_rx, dashboard_hosts);
     background.push(tokio::spawn(dash.clone().serve(dashboard_listener)));
     background.push(tokio::spawn(dash.scrape_forever()));
 
@@ -475,6 +480,23 @@ fn refresh_pids(layout: &mut Layout, watched: &[Watched], control: Option<u32>) 
             w.restarts = x.restarts.iter().map(|r| r.load(Ordering::Relaxed)).sum();
         }
     }
+}
+
+/// Creates `dir` and its missing parents as 0700 (this user only), or tightens an existing `dir`
+/// to 0700 (a state directory made by an older onemesh, or by hand).
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .with_context(|| {
+            format!(
+                "cannot create {} readable by this user only: check that this user owns it, or pass another --state-dir",
+                dir.display()
+            )
+        })
 }
 
 /// Writes JSON atomically, readable by this user only (tokens.json holds bootstrap secrets).

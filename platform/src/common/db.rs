@@ -5,8 +5,13 @@
 //! serial, which is what the idempotency check-then-store relies on. `synchronous=NORMAL` in WAL
 //! mode keeps every committed transaction across a process crash (a killed service loses
 //! nothing it answered); only a power loss could drop the last commits.
+//!
+//! The databases hold customer data (card tokens, balances, PIN hashes): the data directory is
+//! made (or tightened to) 0700 and the database file created 0600 before SQLite opens it, so that
+//! SQLite gives its `-wal` and `-shm` files the same mode; files left looser by an earlier run are
+//! tightened too.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
@@ -51,6 +56,16 @@ pub enum DbError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The database file (or its `-wal`/`-shm`) could not be created or made private (0600).
+    #[error(
+        "cannot create {path} readable by this user only: {source}; check that this user owns it"
+    )]
+    DataFile {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 /// A shared handle to a service's database.
@@ -62,11 +77,19 @@ pub struct Db {
 impl Db {
     /// Opens (creating if needed) `<dir>/<service>.db` and applies the migrations.
     pub fn open_in_dir(dir: &Path, service: &str, migrations: &[Migration]) -> Result<Db, DbError> {
-        std::fs::create_dir_all(dir).map_err(|source| DbError::DataDir {
+        private_dir(dir).map_err(|source| DbError::DataDir {
             path: dir.display().to_string(),
             source,
         })?;
-        let conn = Connection::open(dir.join(format!("{service}.db")))?;
+        let path = dir.join(format!("{service}.db"));
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            private_file(&file, suffix.is_empty()).map_err(|source| DbError::DataFile {
+                path: file.display().to_string(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(&path)?;
         Db::from_connection(conn, migrations)
     }
 
@@ -103,6 +126,33 @@ impl Db {
         .await
         .map_err(|e| E::from(DbError::Worker(e.to_string())))?
     }
+}
+
+/// Creates `dir` (and missing parents) as 0700, or tightens an existing one to 0700.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Makes `path` mode 0600: creates it empty with that mode when `create` and it is missing (SQLite
+/// then copies the mode to its `-wal`/`-shm`), and tightens it when it exists.
+fn private_file(path: &Path, create: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if create {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+    } else if !path.exists() {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 /// Applies every migration not yet recorded in `schema_migrations`, each in its own transaction.
@@ -165,6 +215,45 @@ mod tests {
                 .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
                 .unwrap();
             assert_eq!(m, 3);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_database_and_its_wal_are_private_and_loose_ones_are_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("onemesh-db-mode-{}", fastrand::u64(..)));
+        let data = dir.join("data");
+        {
+            let db = Db::open_in_dir(&data, "t", TEST).unwrap();
+            let conn = db.conn.lock().unwrap();
+            conn.execute("INSERT INTO t VALUES (2)", []).unwrap();
+            assert_eq!(mode(&data), 0o700);
+            for f in ["t.db", "t.db-wal", "t.db-shm"] {
+                assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+            }
+        }
+        // An earlier run (or an older onemesh) left them readable by everyone.
+        let loose = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(&data, loose.clone()).unwrap();
+        for f in ["t.db", "t.db-wal", "t.db-shm"] {
+            if data.join(f).exists() {
+                std::fs::set_permissions(data.join(f), std::fs::Permissions::from_mode(0o644))
+                    .unwrap();
+            }
+        }
+        let db = Db::open_in_dir(&data, "t", TEST).unwrap();
+        drop(db);
+        assert_eq!(mode(&data), 0o700);
+        for f in ["t.db", "t.db-wal", "t.db-shm"] {
+            if data.join(f).exists() {
+                assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+            }
         }
         std::fs::remove_dir_all(dir).unwrap();
     }

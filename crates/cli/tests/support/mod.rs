@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod platform;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -50,6 +52,11 @@ impl Up {
     /// Writes `mesh_yaml` to a fresh directory and starts `onemesh up` on it; waits until
     /// `onemesh check` passes.
     pub fn start(tag: &str, mesh_yaml: &str) -> Up {
+        Up::start_with(tag, mesh_yaml, &[])
+    }
+
+    /// [`Up::start`] with more `onemesh up` flags.
+    pub fn start_with(tag: &str, mesh_yaml: &str, extra_args: &[&str]) -> Up {
         let dir = unique_dir(tag);
         let config = dir.join("mesh.yaml");
         std::fs::write(&config, mesh_yaml).unwrap();
@@ -66,6 +73,7 @@ impl Up {
                 "--dashboard-addr=127.0.0.1:0",
                 "--expose-any-port",
             ])
+            .args(extra_args)
             .arg("--bin-dir")
             .arg(bin_dir())
             .stdin(Stdio::null())
@@ -169,6 +177,16 @@ impl Up {
             Some(mut c) => c.wait().map(|s| s.success()).unwrap_or(false),
             None => true,
         }
+    }
+}
+
+impl Up {
+    /// Stops `onemesh up` (as dropping does) and removes its directory: for the end of a test that
+    /// passed (a failed one keeps its directory, with `up.log`, to look at).
+    pub fn stop_and_clean(self) {
+        let dir = self.dir.clone();
+        drop(self);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
