@@ -261,6 +261,13 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     )
     .await?;
     let anchors = state_dir.join("trust-anchors.pem");
+    // Each proxy's own state directory (made 0700 by the proxy).
+    let proxies = state_dir.join("proxies");
+    std::fs::create_dir_all(&proxies)?;
+    std::fs::set_permissions(
+        &proxies,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
 
     // 2. Every workload: its proxy, then its app.
     let data = state_dir.join("data");
@@ -295,6 +302,14 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
                     ),
                     ("ONEMESH_PROXY_CONTROL_ID".into(), control_id.clone()),
                     ("ONEMESH_PROXY_IDENTITY_TOKEN".into(), token.clone()),
+                    // Key, leaf, bundle and last configuration survive a restart of the proxy.
+                    (
+                        "ONEMESH_PROXY_STATE_DIR".into(),
+                        proxies
+                            .join(format!("{}.{}", l.namespace, l.name))
+                            .display()
+                            .to_string(),
+                    ),
                     ("ONEMESH_PROXY_LOG_FORMAT".into(), "json".into()),
                 ],
             },

@@ -6,14 +6,22 @@
 //! [`FIRST_ANSWER_TIMEOUT`]) for the task's first answer: `Mesh(watch)` or `External`; later
 //! resolves of the same name get the same watch at once. An `External` answer ends the task and
 //! forgets the name.
+//!
+//! With a state directory, each mesh name's last endpoint set and routes are saved there
+//! (`dst-<hex name>.pb`, `routes-<hex name>.pb`: the messages as the control plane sent them,
+//! diffs folded into one snapshot). A restarted proxy answers the first resolve of such a name at
+//! once from them, also while the control plane is down; the streams replace them when they
+//! answer. The files are not pruned: one pair per mesh name this workload calls.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use onemesh_api::destination::WatchRequest;
 use onemesh_api::destination::destination_client::DestinationClient;
+use onemesh_api::destination::{Snapshot, Update, WatchRequest, update};
+use onemesh_api::policy::OutboundPolicy;
 use onemesh_api::policy::OutboundRequest;
 use onemesh_api::policy::policy_client::PolicyClient;
+use prost::Message;
 use tokio::sync::watch;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -22,6 +30,35 @@ use tracing::{debug, warn};
 use super::convert::{self, Destination};
 use super::{Backoff, ControlPlane, FIRST_ANSWER_TIMEOUT, ServiceKind, watch_name};
 use crate::discover::{BoxFuture, Discover, DiscoverError, Resolution, Service, Target};
+use crate::state_dir::StateDir;
+
+/// The file a name's saved `kind` (`dst` or `routes`) lives in: the name hex-encoded, so no name
+/// can escape the directory.
+fn cache_file(kind: &str, name: &str) -> String {
+    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{kind}-{hex}.pb")
+}
+
+fn load<M: Message + Default>(state: Option<&StateDir>, file: &str) -> Option<M> {
+    let bytes = state?.load_blob(file)?;
+    M::decode(bytes.as_slice())
+        .inspect_err(|e| warn!(file, "ignoring saved configuration: {e}"))
+        .ok()
+}
+
+/// Folds `update` into `snapshot`, the one message that says what the stream said so far.
+fn fold(snapshot: &mut Snapshot, update: &Update) {
+    match &update.kind {
+        Some(update::Kind::Snapshot(s)) => *snapshot = s.clone(),
+        Some(update::Kind::Diff(d)) => {
+            snapshot
+                .endpoints
+                .retain(|e| !d.remove.contains(&e.addr) && !d.add.iter().any(|a| a.addr == e.addr));
+            snapshot.endpoints.extend(d.add.iter().cloned());
+        }
+        None => {}
+    }
+}
 
 /// What a name's task has found out so far.
 #[derive(Clone, Debug)]
@@ -44,6 +81,7 @@ struct Inner {
     caller_namespace: String,
     plane: ControlPlane,
     names: Mutex<HashMap<Target, watch::Receiver<Answer>>>,
+    state: Option<StateDir>,
 }
 
 impl ControlDiscover {
@@ -53,6 +91,7 @@ impl ControlDiscover {
         policy: PolicyClient<Channel>,
         caller_namespace: String,
         plane: ControlPlane,
+        state: Option<StateDir>,
     ) -> Self {
         ControlDiscover {
             inner: Arc::new(Inner {
@@ -61,6 +100,7 @@ impl ControlDiscover {
                 caller_namespace,
                 plane,
                 names: Mutex::new(HashMap::new()),
+                state,
             }),
         }
     }
@@ -154,9 +194,22 @@ async fn watch_destination(
     service: &watch::Sender<Arc<Service>>,
     answer: &watch::Sender<Answer>,
 ) {
+    let file = cache_file("dst", name);
+    let mut state = Destination::default();
+    let mut folded: Snapshot = load(inner.state.as_ref(), &file)
+        .filter(|s: &Snapshot| s.exists)
+        .unwrap_or_default();
+    if folded.exists {
+        debug!(%name, endpoints = folded.endpoints.len(), "starting from the saved endpoints");
+        state.apply(Update {
+            kind: Some(update::Kind::Snapshot(folded.clone())),
+        });
+        service.send_modify(|s| *s = Arc::new(state.service(name, s.routes.clone())));
+        answer.send_replace(Answer::Mesh(service.subscribe()));
+    }
+    inner.plane.wait_for_certificate().await;
     let mut health = inner.plane.stream(ServiceKind::Destination);
     let mut backoff = Backoff::new();
-    let mut state = Destination::default();
     loop {
         let mut client = inner.destination.clone();
         let request = WatchRequest {
@@ -171,6 +224,10 @@ async fn watch_destination(
                         Ok(Some(update)) => {
                             health.up();
                             backoff.reset();
+                            if let Some(dir) = &inner.state {
+                                fold(&mut folded, &update);
+                                dir.save_blob(&file, &folded.encode_to_vec());
+                            }
                             for skipped in state.apply(update) {
                                 warn!(%name, "destination update: {skipped}");
                             }
@@ -214,6 +271,16 @@ async fn watch_destination(
 
 /// Follows `Policy.WatchOutbound` for `name`, merging its routes into `service`.
 async fn watch_routes(inner: Arc<Inner>, name: String, service: watch::Sender<Arc<Service>>) {
+    let file = cache_file("routes", &name);
+    if let Some(saved) = load::<OutboundPolicy>(inner.state.as_ref(), &file) {
+        let (routes, _) = convert::routes(&saved);
+        service.send_modify(|s| {
+            let mut next = Service::clone(s);
+            next.routes = routes;
+            *s = Arc::new(next);
+        });
+    }
+    inner.plane.wait_for_certificate().await;
     let mut health = inner.plane.stream(ServiceKind::Policy);
     let mut backoff = Backoff::new();
     loop {
@@ -230,6 +297,9 @@ async fn watch_routes(inner: Arc<Inner>, name: String, service: watch::Sender<Ar
                         Ok(Some(policy)) => {
                             health.up();
                             backoff.reset();
+                            if let Some(dir) = &inner.state {
+                                dir.save_blob(&file, &policy.encode_to_vec());
+                            }
                             let (routes, skipped) = convert::routes(&policy);
                             for skipped in skipped {
                                 warn!(%name, "outbound policy: {skipped}");

@@ -2,11 +2,18 @@
 //! starting closed ([`awaiting_policy`]: nobody is let in) and replaced by each full state the control plane
 //! sends. The stream is reopened with backoff; until then the last state stays in force. The
 //! first answer marks the initial configuration as loaded for `/ready`.
+//!
+//! With a state directory, every new policy is saved there (`inbound.pb`, the message as the
+//! control plane sent it) and a restarted proxy starts from it: its initial configuration is
+//! loaded at once, also while the control plane is down, and the stream replaces it when it
+//! answers.
 
 use std::sync::Arc;
 
+use onemesh_api::policy::InboundPolicy as InboundMessage;
 use onemesh_api::policy::InboundRequest;
 use onemesh_api::policy::policy_client::PolicyClient;
+use prost::Message;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
@@ -15,6 +22,10 @@ use super::convert;
 use super::{Backoff, ControlPlane, ServiceKind};
 use crate::discover::InboundPolicy;
 use crate::policy::Authorizations;
+use crate::state_dir::StateDir;
+
+/// The saved inbound policy in the state directory.
+pub const CACHE_FILE: &str = "inbound.pb";
 
 /// Inbound authorizations from the control plane. The stream's task runs for the life of the
 /// process (or runtime): the data path keeps its receiver after this handle is dropped.
@@ -30,14 +41,32 @@ impl ControlPolicy {
         namespace: String,
         workload: String,
         plane: ControlPlane,
+        state: Option<StateDir>,
     ) -> Self {
-        let (authorizations, _) = watch::channel(Arc::new(awaiting_policy()));
+        let saved = state
+            .as_ref()
+            .and_then(|s| s.load_blob(CACHE_FILE))
+            .and_then(|bytes| {
+                InboundMessage::decode(bytes.as_slice())
+                    .inspect_err(|e| warn!("ignoring the saved inbound policy: {e}"))
+                    .ok()
+            });
+        let start = match &saved {
+            Some(policy) => {
+                info!(%namespace, %workload, "starting from the saved inbound policy");
+                plane.mark_config_loaded();
+                convert::authorizations(policy).0
+            }
+            None => awaiting_policy(),
+        };
+        let (authorizations, _) = watch::channel(Arc::new(start));
         tokio::spawn(run(
             client,
             namespace,
             workload,
             plane,
             authorizations.clone(),
+            state,
         ));
         ControlPolicy { authorizations }
     }
@@ -74,7 +103,9 @@ async fn run(
     workload: String,
     plane: ControlPlane,
     authorizations: watch::Sender<Arc<Authorizations>>,
+    state: Option<StateDir>,
 ) {
+    plane.wait_for_certificate().await;
     let mut health = plane.stream(ServiceKind::Policy);
     let mut backoff = Backoff::new();
     loop {
@@ -104,6 +135,9 @@ async fn run(
                                 true
                             });
                             if changed {
+                                if let Some(state) = &state {
+                                    state.save_blob(CACHE_FILE, &policy.encode_to_vec());
+                                }
                                 info!(
                                     %namespace,
                                     %workload,

@@ -207,6 +207,7 @@ pub fn sources_with_bundle(
         namespace.clone(),
         config.workload.clone(),
         plane.clone(),
+        state.clone(),
     );
     Ok(Sources {
         discover: Arc::new(ControlDiscover::new(
@@ -214,6 +215,7 @@ pub fn sources_with_bundle(
             policy,
             namespace,
             plane.clone(),
+            state.clone(),
         )),
         policy: Arc::new(inbound),
         certifier: Arc::new(ControlCertifier::new(

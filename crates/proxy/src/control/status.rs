@@ -132,6 +132,20 @@ impl ControlPlane {
         let _ = self.inner.credentials.set(credentials);
     }
 
+    /// Waits until the proxy holds a certificate: the control plane answers Destination and
+    /// Policy only to a caller that presents one, so streams are opened after it (a connection
+    /// dialled without one would be refused).
+    pub async fn wait_for_certificate(&self) {
+        loop {
+            if let Some(rx) = self.inner.credentials.get() {
+                let mut rx = rx.clone();
+                let _ = rx.wait_for(Option::is_some).await;
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub(crate) fn credentials_slot(
         &self,
     ) -> Arc<OnceLock<watch::Receiver<Option<CredentialStore>>>> {

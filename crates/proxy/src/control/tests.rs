@@ -397,6 +397,25 @@ fn sources_for(plane: &Plane, config: &Config) -> Sources {
     sources_with_bundle(config, &control, plane.bundle.clone()).unwrap()
 }
 
+/// Gives `sources` a certificate for [`OWN_ID`] without running a proxy (the control-plane
+/// streams open only once the proxy holds one).
+fn attach_certificate(plane: &Plane, sources: &Sources) {
+    let id: SpiffeId = OWN_ID.parse().unwrap();
+    let key = onemesh_identity::WorkloadKey::generate().unwrap();
+    let issued = plane
+        .state
+        .issuer
+        .sign_csr(&key.csr_der(&id).unwrap(), Duration::from_secs(3600), |a| {
+            a == &id
+        })
+        .unwrap();
+    let store =
+        onemesh_identity::CredentialStore::new(id, key, issued, plane.bundle.clone()).unwrap();
+    let (tx, rx) = watch::channel(Some(store));
+    std::mem::forget(tx);
+    sources.control.as_ref().unwrap().attach_credentials(rx);
+}
+
 /// `GET path` on the admin server: status and body.
 async fn get(admin: SocketAddr, path: &str) -> (u16, String) {
     let fetch = async {
@@ -653,6 +672,7 @@ async fn destinations_resolve_to_snapshots_then_diffs() {
     let server = plane.serve("127.0.0.1:0".parse().unwrap()).await;
     let config = config(server.addr, TOKEN);
     let sources = sources_for(&plane, &config);
+    attach_certificate(&plane, &sources);
     let discover = sources.discover.clone();
 
     let mut rx = resolve_mesh(&*discover, &bank_target()).await;
@@ -746,6 +766,7 @@ async fn inbound_policy_changes_reach_the_watch() {
     let server = plane.serve("127.0.0.1:0".parse().unwrap()).await;
     let config = config(server.addr, TOKEN);
     let sources = sources_for(&plane, &config);
+    attach_certificate(&plane, &sources);
     let control = sources.control.clone().unwrap();
     let mut rx = sources.policy.authorizations();
     tokio::time::timeout(
@@ -892,6 +913,9 @@ async fn concurrent_resolves_share_one_stream_and_a_removed_service_empties() {
     let config = config(server.addr, TOKEN);
     let sources = sources_for(&plane, &config);
     let discover = sources.discover.clone();
+    // Streams open once the proxy holds a certificate.
+    let proxy = crate::build(config, sources).await.unwrap();
+    assert!(proxy.wait_ready(WAIT).await);
 
     let resolves = (0..20).map(|_| {
         let d = discover.clone();
@@ -938,4 +962,151 @@ fn before_the_first_policy_nobody_is_let_in() {
         crate::policy::check_port(&closed.ports, &[], 8080),
         Err(crate::policy::PortRefusal::Undeclared(8080))
     );
+}
+
+/// A fresh state directory for one test.
+fn state_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "onemesh-proxy-restart-{name}-{}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn config_with_state(control: SocketAddr, dir: &std::path::Path) -> Config {
+    let mut config = config(control, TOKEN);
+    if let Some(c) = config.control.as_mut() {
+        c.state_dir = Some(dir.to_path_buf());
+    }
+    config
+}
+
+#[tokio::test]
+async fn a_restarted_proxy_is_ready_at_once_with_the_control_plane_down() {
+    let dir = state_dir("down");
+    let plane = Plane::new();
+    plane.set_inbound(allow("saved"));
+    plane.set_destination("bank.bank:80", bank(&["127.0.0.1:1001"]));
+    let server = plane.serve("127.0.0.1:0".parse().unwrap()).await;
+    let addr = server.addr;
+
+    // First life: certify with the token, learn the policy and bank's endpoints.
+    let config = config_with_state(addr, &dir);
+    let sources = sources_for(&plane, &config);
+    let discover = sources.discover.clone();
+    let first = crate::build(config, sources).await.unwrap();
+    assert!(first.wait_ready(WAIT).await);
+    let service = resolve_mesh(&*discover, &bank_target()).await;
+    assert_eq!(addrs(&service.borrow()), ["127.0.0.1:1001"]);
+    let admin = first.admin_addr;
+    assert!(eventually(WAIT, async || get(admin, "/ready").await.0 == 200).await);
+    let (_, first_identity) = get(admin, "/identity").await;
+    // Everything a restart needs is on disk, private to this user.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    for file in [
+        crate::state_dir::KEY_FILE,
+        crate::state_dir::CHAIN_FILE,
+        inbound::CACHE_FILE,
+    ] {
+        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+    }
+    first.shutdown(Duration::from_secs(1)).await;
+    let calls = plane.state.certify_calls.load(Ordering::SeqCst);
+
+    // The control plane is gone; the proxy restarts (same directory, new process state).
+    server.stop();
+    let started = std::time::Instant::now();
+    let config = config_with_state(addr, &dir);
+    let sources = sources_for(&plane, &config);
+    let auths = sources.policy.authorizations();
+    let discover = sources.discover.clone();
+    let second = crate::build(config, sources).await.unwrap();
+    assert!(
+        second.wait_ready(WAIT).await,
+        "no certificate after restart"
+    );
+    let admin = second.admin_addr;
+    let ready = async || get(admin, "/ready").await.0 == 200;
+    assert!(
+        eventually(WAIT, ready).await,
+        "{:?}",
+        get(admin, "/ready").await
+    );
+    let took = started.elapsed();
+    println!("restart to ready with the control plane down: {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Same leaf (no certify happened), saved policy, saved endpoints.
+    assert_eq!(get(admin, "/identity").await.1, first_identity);
+    assert_eq!(plane.state.certify_calls.load(Ordering::SeqCst), calls);
+    assert_eq!(&*auths.borrow().list[0].name, "saved");
+    let service = resolve_mesh(&*discover, &bank_target()).await;
+    assert_eq!(addrs(&service.borrow()), ["127.0.0.1:1001"]);
+
+    // The control plane comes back: the streams take over from the saved state.
+    let _server = plane.serve(addr).await;
+    plane.set_destination("bank.bank:80", bank(&["127.0.0.1:1002"]));
+    let mut service = service;
+    tokio::time::timeout(
+        Duration::from_secs(8),
+        service.wait_for(|s| addrs(s) == ["127.0.0.1:1002"]),
+    )
+    .await
+    .expect("the live stream did not replace the saved endpoints")
+    .unwrap();
+    second.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_restarted_proxy_with_an_expired_leaf_certifies_again_with_the_same_key() {
+    let dir = state_dir("expired");
+    let plane = Plane::new();
+    plane.set_inbound(allow("p"));
+    let server = plane.serve("127.0.0.1:0".parse().unwrap()).await;
+    let config = config_with_state(server.addr, &dir);
+    let key_before = {
+        let sources = sources_for(&plane, &config);
+        let first = crate::build(config.clone(), sources).await.unwrap();
+        assert!(first.wait_ready(WAIT).await);
+        first.shutdown(Duration::from_secs(1)).await;
+        std::fs::read_to_string(dir.join(crate::state_dir::KEY_FILE)).unwrap()
+    };
+    // A leaf that is no longer valid: the proxy must not serve it, and must ask again with the
+    // key its token is bound to.
+    let key = onemesh_identity::WorkloadKey::from_pem(&key_before).unwrap();
+    let id: SpiffeId = OWN_ID.parse().unwrap();
+    let expired = plane
+        .state
+        .issuer
+        .sign_csr_with_validity(
+            &key.csr_der(&id).unwrap(),
+            std::time::SystemTime::now() - Duration::from_secs(7200),
+            std::time::SystemTime::now() - Duration::from_secs(3600),
+            |a| a == &id,
+        )
+        .unwrap();
+    crate::state_dir::StateDir::open(&dir)
+        .unwrap()
+        .save_chain(&expired);
+    let calls = plane.state.certify_calls.load(Ordering::SeqCst);
+    let sources = sources_for(&plane, &config);
+    let second = crate::build(config, sources).await.unwrap();
+    assert!(second.wait_ready(WAIT).await);
+    assert!(plane.state.certify_calls.load(Ordering::SeqCst) > calls);
+    let current = second.credentials.borrow().clone().unwrap();
+    assert!(current.not_after() > std::time::SystemTime::now());
+    assert_eq!(
+        std::fs::read_to_string(dir.join(crate::state_dir::KEY_FILE)).unwrap(),
+        key_before,
+        "the key must survive the restart"
+    );
+    second.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
