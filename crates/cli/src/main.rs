@@ -104,6 +104,9 @@ enum IdentityCommand {
         /// How long each step waits for every connected proxy (e.g. 90s, 5m, 1h).
         #[arg(long, default_value = "5m", value_parser = trust::parse_deadline)]
         deadline: Duration,
+        /// Rotate even when proxies of the layout are not connected (they will not follow).
+        #[arg(long)]
+        force: bool,
     },
     /// Rotate the issuer now (the control plane also does it by itself at 70 % of its life).
     RotateIssuer {
@@ -151,11 +154,11 @@ fn main() -> ExitCode {
             }) => commands::identity(dir, &workload, cli.output).await,
             Command::Identity(IdentityArgs { command, .. }) => match command {
                 None | Some(IdentityCommand::Trust) => trust::show(dir, cli.output).await,
-                Some(IdentityCommand::RotateAnchor { deadline }) => {
-                    trust::rotate(dir, trust::Rotation::Anchor, deadline).await
+                Some(IdentityCommand::RotateAnchor { deadline, force }) => {
+                    trust::rotate(dir, trust::Rotation::Anchor, deadline, force).await
                 }
                 Some(IdentityCommand::RotateIssuer { deadline }) => {
-                    trust::rotate(dir, trust::Rotation::Issuer, deadline).await
+                    trust::rotate(dir, trust::Rotation::Issuer, deadline, false).await
                 }
                 Some(IdentityCommand::Revoke { id }) => trust::revoke(dir, &id).await,
             },

@@ -136,8 +136,8 @@ fn try_load_credentials(dir: &Path, operator: &SpiffeId) -> Result<CredentialSto
             dir.join(name).display()
         ))
     };
-    let key = WorkloadKey::from_pem(&read(OPERATOR_KEY_FILE)?)
-        .map_err(|e| bad(OPERATOR_KEY_FILE, e))?;
+    let key =
+        WorkloadKey::from_pem(&read(OPERATOR_KEY_FILE)?).map_err(|e| bad(OPERATOR_KEY_FILE, e))?;
     let issued = Issued::from_chain_pem(&read(OPERATOR_CERT_FILE)?)
         .map_err(|e| bad(OPERATOR_CERT_FILE, e))?;
     let bundle = TrustBundle::from_pem(&read(TRUST_ANCHORS_FILE)?)
@@ -294,8 +294,36 @@ fn refused(call: &str, status: &tonic::Status) -> anyhow::Error {
 
 /// `onemesh identity rotate-anchor|rotate-issuer`: starts the rotation and prints each progress
 /// message until the last (`done`). `Ok(false)` when the stream ends before it.
-pub async fn rotate(dir: &Path, which: Rotation, deadline: Duration) -> anyhow::Result<bool> {
+///
+/// First it compares the proxies connected to the control plane with the workloads of the
+/// layout: a proxy that is not connected does not follow a rotation. For an issuer rotation that
+/// is a warning (it renews from the new issuer when it reconnects); an anchor rotation is refused
+/// unless `force` (such a proxy would keep trusting only the old anchor and could neither reach
+/// the control plane nor be reached once its peers hold leaves from the new one).
+pub async fn rotate(
+    dir: &Path,
+    which: Rotation,
+    deadline: Duration,
+    force: bool,
+) -> anyhow::Result<bool> {
+    let layout = Layout::load(dir)?;
     let mut admin = Admin::connect(dir).await?;
+    let status = admin.trust().await?;
+    let missing = not_connected(&layout, &status);
+    if !missing.is_empty() {
+        let list = missing.join(", ");
+        match (which, force) {
+            (Rotation::Anchor, false) => {
+                println!(
+                    "× not rotating the trust anchor: the proxies of {list} are not connected to                      the control plane and would not follow (check them with `onemesh check`, or                      pass --force to rotate without them)"
+                );
+                return Ok(false);
+            }
+            _ => println!(
+                "! the proxies of {list} are not connected to the control plane: they will not                  follow this rotation until they reconnect"
+            ),
+        }
+    }
     let request = RotateRequest {
         deadline_secs: deadline.as_secs(),
     };
@@ -356,6 +384,16 @@ pub async fn rotate(dir: &Path, which: Rotation, deadline: Duration) -> anyhow::
     }
 }
 
+/// The workloads of the layout (`namespace/name`) whose proxy is not among the connected ones.
+pub fn not_connected(layout: &Layout, status: &TrustStatus) -> Vec<String> {
+    layout
+        .workloads
+        .iter()
+        .filter(|w| !status.proxies.iter().any(|p| p.id == w.identity))
+        .map(|w| w.key())
+        .collect()
+}
+
 /// One progress message: `[  1.2s] step  done/total`, and the stragglers on the next line.
 pub fn progress_line(p: &RotationProgress, elapsed: Duration) -> String {
     let mut line = format!(
@@ -366,7 +404,10 @@ pub fn progress_line(p: &RotationProgress, elapsed: Duration) -> String {
         p.total_proxies
     );
     if !p.stragglers.is_empty() {
-        line.push_str(&format!("          stragglers: {}\n", p.stragglers.join(", ")));
+        line.push_str(&format!(
+            "          stragglers: {}\n",
+            p.stragglers.join(", ")
+        ));
     }
     line
 }

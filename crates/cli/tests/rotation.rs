@@ -262,7 +262,11 @@ async fn rotations_under_load_fail_no_request_and_end_on_the_new_anchor() {
         .iter()
         .map(|w| {
             (
-                format!("{}/{}", w["namespace"].as_str().unwrap(), w["name"].as_str().unwrap()),
+                format!(
+                    "{}/{}",
+                    w["namespace"].as_str().unwrap(),
+                    w["name"].as_str().unwrap()
+                ),
                 w["identity"].as_str().unwrap().parse().unwrap(),
                 w["inbound"].as_str().unwrap().to_string(),
             )
@@ -284,7 +288,9 @@ async fn rotations_under_load_fail_no_request_and_end_on_the_new_anchor() {
     let rogue = TrustAnchor::generate(&td, Duration::from_secs(3600)).unwrap();
     let rogue_issuer = rogue.issue_issuer(Duration::from_secs(3600)).unwrap();
     let key = WorkloadKey::generate().unwrap();
-    let operator: SpiffeId = format!("spiffe://{td}/ns/onemesh/sa/operator").parse().unwrap();
+    let operator: SpiffeId = format!("spiffe://{td}/ns/onemesh/sa/operator")
+        .parse()
+        .unwrap();
     let minted = rogue_issuer
         .sign_csr(
             &key.csr_der(&operator).unwrap(),
@@ -300,8 +306,8 @@ async fn rotations_under_load_fail_no_request_and_end_on_the_new_anchor() {
         .args(["identity", "rotate-anchor", "--deadline", "30s"])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).into_owned()
-        + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "forged operator: {text}");
     assert!(text.contains("control plane"), "says what failed: {text}");
     assert_eq!(
@@ -316,15 +322,35 @@ async fn rotations_under_load_fail_no_request_and_end_on_the_new_anchor() {
     let load = start_load(entry.clone(), rate, counts.clone(), stop_rx);
     tokio::time::sleep(settle).await;
     let warm = counts.snapshot();
-    assert!(warm.0 > 0, "no request succeeded before any rotation: {:?}", counts.failures.lock().unwrap());
-    assert_eq!(warm.1, 0, "requests failed before any rotation: {:?}", counts.failures.lock().unwrap());
+    assert!(
+        warm.0 > 0,
+        "no request succeeded before any rotation: {:?}",
+        counts.failures.lock().unwrap()
+    );
+    assert_eq!(
+        warm.1,
+        0,
+        "requests failed before any rotation: {:?}",
+        counts.failures.lock().unwrap()
+    );
 
     let mut phases = Vec::new();
     for (command, name) in [("rotate-issuer", "issuer"), ("rotate-anchor", "anchor")] {
         let start = counts.snapshot();
         let (ok, out, took) = cli(&up, &["identity", command, "--deadline", "60s"]).await;
-        assert!(ok, "onemesh identity {command} failed:\n{out}\n--- up.log:\n{}", up.log());
+        assert!(
+            ok,
+            "onemesh identity {command} failed:\n{out}\n--- up.log:\n{}",
+            up.log()
+        );
         assert!(out.contains("rotated"), "{out}");
+        // Every proxy of the layout was connected and followed each step.
+        let all = format!("{0}/{0}", workloads.len());
+        assert!(
+            out.lines()
+                .any(|l| l.contains(" done ") && l.ends_with(&all)),
+            "not every proxy followed the {name} rotation:\n{out}"
+        );
         // Leaves renewed at the last step are in use from now: keep the load on a while.
         tokio::time::sleep(settle).await;
         let end = counts.snapshot();
@@ -341,7 +367,10 @@ async fn rotations_under_load_fail_no_request_and_end_on_the_new_anchor() {
             counts.failures.lock().unwrap(),
             up.log()
         );
-        assert!(ok_n > 0, "no request was answered during the {name} rotation");
+        assert!(
+            ok_n > 0,
+            "no request was answered during the {name} rotation"
+        );
         phases.push((name, took, ok_n));
     }
     stop_tx.send(true).unwrap();
@@ -352,16 +381,32 @@ async fn rotations_under_load_fail_no_request_and_end_on_the_new_anchor() {
 
     // trust-anchors.pem holds only the new anchor.
     let new_anchors = anchors_on_disk(&up);
-    assert_eq!(new_anchors.roots().len(), 1, "the old anchor is still trusted");
-    assert_ne!(new_anchors.roots(), old_anchors.roots(), "the anchor did not change");
+    assert_eq!(
+        new_anchors.roots().len(),
+        1,
+        "the old anchor is still trusted"
+    );
+    assert_ne!(
+        new_anchors.roots(),
+        old_anchors.roots(),
+        "the anchor did not change"
+    );
 
     // Admin.Trust: one anchor (the new one), a new issuer, every proxy on both.
     let after = trust_json(&up);
     assert_eq!(after["anchors"].as_array().unwrap().len(), 1, "{after}");
-    assert_ne!(after["issuer"]["sha256"].as_str().unwrap(), old_issuer, "{after}");
+    assert_ne!(
+        after["issuer"]["sha256"].as_str().unwrap(),
+        old_issuer,
+        "{after}"
+    );
     assert_eq!(after["rotation"], Value::Null, "{after}");
     let proxies = after["proxies"].as_array().unwrap();
-    assert_eq!(proxies.len(), workloads.len(), "every proxy is connected: {after}");
+    assert_eq!(
+        proxies.len(),
+        workloads.len(),
+        "every proxy is connected: {after}"
+    );
     for p in proxies {
         assert_eq!(p["current_issuer"], true, "{p}");
         assert_eq!(p["current_bundle"], true, "{p}");
@@ -373,13 +418,19 @@ async fn rotations_under_load_fail_no_request_and_end_on_the_new_anchor() {
             .await
             .unwrap_or_else(|e| panic!("{key}'s leaf does not chain to the new anchor: {e}"));
         let refused = handshake(inbound, id, &old_anchors).await;
-        assert!(refused.is_err(), "{key}'s leaf still chains to the old anchor");
+        assert!(
+            refused.is_err(),
+            "{key}'s leaf still chains to the old anchor"
+        );
     }
 
     // The table form, and check's CA-expiry lines.
     let (ok, table) = up.cli(&["identity"]);
     assert!(ok, "{table}");
-    assert!(table.contains("anchor") && table.contains("rotation: none under way"), "{table}");
+    assert!(
+        table.contains("anchor") && table.contains("rotation: none under way"),
+        "{table}"
+    );
     for (_, id, _) in &workloads {
         assert!(table.contains(id.as_str()), "{id} missing from:\n{table}");
     }
@@ -391,7 +442,10 @@ async fn rotations_under_load_fail_no_request_and_end_on_the_new_anchor() {
     // Revoke: newly, then already; a malformed id is refused with exit 1.
     let nobody = format!("spiffe://{td}/ns/nobody/sa/nobody");
     let (ok, out) = up.cli(&["identity", "revoke", &nobody]);
-    assert!(ok && out.contains("revoked spiffe://") && out.contains("24 h"), "{out}");
+    assert!(
+        ok && out.contains("revoked spiffe://") && out.contains("24 h"),
+        "{out}"
+    );
     let (ok, out) = up.cli(&["identity", "revoke", &nobody]);
     assert!(ok && out.contains("revoked already"), "{out}");
     let (ok, out) = up.cli(&["identity", "revoke", "not-an-id"]);
@@ -400,6 +454,9 @@ async fn rotations_under_load_fail_no_request_and_end_on_the_new_anchor() {
     assert_eq!(after["revoked"], json!([nobody]), "{after}");
 
     for (name, took, n) in phases {
-        println!("{name}: {:.1} s, {n} requests answered, 0 failed", took.as_secs_f64());
+        println!(
+            "{name}: {:.1} s, {n} requests answered, 0 failed",
+            took.as_secs_f64()
+        );
     }
 }

@@ -51,7 +51,10 @@ fn progress_lines_show_step_counts_and_stragglers() {
         done: false,
     };
     let line = progress_line(&p, Duration::from_millis(1500));
-    assert!(line.starts_with("[   1.5s] new anchor in the bundle"), "{line}");
+    assert!(
+        line.starts_with("[   1.5s] new anchor in the bundle"),
+        "{line}"
+    );
     assert!(line.contains("  3/5\n"), "{line}");
     assert!(
         line.contains("stragglers: spiffe://cluster.local/ns/bank/sa/bank @ 127.0.0.1:1"),
@@ -93,7 +96,10 @@ fn expiry_lines_warn_at_60_days_fail_at_7_and_name_the_fix() {
     );
     let marks: Vec<Mark> = lines.iter().map(|l| l.mark).collect();
     assert_eq!(marks, [Mark::Pass, Mark::Warn, Mark::Fail, Mark::Fail]);
-    assert!(lines[0].what.starts_with("trust anchor expiry"), "{lines:?}");
+    assert!(
+        lines[0].what.starts_with("trust anchor expiry"),
+        "{lines:?}"
+    );
     assert!(
         lines[1].hint.contains("onemesh identity rotate-anchor"),
         "{lines:?}"
@@ -134,7 +140,11 @@ fn expiry_checks_read_the_ca_files_of_the_state_directory() {
         .map(|l| (l.mark, l.what.starts_with("issuer")))
         .collect();
     // Soonest first: the issuer, then the anchor.
-    assert_eq!(marks, [(Mark::Fail, true), (Mark::Warn, false)], "{lines:?}");
+    assert_eq!(
+        marks,
+        [(Mark::Fail, true), (Mark::Warn, false)],
+        "{lines:?}"
+    );
 
     // Without CA files the check fails and says where it looked.
     std::fs::remove_file(dir.join(TRUST_ANCHORS_FILE)).unwrap();
@@ -181,7 +191,10 @@ fn trust_renders_as_tables_and_json() {
     let text = render_trust(&status, now, false);
     assert!(text.contains("anchor  CN=anchor"), "{text}");
     assert!(text.contains("1111111111111111"), "{text}");
-    assert!(!text.contains(&"11".repeat(32)), "short digest only: {text}");
+    assert!(
+        !text.contains(&"11".repeat(32)),
+        "short digest only: {text}"
+    );
     assert!(text.contains("in 30d 0h"), "{text}");
     assert!(
         text.contains("spiffe://cluster.local/ns/bank/sa/bank  0a0b"),
@@ -206,4 +219,45 @@ fn trust_renders_as_tables_and_json() {
         "spiffe://cluster.local/ns/bank/sa/bank"
     );
     assert_eq!(json["rotation"], serde_json::Value::Null);
+}
+
+#[test]
+fn workloads_whose_proxy_is_not_connected_are_named() {
+    use crate::layout::{Control, Layout, Workload};
+    let workload = |ns: &str| Workload {
+        namespace: ns.into(),
+        name: ns.into(),
+        identity: format!("spiffe://cluster.local/ns/{ns}/sa/{ns}"),
+        app_ports: Default::default(),
+        inbound: String::new(),
+        outbound: String::new(),
+        admin: String::new(),
+        app_pid: None,
+        proxy_pid: None,
+        restarts: 0,
+    };
+    let layout = Layout {
+        pid: 1,
+        config: "mesh.yaml".into(),
+        trust_domain: "cluster.local".into(),
+        control: Control {
+            identity: String::new(),
+            destination: String::new(),
+            policy: String::new(),
+            id: String::new(),
+            pid: None,
+        },
+        dashboard: String::new(),
+        entries: Default::default(),
+        workloads: vec![workload("bank"), workload("card")],
+    };
+    let status = TrustStatus {
+        proxies: vec![ProxyTrust {
+            id: "spiffe://cluster.local/ns/card/sa/card".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert_eq!(not_connected(&layout, &status), ["bank/bank"]);
+    assert!(not_connected(&layout, &TrustStatus::default()).len() == 2);
 }
