@@ -1,4 +1,5 @@
-//! The read-only commands (`status`, `check`, `stat`, `edges`, `authz`, `identity`) and `down`.
+//! The read-only commands (`status`, `check`, `stat`, `edges`, `authz`, `identity <workload>`) and
+//! `down`. (The trust commands, `identity trust|rotate-*|revoke`, are in [`crate::trust`].)
 //! Each reads the layout that `onemesh up` wrote, asks the running parts, and prints a table or
 //! JSON. They return `Ok(false)` when they ran but found a problem (exit code 1).
 
@@ -15,6 +16,7 @@ use crate::Output;
 use crate::history::{EdgeRow, StatRow};
 use crate::layout::Layout;
 use crate::table::{ms, pct, render};
+use crate::trust::{CheckLine, Mark};
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -380,13 +382,25 @@ pub async fn check(dir: &Path) -> anyhow::Result<bool> {
         }
     }
     checks.extend(crate::up::policy_checks(&layout));
+    let mut lines: Vec<CheckLine> = checks
+        .into_iter()
+        .map(|c| CheckLine {
+            mark: if c.ok { Mark::Pass } else { Mark::Fail },
+            what: c.what,
+            hint: c.hint,
+        })
+        .collect();
+    // The CA's own expiry, from its files: warnings do not fail the check.
+    lines.extend(crate::trust::expiry_checks(dir, SystemTime::now()));
     let mut all = true;
-    for c in &checks {
-        if c.ok {
-            println!("√ {}", c.what);
-        } else {
-            all = false;
-            println!("× {} — {}", c.what, c.hint);
+    for c in &lines {
+        match c.mark {
+            Mark::Pass => println!("√ {}", c.what),
+            Mark::Warn => println!("! {} — {}", c.what, c.hint),
+            Mark::Fail => {
+                all = false;
+                println!("× {} — {}", c.what, c.hint);
+            }
         }
     }
     println!(

@@ -1,5 +1,7 @@
 //! `onemesh`: runs the mesh and its reference platform on this machine (`up`, `down`) and shows
-//! the mesh from one place (`status`, `check`, `stat`, `edges`, `authz`, `identity`).
+//! the mesh from one place (`status`, `check`, `stat`, `edges`, `authz`, `identity`), and
+//! gives the operator the mesh's trust (`identity trust`, `rotate-anchor`, `rotate-issuer`,
+//! `revoke`: calls to the control plane's Admin service, see [`trust`]).
 //!
 //! Exit codes scripts can rely on: 0 success; 1 the command ran and found a problem (a failed
 //! check, an unknown workload, the mesh not running); 2 a usage error (bad flags).
@@ -13,12 +15,14 @@ mod mesh;
 mod prom;
 mod supervise;
 mod table;
+mod trust;
 mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -75,8 +79,46 @@ enum Command {
     },
     /// The authorization policies in force on a workload and what they allow.
     Authz { workload: String },
-    /// A workload's current certificate: SPIFFE id, issuer, validity.
-    Identity { workload: String },
+    /// Identities and trust: a workload's certificate (`identity <workload>`), or, with no
+    /// workload, the mesh's anchors, issuer and every proxy's leaf; rotation and revocation.
+    Identity(IdentityArgs),
+}
+
+/// `onemesh identity [<workload> | trust | rotate-anchor | rotate-issuer | revoke <id>]`.
+/// A workload whose name is one of the subcommands' is given as `namespace/name`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct IdentityArgs {
+    /// A workload (`name` or `namespace/name`): the certificate its proxy holds now.
+    workload: Option<String>,
+    #[command(subcommand)]
+    command: Option<IdentityCommand>,
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Anchors, issuer and every connected proxy's leaf with expiry (the default with no workload).
+    Trust,
+    /// Rotate the trust anchor without an outage, to the end: prints each step as it goes.
+    RotateAnchor {
+        /// How long each step waits for every connected proxy (e.g. 90s, 5m, 1h).
+        #[arg(long, default_value = "5m", value_parser = trust::parse_deadline)]
+        deadline: Duration,
+        /// Rotate even when proxies of the layout are not connected (they will not follow).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Rotate the issuer now (the control plane also does it by itself at 70 % of its life).
+    RotateIssuer {
+        /// How long each step waits for every connected proxy (e.g. 90s, 5m, 1h).
+        #[arg(long, default_value = "5m", value_parser = trust::parse_deadline)]
+        deadline: Duration,
+    },
+    /// Never certify this SPIFFE id again (leaves already issued stay valid until they expire).
+    Revoke {
+        /// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -106,7 +148,20 @@ fn main() -> ExitCode {
                 commands::edges(dir, namespace, window, cli.output).await
             }
             Command::Authz { workload } => commands::authz(dir, &workload, cli.output).await,
-            Command::Identity { workload } => commands::identity(dir, &workload, cli.output).await,
+            Command::Identity(IdentityArgs {
+                workload: Some(workload),
+                ..
+            }) => commands::identity(dir, &workload, cli.output).await,
+            Command::Identity(IdentityArgs { command, .. }) => match command {
+                None | Some(IdentityCommand::Trust) => trust::show(dir, cli.output).await,
+                Some(IdentityCommand::RotateAnchor { deadline, force }) => {
+                    trust::rotate(dir, trust::Rotation::Anchor, deadline, force).await
+                }
+                Some(IdentityCommand::RotateIssuer { deadline }) => {
+                    trust::rotate(dir, trust::Rotation::Issuer, deadline, false).await
+                }
+                Some(IdentityCommand::Revoke { id }) => trust::revoke(dir, &id).await,
+            },
         }
     });
     match result {
