@@ -10,7 +10,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use onemesh_control::services::identity::IdentityService;
+use onemesh_control::pki::CaSnapshot;
+use onemesh_control::services::identity::{IdentityService, IdentityState};
+use onemesh_control::services::trust::{Registry, TrustService};
 use onemesh_control::state::MeshState;
 use onemesh_control::store::StaticStore;
 use onemesh_identity::{DEFAULT_TRUST_DOMAIN, Issuer, SpiffeId, TrustAnchor, csr_public_key};
@@ -18,6 +20,19 @@ use onemesh_identity::{DEFAULT_TRUST_DOMAIN, Issuer, SpiffeId, TrustAnchor, csr_
 /// The id the seed CSRs ask for and the token below entitles.
 const ENTITLED: &str = "spiffe://cluster.local/ns/bank/sa/bank";
 const TOKEN: &str = "t-bank";
+/// The mesh that declares that id (renewal re-checks that it is declared).
+const MESH: &str = "\
+apiVersion: onemesh.dev/v1
+kind: Namespace
+metadata: {name: bank}
+---
+apiVersion: onemesh.dev/v1
+kind: Workload
+metadata: {name: bank, namespace: bank}
+spec:
+  serviceAccount: bank
+  ports: [{port: 8080}]
+";
 
 struct World {
     issuer: Arc<Issuer>,
@@ -34,11 +49,27 @@ fn world() -> &'static World {
         let issuer = Arc::new(anchor.issue_issuer(day).expect("test issuer"));
         let entitled: SpiffeId = ENTITLED.parse().expect("valid id");
         let tokens = BTreeMap::from([(TOKEN.to_string(), entitled.clone())]);
-        let store = Arc::new(StaticStore::new(MeshState::default(), tokens));
-        let service = IdentityService::new(issuer.clone(), anchor.bundle(), store, day);
+        let mesh = MeshState {
+            config: onemesh_control::config::parse(std::path::Path::new("mesh.yaml"), MESH)
+                .expect("the fuzz mesh is valid"),
+            instances: Vec::new(),
+        };
+        let store = Arc::new(StaticStore::new(mesh, tokens));
         let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .expect("runtime");
+        let snapshot = CaSnapshot::new(issuer.clone(), anchor.bundle()).expect("test ca");
+        let (_ca_tx, ca) = tokio::sync::watch::channel(Arc::new(snapshot));
+        std::mem::forget(_ca_tx);
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        std::mem::forget(_stop_tx);
+        let trust = TrustService::new(Registry::new(), ca.clone(), Duration::from_secs(5), stop);
+        // Token bindings are written to a state directory of the fuzzer's own.
+        let dir = std::env::temp_dir().join(format!("onemesh-fuzz-csr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("state dir");
+        let state = IdentityState::load(&dir).expect("identity state");
+        let service = IdentityService::new(ca, trust, store, day, state);
         World {
             issuer,
             service,
