@@ -121,6 +121,7 @@ impl ProxyError {
             ProxyError::Port(refusal) => {
                 let status = match refusal {
                     PortRefusal::Undeclared(_) | PortRefusal::ProxyPort(_) => StatusCode::FORBIDDEN,
+                    PortRefusal::AwaitingPolicy => StatusCode::SERVICE_UNAVAILABLE,
                     PortRefusal::NoOriginalDst => StatusCode::BAD_REQUEST,
                 };
                 (status, refusal.reason())
@@ -210,6 +211,11 @@ mod tests {
                 ProxyError::Port(PortRefusal::ProxyPort(9)),
                 403,
                 "proxy_port",
+            ),
+            (
+                ProxyError::Port(PortRefusal::AwaitingPolicy),
+                503,
+                "awaiting_policy",
             ),
             (ProxyError::HeaderTooLarge(1), 431, "header_too_large"),
             (ProxyError::NoEndpoints("a".into()), 503, "no_endpoints"),

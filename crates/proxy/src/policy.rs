@@ -106,8 +106,20 @@ pub struct Authorizations {
 
 /// A workload's declared ports, sorted: the ports its application serves, as the inbound
 /// reaches them. Looked up once per connection (a binary search in a few entries).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DeclaredPorts(Box<[u16]>);
+/// The default declares nothing (nothing is forwarded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeclaredPorts {
+    ports: Box<[u16]>,
+    /// False until the first policy arrived: nothing is known yet, so a refusal is temporary
+    /// (503) rather than final (403).
+    known: bool,
+}
+
+impl Default for DeclaredPorts {
+    fn default() -> Self {
+        Self::new([])
+    }
+}
 
 impl DeclaredPorts {
     /// The ports, in any order, duplicates allowed.
@@ -115,17 +127,28 @@ impl DeclaredPorts {
         let mut ports: Vec<u16> = ports.into_iter().collect();
         ports.sort_unstable();
         ports.dedup();
-        Self(ports.into())
+        Self {
+            ports: ports.into(),
+            known: true,
+        }
+    }
+
+    /// No policy yet (a proxy's first start, before the control plane answered).
+    pub fn awaiting() -> Self {
+        Self {
+            ports: Box::default(),
+            known: false,
+        }
     }
 
     /// Whether `port` is declared.
     pub fn contains(&self, port: u16) -> bool {
-        self.0.binary_search(&port).is_ok()
+        self.ports.binary_search(&port).is_ok()
     }
 
     /// The ports, ascending.
     pub fn as_slice(&self) -> &[u16] {
-        &self.0
+        &self.ports
     }
 }
 
@@ -143,6 +166,11 @@ pub enum PortRefusal {
     /// forwarding there would let a caller act as this workload.
     #[error("port {0} is one of the proxy's own ports; the inbound never forwards to it")]
     ProxyPort(u16),
+    /// No inbound policy has arrived yet (a proxy's first start): retry shortly.
+    #[error(
+        "this proxy has not received its inbound policy from the control plane yet; retry shortly"
+    )]
+    AwaitingPolicy,
     /// A plain connection that was not redirected by iptables names no port at all.
     #[error("the plain connection was not redirected, so it names no port; call through a proxy")]
     NoOriginalDst,
@@ -154,6 +182,7 @@ impl PortRefusal {
         match self {
             PortRefusal::Undeclared(_) => "undeclared_port",
             PortRefusal::ProxyPort(_) => "proxy_port",
+            PortRefusal::AwaitingPolicy => "awaiting_policy",
             PortRefusal::NoOriginalDst => "no_original_dst",
         }
     }
@@ -168,6 +197,9 @@ pub fn check_port(
 ) -> Result<u16, PortRefusal> {
     if proxy_ports.contains(&port) {
         return Err(PortRefusal::ProxyPort(port));
+    }
+    if !declared.known {
+        return Err(PortRefusal::AwaitingPolicy);
     }
     if !declared.contains(port) {
         return Err(PortRefusal::Undeclared(port));

@@ -84,7 +84,7 @@ pub fn awaiting_policy() -> Authorizations {
             namespaces: Vec::new(),
             unauthenticated: false,
         }],
-        ports: crate::policy::DeclaredPorts::default(),
+        ports: crate::policy::DeclaredPorts::awaiting(),
     }
 }
 

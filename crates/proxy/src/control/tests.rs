@@ -957,10 +957,21 @@ fn before_the_first_policy_nobody_is_let_in() {
     let d = crate::policy::authorize(&closed, "bank", 8080, Some(&same_ns), None);
     assert!(!d.allowed);
     assert_eq!(&*d.policy, super::inbound::AWAITING_POLICY);
-    // and no port is declared, so nothing is forwarded at all
+    // and no port is known, so nothing is forwarded at all — for now (503, retryable), not for
+    // good (403): the policy is on its way
     assert_eq!(
         crate::policy::check_port(&closed.ports, &[], 8080),
-        Err(crate::policy::PortRefusal::Undeclared(8080))
+        Err(crate::policy::PortRefusal::AwaitingPolicy)
+    );
+    let refused = crate::error::ProxyError::Port(crate::policy::PortRefusal::AwaitingPolicy);
+    assert_eq!(
+        refused.outcome().status,
+        http::StatusCode::SERVICE_UNAVAILABLE
+    );
+    // The proxy's own ports stay refused for good, policy or not.
+    assert_eq!(
+        crate::policy::check_port(&closed.ports, &[4191], 4191),
+        Err(crate::policy::PortRefusal::ProxyPort(4191))
     );
 }
 
