@@ -1,8 +1,8 @@
 // The test cluster's PKI and kubeconfigs, made with Go's crypto into a work directory: a CA, the
 // API server's serving certificate (for 127.0.0.1, the first address of the Service range and the
 // kubernetes.default names), client certificates for an admin (group system:masters) and for the
-// controller manager (user system:kube-controller-manager, bound by RBAC's bootstrap policy), and
-// the ServiceAccount token signing key pair. Keys are ECDSA P-256. Nothing here is for production:
+// controller manager (user system:kube-controller-manager, bound by RBAC's bootstrap policy), a
+// front-proxy CA and client (for aggregated APIs), and the ServiceAccount token signing key pair. Keys are ECDSA P-256. Nothing here is for production:
 // the keys sit unencrypted in the work directory of a throwaway cluster.
 package main
 
@@ -65,6 +65,16 @@ func runPKI(args []string) error {
 	if err != nil {
 		return err
 	}
+	// The front proxy's CA and client: the API server signs requests it proxies to aggregated API
+	// servers with it, and components read its CA from kube-system/extension-apiserver-authentication.
+	frontCA, err := newCert("onemesh-testenv-front-proxy-ca", nil, nil, true, nil, nil)
+	if err != nil {
+		return err
+	}
+	frontClient, err := newCert("front-proxy-client", nil, nil, false, frontCA, clientUsage)
+	if err != nil {
+		return err
+	}
 	saKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return fmt.Errorf("generating the service-account key: %w", err)
@@ -75,7 +85,10 @@ func runPKI(args []string) error {
 	}
 
 	files := map[string][]byte{}
-	for name, kp := range map[string]*keyPair{"ca": ca, "apiserver": server, "admin": admin, "controller-manager": kcm} {
+	for name, kp := range map[string]*keyPair{
+		"ca": ca, "apiserver": server, "admin": admin, "controller-manager": kcm,
+		"front-proxy-ca": frontCA, "front-proxy-client": frontClient,
+	} {
 		keyPEM, err := keyPEM(kp.key)
 		if err != nil {
 			return err
