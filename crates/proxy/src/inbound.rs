@@ -247,11 +247,11 @@ impl Inbound {
             return match header.protocol {
                 // Each request is answered with the refusal, so the caller learns why.
                 Protocol::H2 => {
-                    let svc = refusal_service(refusal);
+                    let svc = refusal_service(refusal, false);
                     server::serve_h2(tls, svc, self.inner.settings.limits, &drain).await;
                 }
                 Protocol::Http1 => {
-                    let svc = refusal_service(refusal);
+                    let svc = refusal_service(refusal, true);
                     server::serve_http1(tls, svc, self.inner.settings.limits, &drain).await;
                 }
                 Protocol::Opaque => {}
@@ -623,13 +623,15 @@ impl Inbound {
     }
 }
 
-/// Answers every request of a connection whose target port is refused with that refusal (and
-/// closes an HTTP/1 connection after the answer).
-fn refusal_service(refusal: PortRefusal) -> HttpService {
+/// Answers every request of a connection whose target port is refused with that refusal; with
+/// `close` (HTTP/1) the connection closes after the answer (HTTP/2 has no `Connection` header).
+fn refusal_service(refusal: PortRefusal, close: bool) -> HttpService {
     HttpService::new(move |_req: Request<Incoming>| async move {
         let mut rsp = ProxyError::Port(refusal).to_response();
-        rsp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if close {
+            rsp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         rsp
     })
 }

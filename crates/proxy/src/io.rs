@@ -227,8 +227,8 @@ pub enum SpliceError {
 /// dropped, which closes them). Bytes read from and written to `accepted` are added to
 /// `counters` as they move. Returns (bytes from accepted, bytes to accepted).
 ///
-/// The idle clock costs one read of tokio's clock per read or write that moved bytes, and one
-/// timer per stream that is re-armed only when it fires.
+/// The idle clock costs one read of tokio's clock per read that moved bytes (every write follows
+/// a read), and one timer per stream that is re-armed only when it fires.
 pub async fn splice<A, U>(
     accepted: &mut A,
     upstream: &mut U,
@@ -327,13 +327,12 @@ impl<I: AsyncWrite + Unpin + ?Sized> AsyncWrite for Watched<'_, I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut *self.inner).poll_write(cx, buf);
+        // Every byte written was read first, and the read noted the activity.
         if let Poll::Ready(Ok(n)) = &result
             && *n > 0
+            && let Some(c) = self.counters
         {
-            self.activity.touch();
-            if let Some(c) = self.counters {
-                c.write.inc_by(*n as u64);
-            }
+            c.write.inc_by(*n as u64);
         }
         result
     }

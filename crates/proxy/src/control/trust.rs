@@ -180,3 +180,6 @@ async fn run(
         tokio::time::sleep(delay).await;
     }
 }
+
+#[cfg(test)]
+mod tests;

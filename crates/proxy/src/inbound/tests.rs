@@ -21,7 +21,7 @@ fn refusal_warnings_go_through_once_per_interval_and_count_the_rest() {
 #[tokio::test]
 async fn a_refused_port_is_answered_with_its_reason_and_the_connection_closes() {
     use http_body_util::BodyExt;
-    let svc = refusal_service(PortRefusal::ProxyPort(4191));
+    let svc = refusal_service(PortRefusal::ProxyPort(4191), true);
     let (client, server) = tokio::io::duplex(4096);
     tokio::spawn(async move {
         let _ = hyper::server::conn::http1::Builder::new()
