@@ -161,6 +161,16 @@ fn record_error(metrics: &Metrics) {
         .inc();
 }
 
+/// One certificate request: a CSR for `id` made with `key`, through the certifier.
+async fn request(
+    certifier: &dyn Certifier,
+    key: &WorkloadKey,
+    id: &SpiffeId,
+) -> Result<Issued, String> {
+    let csr = key.csr_der(id).map_err(|e| e.to_string())?;
+    certifier.certify(csr).await.map_err(|e| e.to_string())
+}
+
 /// Asks for a certificate until one arrives that matches the key and id.
 async fn first_certificate(
     start: &Start,
@@ -169,21 +179,19 @@ async fn first_certificate(
 ) -> CredentialStore {
     let mut backoff = MIN_BACKOFF;
     loop {
-        let outcome = match start.key.csr_der(&start.id) {
-            Ok(csr) => certifier.certify(csr).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let store = outcome.and_then(|issued| {
-            CredentialStore::new(
-                start.id.clone(),
-                start.key.clone(),
-                issued,
-                start.bundle.clone(),
-            )
-            .map_err(|e| {
-                format!("the issued certificate does not match this proxy's key or id: {e}")
-            })
-        });
+        let store = request(certifier, &start.key, &start.id)
+            .await
+            .and_then(|issued| {
+                CredentialStore::new(
+                    start.id.clone(),
+                    start.key.clone(),
+                    issued,
+                    start.bundle.clone(),
+                )
+                .map_err(|e| {
+                    format!("the issued certificate does not match this proxy's key or id: {e}")
+                })
+            });
         match store {
             Ok(store) => {
                 let issued = store.current();
@@ -241,10 +249,7 @@ async fn run(
         }
         let mut backoff = MIN_BACKOFF;
         loop {
-            let outcome = match store.key().csr_der(&start.id) {
-                Ok(csr) => certifier.certify(csr).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+            let outcome = request(certifier.as_ref(), store.key(), &start.id).await;
             match outcome.and_then(|issued| {
                 store
                     .update(issued.clone())
