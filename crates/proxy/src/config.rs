@@ -122,6 +122,10 @@ pub const ENV_CONTROL_ID: &str = "ONEMESH_PROXY_CONTROL_ID";
 /// Control-plane mode: the bootstrap token sent with every certificate signing request
 /// (required in that mode; `onemesh up` hands one to each proxy).
 pub const ENV_IDENTITY_TOKEN: &str = "ONEMESH_PROXY_IDENTITY_TOKEN";
+/// Control-plane mode: a file holding the bootstrap token instead of [`ENV_IDENTITY_TOKEN`], read
+/// again for every certificate signing request. In Kubernetes it is the pod's projected
+/// ServiceAccount token (audience `onemesh`), which the kubelet refreshes in place.
+pub const ENV_IDENTITY_TOKEN_FILE: &str = "ONEMESH_PROXY_IDENTITY_TOKEN_FILE";
 /// Control-plane mode: a directory of this proxy's own where it keeps its private key, its leaf,
 /// the trust bundle and the last configuration the control plane sent (see
 /// [`crate::state_dir`]), so that a restarted proxy is ready at once, also while the control plane
@@ -133,6 +137,45 @@ pub const ENV_STATE_DIR: &str = "ONEMESH_PROXY_STATE_DIR";
 pub const DEFAULT_CONTROL_NAMESPACE: &str = "onemesh";
 /// See [`DEFAULT_CONTROL_NAMESPACE`].
 pub const DEFAULT_CONTROL_SERVICE_ACCOUNT: &str = "control";
+
+/// The credential a proxy sends with its first certificate signing request.
+#[derive(Clone)]
+pub enum BootstrapToken {
+    /// The token itself (`onemesh up` hands one to each proxy).
+    Value(String),
+    /// A file read again for every request (a projected ServiceAccount token rotates).
+    File(PathBuf),
+}
+
+impl BootstrapToken {
+    /// The token as it is now: surrounding whitespace trimmed, a file read afresh.
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            BootstrapToken::Value(value) => Ok(value.trim().to_string()),
+            BootstrapToken::File(path) => match std::fs::read_to_string(path) {
+                Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
+                Ok(_) => Err(format!(
+                    "the bootstrap token file {} is empty: check the pod's projected ServiceAccount token volume",
+                    path.display()
+                )),
+                Err(e) => Err(format!(
+                    "cannot read the bootstrap token file {}: {e}; check the pod's projected ServiceAccount token volume",
+                    path.display()
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for BootstrapToken {
+    // The token is a credential: never in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BootstrapToken::Value(_) => f.write_str("Value(<redacted>)"),
+            BootstrapToken::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
+}
 
 /// Where variables come from. One method, so tests can pass a map.
 pub trait Source {
@@ -197,8 +240,8 @@ pub struct ControlPlaneConfig {
     pub policy_addr: String,
     /// See [`ENV_CONTROL_ID`].
     pub id: SpiffeId,
-    /// See [`ENV_IDENTITY_TOKEN`].
-    pub token: String,
+    /// See [`ENV_IDENTITY_TOKEN`] and [`ENV_IDENTITY_TOKEN_FILE`].
+    pub token: BootstrapToken,
     /// See [`ENV_STATE_DIR`].
     pub state_dir: Option<PathBuf>,
 }
@@ -211,7 +254,7 @@ impl fmt::Debug for ControlPlaneConfig {
             .field("destination_addr", &self.destination_addr)
             .field("policy_addr", &self.policy_addr)
             .field("id", &self.id)
-            .field("token", &"<redacted>")
+            .field("token", &self.token)
             .field("state_dir", &self.state_dir)
             .finish()
     }
@@ -473,13 +516,24 @@ fn control_plane(p: &mut Parser<'_>, identity: Option<&SpiffeId>) -> Option<Cont
             .ok()
         }),
     };
-    let token = p.raw(ENV_IDENTITY_TOKEN);
-    if token.is_none() {
-        p.bad.push(BadVar {
-            name: ENV_IDENTITY_TOKEN,
-            problem: "is required in control-plane mode: set the bootstrap token `onemesh up` gave this proxy".to_string(),
-        });
-    }
+    let token = match (p.raw(ENV_IDENTITY_TOKEN), p.raw(ENV_IDENTITY_TOKEN_FILE)) {
+        (Some(value), None) => Some(BootstrapToken::Value(value)),
+        (None, Some(path)) => Some(BootstrapToken::File(PathBuf::from(path))),
+        (Some(_), Some(_)) => {
+            p.bad.push(BadVar {
+                name: ENV_IDENTITY_TOKEN_FILE,
+                problem: format!("and {ENV_IDENTITY_TOKEN} are both set: set only one"),
+            });
+            None
+        }
+        (None, None) => {
+            p.bad.push(BadVar {
+                name: ENV_IDENTITY_TOKEN,
+                problem: format!("(or {ENV_IDENTITY_TOKEN_FILE}) is required in control-plane mode: set the bootstrap token `onemesh up` gave this proxy, or the path of the pod's projected ServiceAccount token"),
+            });
+            None
+        }
+    };
     if p.raw(ENV_TRUST_ANCHORS).is_none() {
         p.bad.push(BadVar {
             name: ENV_TRUST_ANCHORS,

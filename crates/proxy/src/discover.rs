@@ -193,6 +193,9 @@ pub enum CertifyError {
     /// The issuer could not be reached.
     #[error("the issuer is unreachable: {0}")]
     Unreachable(String),
+    /// The bootstrap token could not be read (retried: a projected token may appear later).
+    #[error("no bootstrap token: {0}")]
+    NoToken(String),
 }
 
 /// Obtains certificates for this proxy's key.

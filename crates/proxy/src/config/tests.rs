@@ -110,3 +110,63 @@ fn durations_parse() {
     assert!(parse_duration("3d").is_err());
     assert!(parse_duration("-1s").is_err());
 }
+
+fn control_env(extra: &[(&'static str, String)]) -> HashMap<&'static str, String> {
+    let mut env: HashMap<&'static str, String> = HashMap::from([
+        (ENV_IDENTITY, ID.to_string()),
+        (ENV_CONTROL_IDENTITY_ADDR, "control:8080".to_string()),
+        (ENV_CONTROL_DESTINATION_ADDR, "control:8086".to_string()),
+        (ENV_CONTROL_POLICY_ADDR, "control:8090".to_string()),
+        (ENV_TRUST_ANCHORS, "/anchors.pem".to_string()),
+    ]);
+    env.extend(extra.iter().cloned());
+    env
+}
+
+#[test]
+fn a_token_file_is_read_again_for_every_request() {
+    let dir = std::env::temp_dir().join(format!("onemesh-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("token");
+    std::fs::write(&path, "first\n").unwrap();
+    let env = control_env(&[(ENV_IDENTITY_TOKEN_FILE, path.display().to_string())]);
+    let control = Config::from_source(&env).unwrap().control.unwrap();
+    assert_eq!(control.token.read().unwrap(), "first");
+    // The kubelet refreshes a projected token in place: the next request sends the new one.
+    std::fs::write(&path, "second").unwrap();
+    assert_eq!(control.token.read().unwrap(), "second");
+    std::fs::write(&path, " \n").unwrap();
+    let empty = control.token.read().unwrap_err();
+    assert!(empty.contains("is empty"), "{empty}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let missing = control.token.read().unwrap_err();
+    assert!(
+        missing.contains("cannot read the bootstrap token file"),
+        "{missing}"
+    );
+    // Never the token itself in logs.
+    assert!(!format!("{control:?}").contains("second"));
+}
+
+#[test]
+fn a_token_and_a_token_file_together_are_refused() {
+    let env = control_env(&[
+        (ENV_IDENTITY_TOKEN, "t".to_string()),
+        (ENV_IDENTITY_TOKEN_FILE, "/t".to_string()),
+    ]);
+    let err = Config::from_source(&env).unwrap_err().to_string();
+    assert!(err.contains("set only one"), "{err}");
+    let err = Config::from_source(&control_env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(ENV_IDENTITY_TOKEN_FILE), "{err}");
+    let value = Config::from_source(&control_env(&[(
+        ENV_IDENTITY_TOKEN,
+        "secret-value".to_string(),
+    )]))
+    .unwrap()
+    .control
+    .unwrap();
+    assert_eq!(value.token.read().unwrap(), "secret-value");
+    assert!(!format!("{value:?}").contains("secret-value"));
+}

@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 use tracing::warn;
 
 use super::{CERTIFY_TIMEOUT, ControlPlane};
+use crate::config::BootstrapToken;
 use crate::discover::{BoxFuture, Certifier, CertifyError};
 
 /// Obtains this proxy's certificates from the control plane.
@@ -26,7 +27,7 @@ pub struct ControlCertifier {
 #[derive(Debug)]
 struct Inner {
     client: IdentityClient<Channel>,
-    token: String,
+    token: BootstrapToken,
     addr: String,
     id: SpiffeId,
     plane: ControlPlane,
@@ -37,7 +38,7 @@ impl ControlCertifier {
     /// `id`.
     pub fn new(
         client: IdentityClient<Channel>,
-        token: String,
+        token: BootstrapToken,
         addr: String,
         id: SpiffeId,
         plane: ControlPlane,
@@ -81,10 +82,11 @@ impl Inner {
 
     async fn call(&self, csr: Vec<u8>) -> Result<Issued, Failure> {
         let mut client = self.client.clone();
-        let request = CertifyRequest {
-            csr,
-            token: self.token.clone(),
-        };
+        let token = self.token.read().map_err(|why| {
+            let error = CertifyError::NoToken(why.clone());
+            (error, why, false)
+        })?;
+        let request = CertifyRequest { csr, token };
         let unreachable_because = |why: String| {
             let error = CertifyError::Unreachable(why);
             let reason = error.to_string();
