@@ -10,6 +10,7 @@ mod commands;
 mod dashboard;
 mod history;
 mod http;
+mod install;
 mod layout;
 mod mesh;
 mod prom;
@@ -82,6 +83,10 @@ enum Command {
     /// Identities and trust: a workload's certificate (`identity <workload>`), or, with no
     /// workload, the mesh's anchors, issuer and every proxy's leaf; rotation and revocation.
     Identity(IdentityArgs),
+    /// Print the Kubernetes manifests of the mesh: `onemesh install | kubectl apply --server-side -f -`.
+    Install(install::InstallArgs),
+    /// Print what `install` made, for `onemesh uninstall | kubectl delete -f -`.
+    Uninstall,
 }
 
 /// `onemesh identity [<workload> | trust | rotate-anchor | rotate-issuer | revoke <id>]`.
@@ -141,6 +146,14 @@ fn main() -> ExitCode {
             Command::Down => commands::down(dir).await,
             Command::Status => commands::status(dir, cli.output).await,
             Command::Check => commands::check(dir).await,
+            Command::Install(args) => install::manifests(&args).map(|text| {
+                print!("{text}");
+                true
+            }),
+            Command::Uninstall => install::uninstall_manifests().map(|text| {
+                print!("{text}");
+                true
+            }),
             Command::Stat { target, window } => {
                 commands::stat(dir, target, window, cli.output).await
             }

@@ -1,0 +1,260 @@
+//! Unit tests for the install manifests: they parse, nothing is left unfilled, the Secret's issuer
+//! works with its anchors, forged or mismatched issuer files are refused, and uninstall names
+//! exactly what install makes.
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use onemesh_identity::{Issuer, SpiffeId, TrustAnchor, TrustBundle, WorkloadKey, verify_peer};
+use saphyr::{LoadableYamlNode, YamlOwned};
+
+use super::*;
+
+fn args() -> InstallArgs {
+    InstallArgs {
+        trust_domain: "example.org".to_string(),
+        replicas: 2,
+        control_image: "onemesh/control:test".to_string(),
+        identity_trust_anchors_file: None,
+        identity_issuer_certificate_file: None,
+        identity_issuer_key_file: None,
+    }
+}
+
+fn docs(text: &str) -> Vec<YamlOwned> {
+    YamlOwned::load_from_str(text)
+        .unwrap()
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+fn get<'a>(doc: &'a YamlOwned, path: &[&str]) -> &'a YamlOwned {
+    path.iter().fold(doc, |node, key| {
+        node.as_mapping_get(key)
+            .unwrap_or_else(|| panic!("no {path:?}"))
+    })
+}
+
+fn find<'a>(docs: &'a [YamlOwned], kind: &str, name: &str) -> &'a YamlOwned {
+    docs.iter()
+        .find(|d| {
+            get(d, &["kind"]).as_str() == Some(kind)
+                && get(d, &["metadata", "name"]).as_str() == Some(name)
+        })
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn secret_pem(secret: &YamlOwned, key: &str) -> String {
+    let b64 = get(secret, &["data", key]).as_str().unwrap();
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The issuer in `secret` signs a leaf that verifies against `anchors`.
+fn issuer_works(secret: &YamlOwned, anchors: &str, td: &str) {
+    let issuer = Issuer::from_pem(
+        &secret_pem(secret, "tls.crt"),
+        &secret_pem(secret, "tls.key"),
+    )
+    .unwrap();
+    let id = SpiffeId::new(td, "bank", "bank").unwrap();
+    let key = WorkloadKey::generate().unwrap();
+    let leaf = issuer
+        .sign_csr(&key.csr_der(&id).unwrap(), Duration::from_secs(60), |_| {
+            true
+        })
+        .unwrap();
+    let bundle = TrustBundle::from_pem(anchors).unwrap();
+    assert_eq!(
+        verify_peer(&bundle, &leaf.chain, SystemTime::now(), td, None).unwrap(),
+        id
+    );
+}
+
+#[test]
+fn the_manifests_are_complete_and_the_issuer_chains_to_the_anchors() {
+    let text = manifests(&args()).unwrap();
+    assert!(!text.contains("{{"), "unfilled field");
+    let docs = docs(&text);
+    let deployment = find(&docs, "Deployment", "onemesh-control");
+    assert_eq!(get(deployment, &["spec", "replicas"]).as_integer(), Some(2));
+    let pod = get(deployment, &["spec", "template", "spec"]);
+    assert_eq!(get(pod, &["serviceAccountName"]).as_str(), Some("control"));
+    assert_eq!(
+        get(pod, &["securityContext", "runAsNonRoot"]).as_bool(),
+        Some(true)
+    );
+    let args: Vec<&str> = get(pod, &["containers"]).as_sequence().unwrap()[0]
+        .as_mapping_get("args")
+        .unwrap()
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(args.contains(&"--trust-domain=example.org"), "{args:?}");
+    assert!(args.contains(&"--store=kubernetes"), "{args:?}");
+    find(&docs, "PodDisruptionBudget", "onemesh-control");
+    find(
+        &docs,
+        "CustomResourceDefinition",
+        "authorizationpolicies.onemesh.dev",
+    );
+    find(&docs, "CustomResourceDefinition", "routes.onemesh.dev");
+
+    let secret = find(&docs, "Secret", "onemesh-identity-issuer");
+    let anchors = secret_pem(secret, "ca.crt");
+    let published = get(
+        find(&docs, "ConfigMap", "onemesh-trust-anchors"),
+        &["data", "ca.crt"],
+    );
+    assert_eq!(published.as_str().unwrap().trim(), anchors.trim());
+    issuer_works(secret, &anchors, "example.org");
+    // The anchor's key never goes to the cluster.
+    assert_eq!(
+        text.matches("PRIVATE KEY").count(),
+        0,
+        "a key in clear text"
+    );
+    assert!(!secret_pem(secret, "ca.crt").contains("PRIVATE"));
+}
+
+#[test]
+fn every_install_makes_a_new_issuer() {
+    let a = manifests(&args()).unwrap();
+    let b = manifests(&args()).unwrap();
+    let key = |t: &str| {
+        secret_pem(
+            find(&docs(t), "Secret", "onemesh-identity-issuer"),
+            "tls.key",
+        )
+    };
+    assert_ne!(key(&a), key(&b));
+}
+
+struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("onemesh-install-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Files { dir }
+    }
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn with_files(anchors: &str, cert: &str, key: &str, files: &Files) -> InstallArgs {
+    InstallArgs {
+        identity_trust_anchors_file: Some(files.write("anchors.pem", anchors)),
+        identity_issuer_certificate_file: Some(files.write("issuer.crt", cert)),
+        identity_issuer_key_file: Some(files.write("issuer.key", key)),
+        ..args()
+    }
+}
+
+#[test]
+fn the_operators_issuer_is_used_as_given() {
+    let files = Files::new("given");
+    let anchor = TrustAnchor::generate("example.org", Duration::from_secs(3600)).unwrap();
+    let issuer = anchor.issue_issuer(Duration::from_secs(600)).unwrap();
+    let text = manifests(&with_files(
+        &anchor.bundle().to_pem(),
+        &issuer.chain_pem(),
+        &issuer.key_pem(),
+        &files,
+    ))
+    .unwrap();
+    let docs = docs(&text);
+    let secret = find(&docs, "Secret", "onemesh-identity-issuer");
+    assert_eq!(secret_pem(secret, "tls.crt"), issuer.chain_pem());
+    assert_eq!(secret_pem(secret, "ca.crt"), anchor.bundle().to_pem());
+}
+
+#[test]
+fn an_issuer_that_does_not_fit_is_refused_before_anything_is_printed() {
+    let files = Files::new("forged");
+    let anchor = TrustAnchor::generate("example.org", Duration::from_secs(3600)).unwrap();
+    let issuer = anchor.issue_issuer(Duration::from_secs(600)).unwrap();
+    // An issuer minted under another root than the anchors given.
+    let stranger = TrustAnchor::generate("example.org", Duration::from_secs(3600)).unwrap();
+    let forged = stranger.issue_issuer(Duration::from_secs(600)).unwrap();
+    let err = manifests(&with_files(
+        &anchor.bundle().to_pem(),
+        &forged.chain_pem(),
+        &forged.key_pem(),
+        &files,
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("does not chain to the anchors"), "{err}");
+    // The certificate of one issuer with the key of another.
+    let err = manifests(&with_files(
+        &anchor.bundle().to_pem(),
+        &issuer.chain_pem(),
+        &forged.key_pem(),
+        &files,
+    ))
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("issuer"), "{err:#}");
+    // Another trust domain.
+    let other = TrustAnchor::generate("other.org", Duration::from_secs(3600)).unwrap();
+    let other_issuer = other.issue_issuer(Duration::from_secs(600)).unwrap();
+    let err = manifests(&with_files(
+        &other.bundle().to_pem(),
+        &other_issuer.chain_pem(),
+        &other_issuer.key_pem(),
+        &files,
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("trust domain \"other.org\""), "{err}");
+    // Garbage instead of anchors.
+    let err = manifests(&with_files(
+        "not pem",
+        &issuer.chain_pem(),
+        &issuer.key_pem(),
+        &files,
+    ))
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("anchors.pem"), "{err:#}");
+}
+
+#[test]
+fn uninstall_names_exactly_what_install_makes_last_first() {
+    let installed: Vec<Head> = heads(&manifests(&args()).unwrap()).unwrap();
+    let removed = heads(&uninstall_manifests().unwrap()).unwrap();
+    let at = |kind: &str| removed.iter().position(|h| h.kind == kind).unwrap();
+    assert!(
+        at("Deployment") < at("Namespace"),
+        "the workloads go before their namespace"
+    );
+    assert!(
+        at("Namespace") < at("CustomResourceDefinition"),
+        "the CRDs go last"
+    );
+    let mut removed = removed;
+    removed.reverse();
+    assert_eq!(installed, removed);
+    assert!(
+        !uninstall_manifests().unwrap().contains("tls.key"),
+        "no secret material"
+    );
+}
