@@ -392,8 +392,19 @@ pub async fn check(dir: &Path) -> anyhow::Result<bool> {
         .collect();
     // The CA's own expiry, from its files: warnings do not fail the check.
     lines.extend(crate::trust::expiry_checks(dir, SystemTime::now()));
+    Ok(print_checks(&lines))
+}
+
+/// `onemesh check --kubernetes`: the mesh on a cluster (see [`crate::cluster`]).
+pub async fn check_kubernetes(kubeconfig: Option<&Path>) -> anyhow::Result<bool> {
+    let client = crate::cluster::client(kubeconfig).await?;
+    Ok(print_checks(&crate::cluster::checks(&client).await))
+}
+
+/// Prints check lines (`√`, `!` with a hint, `×` with what to do) and whether none failed.
+fn print_checks(lines: &[CheckLine]) -> bool {
     let mut all = true;
-    for c in &lines {
+    for c in lines {
         match c.mark {
             Mark::Pass => println!("√ {}", c.what),
             Mark::Warn => println!("! {} — {}", c.what, c.hint),
@@ -411,7 +422,7 @@ pub async fn check(dir: &Path) -> anyhow::Result<bool> {
             "some checks failed"
         }
     );
-    Ok(all)
+    all
 }
 
 pub async fn authz(dir: &Path, which: &str, out: Output) -> anyhow::Result<bool> {

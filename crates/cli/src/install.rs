@@ -255,43 +255,64 @@ fn read_issuer(
         read(cert, "issuer certificate")?,
         read(key, "issuer key")?,
     );
-    let bundle = TrustBundle::from_pem(&anchors_pem)
-        .with_context(|| format!("{}: not a PEM bundle of CA certificates", anchors.display()))?;
-    let issuer = onemesh_identity::Issuer::from_pem(&chain, &key_pem).with_context(|| {
-        format!(
-            "{} and {}: not an issuer certificate with its PKCS#8 key",
-            cert.display(),
-            key.display()
-        )
-    })?;
-    if issuer.trust_domain() != trust_domain {
-        bail!(
-            "the issuer in {} is for trust domain {:?}, not {trust_domain:?}: pass --trust-domain {:?} or another issuer",
-            cert.display(),
-            issuer.trust_domain(),
-            issuer.trust_domain()
-        );
-    }
-    // A leaf this issuer signs must verify against the anchors, or no proxy could ever connect.
-    let id = SpiffeId::new(trust_domain, "onemesh", "control")
-        .context("cannot make the control plane's id")?;
-    let probe = WorkloadKey::generate().context("cannot make a test key")?;
-    let csr = probe.csr_der(&id).context("cannot make a test CSR")?;
-    let leaf = issuer
-        .sign_csr(&csr, Duration::from_secs(3600), |_| true)
-        .context("the issuer cannot sign: check that the key belongs to the certificate")?;
-    verify_peer(&bundle, &leaf.chain, SystemTime::now(), trust_domain, None).map_err(|e| {
-        anyhow::anyhow!(
-            "the issuer in {} does not chain to the anchors in {} ({e}): pass the anchors that signed it",
-            cert.display(),
-            anchors.display()
-        )
-    })?;
+    let sources = Sources {
+        anchors: anchors.display().to_string(),
+        issuer: format!("{} and {}", cert.display(), key.display()),
+    };
+    let issuer = check_issuer(Some(trust_domain), &anchors_pem, &chain, &key_pem, &sources)?;
     Ok(IssuerPem {
         chain: issuer.chain_pem(),
         key: key_pem,
         anchors: anchors_pem,
     })
+}
+
+/// Where an issuer's parts came from, for messages.
+pub struct Sources {
+    pub anchors: String,
+    pub issuer: String,
+}
+
+/// Checks that an issuer will work: a CA of `trust_domain` (when given), its key matching, and a
+/// leaf it signs verifying against the anchors. Returns the issuer.
+pub fn check_issuer(
+    trust_domain: Option<&str>,
+    anchors_pem: &str,
+    chain_pem: &str,
+    key_pem: &str,
+    from: &Sources,
+) -> anyhow::Result<onemesh_identity::Issuer> {
+    let bundle = TrustBundle::from_pem(anchors_pem)
+        .with_context(|| format!("{}: not a PEM bundle of CA certificates", from.anchors))?;
+    let issuer = onemesh_identity::Issuer::from_pem(chain_pem, key_pem).with_context(|| {
+        format!(
+            "{}: not an issuer certificate with its PKCS#8 key",
+            from.issuer
+        )
+    })?;
+    let td = issuer.trust_domain().to_string();
+    if let Some(wanted) = trust_domain.filter(|wanted| *wanted != td) {
+        bail!(
+            "the issuer in {} is for trust domain {td:?}, not {wanted:?}: pass --trust-domain {td:?} or another issuer",
+            from.issuer
+        );
+    }
+    // A leaf this issuer signs must verify against the anchors, or no proxy could ever connect.
+    let id =
+        SpiffeId::new(&td, "onemesh", "control").context("cannot make the control plane's id")?;
+    let probe = WorkloadKey::generate().context("cannot make a test key")?;
+    let csr = probe.csr_der(&id).context("cannot make a test CSR")?;
+    let leaf = issuer
+        .sign_csr(&csr, Duration::from_secs(3600), |_| true)
+        .context("the issuer cannot sign: check that the key belongs to the certificate")?;
+    verify_peer(&bundle, &leaf.chain, SystemTime::now(), &td, None).map_err(|e| {
+        anyhow::anyhow!(
+            "the issuer in {} does not chain to the anchors in {} ({e}): use the anchors that signed it",
+            from.issuer,
+            from.anchors
+        )
+    })?;
+    Ok(issuer)
 }
 
 #[cfg(test)]

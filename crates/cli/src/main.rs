@@ -6,6 +6,7 @@
 //! Exit codes scripts can rely on: 0 success; 1 the command ran and found a problem (a failed
 //! check, an unknown workload, the mesh not running); 2 a usage error (bad flags).
 
+mod cluster;
 mod commands;
 mod dashboard;
 mod history;
@@ -63,7 +64,15 @@ enum Command {
     /// The running layout: every workload's identity, ports, pids and readiness.
     Status,
     /// Verify the control plane, every proxy, certificates, clocks and policy; exit 1 on any failure.
-    Check,
+    /// With --kubernetes (or --kubeconfig): the mesh on a Kubernetes cluster.
+    Check {
+        /// Check the mesh on the Kubernetes cluster of $KUBECONFIG (or ~/.kube/config, or the pod's).
+        #[arg(long)]
+        kubernetes: bool,
+        /// Check the mesh on this kubeconfig's cluster.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
     /// Success rate, requests/s and latency percentiles of each workload over a window.
     Stat {
         /// A namespace, or `namespace/workload`, to show only that.
@@ -145,7 +154,16 @@ fn main() -> ExitCode {
             Command::Up(args) => up::run(args, dir).await,
             Command::Down => commands::down(dir).await,
             Command::Status => commands::status(dir, cli.output).await,
-            Command::Check => commands::check(dir).await,
+            Command::Check {
+                kubernetes,
+                kubeconfig,
+            } => {
+                if kubernetes || kubeconfig.is_some() {
+                    commands::check_kubernetes(kubeconfig.as_deref()).await
+                } else {
+                    commands::check(dir).await
+                }
+            }
             Command::Install(args) => install::manifests(&args).map(|text| {
                 print!("{text}");
                 true

@@ -94,16 +94,30 @@ impl Expiry {
 /// first.
 pub fn expiries(state_dir: &Path) -> Result<Vec<Expiry>, PkiError> {
     let files = Files::new(state_dir);
+    let anchors = files.read(TRUST_ANCHORS_FILE)?;
+    let issuer = files.read(ISSUER_CERT_FILE)?;
+    expiries_from_pem(
+        (
+            &anchors,
+            &files.path(TRUST_ANCHORS_FILE).display().to_string(),
+        ),
+        (&issuer, &files.path(ISSUER_CERT_FILE).display().to_string()),
+    )
+}
+
+/// The same from the PEM texts themselves (Kubernetes mode: the trust-anchor ConfigMap and the
+/// issuer Secret), each with where it came from for messages.
+pub fn expiries_from_pem(
+    anchors: (&str, &str),
+    issuer: (&str, &str),
+) -> Result<Vec<Expiry>, PkiError> {
     let mut out = Vec::new();
-    for (part, name) in [
-        (CaPart::Anchor, TRUST_ANCHORS_FILE),
-        (CaPart::Issuer, ISSUER_CERT_FILE),
-    ] {
+    for (part, (pem, source)) in [(CaPart::Anchor, anchors), (CaPart::Issuer, issuer)] {
         let bad = |e: cert::CertError| PkiError::BadCa {
             what: part.as_str(),
-            reason: format!("{}: {e}", files.path(name).display()),
+            reason: format!("{source}: {e}"),
         };
-        let certs = cert::pem_certs(&files.read(name)?).map_err(bad)?;
+        let certs = cert::pem_certs(pem).map_err(bad)?;
         // The issuer file holds the issuer first, then any further intermediates.
         let take = if part == CaPart::Issuer {
             1

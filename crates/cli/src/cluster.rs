@@ -1,0 +1,326 @@
+//! `onemesh check --kubernetes`: the mesh's health on a Kubernetes cluster, with the same look as
+//! the local checks (`√` pass, `!` warning, `×` failure with what to do).
+//!
+//! What it checks, in order (a failure early on does not hide the later ones):
+//! the API server answers (and its version); both CRDs exist and are established; the control
+//! plane's Deployment has every replica ready; the trust anchors (ConfigMap
+//! `onemesh-trust-anchors`) and the issuer (Secret `onemesh-identity-issuer`) are far from expiry
+//! and the issuer chains to the anchors; and the control plane's ServiceAccount may do what it
+//! needs (a SubjectAccessReview per permission, so a stripped ClusterRole shows up here and not
+//! as a silent watch failure).
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::PostParams;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+use onemesh_control::pki::expiry;
+
+use crate::trust::{CheckLine, Mark};
+
+/// The control plane's namespace, Deployment, ServiceAccount and identity objects (see
+/// `deploy/install/control-plane.yaml`).
+const NAMESPACE: &str = "onemesh";
+const DEPLOYMENT: &str = "onemesh-control";
+const SERVICE_ACCOUNT: &str = "system:serviceaccount:onemesh:control";
+const ANCHORS_CONFIGMAP: &str = "onemesh-trust-anchors";
+const ISSUER_SECRET: &str = "onemesh-identity-issuer";
+const CRDS: [&str; 2] = ["authorizationpolicies.onemesh.dev", "routes.onemesh.dev"];
+
+/// What the control plane must be allowed: (group, resource, verb, why).
+const PERMISSIONS: &[(&str, &str, &str, &str)] = &[
+    (
+        "",
+        "namespaces",
+        "watch",
+        "to see which namespaces are meshed",
+    ),
+    (
+        "",
+        "pods",
+        "watch",
+        "to know workloads' identities and ports",
+    ),
+    ("", "services", "watch", "to resolve service names"),
+    (
+        "discovery.k8s.io",
+        "endpointslices",
+        "watch",
+        "to know ready endpoints",
+    ),
+    (
+        "onemesh.dev",
+        "authorizationpolicies",
+        "watch",
+        "to serve policies",
+    ),
+    ("onemesh.dev", "routes", "watch", "to serve routes"),
+    (
+        "authentication.k8s.io",
+        "tokenreviews",
+        "create",
+        "to check proxies' ServiceAccount tokens",
+    ),
+    (
+        "",
+        "configmaps",
+        "create",
+        "to publish the trust anchors in meshed namespaces",
+    ),
+];
+
+/// A client for the cluster of `kubeconfig`, else of `$KUBECONFIG` / `~/.kube/config` / the pod's.
+pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("the kubeconfig {} is not usable", path.display()))?
+        }
+        None => kube::Config::infer().await.context(
+            "no Kubernetes configuration: set KUBECONFIG or pass --kubeconfig (or run in a pod)",
+        )?,
+    };
+    Client::try_from(config).context("cannot make a Kubernetes client")
+}
+
+/// Runs every check and returns the lines to print.
+pub async fn checks(client: &Client) -> Vec<CheckLine> {
+    let mut lines = Vec::new();
+    match client.apiserver_version().await {
+        Ok(v) => lines.push(pass(format!("Kubernetes API answers ({})", v.git_version))),
+        Err(e) => {
+            lines.push(fail(
+                "Kubernetes API answers".into(),
+                format!("{e}: check the kubeconfig's server and credentials"),
+            ));
+            return lines;
+        }
+    }
+    lines.extend(crds(client).await);
+    lines.push(control_plane(client).await);
+    lines.extend(trust(client).await);
+    lines.extend(rbac(client).await);
+    lines
+}
+
+async fn crds(client: &Client) -> Vec<CheckLine> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut lines = Vec::new();
+    for name in CRDS {
+        let line = match api.get_opt(name).await {
+            Ok(Some(crd)) => {
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    pass(format!("CRD {name} is established"))
+                } else {
+                    fail(
+                        format!("CRD {name} is established"),
+                        "the API server has not accepted it yet: see `kubectl describe crd`".into(),
+                    )
+                }
+            }
+            Ok(None) => fail(
+                format!("CRD {name} exists"),
+                "install the mesh: `onemesh install | kubectl apply --server-side -f -`".into(),
+            ),
+            Err(e) => fail(format!("CRD {name} exists"), format!("cannot read it: {e}")),
+        };
+        lines.push(line);
+    }
+    lines
+}
+
+async fn control_plane(client: &Client) -> CheckLine {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let what = format!("control plane {NAMESPACE}/{DEPLOYMENT} is ready");
+    match api.get_opt(DEPLOYMENT).await {
+        Ok(Some(d)) => {
+            let wanted = d.spec.replicas.unwrap_or(1);
+            let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+            let what = format!("{what}: {ready}/{wanted} replicas");
+            if ready >= wanted && ready > 0 {
+                pass(what)
+            } else if ready > 0 {
+                CheckLine {
+                    mark: Mark::Warn,
+                    what,
+                    hint: "one replica serves, the mesh has no spare: see `kubectl -n onemesh get pods`".into(),
+                }
+            } else {
+                fail(
+                    what,
+                    "no replica is ready: see `kubectl -n onemesh describe pods`".into(),
+                )
+            }
+        }
+        Ok(None) => fail(
+            what,
+            "not installed: `onemesh install | kubectl apply --server-side -f -`".into(),
+        ),
+        Err(e) => fail(what, format!("cannot read it: {e}")),
+    }
+}
+
+async fn trust(client: &Client) -> Vec<CheckLine> {
+    let what = "trust anchors and issuer".to_string();
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
+    let anchors = match maps.get_opt(ANCHORS_CONFIGMAP).await {
+        Ok(Some(cm)) => cm.data.and_then(|d| d.get("ca.crt").cloned()),
+        Ok(None) => None,
+        Err(e) => {
+            return vec![fail(
+                what,
+                format!("cannot read ConfigMap {NAMESPACE}/{ANCHORS_CONFIGMAP}: {e}"),
+            )];
+        }
+    };
+    let Some(anchors) = anchors else {
+        return vec![fail(
+            what,
+            format!(
+                "ConfigMap {NAMESPACE}/{ANCHORS_CONFIGMAP} with key ca.crt is missing: reinstall"
+            ),
+        )];
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let issuer = match secrets.get_opt(ISSUER_SECRET).await {
+        Ok(Some(s)) => s.data.and_then(|d| {
+            let text = |key: &str| {
+                d.get(key)
+                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            };
+            Some((text("tls.crt")?, text("tls.key")?))
+        }),
+        Ok(None) => None,
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            return vec![CheckLine {
+                mark: Mark::Warn,
+                what,
+                hint: format!(
+                    "you may not read Secret {NAMESPACE}/{ISSUER_SECRET}: the issuer was not checked"
+                ),
+            }];
+        }
+        Err(e) => {
+            return vec![fail(
+                what,
+                format!("cannot read Secret {NAMESPACE}/{ISSUER_SECRET}: {e}"),
+            )];
+        }
+    };
+    let Some((issuer, key)) = issuer else {
+        return vec![fail(
+            what,
+            format!(
+                "Secret {NAMESPACE}/{ISSUER_SECRET} with keys tls.crt and tls.key is missing: reinstall"
+            ),
+        )];
+    };
+    let mut lines = Vec::new();
+    lines.push(chains(&anchors, &issuer, &key));
+    match expiry::expiries_from_pem(
+        (
+            &anchors,
+            &format!("ConfigMap {NAMESPACE}/{ANCHORS_CONFIGMAP}"),
+        ),
+        (&issuer, &format!("Secret {NAMESPACE}/{ISSUER_SECRET}")),
+    ) {
+        Ok(list) => lines.extend(crate::trust::judge_expiries(&list, SystemTime::now())),
+        Err(e) => lines.push(fail(what, e.to_string())),
+    }
+    lines
+}
+
+/// Whether the issuer signs leaves that verify against the published anchors.
+fn chains(anchors: &str, issuer: &str, key: &str) -> CheckLine {
+    let what =
+        "issuer signs certificates that verify against the published trust anchors".to_string();
+    let from = crate::install::Sources {
+        anchors: format!("ConfigMap {NAMESPACE}/{ANCHORS_CONFIGMAP}"),
+        issuer: format!("Secret {NAMESPACE}/{ISSUER_SECRET}"),
+    };
+    match crate::install::check_issuer(None, anchors, issuer, key, &from) {
+        Ok(_) => pass(what),
+        Err(e) => fail(
+            what,
+            format!("{e:#}: proxies would refuse every certificate it signs"),
+        ),
+    }
+}
+
+async fn rbac(client: &Client) -> Vec<CheckLine> {
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    let mut lines = Vec::new();
+    for (group, resource, verb, why) in PERMISSIONS {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(SERVICE_ACCOUNT.to_string()),
+                groups: Some(vec![
+                    "system:serviceaccounts".to_string(),
+                    format!("system:serviceaccounts:{NAMESPACE}"),
+                ]),
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(group.to_string()),
+                    resource: Some(resource.to_string()),
+                    verb: Some(verb.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let shown = if group.is_empty() {
+            resource.to_string()
+        } else {
+            format!("{resource}.{group}")
+        };
+        let what = format!("control plane may {verb} {shown} ({why})");
+        let line = match api.create(&PostParams::default(), &review).await {
+            Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => pass(what),
+            Ok(_) => fail(
+                what,
+                "its ClusterRole lacks this: reinstall, or compare with `onemesh install`".into(),
+            ),
+            Err(kube::Error::Api(e)) if e.code == 403 => CheckLine {
+                mark: Mark::Warn,
+                what,
+                hint: "you may not create SubjectAccessReviews: not checked".into(),
+            },
+            Err(e) => fail(what, format!("cannot ask the API server: {e}")),
+        };
+        lines.push(line);
+    }
+    lines
+}
+
+fn pass(what: String) -> CheckLine {
+    CheckLine {
+        mark: Mark::Pass,
+        what,
+        hint: String::new(),
+    }
+}
+
+fn fail(what: String, hint: String) -> CheckLine {
+    CheckLine {
+        mark: Mark::Fail,
+        what,
+        hint,
+    }
+}
