@@ -24,8 +24,8 @@ use saphyr::{LoadableYamlNode, Yaml};
 const CONTROL_PLANE: &str = include_str!("../../../deploy/install/control-plane.yaml");
 /// The CRDs, as `crdgen` writes them.
 const CRDS: [&str; 2] = [
-    include_str!("../../../deploy/crds/authorizationpolicies.onemesh.dev.yaml"),
-    include_str!("../../../deploy/crds/routes.onemesh.dev.yaml"),
+    include_str!("../../../deploy/crds/authorizationpolicies.yaml"),
+    include_str!("../../../deploy/crds/routes.yaml"),
 ];
 
 /// A generated trust anchor lives ten years, the issuer one (the control plane rotates it at 70 %).

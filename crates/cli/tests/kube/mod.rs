@@ -1,0 +1,86 @@
+//! Helpers for the tests against the test cluster (`scripts/k8s-testenv up`, then `KUBECONFIG`
+//! from `scripts/k8s-testenv env`): kubectl and the onemesh CLI as an operator runs them. These
+//! tests are `#[ignore]`d so a plain `cargo nextest run` needs no cluster; `scripts/test` starts
+//! the cluster and runs them with `--run-ignored only`. Run without a cluster they fail, loudly.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The reason every cluster test is ignored by default.
+pub const NEEDS_CLUSTER: &str =
+    "needs the test cluster: scripts/k8s-testenv up; eval \"$(scripts/k8s-testenv env)\"";
+
+/// The admin kubeconfig of the running test cluster.
+pub fn kubeconfig() -> PathBuf {
+    let path = std::env::var_os("KUBECONFIG")
+        .unwrap_or_else(|| panic!("KUBECONFIG is not set: this test {NEEDS_CLUSTER}"));
+    let path = PathBuf::from(path);
+    assert!(
+        path.exists(),
+        "KUBECONFIG={} does not exist: {NEEDS_CLUSTER}",
+        path.display()
+    );
+    path
+}
+
+/// The onemesh CLI of this build.
+pub fn onemesh(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_onemesh"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig())
+        .output()
+        .expect("run onemesh");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// `kubectl ARGS` with `stdin`, as the operator would run it; (success, stdout + stderr).
+pub fn kubectl_in(args: &[&str], stdin: &str) -> (bool, String) {
+    let mut child = Command::new(kubectl_program())
+        .args(args)
+        .env("KUBECONFIG", kubeconfig())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write kubectl's stdin");
+    let out = child.wait_with_output().expect("kubectl output");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// `kubectl ARGS`, which must succeed; its output.
+pub fn kubectl(args: &[&str]) -> String {
+    let (ok, text) = kubectl_in(args, "");
+    assert!(ok, "kubectl {} failed: {text}", args.join(" "));
+    text
+}
+
+/// The test cluster's own kubectl (same version as the server) when it has one, else `kubectl`.
+fn kubectl_program() -> String {
+    std::env::var("ONEMESH_KUBECTL").unwrap_or_else(|_| "kubectl".to_string())
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics with `what` after `limit`.
+pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,118 @@
+//! `onemesh install`, `check --kubernetes` and `uninstall` against a real kube-apiserver: the
+//! manifests apply with server-side apply, the checks see the installed mesh, a stripped
+//! ClusterRole and an issuer from another root (forged inputs) are caught, and uninstall removes
+//! every object.
+
+mod kube;
+
+use std::time::Duration;
+
+use kube::{NEEDS_CLUSTER, eventually, kubectl, kubectl_in, onemesh};
+
+fn apply(manifests: &str) {
+    let (ok, out) = kubectl_in(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        manifests,
+    );
+    assert!(ok, "kubectl apply failed: {out}");
+}
+
+fn check() -> String {
+    let kubeconfig = kube::kubeconfig();
+    onemesh(&["check", "--kubeconfig", kubeconfig.to_str().unwrap()]).1
+}
+
+#[test]
+#[ignore = "needs the test cluster: scripts/k8s-testenv up; eval \"$(scripts/k8s-testenv env)\""]
+fn kube_install_check_and_uninstall() {
+    let _ = NEEDS_CLUSTER;
+    let (ok, manifests) = onemesh(&["install", "--replicas", "2"]);
+    assert!(ok, "onemesh install failed: {manifests}");
+    apply(&manifests);
+    kubectl(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/authorizationpolicies.onemesh.dev",
+        "crd/routes.onemesh.dev",
+    ]);
+
+    let out = check();
+    for line in [
+        "√ Kubernetes API answers (v1.3",
+        "√ CRD authorizationpolicies.onemesh.dev is established",
+        "√ CRD routes.onemesh.dev is established",
+        "√ issuer signs certificates that verify against the published trust anchors",
+        "√ issuer expiry",
+        "√ trust anchor expiry",
+        "√ control plane may create tokenreviews.authentication.k8s.io",
+        "√ control plane may watch endpointslices.discovery.k8s.io",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+
+    // A ClusterRole someone trimmed: the check names the missing permission.
+    let rules = kubectl(&[
+        "get",
+        "clusterrole",
+        "onemesh-control",
+        "-o",
+        "jsonpath={.rules[*].resources}",
+    ]);
+    let at = rules
+        .split("] [")
+        .position(|r| r.contains("tokenreviews"))
+        .expect("the ClusterRole grants tokenreviews");
+    kubectl(&[
+        "patch",
+        "clusterrole",
+        "onemesh-control",
+        "--type=json",
+        &format!(r#"-p=[{{"op":"remove","path":"/rules/{at}"}}]"#),
+    ]);
+    let out = eventually(
+        "the check sees the trimmed ClusterRole",
+        Duration::from_secs(10),
+        || {
+            let out = check();
+            out.contains("× control plane may create tokenreviews.authentication.k8s.io")
+                .then_some(out)
+        },
+    );
+    assert!(out.contains("some checks failed"), "{out}");
+
+    // An issuer minted under another root than the published anchors.
+    let (_, other) = onemesh(&["install"]);
+    let secret = other
+        .split("\n---\n")
+        .find(|doc| doc.contains("kind: Secret"))
+        .expect("the install output has the issuer Secret");
+    apply(secret);
+    let out = check();
+    assert!(
+        out.contains("× issuer signs certificates that verify against the published trust anchors"),
+        "{out}"
+    );
+
+    // Uninstall removes everything install made (the namespace last among its objects).
+    let (ok, heads) = onemesh(&["uninstall"]);
+    assert!(ok, "{heads}");
+    let (ok, out) = kubectl_in(
+        &["delete", "--wait=true", "--timeout=60s", "-f", "-"],
+        &heads,
+    );
+    assert!(ok, "kubectl delete failed: {out}");
+    for gone in [
+        vec!["get", "namespace", "onemesh"],
+        vec!["get", "clusterrole", "onemesh-control"],
+        vec!["get", "crd", "routes.onemesh.dev"],
+    ] {
+        let (ok, out) = kubectl_in(&gone, "");
+        assert!(
+            !ok && out.contains("NotFound"),
+            "still there after uninstall: {out}"
+        );
+    }
+    let out = check();
+    assert!(out.contains("× CRD routes.onemesh.dev exists"), "{out}");
+}
