@@ -75,10 +75,12 @@
 
 pub mod bindings;
 pub mod config;
+pub mod health;
 pub mod limits;
 pub mod local;
 pub mod persist;
 pub mod pki;
+pub mod publish;
 pub mod revocations;
 pub mod server;
 pub mod services;
