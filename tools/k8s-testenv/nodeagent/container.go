@@ -325,7 +325,7 @@ func (c *container) startProcess(ctx context.Context) (*exec.Cmd, string, error)
 	if err != nil {
 		return nil, "", &errConfig{err}
 	}
-	spec := ExecSpec{Hostname: pod.Name, Mounts: mounts, WorkingDir: c.spec.WorkingDir, Argv: argv, Env: envList}
+	spec := ExecSpec{Hostname: podHostname(pod), Mounts: mounts, WorkingDir: c.spec.WorkingDir, Argv: argv, Env: envList}
 	applySecurity(&spec, pod, &c.spec)
 
 	runDir := filepath.Join(w.dir, "run")
@@ -490,7 +490,7 @@ func (w *podWorker) buildEnv(ctx context.Context, pod *v1.Pod, c *v1.Container) 
 		set("PATH", defaultPath)
 	}
 	if _, ok := tmp["HOSTNAME"]; !ok {
-		set("HOSTNAME", pod.Name)
+		set("HOSTNAME", podHostname(pod))
 	}
 	if _, ok := tmp["HOME"]; !ok {
 		home := "/root"
@@ -589,8 +589,8 @@ func (w *podWorker) fieldValue(pod *v1.Pod, path string) (string, error) {
 func (w *podWorker) mounts(c *v1.Container, mapping func(string) string) ([]ExecMount, error) {
 	w.mu.Lock()
 	vols := w.volumes
+	out := []ExecMount{{Source: w.etcHosts, Target: "/etc/hosts"}, {Source: w.resolvConf, Target: "/etc/resolv.conf"}}
 	w.mu.Unlock()
-	var out []ExecMount
 	for _, m := range c.VolumeMounts {
 		src, ok := vols[m.Name]
 		if !ok {
@@ -631,4 +631,3 @@ func (c *container) statusLocked() v1.ContainerStatus {
 		RestartCount: c.restartCount, Image: c.spec.Image, ImageID: imageID, ContainerID: id, Started: &started,
 	}
 }
-

@@ -43,6 +43,8 @@ type podWorker struct {
 	order     []*container // init containers (incl. sidecars) in order, then app containers
 	condTimes map[v1.PodConditionType]condMark
 	volumes   map[string]string // volume name -> directory or file on this machine
+	// The pod's /etc/hosts and /etc/resolv.conf, bind-mounted into every container.
+	etcHosts, resolvConf string
 
 	terminateOnce sync.Once
 	terminateCh   chan struct{} // closed when the pod gets a deletionTimestamp
@@ -210,10 +212,14 @@ func (w *podWorker) start(ctx context.Context) bool {
 	for {
 		vols, err := w.prepareVolumes(ctx)
 		if err == nil {
-			w.mu.Lock()
-			w.volumes = vols
-			w.mu.Unlock()
-			break
+			var hosts, resolv string
+			if hosts, resolv, err = w.writeEtcFiles(pod); err == nil {
+				w.mu.Lock()
+				w.volumes = vols
+				w.etcHosts, w.resolvConf = hosts, resolv
+				w.mu.Unlock()
+				break
+			}
 		}
 		w.setWaitingAll("ContainerCreating", err.Error())
 		w.logf("volumes: %v (retrying)", err)

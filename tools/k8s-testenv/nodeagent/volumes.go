@@ -491,3 +491,57 @@ func (a *Agent) provision(ctx context.Context, key string) error {
 	}
 	return nil
 }
+
+// writeEtcFiles writes the pod's /etc/hosts (its own name -> its IP, hostAliases) and
+// /etc/resolv.conf. There is no cluster DNS: without dnsConfig nameservers the pod asks
+// 127.0.0.1, so a lookup fails at once instead of waiting for the machine's resolver, which pods
+// cannot and must not reach.
+func (w *podWorker) writeEtcFiles(pod *v1.Pod) (hosts, resolv string, err error) {
+	dir := filepath.Join(w.dir, "etc")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", "", err
+	}
+	w.mu.Lock()
+	ip := w.ip.String()
+	w.mu.Unlock()
+	var b strings.Builder
+	b.WriteString("# Kubernetes-managed hosts file (onemesh test node agent).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+	fmt.Fprintf(&b, "%s\t%s\n", ip, podHostname(pod))
+	for _, a := range pod.Spec.HostAliases {
+		fmt.Fprintf(&b, "%s\t%s\n", a.IP, strings.Join(a.Hostnames, "\t"))
+	}
+	hosts = filepath.Join(dir, "hosts")
+	if err := writeAtomic(hosts, []byte(b.String()), 0o644, -1, -1); err != nil {
+		return "", "", err
+	}
+	b.Reset()
+	b.WriteString("# onemesh test node agent: no cluster DNS\n")
+	servers := []string{"127.0.0.1"}
+	if dc := pod.Spec.DNSConfig; dc != nil && len(dc.Nameservers) > 0 {
+		servers = dc.Nameservers
+	}
+	for _, s := range servers {
+		fmt.Fprintf(&b, "nameserver %s\n", s)
+	}
+	if dc := pod.Spec.DNSConfig; dc != nil && len(dc.Searches) > 0 {
+		fmt.Fprintf(&b, "search %s\n", strings.Join(dc.Searches, " "))
+	}
+	b.WriteString("options timeout:1 attempts:1\n")
+	resolv = filepath.Join(dir, "resolv.conf")
+	if err := writeAtomic(resolv, []byte(b.String()), 0o644, -1, -1); err != nil {
+		return "", "", err
+	}
+	return hosts, resolv, nil
+}
+
+// podHostname is the pod's hostname: spec.hostname, else its name (cut to 63 bytes).
+func podHostname(pod *v1.Pod) string {
+	h := pod.Spec.Hostname
+	if h == "" {
+		h = pod.Name
+	}
+	if len(h) > 63 {
+		h = strings.TrimRight(h[:63], "-.")
+	}
+	return h
+}
