@@ -47,6 +47,7 @@ type container struct {
 	pid          int
 	exitCode     int32
 	launched     bool
+	execSpec     ExecSpec // how the current process was started (exec probes reuse it)
 
 	stopOnce     sync.Once
 	stopCh       chan struct{} // closed by stop(): no more restarts, terminate the process
@@ -358,6 +359,7 @@ func (c *container) startProcess(ctx context.Context) (*exec.Cmd, string, error)
 	}
 	c.w.mu.Lock()
 	c.program = strings.Join(argv, " ")
+	c.execSpec = spec
 	c.w.mu.Unlock()
 	return cmd, logPath, nil
 }

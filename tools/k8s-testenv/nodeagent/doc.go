@@ -6,7 +6,7 @@
 // node as plain processes: a network namespace per pod (Calico style: eth0 with a /32 from the
 // PodCIDR, a link-local gateway, a host-side veth with proxy ARP), one private mount namespace
 // per container with its volumes bind-mounted, runAsUser/runAsGroup and added capabilities
-// through setpriv, init containers and native sidecars, HTTP/TCP probes, restarts, graceful
+// through setpriv, init containers and native sidecars, HTTP/TCP/exec probes, restarts, graceful
 // termination and the pod status. Images are not pulled: a JSON table maps an image name to a
 // program on this machine (see ImageTable).
 //

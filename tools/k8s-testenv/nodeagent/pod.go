@@ -9,6 +9,7 @@ import (
 	"log"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -386,8 +387,11 @@ func (w *podWorker) awaitDeletion(ctx context.Context, cancel context.CancelFunc
 	}
 	cancel()
 	<-statusDone
-	if err := os.RemoveAll(w.dir); err != nil {
-		w.logf("removing %s: %v", w.dir, err)
+	// The logs stay (for the test that wants to read them after the pod is gone); the rest goes.
+	for _, sub := range []string{"volumes", "run", "etc"} {
+		if err := os.RemoveAll(filepath.Join(w.dir, sub)); err != nil {
+			w.logf("removing %s: %v", filepath.Join(w.dir, sub), err)
+		}
 	}
 	w.a.forget(w.uid)
 	w.logf("removed")

@@ -1,16 +1,21 @@
-// Probes, as the kubelet runs them from the node: HTTP GET and TCP (exec and gRPC probes are
-// reported as unsupported and count as success). Startup gates the others and the container's
+// Probes, as the kubelet runs them: HTTP GET and TCP from the node, exec inside the pod (gRPC
+// probes are reported as unsupported and count as success). Startup gates the others and the container's
 // "started"; readiness drives "ready"; a failed liveness or startup probe restarts the container.
 package nodeagent
 
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -241,8 +246,60 @@ func (c *container) probeOnce(ctx context.Context, p *v1.Probe) error {
 			return err
 		}
 		return conn.Close()
+	case p.Exec != nil:
+		return c.execProbe(ctx, p.Exec.Command)
 	default:
-		c.w.logf("container %s: exec and gRPC probes are not supported by the test node agent; counted as success", c.spec.Name)
+		c.w.logf("container %s: gRPC probes are not supported by the test node agent; counted as success", c.spec.Name)
 		return nil
+	}
+}
+
+// execProbe runs the command as the container runs (same namespace, mounts, user, env), in a
+// process of its own; exit code 0 is success. Its output goes nowhere.
+func (c *container) execProbe(ctx context.Context, command []string) error {
+	if len(command) == 0 {
+		return fmt.Errorf("exec probe without a command")
+	}
+	c.w.mu.Lock()
+	spec := c.execSpec
+	c.w.mu.Unlock()
+	path := ""
+	for _, e := range spec.Env {
+		if v, ok := strings.CutPrefix(e, "PATH="); ok {
+			path = v
+		}
+	}
+	spec.Argv = append([]string{}, command...)
+	if resolved, ok := findProgram(command[0], path); ok {
+		spec.Argv[0] = resolved
+	}
+	f, err := os.CreateTemp(filepath.Join(c.w.dir, "run"), c.spec.Name+".probe-*.json")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := json.NewEncoder(f).Encode(spec); err != nil {
+		f.Close()
+		return err
+	}
+	f.Close()
+	cmd := exec.Command("ip", "netns", "exec", podNetnsName(string(c.w.uid)), c.w.a.cfg.Exe, "container-exec", f.Name())
+	cmd.Env = []string{"PATH=" + defaultPath}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("exec %v: %w", command, err)
+		}
+		return nil
+	case <-ctx.Done():
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+		return fmt.Errorf("exec %v: timed out", command)
 	}
 }
