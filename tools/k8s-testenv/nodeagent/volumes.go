@@ -330,7 +330,7 @@ func (w *podWorker) writeToken(ctx context.Context, pod *v1.Pod, dir string, s *
 		return err
 	}
 	go func() {
-		refresh := time.Duration(float64(life)*0.8) * time.Second
+		refresh := time.Duration(float64(life) * 0.8 * float64(time.Second))
 		for {
 			select {
 			case <-ctx.Done():
@@ -347,7 +347,7 @@ func (w *podWorker) writeToken(ctx context.Context, pod *v1.Pod, dir string, s *
 				refresh = 5 * time.Second
 				continue
 			}
-			refresh = time.Duration(float64(life)*0.8) * time.Second
+			refresh = time.Duration(float64(life) * 0.8 * float64(time.Second))
 		}
 	}()
 	return nil
