@@ -46,6 +46,8 @@ type podWorker struct {
 	volumes   map[string]string // volume name -> directory or file on this machine
 	// The pod's /etc/hosts and /etc/resolv.conf, bind-mounted into every container.
 	etcHosts, resolvConf string
+	takenUp              time.Time // when this agent first saw the pod
+	readyLogged          bool
 
 	terminateOnce sync.Once
 	terminateCh   chan struct{} // closed when the pod gets a deletionTimestamp
@@ -64,7 +66,7 @@ func newPodWorker(a *Agent, pod *v1.Pod) *podWorker {
 		a: a, uid: pod.UID, dir: a.podDir(pod), pod: pod.DeepCopy(),
 		ctrs: map[string]*container{}, condTimes: map[v1.PodConditionType]condMark{},
 		terminateCh: make(chan struct{}), goneCh: make(chan struct{}), dirty: make(chan struct{}, 1),
-		phase: v1.PodPending,
+		phase: v1.PodPending, takenUp: time.Now(),
 	}
 	if pod.Status.StartTime != nil {
 		w.startTime = *pod.Status.StartTime
@@ -505,6 +507,10 @@ func (w *podWorker) statusLocked() map[string]any {
 		if w.initDone && anyAppStarted {
 			phase = v1.PodRunning
 		}
+	}
+	if ready && !terminal && !w.readyLogged {
+		w.readyLogged = true
+		w.logf("Ready %d ms after the agent took it up", time.Since(w.takenUp).Milliseconds())
 	}
 	notReady := "ContainersNotReady"
 	if terminal {
