@@ -121,6 +121,7 @@ func (a *Agent) run(ctx context.Context) error {
 	if err := a.registerNode(ctx); err != nil {
 		return err
 	}
+	a.reserveKnownIPs(ctx)
 	go a.heartbeat(ctx)
 	if err := a.ensureStorageClass(ctx); err != nil {
 		return err
@@ -218,6 +219,26 @@ func (a *Agent) runQueue(ctx context.Context, q workqueue.TypedRateLimitingInter
 			q.Forget(key)
 		}
 		q.Done(key)
+	}
+}
+
+// reserveKnownIPs gives the pods this node already runs their addresses back before any worker
+// starts, so that a new pod cannot take the IP of one that an earlier agent ran.
+func (a *Agent) reserveKnownIPs(ctx context.Context) {
+	pods, err := a.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", a.cfg.NodeName).String(),
+	})
+	if err != nil {
+		log.Printf("listing this node's pods to keep their IPs: %v", err)
+		return
+	}
+	for _, p := range pods.Items {
+		if p.Status.PodIP == "" || p.Status.Phase == v1.PodSucceeded || p.Status.Phase == v1.PodFailed {
+			continue
+		}
+		if _, err := a.ipam.allocate(string(p.UID), p.Status.PodIP); err != nil {
+			log.Printf("pod %s/%s: %v", p.Namespace, p.Name, err)
+		}
 	}
 }
 
