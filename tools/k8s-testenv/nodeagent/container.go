@@ -195,7 +195,10 @@ func (c *container) supervise(ctx context.Context) {
 		stopProbes()
 		// Anything the program left in its process group goes with it, as with a container.
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
-		code, exitReason := exitStatus(cmd, waitErr)
+		if waitErr != nil && cmd.ProcessState == nil {
+			c.w.logf("container %s: waiting for it: %v", c.spec.Name, waitErr)
+		}
+		code, exitReason := exitStatus(cmd)
 		finished := metav1.Now()
 		c.setState(func() {
 			c.exitCode = code
@@ -246,7 +249,7 @@ func (c *container) terminate(pid int, exited chan struct{}, deadline time.Time)
 	}
 }
 
-func exitStatus(cmd *exec.Cmd, err error) (int32, string) {
+func exitStatus(cmd *exec.Cmd) (int32, string) {
 	if cmd.ProcessState == nil {
 		return 128, "Error"
 	}
@@ -260,7 +263,6 @@ func exitStatus(cmd *exec.Cmd, err error) (int32, string) {
 	if ws.ExitStatus() == 0 {
 		return 0, "Completed"
 	}
-	_ = err
 	return int32(ws.ExitStatus()), "Error"
 }
 

@@ -28,9 +28,10 @@ const (
 )
 
 type podWorker struct {
-	a   *Agent
-	uid types.UID
-	dir string
+	a        *Agent
+	uid      types.UID
+	ns, name string
+	dir      string
 
 	mu        sync.Mutex
 	pod       *v1.Pod // latest seen
@@ -63,7 +64,7 @@ type condMark struct {
 
 func newPodWorker(a *Agent, pod *v1.Pod) *podWorker {
 	w := &podWorker{
-		a: a, uid: pod.UID, dir: a.podDir(pod), pod: pod.DeepCopy(),
+		a: a, uid: pod.UID, ns: pod.Namespace, name: pod.Name, dir: a.podDir(pod), pod: pod.DeepCopy(),
 		ctrs: map[string]*container{}, condTimes: map[v1.PodConditionType]condMark{},
 		terminateCh: make(chan struct{}), goneCh: make(chan struct{}), dirty: make(chan struct{}, 1),
 		phase: v1.PodPending, takenUp: time.Now(),
@@ -106,7 +107,7 @@ func newPodWorker(a *Agent, pod *v1.Pod) *podWorker {
 }
 
 func (w *podWorker) key() string {
-	return w.pod.Namespace + "/" + w.pod.Name
+	return w.ns + "/" + w.name
 }
 
 // update takes a newer version of the pod from the informer.
@@ -179,13 +180,13 @@ func (w *podWorker) run(parent context.Context) {
 		w.mu.Lock()
 		w.phase = pod.Status.Phase
 		w.mu.Unlock()
-		w.awaitDeletion(ctx, cancel, statusDone, false)
+		w.awaitDeletion(ctx, cancel, statusDone)
 		return
 	}
 	if !w.terminating() && w.start(ctx) {
 		w.supervise(ctx)
 	}
-	w.awaitDeletion(ctx, cancel, statusDone, true)
+	w.awaitDeletion(ctx, cancel, statusDone)
 }
 
 // start sets up the network and volumes, runs the init containers and starts the app
@@ -363,7 +364,7 @@ func (w *podWorker) teardownNetwork() {
 
 // awaitDeletion: after the pod ran (or not), wait for its deletion; then stop what runs, delete
 // the pod object with grace 0, remove its files and forget it.
-func (w *podWorker) awaitDeletion(ctx context.Context, cancel context.CancelFunc, statusDone chan struct{}, ran bool) {
+func (w *podWorker) awaitDeletion(ctx context.Context, cancel context.CancelFunc, statusDone chan struct{}) {
 	select {
 	case <-w.terminateCh:
 	case <-ctx.Done():
@@ -397,7 +398,6 @@ func (w *podWorker) awaitDeletion(ctx context.Context, cancel context.CancelFunc
 	}
 	w.a.forget(w.uid)
 	w.logf("removed")
-	_ = ran
 }
 
 func (w *podWorker) setWaitingAll(reason, message string) {
