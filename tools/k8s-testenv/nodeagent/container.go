@@ -329,7 +329,9 @@ func (c *container) startProcess(ctx context.Context) (*exec.Cmd, string, error)
 		return nil, "", &errConfig{err}
 	}
 	spec := ExecSpec{Hostname: podHostname(pod), Mounts: mounts, WorkingDir: c.spec.WorkingDir, Argv: argv, Env: envList}
-	applySecurity(&spec, pod, &c.spec)
+	if err := applySecurity(&spec, pod, &c.spec); err != nil {
+		return nil, "", &errConfig{err}
+	}
 
 	runDir := filepath.Join(w.dir, "run")
 	logDir := filepath.Join(w.dir, "logs")
@@ -367,8 +369,18 @@ func (c *container) startProcess(ctx context.Context) (*exec.Cmd, string, error)
 }
 
 // applySecurity sets user, groups and capabilities from the pod's and container's securityContext.
-func applySecurity(spec *ExecSpec, pod *v1.Pod, c *v1.Container) {
+// runAsNonRoot without a non-zero runAsUser is refused, as the kubelet refuses an image whose user
+// is root: the image table has no users, so every image runs as root unless the pod says otherwise.
+func applySecurity(spec *ExecSpec, pod *v1.Pod, c *v1.Container) error {
 	psc, csc := pod.Spec.SecurityContext, c.SecurityContext
+	nonRoot := (psc != nil && psc.RunAsNonRoot != nil && *psc.RunAsNonRoot) ||
+		(csc != nil && csc.RunAsNonRoot != nil && *csc.RunAsNonRoot)
+	if csc != nil && csc.RunAsNonRoot != nil && !*csc.RunAsNonRoot {
+		nonRoot = false
+	}
+	if uid := effectiveUID(pod, c); nonRoot && (uid == nil || *uid == 0) {
+		return fmt.Errorf("container %s has runAsNonRoot and would run as root (the test node's images have no user): set runAsUser", c.Name)
+	}
 	if psc != nil {
 		spec.UID, spec.GID = psc.RunAsUser, psc.RunAsGroup
 		if psc.FSGroup != nil {
@@ -395,6 +407,7 @@ func applySecurity(spec *ExecSpec, pod *v1.Pod, c *v1.Container) {
 	if spec.UID != nil && *spec.UID == 0 && spec.GID == nil && !spec.NoNewPrivs {
 		spec.UID = nil // root stays root, with all its capabilities
 	}
+	return nil
 }
 
 // ---- environment ----

@@ -137,7 +137,9 @@ func TestSecurityContextToSetpriv(t *testing.T) {
 	c := v1.Container{SecurityContext: &v1.SecurityContext{RunAsGroup: &gid, AllowPrivilegeEscalation: &no,
 		Capabilities: &v1.Capabilities{Add: []v1.Capability{"NET_ADMIN", "CAP_NET_RAW"}}}}
 	var spec ExecSpec
-	applySecurity(&spec, pod, &c)
+	if err := applySecurity(&spec, pod, &c); err != nil {
+		t.Fatal(err)
+	}
 	got := strings.Join(setprivArgs(&spec), " ")
 	want := "/usr/bin/setpriv --reuid=1337 --regid=1338 --groups=2000 --inh-caps=+net_admin,+net_raw --ambient-caps=+net_admin,+net_raw --no-new-privs --"
 	if got != want {
@@ -146,9 +148,20 @@ func TestSecurityContextToSetpriv(t *testing.T) {
 	// Root stays root, with its capabilities, without setpriv.
 	root := int64(0)
 	var rootSpec ExecSpec
-	applySecurity(&rootSpec, testPod(v1.PodSpec{SecurityContext: &v1.PodSecurityContext{RunAsUser: &root}}), &v1.Container{})
+	if err := applySecurity(&rootSpec, testPod(v1.PodSpec{SecurityContext: &v1.PodSecurityContext{RunAsUser: &root}}), &v1.Container{}); err != nil {
+		t.Fatal(err)
+	}
 	if rootSpec.UID != nil || rootSpec.GID != nil || rootSpec.NoNewPrivs {
 		t.Errorf("root: %+v", rootSpec)
+	}
+	// runAsNonRoot without a user would run as root: refused, as the kubelet refuses a root image.
+	yes := true
+	nonRoot := testPod(v1.PodSpec{SecurityContext: &v1.PodSecurityContext{RunAsNonRoot: &yes}})
+	if err := applySecurity(&ExecSpec{}, nonRoot, &v1.Container{Name: "app"}); err == nil || !strings.Contains(err.Error(), "runAsUser") {
+		t.Errorf("runAsNonRoot without runAsUser: %v", err)
+	}
+	if err := applySecurity(&ExecSpec{}, nonRoot, &v1.Container{Name: "app", SecurityContext: &v1.SecurityContext{RunAsUser: &uid}}); err != nil {
+		t.Errorf("runAsNonRoot with runAsUser 1337: %v", err)
 	}
 }
 
