@@ -9,11 +9,15 @@
 //	testenv kube-apiserver FLAGS...     the real kube-apiserver (k8s.io/kubernetes/cmd/kube-apiserver/app)
 //	testenv kube-controller-manager FLAGS...
 //	                                    the real kube-controller-manager
+//	testenv kube-proxy FLAGS...         the real kube-proxy (k8s.io/kubernetes/cmd/kube-proxy/app)
+//	testenv node-agent FLAGS...         the test node agent: kubelet and scheduler for tests (nodeagent/)
+//	testenv container-exec SPEC.json    start one container's process (the node agent runs it)
 //	testenv ports N                     print N free TCP ports on 127.0.0.1, one a line
 //	testenv version                     print the Kubernetes version this binary was built from
 //
 // scripts/k8s-testenv builds it once per machine and starts the parts with the right flags;
-// people and tests use that script, not this binary directly. Everything binds 127.0.0.1 only.
+// people and tests use that script, not this binary directly. Everything runs in the network
+// namespace onemesh-k8s that the script creates.
 package main
 
 import (
@@ -22,6 +26,9 @@ import (
 
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	kubeproxy "k8s.io/kubernetes/cmd/kube-proxy/app"
+
+	"onemesh.dev/tools/k8s-testenv/nodeagent"
 
 	"k8s.io/component-base/cli"
 	"k8s.io/component-base/version"
@@ -36,6 +43,9 @@ commands:
   kube-apiserver FLAGS...       run kube-apiserver (its own --help lists FLAGS)
   kube-controller-manager FLAGS...
                                 run kube-controller-manager (its own --help lists FLAGS)
+  kube-proxy FLAGS...           run kube-proxy (its own --help lists FLAGS)
+  node-agent FLAGS...           run the test node agent (kubelet and scheduler for tests)
+  container-exec SPEC.json      start one container's process (used by node-agent)
   ports N                       print N free TCP ports on 127.0.0.1
   version                       print the Kubernetes version built in
 
@@ -58,6 +68,14 @@ func main() {
 		c := controllermanager.NewControllerManagerCommand()
 		c.SetArgs(args)
 		os.Exit(cli.Run(c))
+	case "kube-proxy":
+		c := kubeproxy.NewProxyCommand()
+		c.SetArgs(args)
+		os.Exit(cli.Run(c))
+	case "node-agent":
+		err = nodeagent.Run(args)
+	case "container-exec":
+		err = nodeagent.RunContainerExec(args)
 	case "pki":
 		err = runPKI(args)
 	case "etcd":

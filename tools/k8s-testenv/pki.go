@@ -1,9 +1,12 @@
 // The test cluster's PKI and kubeconfigs, made with Go's crypto into a work directory: a CA, the
-// API server's serving certificate (for 127.0.0.1, the first address of the Service range and the
-// kubernetes.default names), client certificates for an admin (group system:masters) and for the
-// controller manager (user system:kube-controller-manager, bound by RBAC's bootstrap policy), a
-// front-proxy CA and client (for aggregated APIs), and the ServiceAccount token signing key pair. Keys are ECDSA P-256. Nothing here is for production:
-// the keys sit unencrypted in the work directory of a throwaway cluster.
+// API server's serving certificate (for the node address 10.250.0.2, 127.0.0.1, the first address
+// of the Service range and the kubernetes.default names), client certificates for an admin (group
+// system:masters), the controller manager (user system:kube-controller-manager) and kube-proxy
+// (user system:kube-proxy; both bound by RBAC's bootstrap policy), the node agent (group
+// system:masters: it binds pods, provisions volumes and requests tokens for any ServiceAccount), a
+// front-proxy CA and client (for aggregated APIs), and the ServiceAccount token signing key pair.
+// Keys are ECDSA P-256. Nothing here is for production: the keys sit unencrypted in the work
+// directory of a throwaway cluster.
 package main
 
 import (
@@ -27,6 +30,10 @@ import (
 // the `kubernetes` Service; it is in the serving certificate so that pods can verify it there.
 var serviceIP = net.IPv4(10, 96, 0, 1)
 
+// nodeIP is the node network namespace's address on its veth to the root namespace; the API server
+// advertises it and the kubeconfigs point at it (scripts/k8s-testenv sets the network up).
+var nodeIP = net.IPv4(10, 250, 0, 2)
+
 type keyPair struct {
 	cert *x509.Certificate
 	der  []byte
@@ -36,7 +43,8 @@ type keyPair struct {
 func runPKI(args []string) error {
 	fs := flag.NewFlagSet("pki", flag.ContinueOnError)
 	dir := fs.String("dir", "", "work directory to write into (created if missing)")
-	port := fs.Int("port", 0, "the API server's secure port on 127.0.0.1 (for the kubeconfigs)")
+	port := fs.Int("port", 0, "the API server's secure port (for the kubeconfigs)")
+	address := fs.String("address", "127.0.0.1", "the API server's address in the kubeconfigs (must be in the serving certificate)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -65,6 +73,14 @@ func runPKI(args []string) error {
 	if err != nil {
 		return err
 	}
+	proxy, err := newCert("system:kube-proxy", nil, nil, false, ca, clientUsage)
+	if err != nil {
+		return err
+	}
+	agent, err := newCert("onemesh-testenv-node-agent", []string{"system:masters"}, nil, false, ca, clientUsage)
+	if err != nil {
+		return err
+	}
 	// The front proxy's CA and client: the API server signs requests it proxies to aggregated API
 	// servers with it, and components read its CA from kube-system/extension-apiserver-authentication.
 	frontCA, err := newCert("onemesh-testenv-front-proxy-ca", nil, nil, true, nil, nil)
@@ -87,6 +103,7 @@ func runPKI(args []string) error {
 	files := map[string][]byte{}
 	for name, kp := range map[string]*keyPair{
 		"ca": ca, "apiserver": server, "admin": admin, "controller-manager": kcm,
+		"kube-proxy": proxy, "node-agent": agent,
 		"front-proxy-ca": frontCA, "front-proxy-client": frontClient,
 	} {
 		keyPEM, err := keyPEM(kp.key)
@@ -108,8 +125,8 @@ func runPKI(args []string) error {
 		}
 	}
 
-	serverURL := fmt.Sprintf("https://127.0.0.1:%d", *port)
-	for name, kp := range map[string]*keyPair{"admin": admin, "controller-manager": kcm} {
+	serverURL := fmt.Sprintf("https://%s", net.JoinHostPort(*address, fmt.Sprint(*port)))
+	for name, kp := range map[string]*keyPair{"admin": admin, "controller-manager": kcm, "kube-proxy": proxy, "node-agent": agent} {
 		keyPEM, err := keyPEM(kp.key)
 		if err != nil {
 			return err
@@ -129,7 +146,7 @@ type sans struct {
 
 var serverSANs = sans{
 	dns: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
-	ips: []net.IP{net.IPv4(127, 0, 0, 1), serviceIP},
+	ips: []net.IP{net.IPv4(127, 0, 0, 1), serviceIP, nodeIP},
 }
 
 func newCert(cn string, orgs []string, alt *sans, isCA bool, parent *keyPair, usage []x509.ExtKeyUsage) (*keyPair, error) {

@@ -39,7 +39,7 @@ func TestPKIChainsAndIdentities(t *testing.T) {
 	roots.AddCert(readCert(t, filepath.Join(pki, "ca.crt")))
 
 	server := readCert(t, filepath.Join(pki, "apiserver.crt"))
-	for _, name := range []string{"127.0.0.1", "10.96.0.1", "localhost", "kubernetes.default.svc"} {
+	for _, name := range []string{"10.250.0.2", "127.0.0.1", "10.96.0.1", "localhost", "kubernetes.default.svc"} {
 		opts := x509.VerifyOptions{Roots: roots, DNSName: name, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
 		if _, err := server.Verify(opts); err != nil {
 			t.Errorf("serving certificate does not verify for %s: %v", name, err)
@@ -63,6 +63,9 @@ func TestPKIChainsAndIdentities(t *testing.T) {
 	}
 	if _, err := kcm.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
 		t.Error("a client certificate verified for server auth")
+	}
+	if got := readCert(t, filepath.Join(pki, "kube-proxy.crt")).Subject.CommonName; got != "system:kube-proxy" {
+		t.Errorf("kube-proxy certificate user = %q, want system:kube-proxy (RBAC's system:node-proxier binding)", got)
 	}
 	// The front proxy's client is signed by its own CA, not by the cluster CA.
 	if _, err := readCert(t, filepath.Join(pki, "front-proxy-client.crt")).Verify(clientOpts); err == nil {
@@ -118,9 +121,19 @@ func TestKubeconfigNamesServerAndUser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"server: https://127.0.0.1:40123", "certificate-authority-data: ", "client-key-data: ", "current-context: onemesh-testenv"} {
+	if !strings.Contains(string(data), "server: https://127.0.0.1:40123") {
+		t.Errorf("admin.kubeconfig without --address does not name 127.0.0.1:40123")
+	}
+	if err := runPKI([]string{"--dir", dir, "--address", "10.250.0.2", "--port", "6443"}); err != nil {
+		t.Fatal(err)
+	}
+	data, err = os.ReadFile(filepath.Join(dir, "kube-proxy.kubeconfig"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"server: https://10.250.0.2:6443", "certificate-authority-data: ", "client-key-data: ", "current-context: onemesh-testenv"} {
 		if !strings.Contains(string(data), want) {
-			t.Errorf("admin.kubeconfig lacks %q", want)
+			t.Errorf("kube-proxy.kubeconfig lacks %q", want)
 		}
 	}
 	info, err := os.Stat(filepath.Join(dir, "pki", "sa.key"))
