@@ -77,6 +77,7 @@ pub mod bindings;
 pub mod config;
 pub mod limits;
 pub mod local;
+pub mod model;
 pub mod persist;
 pub mod pki;
 pub mod revocations;

@@ -141,11 +141,7 @@ pub struct IdentityService {
 
 /// Whether a workload of `state` runs as `id` (same namespace and service account).
 fn declared(state: &MeshState, id: &SpiffeId) -> bool {
-    state
-        .config
-        .workloads
-        .values()
-        .any(|w| w.meta.namespace == id.namespace() && w.service_account == id.service_account())
+    state.mesh.runs_as(id.namespace(), id.service_account())
 }
 
 impl IdentityService {
