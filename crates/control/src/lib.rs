@@ -75,6 +75,7 @@
 
 pub mod bindings;
 pub mod config;
+pub mod kubestore;
 pub mod limits;
 pub mod local;
 pub mod model;

@@ -15,11 +15,29 @@ use tokio::sync::watch;
 
 use crate::state::MeshState;
 
-/// Why a store could not answer.
+/// Why a store could not answer, or refused a token.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the identity backend is unavailable: {0}; retry later")]
     Unavailable(String),
+    #[error(
+        "the Kubernetes API server refused the service account token ({0}): mount a projected token with audience onemesh (the injected proxy does), and check that it is not expired and that its pod and service account still exist"
+    )]
+    TokenRefused(String),
+    #[error(
+        "the token belongs to {0:?}, not to a service account: send the pod's projected ServiceAccount token"
+    )]
+    NotServiceAccount(String),
+    #[error(
+        "the token of service account {0} is not bound to a pod: send the pod's projected token (audience onemesh), not one made without --bound-object-kind Pod"
+    )]
+    NotBoundToPod(String),
+    #[error("namespace {0} is not meshed: label it onemesh.dev/mesh=enabled")]
+    NotMeshed(String),
+    #[error(
+        "service account {0} is in the control plane's namespace, where only the control plane gets an identity: run the workload in another namespace"
+    )]
+    ControlNamespace(String),
 }
 
 /// Where the control plane's view of the mesh comes from.

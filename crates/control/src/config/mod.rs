@@ -184,6 +184,8 @@ pub enum Problem {
     BadProtocol(String),
     #[error("{0:?} is not an address: use ip:port, e.g. 127.0.0.1:8000")]
     BadAddress(String),
+    #[error("cannot be read ({0}): fix the object's fields (see docs/mesh-yaml.md)")]
+    Undecodable(String),
     #[error(
         "namespace {0:?} is reserved for the control plane (its identity lives there): use another name"
     )]

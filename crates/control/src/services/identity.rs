@@ -102,7 +102,15 @@ impl From<CertifyError> for Status {
             | CertifyError::Revoked(_)
             | CertifyError::Undeclared(_) => Status::permission_denied(message),
             CertifyError::Csr(_) | CertifyError::CsrKey(_) => Status::invalid_argument(message),
-            CertifyError::Store(_)
+            CertifyError::Store(
+                StoreError::TokenRefused(_)
+                | StoreError::NotServiceAccount(_)
+                | StoreError::NotBoundToPod(_),
+            ) => Status::unauthenticated(message),
+            CertifyError::Store(StoreError::NotMeshed(_) | StoreError::ControlNamespace(_)) => {
+                Status::permission_denied(message)
+            }
+            CertifyError::Store(StoreError::Unavailable(_))
             | CertifyError::Persist(_)
             | CertifyError::Interrupted
             | CertifyError::IssuerExpired => Status::unavailable(message),
