@@ -27,7 +27,7 @@
 
 pub mod fold;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -86,6 +86,8 @@ struct Inner {
     state: watch::Sender<Arc<MeshState>>,
     ready: watch::Sender<bool>,
     meshed: RwLock<BTreeSet<String>>,
+    /// The uid of each pod of a meshed namespace: a token's pod must be one of them.
+    pods: RwLock<BTreeMap<(String, String), String>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -113,6 +115,7 @@ impl KubeStore {
             state: watch::Sender::new(Arc::new(MeshState::default())),
             ready: watch::Sender::new(false),
             meshed: RwLock::new(BTreeSet::new()),
+            pods: RwLock::new(BTreeMap::new()),
             tasks: Mutex::new(Vec::new()),
         });
         let meshed = watcher::Config::default().labels(&format!("{MESH_LABEL}={MESH_ENABLED}"));
@@ -235,14 +238,16 @@ impl KubeStore {
                 return Err(StoreError::ControlNamespace(format!("{namespace}/{sa}")));
             }
         } else {
-            let pod = user
-                .extra
-                .as_ref()
-                .and_then(|e| e.get("authentication.kubernetes.io/pod-name"))
-                .and_then(|v| v.first());
-            if pod.is_none() {
+            let extra = |key: &str| {
+                user.extra
+                    .as_ref()
+                    .and_then(|e| e.get(key))
+                    .and_then(|v| v.first())
+                    .cloned()
+            };
+            let Some(pod) = extra("authentication.kubernetes.io/pod-name") else {
                 return Err(StoreError::NotBoundToPod(format!("{namespace}/{sa}")));
-            }
+            };
             let meshed = self
                 .inner
                 .meshed
@@ -251,6 +256,19 @@ impl KubeStore {
                 .contains(namespace);
             if !meshed {
                 return Err(StoreError::NotMeshed(namespace.to_string()));
+            }
+            // The API server caches token reviews for a few seconds: a pod deleted just now
+            // would still pass. The watch knows sooner.
+            let uid = self
+                .inner
+                .pods
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&(namespace.to_string(), pod.clone()))
+                .cloned();
+            let bound_uid = extra("authentication.kubernetes.io/pod-uid");
+            if uid.is_none() || (bound_uid.is_some() && uid != bound_uid) {
+                return Err(StoreError::PodGone(format!("{namespace}/{pod}")));
             }
         }
         SpiffeId::new(&settings.trust_domain, namespace, sa)
@@ -343,6 +361,7 @@ async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Event>) {
         let (mesh, verdicts) = fold::build(&cache);
         *inner.meshed.write().unwrap_or_else(PoisonError::into_inner) =
             mesh.namespaces.keys().cloned().collect();
+        *inner.pods.write().unwrap_or_else(PoisonError::into_inner) = cache.meshed_pods();
         let state = MeshState { mesh };
         let published = inner.state.send_if_modified(|current| {
             if **current == state {

@@ -32,6 +32,10 @@ pub enum StoreError {
         "the token of service account {0} is not bound to a pod: send the pod's projected token (audience onemesh), not one made without --bound-object-kind Pod"
     )]
     NotBoundToPod(String),
+    #[error(
+        "the token's pod {0} is not (or no longer) running in the mesh: if it was just created, retry in a moment"
+    )]
+    PodGone(String),
     #[error("namespace {0} is not meshed: label it onemesh.dev/mesh=enabled")]
     NotMeshed(String),
     #[error(

@@ -206,6 +206,27 @@ impl Cache {
         }
     }
 
+    /// The uid of every pod of a meshed namespace, by namespace and name.
+    pub fn meshed_pods(&self) -> BTreeMap<(String, String), String> {
+        let meshed = self.meshed();
+        self.of(Kind::Pod)
+            .filter_map(|o| match o {
+                Object::Pod(p) => Some(p),
+                _ => None,
+            })
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && meshed.contains(p.metadata.namespace.as_deref().unwrap_or_default())
+            })
+            .map(|p| {
+                (
+                    (p.namespace().unwrap_or_default(), p.name_any()),
+                    p.uid().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
     /// A pod by namespace and name.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
         match self

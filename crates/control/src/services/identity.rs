@@ -105,7 +105,8 @@ impl From<CertifyError> for Status {
             CertifyError::Store(
                 StoreError::TokenRefused(_)
                 | StoreError::NotServiceAccount(_)
-                | StoreError::NotBoundToPod(_),
+                | StoreError::NotBoundToPod(_)
+                | StoreError::PodGone(_),
             ) => Status::unauthenticated(message),
             CertifyError::Store(StoreError::NotMeshed(_) | StoreError::ControlNamespace(_)) => {
                 Status::permission_denied(message)
