@@ -50,6 +50,81 @@ use crate::state::MeshState;
 use crate::store::{Store, StoreError};
 use fold::{Cache, Event, Kind, MESH_ENABLED, MESH_LABEL, Object, Verdict};
 
+/// The keys of the issuer Secret (mounted at `--ca-dir`), and the CA file each becomes in the
+/// state directory.
+pub const CA_SECRET_KEYS: [(&str, &str); 3] = [
+    ("ca.crt", crate::pki::TRUST_ANCHORS_FILE),
+    ("tls.crt", crate::pki::ISSUER_CERT_FILE),
+    ("tls.key", crate::pki::ISSUER_KEY_FILE),
+];
+
+/// Why the mounted CA could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaDirError {
+    #[error(
+        "cannot read {} ({source}): mount the issuer Secret there with keys ca.crt (trust anchors bundle), tls.crt (issuer certificate chain) and tls.key (issuer private key)",
+        path.display()
+    )]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {} ({source}): make the state directory writable (an emptyDir)", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Copies the issuer Secret mounted at `ca_dir` into `state_dir` under the CA's file names (see
+/// [`CA_SECRET_KEYS`]), replacing what is there: the Secret is the truth, the state directory a
+/// scratch copy. The anchor's key is never there, so the issuer is not rotated by the control
+/// plane. Blocking I/O, at start.
+pub fn ca_files(ca_dir: &std::path::Path, state_dir: &std::path::Path) -> Result<(), CaDirError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(state_dir).map_err(|source| CaDirError::Write {
+        path: state_dir.to_path_buf(),
+        source,
+    })?;
+    for (key, file) in CA_SECRET_KEYS {
+        let from = ca_dir.join(key);
+        let text =
+            std::fs::read(&from).map_err(|source| CaDirError::Read { path: from, source })?;
+        let to = state_dir.join(file);
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let _ = std::fs::remove_file(&to);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&to)?;
+            f.write_all(&text)?;
+            f.sync_all()
+        };
+        write().map_err(|source| CaDirError::Write {
+            path: to.clone(),
+            source,
+        })?;
+    }
+    // A stale anchor key or rotation journal from another CA must not be used with this one.
+    for stale in [
+        crate::pki::TRUST_ANCHOR_KEY_FILE,
+        crate::pki::TRUST_ANCHOR_CERT_FILE,
+        crate::pki::ROTATION_FILE,
+    ] {
+        let path = state_dir.join(stale);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(CaDirError::Write { path, source }),
+        }
+    }
+    Ok(())
+}
+
 /// Settings of the Kubernetes store.
 #[derive(Clone, Debug)]
 pub struct KubeSettings {

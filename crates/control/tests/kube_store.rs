@@ -8,7 +8,7 @@ mod kube_common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Event as K8sEvent, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
@@ -20,7 +20,7 @@ use onemesh_control::store::{Store, StoreError};
 use serde_json::json;
 use tokio::sync::watch;
 
-use kube_common::{TestNamespace, apply_crds, client};
+use kube_common::{TestNamespace, apply_crds, client, create, pod_json, token};
 
 const LIMIT: Duration = Duration::from_secs(3);
 
@@ -60,29 +60,6 @@ async fn until(
 
 fn k(ns: &str, name: &str) -> (String, String) {
     (ns.to_string(), name.to_string())
-}
-
-async fn create<K>(api: &Api<K>, value: serde_json::Value) -> K
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(value).expect("object json");
-    api.create(&PostParams::default(), &obj)
-        .await
-        .unwrap_or_else(|e| panic!("create: {e}"))
-}
-
-fn pod_json(name: &str, sa: &str) -> serde_json::Value {
-    json!({
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "serviceAccountName": sa,
-            "containers": [
-                {"name": "app", "image": "app", "ports": [{"containerPort": 8080}]},
-                {"name": "onemesh-proxy", "image": "proxy", "ports": [{"containerPort": 4143}]},
-            ],
-        },
-    })
 }
 
 async fn set_pod_ip(pods: &Api<Pod>, name: &str, ip: &str) {
@@ -458,32 +435,6 @@ async fn kube_store_reports_refused_objects_and_keeps_the_rest() {
     )
     .await;
     store.stop();
-}
-
-/// A token of `sa` bound to pod `pod` (its uid), for `audience`.
-async fn token(client: &Client, ns: &str, sa: &str, pod: &Pod, audience: &str) -> String {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(vec![audience.to_string()]),
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
-            }),
-            expiration_seconds: Some(600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    sas.create_token_request(sa, &PostParams::default(), &request)
-        .await
-        .unwrap_or_else(|e| panic!("token request for {ns}/{sa}: {e}"))
-        .status
-        .expect("token status")
-        .token
-        .expect("a token")
 }
 
 /// A service account and a pod running as it; waits until the store has seen the pod when its

@@ -7,11 +7,14 @@
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::crd::CustomResourceExt;
+use serde_json::json;
 
 pub const HOW: &str =
     "needs the test cluster: scripts/k8s-testenv up; eval $(scripts/k8s-testenv env)";
@@ -119,4 +122,56 @@ pub fn fastrand_u32() -> u32 {
     });
     f.expect("read /dev/urandom");
     u32::from_ne_bytes(b)
+}
+
+/// Creates an object written as JSON.
+pub async fn create<K>(api: &Api<K>, value: serde_json::Value) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(value).expect("object json");
+    api.create(&PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}"))
+}
+
+/// A pod running as service account `sa` (it stays Pending: no node runs it), with the proxy beside
+/// its app container.
+pub fn pod_json(name: &str, sa: &str) -> serde_json::Value {
+    json!({
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "serviceAccountName": sa,
+            "containers": [
+                {"name": "app", "image": "app", "ports": [{"containerPort": 8080}]},
+                {"name": "onemesh-proxy", "image": "proxy", "ports": [{"containerPort": 4143}]},
+            ],
+        },
+    })
+}
+
+/// A token of `sa` bound to pod `pod` (its uid), for `audience`.
+pub async fn token(client: &Client, ns: &str, sa: &str, pod: &Pod, audience: &str) -> String {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec![audience.to_string()]),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+            expiration_seconds: Some(600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    sas.create_token_request(sa, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("token request for {ns}/{sa}: {e}"))
+        .status
+        .expect("token status")
+        .token
+        .expect("a token")
 }
