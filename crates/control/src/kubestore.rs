@@ -207,14 +207,14 @@ impl KubeStore {
                 Api::<Pod>::all(client.clone()),
                 all(),
                 Kind::Pod,
-                Object::Pod,
+                |p| Object::Pod(Box::new(p)),
                 tx.clone(),
             ),
             watch_kind(
                 Api::<Service>::all(client.clone()),
                 all(),
                 Kind::Service,
-                Object::Service,
+                |s| Object::Service(Box::new(s)),
                 tx.clone(),
             ),
             watch_kind(
@@ -468,47 +468,14 @@ fn cache_object(cache: &Cache, v: &Verdict) -> Option<DynamicObject> {
     cache.crd_object(v.kind, &v.namespace, &v.name).cloned()
 }
 
-/// The `Accepted` condition for a verdict.
-fn condition(v: &Verdict) -> onemesh_crds::Condition {
-    let (status, message) = match &v.accepted {
-        Ok(()) => ("True", String::new()),
-        Err(problems) => ("False", problems.join("\n")),
-    };
-    onemesh_crds::Condition {
-        type_: onemesh_crds::ACCEPTED.to_string(),
-        status: status.to_string(),
-        reason: v.reason.to_string(),
-        message,
-        observed_generation: v.generation,
-        last_transition_time: None,
-    }
-}
-
 /// Writes the object's `Accepted` condition when it differs from the one it carries, and an Event
 /// when the object is refused.
 async fn write_verdict(inner: &Inner, recorder: &Recorder, obj: &DynamicObject, v: Verdict) {
-    let mut wanted = condition(&v);
-    let current: Option<onemesh_crds::Condition> = obj
-        .data
-        .get("status")
-        .and_then(|s| s.get("conditions"))
-        .and_then(|c| serde_json::from_value::<Vec<onemesh_crds::Condition>>(c.clone()).ok())
-        .and_then(|c| c.into_iter().find(|c| c.type_ == onemesh_crds::ACCEPTED));
-    if let Some(current) = &current {
-        let same = current.status == wanted.status
-            && current.reason == wanted.reason
-            && current.message == wanted.message
-            && current.observed_generation == wanted.observed_generation;
-        if same {
-            return;
-        }
-        if current.status == wanted.status {
-            wanted.last_transition_time = current.last_transition_time.clone();
-        }
-    }
-    if wanted.last_transition_time.is_none() {
-        wanted.last_transition_time = Some(k8s_openapi::jiff::Timestamp::now().to_string());
-    }
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let Some(wanted) = fold::condition_update(fold::accepted_condition(obj).as_ref(), &v, &now)
+    else {
+        return;
+    };
     let api: Api<DynamicObject> =
         Api::namespaced_with(inner.client.clone(), &v.namespace, &crd_resource(v.kind));
     let patch = serde_json::json!({"status": {"conditions": [wanted]}});

@@ -345,7 +345,7 @@ impl Mesh {
 
 /// Sorts endpoints by address and keeps one per address (an instance serves a port once).
 pub fn sort_endpoints(endpoints: &mut Vec<Endpoint>) {
-    endpoints.sort_by(|a, b| a.addr.cmp(&b.addr));
+    endpoints.sort_by_key(|e| e.addr);
     endpoints.dedup_by(|a, b| a.addr == b.addr);
 }
 
@@ -358,10 +358,8 @@ pub mod check {
 
     use super::Problem;
 
-    /// HTTP methods a route may name.
-    pub const HTTP_METHODS: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
+    /// HTTP methods a route may name: the list the CRD schema enumerates.
+    pub const HTTP_METHODS: [&str; 9] = onemesh_crds::HTTP_METHODS;
 
     /// A DNS-1123 label: what Kubernetes accepts as a namespace, workload or service name.
     pub fn is_dns_label(s: &str) -> bool {

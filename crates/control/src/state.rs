@@ -3,7 +3,10 @@
 //!
 //! A store (see [`crate::store`]) publishes a new [`MeshState`] on every change; each open watch
 //! stream recomputes its own view with these functions and sends only when that view changed.
-//! Keeping the views pure (state in, message out) keeps them testable without any I/O.
+//! Keeping the views pure (state in, message out) keeps them testable without any I/O. The state
+//! is the store-neutral [`crate::model::Mesh`]: a service's endpoints are data the store computed
+//! (local: selectors over `onemesh up`'s instances; Kubernetes: EndpointSlices), so these views
+//! are the same in both modes.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,10 +1,15 @@
 //! The seam between the control plane's services and where the mesh is described.
 //!
 //! The services never read files or talk to Kubernetes: they subscribe to a [`Store`]'s state and
-//! ask it who a bootstrap token belongs to. One implementation lives here,
-//! [`LocalStore`](crate::local::LocalStore) (mesh.yaml + `onemesh up`'s state files); a Kubernetes
-//! store (Namespaces, Services, EndpointSlices, onemesh CRDs, TokenReview) is a later issue and
-//! only has to implement this trait. [`StaticStore`] is the in-memory double for tests.
+//! ask it who a bootstrap token belongs to. Two implementations:
+//! [`LocalStore`](crate::local::LocalStore) (mesh.yaml + `onemesh up`'s state files) and
+//! [`KubeStore`](crate::kubestore::KubeStore) (meshed Namespaces, Pods, Services, EndpointSlices,
+//! the onemesh CRDs; ServiceAccount tokens checked with TokenReview). Both publish the same
+//! store-neutral model ([`crate::model`]). [`StaticStore`] is the in-memory double for tests.
+//!
+//! A token lookup answers `Ok(Some(id))`, `Ok(None)` for a token the store does not know (local
+//! mode), or a [`StoreError`]: the backend is unavailable (retry), or the token is refused for a
+//! reason the proxy is told (Kubernetes mode).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -80,8 +80,8 @@ impl Kind {
 #[derive(Clone, Debug)]
 pub enum Object {
     Namespace(K8sNamespace),
-    Pod(Pod),
-    Service(K8sService),
+    Pod(Box<Pod>),
+    Service(Box<K8sService>),
     EndpointSlice(EndpointSlice),
     /// An onemesh object, kept undecoded so that a bad one is reported instead of failing the list.
     AuthorizationPolicy(DynamicObject),
@@ -106,8 +106,8 @@ impl Object {
         }
         match self {
             Object::Namespace(o) => k(o),
-            Object::Pod(o) => k(o),
-            Object::Service(o) => k(o),
+            Object::Pod(o) => k(o.as_ref()),
+            Object::Service(o) => k(o.as_ref()),
             Object::EndpointSlice(o) => k(o),
             Object::AuthorizationPolicy(o) | Object::Route(o) => k(o),
         }
@@ -453,7 +453,7 @@ pub fn build(cache: &Cache) -> (Mesh, Vec<Verdict>) {
                 namespace: namespace.clone(),
                 name: svc.name_any(),
                 ports,
-                origin: origin("Service", svc),
+                origin: origin("Service", svc.as_ref()),
             },
         );
     }
@@ -720,4 +720,48 @@ pub fn route(obj: &DynamicObject) -> Result<Route, Vec<ModelError>> {
         retryable: spec.retryable.unwrap_or(false),
         origin,
     })
+}
+
+/// The `Accepted` condition to write on an object that carries `current`, or `None` when it
+/// already says the same (status, reason, message, observed generation). The transition time is
+/// kept while the status stays, else it is `now` (RFC 3339).
+pub fn condition_update(
+    current: Option<&onemesh_crds::Condition>,
+    v: &Verdict,
+    now: &str,
+) -> Option<onemesh_crds::Condition> {
+    let (status, message) = match &v.accepted {
+        Ok(()) => ("True", String::new()),
+        Err(problems) => ("False", problems.join("\n")),
+    };
+    let mut wanted = onemesh_crds::Condition {
+        type_: onemesh_crds::ACCEPTED.to_string(),
+        status: status.to_string(),
+        reason: v.reason.to_string(),
+        message,
+        observed_generation: v.generation,
+        last_transition_time: Some(now.to_string()),
+    };
+    if let Some(current) = current {
+        if current.status == wanted.status
+            && current.reason == wanted.reason
+            && current.message == wanted.message
+            && current.observed_generation == wanted.observed_generation
+        {
+            return None;
+        }
+        if current.status == wanted.status && current.last_transition_time.is_some() {
+            wanted.last_transition_time = current.last_transition_time.clone();
+        }
+    }
+    Some(wanted)
+}
+
+/// The `Accepted` condition an onemesh object carries, if any.
+pub fn accepted_condition(obj: &DynamicObject) -> Option<onemesh_crds::Condition> {
+    let conditions = obj.data.get("status")?.get("conditions")?.clone();
+    serde_json::from_value::<Vec<onemesh_crds::Condition>>(conditions)
+        .ok()?
+        .into_iter()
+        .find(|c| c.type_ == onemesh_crds::ACCEPTED)
 }

@@ -328,3 +328,50 @@ fn workloads_are_named_by_their_controller() {
     p.metadata.owner_references = None;
     assert_eq!(workload_of(&p), ("Pod", "app-5d9c-a".to_string()));
 }
+
+#[test]
+fn a_condition_is_written_only_when_it_changes() {
+    let objects = {
+        let mut o = base();
+        o.push(route("shop", "r2", "vault"));
+        o
+    };
+    let (_, verdicts) = build(&listed(objects));
+    let v = verdicts.iter().find(|v| v.name == "r2").unwrap();
+    let first = condition_update(None, v, "2026-12-03T09:00:00Z").unwrap();
+    assert_eq!(first.status, "False");
+    assert_eq!(first.reason, "UnknownReference");
+    assert_eq!(first.observed_generation, Some(1));
+    assert!(
+        first
+            .message
+            .contains("spec.service: unknown service shop/vault")
+    );
+    // The object now carries it: nothing to write.
+    assert_eq!(
+        condition_update(Some(&first), v, "2026-12-03T09:05:00Z"),
+        None
+    );
+    // A new generation with the same problem: rewritten, the transition time kept.
+    let mut newer = v.clone();
+    newer.generation = Some(2);
+    let second = condition_update(Some(&first), &newer, "2026-12-03T09:05:00Z").unwrap();
+    assert_eq!(second.observed_generation, Some(2));
+    assert_eq!(
+        second.last_transition_time.as_deref(),
+        Some("2026-12-03T09:00:00Z")
+    );
+    // Accepted: a transition, with the new time.
+    let mut fixed = newer.clone();
+    fixed.accepted = Ok(());
+    fixed.reason = "Accepted";
+    let third = condition_update(Some(&second), &fixed, "2026-12-03T09:06:00Z").unwrap();
+    assert_eq!(
+        (third.status.as_str(), third.message.as_str()),
+        ("True", "")
+    );
+    assert_eq!(
+        third.last_transition_time.as_deref(),
+        Some("2026-12-03T09:06:00Z")
+    );
+}
