@@ -378,7 +378,11 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     tokio::spawn(async move {
-        let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+        // managedFields are the largest part of most objects and never read: dropped on arrival.
+        let stream = watcher(api, config)
+            .default_backoff()
+            .modify(|o: &mut K| o.meta_mut().managed_fields = None);
+        let mut stream = std::pin::pin!(stream);
         let mut failing = false;
         while let Some(item) = stream.next().await {
             let event = match item {

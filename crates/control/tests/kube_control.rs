@@ -175,6 +175,7 @@ async fn kube_control_certifies_by_service_account_token_and_serves_endpoints() 
         refused.message()
     );
     let good = token(&client, &ns, "web", &pod, "onemesh").await;
+    let started = std::time::Instant::now();
     let response = identity
         .certify(CertifyRequest {
             csr: key.csr_der(&want).unwrap(),
@@ -184,6 +185,10 @@ async fn kube_control_certifies_by_service_account_token_and_serves_endpoints() 
         .unwrap()
         .into_inner();
     assert_eq!(response.identity, want.to_string());
+    eprintln!(
+        "certify with a ServiceAccount token (TokenReview included): {} ms",
+        started.elapsed().as_millis()
+    );
 
     // With that certificate, watch the service: its endpoint is the pod's inbound proxy.
     let issued = Issued::from_chain_pem(&response.chain_pem).unwrap();

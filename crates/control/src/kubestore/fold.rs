@@ -15,7 +15,8 @@
 //!
 //! - **Namespace**: meshed when labelled `onemesh.dev/mesh: enabled`; only objects in meshed
 //!   namespaces count. The control plane's namespace `onemesh` is never part of the mesh.
-//! - **Workload**: the pod's owning controller — a Deployment (found through its ReplicaSet: the
+//! - **Workload**: of the pods that run the proxy (a container or native sidecar named
+//!   `onemesh-proxy`; a pod without it is not part of the mesh), the pod's owning controller — a Deployment (found through its ReplicaSet: the
 //!   ReplicaSet's name minus the pod's `pod-template-hash`), a StatefulSet, a DaemonSet, a Job,
 //!   or any other controller by its own name; a pod without a controller is its own workload.
 //!   Identity = namespace + `spec.serviceAccountName` (`default` when empty); declared ports = the
@@ -288,6 +289,9 @@ pub fn build(cache: &Cache) -> (Mesh, Vec<Verdict>) {
         if !meshed.contains(&namespace) {
             continue;
         }
+        if !has_proxy(pod) {
+            continue; // not injected: no inbound proxy to send to, no identity of its own
+        }
         let (owner_kind, workload) = workload_of(pod);
         let spec = pod.spec.as_ref();
         let service_account = spec
@@ -321,7 +325,13 @@ pub fn build(cache: &Cache) -> (Mesh, Vec<Verdict>) {
                 w.labels.insert(k.clone(), v.clone());
             }
         }
-        for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
+        let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+        let sidecars = spec
+            .and_then(|s| s.init_containers.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+        for c in containers.iter().chain(sidecars) {
             if c.name == PROXY_CONTAINER {
                 continue;
             }
@@ -531,6 +541,18 @@ pub fn workload_of(pod: &Pod) -> (&'static str, String) {
         "Job" => ("Job", owner.name.clone()),
         _ => ("Controller", owner.name.clone()),
     }
+}
+
+/// Whether the pod runs the proxy: a container, or a native sidecar (an init container with
+/// `restartPolicy: Always`), named [`PROXY_CONTAINER`].
+pub fn has_proxy(pod: &Pod) -> bool {
+    let Some(spec) = &pod.spec else { return false };
+    spec.containers.iter().any(|c| c.name == PROXY_CONTAINER)
+        || spec
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == PROXY_CONTAINER && c.restart_policy.as_deref() == Some("Always"))
 }
 
 /// The IP of a pod that runs (has an IP, is not finished and is not being deleted).

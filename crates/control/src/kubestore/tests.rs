@@ -375,3 +375,49 @@ fn a_condition_is_written_only_when_it_changes() {
         Some("2026-12-03T09:06:00Z")
     );
 }
+
+#[test]
+fn a_pod_without_the_proxy_is_not_in_the_mesh_and_a_native_sidecar_counts() {
+    let Object::Pod(mut plain) = pod("shop", "app-5d9c-c", Some("10.0.0.3")) else {
+        unreachable!()
+    };
+    plain
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers
+        .retain(|c| c.name != "onemesh-proxy");
+    assert!(!has_proxy(&plain));
+    let mut sidecar = plain.clone();
+    sidecar.metadata.name = Some("app-5d9c-d".into());
+    sidecar.status.as_mut().unwrap().pod_ip = Some("10.0.0.4".into());
+    sidecar.spec.as_mut().unwrap().init_containers =
+        Some(vec![serde_json::from_value(json!({
+        "name": "onemesh-proxy", "restartPolicy": "Always", "ports": [{"containerPort": 4143}],
+    }))
+    .unwrap()]);
+    assert!(has_proxy(&sidecar));
+    let mut objects = base();
+    objects.push(Object::Pod(plain));
+    objects.push(Object::Pod(sidecar));
+    objects.push(slice(
+        "shop",
+        "svc-y",
+        &[
+            ("app-5d9c-c", "10.0.0.3", true),
+            ("app-5d9c-d", "10.0.0.4", true),
+        ],
+    ));
+    let m = mesh(&listed(objects));
+    let w = &m.workloads[&("shop".to_string(), "app".to_string())];
+    assert_eq!(w.instances.len(), 3, "a, b and the native-sidecar pod d");
+    assert_eq!(w.ports.len(), 1, "{:?}", w.ports);
+    assert_eq!(
+        endpoints(&m),
+        [
+            "10.0.0.1:4143>8080",
+            "10.0.0.2:4143>8080",
+            "10.0.0.4:4143>8080"
+        ]
+    );
+}
