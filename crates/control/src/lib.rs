@@ -39,7 +39,11 @@
 //! ## Where the mesh comes from: stores
 //!
 //! The services read the mesh only through the [`store::Store`] trait: a watch channel of
-//! [`state::MeshState`] and a token lookup. Local mode uses [`local::LocalStore`]:
+//! [`state::MeshState`] (the store-neutral [`model`]: namespaces, workloads, services with their
+//! endpoints, policies, routes, each with its origin) and a token lookup. Kubernetes mode uses
+//! [`kubestore::KubeStore`] (watchers on meshed Namespaces, Pods, Services, EndpointSlices and
+//! the onemesh CRDs of `onemesh-crds`; identity by ServiceAccount token and TokenReview; the CA
+//! from the mounted issuer Secret). Local mode uses [`local::LocalStore`]:
 //!
 //! - `mesh.yaml` (see [`config`] and `docs/mesh-yaml.md`): Namespace, Workload, Service,
 //!   AuthorizationPolicy and Route resources. Every problem is reported as
@@ -56,7 +60,7 @@
 //!
 //! The files are polled every 250 ms; a valid change reaches every open watch stream at once
 //! (well within a second), an invalid one is logged and refused, and the last good state stays in
-//! force. A Kubernetes store is a later issue: it implements the same trait.
+//! force.
 //!
 //! The CA lives in the state directory (`trust-anchors.pem`, `issuer.crt`, `issuer.key`,
 //! `trust-anchor.crt`, `trust-anchor.key`) and is made there when absent. It is rotated without an
@@ -76,8 +80,10 @@
 pub mod bindings;
 pub mod config;
 pub mod health;
+pub mod kubestore;
 pub mod limits;
 pub mod local;
+pub mod model;
 pub mod persist;
 pub mod pki;
 pub mod publish;

@@ -211,10 +211,7 @@ impl LocalStore {
         let instances = parse_endpoints_opt(&endpoints_path, endpoints_text.as_deref())?;
         let tokens_text = read_optional(&tokens_path)?;
         let tokens = parse_tokens_opt(&tokens_path, tokens_text.as_deref())?;
-        let state = MeshState {
-            config: mesh.clone(),
-            instances: instances.clone(),
-        };
+        let state = MeshState::local(&mesh, &instances);
         let files = Files {
             mesh: Watched {
                 path: config.to_path_buf(),
@@ -264,13 +261,10 @@ impl LocalStore {
         if !(mesh_changed || endpoints_changed) {
             return false;
         }
-        let state = MeshState {
-            config: files.mesh.good.clone(),
-            instances: files.endpoints.good.clone(),
-        };
-        for i in &state.instances {
+        let state = MeshState::local(&files.mesh.good, &files.endpoints.good);
+        for i in &files.endpoints.good {
             let key = (i.namespace.clone(), i.workload.clone());
-            if !state.config.workloads.contains_key(&key) {
+            if !files.mesh.good.workloads.contains_key(&key) {
                 tracing::warn!(
                     file = %files.endpoints.path.display(),
                     "instance {}/{} at {} is not a workload of the mesh: it gets no traffic",

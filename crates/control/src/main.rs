@@ -1,4 +1,11 @@
-//! `onemesh-control`: runs the control plane over a local mesh.yaml until SIGINT or SIGTERM.
+//! `onemesh-control`: runs the control plane until SIGINT or SIGTERM, over a local mesh.yaml
+//! (`--store local`, the default) or over the Kubernetes API (`--store kubernetes`).
+//!
+//! In Kubernetes mode the CA is not made here: it is read from `--ca-dir`, where the issuer Secret
+//! is mounted (see [`onemesh_control::kubestore::ca_files`] for its keys), and copied into the
+//! state directory (an emptyDir) under the names the CA module reads. Without the anchor's key the
+//! issuer is never rotated by the control plane (two replicas would each rotate): rotating the
+//! issuer in Kubernetes is replacing the Secret and restarting the control plane.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,16 +13,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use onemesh_control::kubestore::{KubeSettings, KubeStore};
 use onemesh_control::local::{LocalStore, POLL_INTERVAL};
 use onemesh_control::pki::CaSettings;
+use onemesh_control::store::Store;
 use onemesh_control::{Settings, start};
 
 /// The onemesh control plane: identity, destination and policy gRPC services over TLS.
 #[derive(Parser, Debug)]
 #[command(name = "onemesh-control", version)]
 struct Args {
-    /// The mesh description (Namespaces, Workloads, Services, AuthorizationPolicies, Routes).
+    /// Where the mesh is described: `local` (mesh.yaml and `onemesh up`'s state files) or
+    /// `kubernetes` (the Kubernetes API: meshed Namespaces, Pods, Services, EndpointSlices and
+    /// the onemesh CRDs; identity by ServiceAccount token).
+    #[arg(long, value_enum, default_value_t = StoreKind::Local)]
+    store: StoreKind,
+    /// Kubernetes mode: the kubeconfig to use; absent: the in-cluster configuration (the pod's
+    /// ServiceAccount).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode: the audience a proxy's ServiceAccount token must carry.
+    #[arg(long, default_value = "onemesh")]
+    token_audience: String,
+    /// Kubernetes mode (required there): the directory where the issuer Secret is mounted
+    /// (`ca.crt`: the trust anchors bundle, `tls.crt`: the issuer's certificate chain,
+    /// `tls.key`: its private key).
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
+    /// Local mode: the mesh description (Namespaces, Workloads, Services, AuthorizationPolicies, Routes).
     #[arg(long, default_value = "mesh.yaml")]
     config: PathBuf,
     /// Holds the CA (made when absent), endpoints.json and tokens.json.
@@ -54,6 +80,28 @@ struct Args {
     log: String,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    Local,
+    Kubernetes,
+}
+
+/// A kube client from `--kubeconfig`, or from the pod's in-cluster configuration.
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .with_context(|| format!("the kubeconfig {} is not usable", path.display()))?
+        }
+        None => kube::Config::incluster()
+            .context("not running in a pod (no in-cluster configuration): pass --kubeconfig")?,
+    };
+    kube::Client::try_from(config).context("cannot make a Kubernetes client")
+}
+
 /// A positive duration such as `500ms`, `5m`, `8760h`.
 fn duration(s: &str) -> Result<Duration, String> {
     onemesh_control::config::parse_duration(s)
@@ -88,8 +136,29 @@ async fn main() -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
 
-    let store = LocalStore::open(&args.config, &args.state_dir)?;
-    let watcher = store.spawn_watcher(POLL_INTERVAL);
+    let (store, stop_store): (Arc<dyn Store>, Box<dyn FnOnce()>) = match args.store {
+        StoreKind::Local => {
+            let store = LocalStore::open(&args.config, &args.state_dir)?;
+            let watcher = store.spawn_watcher(POLL_INTERVAL);
+            (Arc::new(store), Box::new(move || watcher.abort()))
+        }
+        StoreKind::Kubernetes => {
+            let ca_dir = args.ca_dir.as_deref().context(
+                "--store kubernetes needs --ca-dir: the directory where the issuer Secret is mounted (ca.crt, tls.crt, tls.key)",
+            )?;
+            onemesh_control::kubestore::ca_files(ca_dir, &args.state_dir)?;
+            let client = kube_client(args.kubeconfig.as_deref()).await?;
+            let settings = KubeSettings {
+                trust_domain: args.trust_domain.clone(),
+                audiences: vec![args.token_audience.clone()],
+                ..KubeSettings::default()
+            };
+            let store = KubeStore::start(client, settings);
+            store.wait_ready(Duration::from_secs(60)).await?;
+            let handle = store.clone();
+            (Arc::new(store), Box::new(move || handle.stop()))
+        }
+    };
     let mut settings = Settings::new(args.state_dir.clone());
     settings.identity_addr = args.listen_identity;
     settings.destination_addr = args.listen_destination;
@@ -103,7 +172,7 @@ async fn main() -> anyhow::Result<()> {
         renew_within: args.renew_within,
         ..CaSettings::default()
     };
-    let control = start(&settings, Arc::new(store)).await?;
+    let control = start(&settings, store).await?;
     tracing::info!(
         identity = %control.identity_addr,
         destination = %control.destination_addr,
@@ -117,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
-    watcher.abort();
+    stop_store();
     control.shutdown().await;
     Ok(())
 }

@@ -3,7 +3,10 @@
 //!
 //! A store (see [`crate::store`]) publishes a new [`MeshState`] on every change; each open watch
 //! stream recomputes its own view with these functions and sends only when that view changed.
-//! Keeping the views pure (state in, message out) keeps them testable without any I/O.
+//! Keeping the views pure (state in, message out) keeps them testable without any I/O. The state
+//! is the store-neutral [`crate::model::Mesh`]: a service's endpoints are data the store computed
+//! (local: selectors over `onemesh up`'s instances; Kubernetes: EndpointSlices), so these views
+//! are the same in both modes.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,17 +15,26 @@ use onemesh_api::destination::{Endpoint, ProtocolHint, Snapshot};
 use onemesh_api::policy::{Authorization, HttpRoute, InboundPolicy, OutboundPolicy, Route};
 use onemesh_identity::SpiffeId;
 
-use crate::config::{MeshConfig, Protocol, TargetPort, Workload};
+use crate::config::{MeshConfig, Protocol};
+use crate::model::Mesh;
 
-/// Everything the services need: the declared mesh and where its workloads really run.
+/// Everything the services need: the store-neutral model of the mesh (see [`crate::model`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MeshState {
-    pub config: MeshConfig,
-    /// Running instances of workloads (local mode: endpoints.json written by `onemesh up`).
-    pub instances: Vec<Instance>,
+    pub mesh: Mesh,
 }
 
-/// One running instance of a workload: its inbound proxy and the real port of each declared port.
+impl MeshState {
+    /// Local mode: a valid mesh.yaml and the instances `onemesh up` started.
+    pub fn local(config: &MeshConfig, instances: &[Instance]) -> Self {
+        MeshState {
+            mesh: Mesh::from_config(config, instances),
+        }
+    }
+}
+
+/// One running instance of a local workload, as `onemesh up` records it in endpoints.json: its
+/// inbound proxy and the real port of each declared port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance {
     pub namespace: String,
@@ -32,20 +44,6 @@ pub struct Instance {
     /// Declared workload port → port the application really listens on. A declared port that is
     /// missing here is assumed to be the real port.
     pub ports: BTreeMap<u16, u16>,
-}
-
-impl Instance {
-    fn real_port(&self, declared: u16) -> u16 {
-        self.ports.get(&declared).copied().unwrap_or(declared)
-    }
-}
-
-impl MeshState {
-    fn instances_of<'a>(&'a self, w: &'a Workload) -> impl Iterator<Item = &'a Instance> + 'a {
-        self.instances
-            .iter()
-            .filter(move |i| i.namespace == w.meta.namespace && i.workload == w.meta.name)
-    }
 }
 
 /// Why a destination name cannot be resolved.
@@ -104,10 +102,10 @@ pub fn resolve_name(name: &str, caller_namespace: &str) -> Result<Option<Service
     }))
 }
 
-/// The endpoints of a service port: every running instance of every workload its selector matches.
+/// The endpoints of a service port, as the store found them.
 pub fn endpoints(state: &MeshState, trust_domain: &str, target: &ServiceRef) -> Snapshot {
     let key = (target.namespace.clone(), target.service.clone());
-    let Some(service) = state.config.services.get(&key) else {
+    let Some(service) = state.mesh.services.get(&key) else {
         return Snapshot::default();
     };
     let mut snapshot = Snapshot {
@@ -120,40 +118,24 @@ pub fn endpoints(state: &MeshState, trust_domain: &str, target: &ServiceRef) -> 
     let Some(service_port) = service.ports.iter().find(|p| p.port == target.port) else {
         return snapshot;
     };
-    for workload in state.config.selected(&target.namespace, &service.selector) {
-        let declared = workload
-            .ports
-            .iter()
-            .find(|p| match &service_port.target_port {
-                TargetPort::Number(n) => p.port == *n,
-                TargetPort::Name(name) => p.name.as_deref() == Some(name.as_str()),
-            });
-        let Some(declared) = declared else { continue };
-        let Ok(identity) = SpiffeId::new(
-            trust_domain,
-            &workload.meta.namespace,
-            &workload.service_account,
-        ) else {
+    for e in &service_port.endpoints {
+        let Ok(identity) = SpiffeId::new(trust_domain, &e.namespace, &e.service_account) else {
             continue;
         };
-        let protocol = match declared.protocol {
+        let protocol = match e.protocol {
             Protocol::Http => ProtocolHint::Http,
             Protocol::Opaque => ProtocolHint::Opaque,
         };
-        for instance in state.instances_of(workload) {
-            snapshot.endpoints.push(Endpoint {
-                addr: instance.inbound.to_string(),
-                target_port: u32::from(instance.real_port(declared.port)),
-                identity: identity.to_string(),
-                weight: 1,
-                protocol: protocol as i32,
-                workload: workload.meta.name.clone(),
-                namespace: workload.meta.namespace.clone(),
-            });
-        }
+        snapshot.endpoints.push(Endpoint {
+            addr: e.addr.to_string(),
+            target_port: u32::from(e.target_port),
+            identity: identity.to_string(),
+            weight: 1,
+            protocol: protocol as i32,
+            workload: e.workload.clone(),
+            namespace: e.namespace.clone(),
+        });
     }
-    snapshot.endpoints.sort_by(|a, b| a.addr.cmp(&b.addr));
-    snapshot.endpoints.dedup_by(|a, b| a.addr == b.addr);
     snapshot
 }
 
@@ -162,12 +144,13 @@ pub fn endpoints(state: &MeshState, trust_domain: &str, target: &ServiceRef) -> 
 /// value keeps only the authorizations that name it.
 pub fn inbound(state: &MeshState, namespace: &str, workload: &str, port: u16) -> InboundPolicy {
     let key = (namespace.to_string(), workload.to_string());
-    let Some(w) = state.config.workloads.get(&key) else {
+    let Some(w) = state.mesh.workloads.get(&key) else {
         return InboundPolicy::default();
     };
     let real_ports = |declared: u16| -> Vec<u32> {
-        let mut ports: Vec<u32> = state
-            .instances_of(w)
+        let mut ports: Vec<u32> = w
+            .instances
+            .iter()
             .map(|i| u32::from(i.real_port(declared)))
             .collect();
         if ports.is_empty() {
@@ -176,8 +159,8 @@ pub fn inbound(state: &MeshState, namespace: &str, workload: &str, port: u16) ->
         ports
     };
     let mut authorizations = Vec::new();
-    for policy in &state.config.policies {
-        if policy.meta.namespace != namespace
+    for policy in &state.mesh.policies {
+        if policy.namespace != namespace
             || policy
                 .target_workload
                 .as_deref()
@@ -197,7 +180,7 @@ pub fn inbound(state: &MeshState, namespace: &str, workload: &str, port: u16) ->
             continue;
         }
         authorizations.push(Authorization {
-            name: policy.meta.name.clone(),
+            name: policy.name.clone(),
             ports,
             routes: policy
                 .routes
@@ -226,10 +209,10 @@ pub fn inbound(state: &MeshState, namespace: &str, workload: &str, port: u16) ->
     }
 }
 
-/// The routes of a service, in file order.
+/// The routes of a service, in the store's order.
 pub fn outbound(state: &MeshState, target: &ServiceRef) -> OutboundPolicy {
     let key = (target.namespace.clone(), target.service.clone());
-    if !state.config.services.contains_key(&key) {
+    if !state.mesh.services.contains_key(&key) {
         return OutboundPolicy::default();
     }
     OutboundPolicy {
@@ -237,12 +220,12 @@ pub fn outbound(state: &MeshState, target: &ServiceRef) -> OutboundPolicy {
         service: target.service.clone(),
         namespace: target.namespace.clone(),
         routes: state
-            .config
+            .mesh
             .routes
             .iter()
-            .filter(|r| r.meta.namespace == target.namespace && r.service == target.service)
+            .filter(|r| r.namespace == target.namespace && r.service == target.service)
             .map(|r| Route {
-                name: r.meta.name.clone(),
+                name: r.name.clone(),
                 methods: r.matches.methods.clone(),
                 path_prefix: r.matches.path_prefix.clone().unwrap_or_default(),
                 timeout_ms: r

@@ -73,17 +73,15 @@ impl Drop for RemoveOnDrop {
 
 fn state(instances: u16) -> MeshState {
     let config = onemesh_control::config::parse(Path::new("mesh.yaml"), MESH).unwrap();
-    MeshState {
-        config,
-        instances: (0..instances)
-            .map(|i| onemesh_control::state::Instance {
-                namespace: "bank".into(),
-                workload: "bank".into(),
-                inbound: SocketAddr::from(([127, 0, 0, 1], 41000 + i)),
-                ports: Default::default(),
-            })
-            .collect(),
-    }
+    let instances: Vec<_> = (0..instances)
+        .map(|i| onemesh_control::state::Instance {
+            namespace: "bank".into(),
+            workload: "bank".into(),
+            inbound: SocketAddr::from(([127, 0, 0, 1], 41000 + i)),
+            ports: Default::default(),
+        })
+        .collect();
+    MeshState::local(&config, &instances)
 }
 
 /// A TLS gRPC channel from source address `from` with client configuration `config`.

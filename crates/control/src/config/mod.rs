@@ -23,6 +23,7 @@ use std::time::Duration;
 use onemesh_identity::{IdError, SpiffeId};
 use saphyr::{LoadableYamlNode, MarkedYamlOwned};
 
+use crate::model::check::{HTTP_METHODS, is_dns_label};
 use yaml::{Errors, Map, Node};
 
 /// The only `apiVersion` accepted.
@@ -184,6 +185,8 @@ pub enum Problem {
     BadProtocol(String),
     #[error("{0:?} is not an address: use ip:port, e.g. 127.0.0.1:8000")]
     BadAddress(String),
+    #[error("cannot be read ({0}): fix the object's fields (see docs/mesh-yaml.md)")]
+    Undecodable(String),
     #[error(
         "namespace {0:?} is reserved for the control plane (its identity lives there): use another name"
     )]
@@ -450,18 +453,6 @@ fn header<'y>(errors: &mut Errors, doc: Node<'y>) -> Option<Resource<'y>> {
         namespace_node,
         spec,
     })
-}
-
-/// A DNS-1123 label: what Kubernetes accepts as a namespace, workload or service name.
-fn is_dns_label(s: &str) -> bool {
-    let bytes = s.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes.first() != Some(&b'-')
-        && bytes.last() != Some(&b'-')
 }
 
 fn dns_name(errors: &mut Errors, node: &Node<'_>) -> Option<String> {
@@ -843,10 +834,6 @@ fn http_match(errors: &mut Errors, map: &Map<'_>) -> Option<HttpMatch> {
         path_prefix: path_prefix?,
     })
 }
-
-const HTTP_METHODS: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-];
 
 fn policy(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
     let ns_ok = namespace_known(errors, mesh, &r);

@@ -24,12 +24,17 @@ fn setup() -> (PathBuf, PathBuf, LocalStore) {
     (dir, mesh, store)
 }
 
+/// Every running instance of every workload.
+fn instances(state: &crate::state::MeshState) -> impl Iterator<Item = &crate::model::Instance> {
+    state.mesh.workloads.values().flat_map(|w| &w.instances)
+}
+
 #[test]
 fn opens_without_state_files() {
     let (_dir, _mesh, store) = setup();
     let state = store.subscribe().borrow().clone();
-    assert_eq!(state.config.workloads.len(), 2);
-    assert!(state.instances.is_empty());
+    assert_eq!(state.mesh.workloads.len(), 2);
+    assert_eq!(instances(&state).count(), 0);
     assert!(store.errors().is_empty());
 }
 
@@ -52,14 +57,14 @@ fn a_valid_edit_is_published_and_an_invalid_one_refused() {
     std::fs::write(&mesh, GOOD.replace("timeout: 2s", "timeout: 3s")).unwrap();
     assert!(store.poll());
     assert!(rx.has_changed().unwrap());
-    let timeout = rx.borrow_and_update().config.routes[0].timeout;
+    let timeout = rx.borrow_and_update().mesh.routes[0].timeout;
     assert_eq!(timeout, Some(Duration::from_secs(3)));
 
     std::fs::write(&mesh, GOOD.replace("timeout: 2s", "timeout: later")).unwrap();
     assert!(!store.poll());
     assert!(!rx.has_changed().unwrap());
     assert_eq!(
-        rx.borrow().config.routes[0].timeout,
+        rx.borrow().mesh.routes[0].timeout,
         Some(Duration::from_secs(3)),
         "the last good state stays in force"
     );
@@ -91,7 +96,7 @@ fn endpoints_and_tokens_are_read_and_reloaded() {
     .unwrap();
     assert!(store.poll());
     let state = store.subscribe().borrow().clone();
-    assert_eq!(state.instances[0].ports[&8080], 41234);
+    assert_eq!(instances(&state).next().unwrap().ports[&8080], 41234);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -106,5 +111,5 @@ fn endpoints_and_tokens_are_read_and_reloaded() {
     assert!(!store.poll());
     let errors = store.errors();
     assert!(errors[0].contains("endpoints.json:2:"), "{}", errors[0]);
-    assert_eq!(store.subscribe().borrow().instances.len(), 1);
+    assert_eq!(instances(&store.subscribe().borrow()).count(), 1);
 }

@@ -102,7 +102,16 @@ impl From<CertifyError> for Status {
             | CertifyError::Revoked(_)
             | CertifyError::Undeclared(_) => Status::permission_denied(message),
             CertifyError::Csr(_) | CertifyError::CsrKey(_) => Status::invalid_argument(message),
-            CertifyError::Store(_)
+            CertifyError::Store(
+                StoreError::TokenRefused(_)
+                | StoreError::NotServiceAccount(_)
+                | StoreError::NotBoundToPod(_)
+                | StoreError::PodGone(_),
+            ) => Status::unauthenticated(message),
+            CertifyError::Store(StoreError::NotMeshed(_) | StoreError::ControlNamespace(_)) => {
+                Status::permission_denied(message)
+            }
+            CertifyError::Store(StoreError::Unavailable(_))
             | CertifyError::Persist(_)
             | CertifyError::Interrupted
             | CertifyError::IssuerExpired => Status::unavailable(message),
@@ -141,11 +150,7 @@ pub struct IdentityService {
 
 /// Whether a workload of `state` runs as `id` (same namespace and service account).
 fn declared(state: &MeshState, id: &SpiffeId) -> bool {
-    state
-        .config
-        .workloads
-        .values()
-        .any(|w| w.meta.namespace == id.namespace() && w.service_account == id.service_account())
+    state.mesh.runs_as(id.namespace(), id.service_account())
 }
 
 impl IdentityService {

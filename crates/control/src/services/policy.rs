@@ -43,12 +43,12 @@ pub(crate) fn runs_as(
     workload: &str,
 ) -> Result<(), Status> {
     let key = (namespace.to_string(), workload.to_string());
-    let Some(w) = state.config.workloads.get(&key) else {
+    let Some(w) = state.mesh.workloads.get(&key) else {
         return Err(Status::permission_denied(format!(
             "workload {namespace}/{workload} is not declared in the mesh: ask for the inbound policy of this proxy's own workload"
         )));
     };
-    if caller.namespace() != w.meta.namespace || caller.service_account() != w.service_account {
+    if caller.namespace() != w.namespace || caller.service_account() != w.service_account {
         return Err(Status::permission_denied(format!(
             "{caller} may not watch the inbound policy of {namespace}/{workload} (it runs as service account {sa} in namespace {namespace}): a proxy gets only its own workload's inbound policy",
             sa = w.service_account

@@ -7,15 +7,15 @@ use crate::config::parse;
 
 fn state() -> MeshState {
     let config = parse(Path::new("mesh.yaml"), crate::config::tests::GOOD).unwrap();
-    MeshState {
-        config,
-        instances: vec![Instance {
+    MeshState::local(
+        &config,
+        &[Instance {
             namespace: "bank".into(),
             workload: "bank".into(),
             inbound: "127.0.0.1:14143".parse().unwrap(),
             ports: BTreeMap::from([(8080, 41234)]),
         }],
-    }
+    )
 }
 
 fn svc(ns: &str, name: &str, port: u16) -> ServiceRef {
@@ -82,8 +82,8 @@ fn endpoints_carry_identity_real_port_and_protocol() {
 
 #[test]
 fn a_workload_without_instances_has_no_endpoints() {
-    let mut s = state();
-    s.instances.clear();
+    let config = parse(Path::new("mesh.yaml"), crate::config::tests::GOOD).unwrap();
+    let s = MeshState::local(&config, &[]);
     assert!(
         endpoints(&s, "cluster.local", &svc("bank", "bank", 80))
             .endpoints

@@ -19,10 +19,10 @@ use crate::store::StaticStore;
 
 /// The mesh of `config::tests::GOOD`: workloads bank/bank (sa bank) and card/card (sa card).
 fn mesh() -> MeshState {
-    MeshState {
-        config: crate::config::parse(Path::new("mesh.yaml"), GOOD).unwrap(),
-        instances: Vec::new(),
-    }
+    MeshState::local(
+        &crate::config::parse(Path::new("mesh.yaml"), GOOD).unwrap(),
+        &[],
+    )
 }
 
 struct Setup {
@@ -186,7 +186,7 @@ async fn a_workload_removed_from_the_mesh_renews_no_more() {
 
     let mut without_bank = mesh();
     without_bank
-        .config
+        .mesh
         .workloads
         .retain(|(ns, _), _| ns != "bank");
     s.store.set(without_bank);

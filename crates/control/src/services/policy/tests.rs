@@ -9,10 +9,10 @@ use crate::config::tests::GOOD;
 use crate::state::MeshState;
 
 fn mesh() -> MeshState {
-    MeshState {
-        config: crate::config::parse(Path::new("mesh.yaml"), GOOD).unwrap(),
-        instances: Vec::new(),
-    }
+    MeshState::local(
+        &crate::config::parse(Path::new("mesh.yaml"), GOOD).unwrap(),
+        &[],
+    )
 }
 
 #[test]

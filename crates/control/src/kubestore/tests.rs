@@ -1,0 +1,423 @@
+//! Unit tests of the Kubernetes store's fold: recorded watch events in, mesh and verdicts out.
+
+use serde_json::json;
+
+use super::fold::*;
+use crate::model::Mesh;
+
+fn ns(name: &str, meshed: bool) -> Object {
+    let labels = if meshed {
+        json!({"onemesh.dev/mesh": "enabled"})
+    } else {
+        json!({})
+    };
+    Object::Namespace(
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap(),
+    )
+}
+
+/// A pod of Deployment `app` (through ReplicaSet `app-5d9c`), with the proxy beside it.
+fn pod(ns: &str, name: &str, ip: Option<&str>) -> Object {
+    let mut status = json!({"phase": "Running"});
+    if let Some(ip) = ip {
+        status["podIP"] = json!(ip);
+    }
+    Object::Pod(
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": name, "namespace": ns, "uid": format!("uid-{name}"),
+                "labels": {"app": "app", "pod-template-hash": "5d9c"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "app-5d9c", "uid": "rs", "controller": true}],
+            },
+            "spec": {
+                "serviceAccountName": "app-sa",
+                "containers": [
+                    {"name": "app", "ports": [{"containerPort": 8080, "name": "http"}]},
+                    {"name": "onemesh-proxy", "ports": [{"containerPort": 4143}, {"containerPort": 4191}]},
+                ],
+            },
+            "status": status,
+        }))
+        .unwrap(),
+    )
+}
+
+fn service(ns: &str, name: &str) -> Object {
+    Object::Service(
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "uid": "svc"},
+            "spec": {"selector": {"app": "app"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        }))
+        .unwrap(),
+    )
+}
+
+/// A slice of service `svc` with one endpoint per `(pod, ip, ready)`.
+fn slice(ns: &str, name: &str, endpoints: &[(&str, &str, bool)]) -> Object {
+    let endpoints: Vec<_> = endpoints
+        .iter()
+        .map(|(pod, ip, ready)| {
+            json!({
+                "addresses": [ip],
+                "conditions": {"ready": ready},
+                "targetRef": {"kind": "Pod", "name": pod, "namespace": ns},
+            })
+        })
+        .collect();
+    Object::EndpointSlice(
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": "svc"}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        }))
+        .unwrap(),
+    )
+}
+
+fn policy(ns: &str, name: &str, spec: serde_json::Value) -> Object {
+    Object::AuthorizationPolicy(
+        serde_json::from_value(json!({
+            "apiVersion": "onemesh.dev/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "generation": 2},
+            "spec": spec,
+        }))
+        .unwrap(),
+    )
+}
+
+fn route(ns: &str, name: &str, service: &str) -> Object {
+    Object::Route(
+        serde_json::from_value(json!({
+            "apiVersion": "onemesh.dev/v1", "kind": "Route",
+            "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "generation": 1},
+            "spec": {"service": service, "timeout": "2s"},
+        }))
+        .unwrap(),
+    )
+}
+
+/// Lists every kind once: the given objects, nothing else.
+fn listed(objects: Vec<Object>) -> Cache {
+    let mut cache = Cache::default();
+    for kind in Kind::ALL {
+        cache.apply(Event::Init(kind));
+    }
+    for o in objects {
+        cache.apply(Event::InitApply(o));
+    }
+    for kind in Kind::ALL {
+        assert!(!cache.ready() || kind == Kind::Namespace);
+        cache.apply(Event::InitDone(kind));
+    }
+    assert!(cache.ready());
+    cache
+}
+
+fn mesh(cache: &Cache) -> Mesh {
+    build(cache).0
+}
+
+fn endpoints(m: &Mesh) -> Vec<String> {
+    m.services
+        .get(&("shop".to_string(), "svc".to_string()))
+        .map(|s| {
+            s.ports[0]
+                .endpoints
+                .iter()
+                .map(|e| format!("{}>{}", e.addr, e.target_port))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn base() -> Vec<Object> {
+    vec![
+        ns("shop", true),
+        pod("shop", "app-5d9c-a", Some("10.0.0.1")),
+        pod("shop", "app-5d9c-b", Some("10.0.0.2")),
+        service("shop", "svc"),
+        slice(
+            "shop",
+            "svc-x",
+            &[
+                ("app-5d9c-a", "10.0.0.1", true),
+                ("app-5d9c-b", "10.0.0.2", true),
+            ],
+        ),
+    ]
+}
+
+#[test]
+fn nothing_is_ready_before_every_kind_is_listed() {
+    let mut cache = Cache::default();
+    for kind in &Kind::ALL[..5] {
+        cache.apply(Event::Init(*kind));
+        cache.apply(Event::InitDone(*kind));
+    }
+    assert!(!cache.ready());
+    cache.apply(Event::Init(Kind::Route));
+    assert!(!cache.ready());
+    cache.apply(Event::InitDone(Kind::Route));
+    assert!(cache.ready());
+}
+
+#[test]
+fn pods_become_one_workload_and_slices_its_endpoints() {
+    let m = mesh(&listed(base()));
+    let w = &m.workloads[&("shop".to_string(), "app".to_string())];
+    assert_eq!(w.service_account, "app-sa");
+    assert_eq!(
+        w.ports.len(),
+        1,
+        "the proxy's ports are not the app's: {:?}",
+        w.ports
+    );
+    assert_eq!(w.ports[0].port, 8080);
+    assert_eq!(w.instances.len(), 2);
+    assert!(!w.labels.contains_key("pod-template-hash"));
+    assert_eq!(endpoints(&m), ["10.0.0.1:4143>8080", "10.0.0.2:4143>8080"]);
+    assert!(m.runs_as("shop", "app-sa"));
+}
+
+#[test]
+fn adds_updates_and_deletes_reach_the_mesh() {
+    let mut cache = listed(base());
+    // b stops being ready: its endpoint goes.
+    assert!(cache.apply(Event::Apply(slice(
+        "shop",
+        "svc-x",
+        &[
+            ("app-5d9c-a", "10.0.0.1", true),
+            ("app-5d9c-b", "10.0.0.2", false)
+        ],
+    ))));
+    assert_eq!(endpoints(&mesh(&cache)), ["10.0.0.1:4143>8080"]);
+    // A third pod and a second slice.
+    cache.apply(Event::Apply(pod("shop", "app-5d9c-c", Some("10.0.0.3"))));
+    cache.apply(Event::Apply(slice(
+        "shop",
+        "svc-y",
+        &[("app-5d9c-c", "10.0.0.3", true)],
+    )));
+    assert_eq!(
+        endpoints(&mesh(&cache)),
+        ["10.0.0.1:4143>8080", "10.0.0.3:4143>8080"]
+    );
+    // The service is deleted.
+    assert!(cache.apply(Event::Delete(service("shop", "svc"))));
+    assert!(mesh(&cache).services.is_empty());
+    // Deleting what is not there changes nothing.
+    assert!(!cache.apply(Event::Delete(service("shop", "svc"))));
+}
+
+#[test]
+fn a_relist_drops_what_it_no_longer_lists() {
+    let mut cache = listed(base());
+    cache.apply(Event::Init(Kind::Pod));
+    cache.apply(Event::InitApply(pod(
+        "shop",
+        "app-5d9c-a",
+        Some("10.0.0.1"),
+    )));
+    cache.apply(Event::InitDone(Kind::Pod));
+    let m = mesh(&cache);
+    assert_eq!(
+        m.workloads[&("shop".to_string(), "app".to_string())]
+            .instances
+            .len(),
+        1
+    );
+    // b's endpoint still in the slice, but b is gone: no identity for it, so no endpoint.
+    assert_eq!(endpoints(&m), ["10.0.0.1:4143>8080"]);
+}
+
+#[test]
+fn a_relist_in_progress_changes_nothing() {
+    let mut cache = listed(base());
+    let before = mesh(&cache);
+    // A 410 Gone: the watcher lists again. Until InitDone the old objects stay in force.
+    for kind in Kind::ALL {
+        assert!(!cache.apply(Event::Init(kind)));
+    }
+    assert!(!cache.apply(Event::InitApply(ns("shop", true))));
+    assert_eq!(mesh(&cache), before);
+    assert!(cache.ready());
+    // The relist ends with the same objects: the same mesh.
+    for o in base() {
+        cache.apply(Event::InitApply(o));
+    }
+    for kind in Kind::ALL {
+        cache.apply(Event::InitDone(kind));
+    }
+    assert_eq!(mesh(&cache), before);
+}
+
+#[test]
+fn unmeshed_namespaces_and_pods_without_an_ip_are_left_out() {
+    let mut objects = base();
+    objects.push(ns("other", false));
+    objects.push(pod("other", "app-5d9c-z", Some("10.0.1.1")));
+    objects.push(pod("shop", "app-5d9c-p", None));
+    objects.push(ns(crate::pki::CONTROL_NAMESPACE, true));
+    let m = mesh(&listed(objects));
+    assert_eq!(m.namespaces.keys().collect::<Vec<_>>(), ["shop"]);
+    assert_eq!(m.workloads.len(), 1);
+    assert_eq!(m.workloads.values().next().unwrap().instances.len(), 2);
+}
+
+#[test]
+fn an_invalid_policy_is_left_out_with_its_reasons_and_the_rest_works() {
+    let mut objects = base();
+    objects.push(policy(
+        "shop",
+        "good",
+        json!({"target": {"workload": "app", "port": 8080}, "from": {"namespaces": ["bank"]}}),
+    ));
+    objects.push(policy(
+        "shop",
+        "bad",
+        json!({"target": {"port": 70000}, "routes": [{"methods": ["FETCH"], "pathPrefix": "v1"}], "from": {"identities": ["spiffe://x/y"]}}),
+    ));
+    objects.push(policy("shop", "nofrom", json!({"target": {"port": 80}})));
+    let (m, verdicts) = build(&listed(objects));
+    assert_eq!(m.policies.len(), 1);
+    assert_eq!(m.policies[0].name, "good");
+    let bad = verdicts.iter().find(|v| v.name == "bad").unwrap();
+    let problems = bad.accepted.clone().unwrap_err();
+    assert_eq!(problems.len(), 4, "{problems:?}");
+    assert!(
+        problems[0].starts_with("AuthorizationPolicy shop/bad: spec.target.port: 70000"),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("spec.routes[0].methods[0]"))
+    );
+    assert_eq!(bad.reason, "Invalid");
+    assert_eq!(bad.generation, Some(2));
+    let nofrom = verdicts.iter().find(|v| v.name == "nofrom").unwrap();
+    assert!(nofrom.accepted.as_ref().unwrap_err()[0].contains("missing field `from`"));
+    let good = verdicts.iter().find(|v| v.name == "good").unwrap();
+    assert_eq!(good.accepted, Ok(()));
+    assert_eq!(endpoints(&m).len(), 2);
+}
+
+#[test]
+fn a_route_to_a_missing_service_is_refused() {
+    let mut objects = base();
+    objects.push(route("shop", "r1", "svc"));
+    objects.push(route("shop", "r2", "vault"));
+    let (m, verdicts) = build(&listed(objects));
+    assert_eq!(m.routes.len(), 1);
+    assert_eq!(m.routes[0].timeout, Some(std::time::Duration::from_secs(2)));
+    let r2 = verdicts.iter().find(|v| v.name == "r2").unwrap();
+    assert_eq!(r2.reason, "UnknownReference");
+}
+
+#[test]
+fn workloads_are_named_by_their_controller() {
+    let Object::Pod(mut p) = pod("shop", "app-5d9c-a", None) else {
+        unreachable!()
+    };
+    assert_eq!(workload_of(&p), ("Deployment", "app".to_string()));
+    p.metadata.owner_references.as_mut().unwrap()[0].kind = "StatefulSet".into();
+    p.metadata.owner_references.as_mut().unwrap()[0].name = "db".into();
+    assert_eq!(workload_of(&p), ("StatefulSet", "db".to_string()));
+    p.metadata.owner_references = None;
+    assert_eq!(workload_of(&p), ("Pod", "app-5d9c-a".to_string()));
+}
+
+#[test]
+fn a_condition_is_written_only_when_it_changes() {
+    let objects = {
+        let mut o = base();
+        o.push(route("shop", "r2", "vault"));
+        o
+    };
+    let (_, verdicts) = build(&listed(objects));
+    let v = verdicts.iter().find(|v| v.name == "r2").unwrap();
+    let first = condition_update(None, v, "2026-12-03T09:00:00Z").unwrap();
+    assert_eq!(first.status, "False");
+    assert_eq!(first.reason, "UnknownReference");
+    assert_eq!(first.observed_generation, Some(1));
+    assert!(
+        first
+            .message
+            .contains("spec.service: unknown service shop/vault")
+    );
+    // The object now carries it: nothing to write.
+    assert_eq!(
+        condition_update(Some(&first), v, "2026-12-03T09:05:00Z"),
+        None
+    );
+    // A new generation with the same problem: rewritten, the transition time kept.
+    let mut newer = v.clone();
+    newer.generation = Some(2);
+    let second = condition_update(Some(&first), &newer, "2026-12-03T09:05:00Z").unwrap();
+    assert_eq!(second.observed_generation, Some(2));
+    assert_eq!(
+        second.last_transition_time.as_deref(),
+        Some("2026-12-03T09:00:00Z")
+    );
+    // Accepted: a transition, with the new time.
+    let mut fixed = newer.clone();
+    fixed.accepted = Ok(());
+    fixed.reason = "Accepted";
+    let third = condition_update(Some(&second), &fixed, "2026-12-03T09:06:00Z").unwrap();
+    assert_eq!(
+        (third.status.as_str(), third.message.as_str()),
+        ("True", "")
+    );
+    assert_eq!(
+        third.last_transition_time.as_deref(),
+        Some("2026-12-03T09:06:00Z")
+    );
+}
+
+#[test]
+fn a_pod_without_the_proxy_is_not_in_the_mesh_and_a_native_sidecar_counts() {
+    let Object::Pod(mut plain) = pod("shop", "app-5d9c-c", Some("10.0.0.3")) else {
+        unreachable!()
+    };
+    plain
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers
+        .retain(|c| c.name != "onemesh-proxy");
+    assert!(!has_proxy(&plain));
+    let mut sidecar = plain.clone();
+    sidecar.metadata.name = Some("app-5d9c-d".into());
+    sidecar.status.as_mut().unwrap().pod_ip = Some("10.0.0.4".into());
+    sidecar.spec.as_mut().unwrap().init_containers =
+        Some(vec![serde_json::from_value(json!({
+        "name": "onemesh-proxy", "restartPolicy": "Always", "ports": [{"containerPort": 4143}],
+    }))
+    .unwrap()]);
+    assert!(has_proxy(&sidecar));
+    let mut objects = base();
+    objects.push(Object::Pod(plain));
+    objects.push(Object::Pod(sidecar));
+    objects.push(slice(
+        "shop",
+        "svc-y",
+        &[
+            ("app-5d9c-c", "10.0.0.3", true),
+            ("app-5d9c-d", "10.0.0.4", true),
+        ],
+    ));
+    let m = mesh(&listed(objects));
+    let w = &m.workloads[&("shop".to_string(), "app".to_string())];
+    assert_eq!(w.instances.len(), 3, "a, b and the native-sidecar pod d");
+    assert_eq!(w.ports.len(), 1, "{:?}", w.ports);
+    assert_eq!(
+        endpoints(&m),
+        [
+            "10.0.0.1:4143>8080",
+            "10.0.0.2:4143>8080",
+            "10.0.0.4:4143>8080"
+        ]
+    );
+}

@@ -1,0 +1,422 @@
+//! The store-neutral model of a mesh: what the services serve from, whoever filled it.
+//!
+//! A store turns its source into one [`Mesh`]: namespaces, workloads (identity = namespace +
+//! service account, declared ports, labels, running instances), services with their endpoints as
+//! data, authorization policies and routes. Local mode builds it from mesh.yaml and `onemesh up`'s
+//! instances ([`Mesh::from_config`]: a service's endpoints are the instances of the workloads its
+//! selector matches); Kubernetes mode from Namespaces, Pods, Services, EndpointSlices and the
+//! onemesh CRDs (`crate::kube`: a service's endpoints are its EndpointSlices' ready endpoints).
+//!
+//! Every object carries where it came from ([`Origin`]), so that a problem found on the model is
+//! shown where the user wrote it: `mesh.yaml:42: …` for the file, the object's `Accepted`
+//! condition and an Event in Kubernetes. The value checks shared by both sources (ports, names,
+//! methods, path prefixes, SPIFFE ids, durations) live here ([`check`]); the mesh.yaml parser
+//! uses them with the line of each field, the Kubernetes store on each CRD object, where an
+//! invalid object is left out of the model and the rest keeps working.
+//!
+//! The model holds no I/O and no handles: it is plain data, compared with `==` to decide whether
+//! a new state must be published.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use onemesh_identity::SpiffeId;
+
+pub use crate::config::{HttpMatch, Problem, Protocol, WorkloadPort};
+use crate::config::{MeshConfig, TargetPort};
+use crate::state::Instance as LocalInstance;
+
+/// Where an object of the model comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// A resource of mesh.yaml, starting at this 1-based line.
+    File { line: usize },
+    /// A Kubernetes object.
+    Object {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        uid: String,
+        generation: Option<i64>,
+    },
+    /// Made by the store itself (e.g. a test's state).
+    #[default]
+    Derived,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File { line } => write!(f, "mesh.yaml:{line}"),
+            Origin::Object {
+                kind,
+                namespace,
+                name,
+                ..
+            } if namespace.is_empty() => write!(f, "{kind} {name}"),
+            Origin::Object {
+                kind,
+                namespace,
+                name,
+                ..
+            } => write!(f, "{kind} {namespace}/{name}"),
+            Origin::Derived => f.write_str("(store)"),
+        }
+    }
+}
+
+/// A problem with one field of one object of the model.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{origin}: {}{problem}", field_prefix(field))]
+pub struct ModelError {
+    pub origin: Origin,
+    /// Dotted path of the field, e.g. `spec.routes[0].pathPrefix`; empty for the whole object.
+    pub field: String,
+    pub problem: Problem,
+}
+
+fn field_prefix(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!("{field}: ")
+    }
+}
+
+impl ModelError {
+    /// The reason of the object's `Accepted=False` condition: one CamelCase word.
+    pub fn reason(&self) -> &'static str {
+        match self.problem {
+            Problem::UnknownService(_) | Problem::UnknownWorkload(_) => "UnknownReference",
+            Problem::UnknownNamespace(_) => "UnknownNamespace",
+            _ => "Invalid",
+        }
+    }
+}
+
+/// A namespace of the mesh.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub origin: Origin,
+}
+
+/// A workload: a set of instances with one identity and the ports they declare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<WorkloadPort>,
+    /// Where it runs now (local: endpoints.json; Kubernetes: its pods with an IP).
+    pub instances: Vec<Instance>,
+    pub origin: Origin,
+}
+
+/// One running instance of a workload: its inbound proxy and the real port of each declared port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// The address of the instance's inbound proxy.
+    pub inbound: SocketAddr,
+    /// Declared port → port the application really listens on; a declared port missing here is
+    /// the real port.
+    pub ports: BTreeMap<u16, u16>,
+}
+
+impl Instance {
+    pub fn real_port(&self, declared: u16) -> u16 {
+        self.ports.get(&declared).copied().unwrap_or(declared)
+    }
+}
+
+/// A service: a stable name, its ports, and for each port the endpoints behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub ports: Vec<ServicePort>,
+    pub origin: Origin,
+}
+
+/// One port of a service and where its traffic goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    /// Sorted by address, one per address.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One endpoint of a service port: an instance's inbound proxy and the port its app listens on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub target_port: u16,
+    pub namespace: String,
+    pub workload: String,
+    pub service_account: String,
+    pub protocol: Protocol,
+}
+
+/// An authorization policy: who may call a namespace, a workload or one of its ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    /// `None`: every workload of the namespace.
+    pub target_workload: Option<String>,
+    /// `None`: every port of the target.
+    pub target_port: Option<u16>,
+    /// Empty: every request.
+    pub routes: Vec<HttpMatch>,
+    pub from_identities: Vec<SpiffeId>,
+    pub from_namespaces: Vec<String>,
+    pub from_unauthenticated: bool,
+    pub origin: Origin,
+}
+
+/// A route: per-request settings for requests to a service that match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub namespace: String,
+    pub name: String,
+    pub service: String,
+    pub matches: HttpMatch,
+    pub timeout: Option<Duration>,
+    pub retryable: bool,
+    pub origin: Origin,
+}
+
+/// The whole mesh. Maps are keyed by `(namespace, name)`; policies and routes keep their order
+/// (file order; in Kubernetes, by namespace, then creation).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Mesh {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub workloads: BTreeMap<(String, String), Workload>,
+    pub services: BTreeMap<(String, String), Service>,
+    pub policies: Vec<Policy>,
+    pub routes: Vec<Route>,
+}
+
+impl Mesh {
+    /// Local mode: the mesh of a valid mesh.yaml and the instances `onemesh up` started. A service
+    /// port's endpoints are the instances of every workload its selector matches, at the real
+    /// port of the workload port its `targetPort` names.
+    pub fn from_config(config: &MeshConfig, instances: &[LocalInstance]) -> Mesh {
+        let mut mesh = Mesh::default();
+        for ns in config.namespaces.values() {
+            mesh.namespaces.insert(
+                ns.meta.name.clone(),
+                Namespace {
+                    name: ns.meta.name.clone(),
+                    origin: Origin::File { line: ns.meta.line },
+                },
+            );
+        }
+        for (key, w) in &config.workloads {
+            let instances = instances
+                .iter()
+                .filter(|i| i.namespace == w.meta.namespace && i.workload == w.meta.name)
+                .map(|i| Instance {
+                    inbound: i.inbound,
+                    ports: i.ports.clone(),
+                })
+                .collect();
+            mesh.workloads.insert(
+                key.clone(),
+                Workload {
+                    namespace: w.meta.namespace.clone(),
+                    name: w.meta.name.clone(),
+                    service_account: w.service_account.clone(),
+                    labels: w.labels.clone(),
+                    ports: w.ports.clone(),
+                    instances,
+                    origin: Origin::File { line: w.meta.line },
+                },
+            );
+        }
+        for (key, s) in &config.services {
+            let ports = s
+                .ports
+                .iter()
+                .map(|sp| {
+                    let mut endpoints = Vec::new();
+                    for w in config.selected(&s.meta.namespace, &s.selector) {
+                        let declared = w.ports.iter().find(|p| match &sp.target_port {
+                            TargetPort::Number(n) => p.port == *n,
+                            TargetPort::Name(name) => p.name.as_deref() == Some(name.as_str()),
+                        });
+                        let Some(declared) = declared else { continue };
+                        let Some(workload) = mesh
+                            .workloads
+                            .get(&(w.meta.namespace.clone(), w.meta.name.clone()))
+                        else {
+                            continue;
+                        };
+                        for i in &workload.instances {
+                            endpoints.push(Endpoint {
+                                addr: i.inbound,
+                                target_port: i.real_port(declared.port),
+                                namespace: w.meta.namespace.clone(),
+                                workload: w.meta.name.clone(),
+                                service_account: w.service_account.clone(),
+                                protocol: declared.protocol,
+                            });
+                        }
+                    }
+                    sort_endpoints(&mut endpoints);
+                    ServicePort {
+                        name: sp.name.clone(),
+                        port: sp.port,
+                        endpoints,
+                    }
+                })
+                .collect();
+            mesh.services.insert(
+                key.clone(),
+                Service {
+                    namespace: s.meta.namespace.clone(),
+                    name: s.meta.name.clone(),
+                    ports,
+                    origin: Origin::File { line: s.meta.line },
+                },
+            );
+        }
+        mesh.policies = config
+            .policies
+            .iter()
+            .map(|p| Policy {
+                namespace: p.meta.namespace.clone(),
+                name: p.meta.name.clone(),
+                target_workload: p.target_workload.clone(),
+                target_port: p.target_port,
+                routes: p.routes.clone(),
+                from_identities: p.from_identities.clone(),
+                from_namespaces: p.from_namespaces.clone(),
+                from_unauthenticated: p.from_unauthenticated,
+                origin: Origin::File { line: p.meta.line },
+            })
+            .collect();
+        mesh.routes = config
+            .routes
+            .iter()
+            .map(|r| Route {
+                namespace: r.meta.namespace.clone(),
+                name: r.meta.name.clone(),
+                service: r.service.clone(),
+                matches: r.matches.clone(),
+                timeout: r.timeout,
+                retryable: r.retryable,
+                origin: Origin::File { line: r.meta.line },
+            })
+            .collect();
+        mesh
+    }
+
+    /// Whether a workload of the mesh runs as `namespace`/`service_account`.
+    pub fn runs_as(&self, namespace: &str, service_account: &str) -> bool {
+        self.workloads
+            .values()
+            .any(|w| w.namespace == namespace && w.service_account == service_account)
+    }
+
+    /// The references between objects that do not resolve: a route's service. (A policy naming a
+    /// workload that has no instance right now is fine: workloads come and go.)
+    pub fn check_references(&self) -> Vec<ModelError> {
+        let mut errors = Vec::new();
+        for r in &self.routes {
+            if !self
+                .services
+                .contains_key(&(r.namespace.clone(), r.service.clone()))
+            {
+                errors.push(ModelError {
+                    origin: r.origin.clone(),
+                    field: "spec.service".into(),
+                    problem: Problem::UnknownService(format!("{}/{}", r.namespace, r.service)),
+                });
+            }
+        }
+        errors
+    }
+}
+
+/// Sorts endpoints by address and keeps one per address (an instance serves a port once).
+pub fn sort_endpoints(endpoints: &mut Vec<Endpoint>) {
+    endpoints.sort_by_key(|e| e.addr);
+    endpoints.dedup_by(|a, b| a.addr == b.addr);
+}
+
+/// The value checks both sources share. Each returns the value, or the [`Problem`] to report at
+/// the field.
+pub mod check {
+    use std::time::Duration;
+
+    use onemesh_identity::SpiffeId;
+
+    use super::Problem;
+
+    /// HTTP methods a route may name: the list the CRD schema enumerates.
+    pub const HTTP_METHODS: [&str; 9] = onemesh_crds::HTTP_METHODS;
+
+    /// A DNS-1123 label: what Kubernetes accepts as a namespace, workload or service name.
+    pub fn is_dns_label(s: &str) -> bool {
+        let bytes = s.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= 63
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && bytes.first() != Some(&b'-')
+            && bytes.last() != Some(&b'-')
+    }
+
+    pub fn name(s: &str) -> Result<String, Problem> {
+        if is_dns_label(s) {
+            Ok(s.to_string())
+        } else {
+            Err(Problem::BadName(s.into()))
+        }
+    }
+
+    pub fn port(value: i64) -> Result<u16, Problem> {
+        match u16::try_from(value) {
+            Ok(p) if p != 0 => Ok(p),
+            _ => Err(Problem::BadPort { value }),
+        }
+    }
+
+    pub fn method(m: &str) -> Result<String, Problem> {
+        if HTTP_METHODS.contains(&m) {
+            Ok(m.to_string())
+        } else {
+            Err(Problem::BadMethod(m.into()))
+        }
+    }
+
+    pub fn path_prefix(p: &str) -> Result<String, Problem> {
+        if p.starts_with('/') {
+            Ok(p.to_string())
+        } else {
+            Err(Problem::BadPathPrefix(p.into()))
+        }
+    }
+
+    pub fn spiffe_id(value: &str) -> Result<SpiffeId, Problem> {
+        value
+            .parse::<SpiffeId>()
+            .map_err(|source| Problem::BadSpiffeId {
+                value: value.to_string(),
+                source,
+            })
+    }
+
+    pub fn duration(s: &str) -> Result<Duration, Problem> {
+        crate::config::parse_duration(s).ok_or_else(|| Problem::BadDuration(s.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,252 @@
+//! onemesh-crds: the onemesh custom resources of Kubernetes mode, `AuthorizationPolicy` and
+//! `Route` (group `onemesh.dev`, version `v1`, namespaced), as Rust types.
+//!
+//! Their fields are those of the same kinds in mesh.yaml (`docs/mesh-yaml.md`), and the schemas
+//! carry the same validation wherever OpenAPI can say it, so that the API server refuses a bad
+//! object at `kubectl apply` instead of the control plane finding it later: ports 1–65535, HTTP
+//! methods from a fixed list, path prefixes starting with `/`, SPIFFE ids of the form
+//! `spiffe://<td>/ns/<ns>/sa/<sa>`, durations such as `500ms` or `1m30s`, DNS-label names of at
+//! most 63 characters (a CEL rule on `metadata.name`), and lists without duplicates.
+//!
+//! The Rust fields are deliberately loose (strings and integers, not enums): an object the API
+//! server stored under an older, laxer schema must still decode, so that the control plane can
+//! report what is wrong with it (the `Accepted` condition in `status`) instead of failing to read
+//! the whole list. The control plane validates every object again on its own model.
+//!
+//! `crdgen` (this crate's binary) prints the CustomResourceDefinitions; the committed copies live in
+//! `deploy/crds/` and a test fails when they differ from the generated ones.
+
+use kube::CustomResource;
+use kube::core::crd::CustomResourceExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of every onemesh resource.
+pub const GROUP: &str = "onemesh.dev";
+/// The one version served.
+pub const VERSION: &str = "v1";
+/// The type of the condition the control plane sets on every object it has read.
+pub const ACCEPTED: &str = "Accepted";
+
+/// HTTP methods a route may name (the same list as mesh.yaml).
+pub const HTTP_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// A DNS-1123 label: namespaces, workloads, services.
+pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+pub const SPIFFE_ID_PATTERN: &str = "^spiffe://[a-z0-9._-]+/ns/[a-z0-9]([-a-z0-9]*[a-z0-9])?/sa/[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// One or more numbers, each with a unit: `500ms`, `2s`, `1m30s`, `1h`.
+pub const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
+
+/// `AuthorizationPolicy`: who may call a namespace, a workload, or one of its ports.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[kube(
+    group = "onemesh.dev",
+    version = "v1",
+    kind = "AuthorizationPolicy",
+    namespaced,
+    status = "ResourceStatus",
+    shortname = "authz",
+    category = "onemesh",
+    doc = "Who may call a namespace, a workload or one of its ports (DESIGN.md: deny between namespaces unless allowed).",
+    printcolumn(name = "Workload", type_ = "string", json_path = ".spec.target.workload", description = "target workload (empty: every workload of the namespace)"),
+    printcolumn(name = "Port", type_ = "integer", json_path = ".spec.target.port", description = "target port (empty: every port)"),
+    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status", description = "whether the control plane uses it"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = kube::core::Rule::new("self.metadata.name.size() <= 63").message("metadata.name: use at most 63 characters (a DNS label)"),
+    validation = kube::core::Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: use lower-case letters, digits and '-', starting and ending with a letter or digit"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationPolicySpec {
+    /// What is protected; absent: every workload and port of the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    /// Requests allowed: any one match is enough; absent: every request (and TCP connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<HttpMatch>>,
+    /// Callers allowed: any one of the three is enough; `from: {}` allows nobody.
+    pub from: From,
+}
+
+/// `spec.target` of an AuthorizationPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// A workload of the policy's namespace (a Deployment, StatefulSet, DaemonSet or Job, or a
+    /// bare Pod); absent: every workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
+    pub workload: Option<String>,
+    /// A container port of the target; absent: every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}
+
+/// An HTTP request match: methods (any if absent) and a path prefix (any if absent).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpMatch {
+    /// Upper-case HTTP methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "methods_schema")]
+    pub methods: Option<Vec<String>>,
+    /// A path prefix starting with `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = "^/"))]
+    pub path_prefix: Option<String>,
+}
+
+/// `spec.from` of an AuthorizationPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct From {
+    /// SPIFFE ids, `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "identities_schema")]
+    pub identities: Option<Vec<String>>,
+    /// Meshed namespaces: any meshed caller from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "namespaces_schema")]
+    pub namespaces: Option<Vec<String>>,
+    /// `true` also allows callers without a mesh identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unauthenticated: Option<bool>,
+}
+
+/// `Route`: per-request settings the caller's proxy applies to requests to a service.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[kube(
+    group = "onemesh.dev",
+    version = "v1",
+    kind = "Route",
+    namespaced,
+    status = "ResourceStatus",
+    category = "onemesh",
+    doc = "Per-request settings (timeout, retryability) for requests to a Service that match.",
+    printcolumn(name = "Service", type_ = "string", json_path = ".spec.service"),
+    printcolumn(name = "Timeout", type_ = "string", json_path = ".spec.timeout"),
+    printcolumn(name = "Retryable", type_ = "boolean", json_path = ".spec.retryable"),
+    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status", description = "whether the control plane uses it"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = kube::core::Rule::new("self.metadata.name.size() <= 63").message("metadata.name: use at most 63 characters (a DNS label)"),
+    validation = kube::core::Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: use lower-case letters, digits and '-', starting and ending with a letter or digit"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteSpec {
+    /// A Service of the route's namespace.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
+    pub service: String,
+    /// Requests this route applies to; absent: every request.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matches: Option<HttpMatch>,
+    /// Whole-request timeout, e.g. `500ms`, `2s`, `1m30s`; absent or `0s`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
+    pub timeout: Option<String>,
+    /// `true`: a failed request may be retried even if its method is not idempotent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
+}
+
+/// The status the control plane writes on each object: one `Accepted` condition.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceStatus {
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A condition in the shape of `meta/v1.Condition`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Accepted`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    #[schemars(schema_with = "condition_status_schema")]
+    pub status: String,
+    /// One CamelCase word: `Valid`, `Invalid`, …
+    pub reason: String,
+    /// What is wrong and what to do, or empty.
+    #[serde(default)]
+    pub message: String,
+    /// The `metadata.generation` the condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// RFC 3339 time of the last change of `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+fn string_list(items: serde_json::Value) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "x-kubernetes-list-type": "set",
+        "items": items,
+    })
+}
+
+fn methods_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    string_list(serde_json::json!({"type": "string", "enum": HTTP_METHODS}))
+}
+
+fn identities_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    string_list(serde_json::json!({
+        "type": "string",
+        "maxLength": 2048,
+        "pattern": SPIFFE_ID_PATTERN,
+    }))
+}
+
+fn namespaces_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    string_list(serde_json::json!({
+        "type": "string",
+        "maxLength": 63,
+        "pattern": DNS_LABEL_PATTERN,
+    }))
+}
+
+fn condition_status_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["True", "False", "Unknown"]})
+}
+
+/// Why the CRD YAML could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CrdError {
+    #[error(
+        "cannot write the CustomResourceDefinition {name} as yaml: {source}; this is a bug in onemesh-crds"
+    )]
+    Yaml {
+        name: &'static str,
+        #[source]
+        source: serde_saphyr::SerializeError,
+    },
+}
+
+/// Every CRD of onemesh: the file name under `deploy/crds/` and its YAML.
+pub fn crd_files() -> Result<Vec<(&'static str, String)>, CrdError> {
+    let crds = [
+        ("authorizationpolicies.yaml", AuthorizationPolicy::crd()),
+        ("routes.yaml", Route::crd()),
+    ];
+    crds.into_iter()
+        .map(|(name, crd)| {
+            let yaml = serde_saphyr::to_string(&crd)
+                .map_err(|source| CrdError::Yaml { name, source })?;
+            Ok((
+                name,
+                format!("# Generated by `cargo run -p onemesh-crds --bin crdgen -- deploy/crds`: do not edit.\n{yaml}"),
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
