@@ -10,6 +10,7 @@
 //	testenv kube-controller-manager FLAGS...
 //	                                    the real kube-controller-manager
 //	testenv kube-proxy FLAGS...         the real kube-proxy (k8s.io/kubernetes/cmd/kube-proxy/app)
+//	testenv kubectl ARGS...             kubectl of the same Kubernetes release (k8s.io/kubectl/pkg/cmd)
 //	testenv node-agent FLAGS...         the test node agent: kubelet and scheduler for tests (nodeagent/)
 //	testenv container-exec SPEC.json    start one container's process (the node agent runs it)
 //	testenv ports N                     print N free TCP ports on 127.0.0.1, one a line
@@ -24,6 +25,8 @@ import (
 	"fmt"
 	"os"
 
+	kubectl "k8s.io/kubectl/pkg/cmd"
+	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	kubeproxy "k8s.io/kubernetes/cmd/kube-proxy/app"
@@ -44,6 +47,7 @@ commands:
   kube-controller-manager FLAGS...
                                 run kube-controller-manager (its own --help lists FLAGS)
   kube-proxy FLAGS...           run kube-proxy (its own --help lists FLAGS)
+  kubectl ARGS...               kubectl of the same release (scripts/k8s-testenv kubectl sets KUBECONFIG)
   node-agent FLAGS...           run the test node agent (kubelet and scheduler for tests)
   container-exec SPEC.json      start one container's process (used by node-agent)
   ports N                       print N free TCP ports on 127.0.0.1
@@ -72,6 +76,13 @@ func main() {
 		c := kubeproxy.NewProxyCommand()
 		c.SetArgs(args)
 		os.Exit(cli.Run(c))
+	case "kubectl":
+		// kubectl reads os.Args itself (plugins, its flags): make them what a kubectl binary sees.
+		os.Args = append([]string{"kubectl"}, args...)
+		if err := cli.RunNoErrOutput(kubectl.NewDefaultKubectlCommand()); err != nil {
+			kubectlutil.CheckErr(err)
+		}
+		return
 	case "node-agent":
 		err = nodeagent.Run(args)
 	case "container-exec":

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -43,6 +44,8 @@ type Config struct {
 	NodeIP     string
 	PodCIDR    string
 	ImagesPath string
+	// DNSAddr is where the cluster DNS listens (UDP and TCP); its IP is the pods' nameserver.
+	DNSAddr string
 	// Exe is this binary (for `container-exec`).
 	Exe string
 }
@@ -58,6 +61,7 @@ type Agent struct {
 	nodes    corelisters.NodeLister
 	pvcs     corelisters.PersistentVolumeClaimLister
 	pvs      corelisters.PersistentVolumeLister
+	dns      *dnsResolver
 
 	mu      sync.Mutex
 	workers map[types.UID]*podWorker
@@ -74,8 +78,12 @@ func Run(args []string) error {
 	fs.StringVar(&cfg.NodeIP, "node-ip", "10.250.0.2", "the node's InternalIP")
 	fs.StringVar(&cfg.PodCIDR, "pod-cidr", "10.244.0.0/24", "the node's PodCIDR")
 	fs.StringVar(&cfg.ImagesPath, "images", os.Getenv("ONEMESH_K8S_IMAGES"), "the image table (JSON), read at each container start")
+	fs.StringVar(&cfg.DNSAddr, "dns-addr", "", "where the cluster DNS listens, UDP and TCP (default NODE-IP:53); pods' resolv.conf names its IP")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if cfg.DNSAddr == "" {
+		cfg.DNSAddr = net.JoinHostPort(cfg.NodeIP, "53")
 	}
 	if cfg.Kubeconfig == "" || cfg.WorkDir == "" || cfg.ImagesPath == "" {
 		return fmt.Errorf("--kubeconfig, --work-dir and --images are required (scripts/k8s-testenv up passes them)")
@@ -134,6 +142,7 @@ func (a *Agent) run(ctx context.Context) error {
 	a.pvs = factory.Core().V1().PersistentVolumes().Lister()
 	pvcInformer := factory.Core().V1().PersistentVolumeClaims().Informer()
 	pvInformer := factory.Core().V1().PersistentVolumes().Informer()
+	a.dns = &dnsResolver{services: a.services, slices: factory.Discovery().V1().EndpointSlices().Lister()}
 
 	mine := informers.NewSharedInformerFactoryWithOptions(a.client, 10*time.Minute,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -196,8 +205,11 @@ func (a *Agent) run(ctx context.Context) error {
 	factory.WaitForCacheSync(ctx.Done())
 	mine.WaitForCacheSync(ctx.Done())
 	unscheduled.WaitForCacheSync(ctx.Done())
-	log.Printf("node %s registered (InternalIP %s, PodCIDR %s); scheduling and running pods; image table %s",
-		a.cfg.NodeName, a.cfg.NodeIP, a.cfg.PodCIDR, a.cfg.ImagesPath)
+	if err := a.dns.serveDNS(ctx, a.cfg.DNSAddr); err != nil {
+		return err
+	}
+	log.Printf("node %s registered (InternalIP %s, PodCIDR %s); cluster DNS on %s; scheduling and running pods; image table %s",
+		a.cfg.NodeName, a.cfg.NodeIP, a.cfg.PodCIDR, a.cfg.DNSAddr, a.cfg.ImagesPath)
 
 	go a.runQueue(ctx, schedQueue, a.schedule)
 	go a.runQueue(ctx, provQueue, a.provision)

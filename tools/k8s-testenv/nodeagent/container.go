@@ -403,6 +403,9 @@ func applySecurity(spec *ExecSpec, pod *v1.Pod, c *v1.Container) error {
 		if csc.AllowPrivilegeEscalation != nil && !*csc.AllowPrivilegeEscalation {
 			spec.NoNewPrivs = true
 		}
+		if csc.ReadOnlyRootFilesystem != nil && *csc.ReadOnlyRootFilesystem {
+			spec.ReadOnlyRoot = true
+		}
 	}
 	if spec.UID != nil && *spec.UID == 0 && spec.GID == nil && !spec.NoNewPrivs {
 		spec.UID = nil // root stays root, with all its capabilities

@@ -26,14 +26,17 @@ type ExecSpec struct {
 	WorkingDir string      `json:"workingDir"`
 	// UID and GID are nil to stay root; Groups are the supplementary groups (fsGroup and
 	// supplementalGroups) when UID or GID is set.
-	UID         *int64   `json:"uid,omitempty"`
-	GID         *int64   `json:"gid,omitempty"`
-	Groups      []int64  `json:"groups,omitempty"`
-	Caps        []string `json:"caps,omitempty"` // Kubernetes names: NET_ADMIN
-	NoNewPrivs  bool     `json:"noNewPrivs,omitempty"`
-	Argv        []string `json:"argv"`
-	Env         []string `json:"env"`
-	SetprivPath string   `json:"setprivPath"`
+	UID        *int64   `json:"uid,omitempty"`
+	GID        *int64   `json:"gid,omitempty"`
+	Groups     []int64  `json:"groups,omitempty"`
+	Caps       []string `json:"caps,omitempty"` // Kubernetes names: NET_ADMIN
+	NoNewPrivs bool     `json:"noNewPrivs,omitempty"`
+	// ReadOnlyRoot is readOnlyRootFilesystem: every mount but the volumes, /dev and /proc is made
+	// read-only in the container's mount namespace (the machine's file system is its root).
+	ReadOnlyRoot bool     `json:"readOnlyRoot,omitempty"`
+	Argv         []string `json:"argv"`
+	Env          []string `json:"env"`
+	SetprivPath  string   `json:"setprivPath"`
 }
 
 // ExecMount is one bind mount: Source (a directory or file of the agent's) at Target.
@@ -89,11 +92,40 @@ func RunContainerExec(args []string) error {
 	if err := os.Chdir(wd); err != nil {
 		return fmt.Errorf("changing to the working directory %s: %w", wd, err)
 	}
+	if spec.ReadOnlyRoot {
+		if err := readOnlyRoot(spec.Mounts); err != nil {
+			return err
+		}
+	}
 	argv := spec.Argv
 	if spec.UID != nil || spec.GID != nil || spec.NoNewPrivs {
 		argv = append(setprivArgs(&spec), argv...)
 	}
 	return fmt.Errorf("executing %s: %w", argv[0], syscall.Exec(argv[0], argv, spec.Env))
+}
+
+// readOnlyRoot makes every mount of this (private) mount namespace read-only, recursively, then
+// the writable volumes, /dev and /proc writable again, as a container with readOnlyRootFilesystem
+// sees them (its /dev and /proc are its own and writable, /tmp is part of the read-only root).
+func readOnlyRoot(mounts []ExecMount) error {
+	ro := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+	if err := unix.MountSetattr(unix.AT_FDCWD, "/", unix.AT_RECURSIVE, ro); err != nil {
+		return fmt.Errorf("readOnlyRootFilesystem: making / read-only: %w", err)
+	}
+	rw := &unix.MountAttr{Attr_clr: unix.MOUNT_ATTR_RDONLY}
+	for _, p := range []string{"/dev", "/proc"} {
+		// Not a mount point here (EINVAL): nothing to do.
+		_ = unix.MountSetattr(unix.AT_FDCWD, p, unix.AT_RECURSIVE, rw)
+	}
+	for _, m := range mounts {
+		if m.ReadOnly {
+			continue
+		}
+		if err := unix.MountSetattr(unix.AT_FDCWD, m.Target, 0, rw); err != nil {
+			return fmt.Errorf("readOnlyRootFilesystem: keeping the volume at %s writable: %w", m.Target, err)
+		}
+	}
+	return nil
 }
 
 func setprivArgs(spec *ExecSpec) []string {

@@ -52,15 +52,18 @@ func TestContainerExecAsRoot(t *testing.T) {
 	root := filepath.Join(dir, "root") // mount targets live under here, created by the launcher
 	uid := int64(65534)
 	script := `id -u; hostname; pwd; cat ` + root + `/data/greeting; echo; grep CapAmb /proc/self/status; ` +
-		`touch ` + root + `/ro/x 2>/dev/null && echo ro-writable || echo ro-refused; echo "$GREETING"`
+		`touch ` + root + `/ro/x 2>/dev/null && echo ro-writable || echo ro-refused; echo "$GREETING"; ` +
+		`touch ` + dir + `/outside 2>/dev/null && echo root-writable || echo root-refused; ` +
+		`touch ` + root + `/data/new && echo volume-writable; echo x > /dev/null && echo dev-null-ok`
 	spec := ExecSpec{
 		Hostname:   "pod-under-test",
 		Mounts:     []ExecMount{{Source: vol, Target: root + "/data"}, {Source: roVol, Target: root + "/ro", ReadOnly: true}},
 		WorkingDir: root + "/work",
 		UID:        &uid, GID: &uid,
-		Caps: []string{"NET_ADMIN"},
-		Argv: []string{"/bin/sh", "-c", script},
-		Env:  []string{"PATH=" + defaultPath, "GREETING=from-env"},
+		Caps:         []string{"NET_ADMIN"},
+		ReadOnlyRoot: true,
+		Argv:         []string{"/bin/sh", "-c", script},
+		Env:          []string{"PATH=" + defaultPath, "GREETING=from-env"},
 	}
 	data, _ := json.Marshal(spec)
 	specPath := filepath.Join(dir, "spec.json")
@@ -74,7 +77,7 @@ func TestContainerExecAsRoot(t *testing.T) {
 		t.Fatalf("launcher: %v\n%s", err, out)
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	want := []string{"65534", "pod-under-test", root + "/work", "hello", "CapAmb:\t0000000000001000", "ro-refused", "from-env"}
+	want := []string{"65534", "pod-under-test", root + "/work", "hello", "CapAmb:\t0000000000001000", "ro-refused", "from-env", "root-refused", "volume-writable", "dev-null-ok"}
 	if len(lines) != len(want) {
 		t.Fatalf("output:\n%s", out)
 	}
@@ -82,6 +85,10 @@ func TestContainerExecAsRoot(t *testing.T) {
 		if strings.TrimSpace(lines[i]) != want[i] {
 			t.Errorf("line %d = %q, want %q", i, lines[i], want[i])
 		}
+	}
+	// readOnlyRootFilesystem held only inside: the test's directory is writable here.
+	if err := os.WriteFile(filepath.Join(dir, "outside"), nil, 0o644); err != nil {
+		t.Errorf("the machine's file system became read-only: %v", err)
 	}
 	// The bind mounts stayed in the launcher's mount namespace.
 	if _, err := os.Stat(filepath.Join(root, "data", "greeting")); err == nil {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,7 +43,7 @@ func testAgent(t *testing.T, services []*v1.Service, objs ...runtime.Object) (*A
 	}
 	client := fake.NewSimpleClientset(objs...)
 	a := &Agent{
-		cfg:      Config{WorkDir: t.TempDir(), NodeName: "node-a", NodeIP: "10.250.0.2"},
+		cfg:      Config{WorkDir: t.TempDir(), NodeName: "node-a", NodeIP: "10.250.0.2", DNSAddr: "10.250.0.2:53"},
 		client:   client,
 		recorder: record.NewFakeRecorder(100),
 		services: corelisters.NewServiceLister(idx),
@@ -352,7 +353,7 @@ func TestVolumesOnDisk(t *testing.T) {
 	}
 }
 
-func TestEtcFilesNameThePodAndNoMachineResolver(t *testing.T) {
+func TestEtcFilesNameThePodAndTheClusterDNS(t *testing.T) {
 	a, _ := testAgent(t, nil)
 	pod := testPod(v1.PodSpec{HostAliases: []v1.HostAlias{{IP: "10.96.1.1", Hostnames: []string{"control.mesh"}}}})
 	w := newPodWorker(a, pod)
@@ -366,8 +367,21 @@ func TestEtcFilesNameThePodAndNoMachineResolver(t *testing.T) {
 	if !strings.Contains(string(h), "10.244.0.4\tweb-1\n") || !strings.Contains(string(h), "10.96.1.1\tcontrol.mesh") {
 		t.Errorf("hosts:\n%s", h)
 	}
-	if !strings.Contains(string(r), "nameserver 127.0.0.1\n") || strings.Count(string(r), "nameserver") != 1 {
-		t.Errorf("resolv.conf:\n%s", r)
+	want := "nameserver 10.250.0.2\nsearch team.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+	if !strings.HasSuffix(string(r), want) || strings.Count(string(r), "nameserver") != 1 {
+		t.Errorf("resolv.conf:\n%s\nwant it to end with\n%s", r, want)
+	}
+	// dnsPolicy None: only dnsConfig; dnsConfig appends to ClusterFirst and overrides its options.
+	two := "2"
+	pod.Spec.DNSPolicy = v1.DNSNone
+	pod.Spec.DNSConfig = &v1.PodDNSConfig{Nameservers: []string{"10.96.0.53"}, Searches: []string{"mesh.local"},
+		Options: []v1.PodDNSConfigOption{{Name: "ndots", Value: &two}}}
+	if got := resolvConf(pod, "10.250.0.2"); strings.Contains(got, "10.250.0.2") || !strings.Contains(got, "nameserver 10.96.0.53\nsearch mesh.local\noptions ndots:2\n") {
+		t.Errorf("dnsPolicy None:\n%s", got)
+	}
+	pod.Spec.DNSPolicy = v1.DNSClusterFirst
+	if got := resolvConf(pod, "10.250.0.2"); !strings.Contains(got, "nameserver 10.250.0.2\nnameserver 10.96.0.53\nsearch team.svc.cluster.local svc.cluster.local cluster.local mesh.local\noptions ndots:2\n") {
+		t.Errorf("ClusterFirst with dnsConfig:\n%s", got)
 	}
 }
 
@@ -431,4 +445,57 @@ func TestSchedulerPicksAReadyMatchingNode(t *testing.T) {
 	if got := pickNode(&v1.Pod{}, nodes[:2]); got != "" {
 		t.Errorf("picked %q among nodes none of which is Ready and schedulable", got)
 	}
+}
+
+// fsGroup as the kubelet applies it: a 0440 Secret readable by the group, an emptyDir writable by
+// it with setgid, the token 0640, all group-owned by fsGroup (chown needs root).
+func TestVolumesFSGroupOwnership(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown to another group needs root")
+	}
+	mode := int32(0o440)
+	a, client := testAgent(t, nil,
+		&v1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "sec"}, Data: map[string][]byte{"key": []byte("K")}})
+	client.PrependReactor("create", "serviceaccounts", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		return true, &authenticationv1.TokenRequest{Status: authenticationv1.TokenRequestStatus{Token: "t"}}, nil
+	})
+	fsGroup, u1, u2 := int64(4242), int64(1000), int64(2102)
+	defMode := int32(0o644) // what the API server defaults
+	pod := testPod(v1.PodSpec{
+		SecurityContext: &v1.PodSecurityContext{FSGroup: &fsGroup},
+		Containers: []v1.Container{
+			{Name: "app", SecurityContext: &v1.SecurityContext{RunAsUser: &u1}},
+			{Name: "proxy", SecurityContext: &v1.SecurityContext{RunAsUser: &u2}},
+		},
+		Volumes: []v1.Volume{
+			{Name: "sec", VolumeSource: v1.VolumeSource{Secret: &v1.SecretVolumeSource{SecretName: "sec", DefaultMode: &mode}}},
+			{Name: "scratch", VolumeSource: v1.VolumeSource{EmptyDir: &v1.EmptyDirVolumeSource{}}},
+			{Name: "tok", VolumeSource: v1.VolumeSource{Projected: &v1.ProjectedVolumeSource{DefaultMode: &defMode, Sources: []v1.VolumeProjection{
+				{ServiceAccountToken: &v1.ServiceAccountTokenProjection{Path: "token", Audience: "onemesh"}}}}}},
+		},
+	})
+	w := newPodWorker(a, pod)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	vols, err := w.prepareVolumes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(p string, want os.FileMode) {
+		t.Helper()
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gid := st.Sys().(*syscall.Stat_t).Gid; gid != uint32(fsGroup) {
+			t.Errorf("%s: group %d, want %d", p, gid, fsGroup)
+		}
+		if got := st.Mode() & (os.ModePerm | os.ModeSetgid); got != want {
+			t.Errorf("%s: mode %v, want %v", p, got, want)
+		}
+	}
+	check(filepath.Join(vols["sec"], "key"), 0o440)
+	check(vols["sec"], os.ModeSetgid|0o755)
+	check(vols["scratch"], os.ModeSetgid|0o777)
+	check(filepath.Join(vols["tok"], "token"), 0o640)
 }

@@ -9,10 +9,14 @@ package nodeagent
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"log"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -70,6 +74,9 @@ func writeAtomic(path string, data []byte, mode os.FileMode, uid, gid int) error
 	}
 	if err := tmp.Close(); err != nil {
 		return err
+	}
+	if gid >= 0 {
+		mode |= 0o440 // the kubelet's fsGroup ownership of a read-only volume: group read
 	}
 	if err := os.Chmod(tmp.Name(), mode); err != nil {
 		return err
@@ -216,12 +223,70 @@ func (w *podWorker) prepareVolumes(ctx context.Context) (map[string]string, erro
 		default:
 			err = fmt.Errorf("the test node agent does not support this volume type (emptyDir, configMap, secret, projected, downwardAPI, persistentVolumeClaim and hostPath only)")
 		}
+		if err == nil && gid >= 0 {
+			err = setVolumeOwnership(pod, v, dir, gid)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("volume %s: %w", v.Name, err)
 		}
 		out[v.Name] = dir
 	}
 	return out, nil
+}
+
+// setVolumeOwnership is the kubelet's fsGroup ownership (pkg/volume's SetVolumeOwnership): every
+// file and directory of the volume gets group fsGroup, group read (read-only volumes: configMap,
+// secret, projected, downwardAPI) or read-write (emptyDir, persistentVolumeClaim), directories
+// also group search and setgid so new files inherit the group. hostPath volumes are left alone, as
+// by the kubelet. fsGroupChangePolicy OnRootMismatch skips the walk when the root already fits.
+func setVolumeOwnership(pod *v1.Pod, v *v1.Volume, dir string, gid int) error {
+	readOnly := false
+	switch {
+	case v.ConfigMap != nil, v.Secret != nil, v.Projected != nil, v.DownwardAPI != nil:
+		readOnly = true
+	case v.EmptyDir != nil:
+	case v.PersistentVolumeClaim != nil:
+		readOnly = v.PersistentVolumeClaim.ReadOnly
+	default:
+		return nil
+	}
+	mask := os.FileMode(0o660)
+	if readOnly {
+		mask = 0o440
+	}
+	if p := pod.Spec.SecurityContext.FSGroupChangePolicy; p != nil && *p == v1.FSGroupChangeOnRootMismatch {
+		if st, err := os.Stat(dir); err == nil {
+			if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Gid) == gid &&
+				st.Mode()&os.ModeSetgid != 0 && st.Mode().Perm()&(mask|0o110) == mask|0o110 {
+				return nil
+			}
+		}
+	}
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type()&os.ModeSymlink != 0 {
+			return nil
+		}
+		if err := os.Lchown(path, -1, gid); err != nil {
+			return err
+		}
+		st, err := os.Lstat(path)
+		if err != nil {
+			return err
+		}
+		mode := st.Mode().Perm() | mask
+		if st.IsDir() {
+			mode |= os.ModeSetgid | 0o110
+		} else {
+			mode |= st.Mode() & (os.ModeSetuid | os.ModeSetgid | os.ModeSticky)
+		}
+		if st.IsDir() {
+			mode |= st.Mode() & os.ModeSticky
+		}
+		return os.Chmod(path, mode)
+	})
 }
 
 func (w *podWorker) writeDownward(pod *v1.Pod, dir string, items []v1.DownwardAPIVolumeFile, defMode *int32, uid, gid int) error {
@@ -310,8 +375,10 @@ func (w *podWorker) writeToken(ctx context.Context, pod *v1.Pod, dir string, s *
 		sa = "default"
 	}
 	mode := modeOf(nil, defMode, 0o644)
-	if uid >= 0 && defMode == nil {
-		mode = 0o600 // the kubelet's choice when it can give the token to the pod's user
+	if uid >= 0 || gid >= 0 {
+		// The kubelet's choice when it can give the token to the pod's user or fsGroup: 0600,
+		// and fsGroup ownership adds group read (0640).
+		mode = 0o600
 	}
 	path := filepath.Join(dir, s.Path)
 	request := func() error {
@@ -493,9 +560,7 @@ func (a *Agent) provision(ctx context.Context, key string) error {
 }
 
 // writeEtcFiles writes the pod's /etc/hosts (its own name -> its IP, hostAliases) and
-// /etc/resolv.conf. There is no cluster DNS: without dnsConfig nameservers the pod asks
-// 127.0.0.1, so a lookup fails at once instead of waiting for the machine's resolver, which pods
-// cannot and must not reach.
+// /etc/resolv.conf as the kubelet does for its dnsPolicy (see resolvConf).
 func (w *podWorker) writeEtcFiles(pod *v1.Pod) (hosts, resolv string, err error) {
 	dir := filepath.Join(w.dir, "etc")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -506,7 +571,12 @@ func (w *podWorker) writeEtcFiles(pod *v1.Pod) (hosts, resolv string, err error)
 	w.mu.Unlock()
 	var b strings.Builder
 	b.WriteString("# Kubernetes-managed hosts file (onemesh test node agent).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
-	fmt.Fprintf(&b, "%s\t%s\n", ip, podHostname(pod))
+	if pod.Spec.Subdomain != "" {
+		fqdn := fmt.Sprintf("%s.%s.%s.svc.%s", podHostname(pod), pod.Spec.Subdomain, pod.Namespace, ClusterDomain)
+		fmt.Fprintf(&b, "%s\t%s\t%s\n", ip, fqdn, podHostname(pod))
+	} else {
+		fmt.Fprintf(&b, "%s\t%s\n", ip, podHostname(pod))
+	}
 	for _, a := range pod.Spec.HostAliases {
 		fmt.Fprintf(&b, "%s\t%s\n", a.IP, strings.Join(a.Hostnames, "\t"))
 	}
@@ -514,24 +584,82 @@ func (w *podWorker) writeEtcFiles(pod *v1.Pod) (hosts, resolv string, err error)
 	if err := writeAtomic(hosts, []byte(b.String()), 0o644, -1, -1); err != nil {
 		return "", "", err
 	}
-	b.Reset()
-	b.WriteString("# onemesh test node agent: no cluster DNS\n")
-	servers := []string{"127.0.0.1"}
-	if dc := pod.Spec.DNSConfig; dc != nil && len(dc.Nameservers) > 0 {
-		servers = dc.Nameservers
+	dnsIP := w.a.cfg.DNSAddr
+	if h, _, err := net.SplitHostPort(dnsIP); err == nil {
+		dnsIP = h
 	}
-	for _, s := range servers {
-		fmt.Fprintf(&b, "nameserver %s\n", s)
-	}
-	if dc := pod.Spec.DNSConfig; dc != nil && len(dc.Searches) > 0 {
-		fmt.Fprintf(&b, "search %s\n", strings.Join(dc.Searches, " "))
-	}
-	b.WriteString("options timeout:1 attempts:1\n")
 	resolv = filepath.Join(dir, "resolv.conf")
-	if err := writeAtomic(resolv, []byte(b.String()), 0o644, -1, -1); err != nil {
+	if err := writeAtomic(resolv, []byte(resolvConf(pod, dnsIP)), 0o644, -1, -1); err != nil {
 		return "", "", err
 	}
 	return hosts, resolv, nil
+}
+
+// resolvConf is the pod's /etc/resolv.conf, as the kubelet makes it: with dnsPolicy ClusterFirst
+// (the default) or ClusterFirstWithHostNet the cluster DNS and the search path
+// `<ns>.svc.cluster.local svc.cluster.local cluster.local` with `ndots:5`; with Default the node's
+// resolver, which here is the cluster DNS too (the node has no other: nothing is forwarded); with
+// None only dnsConfig. dnsConfig's nameservers and searches are appended, its options override.
+func resolvConf(pod *v1.Pod, dnsIP string) string {
+	var servers, searches []string
+	type opt struct{ name, value string }
+	var opts []opt
+	setOpt := func(name, value string) {
+		for i := range opts {
+			if opts[i].name == name {
+				opts[i].value = value
+				return
+			}
+		}
+		opts = append(opts, opt{name, value})
+	}
+	switch pod.Spec.DNSPolicy {
+	case v1.DNSNone:
+	case v1.DNSDefault:
+		servers = []string{dnsIP}
+	default:
+		servers = []string{dnsIP}
+		searches = []string{pod.Namespace + ".svc." + ClusterDomain, "svc." + ClusterDomain, ClusterDomain}
+		setOpt("ndots", "5")
+	}
+	if dc := pod.Spec.DNSConfig; dc != nil {
+		servers = append(servers, dc.Nameservers...)
+		for _, s := range dc.Searches {
+			if !slices.Contains(searches, s) {
+				searches = append(searches, s)
+			}
+		}
+		for _, o := range dc.Options {
+			v := ""
+			if o.Value != nil {
+				v = *o.Value
+			}
+			setOpt(o.Name, v)
+		}
+	}
+	if len(servers) > 3 {
+		servers = servers[:3]
+	}
+	var b strings.Builder
+	b.WriteString("# onemesh test node agent: the cluster DNS (cluster.local only, nothing forwarded)\n")
+	for _, s := range servers {
+		fmt.Fprintf(&b, "nameserver %s\n", s)
+	}
+	if len(searches) > 0 {
+		fmt.Fprintf(&b, "search %s\n", strings.Join(searches, " "))
+	}
+	if len(opts) > 0 {
+		parts := make([]string, 0, len(opts))
+		for _, o := range opts {
+			if o.value != "" {
+				parts = append(parts, o.name+":"+o.value)
+			} else {
+				parts = append(parts, o.name)
+			}
+		}
+		fmt.Fprintf(&b, "options %s\n", strings.Join(parts, " "))
+	}
+	return b.String()
 }
 
 // podHostname is the pod's hostname: spec.hostname, else its name (cut to 63 bytes).
