@@ -616,3 +616,66 @@ async fn wait_refused(store: &KubeStore, token: &str, what: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the test cluster: scripts/k8s-testenv up; eval $(scripts/k8s-testenv env)"]
+async fn kube_store_one_replica_leads_and_another_takes_over() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use onemesh_control::kubestore::lease::{LeaseSettings, spawn};
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "lease", false).await;
+    let settings = |who: &str| LeaseSettings {
+        duration: Duration::from_secs(3),
+        renew: Duration::from_millis(300),
+        ..LeaseSettings::new(&ns.name, who)
+    };
+    let api: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let (mut a, a_task) = spawn(api.clone(), settings("replica-a"));
+    let (mut b, b_task) = spawn(api.clone(), settings("replica-b"));
+    let both = async {
+        loop {
+            if *a.borrow() || *b.borrow() {
+                break;
+            }
+            tokio::select! { _ = a.changed() => {}, _ = b.changed() => {} }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), both)
+        .await
+        .expect("someone leads");
+    // For a while, exactly one leads.
+    for _ in 0..10 {
+        assert!(
+            *a.borrow() ^ *b.borrow(),
+            "a={} b={}",
+            *a.borrow(),
+            *b.borrow()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (mut leader, mut follower, leader_task, follower_task) = if *a.borrow() {
+        (a, b, a_task, b_task)
+    } else {
+        (b, a, b_task, a_task)
+    };
+    // The leader dies without a word: the follower takes over after the lease expires.
+    let t = Instant::now();
+    leader_task.abort();
+    tokio::time::timeout(Duration::from_secs(10), follower.wait_for(|l| *l))
+        .await
+        .expect("the follower takes over")
+        .unwrap();
+    let took = t.elapsed();
+    eprintln!(
+        "lease takeover after the leader died: {} ms (lease 3 s)",
+        took.as_millis()
+    );
+    assert!(
+        took >= Duration::from_millis(2000),
+        "took over too early: {took:?}"
+    );
+    let held = api.get("onemesh-control").await.unwrap().spec.unwrap();
+    assert!(held.lease_transitions.unwrap_or(0) >= 2);
+    let _ = leader.borrow_and_update();
+    follower_task.abort();
+}
