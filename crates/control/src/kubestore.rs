@@ -26,6 +26,7 @@
 //! refusal is a [`StoreError`] saying what to do.
 
 pub mod fold;
+pub mod lease;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -140,6 +141,9 @@ pub struct KubeSettings {
     pub debounce: Duration,
     /// The field manager and Event reporter name.
     pub manager: String,
+    /// With several replicas: whether this one leads (see [`lease`]); only the leader writes
+    /// conditions and Events. `None`: always.
+    pub leader: Option<watch::Receiver<bool>>,
 }
 
 impl Default for KubeSettings {
@@ -151,6 +155,7 @@ impl Default for KubeSettings {
             control_service_account: crate::pki::CONTROL_SERVICE_ACCOUNT.to_string(),
             debounce: Duration::from_millis(50),
             manager: "onemesh-control".to_string(),
+            leader: None,
         }
     }
 }
@@ -423,18 +428,26 @@ async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Event>) {
             instance: std::env::var("POD_NAME").ok(),
         },
     );
+    let mut leader = inner.settings.leader.clone();
     loop {
-        let Some(event) = rx.recv().await else { return };
-        let mut changed = cache.apply(event);
-        let deadline = tokio::time::Instant::now() + inner.settings.debounce;
-        loop {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(event)) => changed |= cache.apply(event),
-                Ok(None) => return,
-                Err(_) => break,
+        let mut changed = false;
+        let mut took_over = false;
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else { return };
+                changed = cache.apply(event);
+                let deadline = tokio::time::Instant::now() + inner.settings.debounce;
+                loop {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(event)) => changed |= cache.apply(event),
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
+                }
             }
+            now_leading = leadership_changed(&mut leader) => took_over = now_leading,
         }
-        if !changed || !cache.ready() {
+        if !(changed || took_over) || !cache.ready() {
             continue;
         }
         let (mesh, verdicts) = fold::build(&cache);
@@ -454,6 +467,9 @@ async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Event>) {
             tracing::debug!("published a new mesh state");
         }
         inner.ready.send_replace(true);
+        if leader.as_ref().is_some_and(|l| !*l.borrow()) {
+            continue; // the leading replica writes the conditions and Events
+        }
         // Status writes go on beside the next events: they must not delay the next state.
         let writes: Vec<(DynamicObject, Verdict)> = verdicts
             .into_iter()
@@ -465,6 +481,21 @@ async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Event>) {
                 write_verdict(&inner2, &recorder2, &obj, v).await;
             }
         });
+    }
+}
+
+/// Resolves when leadership changes, with whether this replica leads now; never without an
+/// election (or once it ended).
+async fn leadership_changed(leader: &mut Option<watch::Receiver<bool>>) -> bool {
+    match leader {
+        Some(l) => match l.changed().await {
+            Ok(()) => *l.borrow_and_update(),
+            Err(_) => {
+                *leader = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 

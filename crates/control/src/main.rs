@@ -4,8 +4,10 @@
 //! In Kubernetes mode the CA is not made here: it is read from `--ca-dir`, where the issuer Secret
 //! is mounted (see [`onemesh_control::kubestore::ca_files`] for its keys), and copied into the
 //! state directory (an emptyDir) under the names the CA module reads. Without the anchor's key the
-//! issuer is never rotated by the control plane (two replicas would each rotate): rotating the
-//! issuer in Kubernetes is replacing the Secret and restarting the control plane.
+//! issuer is not rotated by the control plane: rotating the issuer in Kubernetes is replacing the
+//! Secret and restarting the control plane. Replicas elect a leader with the Lease
+//! `onemesh-control` in `--namespace` (`POD_NAMESPACE`); only the leader writes the onemesh
+//! objects' conditions and Events, and would rotate the issuer by itself.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use onemesh_control::kubestore::{KubeSettings, KubeStore};
+use onemesh_control::kubestore::{KubeSettings, KubeStore, lease};
 use onemesh_control::local::{LocalStore, POLL_INTERVAL};
 use onemesh_control::pki::CaSettings;
 use onemesh_control::store::Store;
@@ -41,6 +43,10 @@ struct Args {
     /// `tls.key`: its private key).
     #[arg(long)]
     ca_dir: Option<PathBuf>,
+    /// Kubernetes mode: the control plane's namespace, where its Lease `onemesh-control` elects
+    /// the replica that writes statuses and rotates the issuer.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "onemesh")]
+    namespace: String,
     /// Local mode: the mesh description (Namespaces, Workloads, Services, AuthorizationPolicies, Routes).
     #[arg(long, default_value = "mesh.yaml")]
     config: PathBuf,
@@ -102,6 +108,15 @@ async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kub
     kube::Client::try_from(config).context("cannot make a Kubernetes client")
 }
 
+/// This replica's name in the Lease: `POD_NAME` (set from the downward API), else
+/// `<hostname>-<pid>`.
+fn replica_name() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
 /// A positive duration such as `500ms`, `5m`, `8760h`.
 fn duration(s: &str) -> Result<Duration, String> {
     onemesh_control::config::parse_duration(s)
@@ -136,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
 
+    let mut leading = None;
     let (store, stop_store): (Arc<dyn Store>, Box<dyn FnOnce()>) = match args.store {
         StoreKind::Local => {
             let store = LocalStore::open(&args.config, &args.state_dir)?;
@@ -148,15 +164,28 @@ async fn main() -> anyhow::Result<()> {
             )?;
             onemesh_control::kubestore::ca_files(ca_dir, &args.state_dir)?;
             let client = kube_client(args.kubeconfig.as_deref()).await?;
+            let identity = replica_name();
+            let (leader, election) = lease::spawn(
+                kube::Api::namespaced(client.clone(), &args.namespace),
+                lease::LeaseSettings::new(&args.namespace, &identity),
+            );
+            leading = Some(leader.clone());
             let settings = KubeSettings {
                 trust_domain: args.trust_domain.clone(),
                 audiences: vec![args.token_audience.clone()],
+                leader: Some(leader),
                 ..KubeSettings::default()
             };
             let store = KubeStore::start(client, settings);
             store.wait_ready(Duration::from_secs(60)).await?;
             let handle = store.clone();
-            (Arc::new(store), Box::new(move || handle.stop()))
+            (
+                Arc::new(store),
+                Box::new(move || {
+                    election.abort();
+                    handle.stop();
+                }),
+            )
         }
     };
     let mut settings = Settings::new(args.state_dir.clone());
@@ -172,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
         renew_within: args.renew_within,
         ..CaSettings::default()
     };
+    settings.leader = leading;
     let control = start(&settings, store).await?;
     tracing::info!(
         identity = %control.identity_addr,

@@ -67,6 +67,9 @@ pub struct Settings {
     pub connection_limits: ConnectionLimits,
     /// Anchor and issuer lifetimes, rotation timing.
     pub ca: CaSettings,
+    /// With several replicas (Kubernetes mode): whether this one leads; the issuer rotates by
+    /// itself only while it does. `None`: a single control plane, always leading.
+    pub leader: Option<watch::Receiver<bool>>,
 }
 
 impl Settings {
@@ -82,6 +85,7 @@ impl Settings {
             leaf_lifetime: DEFAULT_LEAF_LIFETIME,
             connection_limits: ConnectionLimits::default(),
             ca: CaSettings::default(),
+            leader: None,
         }
     }
 }
@@ -257,7 +261,7 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
         // Nobody watches a resumed rotation's progress but the logs.
         drop(progress);
     }
-    rotator.spawn_auto();
+    rotator.spawn_auto(settings.leader.clone());
     let tasks = vec![
         tokio::spawn(serve(
             "identity",

@@ -227,7 +227,8 @@ async fn kube_control_certifies_by_service_account_token_and_serves_endpoints() 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs the test cluster: scripts/k8s-testenv up; eval $(scripts/k8s-testenv env)"]
 async fn kube_control_binary_reads_its_ca_from_the_secret_dir() {
-    let _ = client().await; // fails loudly without a cluster
+    let client = client().await;
+    let home = TestNamespace::new(&client, "home", false).await;
     let kubeconfig = std::env::var("KUBECONFIG").unwrap();
     let state = temp_dir("bin-state");
     let base = |extra: &[&str]| {
@@ -238,6 +239,7 @@ async fn kube_control_binary_reads_its_ca_from_the_secret_dir() {
             .args(["--listen-identity", "127.0.0.1:0"])
             .args(["--listen-destination", "127.0.0.1:0"])
             .args(["--listen-policy", "127.0.0.1:0"])
+            .args(["--namespace", &home.name])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -273,6 +275,29 @@ async fn kube_control_binary_reads_its_ca_from_the_secret_dir() {
         std::fs::read(secret.join("ca.crt")).unwrap(),
         "the CA is the mounted one"
     );
+    // It takes the Lease of its namespace (it is the only replica).
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &home.name);
+    let pid = child.id().expect("running");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let holder = leases
+            .get_opt("onemesh-control")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec?.holder_identity);
+        if holder
+            .as_deref()
+            .is_some_and(|h| h.ends_with(&format!("-{pid}")))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lease holder {holder:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     nix_kill(&child);
     let status = tokio::time::timeout(WAIT, child.wait())
         .await

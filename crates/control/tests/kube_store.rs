@@ -616,3 +616,198 @@ async fn wait_refused(store: &KubeStore, token: &str, what: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the test cluster: scripts/k8s-testenv up; eval $(scripts/k8s-testenv env)"]
+async fn kube_store_one_replica_leads_and_another_takes_over() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use onemesh_control::kubestore::lease::{LeaseSettings, spawn};
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "lease", false).await;
+    let settings = |who: &str| LeaseSettings {
+        duration: Duration::from_secs(3),
+        renew: Duration::from_millis(300),
+        ..LeaseSettings::new(&ns.name, who)
+    };
+    let api: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let (mut a, a_task) = spawn(api.clone(), settings("replica-a"));
+    let (mut b, b_task) = spawn(api.clone(), settings("replica-b"));
+    let both = async {
+        loop {
+            if *a.borrow() || *b.borrow() {
+                break;
+            }
+            tokio::select! { _ = a.changed() => {}, _ = b.changed() => {} }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), both)
+        .await
+        .expect("someone leads");
+    // For a while, exactly one leads.
+    for _ in 0..10 {
+        assert!(
+            *a.borrow() ^ *b.borrow(),
+            "a={} b={}",
+            *a.borrow(),
+            *b.borrow()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (mut leader, mut follower, leader_task, follower_task) = if *a.borrow() {
+        (a, b, a_task, b_task)
+    } else {
+        (b, a, b_task, a_task)
+    };
+    // The leader dies without a word: the follower takes over after the lease expires.
+    let t = Instant::now();
+    leader_task.abort();
+    tokio::time::timeout(Duration::from_secs(10), follower.wait_for(|l| *l))
+        .await
+        .expect("the follower takes over")
+        .unwrap();
+    let took = t.elapsed();
+    eprintln!(
+        "lease takeover after the leader died: {} ms (lease 3 s)",
+        took.as_millis()
+    );
+    assert!(
+        took >= Duration::from_millis(2000),
+        "took over too early: {took:?}"
+    );
+    let held = api.get("onemesh-control").await.unwrap().spec.unwrap();
+    assert!(held.lease_transitions.unwrap_or(0) >= 2);
+    let _ = leader.borrow_and_update();
+    follower_task.abort();
+}
+
+/// A TCP relay to the API server that the test can cut (every connection closed, new ones refused)
+/// and restore.
+struct Relay {
+    addr: std::net::SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(to: String) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let to = to.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                conns2.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        Relay {
+            addr,
+            up,
+            conns,
+            task,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the test cluster: scripts/k8s-testenv up; eval $(scripts/k8s-testenv env)"]
+async fn kube_store_keeps_the_last_good_state_while_the_api_is_unreachable() {
+    let admin = client().await;
+    apply_crds(&admin).await;
+    let shop = TestNamespace::new(&admin, "outage", true).await;
+    let ns = shop.name.clone();
+    let services: Api<Service> = Api::namespaced(admin.clone(), &ns);
+    create(
+        &services,
+        json!({"metadata": {"name": "before"}, "spec": {"ports": [{"port": 80}]}}),
+    )
+    .await;
+
+    // The store talks to the API server through a relay the test can cut.
+    let path = std::env::var_os("KUBECONFIG").unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let api = config.cluster_url.authority().unwrap().to_string();
+    let relay = Relay::start(api).await;
+    config.cluster_url = format!("https://{}", relay.addr).parse().unwrap();
+    let store = start(&Client::try_from(config).unwrap(), KubeSettings::default()).await;
+    let mut rx = store.subscribe();
+    until(&mut rx, "service before the outage", Instant::now(), |m| {
+        m.services.contains_key(&k(&ns, "before"))
+    })
+    .await;
+    let before = rx.borrow().clone();
+
+    // Outage: every watch drops, reconnects are refused; meanwhile the cluster changes.
+    relay.cut();
+    create(
+        &services,
+        json!({"metadata": {"name": "during"}, "spec": {"ports": [{"port": 80}]}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        *rx.borrow() == before,
+        "the state changed while the API server was unreachable"
+    );
+    assert!(rx.borrow().mesh.services.contains_key(&k(&ns, "before")));
+
+    // Back: the watchers reconnect with backoff and catch up, losing nothing.
+    let t = Instant::now();
+    relay.restore();
+    let deadline = t + Duration::from_secs(40);
+    loop {
+        {
+            let s = rx.borrow_and_update();
+            if s.mesh.services.contains_key(&k(&ns, "during")) {
+                assert!(s.mesh.services.contains_key(&k(&ns, "before")));
+                break;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            tokio::time::timeout(left, rx.changed()).await.is_ok(),
+            "the store did not catch up within 40 s of the API server's return"
+        );
+    }
+    eprintln!(
+        "caught up {} ms after the API server came back",
+        t.elapsed().as_millis()
+    );
+    store.stop();
+}

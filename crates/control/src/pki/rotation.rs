@@ -143,10 +143,11 @@ impl Rotator {
         Some(self.spawn(journal, grace))
     }
 
-    /// Rotates the issuer by itself at [`super::CaSettings::issuer_rotate_at`] of its life.
-    pub fn spawn_auto(self: &Arc<Self>) {
+    /// Rotates the issuer by itself at [`super::CaSettings::issuer_rotate_at`] of its life; with
+    /// `leader`, only while it says true (one replica of several, see `kubestore::lease`).
+    pub fn spawn_auto(self: &Arc<Self>, leader: Option<watch::Receiver<bool>>) {
         let me = self.clone();
-        let task = tokio::spawn(async move { me.auto().await });
+        let task = tokio::spawn(async move { me.auto(leader).await });
         self.lock().tasks.push(task.abort_handle());
     }
 
@@ -308,9 +309,18 @@ impl Rotator {
         }
     }
 
-    async fn auto(self: Arc<Self>) {
+    async fn auto(self: Arc<Self>, mut leader: Option<watch::Receiver<bool>>) {
         let mut ca = self.ca.subscribe();
         loop {
+            if let Some(l) = &mut leader
+                && !*l.borrow_and_update()
+            {
+                // Another replica rotates; wait until this one leads.
+                if l.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
             let snapshot = ca.borrow_and_update().clone();
             let due = rotation_due(&snapshot, self.ca.settings().issuer_rotate_at);
             let wait = due

@@ -560,7 +560,7 @@ async fn the_issuer_rotates_by_itself_when_due() {
     let ca = Arc::new(CaState::open(&dir.0, TD, short).unwrap());
     let first = ca.current().issuer_sha256();
     let rotator = Rotator::new(ca.clone(), Arc::new(FakeFleet::default()));
-    rotator.spawn_auto();
+    rotator.spawn_auto(None);
     let mut rx = ca.subscribe();
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -568,6 +568,34 @@ async fn the_issuer_rotates_by_itself_when_due() {
     )
     .await
     .unwrap()
+    .unwrap();
+    rotator.stop();
+}
+
+#[tokio::test]
+async fn only_the_leading_replica_rotates_the_issuer_by_itself() {
+    let dir = temp_dir();
+    let short = CaSettings {
+        issuer_lifetime: Duration::from_secs(4),
+        issuer_rotate_at: 0.25,
+        ..settings()
+    };
+    let ca = Arc::new(CaState::open(&dir.0, TD, short).unwrap());
+    let first = ca.current().issuer_sha256();
+    let rotator = Rotator::new(ca.clone(), Arc::new(FakeFleet::default()));
+    let (leader, leading) = tokio::sync::watch::channel(false);
+    rotator.spawn_auto(Some(leading));
+    // Due after 1 s; not leading: nothing happens.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(ca.current().issuer_sha256(), first, "a follower rotated");
+    leader.send_replace(true);
+    let mut rx = ca.subscribe();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|s| s.issuer_sha256() != first),
+    )
+    .await
+    .expect("the leader rotates")
     .unwrap();
     rotator.stop();
 }
@@ -584,7 +612,7 @@ async fn without_the_anchor_key_the_automatic_rotation_says_it_is_blocked() {
     std::fs::remove_file(dir.0.join(TRUST_ANCHOR_KEY_FILE)).unwrap();
     let ca = Arc::new(CaState::open(&dir.0, TD, short).unwrap());
     let rotator = Rotator::new(ca.clone(), Arc::new(FakeFleet::default()));
-    rotator.spawn_auto();
+    rotator.spawn_auto(None);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !rotator.status().starts_with("blocked") {
         assert!(std::time::Instant::now() < deadline, "{}", rotator.status());
