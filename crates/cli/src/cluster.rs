@@ -12,7 +12,6 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use anyhow::Context;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -20,7 +19,6 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::PostParams;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use onemesh_control::pki::expiry;
 
@@ -79,19 +77,7 @@ const PERMISSIONS: &[(&str, &str, &str, &str)] = &[
 
 /// A client for the cluster of `kubeconfig`, else of `$KUBECONFIG` / `~/.kube/config` / the pod's.
 pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("the kubeconfig {} is not usable", path.display()))?
-        }
-        None => kube::Config::infer().await.context(
-            "no Kubernetes configuration: set KUBECONFIG or pass --kubeconfig (or run in a pod)",
-        )?,
-    };
-    Client::try_from(config).context("cannot make a Kubernetes client")
+    Ok(onemesh_control::kubestore::client(kubeconfig).await?)
 }
 
 /// Runs every check and returns the lines to print.

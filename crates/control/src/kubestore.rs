@@ -59,6 +59,35 @@ pub const CA_SECRET_KEYS: [(&str, &str); 3] = [
     ("tls.key", crate::pki::ISSUER_KEY_FILE),
 ];
 
+/// A Kubernetes client from `kubeconfig`, else as kube-rs infers it: `$KUBECONFIG`,
+/// `~/.kube/config`, then the pod's in-cluster configuration (its ServiceAccount).
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, ClientError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                ClientError(format!("cannot read the kubeconfig {}: {e}", path.display()))
+            })?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .map_err(|e| {
+                    ClientError(format!("the kubeconfig {} is not usable: {e}", path.display()))
+                })?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            ClientError(format!(
+                "no Kubernetes configuration ({e}): set KUBECONFIG or pass --kubeconfig, or run in a pod"
+            ))
+        })?,
+    };
+    Client::try_from(config)
+        .map_err(|e| ClientError(format!("cannot make a Kubernetes client: {e}")))
+}
+
+/// Why no Kubernetes client could be made (the message says what to do).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClientError(String);
+
 /// Why the mounted CA could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CaDirError {

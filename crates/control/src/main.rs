@@ -81,6 +81,10 @@ struct Args {
     /// Proxies renew within this after the issuer changed (spread at random over it).
     #[arg(long, default_value = "5s", value_parser = duration)]
     renew_within: Duration,
+    /// Address of the health endpoint for probes (`/live`, `/ready`; plain HTTP, nothing
+    /// secret), e.g. `0.0.0.0:9990` in a pod; absent: none.
+    #[arg(long)]
+    listen_health: Option<SocketAddr>,
     /// Log filter (tracing syntax), e.g. `info` or `onemesh_control=debug`.
     #[arg(long, env = "ONEMESH_CONTROL_LOG", default_value = "info")]
     log: String,
@@ -90,22 +94,6 @@ struct Args {
 enum StoreKind {
     Local,
     Kubernetes,
-}
-
-/// A kube client from `--kubeconfig`, or from the pod's in-cluster configuration.
-async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &Default::default())
-                .await
-                .with_context(|| format!("the kubeconfig {} is not usable", path.display()))?
-        }
-        None => kube::Config::incluster()
-            .context("not running in a pod (no in-cluster configuration): pass --kubeconfig")?,
-    };
-    kube::Client::try_from(config).context("cannot make a Kubernetes client")
 }
 
 /// This replica's name in the Lease: `POD_NAME` (set from the downward API), else
@@ -152,6 +140,17 @@ async fn main() -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
 
     let mut leading = None;
+    // Live at once; ready once the store has its first full view and the servers listen.
+    let (ready, readiness) = tokio::sync::watch::channel(Err::<(), String>(
+        "starting: waiting for the store's first complete view of the mesh".to_string(),
+    ));
+    if let Some(addr) = args.listen_health {
+        let bound = onemesh_control::health::bind(addr, readiness)
+            .await
+            .with_context(|| format!("cannot listen for health checks on {addr}"))?;
+        tracing::info!(health = %bound, "health endpoint listening");
+    }
+    let mut kube_client = None;
     let (store, stop_store): (Arc<dyn Store>, Box<dyn FnOnce()>) = match args.store {
         StoreKind::Local => {
             let store = LocalStore::open(&args.config, &args.state_dir)?;
@@ -163,7 +162,8 @@ async fn main() -> anyhow::Result<()> {
                 "--store kubernetes needs --ca-dir: the directory where the issuer Secret is mounted (ca.crt, tls.crt, tls.key)",
             )?;
             onemesh_control::kubestore::ca_files(ca_dir, &args.state_dir)?;
-            let client = kube_client(args.kubeconfig.as_deref()).await?;
+            let client = onemesh_control::kubestore::client(args.kubeconfig.as_deref()).await?;
+            kube_client = Some(client.clone());
             let identity = replica_name();
             let (leader, election) = lease::spawn(
                 kube::Api::namespaced(client.clone(), &args.namespace),
@@ -203,6 +203,14 @@ async fn main() -> anyhow::Result<()> {
     };
     settings.leader = leading;
     let control = start(&settings, store).await?;
+    if let Some(client) = kube_client {
+        // Proxies mount the anchors from their own namespace before they trust anything else.
+        tokio::spawn(onemesh_control::publish::run(
+            client,
+            control.subscribe_ca(),
+        ));
+    }
+    let _previous = ready.send_replace(Ok(()));
     tracing::info!(
         identity = %control.identity_addr,
         destination = %control.destination_addr,

@@ -156,6 +156,11 @@ impl Control {
     pub fn ca(&self) -> Arc<CaSnapshot> {
         self.ca.current()
     }
+
+    /// Every CA change (an issuer or anchor rotation), starting with the current one.
+    pub fn subscribe_ca(&self) -> watch::Receiver<Arc<CaSnapshot>> {
+        self.ca.subscribe()
+    }
 }
 
 impl Drop for Control {

@@ -3,7 +3,9 @@
 //! Each endpoint keeps an exponentially weighted moving average of its response latency that
 //! jumps up at once on a slow response (the "peak") and decays towards faster ones with time
 //! constant [`DECAY`]; its cost is that estimate times (in-flight requests + 1), divided by its
-//! weight. To pick, two distinct endpoints are drawn at random and the cheaper one wins: this
+//! weight. The estimate also decays towards zero while no response is observed (as tower's and
+//! Linkerd's peak-EWMA do): an endpoint that failed once, and so lost every draw since, becomes
+//! cheap again and is tried, instead of being starved for good. To pick, two distinct endpoints are drawn at random and the cheaper one wins: this
 //! avoids herding onto one "best" endpoint while still steering away from slow ones.
 //!
 //! The balancer does not own connections; [`crate::client`] does. Endpoint state survives
@@ -48,9 +50,14 @@ impl EndpointLoad {
 
     /// The current cost (lower is better).
     pub fn cost(&self) -> f64 {
-        let (ewma, _) = *self.ewma.lock().unwrap_or_else(PoisonError::into_inner);
+        self.cost_at(Instant::now())
+    }
+
+    /// The cost at `now`: the estimate decayed for the time since the last observation.
+    fn cost_at(&self, now: Instant) -> f64 {
+        let (ewma, last) = *self.ewma.lock().unwrap_or_else(PoisonError::into_inner);
         let pending = self.pending.load(Ordering::Relaxed) as f64;
-        ewma * (pending + 1.0) / f64::from(self.endpoint.weight.max(1))
+        ewma * decay(last, now) * (pending + 1.0) / f64::from(self.endpoint.weight.max(1))
     }
 
     /// Records a request's start; the guard records its end and latency.
@@ -68,15 +75,20 @@ impl EndpointLoad {
         let mut guard = self.ewma.lock().unwrap_or_else(PoisonError::into_inner);
         let (ewma, last) = *guard;
         let now = Instant::now();
-        let next = if rtt_ms > ewma {
+        let w = decay(last, now);
+        let next = if rtt_ms > ewma * w {
             rtt_ms
         } else {
-            let elapsed = now.saturating_duration_since(last).as_secs_f64();
-            let w = (-elapsed / DECAY.as_secs_f64()).exp();
             ewma * w + rtt_ms * (1.0 - w)
         };
         *guard = (next, now);
     }
+}
+
+/// The weight left to an estimate made at `last`, at `now`.
+fn decay(last: Instant, now: Instant) -> f64 {
+    let elapsed = now.saturating_duration_since(last).as_secs_f64();
+    (-elapsed / DECAY.as_secs_f64()).exp()
 }
 
 /// One in-flight request on an endpoint.
@@ -205,6 +217,22 @@ mod tests {
         assert_eq!(b.pick_with(&mut rng).unwrap().endpoint.addr.port(), 1);
         drop(busy);
         assert_eq!(b.endpoints[1].pending.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_failed_endpoint_is_tried_again_once_its_penalty_decays() {
+        let b = Balancer::default().update(&[ep(1), ep(2)]);
+        let (failed, healthy) = (b.endpoints[0].clone(), b.endpoints[1].clone());
+        drop(failed.start()); // a failure: counted as a 1 s response
+        healthy.observe(Duration::from_millis(2));
+        let now = Instant::now();
+        assert!(failed.cost_at(now) > healthy.cost_at(now));
+        // A minute without traffic later the failed one is cheaper than a busy healthy one, and
+        // soon cheaper than an idle one: it gets a request again.
+        let later = now + Duration::from_secs(60);
+        let _busy = healthy.start();
+        assert!(failed.cost_at(later) < healthy.cost_at(now));
+        assert!(failed.cost_at(later + Duration::from_secs(60)) < 0.1);
     }
 
     #[test]

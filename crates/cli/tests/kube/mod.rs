@@ -41,7 +41,10 @@ pub fn onemesh(args: &[&str]) -> (bool, String) {
 
 /// `kubectl ARGS` with `stdin`, as the operator would run it; (success, stdout + stderr).
 pub fn kubectl_in(args: &[&str], stdin: &str) -> (bool, String) {
-    let mut child = Command::new(kubectl_program())
+    let program = kubectl_program();
+    let (first, rest) = program.split_first().expect("a kubectl command");
+    let mut child = Command::new(first)
+        .args(rest)
         .args(args)
         .env("KUBECONFIG", kubeconfig())
         .stdin(Stdio::piped())
@@ -68,9 +71,14 @@ pub fn kubectl(args: &[&str]) -> String {
     text
 }
 
-/// The test cluster's own kubectl (same version as the server) when it has one, else `kubectl`.
-fn kubectl_program() -> String {
-    std::env::var("ONEMESH_KUBECTL").unwrap_or_else(|_| "kubectl".to_string())
+/// The kubectl command: `$ONEMESH_KUBECTL` split at spaces (`scripts/test` sets it to the test
+/// cluster's own, `scripts/k8s-testenv kubectl`, of the server's version), else `kubectl`.
+fn kubectl_program() -> Vec<String> {
+    std::env::var("ONEMESH_KUBECTL")
+        .unwrap_or_else(|_| "kubectl".to_string())
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, or panics with `what` after `limit`.
