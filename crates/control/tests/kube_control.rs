@@ -228,6 +228,9 @@ async fn kube_control_certifies_by_service_account_token_and_serves_endpoints() 
 #[ignore = "needs the test cluster: scripts/k8s-testenv up; eval $(scripts/k8s-testenv env)"]
 async fn kube_control_binary_reads_its_ca_from_the_secret_dir() {
     let client = client().await;
+    // The store lists the onemesh CRDs before it is ready: they must exist (another test may
+    // have uninstalled them).
+    apply_crds(&client).await;
     let home = TestNamespace::new(&client, "home", false).await;
     let kubeconfig = std::env::var("KUBECONFIG").unwrap();
     let state = temp_dir("bin-state");
