@@ -20,6 +20,8 @@ use crate::discover::Endpoint;
 
 /// The estimate a new endpoint starts with.
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// What a failure counts as: a response this slow.
+pub const FAILURE_RTT: Duration = Duration::from_secs(1);
 /// How fast the estimate decays towards faster observations.
 pub const DECAY: Duration = Duration::from_secs(10);
 
@@ -70,6 +72,12 @@ impl EndpointLoad {
         }
     }
 
+    /// Counts a failure the endpoint's proxy answered (its app unreachable) like a failed
+    /// request: the endpoint is avoided for a while.
+    pub fn penalize(&self) {
+        self.observe(FAILURE_RTT);
+    }
+
     fn observe(&self, rtt: Duration) {
         let rtt_ms = rtt.as_secs_f64() * 1e3;
         let mut guard = self.ewma.lock().unwrap_or_else(PoisonError::into_inner);
@@ -111,8 +119,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         if !self.done {
             // A failure: count it as slow so the endpoint is avoided for a while.
-            self.load
-                .observe(self.start.elapsed().max(Duration::from_secs(1)));
+            self.load.observe(self.start.elapsed().max(FAILURE_RTT));
         }
         self.load.pending.fetch_sub(1, Ordering::Relaxed);
     }

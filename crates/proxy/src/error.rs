@@ -145,6 +145,23 @@ impl ProxyError {
         Outcome { status, reason }
     }
 
+    /// Whether a peer proxy's answer says the request never reached its app: it could not
+    /// connect to it (the app is gone or not yet listening, as when its pod is going away) or is
+    /// still waiting for its policy. Such a request may be sent to another endpoint, within the
+    /// same rules as [`ProxyError::is_retryable`] (replayable, retry budget). A peer could lie
+    /// here only to cost itself one budgeted retry.
+    pub fn peer_did_not_deliver<B>(rsp: &http::Response<B>) -> bool {
+        matches!(
+            rsp.status(),
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+        ) && rsp.headers().get(ERROR_HEADER).is_some_and(|v| {
+            matches!(
+                v.as_bytes(),
+                b"connect_failed" | b"upstream_failed" | b"awaiting_policy"
+            )
+        })
+    }
+
     /// Whether the request may be sent again elsewhere: the failure happened before any
     /// response (connect, TLS, or the upstream connection broke).
     pub fn is_retryable(&self) -> bool {

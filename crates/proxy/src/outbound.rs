@@ -11,8 +11,9 @@
 //!    endpoint's inbound proxy: HTTP/1 on a pooled HTTP/1.1 connection (an upgrade keeps its
 //!    connection), HTTP/2 on the shared HTTP/2 connection (and HTTP/1 too when
 //!    `ONEMESH_PROXY_HTTP1_TRANSPORT=h2`); a bodiless idempotent (or `retryable` route) request
-//!    that failed before any response is retried once on another pick, within a 20 %
-//!    [`RetryBudget`]. Names outside the mesh are forwarded plain (egress, `tls="no_identity"`),
+//!    that failed before an answer, or that the endpoint's proxy could not deliver to its app
+//!    (`502`/`503` with `onemesh-error: connect_failed|upstream_failed|awaiting_policy`: a pod
+//!    going away), is sent once more to another pick, within a 20 % [`RetryBudget`]. Names outside the mesh are forwarded plain (egress, `tls="no_identity"`),
 //!    those without an original destination marked with this proxy's random `onemesh-egress-id`:
 //!    one that comes back (its destination is the proxy itself) is answered `502 loop_detected`
 //!    instead of going round until the proxy runs out of sockets;
@@ -487,8 +488,15 @@ impl Outbound {
         resolved.budget.deposit();
         let forward = async {
             let first = self.forward_mesh(req, &load, authority).await;
-            let Err(err) = &first else { return first };
-            let Some(head) = replay.filter(|_| err.is_retryable()) else {
+            let again = match &first {
+                Err(err) => err.is_retryable(),
+                Ok(rsp) if ProxyError::peer_did_not_deliver(rsp) => {
+                    load.penalize();
+                    true
+                }
+                Ok(_) => false,
+            };
+            let Some(head) = replay.filter(|_| again) else {
                 return first;
             };
             if !resolved.budget.withdraw() {

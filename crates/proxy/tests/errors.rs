@@ -313,3 +313,64 @@ async fn idempotent_requests_are_retried_within_the_budget() {
         before + 1.0
     );
 }
+
+#[tokio::test]
+async fn reads_the_endpoints_proxy_could_not_deliver_go_to_another_endpoint() {
+    // A pod going away: its proxy still answers, its app is gone (`502 connect_failed`).
+    let pki = Pki::new();
+    let app = http1_app().await;
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let alive = ProxyBuilder::new(&pki, "bank")
+        .static_config(json!({ "inbound": allow(&["pg"], &[app]) }))
+        .start()
+        .await;
+    let leaving = ProxyBuilder::new(&pki, "bank")
+        .static_config(json!({ "inbound": allow(&["pg"], &[gone]) }))
+        .start()
+        .await;
+    let client = ProxyBuilder::new(&pki, "pg")
+        .static_config(json!({ "services": [
+            { "name": "bank", "namespace": "bank", "endpoints": [
+                endpoint(&leaving, gone, "bank", "http"),
+                endpoint(&alive, app, "bank", "http") ] },
+        ] }))
+        .start()
+        .await;
+    let mut conn = http1_client(client.outbound_addr).await;
+    for i in 0..20 {
+        let (status, headers, _) = get(&mut conn, "bank.bank", &format!("/r/{i}")).await;
+        assert_eq!(status, 200, "read {i}: {headers:?}");
+    }
+    let m = metrics(client.admin_addr).await;
+    assert!(
+        sum(&m, "retry_total", &["reason=\"retried\""]) >= 1.0,
+        "the leaving endpoint was never tried: the test proves nothing"
+    );
+    // A POST that the leaving endpoint could not deliver is not sent again: the caller sees it.
+    for _ in 0..20 {
+        let req = http::Request::post("/pay")
+            .header("host", "bank.bank")
+            .body(
+                http_body_util::Empty::<bytes::Bytes>::new()
+                    .map_err(|n| match n {})
+                    .boxed(),
+            )
+            .unwrap();
+        conn.ready().await.unwrap();
+        let rsp = conn.send_request(req).await.unwrap();
+        if rsp.status() == 502 {
+            assert_eq!(rsp.headers()["onemesh-error"], "connect_failed");
+        }
+        // Let the leaving endpoint's penalty decay a little so it is drawn again.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let after = metrics(client.admin_addr).await;
+    assert_eq!(
+        sum(&after, "retry_total", &["reason=\"retried\""]),
+        sum(&m, "retry_total", &["reason=\"retried\""]),
+        "a POST was retried"
+    );
+}
