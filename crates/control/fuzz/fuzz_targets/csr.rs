@@ -49,11 +49,9 @@ fn world() -> &'static World {
         let issuer = Arc::new(anchor.issue_issuer(day).expect("test issuer"));
         let entitled: SpiffeId = ENTITLED.parse().expect("valid id");
         let tokens = BTreeMap::from([(TOKEN.to_string(), entitled.clone())]);
-        let mesh = MeshState {
-            config: onemesh_control::config::parse(std::path::Path::new("mesh.yaml"), MESH)
-                .expect("the fuzz mesh is valid"),
-            instances: Vec::new(),
-        };
+        let config = onemesh_control::config::parse(std::path::Path::new("mesh.yaml"), MESH)
+            .expect("the fuzz mesh is valid");
+        let mesh = MeshState::local(&config, &[]);
         let store = Arc::new(StaticStore::new(mesh, tokens));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
