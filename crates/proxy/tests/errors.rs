@@ -297,16 +297,7 @@ async fn idempotent_requests_are_retried_within_the_budget() {
     let m = metrics(client.admin_addr).await;
     assert_eq!(retries(&m, "retried"), before + 1.0);
     // a POST is never retried
-    let req = http::Request::post("/")
-        .header("host", "dead.bank")
-        .body(
-            http_body_util::Empty::<bytes::Bytes>::new()
-                .map_err(|n| match n {})
-                .boxed(),
-        )
-        .unwrap();
-    conn.ready().await.unwrap();
-    let rsp = conn.send_request(req).await.unwrap();
+    let rsp = post_empty(&mut conn, "dead.bank", "/").await;
     assert_eq!(rsp.status(), 502);
     assert_eq!(
         retries(&metrics(client.admin_addr).await, "retried"),
@@ -351,16 +342,7 @@ async fn reads_the_endpoints_proxy_could_not_deliver_go_to_another_endpoint() {
     );
     // A POST that the leaving endpoint could not deliver is not sent again: the caller sees it.
     for _ in 0..20 {
-        let req = http::Request::post("/pay")
-            .header("host", "bank.bank")
-            .body(
-                http_body_util::Empty::<bytes::Bytes>::new()
-                    .map_err(|n| match n {})
-                    .boxed(),
-            )
-            .unwrap();
-        conn.ready().await.unwrap();
-        let rsp = conn.send_request(req).await.unwrap();
+        let rsp = post_empty(&mut conn, "bank.bank", "/pay").await;
         if rsp.status() == 502 {
             assert_eq!(rsp.headers()["onemesh-error"], "connect_failed");
         }
@@ -373,4 +355,22 @@ async fn reads_the_endpoints_proxy_could_not_deliver_go_to_another_endpoint() {
         sum(&m, "retry_total", &["reason=\"retried\""]),
         "a POST was retried"
     );
+}
+
+/// A bodiless POST (never retried by the mesh) on `conn`.
+async fn post_empty(
+    conn: &mut hyper::client::conn::http1::SendRequest<AppBody>,
+    host: &str,
+    path: &str,
+) -> http::Response<hyper::body::Incoming> {
+    let req = http::Request::post(path)
+        .header("host", host)
+        .body(
+            http_body_util::Empty::<bytes::Bytes>::new()
+                .map_err(|n| match n {})
+                .boxed(),
+        )
+        .unwrap();
+    conn.ready().await.unwrap();
+    conn.send_request(req).await.unwrap()
 }
