@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use onemesh_identity::SpiffeId;
@@ -137,6 +137,9 @@ impl Instance {
 pub struct Service {
     pub namespace: String,
     pub name: String,
+    /// The virtual IPs a captured connection may be addressed to (Kubernetes ClusterIPs; none in
+    /// local mode, where apps name services).
+    pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
     pub origin: Origin,
 }
@@ -280,6 +283,7 @@ impl Mesh {
                 Service {
                     namespace: s.meta.namespace.clone(),
                     name: s.meta.name.clone(),
+                    cluster_ips: Vec::new(),
                     ports,
                     origin: Origin::File { line: s.meta.line },
                 },

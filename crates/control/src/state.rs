@@ -65,6 +65,44 @@ pub struct ServiceRef {
     pub port: u16,
 }
 
+/// What a watcher asked for: a service by name, or an address a captured connection was sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest {
+    Name(ServiceRef),
+    /// A ClusterIP or a pod IP with its port; what it stands for is looked up in each state
+    /// ([`Dest::service`], [`pod_endpoint`]), so a Service created later is found.
+    Addr(SocketAddr),
+}
+
+impl Dest {
+    /// The service this destination stands for in `state`: the named one, or the Service whose
+    /// ClusterIP is the address.
+    pub fn service(&self, state: &MeshState) -> Option<ServiceRef> {
+        match self {
+            Dest::Name(r) => Some(r.clone()),
+            Dest::Addr(addr) => state.mesh.services.values().find_map(|s| {
+                s.cluster_ips.contains(&addr.ip()).then(|| ServiceRef {
+                    namespace: s.namespace.clone(),
+                    service: s.name.clone(),
+                    port: addr.port(),
+                })
+            }),
+        }
+    }
+}
+
+/// Resolves a watched name: `ip:port` (IPv6 in brackets) is an address; otherwise see
+/// [`resolve_name`].
+pub fn resolve_dest(name: &str, caller_namespace: &str) -> Result<Option<Dest>, NameError> {
+    if let Ok(addr) = name.trim().parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(NameError::BadPort(name.to_string()));
+        }
+        return Ok(Some(Dest::Addr(addr)));
+    }
+    Ok(resolve_name(name, caller_namespace)?.map(Dest::Name))
+}
+
 /// Resolves `<svc>.<ns>.svc.<cluster-domain>`, `<svc>.<ns>` or `<svc>` (in `caller_namespace`),
 /// each with an optional `:port` (default 80). `Ok(None)`: the name has another shape, so it is
 /// not a mesh service (the caller passes such traffic through).
@@ -137,6 +175,54 @@ pub fn endpoints(state: &MeshState, trust_domain: &str, target: &ServiceRef) -> 
         });
     }
     snapshot
+}
+
+/// A captured connection to a pod's own IP: that one instance, if a meshed workload runs there.
+/// Loopback addresses never match (local mode's instances all live there).
+pub fn pod_endpoint(state: &MeshState, trust_domain: &str, addr: SocketAddr) -> Snapshot {
+    if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+        return Snapshot::default();
+    }
+    let found = state.mesh.workloads.values().find_map(|w| {
+        w.instances
+            .iter()
+            .find(|i| i.inbound.ip() == addr.ip())
+            .map(|i| (w, i))
+    });
+    let Some((w, instance)) = found else {
+        return Snapshot::default();
+    };
+    let Ok(identity) = SpiffeId::new(trust_domain, &w.namespace, &w.service_account) else {
+        return Snapshot::default();
+    };
+    let protocol = match w.ports.iter().find(|p| p.port == addr.port()) {
+        Some(p) if p.protocol == Protocol::Opaque => ProtocolHint::Opaque,
+        _ => ProtocolHint::Http,
+    };
+    Snapshot {
+        exists: true,
+        service: w.name.clone(),
+        namespace: w.namespace.clone(),
+        port: u32::from(addr.port()),
+        endpoints: vec![Endpoint {
+            addr: instance.inbound.to_string(),
+            target_port: u32::from(addr.port()),
+            identity: identity.to_string(),
+            weight: 1,
+            protocol: protocol as i32,
+            workload: w.name.clone(),
+            namespace: w.namespace.clone(),
+        }],
+    }
+}
+
+/// What a destination watch sends for `dest` in `state`.
+pub fn destination(state: &MeshState, trust_domain: &str, dest: &Dest) -> Snapshot {
+    match (dest.service(state), dest) {
+        (Some(service), _) => endpoints(state, trust_domain, &service),
+        (None, Dest::Addr(addr)) => pod_endpoint(state, trust_domain, *addr),
+        (None, Dest::Name(_)) => Snapshot::default(),
+    }
 }
 
 /// The authorizations in force for a workload. Ports are the real ports its inbound proxy sees

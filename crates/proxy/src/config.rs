@@ -62,6 +62,11 @@ pub const DEFAULT_LEAF_LIFETIME: &str = "24h";
 pub const ENV_DETECT_TIMEOUT: &str = "ONEMESH_PROXY_DETECT_TIMEOUT";
 /// Default detection timeout.
 pub const DEFAULT_DETECT_TIMEOUT: &str = "1s";
+/// How long detection waits for a redirected client's first byte before it takes the connection
+/// for a server-speaks-first protocol (SMTP, MySQL…) and relays it as opaque TCP at once.
+pub const ENV_DETECT_FIRST_BYTE_TIMEOUT: &str = "ONEMESH_PROXY_DETECT_FIRST_BYTE_TIMEOUT";
+/// Default first-byte window.
+pub const DEFAULT_DETECT_FIRST_BYTE_TIMEOUT: &str = "200ms";
 /// How long a TCP connect (+ TLS handshake) to an upstream may take.
 pub const ENV_CONNECT_TIMEOUT: &str = "ONEMESH_PROXY_CONNECT_TIMEOUT";
 /// Default connect timeout.
@@ -287,6 +292,8 @@ pub struct Config {
     pub leaf_lifetime: Duration,
     /// See [`ENV_DETECT_TIMEOUT`].
     pub detect_timeout: Duration,
+    /// See [`ENV_DETECT_FIRST_BYTE_TIMEOUT`].
+    pub detect_first_byte: Duration,
     /// See [`ENV_CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
     /// See [`ENV_HEADER_READ_TIMEOUT`].
@@ -595,6 +602,11 @@ impl Config {
             DEFAULT_DETECT_TIMEOUT,
             positive_duration,
         );
+        let detect_first_byte = p.parse(
+            ENV_DETECT_FIRST_BYTE_TIMEOUT,
+            DEFAULT_DETECT_FIRST_BYTE_TIMEOUT,
+            positive_duration,
+        );
         let connect_timeout = p.parse(
             ENV_CONNECT_TIMEOUT,
             DEFAULT_CONNECT_TIMEOUT,
@@ -644,7 +656,7 @@ impl Config {
             inbound_app_host,
             identity,
             leaf_lifetime,
-            detect_timeout,
+            detect_timeout.zip(detect_first_byte),
             connect_timeout,
             header_read_timeout,
             max_header_bytes,
@@ -662,7 +674,7 @@ impl Config {
                 Some(inbound_app_host),
                 Some(identity),
                 Some(leaf_lifetime),
-                Some(detect_timeout),
+                Some((detect_timeout, detect_first_byte)),
                 Some(connect_timeout),
                 Some(header_read_timeout),
                 Some(max_header_bytes),
@@ -685,6 +697,7 @@ impl Config {
                 issuer_key,
                 leaf_lifetime,
                 detect_timeout,
+                detect_first_byte,
                 connect_timeout,
                 header_read_timeout,
                 max_header_bytes,

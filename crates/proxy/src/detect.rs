@@ -4,8 +4,9 @@
 //! Detection reads into one bounded buffer ([`MAX_DETECT_BYTES`]) under one deadline, and stops
 //! as soon as the answer is known. It returns a [`Detected`] value, never an error: a read error or
 //! EOF before anything arrived is [`Detected::Opaque`] with whatever was read (the opaque path then
-//! sees the same EOF), and a client that sends nothing before the deadline (a server-speaks-first
-//! protocol such as SMTP or MySQL) is [`Detected::Timeout`], which callers treat as opaque. The bytes
+//! sees the same EOF), and a client that sends nothing within the first-byte window (a
+//! server-speaks-first protocol such as SMTP or MySQL) is [`Detected::Timeout`], which callers
+//! treat as opaque. The bytes
 //! read are always handed back so they can be replayed ([`crate::io::PrefixedIo`]).
 //!
 //! It deliberately does not validate the whole request head: that is hyper's job (and
@@ -113,11 +114,26 @@ fn is_token(b: u8) -> bool {
 
 /// Reads from `io` until the protocol is known, `timeout` passes or [`MAX_DETECT_BYTES`] are read.
 /// Returns the outcome and every byte read (to be replayed).
-pub async fn detect<I>(io: &mut I, timeout: Duration) -> (Detected, BytesMut)
+///
+/// `first_byte` bounds the wait for the first byte: a client still silent then is taken for a
+/// server-speaks-first protocol ([`Detected::Timeout`]) at once, so its server's greeting is not
+/// held back for the whole `timeout`. (An HTTP client writes its request as soon as it is
+/// connected; one slower than `first_byte` is relayed as opaque TCP, which still works.)
+pub async fn detect<I>(io: &mut I, first_byte: Duration, timeout: Duration) -> (Detected, BytesMut)
 where
     I: AsyncRead + Unpin + ?Sized,
 {
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = BytesMut::with_capacity(1024);
+    match tokio::time::timeout(first_byte.min(timeout), io.read_buf(&mut buf)).await {
+        Err(_) => return (Detected::Timeout, buf),
+        Ok(Ok(0) | Err(_)) => return (Detected::Opaque, buf),
+        Ok(Ok(_)) => {
+            if let Some(found) = classify(&buf) {
+                return (found, buf);
+            }
+        }
+    }
     let read_loop = async {
         loop {
             if buf.len() >= MAX_DETECT_BYTES {
@@ -136,12 +152,10 @@ where
             }
         }
     };
-    let outcome = match tokio::time::timeout(timeout, read_loop).await {
-        Ok(found) => found,
-        // Bytes arrived but did not decide in time: not a well-behaved HTTP client.
-        Err(_) if !buf.is_empty() => Detected::Opaque,
-        Err(_) => Detected::Timeout,
-    };
+    // Bytes arrived but did not decide in time: not a well-behaved HTTP client.
+    let outcome = tokio::time::timeout_at(deadline, read_loop)
+        .await
+        .unwrap_or(Detected::Opaque);
     (outcome, buf)
 }
 

@@ -70,6 +70,9 @@ use crate::transport_header::{Protocol, TransportHeader};
 pub struct InboundSettings {
     /// Detection (and transport header) deadline.
     pub detect_timeout: Duration,
+    /// How long a plain redirected client may stay silent before it is taken for a
+    /// server-speaks-first protocol (see [`detect::detect`]).
+    pub detect_first_byte: Duration,
     /// TLS handshake and app connect deadline.
     pub connect_timeout: Duration,
     /// HTTP limits.
@@ -329,7 +332,13 @@ impl Inbound {
             let guard = self.inner.metrics.open_tcp(edge);
             return self.opaque(tcp, &conn, guard).await;
         }
-        let (found, mut buf) = detect::detect(&mut tcp, self.inner.settings.detect_timeout).await;
+        let settings = &self.inner.settings;
+        let (found, mut buf) = detect::detect(
+            &mut tcp,
+            settings.detect_first_byte,
+            settings.detect_timeout,
+        )
+        .await;
         self.inner
             .metrics
             .detect_total

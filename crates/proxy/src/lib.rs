@@ -272,6 +272,7 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
     let outbound = outbound::Outbound::new(
         outbound::OutboundSettings {
             detect_timeout: config.detect_timeout,
+            detect_first_byte: config.detect_first_byte,
             limits,
             connect_timeout: config.connect_timeout,
             opaque_ports: config.opaque_ports.clone(),
@@ -288,6 +289,7 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
     let inbound = inbound::Inbound::new(
         inbound::InboundSettings {
             detect_timeout: config.detect_timeout,
+            detect_first_byte: config.detect_first_byte,
             connect_timeout: config.connect_timeout,
             limits,
             opaque_ports: config.opaque_ports.clone(),

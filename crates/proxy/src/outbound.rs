@@ -66,6 +66,9 @@ use crate::transport_header::Protocol;
 pub struct OutboundSettings {
     /// Detection deadline.
     pub detect_timeout: std::time::Duration,
+    /// How long a redirected client may stay silent before it is taken for a
+    /// server-speaks-first protocol (see [`detect::detect`]).
+    pub detect_first_byte: std::time::Duration,
     /// HTTP limits.
     pub limits: HttpLimits,
     /// TCP connect timeout (egress).
@@ -286,7 +289,14 @@ impl Outbound {
             }
         }
         // detect
-        let (found, mut buf) = detect::detect(&mut tcp, self.inner.settings.detect_timeout).await;
+        // A client that came through HTTP_PROXY speaks HTTP: only a redirected one may be waiting
+        // for its server to speak first.
+        let settings = &self.inner.settings;
+        let first_byte = match orig_dst {
+            Some(_) => settings.detect_first_byte,
+            None => settings.detect_timeout,
+        };
+        let (found, mut buf) = detect::detect(&mut tcp, first_byte, settings.detect_timeout).await;
         self.detected(found.as_str());
         match found {
             Detected::Http1 => {

@@ -13,8 +13,8 @@
 //!
 //! What a Kubernetes object becomes in the model:
 //!
-//! - **Namespace**: meshed when labelled `onemesh.dev/mesh: enabled`; only objects in meshed
-//!   namespaces count. The control plane's namespace `onemesh` is never part of the mesh.
+//! - **Namespace**: meshed when labelled `onemesh.dev/mesh: enabled` or when one of its pods runs
+//!   the proxy (a pod opted in by its own label); only objects in meshed namespaces count. The control plane's namespace `onemesh` is never part of the mesh.
 //! - **Workload**: of the pods that run the proxy (a container or native sidecar named
 //!   `onemesh-proxy`; a pod without it is not part of the mesh), the pod's owning controller — a Deployment (found through its ReplicaSet: the
 //!   ReplicaSet's name minus the pod's `pod-template-hash`), a StatefulSet, a DaemonSet, a Job,
@@ -23,7 +23,8 @@
 //!   `containerPort`s of its containers, except the proxy's own container (`onemesh-proxy`);
 //!   labels = the pod's labels; instances = its pods that have an IP and are not finished, each at
 //!   `<podIP>:4143` (the proxy's inbound port) with the app's ports unchanged.
-//! - **Service**: its ports; each port's endpoints are the ready endpoints of its EndpointSlices
+//! - **Service**: its ClusterIPs (a captured connection to one resolves to the Service) and its
+//!   ports; each port's endpoints are the ready endpoints of its EndpointSlices
 //!   (label `kubernetes.io/service-name`) whose `targetRef` is a meshed pod, at `<podIP>:4143`
 //!   with the slice's port as the target port. `appProtocol: opaque` or `tcp` makes a port
 //!   opaque, anything else is detected as HTTP.
@@ -183,16 +184,25 @@ impl Cache {
         self.objects.get(&kind).into_iter().flat_map(|m| m.values())
     }
 
-    /// The meshed namespaces.
+    /// The meshed namespaces: those labelled for the mesh, and those where a pod runs the proxy
+    /// (a pod opted in by its own `onemesh.dev/inject: enabled` label), never the control plane's.
     pub fn meshed(&self) -> BTreeSet<String> {
-        self.of(Kind::Namespace)
+        let labelled = self
+            .of(Kind::Namespace)
             .filter_map(|o| match o {
                 Object::Namespace(ns) => Some(ns),
                 _ => None,
             })
             .filter(|ns| is_meshed(ns))
-            .map(ResourceExt::name_any)
-            .collect()
+            .map(ResourceExt::name_any);
+        let with_proxies = self
+            .of(Kind::Pod)
+            .filter_map(|o| match o {
+                Object::Pod(p) if has_proxy(p) => p.metadata.namespace.clone(),
+                _ => None,
+            })
+            .filter(|ns| ns != crate::pki::CONTROL_NAMESPACE);
+        labelled.chain(with_proxies).collect()
     }
 
     /// An onemesh object by kind, namespace and name.
@@ -239,6 +249,20 @@ impl Cache {
             _ => None,
         }
     }
+}
+
+/// A Service's virtual IPs (`spec.clusterIPs`, else `spec.clusterIP`); none for a headless one.
+fn cluster_ips(svc: &K8sService) -> Vec<IpAddr> {
+    let Some(spec) = svc.spec.as_ref() else {
+        return Vec::new();
+    };
+    let listed = spec.cluster_ips.clone().unwrap_or_default();
+    let all = if listed.is_empty() {
+        spec.cluster_ip.iter().cloned().collect()
+    } else {
+        listed
+    };
+    all.iter().filter_map(|ip| ip.parse().ok()).collect()
 }
 
 /// Whether a namespace carries the mesh label (the control plane's own never counts).
@@ -457,11 +481,13 @@ pub fn build(cache: &Cache) -> (Mesh, Vec<Verdict>) {
                 endpoints,
             });
         }
+        let cluster_ips = cluster_ips(svc);
         mesh.services.insert(
             key,
             Service {
                 namespace: namespace.clone(),
                 name: svc.name_any(),
+                cluster_ips,
                 ports,
                 origin: origin("Service", svc.as_ref()),
             },

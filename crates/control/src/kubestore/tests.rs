@@ -1,5 +1,7 @@
 //! Unit tests of the Kubernetes store's fold: recorded watch events in, mesh and verdicts out.
 
+use std::net::IpAddr;
+
 use serde_json::json;
 
 use super::fold::*;
@@ -42,11 +44,22 @@ fn pod(ns: &str, name: &str, ip: Option<&str>) -> Object {
     )
 }
 
+/// The same pod without the proxy: not part of the mesh.
+fn without_proxy(pod: Object) -> Object {
+    let Object::Pod(mut pod) = pod else {
+        unreachable!("without_proxy takes a pod")
+    };
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.containers.retain(|c| c.name != "onemesh-proxy");
+    }
+    Object::Pod(pod)
+}
+
 fn service(ns: &str, name: &str) -> Object {
     Object::Service(
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": ns, "uid": "svc"},
-            "spec": {"selector": {"app": "app"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+            "spec": {"selector": {"app": "app"}, "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
         }))
         .unwrap(),
     )
@@ -178,6 +191,12 @@ fn pods_become_one_workload_and_slices_its_endpoints() {
     assert!(!w.labels.contains_key("pod-template-hash"));
     assert_eq!(endpoints(&m), ["10.0.0.1:4143>8080", "10.0.0.2:4143>8080"]);
     assert!(m.runs_as("shop", "app-sa"));
+    let ips: Vec<IpAddr> = m
+        .services
+        .values()
+        .flat_map(|s| s.cluster_ips.clone())
+        .collect();
+    assert_eq!(ips, ["10.96.0.10".parse::<IpAddr>().unwrap()]);
 }
 
 #[test]
@@ -257,13 +276,24 @@ fn a_relist_in_progress_changes_nothing() {
 fn unmeshed_namespaces_and_pods_without_an_ip_are_left_out() {
     let mut objects = base();
     objects.push(ns("other", false));
-    objects.push(pod("other", "app-5d9c-z", Some("10.0.1.1")));
+    objects.push(without_proxy(pod("other", "app-5d9c-z", Some("10.0.1.1"))));
     objects.push(pod("shop", "app-5d9c-p", None));
     objects.push(ns(crate::pki::CONTROL_NAMESPACE, true));
-    let m = mesh(&listed(objects));
+    objects.push(pod(
+        crate::pki::CONTROL_NAMESPACE,
+        "control-7f-a",
+        Some("10.0.2.1"),
+    ));
+    let m = mesh(&listed(objects.clone()));
     assert_eq!(m.namespaces.keys().collect::<Vec<_>>(), ["shop"]);
     assert_eq!(m.workloads.len(), 1);
     assert_eq!(m.workloads.values().next().unwrap().instances.len(), 2);
+
+    // A pod that runs the proxy (opted in by its own label) meshes its unlabelled namespace.
+    objects.push(pod("other", "app-5d9c-y", Some("10.0.1.2")));
+    let m = mesh(&listed(objects));
+    assert_eq!(m.namespaces.keys().collect::<Vec<_>>(), ["other", "shop"]);
+    assert_eq!(m.workloads.len(), 2);
 }
 
 #[test]
@@ -378,15 +408,9 @@ fn a_condition_is_written_only_when_it_changes() {
 
 #[test]
 fn a_pod_without_the_proxy_is_not_in_the_mesh_and_a_native_sidecar_counts() {
-    let Object::Pod(mut plain) = pod("shop", "app-5d9c-c", Some("10.0.0.3")) else {
+    let Object::Pod(plain) = without_proxy(pod("shop", "app-5d9c-c", Some("10.0.0.3"))) else {
         unreachable!()
     };
-    plain
-        .spec
-        .as_mut()
-        .unwrap()
-        .containers
-        .retain(|c| c.name != "onemesh-proxy");
     assert!(!has_proxy(&plain));
     let mut sidecar = plain.clone();
     sidecar.metadata.name = Some("app-5d9c-d".into());

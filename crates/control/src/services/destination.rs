@@ -85,7 +85,7 @@ impl Destination for DestinationService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let caller = authenticated(&request)?;
         let req = request.into_inner();
-        let target = state::resolve_name(&req.name, &req.caller_namespace)
+        let target = state::resolve_dest(&req.name, &req.caller_namespace)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         tracing::debug!(name = %req.name, %caller, "destination watch");
         let trust_domain = self.trust_domain.clone();
@@ -93,7 +93,7 @@ impl Destination for DestinationService {
             self.store.subscribe(),
             self.shutdown.clone(),
             move |s| match &target {
-                Some(t) => state::endpoints(s, &trust_domain, t),
+                Some(t) => state::destination(s, &trust_domain, t),
                 None => Snapshot::default(),
             },
             step,

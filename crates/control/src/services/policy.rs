@@ -95,13 +95,13 @@ impl Policy for PolicyService {
     ) -> Result<Response<Self::WatchOutboundStream>, Status> {
         let caller = authenticated(&request)?;
         let req = request.into_inner();
-        let target = state::resolve_name(&req.name, &req.caller_namespace).map_err(invalid)?;
+        let target = state::resolve_dest(&req.name, &req.caller_namespace).map_err(invalid)?;
         tracing::debug!(name = %req.name, %caller, "outbound policy watch");
         let stream = watch_stream(
             self.store.subscribe(),
             self.shutdown.clone(),
-            move |s| match &target {
-                Some(t) => state::outbound(s, t),
+            move |s| match target.as_ref().and_then(|t| t.service(s)) {
+                Some(t) => state::outbound(s, &t),
                 None => OutboundPolicy::default(),
             },
             when_changed,

@@ -122,3 +122,74 @@ fn outbound_lists_the_service_routes() {
     assert_eq!(out.routes[0].methods, vec!["GET"]);
     assert!(!outbound(&s, &svc("card", "card", 80)).exists);
 }
+
+/// The local state with the bank service given a ClusterIP and its instance moved to a pod IP,
+/// as the Kubernetes store fills them.
+fn cluster_state() -> MeshState {
+    let mut s = state();
+    let key = ("bank".to_string(), "bank".to_string());
+    let pod: SocketAddr = "10.244.0.7:4143".parse().unwrap();
+    let service = s.mesh.services.get_mut(&key).unwrap();
+    service.cluster_ips = vec!["10.96.0.20".parse().unwrap()];
+    for e in service
+        .ports
+        .iter_mut()
+        .flat_map(|p| p.endpoints.iter_mut())
+    {
+        e.addr = pod;
+    }
+    s.mesh.workloads.get_mut(&key).unwrap().instances[0].inbound = pod;
+    s
+}
+
+#[test]
+fn addresses_parse_as_addresses_and_never_as_names() {
+    let addr = |a: &str| Ok(Some(Dest::Addr(a.parse().unwrap())));
+    assert_eq!(resolve_dest("10.96.0.20:80", "bank"), addr("10.96.0.20:80"));
+    assert_eq!(resolve_dest("[fd00::1]:5432", ""), addr("[fd00::1]:5432"));
+    assert!(matches!(
+        resolve_dest("10.96.0.20:0", ""),
+        Err(NameError::BadPort(_))
+    ));
+    assert_eq!(
+        resolve_dest("bank.bank:9000", ""),
+        Ok(Some(Dest::Name(svc("bank", "bank", 9000))))
+    );
+    // A bare IP (no port) is not an address form the proxy sends: not a service name either.
+    assert_eq!(resolve_dest("10.96.0.20", "bank"), Ok(None));
+}
+
+#[test]
+fn a_cluster_ip_resolves_to_its_service_and_follows_the_state() {
+    let s = cluster_state();
+    let dest = resolve_dest("10.96.0.20:9000", "order").unwrap().unwrap();
+    assert_eq!(dest.service(&s), Some(svc("bank", "bank", 9000)));
+    let snap = destination(&s, "cluster.local", &dest);
+    assert!(snap.exists);
+    assert_eq!((snap.service.as_str(), snap.port), ("bank", 9000));
+    assert_eq!(snap.endpoints[0].addr, "10.244.0.7:4143");
+    assert_eq!(snap.endpoints[0].protocol, ProtocolHint::Opaque as i32);
+    // Without the ClusterIP (the Service deleted or never known) the address is not a service.
+    assert_eq!(dest.service(&state()), None);
+}
+
+#[test]
+fn a_pod_ip_resolves_to_that_one_instance_with_its_identity() {
+    let s = cluster_state();
+    let dest = Dest::Addr("10.244.0.7:8080".parse().unwrap());
+    let snap = destination(&s, "cluster.local", &dest);
+    assert!(snap.exists);
+    assert_eq!(snap.namespace, "bank");
+    assert_eq!(snap.endpoints.len(), 1);
+    let ep = &snap.endpoints[0];
+    assert_eq!(ep.addr, "10.244.0.7:4143");
+    assert_eq!(ep.target_port, 8080);
+    assert_eq!(ep.identity, "spiffe://cluster.local/ns/bank/sa/bank");
+    assert_eq!(ep.protocol, ProtocolHint::Http as i32);
+    // An address of nothing in the mesh, and loopback (every local instance lives there): not
+    // in the mesh, so the proxy passes it through.
+    for other in ["10.244.0.99:8080", "127.0.0.1:14143", "0.0.0.0:8080"] {
+        let dest = Dest::Addr(other.parse().unwrap());
+        assert!(!destination(&s, "cluster.local", &dest).exists, "{other}");
+    }
+}

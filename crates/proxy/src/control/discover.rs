@@ -130,9 +130,7 @@ impl Inner {
 
 impl Discover for ControlDiscover {
     fn resolve(&self, target: &Target) -> BoxFuture<Result<Resolution, DiscoverError>> {
-        let Some(name) = watch_name(target) else {
-            return Box::pin(async { Ok(Resolution::External) });
-        };
+        let name = watch_name(target);
         let mut answer = {
             let mut names = self.inner.names();
             names

@@ -21,8 +21,9 @@
 //!   are merged into the same [`Service`](crate::discover::Service) watch. A first snapshot with
 //!   `exists: false` (or a name the control plane cannot parse) resolves to
 //!   [`Resolution::External`](crate::discover::Resolution::External) and the streams are closed.
-//!   Original-destination addresses ([`Target::Addr`]) are not names the control plane knows:
-//!   they resolve to `External`.
+//!   Original-destination addresses ([`Target::Addr`]) are sent as `ip:port`: the control plane
+//!   answers for a Service's ClusterIP or a meshed pod's IP, and `exists: false` for anything
+//!   else (passthrough, counted as egress).
 //! - [`ControlPolicy`] (`Policy.WatchInbound`): this workload's authorizations, on a watch. The
 //!   first answer is what `/ready` calls "the initial configuration".
 //!
@@ -238,11 +239,11 @@ pub fn sources_with_bundle(
     })
 }
 
-/// The name sent to the control plane for a target (`None` for addresses, which it cannot
-/// resolve).
-fn watch_name(target: &Target) -> Option<String> {
+/// The name sent to the control plane for a target: `host:port`, or the address itself (a
+/// ClusterIP or a pod IP, which the control plane maps to its Service or pod).
+fn watch_name(target: &Target) -> String {
     match target {
-        Target::Name { host, port } => Some(format!("{host}:{port}")),
-        Target::Addr(_) => None,
+        Target::Name { host, port } => format!("{host}:{port}"),
+        Target::Addr(addr) => addr.to_string(),
     }
 }

@@ -59,7 +59,7 @@ async fn detect_replays_what_it_read() {
         .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    let (found, buf) = detect(&mut server, Duration::from_secs(1)).await;
+    let (found, buf) = detect(&mut server, Duration::from_secs(1), Duration::from_secs(1)).await;
     assert_eq!(found, Detected::Http1);
     assert!(buf.starts_with(b"GET /x HTTP/1.1\r\n"));
 }
@@ -73,7 +73,7 @@ async fn split_request_line_is_still_http1() {
         client.write_all(b"T / HTTP/1.1\r\n").await.unwrap();
         client
     });
-    let (found, _) = detect(&mut server, Duration::from_secs(1)).await;
+    let (found, _) = detect(&mut server, Duration::from_secs(1), Duration::from_secs(1)).await;
     assert_eq!(found, Detected::Http1);
     drop(task.await.unwrap());
 }
@@ -81,16 +81,49 @@ async fn split_request_line_is_still_http1() {
 #[tokio::test(start_paused = true)]
 async fn silent_client_times_out() {
     let (_client, mut server) = tokio::io::duplex(1024);
-    let (found, buf) = detect(&mut server, Duration::from_secs(1)).await;
+    let (found, buf) = detect(&mut server, Duration::from_secs(1), Duration::from_secs(1)).await;
     assert_eq!(found, Detected::Timeout);
     assert!(buf.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_silent_past_the_first_byte_window_is_server_speaks_first() {
+    let (_client, mut server) = tokio::io::duplex(1024);
+    let start = tokio::time::Instant::now();
+    let (found, _) = detect(
+        &mut server,
+        Duration::from_millis(200),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(found, Detected::Timeout);
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_head_after_a_quick_first_byte_gets_the_whole_timeout() {
+    let (mut client, mut server) = tokio::io::duplex(1024);
+    let task = tokio::spawn(async move {
+        client.write_all(b"GE").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        client.write_all(b"T / HTTP/1.1\r\n").await.unwrap();
+        client
+    });
+    let (found, _) = detect(
+        &mut server,
+        Duration::from_millis(200),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(found, Detected::Http1);
+    drop(task.await.unwrap());
 }
 
 #[tokio::test]
 async fn eof_is_opaque() {
     let (client, mut server) = tokio::io::duplex(1024);
     drop(client);
-    let (found, _) = detect(&mut server, Duration::from_secs(1)).await;
+    let (found, _) = detect(&mut server, Duration::from_secs(1), Duration::from_secs(1)).await;
     assert_eq!(found, Detected::Opaque);
 }
 
@@ -98,10 +131,22 @@ async fn eof_is_opaque() {
 async fn idle_client_does_not_stall_others() {
     let (_idle, mut idle_server) = tokio::io::duplex(1024);
     let (mut busy, mut busy_server) = tokio::io::duplex(1024);
-    let idle =
-        tokio::spawn(async move { detect(&mut idle_server, Duration::from_secs(1)).await.0 });
+    let idle = tokio::spawn(async move {
+        detect(
+            &mut idle_server,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .await
+        .0
+    });
     busy.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-    let (found, _) = detect(&mut busy_server, Duration::from_secs(1)).await;
+    let (found, _) = detect(
+        &mut busy_server,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    )
+    .await;
     assert_eq!(found, Detected::Http1);
     assert!(!idle.is_finished());
     assert_eq!(idle.await.unwrap(), Detected::Timeout);
@@ -188,15 +233,15 @@ async fn verdict_is_the_same_however_the_bytes_are_split() {
     let timeout = Duration::from_secs(5);
     for (input, want) in split_cases() {
         let shown = input.escape_ascii().to_string();
-        let (found, _) = detect(&mut Pieces::new([&input[..]]), timeout).await;
+        let (found, _) = detect(&mut Pieces::new([&input[..]]), timeout, timeout).await;
         assert_eq!(found, want, "in one piece: {shown}");
-        let (found, _) = detect(&mut Pieces::new(input.chunks(1)), timeout).await;
+        let (found, _) = detect(&mut Pieces::new(input.chunks(1)), timeout, timeout).await;
         assert_eq!(found, want, "byte by byte: {shown}");
         // Every two-piece split (up to the first bytes of the long input: the rest is past
         // what detection reads).
         for at in 1..input.len().min(MAX_DETECT_BYTES + 2) {
             let (head, tail) = input.split_at(at);
-            let (found, buf) = detect(&mut Pieces::new([head, tail]), timeout).await;
+            let (found, buf) = detect(&mut Pieces::new([head, tail]), timeout, timeout).await;
             assert_eq!(found, want, "split at {at}: {shown}");
             assert!(input.starts_with(&buf), "replayed bytes are what was read");
         }
