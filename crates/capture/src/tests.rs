@@ -1,0 +1,1 @@
+//! Unit tests: rendering, port and network lists, the init command line.
