@@ -253,19 +253,34 @@ impl InitArgs {
         if !r.skip_inbound_ports.is_empty() {
             pair(
                 "--skip-inbound-ports",
-                join(r.skip_inbound_ports.iter().map(ToString::to_string).collect()),
+                join(
+                    r.skip_inbound_ports
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                ),
             );
         }
         if !r.skip_outbound_ports.is_empty() {
             pair(
                 "--skip-outbound-ports",
-                join(r.skip_outbound_ports.iter().map(ToString::to_string).collect()),
+                join(
+                    r.skip_outbound_ports
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                ),
             );
         }
         if !r.skip_outbound_cidrs.is_empty() {
             pair(
                 "--skip-outbound-cidrs",
-                join(r.skip_outbound_cidrs.iter().map(ToString::to_string).collect()),
+                join(
+                    r.skip_outbound_cidrs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                ),
             );
         }
         if self.backend != BackendChoice::Auto {

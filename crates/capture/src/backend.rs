@@ -7,8 +7,8 @@
 //! first; between that read and the restore nobody else should be editing the pod's `nat` table
 //! (the init step runs alone, before any other container of the pod).
 
-use crate::render::{ours, plan_apply, plan_remove};
 use crate::Rules;
+use crate::render::{ours, plan_apply, plan_remove};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};

@@ -79,7 +79,8 @@ pub(crate) fn plan_remove(current: &str) -> Option<String> {
     if existing.jumps.is_empty() && existing.chains.is_empty() {
         return None;
     }
-    let mut out = String::from("# onemesh capture rules removed (onemesh-proxy init --remove)\n*nat\n");
+    let mut out =
+        String::from("# onemesh capture rules removed (onemesh-proxy init --remove)\n*nat\n");
     for jump in &existing.jumps {
         let _ = writeln!(out, "-D {jump}");
     }
@@ -149,7 +150,13 @@ fn outbound(rules: &Rules, out: &mut String) {
         );
     }
     rule(out, CHAIN_OUTPUT, "-o lo", "loopback", "-j RETURN");
-    rule(out, CHAIN_OUTPUT, "-d 127.0.0.0/8", "localhost", "-j RETURN");
+    rule(
+        out,
+        CHAIN_OUTPUT,
+        "-d 127.0.0.0/8",
+        "localhost",
+        "-j RETURN",
+    );
     for dports in multiport_groups(&rules.outbound_skips()) {
         rule(
             out,
@@ -247,8 +254,8 @@ impl Existing {
 /// A rule whose target (`-j`/`-g`) is one of our chains, or which is in one of our chains.
 fn mentions_ours(line: &str) -> bool {
     let words: Vec<&str> = line.split_whitespace().collect();
-    let in_ours = words.first() == Some(&"-A")
-        && words.get(1).is_some_and(|c| c.starts_with(CHAIN_PREFIX));
+    let in_ours =
+        words.first() == Some(&"-A") && words.get(1).is_some_and(|c| c.starts_with(CHAIN_PREFIX));
     let to_ours = words.windows(2).any(|w| {
         matches!(w[0], "-j" | "-g" | "--jump" | "--goto") && w[1].starts_with(CHAIN_PREFIX)
     });
