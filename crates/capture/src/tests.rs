@@ -432,3 +432,43 @@ fn a_proxy_uid_of_zero_is_never_applied() {
         Err(CaptureError::RootProxyUid)
     ));
 }
+
+#[test]
+fn iptables_failures_carry_stderr_and_what_to_do() {
+    use std::os::unix::process::ExitStatusExt;
+    let failed = |stderr: &str| {
+        CaptureError::Failed {
+            program: "iptables-nft-restore",
+            status: std::process::ExitStatus::from_raw(4 << 8),
+            stderr: stderr.to_owned(),
+        }
+        .to_string()
+    };
+    let denied = failed(
+        "iptables-nft-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)",
+    );
+    assert!(
+        denied.starts_with(
+            "iptables-nft-restore failed (exit status: 4): iptables-nft-restore v1.8.9"
+        ),
+        "{denied}"
+    );
+    assert!(denied.contains("add NET_ADMIN and NET_RAW"), "{denied}");
+    let module = failed(
+        "iptables-restore v1.8.9 (legacy): Couldn't load match `owner':No such file or directory",
+    );
+    assert!(
+        module.contains("xt_owner") && module.contains("--backend"),
+        "{module}"
+    );
+    let other = failed("line 3: bad argument");
+    assert!(other.contains("--dry-run"), "{other}");
+    let missing = CaptureError::NotInstalled {
+        program: "iptables-legacy-restore",
+    }
+    .to_string();
+    assert!(
+        missing.contains("iptables 1.8") && missing.contains("--backend"),
+        "{missing}"
+    );
+}

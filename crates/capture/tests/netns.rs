@@ -500,6 +500,39 @@ fn idempotent_and_removable(backend: Backend) {
     );
 }
 
+/// Without root's capabilities (the thread switches its own uid to 1000; the iptables programs
+/// it starts inherit that), both backends fail with the stderr and the capabilities to add.
+#[test]
+fn without_net_admin_the_error_names_the_capabilities_to_add() {
+    if !runnable() {
+        return;
+    }
+    let ns = Netns::new(format!("onemesh-capt-{}-nocap", std::process::id()));
+    for backend in [Backend::Nft, Backend::Legacy] {
+        let err = in_netns(&ns, move || {
+            // SAFETY: the raw syscall changes this thread's credentials only (glibc's setresuid
+            // would change every thread's); the thread ends right after.
+            let rc = unsafe { libc::syscall(libc::SYS_setresuid, APP_UID, APP_UID, APP_UID) };
+            assert_eq!(rc, 0, "setresuid: {}", std::io::Error::last_os_error());
+            apply(&Rules::default(), backend)
+        })
+        .expect_err("apply without privileges must fail");
+        let message = err.to_string();
+        assert!(
+            message.contains("Permission denied"),
+            "{backend}: {message}"
+        );
+        assert!(
+            message.contains("add NET_ADMIN and NET_RAW"),
+            "{backend}: {message}"
+        );
+        assert!(
+            message.contains(backend.save_program()),
+            "{backend}: {message}"
+        );
+    }
+}
+
 #[test]
 fn inbound_capture_nft() {
     inbound_capture(Backend::Nft);
