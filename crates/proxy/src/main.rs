@@ -2,6 +2,11 @@
 //! current-thread) →
 //! [`onemesh_proxy::build`] → wait for SIGTERM or SIGINT → drain for up to
 //! `ONEMESH_PROXY_SHUTDOWN_GRACE` → exit 0.
+//!
+//! `onemesh-proxy init [options]` is the one subcommand: the pod's init step, which installs the
+//! iptables rules that send the pod's TCP through its proxy ([`onemesh_capture`]), prints them
+//! and exits (0 done, 1 failed). Its options are parsed by hand (`onemesh_capture::USAGE`); the
+//! proxy itself takes no arguments, only `ONEMESH_PROXY_*` variables.
 
 use anyhow::Context;
 use onemesh_proxy::config::LogFormat;
@@ -31,6 +36,19 @@ fn init_logging(config: &Config) {
 }
 
 fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        None => {}
+        Some("init") => std::process::exit(init(args)),
+        Some(other) => {
+            eprintln!(
+                "onemesh-proxy: unknown argument {other:?}: run `onemesh-proxy` with no \
+                 arguments for the proxy (configured by ONEMESH_PROXY_* variables), or \
+                 `onemesh-proxy init --help`"
+            );
+            std::process::exit(1);
+        }
+    }
     let config = Config::from_source(&Env).context("reading ONEMESH_PROXY_* variables")?;
     init_logging(&config);
     runtime(config.cores)
@@ -77,4 +95,63 @@ async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `onemesh-proxy init`: install (or with `--remove` delete) the capture rules, print them and
+/// how long it took; the exit status for the container runtime.
+fn init(args: impl Iterator<Item = String>) -> i32 {
+    use onemesh_capture::{InitCommand, USAGE, apply, parse_init_args, remove, render, show};
+    let started = std::time::Instant::now();
+    let parsed = match parse_init_args(args) {
+        Ok(InitCommand::Help) => {
+            print!("{USAGE}");
+            return 0;
+        }
+        Ok(InitCommand::Run(parsed)) => parsed,
+        Err(e) => {
+            eprintln!("onemesh-proxy init: {e}");
+            return 1;
+        }
+    };
+    if parsed.dry_run {
+        if parsed.remove {
+            println!(
+                "# --remove would delete the jumps to, and the chains, ONEMESH_PREROUTING, \
+                 ONEMESH_INBOUND_REDIRECT, ONEMESH_OUTPUT, ONEMESH_OUTBOUND_REDIRECT"
+            );
+        } else {
+            print!("{}", render(&parsed.rules));
+        }
+        return 0;
+    }
+    let backend = parsed.backend.resolve();
+    let done = if parsed.remove {
+        remove(backend).map(|removed| {
+            if removed {
+                "removed the capture rules"
+            } else {
+                "no capture rules to remove"
+            }
+        })
+    } else {
+        apply(&parsed.rules, backend).map(|()| "installed the capture rules")
+    };
+    let elapsed = started.elapsed();
+    if let Err(e) = done.as_ref() {
+        eprintln!("onemesh-proxy init: iptables {backend}: {e}");
+        return 1;
+    }
+    match show(backend) {
+        Ok(rules) => print!("{rules}"),
+        Err(e) => {
+            eprintln!("onemesh-proxy init: the rules are in place but could not be listed: {e}");
+            return 1;
+        }
+    }
+    println!(
+        "# onemesh-proxy init: {} with iptables-{backend} in {} ms",
+        done.unwrap_or_default(),
+        elapsed.as_millis()
+    );
+    0
 }
