@@ -1,19 +1,27 @@
-//! The reference platform on the test cluster, meshed: the control plane runs as the installed
-//! Deployment's pods (its ServiceAccount and RBAC, no admin credentials), the five organizations
-//! run from `deploy/platform/platform.yaml` with their proxies bootstrapped by ServiceAccount token,
-//! and then, as the operator would see it:
+//! The reference platform on the test cluster as a user deploys it, in one scenario: the control
+//! plane as `onemesh install` prints it, then `kubectl apply -k deploy/overlays/test-cluster`,
+//! whose manifests name no proxy and no `HTTP_PROXY`: the injector adds the proxy to every pod,
+//! its init step's iptables rules send the apps' plain calls through it. Then, as the operator
+//! would see it:
 //!
-//! - customers' payments flow `order → pg → appcard → card → bank` over mTLS;
-//! - a forbidden call gets 403 naming the policy, and `kubectl apply` of a changed policy takes
-//!   effect (the time is printed);
+//! - every pod runs the injected proxy (stored spec and running processes), and each app started
+//!   only after its proxy was ready (the node agent's log records the order);
+//! - customers' payments, cancellations and each decline flow `order → pg → appcard → card → bank`
+//!   over mTLS, and the money invariants hold;
+//! - a forbidden call gets 403 naming the policy; a policy applied with kubectl takes effect;
 //! - a three-replica workload gets traffic on all three, and deleting one pod fails no read;
-//! - deleting a control-plane pod interrupts nothing.
+//! - deleting a control-plane pod interrupts nothing;
+//! - PostgreSQL through the mesh as opaque TCP: a pgbench Job with zero failures, which completes
+//!   and whose pod ends;
+//! - the monitoring namespace's Prometheus scrapes every proxy (`up == 1`), and its recorded
+//!   request rate per edge agrees with the proxies' own counters within 10 %.
 //!
-//! Commands inside a pod run in its network namespace (`onemesh-pod-<uid>`, the node agent's) and
-//! go through that pod's proxy, as its app would.
+//! Commands inside a pod run in its network namespace (`onemesh-pod-<uid>`, the node agent's), as
+//! root: their connections are captured like the app's.
 
 mod kube;
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -22,9 +30,17 @@ use kube::{eventually, kubectl, kubectl_in, onemesh};
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(180);
+/// The five organizations: namespace = StatefulSet = Service name.
+const ORGS: [&str; 5] = ["order", "pg", "appcard", "card", "bank"];
+/// What the bank holds in customer and settlement accounts after seeding (platform/README.md).
+const SEEDED_TOTAL: i64 = 1_800_020_000;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn path(rel: &str) -> String {
+    repo().join(rel).to_str().expect("utf-8 path").to_string()
 }
 
 fn apply(manifests: &str) {
@@ -35,11 +51,19 @@ fn apply(manifests: &str) {
     assert!(ok, "kubectl apply failed: {out}");
 }
 
-/// Waits until the Deployment has all its replicas ready and up to date.
-fn deployment_ready(ns: &str, name: &str) -> Duration {
+fn apply_k(dir: &str) {
+    let (ok, out) = kubectl_in(
+        &["apply", "--server-side", "--force-conflicts", "-k", &path(dir)],
+        "",
+    );
+    assert!(ok, "kubectl apply -k {dir} failed: {out}");
+}
+
+/// Waits until the Deployment or StatefulSet has all its replicas ready and up to date.
+fn rollout_ready(kind: &str, ns: &str, name: &str) -> Duration {
     let start = Instant::now();
-    eventually(&format!("Deployment {ns}/{name} ready"), READY, || {
-        let out = kubectl(&["-n", ns, "get", "deployment", name, "-o", "json"]);
+    eventually(&format!("{kind} {ns}/{name} ready"), READY, || {
+        let out = kubectl(&["-n", ns, "get", kind, name, "-o", "json"]);
         let d: Value = serde_json::from_str(&out).ok()?;
         let want = d["spec"]["replicas"].as_u64()?;
         let ready = d["status"]["readyReplicas"].as_u64().unwrap_or(0);
@@ -49,8 +73,8 @@ fn deployment_ready(ns: &str, name: &str) -> Duration {
     start.elapsed()
 }
 
-/// The uids of the running, not terminating pods matching `selector`.
-fn pods(ns: &str, selector: &str) -> Vec<(String, String)> {
+/// The running, not terminating pods matching `selector`, as stored.
+fn pod_objects(ns: &str, selector: &str) -> Vec<Value> {
     let out = kubectl(&["-n", ns, "get", "pods", "-l", selector, "-o", "json"]);
     let list: Value = serde_json::from_str(&out).expect("pod list");
     list["items"]
@@ -60,19 +84,26 @@ fn pods(ns: &str, selector: &str) -> Vec<(String, String)> {
         .filter(|p| {
             p["metadata"]["deletionTimestamp"].is_null() && p["status"]["phase"] == "Running"
         })
+        .cloned()
+        .collect()
+}
+
+/// (name, uid) of the running pods matching `selector`.
+fn pods(ns: &str, selector: &str) -> Vec<(String, String)> {
+    pod_objects(ns, selector)
+        .iter()
         .map(|p| {
-            (
-                p["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                p["metadata"]["uid"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (s(&p["metadata"]["name"]), s(&p["metadata"]["uid"]))
         })
         .collect()
+}
+
+fn the_pod(ns: &str, selector: &str) -> (String, String) {
+    pods(ns, selector)
+        .first()
+        .unwrap_or_else(|| panic!("no running pod {ns}/{selector}"))
+        .clone()
 }
 
 /// Runs a program in a pod's network namespace; (success, stdout, stderr).
@@ -90,7 +121,8 @@ fn in_pod(uid: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> (boo
     )
 }
 
-/// One HTTP call through the pod's proxy: (status, body).
+/// One plain HTTP call from inside a pod, as its app makes it (no proxy setting: captured):
+/// (status, body).
 fn call(uid: &str, method: &str, url: &str) -> (u16, String) {
     let (_, out, err) = in_pod(
         uid,
@@ -99,8 +131,6 @@ fn call(uid: &str, method: &str, url: &str) -> (u16, String) {
             "-sS",
             "--max-time",
             "5",
-            "-x",
-            "http://127.0.0.1:4140",
             "-X",
             method,
             "-w",
@@ -117,12 +147,21 @@ fn call(uid: &str, method: &str, url: &str) -> (u16, String) {
     (code, body.to_string())
 }
 
+/// A GET of an app's own API from inside its pod (loopback, as `kubectl exec` would): JSON.
+fn app_get(ns: &str, path: &str) -> Value {
+    let (_, uid) = the_pod(ns, &format!("app.kubernetes.io/name={ns}"));
+    let (status, body) = call(&uid, "GET", &format!("http://127.0.0.1:8080{path}"));
+    assert_eq!(status, 200, "{ns} GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{ns} GET {path}: {e}: {body}"))
+}
+
 fn platform_binary() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_BIN_EXE_onemesh"));
     dir.parent().expect("bin dir").join("onemesh-platform")
 }
 
-/// Drives `n` customer scenarios from a pod of the `customers` workload; the traffic summary.
+/// Drives `n` customer scenarios from a pod of the `customers` workload, with no proxy setting
+/// (the calls are captured); the traffic summary.
 fn pay(customers: &str, n: u32) -> Value {
     let platform = platform_binary();
     let (ok, out, err) = in_pod(
@@ -131,74 +170,259 @@ fn pay(customers: &str, n: u32) -> Value {
         &[
             "traffic",
             "--target",
-            "http://order.order",
+            "http://order.order.svc.cluster.local",
             "--rate",
-            "20",
+            "25",
             "--max",
             &n.to_string(),
             "--duration",
             "60s",
             "--json",
         ],
-        &[("HTTP_PROXY", "http://127.0.0.1:4140")],
+        &[],
     );
     assert!(ok, "traffic failed: {out}{err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("traffic summary {out:?}: {e}"))
 }
 
+/// Every scenario ended as its kind requires, and every kind happened (payment, card-number
+/// payment, cancellation and each decline).
 fn assert_payments(summary: &Value, n: u64) {
     assert_eq!(summary["attempts"].as_u64(), Some(n), "{summary}");
     assert_eq!(summary["unexpected"].as_u64(), Some(0), "{summary}");
-    let paid: u64 = summary["outcomes"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(_, o)| o["paid"].as_u64())
-        .sum();
+    let outcomes = summary["outcomes"].as_object().expect("outcomes");
+    let paid: u64 = outcomes.values().filter_map(|o| o["paid"].as_u64()).sum();
     assert!(paid > 0, "no payment went through: {summary}");
+    for kind in [
+        "success",
+        "card_number",
+        "cancellation",
+        "insufficient_funds",
+        "wrong_pin",
+        "over_limit",
+    ] {
+        assert!(
+            outcomes
+                .iter()
+                .any(|(k, o)| k.replace('-', "_").eq_ignore_ascii_case(kind)
+                    && o.as_object().is_some_and(|m| m.values().any(|v| v.as_u64() > Some(0)))),
+            "no {kind} scenario ran: {summary}"
+        );
+    }
 }
 
-/// `inbound` metrics of a pod's proxy, read from the node (the admin port listens on the pod IP).
-fn proxy_metrics(ns: &str, pod: &str) -> String {
-    let ip = kubectl(&[
-        "-n",
-        ns,
-        "get",
-        "pod",
-        pod,
-        "-o",
-        "jsonpath={.status.podIP}",
-    ]);
+/// The money invariants, read from each organization's own API once traffic stopped: money is
+/// conserved, every posting balances, every PAID order has exactly one approved gateway payment
+/// and one approval, a FAILED one none, and no bank posting is doubled or lacks an approval.
+fn check_money() -> usize {
+    let ledger = app_get("bank", "/ledger/summary");
+    assert_eq!(
+        ledger["customer_and_settlement_total"], SEEDED_TOTAL,
+        "money appeared or vanished: {ledger}"
+    );
+    assert_eq!(ledger["total_balance"], 0, "{ledger}");
+    assert_eq!(ledger["entries_sum"], 0, "{ledger}");
+    let list = |v: Value| v.as_array().cloned().unwrap_or_default();
+    let txns = list(app_get("bank", "/transactions"));
+    let auths = list(app_get("card", "/authorizations"));
+    let payments = list(app_get("pg", "/payments"));
+    let orders = list(app_get("order", "/orders"));
+    let mut postings: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for t in &txns {
+        let sum: i64 = t["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["amount"].as_i64())
+            .sum();
+        assert_eq!(sum, 0, "unbalanced transaction {t}");
+        if t["kind"] == "opening" {
+            continue;
+        }
+        let reference = t["reference"].as_str().unwrap_or_default().to_string();
+        assert!(
+            auths.iter().any(|a| a["payment_ref"] == t["reference"]),
+            "bank posting without an approval: {t}"
+        );
+        *postings
+            .entry((reference, t["kind"].as_str().unwrap_or_default().into()))
+            .or_default() += 1;
+    }
+    for ((reference, kind), n) in &postings {
+        assert_eq!(*n, 1, "payment {reference} was posted {n} times as {kind}");
+    }
+    let mut by_order: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for p in &payments {
+        by_order
+            .entry(p["order_id"].as_str().unwrap_or_default())
+            .or_default()
+            .push(p);
+    }
+    let mut ended = 0;
+    for o in &orders {
+        let id = o["id"].as_str().unwrap_or_default();
+        let status = o["status"].as_str().unwrap_or_default();
+        if status != "PAID" && status != "FAILED" {
+            continue;
+        }
+        ended += 1;
+        let ps = by_order.get(id).cloned().unwrap_or_default();
+        assert_eq!(ps.len(), 1, "order {id} has {} gateway payments", ps.len());
+        let approvals = auths
+            .iter()
+            .filter(|a| a["payment_ref"] == ps[0]["id"] && a["status"] == "APPROVED")
+            .count();
+        let want = usize::from(status == "PAID");
+        assert_eq!(approvals, want, "order {id} ({status}) has {approvals} approvals");
+    }
+    assert!(ended > 0, "no order ended: {orders:?}");
+    ended
+}
+
+/// A proxy's metrics, read from the node (the admin port is not captured).
+fn proxy_metrics(pod_ip: &str) -> String {
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            "onemesh-k8s",
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-        ])
-        .arg(format!("http://{ip}:4191/metrics"))
+        .args(["netns", "exec", "onemesh-k8s", "curl", "-sS", "--max-time", "5"])
+        .arg(format!("http://{pod_ip}:4191/metrics"))
         .output()
         .expect("curl metrics");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Removes what an earlier run left (the platform's namespaces, the mesh), and waits.
-fn clean() {
-    let platform = repo().join("deploy/platform/platform.yaml");
-    let _ = kubectl_in(
-        &[
-            "delete",
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=90s",
-            "-f",
-            platform.to_str().expect("utf-8 path"),
-        ],
-        "",
+/// The sum of `request_total` samples of outbound requests from `ns/workload` to `dst`.
+fn outbound_requests(metrics: &str, dst_ns: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("request_total{")
+                && l.contains("direction=\"outbound\"")
+                && l.contains(&format!("dst_namespace=\"{dst_ns}\""))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// GET from the node to a pod's port (Prometheus' API): JSON.
+fn node_get(url: &str) -> Value {
+    let out = Command::new("ip")
+        .args(["netns", "exec", "onemesh-k8s", "curl", "-sS", "--max-time", "5", url])
+        .output()
+        .expect("curl");
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+fn pod_ip(pod: &Value) -> String {
+    pod["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The node agent's log: what it did to each pod, with microsecond times.
+fn agent_log() -> String {
+    let dir = std::env::var("ONEMESH_K8S_WORKDIR")
+        .expect("ONEMESH_K8S_WORKDIR: eval \"$(scripts/k8s-testenv env)\" first");
+    std::fs::read_to_string(PathBuf::from(dir).join("node-agent.log")).expect("node-agent.log")
+}
+
+/// The time of the first agent log line about `pod` (`ns/name`) that contains `what`.
+fn agent_time(log: &str, pod: &str, what: &str) -> Option<chrono_free::Micros> {
+    let prefix = format!("pod {pod}: ");
+    log.lines()
+        .filter(|l| l.contains(&prefix) && l.contains(what))
+        .find_map(chrono_free::parse)
+}
+
+/// Log times (`2026/12/03 12:00:00.123456`) as microseconds of the day, without a date library.
+mod chrono_free {
+    pub type Micros = u64;
+    pub fn parse(line: &str) -> Option<Micros> {
+        let time = line.split_whitespace().nth(1)?;
+        let (hms, micros) = time.split_once('.')?;
+        let mut parts = hms.split(':').map(|p| p.parse::<u64>().ok());
+        let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
+        Some(((h * 60 + m) * 60 + s) * 1_000_000 + micros.parse::<u64>().ok()?)
+    }
+}
+
+/// The injection, checked in the stored spec and in the processes running in the pod's network
+/// namespace; and the start order the node agent recorded: init step, proxy ready, then the app.
+/// Returns the pod's start overhead (pod start → proxy ready).
+fn assert_injected(pod: &Value, app: &str, log: &str) -> Duration {
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+    let spec = &pod["spec"];
+    let inits: Vec<&str> = spec["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(
+        inits.get(..2),
+        Some(&["onemesh-init", "onemesh-proxy"][..]),
+        "{ns}/{name}: {inits:?}"
     );
+    assert_eq!(spec["initContainers"][1]["restartPolicy"], "Always");
+    assert!(
+        pod["metadata"]["annotations"]["onemesh.dev/injected"].is_string(),
+        "{ns}/{name} has no injection marker"
+    );
+    let text = pod.to_string();
+    assert!(
+        !text.contains("HTTP_PROXY"),
+        "{ns}/{name} has a proxy setting"
+    );
+    // Running: the proxy and the app are processes in the pod's network namespace.
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    let pids = Command::new("ip")
+        .args(["netns", "pids", &format!("onemesh-pod-{uid}")])
+        .output()
+        .expect("ip netns pids");
+    let cmdlines: Vec<String> = String::from_utf8_lossy(&pids.stdout)
+        .split_whitespace()
+        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .collect();
+    assert!(
+        cmdlines.iter().any(|c| c.contains("onemesh-proxy")),
+        "{ns}/{name}: no proxy process: {cmdlines:?}"
+    );
+    // Order: the init step ended, then the proxy was ready, then the app started.
+    let key = format!("{ns}/{name}");
+    let started = agent_time(log, &key, "starting (uid").expect("pod start in the agent log");
+    let init_done = agent_time(log, &key, "container onemesh-init exited with 0")
+        .unwrap_or_else(|| panic!("{key}: the init step did not end with 0"));
+    let proxy_ready = agent_time(log, &key, "container onemesh-proxy is started")
+        .unwrap_or_else(|| panic!("{key}: the proxy never became ready"));
+    let app_started = agent_time(log, &key, &format!("container {app} started"))
+        .unwrap_or_else(|| panic!("{key}: the app {app} never started"));
+    assert!(
+        started <= init_done && init_done <= proxy_ready && proxy_ready <= app_started,
+        "{key}: start order wrong: pod {started}, init done {init_done}, proxy ready {proxy_ready}, app {app_started}"
+    );
+    Duration::from_micros(proxy_ready.saturating_sub(started))
+}
+
+/// Removes what an earlier run left (the platform, its tests' namespaces, the mesh), and waits.
+fn clean() {
+    for dir in [
+        "deploy/overlays/test-cluster",
+        "deploy/testing/postgres",
+        "deploy/monitoring",
+    ] {
+        let _ = kubectl_in(
+            &[
+                "delete",
+                "--ignore-not-found",
+                "--wait=true",
+                "--timeout=90s",
+                "-k",
+                &path(dir),
+            ],
+            "",
+        );
+    }
     let (ok, heads) = onemesh(&["uninstall"]);
     assert!(ok, "{heads}");
     let _ = kubectl_in(
@@ -214,16 +438,13 @@ fn clean() {
     );
 }
 
-/// Reads from the `echo` workload through `customers`' proxy; the pod names that answered, and
-/// the calls that failed.
-fn echo_reads(
-    customers: &str,
-    n: usize,
-) -> (std::collections::BTreeSet<String>, Vec<(u16, String)>) {
-    let mut names = std::collections::BTreeSet::new();
+/// Reads from the `echo` workload from `customers`' pod; the pod names that answered, and the
+/// calls that failed.
+fn echo_reads(customers: &str, n: usize) -> (BTreeSet<String>, Vec<(u16, String)>) {
+    let mut names = BTreeSet::new();
     let mut failed = Vec::new();
     for _ in 0..n {
-        match call(customers, "GET", "http://echo.order/") {
+        match call(customers, "GET", "http://echo.order.svc.cluster.local/") {
             (200, name) => {
                 names.insert(name);
             }
@@ -242,37 +463,45 @@ fn kube_platform_meshed_on_the_cluster() {
     let (ok, manifests) = onemesh(&["install"]);
     assert!(ok, "{manifests}");
     apply(&manifests);
-    let took = deployment_ready("onemesh", "onemesh-control");
+    let took = rollout_ready("deployment", "onemesh", "onemesh-control");
     println!("control plane ready in {took:?}");
 
-    // The platform, as committed.
-    let platform = std::fs::read_to_string(repo().join("deploy/platform/platform.yaml"))
-        .expect("platform.yaml");
-    apply(&platform);
+    // The platform, as a user deploys it: no proxy in its manifests.
     let start = Instant::now();
-    for (ns, name) in [
-        ("bank", "bank"),
-        ("card", "card"),
-        ("appcard", "appcard"),
-        ("pg", "pg"),
-        ("order", "order"),
-        ("order", "customers"),
-    ] {
-        deployment_ready(ns, name);
+    apply_k("deploy/overlays/test-cluster");
+    for org in ORGS {
+        rollout_ready("statefulset", org, org);
     }
+    rollout_ready("deployment", "order", "customers");
     println!("platform ready in {:?}", start.elapsed());
+    let first_paid = eventually("the first paid order", READY, || {
+        let orders = app_get("order", "/orders");
+        orders
+            .as_array()?
+            .iter()
+            .any(|o| o["status"] == "PAID")
+            .then(|| start.elapsed())
+    });
+    println!("kubectl apply -k → first paid order in {first_paid:?}");
     let (ok, out) = onemesh(&["check", "--kubernetes"]);
     assert!(ok, "onemesh check --kubernetes: {out}");
 
-    // Payments through the whole chain, over mTLS.
-    let customers = pods("order", "app=customers");
-    let (_, customers) = customers.first().expect("a customers pod").clone();
-    assert_payments(&pay(&customers, 20), 20);
-    let (bank_pod, _) = pods("bank", "app=bank")
-        .first()
-        .expect("a bank pod")
-        .clone();
-    let metrics = proxy_metrics("bank", &bank_pod);
+    // Injected everywhere, and each app started after its proxy was ready.
+    let log = agent_log();
+    let mut overheads = Vec::new();
+    for org in ORGS {
+        for pod in pod_objects(org, &format!("app.kubernetes.io/name={org}")) {
+            overheads.push(assert_injected(&pod, org, &log));
+        }
+    }
+    overheads.sort();
+    println!("injection start overhead (pod start → proxy ready): {overheads:?}");
+
+    // Payments through the whole chain, over mTLS, with no proxy setting anywhere.
+    let (_, customers) = the_pod("order", "app.kubernetes.io/name=customers");
+    assert_payments(&pay(&customers, 100), 100);
+    let bank = &pod_objects("bank", "app.kubernetes.io/name=bank")[0];
+    let metrics = proxy_metrics(&pod_ip(bank));
     assert!(
         metrics
             .lines()
@@ -286,25 +515,25 @@ fn kube_platform_meshed_on_the_cluster() {
             .join("\n")
     );
 
-    // A forbidden call: customers may not call the bank.
-    let (status, body) = call(&customers, "GET", "http://bank.bank/accounts");
+    // A forbidden call, captured: customers may not call the bank.
+    let (status, body) = call(&customers, "GET", "http://bank.bank.svc.cluster.local/accounts");
     assert_eq!(status, 403, "{body}");
-    assert!(
-        body.contains("bank-allow-card") || body.contains("forbidden"),
-        "{body}"
-    );
+    // And by ClusterIP: the same Service, the same decision.
+    let bank_ip = kubectl(&["-n", "bank", "get", "service", "bank", "-o", "jsonpath={.spec.clusterIP}"]);
+    let (status, body) = call(&customers, "GET", &format!("http://{bank_ip}/accounts"));
+    assert_eq!(status, 403, "by ClusterIP {bank_ip}: {body}");
 
     // A policy change, applied with kubectl, takes effect.
     let allow = "apiVersion: onemesh.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: bank-allow-customers, namespace: bank}\nspec:\n  target: {workload: bank, port: 8080}\n  from:\n    identities: [spiffe://cluster.local/ns/order/sa/customers]\n";
+    let bank_url = "http://bank.bank.svc.cluster.local/accounts";
     let start = Instant::now();
     apply(allow);
     eventually(
         "the new policy lets customers in",
         Duration::from_secs(10),
-        || (call(&customers, "GET", "http://bank.bank/accounts").0 != 403).then_some(()),
+        || (call(&customers, "GET", bank_url).0 == 200).then_some(()),
     );
     println!("policy applied → enforced in {:?}", start.elapsed());
-    let start = Instant::now();
     kubectl(&[
         "-n",
         "bank",
@@ -315,16 +544,15 @@ fn kube_platform_meshed_on_the_cluster() {
     eventually(
         "the deleted policy denies again",
         Duration::from_secs(10),
-        || (call(&customers, "GET", "http://bank.bank/accounts").0 == 403).then_some(()),
+        || (call(&customers, "GET", bank_url).0 == 403).then_some(()),
     );
-    println!("policy deleted → denied in {:?}", start.elapsed());
 
     // A stateless workload of three replicas gets traffic on all three; deleting one pod fails
-    // no read (its endpoint goes, reads are retried elsewhere).
+    // no read.
     let echo = std::fs::read_to_string(repo().join("crates/cli/tests/fixtures/kube-echo.yaml"))
         .expect("kube-echo.yaml");
     apply(&echo);
-    deployment_ready("order", "echo");
+    rollout_ready("deployment", "order", "echo");
     let (names, failed) = eventually(
         "all three echo replicas answer",
         Duration::from_secs(20),
@@ -340,40 +568,125 @@ fn kube_platform_meshed_on_the_cluster() {
         std::thread::spawn(move || echo_reads(&customers, 150))
     };
     std::thread::sleep(Duration::from_millis(300));
-    let start = Instant::now();
     kubectl(&["-n", "order", "delete", "pod", &victim, "--wait=false"]);
-    let (during, failed) = reader.join().expect("reader thread");
+    let (_, failed) = reader.join().expect("reader thread");
     assert!(
         failed.is_empty(),
         "reads failed while {victim} went away: {failed:?}"
     );
-    let gone = eventually(
-        "the deleted pod's endpoint is gone",
-        Duration::from_secs(15),
-        || {
-            let (names, _) = echo_reads(&customers, 10);
-            (!names.contains(&victim)).then_some(start.elapsed())
-        },
-    );
-    println!(
-        "echo: {} pods answered during the deletion; {victim} out of rotation within {gone:?}",
-        during.len()
-    );
 
     // Deleting a control-plane pod interrupts nothing.
-    let (control_pod, _) = pods("onemesh", "app.kubernetes.io/name=onemesh-control")
-        .first()
-        .expect("a control pod")
-        .clone();
-    kubectl(&[
+    let (control_pod, _) = the_pod("onemesh", "app.kubernetes.io/name=onemesh-control");
+    kubectl(&["-n", "onemesh", "delete", "pod", &control_pod, "--wait=false"]);
+    assert_payments(&pay(&customers, 100), 100);
+    rollout_ready("deployment", "onemesh", "onemesh-control");
+
+    // PostgreSQL through the mesh as opaque TCP; the pgbench Job completes and its pod ends.
+    let start = Instant::now();
+    apply_k("deploy/testing/postgres");
+    eventually("the pgbench Job completes", READY, || {
+        let job: Value =
+            serde_json::from_str(&kubectl(&["-n", "dbtest", "get", "job", "pgbench", "-o", "json"]))
+                .ok()?;
+        let failed = job["status"]["failed"].as_u64().unwrap_or(0);
+        assert_eq!(failed, 0, "pgbench failed: {job}");
+        (job["status"]["succeeded"].as_u64() == Some(1)).then_some(())
+    });
+    println!("postgres + pgbench done in {:?}", start.elapsed());
+    let jobs: Value = serde_json::from_str(&kubectl(&[
         "-n",
-        "onemesh",
-        "delete",
-        "pod",
-        &control_pod,
-        "--wait=false",
-    ]);
-    assert_payments(&pay(&customers, 20), 20);
-    deployment_ready("onemesh", "onemesh-control");
+        "dbtest",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=pgbench",
+        "-o",
+        "json",
+    ]))
+    .expect("pgbench pods");
+    let job_pod = &jobs["items"][0];
+    assert_eq!(job_pod["status"]["phase"], "Succeeded", "{job_pod}");
+    let pgbench_log = std::fs::read_to_string(
+        PathBuf::from(std::env::var("ONEMESH_K8S_WORKDIR").expect("workdir"))
+            .join("pods")
+            .join(format!(
+                "dbtest_{}_{}",
+                job_pod["metadata"]["name"].as_str().unwrap_or_default(),
+                job_pod["metadata"]["uid"].as_str().unwrap_or_default()
+            ))
+            .join("logs/pgbench.log"),
+    )
+    .expect("pgbench log");
+    assert!(
+        pgbench_log.contains("number of failed transactions: 0"),
+        "{pgbench_log}"
+    );
+    println!(
+        "pgbench through the mesh: {}",
+        pgbench_log
+            .lines()
+            .filter(|l| l.starts_with("tps") || l.contains("latency average"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+
+    // One Prometheus for the mesh: every proxy a target with up == 1, and its recorded edge rate
+    // agrees with the proxies' own counters.
+    apply_k("deploy/monitoring");
+    rollout_ready("deployment", "monitoring", "prometheus");
+    let prometheus = &pod_objects("monitoring", "app.kubernetes.io/name=prometheus")[0];
+    let api = format!("http://{}:9090/api/v1", pod_ip(prometheus));
+    let meshed: BTreeSet<String> = ORGS
+        .iter()
+        .flat_map(|ns| pod_objects(ns, "onemesh.dev/injected!=x"))
+        .chain(pod_objects("order", "app.kubernetes.io/name=customers"))
+        .map(|p| pod_ip(&p))
+        .collect();
+    eventually("Prometheus scrapes every platform proxy", READY, || {
+        let up = node_get(&format!("{api}/query?query=up"));
+        let healthy: BTreeSet<String> = up["data"]["result"]
+            .as_array()?
+            .iter()
+            .filter(|r| r["value"][1] == "1")
+            .filter_map(|r| {
+                let instance = r["metric"]["instance"].as_str()?;
+                Some(instance.split(':').next()?.to_string())
+            })
+            .collect();
+        meshed.is_subset(&healthy).then_some(())
+    });
+    // The customers Deployment keeps ordering; pg → card is an edge of every card payment.
+    let pg = &pod_objects("pg", "app.kubernetes.io/name=pg")[0];
+    let t0 = Instant::now();
+    let c0 = outbound_requests(&proxy_metrics(&pod_ip(pg)), "appcard")
+        + outbound_requests(&proxy_metrics(&pod_ip(pg)), "card");
+    std::thread::sleep(Duration::from_secs(60));
+    let c1 = outbound_requests(&proxy_metrics(&pod_ip(pg)), "appcard")
+        + outbound_requests(&proxy_metrics(&pod_ip(pg)), "card");
+    let own = (c1 - c0) / t0.elapsed().as_secs_f64();
+    let recorded = node_get(&format!(
+        "{api}/query?query=sum(onemesh:edge:request_rate:1m{{namespace=\"pg\"}})"
+    ));
+    let recorded: f64 = recorded["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no recorded edge rate: {recorded}"));
+    println!("pg's outbound rate: proxies {own:.3}/s, Prometheus recorded {recorded:.3}/s");
+    assert!(own > 0.0, "no traffic from pg during the minute");
+    assert!(
+        (recorded - own).abs() <= 0.1 * own,
+        "Prometheus' recorded rate {recorded} is not within 10 % of the proxies' {own}"
+    );
+
+    // Stop the traffic, then the money invariants.
+    kubectl(&["-n", "order", "scale", "deployment", "customers", "--replicas=0"]);
+    eventually("the customers pod is gone", READY, || {
+        pods("order", "app.kubernetes.io/name=customers")
+            .is_empty()
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let ended = check_money();
+    println!("money invariants hold over {ended} ended orders");
     clean();
 }

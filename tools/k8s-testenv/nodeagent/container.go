@@ -116,7 +116,11 @@ func (c *container) setState(f func()) {
 
 func (c *container) markStarted() {
 	c.setState(func() { c.started, c.everStarted = true, true })
-	c.startedOnce.Do(func() { close(c.startedCh) })
+	c.startedOnce.Do(func() {
+		// Tests read this line to check that an app started only after its sidecar was ready.
+		c.w.logf("container %s is started (startup probe passed)", c.spec.Name)
+		close(c.startedCh)
+	})
 }
 
 // shouldRestart decides after an exit with code.
