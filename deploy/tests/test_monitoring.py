@@ -12,6 +12,8 @@ import shutil
 import subprocess
 import unittest
 
+from pathlib import Path
+
 import yaml
 
 from support import DEPLOY, ROOT, image_maps, image_table, of_kind, render
@@ -34,6 +36,22 @@ def promtool():
     path = shutil.which("promtool")
     if not path:
         raise AssertionError("promtool is not installed: apt-get install prometheus (scripts/install-test-deps does)")
+    return path
+
+
+def promtool_with_kubernetes():
+    """promtool of deploy/monitoring/build-prometheus (Debian's has no Kubernetes discovery and
+    rejects kubernetes_sd_configs), or $ONEMESH_PROMTOOL_K8S."""
+    import os
+
+    path = os.environ.get("ONEMESH_PROMTOOL_K8S") or str(
+        Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "prometheus" / "promtool"
+    )
+    if not Path(path).is_file():
+        raise AssertionError(
+            f"{path} is missing: run deploy/monitoring/build-prometheus (Prometheus 2.42 with Kubernetes "
+            "discovery; Debian's promtool rejects kubernetes_sd_configs), or set ONEMESH_PROMTOOL_K8S"
+        )
     return path
 
 
@@ -204,6 +222,20 @@ class PrometheusPod(unittest.TestCase):
         self.assertEqual(svc["spec"]["ports"][0]["port"], 9090)
         cm = [m for m in of_kind(self.objects, "ConfigMap") if m["metadata"]["name"].startswith("prometheus-rules")][0]
         self.assertEqual(sorted(cm["data"]), sorted(p.name for p in RULE_FILES))
+
+    def test_promtool_check_config(self):
+        # With the rules where the pod mounts them, as the ConfigMap renders them.
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            cm = [m for m in of_kind(self.objects, "ConfigMap") if m["metadata"]["name"].startswith("prometheus-rules")][0]
+            for name, text in cm["data"].items():
+                Path(d, name).write_text(text)
+            config = dict(self.config, rule_files=[f"{d}/*.yaml"])
+            Path(d, "prometheus.yml").write_text(yaml.safe_dump(config))
+            proc = subprocess.run([promtool_with_kubernetes(), "check", "config", f"{d}/prometheus.yml"], capture_output=True, text=True)
+            self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+            self.assertIn("SUCCESS: 2 rule files found", proc.stdout)
 
     def test_scrape_config(self):
         self.assertEqual(self.config["global"]["scrape_interval"], "5s")
