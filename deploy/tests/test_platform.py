@@ -140,6 +140,16 @@ class Workloads(unittest.TestCase):
         self.assertIn("http://order.order.svc.cluster.local", args)
         self.assertEqual(of_kind(render("deploy/overlays/production"), "Deployment"), [])
 
+    def test_production_anti_affinity_selects_the_platform_pods(self):
+        sets = of_kind(render("deploy/overlays/production"), "StatefulSet")
+        for s in sets:
+            term = s["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+            selector = term["labelSelector"]["matchLabels"]
+            # It must match the other organizations' pods, or it spreads nothing.
+            others = [o for o in sets if o is not s]
+            self.assertTrue(all(all(pod_labels(o).get(k) == v for k, v in selector.items()) for o in others), selector)
+            self.assertEqual(term["topologyKey"], "kubernetes.io/hostname")
+
     def test_production_disruption_budgets(self):
         objects = render("deploy/overlays/production")
         pdbs = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in of_kind(objects, "PodDisruptionBudget")}
