@@ -7,6 +7,7 @@ which port under the NetworkPolicies (evaluated here: no cluster enforces them i
 """
 
 import copy
+import re
 import unittest
 
 import yaml
@@ -182,6 +183,14 @@ class MeshPolicy(unittest.TestCase):
 # NetworkPolicies
 
 
+def control_plane_pod_labels():
+    """The control plane's pod labels, from the template `onemesh install` fills in."""
+    text = re.sub(r"\{\{[A-Z0-9_]+\}\}", "x", (DEPLOY / "install" / "control-plane.yaml").read_text())
+    deployment = [o for o in yaml.safe_load_all(text) if o and o["kind"] == "Deployment"]
+    assert len(deployment) == 1 and deployment[0]["metadata"]["namespace"] == "onemesh"
+    return deployment[0]["spec"]["template"]["metadata"]["labels"]
+
+
 def endpoints(objects):
     """One endpoint per workload of the render, plus the world around it."""
     out = []
@@ -189,7 +198,7 @@ def endpoints(objects):
         out.append(Endpoint(f"{o['metadata']['namespace']}/{o['metadata']['name']}", o["metadata"]["namespace"], pod_labels(o)))
     out += [
         Endpoint("monitoring/prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"}),
-        Endpoint("onemesh/control", "onemesh", {"app.kubernetes.io/name": "onemesh-control"}),
+        Endpoint("onemesh/control", "onemesh", control_plane_pod_labels()),
         Endpoint("onemesh/other", "onemesh", {"app": "other"}),
         Endpoint("default/client", "default", {"app": "client"}),
         Endpoint("dbtest/pgbench", "dbtest", {"app.kubernetes.io/name": "pgbench"}, {"onemesh.dev/mesh": "enabled"}),
