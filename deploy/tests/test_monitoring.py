@@ -45,7 +45,8 @@ def promtool_with_kubernetes():
     import os
 
     path = os.environ.get("ONEMESH_PROMTOOL_K8S") or str(
-        Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "prometheus" / "promtool"
+        Path(os.environ.get("ONEMESH_PROMETHEUS_DIR") or "/var/cache/onemesh/prometheus-2.42.0")
+        / "promtool"
     )
     if not Path(path).is_file():
         raise AssertionError(
