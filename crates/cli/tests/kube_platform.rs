@@ -53,7 +53,13 @@ fn apply(manifests: &str) {
 
 fn apply_k(dir: &str) {
     let (ok, out) = kubectl_in(
-        &["apply", "--server-side", "--force-conflicts", "-k", &path(dir)],
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-k",
+            &path(dir),
+        ],
         "",
     );
     assert!(ok, "kubectl apply -k {dir} failed: {out}");
@@ -205,7 +211,8 @@ fn assert_payments(summary: &Value, n: u64) {
             outcomes
                 .iter()
                 .any(|(k, o)| k.replace('-', "_").eq_ignore_ascii_case(kind)
-                    && o.as_object().is_some_and(|m| m.values().any(|v| v.as_u64() > Some(0)))),
+                    && o.as_object()
+                        .is_some_and(|m| m.values().any(|v| v.as_u64() > Some(0)))),
             "no {kind} scenario ran: {summary}"
         );
     }
@@ -273,7 +280,10 @@ fn check_money() -> usize {
             .filter(|a| a["payment_ref"] == ps[0]["id"] && a["status"] == "APPROVED")
             .count();
         let want = usize::from(status == "PAID");
-        assert_eq!(approvals, want, "order {id} ({status}) has {approvals} approvals");
+        assert_eq!(
+            approvals, want,
+            "order {id} ({status}) has {approvals} approvals"
+        );
     }
     assert!(ended > 0, "no order ended: {orders:?}");
     ended
@@ -282,7 +292,15 @@ fn check_money() -> usize {
 /// A proxy's metrics, read from the node (the admin port is not captured).
 fn proxy_metrics(pod_ip: &str) -> String {
     let out = Command::new("ip")
-        .args(["netns", "exec", "onemesh-k8s", "curl", "-sS", "--max-time", "5"])
+        .args([
+            "netns",
+            "exec",
+            "onemesh-k8s",
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+        ])
         .arg(format!("http://{pod_ip}:4191/metrics"))
         .output()
         .expect("curl metrics");
@@ -305,7 +323,16 @@ fn outbound_requests(metrics: &str, dst_ns: &str) -> f64 {
 /// GET from the node to a pod's port (Prometheus' API): JSON.
 fn node_get(url: &str) -> Value {
     let out = Command::new("ip")
-        .args(["netns", "exec", "onemesh-k8s", "curl", "-sS", "--max-time", "5", url])
+        .args([
+            "netns",
+            "exec",
+            "onemesh-k8s",
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            url,
+        ])
         .output()
         .expect("curl");
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
@@ -516,10 +543,22 @@ fn kube_platform_meshed_on_the_cluster() {
     );
 
     // A forbidden call, captured: customers may not call the bank.
-    let (status, body) = call(&customers, "GET", "http://bank.bank.svc.cluster.local/accounts");
+    let (status, body) = call(
+        &customers,
+        "GET",
+        "http://bank.bank.svc.cluster.local/accounts",
+    );
     assert_eq!(status, 403, "{body}");
     // And by ClusterIP: the same Service, the same decision.
-    let bank_ip = kubectl(&["-n", "bank", "get", "service", "bank", "-o", "jsonpath={.spec.clusterIP}"]);
+    let bank_ip = kubectl(&[
+        "-n",
+        "bank",
+        "get",
+        "service",
+        "bank",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
     let (status, body) = call(&customers, "GET", &format!("http://{bank_ip}/accounts"));
     assert_eq!(status, 403, "by ClusterIP {bank_ip}: {body}");
 
@@ -577,7 +616,14 @@ fn kube_platform_meshed_on_the_cluster() {
 
     // Deleting a control-plane pod interrupts nothing.
     let (control_pod, _) = the_pod("onemesh", "app.kubernetes.io/name=onemesh-control");
-    kubectl(&["-n", "onemesh", "delete", "pod", &control_pod, "--wait=false"]);
+    kubectl(&[
+        "-n",
+        "onemesh",
+        "delete",
+        "pod",
+        &control_pod,
+        "--wait=false",
+    ]);
     assert_payments(&pay(&customers, 100), 100);
     rollout_ready("deployment", "onemesh", "onemesh-control");
 
@@ -585,9 +631,10 @@ fn kube_platform_meshed_on_the_cluster() {
     let start = Instant::now();
     apply_k("deploy/testing/postgres");
     eventually("the pgbench Job completes", READY, || {
-        let job: Value =
-            serde_json::from_str(&kubectl(&["-n", "dbtest", "get", "job", "pgbench", "-o", "json"]))
-                .ok()?;
+        let job: Value = serde_json::from_str(&kubectl(&[
+            "-n", "dbtest", "get", "job", "pgbench", "-o", "json",
+        ]))
+        .ok()?;
         let failed = job["status"]["failed"].as_u64().unwrap_or(0);
         assert_eq!(failed, 0, "pgbench failed: {job}");
         (job["status"]["succeeded"].as_u64() == Some(1)).then_some(())
@@ -679,7 +726,14 @@ fn kube_platform_meshed_on_the_cluster() {
     );
 
     // Stop the traffic, then the money invariants.
-    kubectl(&["-n", "order", "scale", "deployment", "customers", "--replicas=0"]);
+    kubectl(&[
+        "-n",
+        "order",
+        "scale",
+        "deployment",
+        "customers",
+        "--replicas=0",
+    ]);
     eventually("the customers pod is gone", READY, || {
         pods("order", "app.kubernetes.io/name=customers")
             .is_empty()
