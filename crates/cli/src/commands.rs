@@ -333,12 +333,9 @@ pub async fn check(dir: &Path) -> anyhow::Result<bool> {
             hint: format!("ask it why: curl http://{}/ready", w.admin),
         });
         for (declared, local) in &w.app_ports {
-            let ok = tokio::time::timeout(
-                ASK_TIMEOUT,
-                tokio::net::TcpStream::connect(("127.0.0.1", *local)),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok());
+            let ok = tokio::time::timeout(ASK_TIMEOUT, w.connect_app(*local))
+                .await
+                .is_ok_and(|r| r.is_ok());
             checks.push(Check {
                 ok,
                 what: format!(

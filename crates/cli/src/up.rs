@@ -8,6 +8,11 @@
 //! proxy's inbound port, and reaches other services through `HTTP_PROXY` = its proxy's outbound port.
 //! A Service with `expose` is also reachable from this machine at that address (the platform's edge;
 //! traffic from outside the mesh is plain, as from a load balancer).
+//!
+//! With `--isolate` (root) each workload runs in a network namespace of its own instead
+//! ([`crate::isolate`]): its proxy on the namespace's address, its app on the namespace's
+//! loopback at its declared ports, and the pod's inbound capture rules in front, so that the app is
+//! reachable only through its proxy. The control plane listens on the namespaces' gateway.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -55,6 +60,10 @@ pub struct Args {
     /// Directory of the onemesh binaries (default: the one this `onemesh` runs from).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Run each workload in a network namespace of its own, reachable only through its proxy
+    /// (needs root). See docs/cli.md.
+    #[arg(long)]
+    isolate: bool,
 }
 
 /// Free ports for the processes `up` starts. Each picked port stays bound (by a listener held
@@ -107,6 +116,29 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     let state_dir = state_dir.canonicalize()?;
     let config = args.config.canonicalize()?;
     refuse_if_running(&state_dir)?;
+    // Removed (namespaces, veths, bridge) when dropped: at the end, or on an error below.
+    let network = if args.isolate {
+        crate::isolate::require_root()?;
+        let t0 = Instant::now();
+        let network = crate::isolate::Network::create(&state_dir, mesh.workloads().len())?;
+        log(
+            "up",
+            &format!(
+                "isolated: {} network namespaces on {} (bridge {}) in {:.2}s",
+                network.slots.len(),
+                network.net.subnet,
+                network.net.bridge,
+                t0.elapsed().as_secs_f64()
+            ),
+        );
+        Some(network)
+    } else {
+        log(
+            "up",
+            "not isolated: workloads share this machine's loopback, so any local process can reach an app's port or act through its proxy's outbound port; run as root with --isolate to close that",
+        );
+        None
+    };
     let bin_dir = match &args.bin_dir {
         Some(d) => d.clone(),
         None => std::env::current_exe()?
@@ -116,7 +148,7 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     };
 
     let mut ports = Ports::default();
-    let plan = plan(&mesh, &args, &mut ports)?;
+    let plan = plan(&mesh, &args, network.as_ref(), &mut ports)?;
     write_json(&state_dir.join("tokens.json"), &plan.tokens())?;
     write_json(&state_dir.join("endpoints.json"), &plan.endpoints())?;
     let (entries, entry_listeners) = bind_entries(&mesh, &args, &plan).await?;
@@ -139,6 +171,7 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
         dashboard: dashboard_listener.local_addr()?.to_string(),
         entries,
         workloads: plan.workloads.iter().map(|w| w.layout.clone()).collect(),
+        isolation: network.as_ref().map(|n| n.net.clone()),
     };
     layout.store(&state_dir)?;
 
@@ -161,8 +194,8 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
 
     // 3. Entries and the dashboard.
     let mut background = Vec::new();
-    for (listener, backend) in entry_listeners {
-        background.push(tokio::spawn(forward_entry(listener, backend)));
+    for (listener, netns, backend) in entry_listeners {
+        background.push(tokio::spawn(forward_entry(listener, netns, backend)));
     }
     let (layout_tx, layout_rx) = watch::channel(layout.clone());
     let dash = crate::dashboard::Dashboard::new(layout_rx, dashboard_hosts);
@@ -206,6 +239,10 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     control.stopped().await;
     for b in background {
         b.abort();
+    }
+    if let Some(network) = network {
+        drop(network);
+        log("up", "removed the network namespaces");
     }
     let _ = std::fs::remove_file(Layout::path(&state_dir));
     log("up", "stopped");
@@ -273,37 +310,93 @@ impl Plan<'_> {
 
 /// Ports and tokens: the control plane's ports, then per workload a bootstrap token and its
 /// inbound, outbound, admin and app ports.
-fn plan<'a>(mesh: &'a Mesh, args: &Args, ports: &mut Ports) -> anyhow::Result<Plan<'a>> {
+///
+/// Shared loopback: every port is a free one of 127.0.0.1. Isolated: the control plane listens
+/// on the network's gateway (the port asked for, or a free one), and each workload's namespace
+/// has the proxy's fixed ports (inbound and admin on its address, outbound on its loopback) and
+/// the app on its declared ports.
+fn plan<'a>(
+    mesh: &'a Mesh,
+    args: &Args,
+    network: Option<&crate::isolate::Network>,
+    ports: &mut Ports,
+) -> anyhow::Result<Plan<'a>> {
+    let control_addr = |a: SocketAddr| match network {
+        Some(n) => SocketAddr::new(n.net.gateway.into(), a.port()),
+        None => a,
+    };
     let control = ControlPlan {
-        identity: ports.concrete(args.identity_addr)?,
-        destination: ports.concrete(args.destination_addr)?,
-        policy: ports.concrete(args.policy_addr)?,
+        identity: ports.concrete(control_addr(args.identity_addr))?,
+        destination: ports.concrete(control_addr(args.destination_addr))?,
+        policy: ports.concrete(control_addr(args.policy_addr))?,
         id: format!("spiffe://{}/ns/onemesh/sa/control", mesh.trust_domain()),
     };
     let mut workloads = Vec::new();
-    for w in mesh.workloads() {
-        let mut app_ports = BTreeMap::new();
-        for p in &w.ports {
-            app_ports.insert(*p, ports.free_port()?);
-        }
+    for (n, w) in mesh.workloads().iter().enumerate() {
+        let slot = network.and_then(|net| net.slots.get(n));
+        let layout = match slot {
+            Some(slot) => isolated_workload(w, slot)?,
+            None => {
+                let mut app_ports = BTreeMap::new();
+                for p in &w.ports {
+                    app_ports.insert(*p, ports.free_port()?);
+                }
+                layout::Workload {
+                    namespace: w.namespace.clone(),
+                    name: w.name.clone(),
+                    identity: w.identity.clone(),
+                    app_ports,
+                    inbound: format!("127.0.0.1:{}", ports.free_port()?),
+                    outbound: format!("127.0.0.1:{}", ports.free_port()?),
+                    admin: format!("127.0.0.1:{}", ports.free_port()?),
+                    app_pid: None,
+                    proxy_pid: None,
+                    restarts: 0,
+                    netns: None,
+                    address: None,
+                }
+            }
+        };
         workloads.push(Planned {
             decl: w,
             token: new_token()?,
-            layout: layout::Workload {
-                namespace: w.namespace.clone(),
-                name: w.name.clone(),
-                identity: w.identity.clone(),
-                app_ports,
-                inbound: format!("127.0.0.1:{}", ports.free_port()?),
-                outbound: format!("127.0.0.1:{}", ports.free_port()?),
-                admin: format!("127.0.0.1:{}", ports.free_port()?),
-                app_pid: None,
-                proxy_pid: None,
-                restarts: 0,
-            },
+            layout,
         });
     }
     Ok(Plan { control, workloads })
+}
+
+/// A workload in its own namespace: the proxy's fixed ports, the app on its declared ports.
+fn isolated_workload(
+    w: &MeshWorkload,
+    slot: &crate::isolate::Slot,
+) -> anyhow::Result<layout::Workload> {
+    use crate::isolate::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
+    if let Some(p) = w
+        .ports
+        .iter()
+        .find(|p| [INBOUND_PORT, OUTBOUND_PORT, ADMIN_PORT].contains(p))
+    {
+        anyhow::bail!(
+            "workload {}/{} declares port {p}, which its proxy uses under --isolate (4140, 4143, 4191): give the app another port",
+            w.namespace,
+            w.name
+        );
+    }
+    Ok(layout::Workload {
+        namespace: w.namespace.clone(),
+        name: w.name.clone(),
+        identity: w.identity.clone(),
+        app_ports: w.ports.iter().map(|p| (*p, *p)).collect(),
+        inbound: SocketAddr::new(slot.address.into(), INBOUND_PORT).to_string(),
+        outbound: SocketAddr::from(([127, 0, 0, 1], OUTBOUND_PORT)).to_string(),
+        admin: SocketAddr::new(slot.address.into(), ADMIN_PORT).to_string(),
+        app_pid: None,
+        proxy_pid: None,
+        restarts: 0,
+        netns: Some(slot.netns.clone()),
+        address: Some(slot.address),
+    })
 }
 
 /// A bootstrap token: 128 bits from the OS's cryptographic RNG (a token is a secret that
@@ -315,13 +408,17 @@ fn new_token() -> anyhow::Result<String> {
     Ok(random.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A public entry's listener, and the app it forwards to: the namespace it is in (isolated) and
+/// its port on that namespace's loopback.
+type EntryListener = (TcpListener, Option<String>, u16);
+
 /// Public entries: each exposed service gets a listener that forwards to one of its workloads'
 /// app ports. Returns the entries for the layout (`namespace/service` → URL) and the listeners.
 async fn bind_entries(
     mesh: &Mesh,
     args: &Args,
     plan: &Plan<'_>,
-) -> anyhow::Result<(BTreeMap<String, String>, Vec<(TcpListener, u16)>)> {
+) -> anyhow::Result<(BTreeMap<String, String>, Vec<EntryListener>)> {
     let mut entries = BTreeMap::new();
     let mut listeners = Vec::new();
     for e in mesh.exposed() {
@@ -340,7 +437,10 @@ async fn bind_entries(
             .workloads
             .iter()
             .find(|w| w.decl.namespace == e.namespace && e.workloads.contains(&w.decl.name))
-            .and_then(|w| w.layout.app_ports.get(&e.target_port).copied())
+            .and_then(|w| {
+                let port = w.layout.app_ports.get(&e.target_port).copied()?;
+                Some((w.layout.netns.clone(), port))
+            })
             .with_context(|| {
                 format!(
                     "service {}/{} selects no workload with port {}",
@@ -351,7 +451,7 @@ async fn bind_entries(
             format!("{}/{}", e.namespace, e.service),
             format!("http://{}/", listener.local_addr()?),
         );
-        listeners.push((listener, backend));
+        listeners.push((listener, backend.0, backend.1));
     }
     Ok((entries, listeners))
 }
@@ -383,6 +483,7 @@ async fn start_control(
                 control.policy.to_string(),
             ],
             env: vec![("ONEMESH_LOG_FORMAT".into(), "json".into())],
+            netns: None,
         },
         stop_rx.clone(),
     );
@@ -497,6 +598,7 @@ fn proxy_spec(
                 proxy_state.display().to_string(),
             ),
         ],
+        netns: l.netns.as_deref().map(crate::isolate::netns_path),
     }
 }
 
@@ -528,6 +630,7 @@ fn app_spec(w: &Planned<'_>, bin_dir: &Path, data_dir: &Path) -> anyhow::Result<
         program: prog,
         args,
         env,
+        netns: l.netns.as_deref().map(crate::isolate::netns_path),
     })
 }
 
@@ -538,11 +641,9 @@ async fn wait_ready(plan: &Plan<'_>) {
     let ready_deadline = Instant::now() + READY_TIMEOUT;
     for (i, w) in plan.workloads.iter().enumerate() {
         let l = &w.layout;
-        let admin = l.admin.clone();
-        let apps: Vec<u16> = l.app_ports.values().copied().collect();
         let ok = poll_until(ready_deadline, || {
-            let admin = admin.clone();
-            let apps = apps.clone();
+            let admin = l.admin.clone();
+            let apps: Vec<u16> = l.app_ports.values().copied().collect();
             async move {
                 let proxy_ready = matches!(
                     crate::http::get(&admin, "/ready", Duration::from_secs(1)).await,
@@ -550,7 +651,7 @@ async fn wait_ready(plan: &Plan<'_>) {
                 );
                 let mut apps_up = true;
                 for p in apps {
-                    apps_up &= TcpStream::connect(("127.0.0.1", p)).await.is_ok();
+                    apps_up &= l.connect_app(p).await.is_ok();
                 }
                 proxy_ready && apps_up
             }
@@ -683,14 +784,19 @@ where
     }
 }
 
-/// The platform's edge: plain TCP from this machine to an exposed service's app.
-async fn forward_entry(listener: TcpListener, backend: u16) {
+/// The platform's edge: plain TCP from this machine to an exposed service's app. Isolated, the
+/// connection to the app is made inside its namespace (as a load balancer in front of an
+/// ingress, the entry is the declared public way in: it does not go through the app's proxy,
+/// whose inbound would refuse an unauthenticated caller under default deny).
+async fn forward_entry(listener: TcpListener, netns: Option<String>, backend: u16) {
+    let app = SocketAddr::from(([127, 0, 0, 1], backend));
     loop {
         let Ok((mut client, _)) = listener.accept().await else {
             continue;
         };
+        let netns = netns.clone();
         tokio::spawn(async move {
-            if let Ok(mut server) = TcpStream::connect(("127.0.0.1", backend)).await {
+            if let Ok(mut server) = crate::isolate::connect(netns.as_deref(), app).await {
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
             }
         });
