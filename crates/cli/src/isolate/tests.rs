@@ -70,7 +70,10 @@ fn a_subnet_in_use_on_this_machine_is_skipped() {
     ];
     assert_eq!(pick_subnet(t, &used), Some(44));
     // Wraps around after 255.
-    assert_eq!(pick_subnet("ff0000", &[Ipv4Addr::new(10, 253, 255, 1)]), Some(0));
+    assert_eq!(
+        pick_subnet("ff0000", &[Ipv4Addr::new(10, 253, 255, 1)]),
+        Some(0)
+    );
     // Every /24 taken: none, and `plan` says what to do.
     let all: Vec<Ipv4Addr> = (0..=255u8).map(|s| Ipv4Addr::new(10, 253, s, 1)).collect();
     assert_eq!(pick_subnet(t, &all), None);
