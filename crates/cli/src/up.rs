@@ -109,6 +109,9 @@ fn program(bin_dir: &Path, name: &str) -> PathBuf {
 
 pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     let started = Instant::now();
+    if args.isolate {
+        crate::isolate::require_root()?;
+    }
     let mesh = Mesh::load(&args.config)?;
     // The state directory holds the CA keys, bootstrap tokens, the proxies' keys and the apps'
     // databases: this user only.
@@ -118,7 +121,6 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     refuse_if_running(&state_dir)?;
     // Removed (namespaces, veths, bridge) when dropped: at the end, or on an error below.
     let network = if args.isolate {
-        crate::isolate::require_root()?;
         let t0 = Instant::now();
         let network = crate::isolate::Network::create(&state_dir, mesh.workloads().len())?;
         log(

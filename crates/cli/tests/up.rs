@@ -103,6 +103,11 @@ async fn meshes_calls_enforces_policy_and_survives_the_control_plane(isolate: bo
         Up::start_maybe_isolated(if isolate { "up-iso" } else { "up" }, &mesh_yaml(), isolate);
     let client = up.workload("alpha/client");
     let outbound = up.outbound_addr("alpha/client");
+    // Without --isolate, `up` says which isolation the mesh lacks.
+    let warned = up
+        .log()
+        .contains("not isolated: workloads share this machine's loopback");
+    assert_eq!(warned, !isolate, "{}", up.log());
     let client_admin = client["admin"].as_str().unwrap().to_string();
     // The bootstrap tokens are secrets: readable by this user only.
     use std::os::unix::fs::PermissionsExt;

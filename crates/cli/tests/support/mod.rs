@@ -82,33 +82,34 @@ impl Up {
         let dir = unique_dir(tag);
         let config = dir.join("mesh.yaml");
         std::fs::write(&config, mesh_yaml).unwrap();
-        let log = std::fs::File::create(dir.join("up.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_onemesh"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .args(["up", "-f"])
-            .arg(&config)
-            .args([
-                "--identity-addr=127.0.0.1:0",
-                "--destination-addr=127.0.0.1:0",
-                "--policy-addr=127.0.0.1:0",
-                "--dashboard-addr=127.0.0.1:0",
-                "--expose-any-port",
-            ])
-            .args(extra_args)
-            .arg("--bin-dir")
-            .arg(bin_dir())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start onemesh up");
+        let child = spawn_up(&dir, &config, extra_args);
         let up = Up {
             dir,
             config,
             isolated: extra_args.contains(&"--isolate"),
             child: Some(child),
         };
+        up.wait_checked();
+        up
+    }
+
+    /// Starts `onemesh up` again on the same state directory (after the last one was stopped or
+    /// killed), with `extra_args`; waits until `onemesh check` passes.
+    pub fn restart(&mut self, extra_args: &[&str]) {
+        if let Some(mut old) = self.child.take() {
+            let _ = old.wait();
+        }
+        self.child = Some(spawn_up(&self.dir, &self.config, extra_args));
+        self.wait_checked();
+    }
+
+    /// The pid of the `onemesh up` process.
+    pub fn up_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn wait_checked(&self) {
+        let up = self;
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let (ok, out) = up.cli(&["check"]);
@@ -122,9 +123,10 @@ impl Up {
             );
             std::thread::sleep(Duration::from_millis(300));
         }
-        up
     }
+}
 
+impl Up {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("up.log")).unwrap_or_default()
     }
@@ -373,4 +375,33 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
+}
+
+/// Starts `onemesh up` on `dir/state` with free ports, its output in `dir/up.log` (appended).
+fn spawn_up(dir: &Path, config: &Path, extra_args: &[&str]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("up.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_onemesh"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["up", "-f"])
+        .arg(config)
+        .args([
+            "--identity-addr=127.0.0.1:0",
+            "--destination-addr=127.0.0.1:0",
+            "--policy-addr=127.0.0.1:0",
+            "--dashboard-addr=127.0.0.1:0",
+            "--expose-any-port",
+        ])
+        .args(extra_args)
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start onemesh up")
 }
