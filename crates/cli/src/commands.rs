@@ -39,6 +39,11 @@ pub async fn down(dir: &Path) -> anyhow::Result<bool> {
     let pid = Pid::from_raw(layout.pid as i32);
     if !running(layout.pid) {
         println!("onemesh up (pid {}) is not running", layout.pid);
+        // A killed `up --isolate` left its network namespaces: remove them (root only).
+        if let Some(net) = &layout.isolation {
+            crate::isolate::remove_by_tag(&net.tag);
+            println!("removed its network namespaces ({})", net.subnet);
+        }
         return Ok(true);
     }
     kill(pid, Signal::SIGTERM).context("cannot signal onemesh up")?;
@@ -80,7 +85,7 @@ pub async fn status(dir: &Path, out: Output) -> anyhow::Result<bool> {
             let v = serde_json::json!({
                 "pid": layout.pid, "config": layout.config, "trust_domain": layout.trust_domain,
                 "control": layout.control, "dashboard": layout.dashboard, "entries": layout.entries,
-                "workloads": rows,
+                "workloads": rows, "isolation": layout.isolation,
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
