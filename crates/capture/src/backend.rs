@@ -134,7 +134,7 @@ fn hint(stderr: &str) -> &'static str {
 
 /// Installs `rules` (replacing any of ours already there) in the current network namespace.
 pub fn apply(rules: &Rules, backend: Backend) -> Result<(), CaptureError> {
-    if rules.capture_outbound && rules.proxy_uid == 0 {
+    if rules.proxy_uid == 0 {
         return Err(CaptureError::RootProxyUid);
     }
     let current = save_nat(backend)?;

@@ -81,7 +81,7 @@ pub struct Rules {
     /// `false`: inbound capture only (no `OUTPUT` rules at all). For a namespace whose proxy
     /// runs as the same uid as its app (`onemesh up --isolate`): the uid exemption could not
     /// tell the proxy's connections from the app's, so the app is pointed at the outbound port
-    /// (`HTTP_PROXY`) instead of being captured. [`Rules::proxy_uid`] is then unused.
+    /// (`HTTP_PROXY`) instead of being captured. [`Rules::proxy_uid`] then exempts nothing.
     pub capture_outbound: bool,
     /// Inbound destination ports that reach the app directly. The inbound and admin ports are
     /// skipped whatever this holds ([`Rules::inbound_skips`]).

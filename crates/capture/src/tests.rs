@@ -134,17 +134,6 @@ fn without_outbound_capture_nothing_touches_output() {
 }
 
 #[test]
-fn a_proxy_uid_of_zero_is_refused_only_when_outbound_is_captured() {
-    // Without outbound rules nothing exempts a uid, so a root proxy exempts nothing either.
-    let text = render(&Rules {
-        proxy_uid: 0,
-        capture_outbound: false,
-        ..Rules::default()
-    });
-    assert!(!text.contains("--uid-owner"), "{text}");
-}
-
-#[test]
 fn long_port_lists_are_split_into_multiport_rules_of_15_slots() {
     // 14 single ports + the two proxy ports, then ranges (two slots each).
     let list = (1..=14)

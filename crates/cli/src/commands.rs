@@ -41,8 +41,12 @@ pub async fn down(dir: &Path) -> anyhow::Result<bool> {
         println!("onemesh up (pid {}) is not running", layout.pid);
         // A killed `up --isolate` left its network namespaces: remove them (root only).
         if let Some(net) = &layout.isolation {
-            crate::isolate::remove_by_tag(&net.tag);
-            println!("removed its network namespaces ({})", net.subnet);
+            let left = crate::isolate::remove_by_tag(&net.tag);
+            if !left.is_empty() {
+                anyhow::bail!(
+                    "cannot remove the network namespaces it left ({left:?}): run `onemesh down` as root"
+                );
+            }
         }
         return Ok(true);
     }

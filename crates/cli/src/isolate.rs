@@ -103,7 +103,10 @@ pub fn slot(tag: &str, subnet: u8, n: usize) -> Slot {
 /// The /24 for `tag`: its first byte, or the next one no interface of this machine is in
 /// (`used`: the IPv4 addresses configured here, less our own stale bridge's).
 pub fn pick_subnet(tag: &str, used: &[Ipv4Addr]) -> Option<u8> {
-    let start = u8::from_str_radix(&tag[..2], 16).unwrap_or(0);
+    let start = tag
+        .get(..2)
+        .and_then(|t| u8::from_str_radix(t, 16).ok())
+        .unwrap_or(0);
     (0..=255u8).map(|i| start.wrapping_add(i)).find(|s| {
         !used.iter().any(|a| {
             let o = a.octets();
@@ -161,7 +164,12 @@ impl Network {
     /// bridge, each namespace with its veth and address, and installs the capture rules in each.
     pub fn create(state_dir: &Path, workloads: usize) -> anyhow::Result<Network> {
         let tag = tag(state_dir);
-        remove_by_tag(&tag);
+        let left = remove_by_tag(&tag);
+        if !left.is_empty() {
+            anyhow::bail!(
+                "cannot remove {left:?}, left by an earlier `onemesh up --isolate` on this state directory: remove them with `ip netns del` / `ip link del`"
+            );
+        }
         let (net, slots) = plan(state_dir, workloads, &addresses_in_use()?)?;
         let network = Network { net, slots };
         network.build()?;
@@ -204,7 +212,15 @@ impl Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
-        remove_by_tag(&self.net.tag);
+        let left = remove_by_tag(&self.net.tag);
+        if !left.is_empty() {
+            crate::supervise::log(
+                "up",
+                &format!(
+                    "could not remove {left:?}: remove them with `ip netns del` / `ip link del`"
+                ),
+            );
+        }
     }
 }
 
@@ -239,8 +255,9 @@ fn enter(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Deletes every namespace and link whose name carries `tag` (ours, or a killed `up`'s on the
-/// same state directory). Errors are ignored: whatever is gone is gone.
-pub fn remove_by_tag(tag: &str) {
+/// same state directory), and returns the names still there after (none unless `ip` failed,
+/// e.g. without root).
+pub fn remove_by_tag(tag: &str) -> Vec<String> {
     let prefix = netns_prefix(tag);
     for ns in netns_names() {
         if ns.starts_with(&prefix) {
@@ -253,6 +270,11 @@ pub fn remove_by_tag(tag: &str) {
             let _ = ip(&["link", "del", &link]);
         }
     }
+    netns_names()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .chain(link_names().into_iter().filter(|l| l.starts_with(&links)))
+        .collect()
 }
 
 /// The names `ip netns list` shows.

@@ -203,8 +203,8 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn capture_guards_an_app_listening_on_every_address_and_a_killed_up_is_cleaned_up_next_time()
-{
+async fn capture_guards_an_app_listening_on_every_address_and_a_killed_up_is_cleaned_up_by_the_next_up_or_down()
+ {
     let mut up = Up::start_isolated("isolate-kill", &two_apps_mesh());
     let tag = isolation(&up)["tag"].as_str().unwrap().to_string();
     let before = leftovers(&tag);
@@ -270,8 +270,22 @@ async fn capture_guards_an_app_listening_on_every_address_and_a_killed_up_is_cle
     let outbound = up.outbound_addr("beta/open");
     assert!(outbound.contains('@'), "{outbound}");
 
-    assert!(up.down());
-    assert_eq!(leftovers(&tag), Vec::<String>::new(), "left behind by down");
+    // Killed again: this time `onemesh down` finds the dead `up` and removes its network.
+    let pid = up.up_pid().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(leftovers(&tag).len(), 5);
+    // (`down` itself must succeed; the killed `up` did not exit 0.)
+    assert!(!up.down());
+    assert_eq!(
+        leftovers(&tag),
+        Vec::<String>::new(),
+        "left behind after down"
+    );
     up.stop_and_clean();
 }
 
