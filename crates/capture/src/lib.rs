@@ -78,6 +78,11 @@ pub struct Rules {
     pub admin_port: u16,
     /// `false`: outbound capture only (no `PREROUTING` rules at all).
     pub capture_inbound: bool,
+    /// `false`: inbound capture only (no `OUTPUT` rules at all). For a namespace whose proxy
+    /// runs as the same uid as its app (`onemesh up --isolate`): the uid exemption could not
+    /// tell the proxy's connections from the app's, so the app is pointed at the outbound port
+    /// (`HTTP_PROXY`) instead of being captured. [`Rules::proxy_uid`] then exempts nothing.
+    pub capture_outbound: bool,
     /// Inbound destination ports that reach the app directly. The inbound and admin ports are
     /// skipped whatever this holds ([`Rules::inbound_skips`]).
     pub skip_inbound_ports: Vec<PortRange>,
@@ -96,6 +101,7 @@ impl Default for Rules {
             outbound_port: DEFAULT_OUTBOUND_PORT,
             admin_port: DEFAULT_ADMIN_PORT,
             capture_inbound: true,
+            capture_outbound: true,
             skip_inbound_ports: Vec::new(),
             skip_outbound_ports: Vec::new(),
             skip_outbound_cidrs: Vec::new(),

@@ -29,7 +29,9 @@ pub(crate) fn plan_apply(rules: &Rules, current: &str) -> String {
     if rules.capture_inbound {
         chains.extend([CHAIN_PREROUTING, CHAIN_INBOUND_REDIRECT]);
     }
-    chains.extend([CHAIN_OUTPUT, CHAIN_OUTBOUND_REDIRECT]);
+    if rules.capture_outbound {
+        chains.extend([CHAIN_OUTPUT, CHAIN_OUTBOUND_REDIRECT]);
+    }
     let stale: Vec<&str> = existing
         .chains
         .iter()
@@ -51,7 +53,9 @@ pub(crate) fn plan_apply(rules: &Rules, current: &str) -> String {
     if rules.capture_inbound {
         inbound(rules, &mut out);
     }
-    outbound(rules, &mut out);
+    if rules.capture_outbound {
+        outbound(rules, &mut out);
+    }
     if rules.capture_inbound {
         rule(
             &mut out,
@@ -61,13 +65,15 @@ pub(crate) fn plan_apply(rules: &Rules, current: &str) -> String {
             &format!("-j {CHAIN_PREROUTING}"),
         );
     }
-    rule(
-        &mut out,
-        "OUTPUT",
-        "-p tcp",
-        "output",
-        &format!("-j {CHAIN_OUTPUT}"),
-    );
+    if rules.capture_outbound {
+        rule(
+            &mut out,
+            "OUTPUT",
+            "-p tcp",
+            "output",
+            &format!("-j {CHAIN_OUTPUT}"),
+        );
+    }
     out.push_str("COMMIT\n");
     out
 }

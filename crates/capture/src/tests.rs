@@ -109,6 +109,31 @@ fn without_inbound_capture_nothing_touches_prerouting() {
 }
 
 #[test]
+fn without_outbound_capture_nothing_touches_output() {
+    let text = render(&Rules {
+        capture_outbound: false,
+        ..Rules::default()
+    });
+    assert!(!text.contains("OUTPUT"), "{text}");
+    assert!(!text.contains("--uid-owner"), "{text}");
+    assert!(text.contains(
+        "-A PREROUTING -p tcp -m comment --comment \"onemesh/prerouting\" -j ONEMESH_PREROUTING"
+    ));
+    assert!(text.contains("-j REDIRECT --to-ports 4143"), "{text}");
+    // Applied over a namespace that held outbound rules, our OUTPUT chains are deleted.
+    let before = render(&Rules::default());
+    let update = crate::render::plan_apply(
+        &Rules {
+            capture_outbound: false,
+            ..Rules::default()
+        },
+        &before,
+    );
+    assert!(update.contains("-X ONEMESH_OUTPUT\n"), "{update}");
+    assert!(update.contains("-D OUTPUT -p tcp"), "{update}");
+}
+
+#[test]
 fn long_port_lists_are_split_into_multiport_rules_of_15_slots() {
     // 14 single ports + the two proxy ports, then ranges (two slots each).
     let list = (1..=14)

@@ -39,6 +39,15 @@ pub async fn down(dir: &Path) -> anyhow::Result<bool> {
     let pid = Pid::from_raw(layout.pid as i32);
     if !running(layout.pid) {
         println!("onemesh up (pid {}) is not running", layout.pid);
+        // A killed `up --isolate` left its network namespaces: remove them (root only).
+        if let Some(net) = &layout.isolation {
+            let left = crate::isolate::remove_by_tag(&net.tag);
+            if !left.is_empty() {
+                anyhow::bail!(
+                    "cannot remove the network namespaces it left ({left:?}): run `onemesh down` as root"
+                );
+            }
+        }
         return Ok(true);
     }
     kill(pid, Signal::SIGTERM).context("cannot signal onemesh up")?;
@@ -80,7 +89,7 @@ pub async fn status(dir: &Path, out: Output) -> anyhow::Result<bool> {
             let v = serde_json::json!({
                 "pid": layout.pid, "config": layout.config, "trust_domain": layout.trust_domain,
                 "control": layout.control, "dashboard": layout.dashboard, "entries": layout.entries,
-                "workloads": rows,
+                "workloads": rows, "isolation": layout.isolation,
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
@@ -333,12 +342,9 @@ pub async fn check(dir: &Path) -> anyhow::Result<bool> {
             hint: format!("ask it why: curl http://{}/ready", w.admin),
         });
         for (declared, local) in &w.app_ports {
-            let ok = tokio::time::timeout(
-                ASK_TIMEOUT,
-                tokio::net::TcpStream::connect(("127.0.0.1", *local)),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok());
+            let ok = tokio::time::timeout(ASK_TIMEOUT, w.connect_app(*local))
+                .await
+                .is_ok_and(|r| r.is_ok());
             checks.push(Check {
                 ok,
                 what: format!(

@@ -24,6 +24,9 @@ pub struct Layout {
     /// Public entry points: service `namespace/name` → `http://127.0.0.1:PORT`.
     pub entries: BTreeMap<String, String>,
     pub workloads: Vec<Workload>,
+    /// `up --isolate`: the bridge and addresses of its network namespaces (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<crate::isolate::Net>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -50,11 +53,25 @@ pub struct Workload {
     pub proxy_pid: Option<u32>,
     /// How often `up` restarted the app or the proxy after it died.
     pub restarts: u32,
+    /// `up --isolate`: the workload's network namespace (`ip netns` name); its app listens on
+    /// `127.0.0.1:<port>` there, reachable from outside only through the proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// `up --isolate`: the namespace's address (the proxy's inbound and admin listen on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 impl Workload {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// A connection to the app's `port` (a real port of `app_ports`), from inside the
+    /// workload's network namespace when it has one.
+    pub async fn connect_app(&self, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        crate::isolate::connect(self.netns.as_deref(), addr).await
     }
 }
 

@@ -12,6 +12,7 @@ mod dashboard;
 mod history;
 mod http;
 mod install;
+mod isolate;
 mod layout;
 mod mesh;
 mod prom;

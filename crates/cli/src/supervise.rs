@@ -67,6 +67,9 @@ pub struct Spec {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Start it inside this network namespace (a `/run/netns/<name>` path; `up --isolate`). The
+    /// child joins it with `setns(2)` before `exec`, so its pid is the program's.
+    pub netns: Option<PathBuf>,
 }
 
 /// A running supervised process: its current pid (0 while restarting) and its task.
@@ -184,13 +187,24 @@ fn spawn(spec: &Spec) -> std::io::Result<Child> {
         // Own process group: a terminal's Ctrl-C reaches `onemesh up` only, which stops children in order.
         .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    // Opened here, joined in the child: the file stays open until `spawn` returns.
+    let netns = spec.netns.as_ref().map(std::fs::File::open).transpose()?;
+    let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    // SAFETY: prctl and setns are async-signal-safe system calls and touch no memory of the
+    // parent; the fd is open for as long as `spawn` runs.
     unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            if let Some(fd) = netns_fd {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)?;
+            }
+            Ok(())
         });
     }
     let mut child = cmd.spawn()?;
+    drop(netns);
     for out in [
         child
             .stdout

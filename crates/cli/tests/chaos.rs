@@ -23,6 +23,8 @@ use tokio::sync::Mutex;
 
 /// How long processes are killed for in the CI run.
 const DEFAULT_CHAOS: Duration = Duration::from_secs(50);
+/// How long in the CI's isolated run (`up --isolate`: the same faults, a second, shorter run).
+const ISOLATED_CHAOS: Duration = Duration::from_secs(20);
 /// Customers paying at once.
 const CUSTOMERS: usize = 4;
 /// A killed workload must be ready again within this (generous: the target is about 2 s).
@@ -84,10 +86,28 @@ struct Kill {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_survive_random_kills_of_apps_and_proxies() {
+    chaos(false, chaos_duration()).await;
+}
+
+/// The same under `onemesh up --isolate` (root): apps in their own network namespaces, the
+/// invariants read inside them. Shorter unless `ONEMESH_CHAOS_SECONDS` says otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_survive_random_kills_of_apps_and_proxies_isolated() {
+    let chaos_for = match std::env::var("ONEMESH_CHAOS_SECONDS") {
+        Ok(_) => chaos_duration(),
+        Err(_) => ISOLATED_CHAOS,
+    };
+    chaos(true, chaos_for).await;
+}
+
+async fn chaos(isolate: bool, chaos: Duration) {
     platform::assert_platform_built();
-    let chaos = chaos_duration();
     let kinds = victims();
-    let up = Arc::new(Up::start("chaos", &platform::platform_mesh()));
+    let up = Arc::new(Up::start_maybe_isolated(
+        if isolate { "chaos-iso" } else { "chaos" },
+        &platform::platform_mesh(),
+        isolate,
+    ));
     let addrs = platform::addrs(&up);
     let entry = platform::entry(&up);
     let started = Instant::now();
@@ -258,7 +278,13 @@ async fn payments_survive_random_kills_of_apps_and_proxies() {
             platform::log_tail(&up, k.target.split(' ').next().unwrap_or(""), 40)
         );
     }
-    assert!(outcomes.len() >= 50, "only {} orders", outcomes.len());
+    // One order a second at least (50 in the default run).
+    let min_orders = chaos.as_secs().max(10) as usize;
+    assert!(
+        outcomes.len() >= min_orders,
+        "only {} orders",
+        outcomes.len()
+    );
     // The supervisor counted a restart for every kill of an app or a proxy (the layout is
     // refreshed every second).
     let workload_kills = kills

@@ -88,9 +88,26 @@ const OPEN_ID: &str = "spiffe://cluster.local/ns/beta/sa/open";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_meshes_calls_enforces_policy_and_survives_the_control_plane() {
-    let mut up = Up::start("up", &mesh_yaml());
+    meshes_calls_enforces_policy_and_survives_the_control_plane(false).await;
+}
+
+/// The same under `onemesh up --isolate` (root): the client's calls leave from inside its
+/// network namespace, where its proxy's outbound port is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_isolated_meshes_calls_enforces_policy_and_survives_the_control_plane() {
+    meshes_calls_enforces_policy_and_survives_the_control_plane(true).await;
+}
+
+async fn meshes_calls_enforces_policy_and_survives_the_control_plane(isolate: bool) {
+    let mut up =
+        Up::start_maybe_isolated(if isolate { "up-iso" } else { "up" }, &mesh_yaml(), isolate);
     let client = up.workload("alpha/client");
-    let outbound = client["outbound"].as_str().unwrap().to_string();
+    let outbound = up.outbound_addr("alpha/client");
+    // Without --isolate, `up` says which isolation the mesh lacks.
+    let warned = up
+        .log()
+        .contains("not isolated: workloads share this machine's loopback");
+    assert_eq!(warned, !isolate, "{}", up.log());
     let client_admin = client["admin"].as_str().unwrap().to_string();
     // The bootstrap tokens are secrets: readable by this user only.
     use std::os::unix::fs::PermissionsExt;

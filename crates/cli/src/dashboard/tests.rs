@@ -23,6 +23,7 @@ fn dashboard(extra: &[&str]) -> Dashboard {
         dashboard: bound().to_string(),
         entries: Default::default(),
         workloads: vec![],
+        isolation: None,
     };
     let (_tx, rx) = watch::channel(layout);
     Dashboard::new(rx, Hosts::new(bound(), &extra).unwrap())

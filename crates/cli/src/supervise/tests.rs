@@ -19,6 +19,7 @@ async fn a_dead_process_is_restarted_and_stopped_on_shutdown() {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "exit 3".into()],
             env: vec![],
+            netns: None,
         },
         rx,
     );
@@ -42,6 +43,7 @@ async fn shutdown_stops_a_running_process() {
             program: "/bin/sleep".into(),
             args: vec!["60".into()],
             env: vec![],
+            netns: None,
         },
         rx,
     );
@@ -111,6 +113,7 @@ async fn a_process_killed_repeatedly_comes_back_within_the_cap() {
             program: "/bin/sleep".into(),
             args: vec!["60".into()],
             env: vec![],
+            netns: None,
         },
         rx,
     );

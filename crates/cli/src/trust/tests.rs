@@ -235,6 +235,8 @@ fn workloads_whose_proxy_is_not_connected_are_named() {
         app_pid: None,
         proxy_pid: None,
         restarts: 0,
+        netns: None,
+        address: None,
     };
     let layout = Layout {
         pid: 1,
@@ -250,6 +252,7 @@ fn workloads_whose_proxy_is_not_connected_are_named() {
         dashboard: String::new(),
         entries: Default::default(),
         workloads: vec![workload("bank"), workload("card")],
+        isolation: None,
     };
     let status = TrustStatus {
         proxies: vec![ProxyTrust {

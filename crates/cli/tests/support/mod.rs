@@ -1,6 +1,11 @@
 //! Runs `onemesh up` as a user would (the real binaries: onemesh, onemesh-control, onemesh-proxy)
 //! on free ports with a private state directory, and stops it — and checks that nothing it started
 //! is left behind — when dropped.
+//!
+//! [`Up::start_isolated`] runs `onemesh up --isolate` (root only). Its apps and outbound ports
+//! listen on the loopback of a workload's network namespace: the helpers here take an address
+//! `host:port@<netns>` (see [`Up::in_netns`]) and connect from a thread that joined that
+//! namespace; a plain `host:port` is dialled from the test's own namespace.
 
 #![allow(dead_code)]
 
@@ -35,6 +40,8 @@ pub fn bin_dir() -> PathBuf {
 pub struct Up {
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// Started with `--isolate`.
+    pub isolated: bool,
     child: Option<Child>,
 }
 
@@ -55,37 +62,54 @@ impl Up {
         Up::start_with(tag, mesh_yaml, &[])
     }
 
+    /// [`Up::start`] with `--isolate` (needs root: fails saying so otherwise).
+    pub fn start_isolated(tag: &str, mesh_yaml: &str) -> Up {
+        assert_root();
+        Up::start_with(tag, mesh_yaml, &["--isolate"])
+    }
+
+    /// [`Up::start`], isolated when `isolate` is set.
+    pub fn start_maybe_isolated(tag: &str, mesh_yaml: &str, isolate: bool) -> Up {
+        if isolate {
+            Up::start_isolated(tag, mesh_yaml)
+        } else {
+            Up::start(tag, mesh_yaml)
+        }
+    }
+
     /// [`Up::start`] with more `onemesh up` flags.
     pub fn start_with(tag: &str, mesh_yaml: &str, extra_args: &[&str]) -> Up {
         let dir = unique_dir(tag);
         let config = dir.join("mesh.yaml");
         std::fs::write(&config, mesh_yaml).unwrap();
-        let log = std::fs::File::create(dir.join("up.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_onemesh"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .args(["up", "-f"])
-            .arg(&config)
-            .args([
-                "--identity-addr=127.0.0.1:0",
-                "--destination-addr=127.0.0.1:0",
-                "--policy-addr=127.0.0.1:0",
-                "--dashboard-addr=127.0.0.1:0",
-                "--expose-any-port",
-            ])
-            .args(extra_args)
-            .arg("--bin-dir")
-            .arg(bin_dir())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start onemesh up");
+        let child = spawn_up(&dir, &config, extra_args);
         let up = Up {
             dir,
             config,
+            isolated: extra_args.contains(&"--isolate"),
             child: Some(child),
         };
+        up.wait_checked();
+        up
+    }
+
+    /// Starts `onemesh up` again on the same state directory (after the last one was stopped or
+    /// killed), with `extra_args`; waits until `onemesh check` passes.
+    pub fn restart(&mut self, extra_args: &[&str]) {
+        if let Some(mut old) = self.child.take() {
+            let _ = old.wait();
+        }
+        self.child = Some(spawn_up(&self.dir, &self.config, extra_args));
+        self.wait_checked();
+    }
+
+    /// The pid of the `onemesh up` process.
+    pub fn up_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn wait_checked(&self) {
+        let up = self;
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let (ok, out) = up.cli(&["check"]);
@@ -99,9 +123,10 @@ impl Up {
             );
             std::thread::sleep(Duration::from_millis(300));
         }
-        up
     }
+}
 
+impl Up {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("up.log")).unwrap_or_default()
     }
@@ -143,6 +168,30 @@ impl Up {
             })
             .cloned()
             .unwrap_or_else(|| panic!("no workload {key} in {status}"))
+    }
+
+    /// `addr` as reached from inside workload `key`'s network namespace when the mesh is
+    /// isolated (`addr@netns`, for [`connect`]), else `addr` itself.
+    pub fn in_netns(&self, key: &str, addr: &str) -> String {
+        match self.workload(key)["netns"].as_str() {
+            Some(ns) => format!("{addr}@{ns}"),
+            None => addr.to_string(),
+        }
+    }
+
+    /// Where workload `key`'s app takes `declared` port, as [`connect`] reaches it.
+    pub fn app_addr(&self, key: &str, declared: u16) -> String {
+        let w = self.workload(key);
+        let port = w["app_ports"][declared.to_string()]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key} has no port {declared}: {w}"));
+        self.in_netns(key, &format!("127.0.0.1:{port}"))
+    }
+
+    /// Workload `key`'s proxy's outbound port, as its app (and [`connect`]) reaches it.
+    pub fn outbound_addr(&self, key: &str) -> String {
+        let w = self.workload(key);
+        self.in_netns(key, w["outbound"].as_str().unwrap())
     }
 
     /// Every pid the layout names (up, control plane, proxies, apps).
@@ -210,12 +259,72 @@ impl Drop for Up {
     }
 }
 
+/// Panics saying what to do when the tests do not run as root (`up --isolate` needs it).
+pub fn assert_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs `onemesh up --isolate`, which needs root: run the tests as root (CI does)"
+    );
+}
+
+/// The network namespaces (`ip netns` names) and root-namespace interfaces whose names carry
+/// `onemesh up --isolate`'s tag for state directory `state_dir` (canonical path).
+pub fn leftovers(tag: &str) -> Vec<String> {
+    let names = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut found: Vec<String> = names("/run/netns")
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("onemesh-up-{tag}-")))
+        .collect();
+    found.extend(
+        names("/sys/class/net")
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("om{tag}"))),
+    );
+    found
+}
+
+/// A TCP connection to `addr`: `host:port` from here, or `host:port@netns` from inside that
+/// network namespace (a thread joins it and makes the socket there; the socket stays in it).
+pub async fn connect(addr: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let Some((target, netns)) = addr.rsplit_once('@') else {
+        return tokio::net::TcpStream::connect(addr).await;
+    };
+    let target: std::net::SocketAddr = target
+        .parse()
+        .map_err(|e| std::io::Error::other(format!("{target}: {e}")))?;
+    let path = format!("/run/netns/{netns}");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let made = std::fs::File::open(&path)
+            .and_then(|f| {
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            })
+            .and_then(|()| std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)))
+            .and_then(|s| s.set_nonblocking(true).map(|()| s));
+        let _ = tx.send(made);
+    });
+    let stream = rx
+        .await
+        .map_err(|_| std::io::Error::other("the connecting thread died"))??;
+    tokio::net::TcpStream::from_std(stream)
+}
+
 /// Whether a process is still alive.
 pub fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
-/// A plain HTTP/1.1 request to `addr` (a proxy's outbound port, as an app would send it).
+/// A plain HTTP/1.1 request to `addr` (a proxy's outbound port, as an app would send it;
+/// `host:port@netns` from inside a namespace, see [`connect`]).
 pub async fn request(
     addr: &str,
     method: &str,
@@ -223,7 +332,9 @@ pub async fn request(
     path: &str,
     body: &'static [u8],
 ) -> (u16, hyper::HeaderMap, String) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
@@ -246,7 +357,7 @@ pub async fn request(
 
 /// A proxy's `/metrics` text.
 pub async fn metrics(admin: &str) -> String {
-    let stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let stream = connect(admin).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
@@ -264,4 +375,33 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
+}
+
+/// Starts `onemesh up` on `dir/state` with free ports, its output in `dir/up.log` (appended).
+fn spawn_up(dir: &Path, config: &Path, extra_args: &[&str]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("up.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_onemesh"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["up", "-f"])
+        .arg(config)
+        .args([
+            "--identity-addr=127.0.0.1:0",
+            "--destination-addr=127.0.0.1:0",
+            "--policy-addr=127.0.0.1:0",
+            "--dashboard-addr=127.0.0.1:0",
+            "--expose-any-port",
+        ])
+        .args(extra_args)
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start onemesh up")
 }

@@ -64,7 +64,7 @@ pub fn addrs(up: &Up) -> Vec<Addrs> {
             let w = up.workload(k);
             Addrs {
                 key: k.to_string(),
-                app: format!("127.0.0.1:{}", w["app_ports"]["8080"].as_u64().unwrap()),
+                app: up.app_addr(k, 8080),
                 admin: w["admin"].as_str().unwrap().to_string(),
             }
         })
@@ -100,7 +100,7 @@ pub async fn call(
     timeout: Duration,
 ) -> Result<(u16, Value), String> {
     let attempt = async {
-        let stream = tokio::net::TcpStream::connect(addr)
+        let stream = super::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -109,7 +109,8 @@ pub async fn call(
         tokio::spawn(conn);
         let mut req = hyper::Request::builder().method(method).uri(path);
         if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-            req = req.header("host", addr);
+            // Without the `@netns` of an address inside a namespace.
+            req = req.header("host", addr.split('@').next().unwrap_or(addr));
         }
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -146,7 +147,7 @@ pub async fn ready(a: &Addrs) -> bool {
         call(&a.admin, "GET", "/ready", None, &[], Duration::from_secs(1)).await,
         Ok((200, _))
     );
-    proxy && tokio::net::TcpStream::connect(&a.app).await.is_ok()
+    proxy && super::connect(&a.app).await.is_ok()
 }
 
 /// Polls `ready` every 50 ms until it holds or `bound` passes; the time it took, or None.
