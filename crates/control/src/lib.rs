@@ -80,6 +80,7 @@
 pub mod bindings;
 pub mod config;
 pub mod health;
+pub mod inject;
 pub mod kubestore;
 pub mod limits;
 pub mod local;
