@@ -93,5 +93,6 @@ pub mod server;
 pub mod services;
 pub mod state;
 pub mod store;
+pub mod webhook;
 
 pub use server::{Control, Settings, start};
