@@ -68,6 +68,10 @@
 //! [`pki::CaSettings`]), the anchor when the operator asks, each step waiting for every connected
 //! proxy (default deadline 5 minutes) and surviving a restart of the control plane.
 //!
+//! In Kubernetes mode it also serves the proxy-injection webhook ([`webhook`], HTTPS on
+//! `--listen-webhook`), whose injection is the pure [`inject`] module that `onemesh inject`
+//! shares, and publishes the trust anchors to every namespace ([`publish`]).
+//!
 //! ## What it deliberately does not do
 //!
 //! It does not enforce policy (proxies do, with DESIGN.md's default: deny between namespaces,
