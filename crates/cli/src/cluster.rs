@@ -5,13 +5,16 @@
 //! the API server answers (and its version); both CRDs exist and are established; the control
 //! plane's Deployment has every replica ready; the trust anchors (ConfigMap
 //! `onemesh-trust-anchors`) and the issuer (Secret `onemesh-identity-issuer`) are far from expiry
-//! and the issuer chains to the anchors; and the control plane's ServiceAccount may do what it
+//! and the issuer chains to the anchors; the proxy-injection webhook configuration
+//! (`onemesh-proxy-injector`) exists and trusts those anchors; and the control plane's
+//! ServiceAccount may do what it
 //! needs (a SubjectAccessReview per permission, so a stripped ClusterRole shows up here and not
 //! as a silent watch failure).
 
 use std::path::Path;
 use std::time::SystemTime;
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -32,6 +35,7 @@ const SERVICE_ACCOUNT: &str = "system:serviceaccount:onemesh:control";
 const ANCHORS_CONFIGMAP: &str = "onemesh-trust-anchors";
 const ISSUER_SECRET: &str = "onemesh-identity-issuer";
 const CRDS: [&str; 2] = ["authorizationpolicies.onemesh.dev", "routes.onemesh.dev"];
+const WEBHOOK: &str = "onemesh-proxy-injector";
 
 /// What the control plane must be allowed: (group, resource, verb, why).
 const PERMISSIONS: &[(&str, &str, &str, &str)] = &[
@@ -71,7 +75,7 @@ const PERMISSIONS: &[(&str, &str, &str, &str)] = &[
         "",
         "configmaps",
         "create",
-        "to publish the trust anchors in meshed namespaces",
+        "to publish the trust anchors in every namespace",
     ),
 ];
 
@@ -96,6 +100,7 @@ pub async fn checks(client: &Client) -> Vec<CheckLine> {
     lines.extend(crds(client).await);
     lines.push(control_plane(client).await);
     lines.extend(trust(client).await);
+    lines.push(webhook(client).await);
     lines.extend(rbac(client).await);
     lines
 }
@@ -233,6 +238,62 @@ async fn trust(client: &Client) -> Vec<CheckLine> {
     lines
 }
 
+async fn webhook(client: &Client) -> CheckLine {
+    let what = format!("proxy-injection webhook {WEBHOOK}");
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
+    let anchors = match maps.get_opt(ANCHORS_CONFIGMAP).await {
+        Ok(cm) => cm
+            .and_then(|cm| cm.data)
+            .and_then(|d| d.get("ca.crt").cloned()),
+        Err(e) => return fail(what, format!("cannot read the trust anchors: {e}")),
+    };
+    let Some(anchors) = anchors else {
+        return fail(
+            what,
+            "no trust anchors to compare its caBundle with: reinstall".into(),
+        );
+    };
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    match api.get_opt(WEBHOOK).await {
+        Ok(config) => webhook_line(config.as_ref(), &anchors),
+        Err(e) => fail(what, format!("cannot read it: {e}")),
+    }
+}
+
+/// Whether the webhook configuration exists and every webhook in it trusts exactly `anchors`.
+pub fn webhook_line(config: Option<&MutatingWebhookConfiguration>, anchors: &str) -> CheckLine {
+    let what = format!("proxy-injection webhook {WEBHOOK} trusts the mesh's anchors");
+    let Some(config) = config else {
+        return fail(
+            what,
+            "it is missing: no pod is injected; reinstall: `onemesh install | kubectl apply --server-side -f -`".into(),
+        );
+    };
+    let want = onemesh_identity::TrustBundle::from_pem(anchors).ok();
+    let hooks = config.webhooks.as_deref().unwrap_or_default();
+    if hooks.is_empty() {
+        return fail(what, "it has no webhooks: reinstall".into());
+    }
+    for hook in hooks {
+        let bundle = hook
+            .client_config
+            .ca_bundle
+            .as_ref()
+            .and_then(|b| std::str::from_utf8(&b.0).ok())
+            .and_then(|pem| onemesh_identity::TrustBundle::from_pem(pem).ok());
+        if bundle.is_none() || bundle != want {
+            return fail(
+                what,
+                format!(
+                    "webhook {}'s caBundle is not the anchors of ConfigMap {NAMESPACE}/{ANCHORS_CONFIGMAP}: the API server cannot call it (pods meant for the mesh are refused); reinstall with the same anchors",
+                    hook.name
+                ),
+            );
+        }
+    }
+    pass(what)
+}
+
 /// Whether the issuer signs leaves that verify against the published anchors.
 fn chains(anchors: &str, issuer: &str, key: &str) -> CheckLine {
     let what =
@@ -310,3 +371,6 @@ fn fail(what: String, hint: String) -> CheckLine {
         hint,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -44,6 +44,9 @@ pub struct InstallArgs {
     /// The control plane's container image.
     #[arg(long, default_value = concat!("onemesh/control:v", env!("CARGO_PKG_VERSION")))]
     pub control_image: String,
+    /// The proxy image the control plane's webhook injects (as `onemesh inject --proxy-image`).
+    #[arg(long, default_value = concat!("onemesh/proxy:v", env!("CARGO_PKG_VERSION")))]
+    pub proxy_image: String,
     /// PEM trust anchors (one or more roots) the issuer chains to; with the two flags below.
     #[arg(long, requires_all = ["identity_issuer_certificate_file", "identity_issuer_key_file"])]
     pub identity_trust_anchors_file: Option<PathBuf>,
@@ -84,6 +87,7 @@ pub fn manifests(args: &InstallArgs) -> anyhow::Result<String> {
             ("TRUST_DOMAIN", &args.trust_domain),
             ("REPLICAS", &args.replicas.to_string()),
             ("CONTROL_IMAGE", &args.control_image),
+            ("PROXY_IMAGE", &args.proxy_image),
             ("VERSION", env!("CARGO_PKG_VERSION")),
             ("ISSUER_CRT_B64", &b64(&issuer.chain)),
             ("ISSUER_KEY_B64", &b64(&issuer.key)),

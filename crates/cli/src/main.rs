@@ -1,7 +1,9 @@
 //! `onemesh`: runs the mesh and its reference platform on this machine (`up`, `down`) and shows
 //! the mesh from one place (`status`, `check`, `stat`, `edges`, `authz`, `identity`), and
 //! gives the operator the mesh's trust (`identity trust`, `rotate-anchor`, `rotate-issuer`,
-//! `revoke`: calls to the control plane's Admin service, see [`trust`]).
+//! `revoke`: calls to the control plane's Admin service, see [`trust`]), and on Kubernetes
+//! prints the mesh's manifests (`install`, `uninstall`) and injects proxies into YAML
+//! (`inject`, `uninject`).
 //!
 //! Exit codes scripts can rely on: 0 success; 1 the command ran and found a problem (a failed
 //! check, an unknown workload, the mesh not running); 2 a usage error (bad flags).
@@ -11,6 +13,7 @@ mod commands;
 mod dashboard;
 mod history;
 mod http;
+mod inject;
 mod install;
 mod isolate;
 mod layout;
@@ -97,6 +100,11 @@ enum Command {
     Install(install::InstallArgs),
     /// Print what `install` made, for `onemesh uninstall | kubectl delete -f -`.
     Uninstall,
+    /// Add the mesh's proxy to the pods of Kubernetes YAML (as the control plane's webhook
+    /// does): `onemesh inject app.yaml | kubectl apply -f -`.
+    Inject(inject::InjectArgs),
+    /// Remove what `inject` (or the webhook) added, restoring the app's probes.
+    Uninject(inject::InjectArgs),
 }
 
 /// `onemesh identity [<workload> | trust | rotate-anchor | rotate-issuer | revoke <id>]`.
@@ -173,6 +181,8 @@ fn main() -> ExitCode {
                 print!("{text}");
                 true
             }),
+            Command::Inject(args) => inject::run(&args, inject::Direction::Inject),
+            Command::Uninject(args) => inject::run(&args, inject::Direction::Uninject),
             Command::Stat { target, window } => {
                 commands::stat(dir, target, window, cli.output).await
             }

@@ -68,6 +68,10 @@
 //! [`pki::CaSettings`]), the anchor when the operator asks, each step waiting for every connected
 //! proxy (default deadline 5 minutes) and surviving a restart of the control plane.
 //!
+//! In Kubernetes mode it also serves the proxy-injection webhook ([`webhook`], HTTPS on
+//! `--listen-webhook`), whose injection is the pure [`inject`] module that `onemesh inject`
+//! shares, and publishes the trust anchors to every namespace ([`publish`]).
+//!
 //! ## What it deliberately does not do
 //!
 //! It does not enforce policy (proxies do, with DESIGN.md's default: deny between namespaces,
@@ -80,6 +84,7 @@
 pub mod bindings;
 pub mod config;
 pub mod health;
+pub mod inject;
 pub mod kubestore;
 pub mod limits;
 pub mod local;
@@ -92,5 +97,6 @@ pub mod server;
 pub mod services;
 pub mod state;
 pub mod store;
+pub mod webhook;
 
 pub use server::{Control, Settings, start};

@@ -7,7 +7,9 @@
 //! issuer is not rotated by the control plane: rotating the issuer in Kubernetes is replacing the
 //! Secret and restarting the control plane. Replicas elect a leader with the Lease
 //! `onemesh-control` in `--namespace` (`POD_NAMESPACE`); only the leader writes the onemesh
-//! objects' conditions and Events, and would rotate the issuer by itself.
+//! objects' conditions and Events, and would rotate the issuer by itself. Every replica serves
+//! the proxy-injection webhook (`--listen-webhook`, see `onemesh_control::webhook`) and publishes
+//! the trust anchors (`onemesh_control::publish`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,10 +18,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use onemesh_control::inject::InjectConfig;
 use onemesh_control::kubestore::{KubeSettings, KubeStore, lease};
 use onemesh_control::local::{LocalStore, POLL_INTERVAL};
 use onemesh_control::pki::CaSettings;
 use onemesh_control::store::Store;
+use onemesh_control::webhook::WebhookSettings;
 use onemesh_control::{Settings, start};
 
 /// The onemesh control plane: identity, destination and policy gRPC services over TLS.
@@ -85,9 +89,37 @@ struct Args {
     /// secret), e.g. `0.0.0.0:9990` in a pod; absent: none.
     #[arg(long)]
     listen_health: Option<SocketAddr>,
+    /// Kubernetes mode: address of the proxy-injection webhook (HTTPS, `/inject`; the API server
+    /// calls it, see `onemesh_control::webhook`). Default `0.0.0.0:8443` in Kubernetes mode;
+    /// `off`: none.
+    #[arg(long, value_parser = listen_or_off)]
+    listen_webhook: Option<Listen>,
+    /// Kubernetes mode: the proxy image the webhook injects (it also runs the init step).
+    #[arg(long, default_value = concat!("onemesh/proxy:v", env!("CARGO_PKG_VERSION")))]
+    proxy_image: String,
+    /// Kubernetes mode: the cluster's DNS domain (the control plane's Service name in injected
+    /// proxies and in the webhook's certificate).
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
     /// Log filter (tracing syntax), e.g. `info` or `onemesh_control=debug`.
     #[arg(long, env = "ONEMESH_CONTROL_LOG", default_value = "info")]
     log: String,
+}
+
+/// An address to listen on, or `off`.
+#[derive(Clone, Copy, Debug)]
+enum Listen {
+    On(SocketAddr),
+    Off,
+}
+
+fn listen_or_off(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen::Off);
+    }
+    s.parse()
+        .map(Listen::On)
+        .map_err(|_| format!("{s:?} is not an ip:port address or `off`: write e.g. 0.0.0.0:8443"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -203,12 +235,32 @@ async fn main() -> anyhow::Result<()> {
     };
     settings.leader = leading;
     let control = start(&settings, store).await?;
+    let mut webhook = None;
     if let Some(client) = kube_client {
         // Proxies mount the anchors from their own namespace before they trust anything else.
         tokio::spawn(onemesh_control::publish::run(
             client,
             control.subscribe_ca(),
+            args.namespace.clone(),
         ));
+        let default_webhook = Listen::On(SocketAddr::from(([0, 0, 0, 0], 8443)));
+        if let Listen::On(addr) = args.listen_webhook.unwrap_or(default_webhook) {
+            let inject = InjectConfig {
+                proxy_image: args.proxy_image.clone(),
+                trust_domain: settings.trust_domain.clone(),
+                control_namespace: args.namespace.clone(),
+                cluster_domain: args.cluster_domain.clone(),
+                token_audience: args.token_audience.clone(),
+                ..InjectConfig::default()
+            };
+            let hook = onemesh_control::webhook::start(
+                WebhookSettings::new(addr, inject),
+                control.subscribe_ca(),
+            )
+            .await
+            .context("cannot start the proxy-injection webhook")?;
+            webhook = Some(hook);
+        }
     }
     let _previous = ready.send_replace(Ok(()));
     tracing::info!(
@@ -225,6 +277,9 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     stop_store();
+    if let Some(hook) = webhook {
+        hook.stop();
+    }
     control.shutdown().await;
     Ok(())
 }

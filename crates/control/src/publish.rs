@@ -1,10 +1,12 @@
 //! Kubernetes mode: the trust anchors, published as the ConfigMap `onemesh-trust-anchors` (key
-//! `ca.crt`) in every meshed namespace, where proxies mount them — as Kubernetes publishes
-//! `kube-root-ca.crt`.
+//! `ca.crt`) in every namespace but Kubernetes' own (`kube-system`, `kube-public`,
+//! `kube-node-lease`) and the control plane's, where proxies mount them — as Kubernetes publishes
+//! `kube-root-ca.crt`. Anchors are public; every namespace gets them because a pod labeled
+//! `onemesh.dev/inject: enabled` is injected in any namespace, known or not.
 //!
 //! A proxy must verify the control plane before it holds a certificate, so it needs the anchors
 //! from somewhere it already trusts: its pod's own namespace. The publisher applies the ConfigMap
-//! (server-side apply, field manager `onemesh-control`) when a namespace becomes meshed, when the
+//! (server-side apply, field manager `onemesh-control`) when a namespace appears, when the
 //! CA's bundle changes (an anchor rotation), and when someone edits or deletes the ConfigMap. Every
 //! replica publishes: the content is the same, and an apply that changes nothing is a no-op.
 
@@ -31,21 +33,40 @@ pub const MESH_LABEL_VALUE: &str = "enabled";
 const FIELD_MANAGER: &str = "onemesh-control";
 /// A failed apply is retried after this long (and on the next change).
 const RETRY: Duration = Duration::from_secs(2);
+/// Kubernetes' own namespaces: never published to (nor injected).
+pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
 /// What made the publisher look again.
 enum Nudge {
-    /// This namespace is (still) meshed.
+    /// This namespace exists.
     Namespace(String),
+    /// This namespace is gone (or going).
+    Gone(String),
     /// The ConfigMap in this namespace changed or went away.
     ConfigMap(String),
 }
 
-/// Runs until the process ends: keeps every meshed namespace's ConfigMap equal to the bundle.
-pub async fn run(client: Client, mut ca: watch::Receiver<Arc<CaSnapshot>>) {
+/// Whether `namespace` gets the ConfigMap: not Kubernetes' own, not the control plane's
+/// (`onemesh install` writes that one).
+pub fn publishes_to(namespace: &str, control_namespace: &str) -> bool {
+    namespace != control_namespace && !SYSTEM_NAMESPACES.contains(&namespace)
+}
+
+/// Runs until the process ends: keeps every namespace's ConfigMap (see [`publishes_to`]) equal
+/// to the bundle.
+pub async fn run(
+    client: Client,
+    mut ca: watch::Receiver<Arc<CaSnapshot>>,
+    control_namespace: String,
+) {
     let (tx, mut rx) = mpsc::channel(256);
-    tokio::spawn(watch_namespaces(client.clone(), tx.clone()));
+    tokio::spawn(watch_namespaces(
+        client.clone(),
+        tx.clone(),
+        control_namespace,
+    ));
     tokio::spawn(watch_configmaps(client.clone(), tx));
-    let mut meshed: BTreeMap<String, ()> = BTreeMap::new();
+    let mut known: BTreeMap<String, ()> = BTreeMap::new();
     let mut pem = ca.borrow_and_update().bundle.to_pem();
     loop {
         let targets: Vec<String> = tokio::select! {
@@ -54,15 +75,19 @@ pub async fn run(client: Client, mut ca: watch::Receiver<Arc<CaSnapshot>>) {
                     return;
                 }
                 pem = ca.borrow_and_update().bundle.to_pem();
-                meshed.keys().cloned().collect()
+                known.keys().cloned().collect()
             }
             nudge = rx.recv() => match nudge {
                 None => return,
                 Some(Nudge::Namespace(ns)) => {
-                    meshed.insert(ns.clone(), ());
+                    known.insert(ns.clone(), ());
                     vec![ns]
                 }
-                Some(Nudge::ConfigMap(ns)) if meshed.contains_key(&ns) => vec![ns],
+                Some(Nudge::Gone(ns)) => {
+                    known.remove(&ns);
+                    Vec::new()
+                }
+                Some(Nudge::ConfigMap(ns)) if known.contains_key(&ns) => vec![ns],
                 Some(Nudge::ConfigMap(_)) => Vec::new(),
             },
         };
@@ -114,21 +139,32 @@ async fn apply(client: &Client, namespace: &str, pem: &str) -> Result<(), kube::
     Ok(())
 }
 
-async fn watch_namespaces(client: Client, tx: mpsc::Sender<Nudge>) {
+async fn watch_namespaces(client: Client, tx: mpsc::Sender<Nudge>, control_namespace: String) {
     let api: Api<Namespace> = Api::all(client);
-    let config = watcher::Config::default().labels(&format!("{MESH_LABEL}={MESH_LABEL_VALUE}"));
-    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    let mut events = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     while let Some(event) = events.next().await {
-        let ns = match event {
-            Ok(Event::Apply(ns) | Event::InitApply(ns)) => ns.metadata.name,
+        let nudge = match event {
+            Ok(Event::Apply(ns) | Event::InitApply(ns)) => {
+                let going = ns.metadata.deletion_timestamp.is_some();
+                match ns.metadata.name {
+                    Some(n) if !publishes_to(&n, &control_namespace) => None,
+                    // A namespace being deleted refuses new objects.
+                    Some(n) if going => Some(Nudge::Gone(n)),
+                    Some(n) => Some(Nudge::Namespace(n)),
+                    None => None,
+                }
+            }
+            Ok(Event::Delete(ns)) => ns.metadata.name.map(Nudge::Gone),
             Ok(_) => None,
             Err(e) => {
                 warn!(error = %e, "watching namespaces failed; retrying with backoff");
                 None
             }
         };
-        if let Some(ns) = ns
-            && tx.send(Nudge::Namespace(ns)).await.is_err()
+        if let Some(nudge) = nudge
+            && tx.send(nudge).await.is_err()
         {
             return;
         }
@@ -156,3 +192,6 @@ async fn watch_configmaps(client: Client, tx: mpsc::Sender<Nudge>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,6 @@
-//! The trust-anchor publisher against a real kube-apiserver: a meshed namespace gets the
-//! ConfigMap, an unmeshed one does not, a deleted or edited ConfigMap comes back, and a new bundle
-//! reaches every meshed namespace.
+//! The trust-anchor publisher against a real kube-apiserver: every namespace gets the ConfigMap
+//! (a pod may opt into injection anywhere), except Kubernetes' own and the control plane's; a
+//! deleted or edited ConfigMap comes back, and a new bundle reaches every namespace.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,7 +74,10 @@ async fn kube_publish_trust_anchors() {
     let first = snapshot();
     let pem = first.bundle.to_pem();
     let (tx, rx) = watch::channel(first);
-    let task = tokio::spawn(publish::run(client.clone(), rx));
+    // The "control plane's namespace" here: not published to.
+    let control = format!("pub-c-{tag}");
+    namespace(&client, &control, false).await;
+    let task = tokio::spawn(publish::run(client.clone(), rx, control.clone()));
 
     let took = until_published(
         &client,
@@ -108,13 +111,18 @@ async fn kube_publish_trust_anchors() {
     let took = until_published(&client, &meshed, &new_pem, "a new bundle is published").await;
     println!("new bundle published in {took:?}");
 
-    assert_eq!(
-        published(&client, &plain).await,
-        None,
-        "an unmeshed namespace got the anchors"
-    );
+    until_published(
+        &client,
+        &plain,
+        &new_pem,
+        "an unmeshed namespace gets the anchors too",
+    )
+    .await;
+    for ns in [control.as_str(), "kube-system", "kube-public"] {
+        assert_eq!(published(&client, ns).await, None, "{ns} got the anchors");
+    }
     task.abort();
-    for ns in [&meshed, &plain] {
+    for ns in [&meshed, &plain, &control] {
         let _ = Api::<Namespace>::all(client.clone())
             .delete(ns, &DeleteParams::default())
             .await;

@@ -17,11 +17,12 @@
 //! (the control plane's SPIFFE id; default `spiffe://<our trust domain>/ns/onemesh/sa/control`).
 //! Both modes verify peers with `ONEMESH_PROXY_TRUST_ANCHORS`. See [`crate::control`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use onemesh_identity::SpiffeId;
@@ -138,6 +139,14 @@ pub const ENV_IDENTITY_TOKEN_FILE: &str = "ONEMESH_PROXY_IDENTITY_TOKEN_FILE";
 /// new key, which its bootstrap token (bound to the first key) will not certify. `onemesh up` sets
 /// it; in Kubernetes it is a memory-backed `emptyDir`.
 pub const ENV_STATE_DIR: &str = "ONEMESH_PROXY_STATE_DIR";
+/// The app's own liveness/readiness/startup probes, which the injector moved to the admin port
+/// (`/app-probe/<container>/<kind>`): JSON keyed `<container>/<kind>`, each with `http`
+/// (`{"port", "path", "headers": [[name, value]]}`) or `tcp` (`{"port"}`) and `timeoutSeconds`
+/// (other keys are ignored). The admin server performs them on 127.0.0.1 (see
+/// [`crate::admin`]). Unset: no app probes.
+pub const ENV_APP_PROBES: &str = "ONEMESH_PROXY_APP_PROBES";
+/// At most this many app probes (a pod has a few containers, three probes each).
+pub const MAX_APP_PROBES: usize = 256;
 /// The control plane's namespace and service account in its default SPIFFE id.
 pub const DEFAULT_CONTROL_NAMESPACE: &str = "onemesh";
 /// See [`DEFAULT_CONTROL_NAMESPACE`].
@@ -316,6 +325,118 @@ pub struct Config {
     pub http1_transport: Http1Transport,
     /// Control-plane mode when set (see [`ENV_CONTROL_IDENTITY_ADDR`]); static mode otherwise.
     pub control: Option<ControlPlaneConfig>,
+    /// See [`ENV_APP_PROBES`].
+    pub app_probes: Arc<AppProbes>,
+}
+
+/// The app's probes the admin server answers (see [`ENV_APP_PROBES`]), by `<container>/<kind>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppProbes(BTreeMap<String, AppProbe>);
+
+impl AppProbes {
+    /// The probe at `/app-probe/<key>`.
+    pub fn get(&self, key: &str) -> Option<&AppProbe> {
+        self.0.get(key)
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Parses [`ENV_APP_PROBES`]'s JSON.
+    pub fn parse(json: &str) -> Result<AppProbes, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Raw {
+            http: Option<RawHttp>,
+            tcp: Option<RawTcp>,
+            timeout_seconds: u64,
+        }
+        #[derive(serde::Deserialize)]
+        struct RawHttp {
+            port: u16,
+            path: String,
+            #[serde(default)]
+            headers: Vec<(String, String)>,
+        }
+        #[derive(serde::Deserialize)]
+        struct RawTcp {
+            port: u16,
+        }
+        let raw: BTreeMap<String, Raw> = serde_json::from_str(json)
+            .map_err(|e| format!("is not the injector's JSON of app probes: {e}"))?;
+        if raw.len() > MAX_APP_PROBES {
+            return Err(format!("has more than {MAX_APP_PROBES} probes"));
+        }
+        let mut out = BTreeMap::new();
+        for (key, probe) in raw {
+            let bad = |what: &str| format!("probe {key:?}: {what}");
+            if !(1..=3600).contains(&probe.timeout_seconds) {
+                return Err(bad("timeoutSeconds must be 1 to 3600"));
+            }
+            let action = match (probe.http, probe.tcp) {
+                (Some(http), None) => {
+                    if http.port == 0 {
+                        return Err(bad("port 0"));
+                    }
+                    let path = http::uri::PathAndQuery::try_from(http.path.as_str())
+                        .ok()
+                        .filter(|_| http.path.starts_with('/'))
+                        .ok_or_else(|| bad("the path must be an absolute path such as /healthz"))?;
+                    let mut headers = Vec::with_capacity(http.headers.len());
+                    for (name, value) in http.headers {
+                        let name = http::HeaderName::try_from(name.as_str())
+                            .map_err(|_| bad(&format!("{name:?} is not a header name")))?;
+                        let value = http::HeaderValue::try_from(value.as_str())
+                            .map_err(|_| bad(&format!("{value:?} is not a header value")))?;
+                        headers.push((name, value));
+                    }
+                    ProbeAction::Http {
+                        port: http.port,
+                        path,
+                        headers,
+                    }
+                }
+                (None, Some(tcp)) if tcp.port != 0 => ProbeAction::Tcp { port: tcp.port },
+                _ => return Err(bad("needs exactly one of http and tcp, with a port")),
+            };
+            out.insert(
+                key,
+                AppProbe {
+                    action,
+                    timeout: Duration::from_secs(probe.timeout_seconds),
+                },
+            );
+        }
+        Ok(AppProbes(out))
+    }
+}
+
+/// One app probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppProbe {
+    pub action: ProbeAction,
+    /// The kubelet's `timeoutSeconds` for it.
+    pub timeout: Duration,
+}
+
+/// What an app probe does, always on 127.0.0.1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeAction {
+    /// `GET <path>` with these headers; 2xx/3xx is healthy (as the kubelet judges).
+    Http {
+        port: u16,
+        path: http::uri::PathAndQuery,
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    },
+    /// A TCP connect.
+    Tcp { port: u16 },
 }
 
 impl Config {
@@ -630,6 +751,7 @@ impl Config {
             positive_duration,
         );
         let opaque_ports = p.parse(ENV_OPAQUE_PORTS, DEFAULT_OPAQUE_PORTS, ports);
+        let app_probes = p.parse(ENV_APP_PROBES, "{}", AppProbes::parse);
         let control = control_plane(&mut p, identity.as_ref());
         let log = p.raw(ENV_LOG).unwrap_or_else(|| DEFAULT_LOG.to_string());
         let cores = p.parse(ENV_CORES, DEFAULT_CORES, |s| {
@@ -666,6 +788,7 @@ impl Config {
             log_format,
             cores,
             http1_transport,
+            app_probes,
         ) {
             (
                 Some(outbound_addr),
@@ -684,6 +807,7 @@ impl Config {
                 Some(log_format),
                 Some(cores),
                 Some(http1_transport),
+                Some(app_probes),
             ) if p.bad.is_empty() => Ok(Config {
                 outbound_addr,
                 inbound_addr,
@@ -709,6 +833,7 @@ impl Config {
                 cores,
                 http1_transport,
                 control,
+                app_probes: Arc::new(app_probes),
             }),
             _ => Err(ConfigError::Invalid(p.bad)),
         }

@@ -9,7 +9,8 @@
 //!   SPIFFE id checked against policy, and the traffic forwarded plain to the local application,
 //!   only to its declared ports and never to the proxy's own ([`inbound`]; request paths an app
 //!   could read differently from policy are refused first, [`path`]);
-//! - **admin** (default `127.0.0.1:4191`): `/metrics`, `/ready`, `/live` ([`admin`]).
+//! - **admin** (default `127.0.0.1:4191`): `/metrics`, `/ready`, `/live`, and the app's own
+//!   probes at `/app-probe/…` when injected in Kubernetes ([`admin`]).
 //!
 //! Between proxies, HTTP/2 and gRPC ride one multiplexed HTTP/2 connection per endpoint; HTTP/1
 //! rides pooled HTTP/1.1 connections ([`pool`]), or with `ONEMESH_PROXY_HTTP1_TRANSPORT=h2` the
@@ -362,6 +363,7 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
     ));
     let m = metrics.clone();
     let draining = drain.signal();
+    let app_probes = config.app_probes.clone();
     tokio::spawn(server::accept_loop(
         admin_listener,
         admin_stop.handle(),
@@ -373,6 +375,7 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
                 draining.clone(),
                 stop,
                 limits,
+                app_probes.clone(),
             )
         },
     ));

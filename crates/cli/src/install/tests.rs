@@ -15,6 +15,7 @@ fn args() -> InstallArgs {
         trust_domain: "example.org".to_string(),
         replicas: 2,
         control_image: "onemesh/control:test".to_string(),
+        proxy_image: "onemesh/proxy:test".to_string(),
         identity_trust_anchors_file: None,
         identity_issuer_certificate_file: None,
         identity_issuer_key_file: None,
@@ -257,4 +258,187 @@ fn uninstall_names_exactly_what_install_makes_last_first() {
         !uninstall_manifests().unwrap().contains("tls.key"),
         "no secret material"
     );
+}
+
+/// Whether a label selector matches `labels` (matchLabels and the four set operators), as the
+/// API server evaluates the webhook's selectors.
+fn selects(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.clone().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            other => panic!("unknown operator {other}"),
+        }
+    });
+    labels_ok && exprs_ok
+}
+
+#[test]
+fn the_injection_webhook_selects_meshed_namespaces_and_opted_in_pods() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let text = manifests(&args()).unwrap();
+    let config: MutatingWebhookConfiguration =
+        serde_saphyr::from_multiple::<serde_json::Value>(&text)
+            .unwrap()
+            .into_iter()
+            .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+            .map(|d| serde_json::from_value(d).unwrap())
+            .expect("a MutatingWebhookConfiguration");
+    assert_eq!(
+        config.metadata.name.as_deref(),
+        Some("onemesh-proxy-injector")
+    );
+    let hooks = config.webhooks.unwrap();
+    assert_eq!(hooks.len(), 2);
+    let anchors = secret_pem(
+        find(&docs(&text), "Secret", "onemesh-identity-issuer"),
+        "ca.crt",
+    );
+    for hook in &hooks {
+        assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
+        assert_eq!(hook.side_effects, "None");
+        assert_eq!(hook.timeout_seconds, Some(10));
+        assert_eq!(hook.reinvocation_policy.as_deref(), Some("IfNeeded"));
+        assert_eq!(hook.admission_review_versions, ["v1"]);
+        let service = hook.client_config.service.as_ref().unwrap();
+        assert_eq!(
+            (
+                service.name.as_str(),
+                service.namespace.as_str(),
+                service.path.as_deref(),
+                service.port
+            ),
+            ("onemesh-control", "onemesh", Some("/inject"), Some(8443))
+        );
+        let ca = hook.client_config.ca_bundle.as_ref().unwrap();
+        assert_eq!(String::from_utf8(ca.0.clone()).unwrap(), anchors);
+        let rule = &hook.rules.as_ref().unwrap()[0];
+        assert_eq!(
+            rule.operations.as_deref(),
+            Some(&["CREATE".to_string()][..])
+        );
+        assert_eq!(rule.resources.as_deref(), Some(&["pods".to_string()][..]));
+    }
+
+    let labels = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    // (namespace, its labels, pod labels, sent to the webhook by how many of the two)
+    let table = [
+        ("shop", vec![("onemesh.dev/mesh", "enabled")], vec![], 1),
+        (
+            "shop",
+            vec![("onemesh.dev/mesh", "enabled")],
+            vec![("onemesh.dev/inject", "enabled")],
+            1,
+        ),
+        (
+            "shop",
+            vec![("onemesh.dev/mesh", "enabled")],
+            vec![("onemesh.dev/inject", "disabled")],
+            0,
+        ),
+        ("web", vec![], vec![], 0),
+        ("web", vec![], vec![("onemesh.dev/inject", "enabled")], 1),
+        (
+            "web",
+            vec![("onemesh.dev/mesh", "off")],
+            vec![("onemesh.dev/inject", "enabled")],
+            1,
+        ),
+        ("web", vec![], vec![("onemesh.dev/inject", "disabled")], 0),
+        (
+            "kube-system",
+            vec![("onemesh.dev/mesh", "enabled")],
+            vec![("onemesh.dev/inject", "enabled")],
+            0,
+        ),
+        (
+            "kube-public",
+            vec![],
+            vec![("onemesh.dev/inject", "enabled")],
+            0,
+        ),
+        (
+            "kube-node-lease",
+            vec![],
+            vec![("onemesh.dev/inject", "enabled")],
+            0,
+        ),
+        (
+            "onemesh",
+            vec![("onemesh.dev/mesh", "enabled")],
+            vec![("onemesh.dev/inject", "enabled")],
+            0,
+        ),
+    ];
+    for (name, ns_labels, pod_labels, want) in table {
+        let mut ns = labels(&ns_labels);
+        // The API server sets this label on every namespace.
+        ns.insert("kubernetes.io/metadata.name".into(), name.into());
+        let pod = labels(&pod_labels);
+        let sent = hooks
+            .iter()
+            .filter(|h| {
+                selects(h.namespace_selector.as_ref().unwrap(), &ns)
+                    && selects(h.object_selector.as_ref().unwrap(), &pod)
+            })
+            .count();
+        assert_eq!(
+            sent, want,
+            "namespace {name} {ns_labels:?}, pod {pod_labels:?}"
+        );
+        // The injector's own rule agrees wherever the webhook is called at all.
+        if !onemesh_control::publish::SYSTEM_NAMESPACES.contains(&name) && name != "onemesh" {
+            assert_eq!(
+                sent == 1,
+                onemesh_control::inject::wanted(&ns, &pod),
+                "{name} {pod_labels:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_control_plane_serves_the_webhook_with_the_proxy_image() {
+    let text = manifests(&args()).unwrap();
+    let docs = docs(&text);
+    let deployment = find(&docs, "Deployment", "onemesh-control");
+    let container = &get(deployment, &["spec", "template", "spec", "containers"])
+        .as_sequence()
+        .unwrap()[0];
+    let args: Vec<&str> = get(container, &["args"])
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(args.contains(&"--listen-webhook=0.0.0.0:8443"), "{args:?}");
+    assert!(
+        args.contains(&"--proxy-image=onemesh/proxy:test"),
+        "{args:?}"
+    );
+    let service = find(&docs, "Service", "onemesh-control");
+    let ports: Vec<i64> = get(service, &["spec", "ports"])
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_mapping_get("port").and_then(|p| p.as_integer()))
+        .collect();
+    assert!(ports.contains(&8443), "{ports:?}");
 }

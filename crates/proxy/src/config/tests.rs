@@ -170,3 +170,51 @@ fn a_token_and_a_token_file_together_are_refused() {
     assert_eq!(value.token.read().unwrap(), "secret-value");
     assert!(!format!("{value:?}").contains("secret-value"));
 }
+
+#[test]
+fn app_probes_parse_from_the_injectors_json() {
+    // As the injector writes it (crates/control/src/inject.rs), `original` included.
+    let json = r#"{"web/liveness":{"http":{"port":8080,"path":"/healthz","headers":[["X-Probe","1"]]},"timeoutSeconds":2,"original":{"httpGet":{"path":"/healthz","port":"http"}}},"web/readiness":{"tcp":{"port":8080},"timeoutSeconds":1,"original":{"tcpSocket":{"port":8080}}}}"#;
+    let env = HashMap::from([(ENV_IDENTITY, ID), (ENV_APP_PROBES, json)]);
+    let c = Config::from_source(&env).unwrap();
+    assert_eq!(c.app_probes.len(), 2);
+    let live = c.app_probes.get("web/liveness").unwrap();
+    assert_eq!(live.timeout, Duration::from_secs(2));
+    match &live.action {
+        ProbeAction::Http {
+            port,
+            path,
+            headers,
+        } => {
+            assert_eq!((*port, path.as_str()), (8080, "/healthz"));
+            assert_eq!(headers[0].0, "x-probe");
+            assert_eq!(headers[0].1, "1");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        c.app_probes.get("web/readiness").unwrap().action,
+        ProbeAction::Tcp { port: 8080 }
+    );
+    // Unset: none.
+    let env = HashMap::from([(ENV_IDENTITY, ID)]);
+    assert!(Config::from_source(&env).unwrap().app_probes.is_empty());
+}
+
+#[test]
+fn bad_app_probes_are_reported() {
+    for bad in [
+        "not json",
+        r#"{"a/liveness":{"timeoutSeconds":1}}"#,
+        r#"{"a/liveness":{"tcp":{"port":0},"timeoutSeconds":1}}"#,
+        r#"{"a/liveness":{"tcp":{"port":80},"timeoutSeconds":0}}"#,
+        r#"{"a/liveness":{"tcp":{"port":80},"http":{"port":80,"path":"/"},"timeoutSeconds":1}}"#,
+        r#"{"a/liveness":{"http":{"port":80,"path":"healthz"},"timeoutSeconds":1}}"#,
+        r#"{"a/liveness":{"http":{"port":80,"path":"/","headers":[["bad header","x"]]},"timeoutSeconds":1}}"#,
+        r#"{"a/liveness":{"http":{"port":80,"path":"/","headers":[["x","bad\nvalue"]]},"timeoutSeconds":1}}"#,
+    ] {
+        let env = HashMap::from([(ENV_IDENTITY, ID), (ENV_APP_PROBES, bad)]);
+        let err = Config::from_source(&env).unwrap_err();
+        assert_eq!(err.bad_vars()[0].name, ENV_APP_PROBES, "{bad}");
+    }
+}
