@@ -112,8 +112,14 @@ fn the_pod(ns: &str, selector: &str) -> (String, String) {
         .clone()
 }
 
-/// Runs a program in a pod's network namespace; (success, stdout, stderr).
+/// Runs a program in a pod's network namespace; (success, stdout, stderr). Names resolve through
+/// the cluster DNS, as in the pod (`ip netns exec` mounts `/etc/netns/<name>/resolv.conf`).
 fn in_pod(uid: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let etc = PathBuf::from(format!("/etc/netns/onemesh-pod-{uid}"));
+    if !etc.join("resolv.conf").exists() {
+        std::fs::create_dir_all(&etc).expect("/etc/netns");
+        std::fs::write(etc.join("resolv.conf"), "nameserver 10.250.0.2\n").expect("resolv.conf");
+    }
     let out = Command::new("ip")
         .args(["netns", "exec", &format!("onemesh-pod-{uid}"), program])
         .args(args)
@@ -154,10 +160,25 @@ fn call(uid: &str, method: &str, url: &str) -> (u16, String) {
 }
 
 /// A GET of an app's own API from inside its pod (loopback, as `kubectl exec` would): JSON.
+/// pg's lists need the shop's merchant key (platform/README.md).
 fn app_get(ns: &str, path: &str) -> Value {
     let (_, uid) = the_pod(ns, &format!("app.kubernetes.io/name={ns}"));
-    let (status, body) = call(&uid, "GET", &format!("http://127.0.0.1:8080{path}"));
-    assert_eq!(status, 200, "{ns} GET {path}: {body}");
+    let url = format!("http://127.0.0.1:8080{path}");
+    let (ok, body, err) = in_pod(
+        &uid,
+        "curl",
+        &[
+            "-sS",
+            "--fail-with-body",
+            "--max-time",
+            "10",
+            "-H",
+            "x-merchant-key: sk_test_tableshop",
+            &url,
+        ],
+        &[],
+    );
+    assert!(ok, "{ns} GET {path}: {body}{err}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{ns} GET {path}: {e}: {body}"))
 }
 
@@ -320,8 +341,8 @@ fn outbound_requests(metrics: &str, dst_ns: &str) -> f64 {
         .sum()
 }
 
-/// GET from the node to a pod's port (Prometheus' API): JSON.
-fn node_get(url: &str) -> Value {
+/// An instant query of Prometheus' API, from the node: the JSON answer.
+fn prom_query(api: &str, query: &str) -> Value {
     let out = Command::new("ip")
         .args([
             "netns",
@@ -331,8 +352,10 @@ fn node_get(url: &str) -> Value {
             "-sS",
             "--max-time",
             "5",
-            url,
+            "-G",
         ])
+        .arg(format!("{api}/query"))
+        .args(["--data-urlencode", &format!("query={query}")])
         .output()
         .expect("curl");
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
@@ -352,23 +375,30 @@ fn agent_log() -> String {
     std::fs::read_to_string(PathBuf::from(dir).join("node-agent.log")).expect("node-agent.log")
 }
 
-/// The time of the first agent log line about `pod` (`ns/name`) that contains `what`.
-fn agent_time(log: &str, pod: &str, what: &str) -> Option<chrono_free::Micros> {
+/// The time of the first agent log line about `pod` (`ns/name`) with `uid` that contains `what`
+/// (a StatefulSet's pod has the same name in every run: the lines from its start with this uid on).
+fn agent_time(log: &str, pod: &str, uid: &str, what: &str) -> Option<chrono_free::Micros> {
     let prefix = format!("pod {pod}: ");
     log.lines()
+        .skip_while(|l| !(l.contains(&prefix) && l.contains(&format!("starting (uid {uid})"))))
         .filter(|l| l.contains(&prefix) && l.contains(what))
         .find_map(chrono_free::parse)
 }
 
-/// Log times (`2026/12/03 12:00:00.123456`) as microseconds of the day, without a date library.
+/// Log times (`2026/12/03 12:00:00.123456`) as microseconds, without a date library: ordered
+/// correctly across days (a day counts as 31 × 12 per year; only differences within a day are
+/// durations).
 mod chrono_free {
     pub type Micros = u64;
     pub fn parse(line: &str) -> Option<Micros> {
-        let time = line.split_whitespace().nth(1)?;
-        let (hms, micros) = time.split_once('.')?;
+        let mut words = line.split_whitespace();
+        let mut date = words.next()?.split('/').map(|p| p.parse::<u64>().ok());
+        let (y, mo, d) = (date.next()??, date.next()??, date.next()??);
+        let (hms, micros) = words.next()?.split_once('.')?;
         let mut parts = hms.split(':').map(|p| p.parse::<u64>().ok());
         let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
-        Some(((h * 60 + m) * 60 + s) * 1_000_000 + micros.parse::<u64>().ok()?)
+        let day = (y * 12 + mo) * 31 + d;
+        Some((((day * 24 + h) * 60 + m) * 60 + s) * 1_000_000 + micros.parse::<u64>().ok()?)
     }
 }
 
@@ -417,12 +447,12 @@ fn assert_injected(pod: &Value, app: &str, log: &str) -> Duration {
     );
     // Order: the init step ended, then the proxy was ready, then the app started.
     let key = format!("{ns}/{name}");
-    let started = agent_time(log, &key, "starting (uid").expect("pod start in the agent log");
-    let init_done = agent_time(log, &key, "container onemesh-init exited with 0")
+    let started = agent_time(log, &key, uid, "starting (uid").expect("pod start in the agent log");
+    let init_done = agent_time(log, &key, uid, "container onemesh-init exited with 0")
         .unwrap_or_else(|| panic!("{key}: the init step did not end with 0"));
-    let proxy_ready = agent_time(log, &key, "container onemesh-proxy is started")
+    let proxy_ready = agent_time(log, &key, uid, "container onemesh-proxy is started")
         .unwrap_or_else(|| panic!("{key}: the proxy never became ready"));
-    let app_started = agent_time(log, &key, &format!("container {app} started"))
+    let app_started = agent_time(log, &key, uid, &format!("container {app} started"))
         .unwrap_or_else(|| panic!("{key}: the app {app} never started"));
     assert!(
         started <= init_done && init_done <= proxy_ready && proxy_ready <= app_started,
@@ -431,8 +461,22 @@ fn assert_injected(pod: &Value, app: &str, log: &str) -> Duration {
     Duration::from_micros(proxy_ready.saturating_sub(started))
 }
 
-/// Removes what an earlier run left (the platform, its tests' namespaces, the mesh), and waits.
+/// Removes what an earlier run left (the platform, its tests' namespaces, the mesh, the pods'
+/// resolv.conf for `ip netns exec`), and waits.
 fn clean() {
+    for dir in std::fs::read_dir("/etc/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if dir
+            .file_name()
+            .to_string_lossy()
+            .starts_with("onemesh-pod-")
+        {
+            let _ = std::fs::remove_dir_all(dir.path());
+        }
+    }
     for dir in [
         "deploy/overlays/test-cluster",
         "deploy/testing/postgres",
@@ -690,7 +734,7 @@ fn kube_platform_meshed_on_the_cluster() {
         .map(|p| pod_ip(&p))
         .collect();
     eventually("Prometheus scrapes every platform proxy", READY, || {
-        let up = node_get(&format!("{api}/query?query=up"));
+        let up = prom_query(&api, "up");
         let healthy: BTreeSet<String> = up["data"]["result"]
             .as_array()?
             .iter()
@@ -711,9 +755,7 @@ fn kube_platform_meshed_on_the_cluster() {
     let c1 = outbound_requests(&proxy_metrics(&pod_ip(pg)), "appcard")
         + outbound_requests(&proxy_metrics(&pod_ip(pg)), "card");
     let own = (c1 - c0) / t0.elapsed().as_secs_f64();
-    let recorded = node_get(&format!(
-        "{api}/query?query=sum(onemesh:edge:request_rate:1m{{namespace=\"pg\"}})"
-    ));
+    let recorded = prom_query(&api, "sum(onemesh:edge:request_rate:1m{namespace=\"pg\"})");
     let recorded: f64 = recorded["data"]["result"][0]["value"][1]
         .as_str()
         .and_then(|v| v.parse().ok())
