@@ -2,7 +2,7 @@
 
 Runs `kubectl kustomize` ($ONEMESH_KUBECTL; unset = failure, never a skip) and checks the objects:
 nothing of the mesh written in them, StatefulSets with claims, restrictive pods, the payment
-chain's policies as in deploy/platform/platform.yaml, the images, and which namespace may reach
+chain's policies as in mesh.yaml (local mode), the images, and which namespace may reach
 which port under the NetworkPolicies (evaluated here: no cluster enforces them in tests).
 """
 
@@ -162,7 +162,8 @@ class Workloads(unittest.TestCase):
 
 
 class MeshPolicy(unittest.TestCase):
-    """The payment chain's AuthorizationPolicies and Routes are the hand-meshed platform's."""
+    """The payment chain's AuthorizationPolicies and Routes are local mode's (mesh.yaml): one
+    policy whichever way the platform runs."""
 
     def _by_key(self, objects, kind):
         out = {}
@@ -170,8 +171,8 @@ class MeshPolicy(unittest.TestCase):
             out[(o["metadata"]["namespace"], o["metadata"]["name"])] = o["spec"]
         return out
 
-    def test_same_policies_and_routes_as_platform_yaml(self):
-        reference = [d for d in yaml.safe_load_all((DEPLOY / "platform" / "platform.yaml").read_text()) if d]
+    def test_same_policies_and_routes_as_mesh_yaml(self):
+        reference = [d for d in yaml.safe_load_all((DEPLOY.parent / "mesh.yaml").read_text()) if d]
         for path in OVERLAYS:
             objects = render(path)
             for kind in ("AuthorizationPolicy", "Route"):
