@@ -658,6 +658,35 @@ fn kube_platform_meshed_on_the_cluster() {
         "reads failed while {victim} went away: {failed:?}"
     );
 
+    // A server-speaks-first protocol on a port the proxies detect: the client sends nothing until
+    // it is greeted, and is greeted well before the 1 s detection timeout (the proxy takes a
+    // silent client for server-speaks-first after its first-byte window).
+    let greeter =
+        std::fs::read_to_string(repo().join("crates/cli/tests/fixtures/kube-greeter.yaml"))
+            .expect("kube-greeter.yaml");
+    apply(&greeter);
+    rollout_ready("deployment", "order", "greeter");
+    let client = "import socket, time\n\
+        t = time.monotonic()\n\
+        s = socket.create_connection(('greeter.order.svc.cluster.local', 2525), timeout=5)\n\
+        greeting = s.recv(64)\n\
+        took = time.monotonic() - t\n\
+        s.sendall(b'HELO mesh\\r\\n')\n\
+        print(f'{took:.3f} {greeting!r} {s.recv(64)!r}')\n";
+    let (ok, out, err) = in_pod(&customers, "python3", &["-c", client], &[]);
+    assert!(ok, "server-speaks-first client: {out}{err}");
+    let (took, rest) = out.trim().split_once(' ').expect("took and answers");
+    assert!(
+        rest.contains("220 greeter ready") && rest.contains("250 HELO mesh"),
+        "{out}"
+    );
+    let took: f64 = took.parse().expect("seconds");
+    println!("server-speaks-first through a detecting port: greeted after {took:.3} s");
+    assert!(
+        took < 0.9,
+        "the greeting was held back {took} s: detection stalled"
+    );
+
     // Deleting a control-plane pod interrupts nothing.
     let (control_pod, _) = the_pod("onemesh", "app.kubernetes.io/name=onemesh-control");
     kubectl(&[
