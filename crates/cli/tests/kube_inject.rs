@@ -9,7 +9,7 @@ mod kube;
 
 use std::time::{Duration, Instant};
 
-use kube::{NEEDS_CLUSTER, eventually, kubectl, kubectl_in, onemesh};
+use kube::{NEEDS_CLUSTER, eventually, kubectl, kubectl_in, onemesh, uninstall};
 use serde_json::Value;
 
 fn apply(manifests: &str) {
@@ -18,22 +18,6 @@ fn apply(manifests: &str) {
         manifests,
     );
     assert!(ok, "kubectl apply failed: {out}");
-}
-
-fn uninstall() {
-    let (ok, heads) = onemesh(&["uninstall"]);
-    assert!(ok, "{heads}");
-    let _ = kubectl_in(
-        &[
-            "delete",
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=90s",
-            "-f",
-            "-",
-        ],
-        &heads,
-    );
 }
 
 fn namespace(name: &str, meshed: bool) {

@@ -310,9 +310,10 @@ fn check_money() -> usize {
     ended
 }
 
-/// A proxy's metrics, read from the node (the admin port is not captured).
-fn proxy_metrics(pod_ip: &str) -> String {
-    let out = Command::new("ip")
+/// `curl -sS --max-time 5 ARGS` from the node's network namespace (pod IPs route there; the
+/// admin port is not captured): its stdout.
+fn node_curl(args: &[&str]) -> Vec<u8> {
+    Command::new("ip")
         .args([
             "netns",
             "exec",
@@ -322,13 +323,18 @@ fn proxy_metrics(pod_ip: &str) -> String {
             "--max-time",
             "5",
         ])
-        .arg(format!("http://{pod_ip}:4191/metrics"))
+        .args(args)
         .output()
-        .expect("curl metrics");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .expect("curl from the node")
+        .stdout
 }
 
-/// The sum of `request_total` samples of outbound requests from `ns/workload` to `dst`.
+/// A proxy's metrics, read from the node.
+fn proxy_metrics(pod_ip: &str) -> String {
+    String::from_utf8_lossy(&node_curl(&[&format!("http://{pod_ip}:4191/metrics")])).into_owned()
+}
+
+/// The sum of a proxy's `request_total` samples of outbound requests to namespace `dst_ns`.
 fn outbound_requests(metrics: &str, dst_ns: &str) -> f64 {
     metrics
         .lines()
@@ -343,22 +349,10 @@ fn outbound_requests(metrics: &str, dst_ns: &str) -> f64 {
 
 /// An instant query of Prometheus' API, from the node: the JSON answer.
 fn prom_query(api: &str, query: &str) -> Value {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            "onemesh-k8s",
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "-G",
-        ])
-        .arg(format!("{api}/query"))
-        .args(["--data-urlencode", &format!("query={query}")])
-        .output()
-        .expect("curl");
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    let url = format!("{api}/query");
+    let query = format!("query={query}");
+    serde_json::from_slice(&node_curl(&["-G", &url, "--data-urlencode", &query]))
+        .unwrap_or(Value::Null)
 }
 
 fn pod_ip(pod: &Value) -> String {
@@ -494,19 +488,7 @@ fn clean() {
             "",
         );
     }
-    let (ok, heads) = onemesh(&["uninstall"]);
-    assert!(ok, "{heads}");
-    let _ = kubectl_in(
-        &[
-            "delete",
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=90s",
-            "-f",
-            "-",
-        ],
-        &heads,
-    );
+    kube::uninstall();
 }
 
 /// Reads from the `echo` workload from `customers`' pod; the pod names that answered, and the
@@ -778,11 +760,13 @@ fn kube_platform_meshed_on_the_cluster() {
     // The customers Deployment keeps ordering; pg → card is an edge of every card payment.
     let pg = &pod_objects("pg", "app.kubernetes.io/name=pg")[0];
     let t0 = Instant::now();
-    let c0 = outbound_requests(&proxy_metrics(&pod_ip(pg)), "appcard")
-        + outbound_requests(&proxy_metrics(&pod_ip(pg)), "card");
+    let pg_out = || {
+        let metrics = proxy_metrics(&pod_ip(pg));
+        outbound_requests(&metrics, "appcard") + outbound_requests(&metrics, "card")
+    };
+    let c0 = pg_out();
     std::thread::sleep(Duration::from_secs(60));
-    let c1 = outbound_requests(&proxy_metrics(&pod_ip(pg)), "appcard")
-        + outbound_requests(&proxy_metrics(&pod_ip(pg)), "card");
+    let c1 = pg_out();
     let own = (c1 - c0) / t0.elapsed().as_secs_f64();
     let recorded = prom_query(&api, "sum(onemesh:edge:request_rate:1m{namespace=\"pg\"})");
     let recorded: f64 = recorded["data"]["result"][0]["value"][1]

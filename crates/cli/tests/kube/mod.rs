@@ -81,6 +81,23 @@ fn kubectl_program() -> Vec<String> {
         .collect()
 }
 
+/// Removes the mesh as `onemesh uninstall | kubectl delete -f -` does, if it is there, and waits.
+pub fn uninstall() {
+    let (ok, heads) = onemesh(&["uninstall"]);
+    assert!(ok, "{heads}");
+    let _ = kubectl_in(
+        &[
+            "delete",
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=90s",
+            "-f",
+            "-",
+        ],
+        &heads,
+    );
+}
+
 /// Polls `f` every 100 ms until it returns `Some`, or panics with `what` after `limit`.
 pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
