@@ -30,8 +30,8 @@
 //!    connection), HTTP/2 on the shared HTTP/2 connection (and HTTP/1 too when
 //!    `ONEMESH_PROXY_HTTP1_TRANSPORT=h2`).
 //!
-//! The request's outcome is recorded once, when it ends, by [`crate::telemetry::finish`] (the
-//! rule both directions share), under the endpoint and route it went to — or, for a request that
+//! The request's outcome is recorded once, when it ends, by [`crate::telemetry::finish`] (one
+//! rule for both directions: a 5xx, a gRPC error or a proxy's own answer is a failure), under the endpoint and route it went to — or, for a request that
 //! failed before an endpoint was chosen (h2c, malformed, discovery unavailable, no endpoints), under
 //! what was known by then: the service's namespace if resolved, the route if matched, no
 //! `dst_workload` or `server_id`, `tls="no_identity"`. Every failure on this path becomes a

@@ -7,10 +7,11 @@
 //! is counted once in `response_total` and the latency histogram under the request's route labels.
 //!
 //! The rule: a request is classified by the response the client gets
-//! ([`http_util::classify`]): a 5xx or a gRPC error is a failure, anything else a success, whoever
-//! made the response. A proxy-made `403 forbidden` is therefore a success in both directions (the
-//! callee did not fail; `authz_deny_total` and `proxy_error_total` count the denial), and a
-//! proxy-made 502/503/504 a failure in both.
+//! ([`http_util::classify`]), whoever made it: a 5xx, a gRPC error, or an answer made by a proxy
+//! (it carries `onemesh-error`) is a failure; anything else, an app's own 4xx included, a success.
+//! A proxy-made `403 forbidden` is therefore a failure in both directions: on the inbound that
+//! refused it, and on the caller's outbound that passed the refusal back to its app (as DESIGN.md
+//! has it: "failure = 5xx or a proxy error"; a business refusal such as a 402 is a success).
 //!
 //! What is not here: which labels a request is counted under is its direction's business (the
 //! inbound's connection, the outbound's endpoint and route, or what was known when it failed

@@ -1,6 +1,7 @@
 //! Every outbound request's outcome reaches `response_total` once, also when it failed before an
 //! endpoint was chosen (no endpoints, a loop, a request naming no host), and a proxy-made 403
-//! is counted the same way by the proxy that made it (inbound) and by the caller's (outbound).
+//! is counted the same way by the proxy that made it (inbound) and by the caller's (outbound): a
+//! failure, as every answer a proxy made itself.
 
 mod support;
 
@@ -67,7 +68,11 @@ async fn failures_before_an_endpoint_is_chosen_are_counted() {
     assert_eq!(outbound_counts(&m, &no_endpoints[..4]), (1.0, 1.0), "{m}");
     let looped = ["status_code=\"502\"", "classification=\"failure\""];
     assert_eq!(outbound_counts(&m, &looped).1, 2.0, "{m}");
-    let malformed = ["dst_namespace=\"\"", "status_code=\"400\""];
+    let malformed = [
+        "dst_namespace=\"\"",
+        "status_code=\"400\"",
+        "classification=\"failure\"",
+    ];
     assert_eq!(outbound_counts(&m, &malformed).1, 1.0, "{m}");
     // every request counted once, in both families
     assert_eq!(outbound_counts(&m, &[]), (4.0, 4.0), "{m}");
@@ -114,13 +119,14 @@ async fn a_proxy_made_403_counts_the_same_way_inbound_and_outbound() {
             "{class}\n{inbound}\n{outbound}"
         );
     }
-    // the rule: by the status the client gets (a 403 is not the callee failing)
-    assert_eq!(
-        sum(
-            &inbound,
-            "response_total",
-            &["status_code=\"403\"", "classification=\"success\""]
-        ),
-        1.0
-    );
+    // the rule: a proxy's own answer is a failure, on both sides
+    for (m, direction) in [(&inbound, "inbound"), (&outbound, "outbound")] {
+        let labels = [
+            format!("direction=\"{direction}\""),
+            "status_code=\"403\"".to_string(),
+            "classification=\"failure\"".to_string(),
+        ];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        assert_eq!(sum(m, "response_total", &labels), 1.0, "{direction}\n{m}");
+    }
 }

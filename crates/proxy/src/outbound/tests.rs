@@ -108,9 +108,9 @@ async fn a_request_naming_no_host_is_answered_and_counted() {
     assert_eq!(rsp.headers()["onemesh-error"], "malformed");
     let (response, requests) = counted(&metrics);
     assert_eq!(requests, 1.0);
-    // a 4xx is not the callee failing: the same rule as for every response
+    // the proxy answered: a failure, as any proxy error
     assert!(
-        response.ends_with("classification=\"success\",status_code=\"400\"} 1"),
+        response.ends_with("classification=\"failure\",status_code=\"400\"} 1"),
         "{response}"
     );
 }

@@ -67,7 +67,7 @@ fn a_proxy_made_403_counts_the_same_way_in_both_directions() {
     assert_eq!(inbound, responses(&metrics, "outbound"));
     assert_eq!(
         inbound,
-        [("403".to_string(), "success".to_string(), "1".to_string())]
+        [("403".to_string(), "failure".to_string(), "1".to_string())]
     );
     let text = metrics.encode();
     for direction in ["inbound", "outbound"] {
@@ -78,6 +78,53 @@ fn a_proxy_made_403_counts_the_same_way_in_both_directions() {
             "{text}"
         );
     }
+}
+
+#[test]
+fn a_refusal_passed_back_by_the_outbound_counts_like_the_inbounds_own() {
+    let metrics = Metrics::new();
+    let inbound = route(&metrics, Direction::Inbound);
+    let refusal = finish(
+        &metrics,
+        Direction::Inbound,
+        &inbound,
+        Instant::now(),
+        Err(forbidden()),
+    );
+    // the caller's outbound gets the inbound's answer as a response
+    let outbound = route(&metrics, Direction::Outbound);
+    finish(
+        &metrics,
+        Direction::Outbound,
+        &outbound,
+        Instant::now(),
+        Ok(refusal),
+    );
+    assert_eq!(
+        responses(&metrics, "inbound"),
+        responses(&metrics, "outbound")
+    );
+    // an app's own 403 is a success
+    let own = Response::builder()
+        .status(403)
+        .body(crate::body::empty())
+        .expect("a valid response");
+    finish(
+        &metrics,
+        Direction::Outbound,
+        &outbound,
+        Instant::now(),
+        Ok(own),
+    );
+    let mut counted = responses(&metrics, "outbound");
+    counted.sort();
+    assert_eq!(
+        counted,
+        [
+            ("403".to_string(), "failure".to_string(), "1".to_string()),
+            ("403".to_string(), "success".to_string(), "1".to_string()),
+        ]
+    );
 }
 
 #[test]
