@@ -7,7 +7,7 @@
 //!
 //! Replayable means bodiless (the body is streamed, never buffered), not an upgrade, and
 //! idempotent by method or on a route marked `retryable`. Each attempt's latency (or failure) is
-//! recorded on the endpoint it went to. Retries are counted in `retry_total` (`retried`, or
+//! recorded on the endpoint it went to (the balancer's load state). Retries are counted in `retry_total` (`retried`, or
 //! `budget_exhausted` when the budget said no). The route's timeout covers both attempts (the
 //! timeout stage sits above this one).
 
@@ -124,7 +124,15 @@ impl Retry<'_> {
         first: &Arc<EndpointLoad>,
     ) -> Result<Response<Body>, ProxyError> {
         self.budget.deposit();
-        let result = attempt(endpoints, req, first, self.authority).await;
+        // (Each attempt written out rather than an `async fn`: one future less to move per
+        // request.)
+        let in_flight = first.start();
+        let result = endpoints
+            .send(req, &first.endpoint, &first.key, self.authority)
+            .await;
+        if result.is_ok() {
+            in_flight.complete();
+        }
         let again = match &result {
             Err(err) => err.is_retryable(),
             Ok(rsp) if ProxyError::peer_did_not_deliver(rsp) => {
@@ -144,13 +152,15 @@ impl Retry<'_> {
             return result;
         };
         self.count("retried");
-        attempt(
-            endpoints,
-            head.map(|()| body::empty()),
-            &next,
-            self.authority,
-        )
-        .await
+        let in_flight = next.start();
+        let req = head.map(|()| body::empty());
+        let result = endpoints
+            .send(req, &next.endpoint, &next.key, self.authority)
+            .await;
+        if result.is_ok() {
+            in_flight.complete();
+        }
+        result
     }
 
     fn count(&self, outcome: &'static str) {
@@ -162,23 +172,6 @@ impl Retry<'_> {
             })
             .inc();
     }
-}
-
-/// One attempt on `load`'s endpoint, its latency (or failure) recorded there.
-async fn attempt(
-    endpoints: &Endpoints,
-    req: Request<Body>,
-    load: &Arc<EndpointLoad>,
-    authority: &str,
-) -> Result<Response<Body>, ProxyError> {
-    let in_flight = load.start();
-    let result = endpoints
-        .send(req, &load.endpoint, &load.key, authority)
-        .await;
-    if result.is_ok() {
-        in_flight.complete();
-    }
-    result
 }
 
 #[cfg(test)]
