@@ -32,3 +32,6 @@ pub fn matched(service: &Service, req: &Request<Body>) -> Matched {
         None => Matched::default(),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -157,3 +157,6 @@ impl Targets {
         Ok(resolved)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -28,3 +28,6 @@ where
         None => Either::Right(attempts),
     }
 }
+
+#[cfg(test)]
+mod tests;
