@@ -15,7 +15,7 @@ use crate::error::ProxyError;
 pub const ALPN: &[u8] = b"onemesh/1";
 
 /// Plain HTTP clients for egress and HTTP/2 applications (pooled, with upgrades); HTTP/1.1 to the
-/// local application goes through the inbound's own [`Http1Pool`].
+/// local application goes through the inbound's own [`crate::pool::Http1Pool`].
 #[derive(Clone, Debug)]
 pub struct PlainClients {
     /// HTTP/1.1 (egress).

@@ -7,9 +7,9 @@
 //! 3. detect: HTTP/1, HTTP/2 or opaque (a timeout counts as opaque);
 //! 4. HTTP: check the first request head, then serve HTTP/1 or HTTP/2, each request through the
 //!    request stack below;
-//! 5. opaque: resolve the original destination (or the tcp forward's service) and splice bytes
-//!    over mTLS (or plain, for egress); closed after `ONEMESH_PROXY_STREAM_IDLE_TIMEOUT` without a
-//!    byte either way.
+//! 5. opaque ([`Outbound::opaque`]): resolve the original destination (or the tcp forward's service) and
+//!    splice bytes over mTLS (or plain, for egress); closed after
+//!    `ONEMESH_PROXY_STREAM_IDLE_TIMEOUT` without a byte either way.
 //!
 //! Per HTTP request, the stack of stages ([`Outbound::proxy`]), assembled top to bottom in one
 //! function, each stage a module:
@@ -40,6 +40,7 @@
 pub mod balance;
 pub mod egress;
 pub mod endpoint;
+mod opaque;
 pub mod retry;
 pub mod route;
 pub mod target;
@@ -54,9 +55,7 @@ use futures_util::FutureExt;
 use http::header::HeaderValue;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tracing::debug;
 
 use self::balance::EndpointLoad;
 use self::egress::Egress;
@@ -71,14 +70,13 @@ use crate::discover::{Discover, EndpointProtocol, Resolution, Target};
 use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::http_util;
-use crate::io::{ByteCounters, PrefixedIo, SpliceError};
+use crate::io::PrefixedIo;
 use crate::metrics::{
     Direction, EdgeLabels, Metrics, ReasonLabels, RouteLabels, RouteMetrics, Tls,
 };
 use crate::orig_dst::original_dst;
 use crate::server::{self, HttpLimits, HttpService};
 use crate::telemetry;
-use crate::transport_header::Protocol;
 
 pub use self::retry::{RETRY_RATIO, RETRY_RESERVE_MAX, RetryBudget};
 
@@ -432,100 +430,6 @@ impl Outbound {
         let metrics = Arc::new(self.inner.metrics.route(labels));
         routes.insert(key, (load.clone(), metrics.clone()));
         metrics
-    }
-
-    /// Carries an opaque stream to `target`.
-    pub async fn opaque<I>(&self, mut io: I, target: Target)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send,
-    {
-        let resolved = match self.inner.targets.resolve(&target).await {
-            Ok(r) => r,
-            Err(err) => {
-                self.inner
-                    .metrics
-                    .error(Direction::Outbound, err.outcome().reason);
-                return;
-            }
-        };
-        match &resolved.resolution {
-            Resolution::Mesh(rx) => {
-                let (service, balancer) = resolved.balancer.current(rx);
-                let Some(load) = balancer.pick() else {
-                    self.inner
-                        .metrics
-                        .error(Direction::Outbound, "no_endpoints");
-                    debug!(service = %service.name, "no endpoints for opaque connection");
-                    return;
-                };
-                let in_flight = load.start();
-                let mut upstream = match self
-                    .inner
-                    .endpoints
-                    .mesh
-                    .connect(&load.endpoint, Protocol::Opaque, &target.authority())
-                    .await
-                {
-                    Ok(tls) => tls,
-                    Err(err) => {
-                        self.inner
-                            .metrics
-                            .error(Direction::Outbound, err.outcome().reason);
-                        return;
-                    }
-                };
-                in_flight.complete();
-                let guard = self.inner.metrics.open_tcp(self.edge(
-                    load.endpoint.namespace.clone(),
-                    load.endpoint.workload.clone(),
-                    Some(load.server_id.clone()),
-                    Tls::True,
-                ));
-                self.splice(&mut io, &mut upstream, guard.counters()).await;
-            }
-            Resolution::External => {
-                let dst = target.authority();
-                let connect = TcpStream::connect(dst.as_str());
-                let mut upstream = match tokio::time::timeout(
-                    self.inner.settings.connect_timeout,
-                    connect,
-                )
-                .await
-                {
-                    Ok(Ok(tcp)) => tcp,
-                    _ => {
-                        self.inner
-                            .metrics
-                            .error(Direction::Outbound, "connect_failed");
-                        return;
-                    }
-                };
-                let guard = self.inner.metrics.open_tcp(self.edge(
-                    "".into(),
-                    "".into(),
-                    None,
-                    Tls::NoIdentity,
-                ));
-                self.splice(&mut io, &mut upstream, guard.counters()).await;
-            }
-        }
-    }
-
-    /// Splices an opaque stream, counting an idle close.
-    async fn splice<A, U>(&self, io: &mut A, upstream: &mut U, counters: &ByteCounters)
-    where
-        A: AsyncRead + AsyncWrite + Unpin + Send,
-        U: AsyncRead + AsyncWrite + Unpin + Send,
-    {
-        let idle = self.inner.settings.stream_idle_timeout;
-        if let Err(error @ SpliceError::Idle(_)) =
-            crate::io::splice(io, upstream, counters, idle).await
-        {
-            debug!(%error, "opaque stream closed");
-            self.inner
-                .metrics
-                .error(Direction::Outbound, http_util::IDLE_TIMEOUT_REASON);
-        }
     }
 }
 
