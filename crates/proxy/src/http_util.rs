@@ -141,15 +141,30 @@ pub fn version_name(v: Version) -> Option<HeaderValue> {
     }
 }
 
-/// Classifies a response: 5xx and gRPC errors in the headers are failures.
+/// `onemesh-error`: the header of every answer a proxy made itself ([`crate::error::ERROR_HEADER`]).
+const PROXY_ERROR: HeaderName = HeaderName::from_static(crate::error::ERROR_HEADER);
+
+/// Classifies a response as the client gets it, whoever made it (the one rule of
+/// [`crate::telemetry`]): a 5xx, a gRPC error in the headers, or an answer made by a proxy (it
+/// carries `onemesh-error`: a refusal, a failure to deliver) is a failure; anything else,
+/// an app's own 4xx included, is a success. One pass over the header names.
 pub fn classify<B>(rsp: &Response<B>) -> Classification {
     if rsp.status().is_server_error() {
         return Classification::Failure;
     }
-    match find(rsp.headers(), &GRPC_STATUS) {
-        Some(v) if v.as_bytes() != b"0" => Classification::Failure,
-        _ => Classification::Success,
+    let mut grpc_seen = false;
+    for (name, value) in rsp.headers() {
+        if *name == PROXY_ERROR {
+            return Classification::Failure;
+        }
+        if *name == GRPC_STATUS && !grpc_seen {
+            if value.as_bytes() != b"0" {
+                return Classification::Failure;
+            }
+            grpc_seen = true;
+        }
     }
+    Classification::Success
 }
 
 /// After a `101 Switching Protocols`, joins the two upgraded streams and copies bytes both ways

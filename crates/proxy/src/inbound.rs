@@ -56,13 +56,13 @@ use crate::error::ProxyError;
 use crate::http_util::{self, CLIENT_ID, EGRESS_ID, ORIG_PROTO};
 use crate::io::{CountingIo, PrefixedIo, SpliceError};
 use crate::metrics::{
-    Classification, DenyLabels, Direction, EdgeLabels, Metrics, ReasonLabels, RouteLabels,
-    RouteMetrics, Tls,
+    DenyLabels, Direction, EdgeLabels, Metrics, ReasonLabels, RouteLabels, RouteMetrics, Tls,
 };
 use crate::orig_dst::original_dst;
 use crate::policy::{Authorizations, PortRefusal, authorize, check_port, plain_target};
 use crate::pool::{self, Http1Pool};
 use crate::server::{self, HttpLimits, HttpService};
+use crate::telemetry;
 use crate::transport_header::{Protocol, TransportHeader};
 
 /// Settings of the inbound side.
@@ -523,24 +523,7 @@ impl Inbound {
                 })
             }
         };
-        match result {
-            Ok(rsp) => {
-                let class = http_util::classify(&rsp);
-                http.route.record(metrics, start, rsp.status(), class);
-                rsp
-            }
-            Err(err) => {
-                let outcome = err.outcome();
-                let class = if outcome.status.is_server_error() {
-                    Classification::Failure
-                } else {
-                    Classification::Success
-                };
-                http.route.record(metrics, start, outcome.status, class);
-                self.error(outcome.reason);
-                err.to_response()
-            }
-        }
+        telemetry::finish(metrics, Direction::Inbound, &http.route, start, result)
     }
 
     async fn dial_app(&self, app: SocketAddr) -> Result<pool::Sender, ProxyError> {

@@ -24,8 +24,10 @@
 //! [`control`] from the control plane's gRPC API (selected by `ONEMESH_PROXY_CONTROL_*_ADDR`),
 //! without touching the data path.
 //!
-//! Failures become responses in exactly one place ([`error::ProxyError::outcome`]); metrics are
-//! in [`metrics`]; configuration ([`config`]) is `ONEMESH_PROXY_*` environment variables.
+//! Failures become responses in exactly one place ([`error::ProxyError::outcome`]), and every
+//! request's outcome is recorded in one place with one rule for both directions ([`telemetry`]);
+//! metrics are in [`metrics`]; configuration ([`config`]) is `ONEMESH_PROXY_*` environment
+//! variables.
 //!
 //! [`build`] binds everything and returns the addresses really bound (tests use port 0);
 //! [`Proxy::shutdown`] drains.
@@ -40,7 +42,6 @@
 //! reads `grpc-status` from response headers only, not trailers.
 
 pub mod admin;
-pub mod balance;
 pub mod body;
 pub mod client;
 pub mod config;
@@ -64,6 +65,7 @@ pub mod pool;
 pub mod server;
 pub mod state_dir;
 pub mod static_config;
+pub mod telemetry;
 mod timer;
 pub mod transport_header;
 
@@ -266,8 +268,11 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
         trust.spawn(credentials.clone(), renew);
     }
     let plain = client::PlainClients::new(config.connect_timeout);
-    let mesh =
-        client::MeshClient::new(credentials.clone(), config.connect_timeout, metrics.clone());
+    let mesh = outbound::endpoint::MeshClient::new(
+        credentials.clone(),
+        config.connect_timeout,
+        metrics.clone(),
+    );
 
     let mesh_to_prune = mesh.clone();
     let outbound = outbound::Outbound::new(

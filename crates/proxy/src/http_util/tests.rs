@@ -88,6 +88,21 @@ fn server_errors_and_grpc_errors_are_failures() {
 }
 
 #[test]
+fn an_answer_made_by_a_proxy_is_a_failure_whatever_its_status() {
+    for (status, reason) in [
+        (403, "forbidden"),
+        (400, "malformed"),
+        (503, "no_endpoints"),
+    ] {
+        let mut r = http::Response::new(());
+        *r.status_mut() = http::StatusCode::from_u16(status).expect("status");
+        r.headers_mut()
+            .insert("onemesh-error", HeaderValue::from_static(reason));
+        assert_eq!(classify(&r), Classification::Failure, "{status} {reason}");
+    }
+}
+
+#[test]
 fn h2c_upgrades_are_recognized_and_websocket_is_not() {
     for h2c in [
         map(&[

@@ -8,15 +8,20 @@
 //! cheap again and is tried, instead of being starved for good. To pick, two distinct endpoints are drawn at random and the cheaper one wins: this
 //! avoids herding onto one "best" endpoint while still steering away from slow ones.
 //!
-//! The balancer does not own connections; [`crate::client`] does. Endpoint state survives
-//! discovery updates for endpoints that stay (matched by address and target port).
+//! The balance stage of the outbound stack: [`BalancerCache::current`] gives a target's balancer
+//! for the service discovery currently reports (rebuilt, keeping known endpoints' state, when the
+//! service changed), and [`Balancer::pick`] chooses the endpoint. The balancer does not own
+//! connections; [`super::endpoint`] does. Endpoint state survives discovery updates for endpoints
+//! that stay (matched by address and target port).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::client::{EndpointKey, endpoint_key};
-use crate::discover::Endpoint;
+use tokio::sync::watch;
+
+use super::endpoint::{EndpointKey, endpoint_key};
+use crate::discover::{Endpoint, Service};
 
 /// The estimate a new endpoint starts with.
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -180,75 +185,28 @@ impl Balancer {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A target's balancer for the service it was built from.
+#[derive(Debug, Default)]
+pub struct BalancerCache {
+    current: Mutex<Option<(Arc<Service>, Arc<Balancer>)>>,
+}
 
-    fn ep(port: u16) -> Endpoint {
-        Endpoint {
-            addr: ([127, 0, 0, 1], port).into(),
-            target_port: 80,
-            identity: "spiffe://cluster.local/ns/a/sa/a".parse().unwrap(),
-            workload: "a".into(),
-            namespace: "a".into(),
-            weight: 1,
-            protocol: crate::discover::EndpointProtocol::Http,
+impl BalancerCache {
+    /// The current service and its balancer (rebuilt when discovery changed the service).
+    pub fn current(&self, rx: &watch::Receiver<Arc<Service>>) -> (Arc<Service>, Arc<Balancer>) {
+        let service = rx.borrow().clone();
+        let mut cached = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        match cached.as_ref() {
+            Some((s, b)) if Arc::ptr_eq(s, &service) => (s.clone(), b.clone()),
+            other => {
+                let previous = other.map(|(_, b)| b.clone()).unwrap_or_default();
+                let next = Arc::new(previous.update(&service.endpoints));
+                *cached = Some((service.clone(), next.clone()));
+                (service, next)
+            }
         }
-    }
-
-    #[test]
-    fn empty_and_single() {
-        assert!(Balancer::default().pick().is_none());
-        let b = Balancer::default().update(&[ep(1)]);
-        assert_eq!(b.pick().unwrap().endpoint.addr.port(), 1);
-    }
-
-    #[test]
-    fn prefers_the_faster_endpoint() {
-        let b = Balancer::default().update(&[ep(1), ep(2)]);
-        // endpoint 1 is slow: one observation of 500 ms
-        let slow = b.endpoints[0].clone();
-        slow.observe(Duration::from_millis(500));
-        let mut rng = fastrand::Rng::with_seed(7);
-        for _ in 0..100 {
-            assert_eq!(b.pick_with(&mut rng).unwrap().endpoint.addr.port(), 2);
-        }
-    }
-
-    #[test]
-    fn in_flight_requests_raise_cost() {
-        let b = Balancer::default().update(&[ep(1), ep(2)]);
-        let busy: Vec<_> = (0..5).map(|_| b.endpoints[1].start()).collect();
-        assert!(b.endpoints[1].cost() > b.endpoints[0].cost());
-        let mut rng = fastrand::Rng::with_seed(1);
-        assert_eq!(b.pick_with(&mut rng).unwrap().endpoint.addr.port(), 1);
-        drop(busy);
-        assert_eq!(b.endpoints[1].pending.load(Ordering::Relaxed), 0);
-    }
-
-    #[test]
-    fn a_failed_endpoint_is_tried_again_once_its_penalty_decays() {
-        let b = Balancer::default().update(&[ep(1), ep(2)]);
-        let (failed, healthy) = (b.endpoints[0].clone(), b.endpoints[1].clone());
-        drop(failed.start()); // a failure: counted as a 1 s response
-        healthy.observe(Duration::from_millis(2));
-        let now = Instant::now();
-        assert!(failed.cost_at(now) > healthy.cost_at(now));
-        // A minute without traffic later the failed one is cheaper than a busy healthy one, and
-        // soon cheaper than an idle one: it gets a request again.
-        let later = now + Duration::from_secs(60);
-        let _busy = healthy.start();
-        assert!(failed.cost_at(later) < healthy.cost_at(now));
-        assert!(failed.cost_at(later + Duration::from_secs(60)) < 0.1);
-    }
-
-    #[test]
-    fn update_keeps_known_state() {
-        let b = Balancer::default().update(&[ep(1), ep(2)]);
-        b.endpoints[0].observe(Duration::from_millis(900));
-        let c = b.update(&[ep(1), ep(3)]);
-        assert_eq!(c.len(), 2);
-        assert!(Arc::ptr_eq(&b.endpoints[0], &c.endpoints[0]));
-        assert!(c.endpoints[0].cost() > c.endpoints[1].cost());
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,37 @@
+//! The route stage of the outbound stack: the first of the service's routes that matches the
+//! request's method and path decides its timeout, whether it may be retried although its method
+//! is not idempotent, and its `route` metric label (`default` when none matches).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+
+use crate::body::Body;
+use crate::discover::Service;
+
+/// What the matched route says about one request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Matched {
+    /// The route's name (`None`: no route matched, counted as `default`).
+    pub name: Option<Arc<str>>,
+    /// Its timeout over every attempt.
+    pub timeout: Option<Duration>,
+    /// Whether a non-idempotent request may be retried.
+    pub retryable: bool,
+}
+
+/// The route of `req` on `service` (nothing allocated: the name is shared).
+pub fn matched(service: &Service, req: &Request<Body>) -> Matched {
+    match service.route_for(req.method(), req.uri().path()) {
+        Some(r) => Matched {
+            name: Some(r.name.clone()),
+            timeout: r.timeout,
+            retryable: r.retryable,
+        },
+        None => Matched::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
