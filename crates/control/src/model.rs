@@ -20,11 +20,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use onemesh_identity::SpiffeId;
 
-pub use crate::config::{HttpMatch, Problem, Protocol, WorkloadPort};
+pub use crate::config::{Backend, HttpMatch, Problem, Protocol, RouteRules, WorkloadPort};
 use crate::config::{MeshConfig, TargetPort};
 use crate::state::Instance as LocalInstance;
 
@@ -188,8 +187,7 @@ pub struct Route {
     pub name: String,
     pub service: String,
     pub matches: HttpMatch,
-    pub timeout: Option<Duration>,
-    pub retryable: bool,
+    pub rules: RouteRules,
     pub origin: Origin,
 }
 
@@ -312,8 +310,7 @@ impl Mesh {
                 name: r.meta.name.clone(),
                 service: r.service.clone(),
                 matches: r.matches.clone(),
-                timeout: r.timeout,
-                retryable: r.retryable,
+                rules: r.rules.clone(),
                 origin: Origin::File { line: r.meta.line },
             })
             .collect();
@@ -419,6 +416,29 @@ pub mod check {
 
     pub fn duration(s: &str) -> Result<Duration, Problem> {
         crate::config::parse_duration(s).ok_or_else(|| Problem::BadDuration(s.into()))
+    }
+
+    /// The largest backend weight (Gateway API's bound).
+    pub const MAX_WEIGHT: i64 = 1_000_000;
+
+    pub fn weight(value: i64) -> Result<u32, Problem> {
+        match u32::try_from(value) {
+            Ok(w) if value <= MAX_WEIGHT => Ok(w),
+            _ => Err(Problem::BadWeight(value)),
+        }
+    }
+
+    /// A route's backends as a whole: each service once, and something to send to.
+    pub fn backends(backends: &[super::Backend]) -> Result<(), Problem> {
+        for (i, b) in backends.iter().enumerate() {
+            if backends[..i].iter().any(|x| x.service == b.service) {
+                return Err(Problem::DuplicateBackend(b.service.clone()));
+            }
+        }
+        if !backends.is_empty() && backends.iter().all(|b| b.weight == 0) {
+            return Err(Problem::NoWeight);
+        }
+        Ok(())
     }
 }
 

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use onemesh_api::destination::{Endpoint, ProtocolHint, Snapshot};
-use onemesh_api::policy::{Authorization, HttpRoute, InboundPolicy, OutboundPolicy, Route};
+use onemesh_api::policy::{
+    Authorization, Backend, HttpRoute, InboundPolicy, OutboundPolicy, Route,
+};
 use onemesh_identity::SpiffeId;
 
 use crate::config::{MeshConfig, Protocol};
@@ -315,9 +317,19 @@ pub fn outbound(state: &MeshState, target: &ServiceRef) -> OutboundPolicy {
                 methods: r.matches.methods.clone(),
                 path_prefix: r.matches.path_prefix.clone().unwrap_or_default(),
                 timeout_ms: r
+                    .rules
                     .timeout
                     .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-                retryable: r.retryable,
+                retryable: r.rules.retryable,
+                backends: r
+                    .rules
+                    .backends
+                    .iter()
+                    .map(|b| Backend {
+                        name: format!("{}.{}", b.service, r.namespace),
+                        weight: b.weight,
+                    })
+                    .collect(),
             })
             .collect(),
     }

@@ -151,6 +151,23 @@ pub struct RouteSpec {
     /// `true`: a failed request may be retried even if its method is not idempotent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retryable: Option<bool>,
+    /// Where matched requests go, split by weight (a canary); absent: the route's service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub backends: Vec<Backend>,
+}
+
+/// One backend of a Route: a Service of the route's namespace and its relative weight.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Backend {
+    /// A Service of the route's namespace.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
+    pub service: String,
+    /// Relative weight, 0-1000000 (absent: 1); the share is weight / sum of weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub weight: Option<u32>,
 }
 
 /// The status the control plane writes on each object: one `Accepted` condition.

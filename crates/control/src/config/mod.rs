@@ -23,7 +23,7 @@ use std::time::Duration;
 use onemesh_identity::{IdError, SpiffeId};
 use saphyr::{LoadableYamlNode, MarkedYamlOwned};
 
-use crate::model::check::{HTTP_METHODS, is_dns_label};
+use crate::model::check::{self, HTTP_METHODS, is_dns_label};
 use yaml::{Errors, Map, Node};
 
 /// The only `apiVersion` accepted.
@@ -187,6 +187,12 @@ pub enum Problem {
     BadAddress(String),
     #[error("cannot be read ({0}): fix the object's fields (see docs/mesh-yaml.md)")]
     Undecodable(String),
+    #[error("weight {0} is out of range: use 0-1000000")]
+    BadWeight(i64),
+    #[error("backend {0:?} is listed twice: merge the entries into one weight")]
+    DuplicateBackend(String),
+    #[error("every backend has weight 0: give at least one a positive weight")]
+    NoWeight,
     #[error(
         "namespace {0:?} is reserved for the control plane (its identity lives there): use another name"
     )]
@@ -290,8 +296,27 @@ pub struct Route {
     pub meta: Meta,
     pub service: String,
     pub matches: HttpMatch,
+    pub rules: RouteRules,
+}
+
+/// What a route does to the requests it matches: the same whether it comes from mesh.yaml, a
+/// `Route` object or a Gateway API `HTTPRoute`.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RouteRules {
+    /// Over every attempt; `None`: no timeout.
     pub timeout: Option<Duration>,
+    /// A failed request may be retried even if its method is not idempotent.
     pub retryable: bool,
+    /// Where matched requests go, split by weight; empty: the route's own service.
+    pub backends: Vec<Backend>,
+}
+
+/// One backend of a route: a service of the route's namespace and its share of requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub service: String,
+    /// Relative weight (0 sends nothing; the shares are weight / sum of weights).
+    pub weight: u32,
 }
 
 /// A valid mesh.yaml. Maps are keyed by `(namespace, name)`; policies and routes keep file order.
@@ -1014,16 +1039,18 @@ fn policy(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
 
 fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
     let ns_ok = namespace_known(errors, mesh, &r);
-    let Some(spec) = r
-        .spec
-        .as_ref()
-        .and_then(|s| s.map(errors, &["service", "match", "timeout", "retryable"]))
-    else {
+    let Some(spec) = r.spec.as_ref().and_then(|s| {
+        s.map(
+            errors,
+            &["service", "match", "timeout", "retryable", "backends"],
+        )
+    }) else {
         return;
     };
     let namespace = r.meta.namespace.clone();
-    let service = spec.required(errors, "service").and_then(|n| {
-        let name = dns_name(errors, &n)?;
+    // a service of the route's namespace (not checked when the namespace is unknown: one error)
+    let service_of = |errors: &mut Errors, n: &Node<'_>| {
+        let name = dns_name(errors, n)?;
         if ns_ok
             && !mesh
                 .services
@@ -1037,7 +1064,48 @@ fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
             return None;
         }
         Some(name)
-    });
+    };
+    let service = spec
+        .required(errors, "service")
+        .and_then(|n| service_of(errors, &n));
+    let backends = match spec.optional("backends") {
+        None => Some(Vec::new()),
+        Some(n) => n.seq(errors).and_then(|items| {
+            let mut backends = Vec::new();
+            let mut ok = true;
+            for item in items {
+                let Some(b) = item.map(errors, &["service", "weight"]) else {
+                    ok = false;
+                    continue;
+                };
+                let service = b
+                    .required(errors, "service")
+                    .and_then(|n| service_of(errors, &n));
+                let weight = match b.optional("weight") {
+                    None => Some(1),
+                    Some(w) => w.int(errors).and_then(|v| {
+                        check::weight(v)
+                            .map_err(|p| errors.push(w.line(), &w.path, p))
+                            .ok()
+                    }),
+                };
+                match (service, weight) {
+                    (Some(service), Some(weight)) => backends.push(Backend { service, weight }),
+                    _ => ok = false,
+                }
+            }
+            if !ok {
+                return None;
+            }
+            match check::backends(&backends) {
+                Ok(()) => Some(backends),
+                Err(p) => {
+                    errors.push(n.line(), &n.path, p);
+                    None
+                }
+            }
+        }),
+    };
     let matches = match spec.optional("match") {
         None => Some(HttpMatch::default()),
         Some(n) => n
@@ -1058,8 +1126,8 @@ fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
         None => Some(false),
         Some(n) => n.bool(errors),
     };
-    let (Some(service), Some(matches), Some(timeout), Some(retryable), true) =
-        (service, matches, timeout, retryable, ns_ok)
+    let (Some(service), Some(matches), Some(timeout), Some(retryable), Some(backends), true) =
+        (service, matches, timeout, retryable, backends, ns_ok)
     else {
         return;
     };
@@ -1075,8 +1143,11 @@ fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
         meta: r.meta,
         service,
         matches,
-        timeout,
-        retryable,
+        rules: RouteRules {
+            timeout,
+            retryable,
+            backends,
+        },
     });
 }
 

@@ -104,8 +104,8 @@ fn good_file_parses_into_the_model() {
         "spiffe://cluster.local/ns/card/sa/card"
     );
     let route = &mesh.routes[0];
-    assert_eq!(route.timeout, Some(Duration::from_secs(2)));
-    assert!(route.retryable);
+    assert_eq!(route.rules.timeout, Some(Duration::from_secs(2)));
+    assert!(route.rules.retryable);
     assert_eq!(route.meta.line, line_of(GOOD, "name: bank-reads") - 2);
 }
 
@@ -379,4 +379,78 @@ fn the_control_planes_namespace_is_reserved() {
     assert_eq!(errors[0].field, "metadata.name");
     assert!(matches!(&errors[0].problem, Problem::ReservedNamespace(n) if n == "onemesh"));
     assert_eq!(errors[0].line, text.lines().count() - 2);
+}
+
+/// GOOD with a second service `bank-v2` and `backends` (YAML list entries) on its route.
+fn with_backends(entries: &str) -> String {
+    let canary = "apiVersion: onemesh.dev/v1\nkind: Service\nmetadata: {name: bank-v2, namespace: bank}\nspec:\n  selector: {app: bank}\n  ports: [{port: 80, targetPort: 8080}]\n---\napiVersion: onemesh.dev/v1\nkind: AuthorizationPolicy";
+    edit(
+        "  retryable: true\n",
+        &format!("  retryable: true\n  backends:\n{entries}"),
+    )
+    .replacen(
+        "apiVersion: onemesh.dev/v1\nkind: AuthorizationPolicy",
+        canary,
+        1,
+    )
+}
+
+#[test]
+fn route_backends_split_by_weight() {
+    let text = with_backends("    - {service: bank, weight: 90}\n    - {service: bank-v2}\n");
+    let config = parse(Path::new("mesh.yaml"), &text).unwrap();
+    let backends = &config.routes[0].rules.backends;
+    assert_eq!(backends.len(), 2);
+    assert_eq!(
+        (backends[0].service.as_str(), backends[0].weight),
+        ("bank", 90)
+    );
+    // a weight left out is 1
+    assert_eq!(
+        (backends[1].service.as_str(), backends[1].weight),
+        ("bank-v2", 1)
+    );
+}
+
+#[test]
+fn route_backends_refused_with_the_field_to_fix() {
+    type Case = (&'static str, &'static str, fn(&Problem) -> bool);
+    let cases: [Case; 6] = [
+        (
+            "    - {service: vault, weight: 1}\n",
+            "spec.backends[0].service",
+            |p| matches!(p, Problem::UnknownService(s) if s == "bank/vault"),
+        ),
+        (
+            "    - {service: bank, weight: 1000001}\n",
+            "spec.backends[0].weight",
+            |p| matches!(p, Problem::BadWeight(1_000_001)),
+        ),
+        (
+            "    - {service: bank, weight: -1}\n",
+            "spec.backends[0].weight",
+            |p| matches!(p, Problem::BadWeight(-1)),
+        ),
+        (
+            "    - {service: bank, weight: 0}\n    - {service: bank-v2, weight: 0}\n",
+            "spec.backends",
+            |p| matches!(p, Problem::NoWeight),
+        ),
+        (
+            "    - {service: bank}\n    - {service: bank, weight: 2}\n",
+            "spec.backends",
+            |p| matches!(p, Problem::DuplicateBackend(s) if s == "bank"),
+        ),
+        (
+            "    - {service: bank, wieght: 2}\n",
+            "spec.backends[0].wieght",
+            |p| matches!(p, Problem::UnknownField { .. }),
+        ),
+    ];
+    for (entries, field, is) in cases {
+        let errors = errors_of(&with_backends(entries));
+        assert_eq!(errors.len(), 1, "{entries}: {errors:?}");
+        assert_eq!(errors[0].field, field, "{entries}");
+        assert!(is(&errors[0].problem), "{entries}: {:?}", errors[0].problem);
+    }
 }

@@ -43,8 +43,8 @@ use kube::{Resource, ResourceExt};
 
 use crate::config::{HttpMatch, Problem, Protocol, WorkloadPort};
 use crate::model::{
-    Endpoint, Instance, Mesh, ModelError, Namespace, Origin, Policy, Route, Service, ServicePort,
-    Workload, check, sort_endpoints,
+    Backend, Endpoint, Instance, Mesh, ModelError, Namespace, Origin, Policy, Route, RouteRules,
+    Service, ServicePort, Workload, check, sort_endpoints,
 };
 
 /// The label that meshes a namespace.
@@ -529,17 +529,25 @@ pub fn build(cache: &Cache) -> (Mesh, Vec<Verdict>) {
     routes
         .sort_by(|a, b| (&a.2.namespace, &a.0, &a.2.name).cmp(&(&b.2.namespace, &b.0, &b.2.name)));
     for (_, obj, r) in routes {
-        let key = (r.namespace.clone(), r.service.clone());
-        if mesh.services.contains_key(&key) {
+        let unknown = |field: String, service: &str| {
+            let key = (r.namespace.clone(), service.to_string());
+            (!mesh.services.contains_key(&key)).then(|| ModelError {
+                origin: r.origin.clone(),
+                field,
+                problem: Problem::UnknownService(format!("{}/{service}", r.namespace)),
+            })
+        };
+        let mut errors: Vec<ModelError> = unknown("spec.service".into(), &r.service)
+            .into_iter()
+            .collect();
+        for (i, b) in r.rules.backends.iter().enumerate() {
+            errors.extend(unknown(format!("spec.backends[{i}].service"), &b.service));
+        }
+        if errors.is_empty() {
             mesh.routes.push(r);
             verdicts.push(verdict(Kind::Route, obj, Ok(())));
         } else {
-            let e = ModelError {
-                origin: r.origin.clone(),
-                field: "spec.service".into(),
-                problem: Problem::UnknownService(format!("{}/{}", r.namespace, r.service)),
-            };
-            verdicts.push(verdict(Kind::Route, obj, Err(vec![e])));
+            verdicts.push(verdict(Kind::Route, obj, Err(errors)));
         }
     }
     (mesh, verdicts)
@@ -756,6 +764,21 @@ pub fn route(obj: &DynamicObject) -> Result<Route, Vec<ModelError>> {
         .as_deref()
         .and_then(|t| p.check("spec.timeout", check::duration(t)))
         .filter(|d| !d.is_zero());
+    let mut backends = Vec::new();
+    for (i, b) in spec.backends.iter().enumerate() {
+        let service = p.check(
+            &format!("spec.backends[{i}].service"),
+            check::name(&b.service),
+        );
+        let weight = p.check(
+            &format!("spec.backends[{i}].weight"),
+            check::weight(i64::from(b.weight.unwrap_or(1))),
+        );
+        if let (Some(service), Some(weight)) = (service, weight) {
+            backends.push(Backend { service, weight });
+        }
+    }
+    p.check("spec.backends", check::backends(&backends));
     let (Some(service), true) = (service, p.errors.is_empty()) else {
         return Err(p.errors);
     };
@@ -764,8 +787,11 @@ pub fn route(obj: &DynamicObject) -> Result<Route, Vec<ModelError>> {
         name: obj.name_any(),
         service,
         matches,
-        timeout,
-        retryable: spec.retryable.unwrap_or(false),
+        rules: RouteRules {
+            timeout,
+            retryable: spec.retryable.unwrap_or(false),
+            backends,
+        },
         origin,
     })
 }

@@ -341,7 +341,10 @@ fn a_route_to_a_missing_service_is_refused() {
     objects.push(route("shop", "r2", "vault"));
     let (m, verdicts) = build(&listed(objects));
     assert_eq!(m.routes.len(), 1);
-    assert_eq!(m.routes[0].timeout, Some(std::time::Duration::from_secs(2)));
+    assert_eq!(
+        m.routes[0].rules.timeout,
+        Some(std::time::Duration::from_secs(2))
+    );
     let r2 = verdicts.iter().find(|v| v.name == "r2").unwrap();
     assert_eq!(r2.reason, "UnknownReference");
 }

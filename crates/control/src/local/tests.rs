@@ -57,14 +57,14 @@ fn a_valid_edit_is_published_and_an_invalid_one_refused() {
     std::fs::write(&mesh, GOOD.replace("timeout: 2s", "timeout: 3s")).unwrap();
     assert!(store.poll());
     assert!(rx.has_changed().unwrap());
-    let timeout = rx.borrow_and_update().mesh.routes[0].timeout;
+    let timeout = rx.borrow_and_update().mesh.routes[0].rules.timeout;
     assert_eq!(timeout, Some(Duration::from_secs(3)));
 
     std::fs::write(&mesh, GOOD.replace("timeout: 2s", "timeout: later")).unwrap();
     assert!(!store.poll());
     assert!(!rx.has_changed().unwrap());
     assert_eq!(
-        rx.borrow().mesh.routes[0].timeout,
+        rx.borrow().mesh.routes[0].rules.timeout,
         Some(Duration::from_secs(3)),
         "the last good state stays in force"
     );

@@ -2,6 +2,7 @@
 //! checks, unresolved references.
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::*;
 use crate::config::tests::GOOD;

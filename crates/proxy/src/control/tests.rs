@@ -718,6 +718,7 @@ async fn destinations_resolve_to_snapshots_then_diffs() {
                     path_prefix: "/v1/".into(),
                     timeout_ms: 1500,
                     retryable: false,
+                    ..Default::default()
                 }],
             },
         );
