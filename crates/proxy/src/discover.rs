@@ -123,6 +123,17 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Whether a failed request may be retried even if its method is not idempotent.
     pub retryable: bool,
+    /// Where matched requests go, split by weight (`None`: the service itself).
+    pub backends: Option<Arc<[Backend]>>,
+}
+
+/// One backend of a route's split: a service, and its relative weight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// `<service>.<namespace>`, resolved on the port the request was sent to.
+    pub name: Arc<str>,
+    /// Relative weight (0: never chosen).
+    pub weight: u32,
 }
 
 impl Route {
@@ -257,6 +268,7 @@ mod tests {
             path_prefix: "/v1/".into(),
             timeout: None,
             retryable: false,
+            backends: None,
         };
         assert!(r.matches(&http::Method::GET, "/v1/x"));
         assert!(!r.matches(&http::Method::POST, "/v1/x"));

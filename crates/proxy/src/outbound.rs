@@ -20,15 +20,17 @@
 //!    resolved by discovery (cached);
 //! 3. [`egress`]: a name outside the mesh is forwarded plain, with loop detection;
 //! 4. [`balance`]: the service's current endpoints and their load (P2C + peak EWMA);
-//! 5. [`route`]: the first matching route (timeout, retry policy, metric label);
-//! 6. pick an endpoint (none: `503 no_endpoints`);
-//! 7. [`timeout`]: the route's timeout over every attempt (`504 timeout`);
-//! 8. [`retry`]: a replayable request that failed before an answer, or that the endpoint's proxy
+//! 5. [`route`]: the first matching route (timeout, retry policy, split, metric label);
+//! 6. [`split`]: a route with backends sends the request to one of them, by weight (another
+//!    service: its own endpoints and balancer);
+//! 7. pick an endpoint (none: `503 no_endpoints`);
+//! 8. [`timeout`]: the route's timeout over every attempt (`504 timeout`);
+//! 9. [`retry`]: a replayable request that failed before an answer, or that the endpoint's proxy
 //!    could not deliver, goes once more to another pick, within a 20 % budget;
-//! 9. [`endpoint`]: the head rewritten for the hop (written once for every hop), then mTLS to the
-//!    endpoint's inbound proxy: HTTP/1 on a pooled HTTP/1.1 connection (an upgrade keeps its
-//!    connection), HTTP/2 on the shared HTTP/2 connection (and HTTP/1 too when
-//!    `ONEMESH_PROXY_HTTP1_TRANSPORT=h2`).
+//! 10. [`endpoint`]: the head rewritten for the hop (written once for every hop), then mTLS to the
+//!     endpoint's inbound proxy: HTTP/1 on a pooled HTTP/1.1 connection (an upgrade keeps its
+//!     connection), HTTP/2 on the shared HTTP/2 connection (and HTTP/1 too when
+//!     `ONEMESH_PROXY_HTTP1_TRANSPORT=h2`).
 //!
 //! The request's outcome is recorded once, when it ends, by [`crate::telemetry::finish`] (one
 //! rule for both directions: a 5xx, a gRPC error or a proxy's own answer is a failure), under the endpoint and route it went to — or, for a request that
@@ -43,6 +45,7 @@ pub mod endpoint;
 mod opaque;
 pub mod retry;
 pub mod route;
+pub mod split;
 pub mod target;
 pub mod timeout;
 
@@ -57,7 +60,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
-use self::balance::EndpointLoad;
+use self::balance::{Balancer, EndpointLoad};
 use self::egress::Egress;
 use self::endpoint::{Endpoints, MeshClient, Upgrades};
 use self::retry::{Replay, Retry};
@@ -66,7 +69,7 @@ use crate::body::{self, Body};
 use crate::client::PlainClients;
 use crate::config::Http1Transport;
 use crate::detect::{self, Detected};
-use crate::discover::{Discover, EndpointProtocol, Resolution, Target};
+use crate::discover::{Backend, Discover, EndpointProtocol, Resolution, Target};
 use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::http_util;
@@ -332,8 +335,25 @@ impl Outbound {
         };
         // balance: the service as discovery has it now, and its endpoints' load
         let (service, balancer) = resolved.balancer.current(rx);
-        // route: the first matching route (timeout, retry policy, metric label)
+        // route: the first matching route (timeout, retry policy, split, metric label)
         let route = route::matched(&service, &req);
+        // split: a route's backends by weight; another service brings its own endpoints
+        let (resolved, balancer) = match route.backends.as_deref() {
+            None => (resolved, balancer),
+            Some(backends) => match split::backend(backends, &service, fastrand::u64(..)) {
+                None => (resolved, balancer),
+                Some(backend) => match self.backend(backend, service.port).await {
+                    Ok(found) => found,
+                    Err(err) => {
+                        let counted = Counted::Unsent {
+                            dst_namespace: Some(service.namespace.clone()),
+                            route: route.name,
+                        };
+                        return (Err(err), counted);
+                    }
+                },
+            },
+        };
         // pick an endpoint
         let Some(load) = balancer.pick() else {
             let counted = Counted::Unsent {
@@ -359,6 +379,27 @@ impl Outbound {
         let attempts = retry.attempts(&self.inner.endpoints, req, replay, &load);
         let result = timeout::within(route.timeout, attempts).await;
         (result, Counted::Sent(handles))
+    }
+
+    /// A split's backend, resolved (cached after the first request) with its balancer.
+    async fn backend(
+        &self,
+        backend: &Backend,
+        port: u16,
+    ) -> Result<(Arc<Resolved>, Arc<Balancer>), ProxyError> {
+        let resolved = self
+            .inner
+            .targets
+            .resolve(&split::target(backend, port))
+            .await?;
+        match &resolved.resolution {
+            Resolution::Mesh(rx) => {
+                let (_, balancer) = resolved.balancer.current(rx);
+                Ok((resolved, balancer))
+            }
+            // (a backend that left the mesh: nothing to send to, as for an empty service)
+            Resolution::External => Err(ProxyError::NoEndpoints(backend.name.to_string())),
+        }
     }
 
     /// Records a request's outcome under the labels it is counted under.

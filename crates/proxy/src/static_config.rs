@@ -18,8 +18,8 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::discover::{
-    BoxFuture, Certifier, CertifyError, Discover, DiscoverError, Endpoint, EndpointProtocol,
-    InboundPolicy, Resolution, Route, Service, Target,
+    Backend, BoxFuture, Certifier, CertifyError, Discover, DiscoverError, Endpoint,
+    EndpointProtocol, InboundPolicy, Resolution, Route, Service, Target,
 };
 use crate::policy::{Authorization, Authorizations, DeclaredPorts, RouteMatch};
 
@@ -122,6 +122,19 @@ pub struct RouteSpec {
     /// Retry even non-idempotent requests.
     #[serde(default)]
     pub retryable: bool,
+    /// The split: `<service>.<namespace>` names with weights (empty: the service itself).
+    #[serde(default)]
+    pub backends: Vec<BackendSpec>,
+}
+
+/// One backend of a route's split.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    /// `<service>.<namespace>`.
+    pub name: String,
+    /// Relative weight.
+    pub weight: u32,
 }
 
 /// An extra outbound TCP listener.
@@ -323,6 +336,15 @@ impl StaticConfig {
                     )?,
                     timeout: r.timeout_ms.map(Duration::from_millis),
                     retryable: r.retryable,
+                    backends: (!r.backends.is_empty()).then(|| {
+                        r.backends
+                            .iter()
+                            .map(|b| Backend {
+                                name: b.name.as_str().into(),
+                                weight: b.weight,
+                            })
+                            .collect()
+                    }),
                 });
             }
             for a in &s.addresses {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use onemesh_api::{destination as dst, policy as pol};
 use onemesh_identity::SpiffeId;
 
-use crate::discover::{Endpoint, EndpointProtocol, Route, Service};
+use crate::discover::{Backend, Endpoint, EndpointProtocol, Route, Service};
 use crate::policy::{Authorization, Authorizations, DeclaredPorts, RouteMatch};
 
 /// One entry of a control-plane message that the proxy cannot use (it is skipped).
@@ -203,11 +203,25 @@ pub fn routes(p: &pol::OutboundPolicy) -> (Vec<Route>, Vec<ConvertError>) {
                 path_prefix: r.path_prefix.clone(),
                 timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
                 retryable: r.retryable,
+                backends: backends(&r.backends),
             }),
             Err(error) => skipped.push(error),
         }
     }
     (out, skipped)
+}
+
+/// A route's split (`None` when it has no backends: the service itself). A backend's name is
+/// resolved later like any other; a bad one only ever fails the requests drawn to it.
+fn backends(list: &[pol::Backend]) -> Option<Arc<[Backend]>> {
+    (!list.is_empty()).then(|| {
+        list.iter()
+            .map(|b| Backend {
+                name: b.name.as_str().into(),
+                weight: b.weight,
+            })
+            .collect()
+    })
 }
 
 /// A workload's inbound authorizations and declared ports (none when it is not declared: the

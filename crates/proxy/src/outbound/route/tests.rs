@@ -12,6 +12,7 @@ fn service() -> Service {
         path_prefix: prefix.into(),
         timeout: Some(Duration::from_secs(2)),
         retryable: name == "pay",
+        backends: None,
     };
     Service {
         name: "card.card".into(),
