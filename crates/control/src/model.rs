@@ -23,7 +23,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use onemesh_identity::SpiffeId;
 
-pub use crate::config::{Backend, HttpMatch, Problem, Protocol, RouteRules, WorkloadPort};
+pub use crate::config::{
+    Backend, HttpMatch, Problem, Protocol, Retry, RetryOn, RouteRules, WorkloadPort,
+};
 use crate::config::{MeshConfig, TargetPort};
 use crate::state::Instance as LocalInstance;
 
@@ -357,7 +359,7 @@ pub mod check {
 
     use onemesh_identity::SpiffeId;
 
-    use super::Problem;
+    use super::{Problem, RetryOn};
 
     /// HTTP methods a route may name: the list the CRD schema enumerates.
     pub const HTTP_METHODS: [&str; 9] = onemesh_crds::HTTP_METHODS;
@@ -425,6 +427,67 @@ pub mod check {
         match u32::try_from(value) {
             Ok(w) if value <= MAX_WEIGHT => Ok(w),
             _ => Err(Problem::BadWeight(value)),
+        }
+    }
+
+    /// Attempts of a retry policy, the first included.
+    pub fn attempts(v: i64) -> Result<u32, Problem> {
+        in_range(v, 1, 10, "1-10 (attempts in all, the first included)")
+    }
+
+    /// The largest body kept to be sent again (1 MiB).
+    pub fn max_body_bytes(v: i64) -> Result<u32, Problem> {
+        in_range(v, 0, 1 << 20, "0-1048576 bytes")
+    }
+
+    pub fn budget_percent(v: i64) -> Result<u32, Problem> {
+        in_range(v, 0, 1000, "0-1000 (percent of requests)")
+    }
+
+    pub fn min_per_second(v: i64) -> Result<u32, Problem> {
+        in_range(v, 0, 10_000, "0-10000 (retries per second)")
+    }
+
+    fn in_range(v: i64, min: i64, max: i64, what: &'static str) -> Result<u32, Problem> {
+        match u32::try_from(v) {
+            Ok(x) if (min..=max).contains(&v) => Ok(x),
+            _ => Err(Problem::OutOfRange(v, what)),
+        }
+    }
+
+    /// A retry condition, as written in `retry.on` (a name may stand for several).
+    pub fn retry_on(token: &str) -> Result<Vec<RetryOn>, Problem> {
+        let grpc = |code| Ok(vec![RetryOn::Grpc(code)]);
+        match token {
+            "connect-failure" => Ok(vec![RetryOn::ConnectFailure]),
+            "5xx" => Ok((500..=599).map(RetryOn::Status).collect()),
+            "gateway-error" => Ok(vec![
+                RetryOn::Status(502),
+                RetryOn::Status(503),
+                RetryOn::Status(504),
+            ]),
+            "cancelled" => grpc(1),
+            "deadline-exceeded" => grpc(4),
+            "resource-exhausted" => grpc(8),
+            "internal" => grpc(13),
+            "unavailable" => grpc(14),
+            other => match other.parse::<u16>() {
+                Ok(code) if (400..=599).contains(&code) => Ok(vec![RetryOn::Status(code)]),
+                _ => Err(Problem::BadRetryOn(token.into())),
+            },
+        }
+    }
+
+    /// An HTTP header name (a token), kept in lower case.
+    pub fn header_name(s: &str) -> Result<String, Problem> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(s.to_ascii_lowercase())
+        } else {
+            Err(Problem::BadHeaderName(s.into()))
         }
     }
 

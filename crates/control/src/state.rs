@@ -13,11 +13,11 @@ use std::net::SocketAddr;
 
 use onemesh_api::destination::{Endpoint, ProtocolHint, Snapshot};
 use onemesh_api::policy::{
-    Authorization, Backend, HttpRoute, InboundPolicy, OutboundPolicy, Route,
+    Authorization, Backend, HttpRoute, InboundPolicy, OutboundPolicy, RetryPolicy, Route,
 };
 use onemesh_identity::SpiffeId;
 
-use crate::config::{MeshConfig, Protocol};
+use crate::config::{MeshConfig, Protocol, Retry, RetryOn};
 use crate::model::Mesh;
 
 /// Everything the services need: the store-neutral model of the mesh (see [`crate::model`]).
@@ -297,6 +297,29 @@ pub fn inbound(state: &MeshState, namespace: &str, workload: &str, port: u16) ->
     }
 }
 
+/// A route's retry policy as the proxy receives it.
+fn retry_policy(r: &Retry) -> RetryPolicy {
+    let mut policy = RetryPolicy {
+        attempts: r.attempts,
+        per_try_timeout_ms: r
+            .per_try_timeout
+            .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        idempotency_header: r.idempotency_header.clone(),
+        max_body_bytes: r.max_body_bytes,
+        budget_percent: r.budget_percent,
+        budget_min_per_second: r.budget_min_per_second,
+        ..RetryPolicy::default()
+    };
+    for on in &r.on {
+        match *on {
+            RetryOn::ConnectFailure => policy.on_connect_failure = true,
+            RetryOn::Status(code) => policy.on_statuses.push(code.into()),
+            RetryOn::Grpc(code) => policy.on_grpc.push(code.into()),
+        }
+    }
+    policy
+}
+
 /// The routes of a service, in the store's order.
 pub fn outbound(state: &MeshState, target: &ServiceRef) -> OutboundPolicy {
     let key = (target.namespace.clone(), target.service.clone());
@@ -330,6 +353,7 @@ pub fn outbound(state: &MeshState, target: &ServiceRef) -> OutboundPolicy {
                         weight: b.weight,
                     })
                     .collect(),
+                retry: r.rules.retry.as_ref().map(retry_policy),
             })
             .collect(),
     }

@@ -155,6 +155,53 @@ pub struct RouteSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub backends: Vec<Backend>,
+    /// How failed requests are retried; absent: 2 attempts on connect failures, 502, 503, 504
+    /// and gRPC unavailable, for idempotent requests and those carrying `Idempotency-Key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+}
+
+/// `spec.retry` of a Route (every field optional; see docs/mesh-yaml.md).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    /// Attempts in all, the first included (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10))]
+    pub attempts: Option<u32>,
+    /// What is retried: `connect-failure`, `5xx`, `gateway-error`, a status `"400"`-`"599"`,
+    /// or a gRPC status `cancelled`, `deadline-exceeded`, `resource-exhausted`, `internal`,
+    /// `unavailable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub on: Option<Vec<String>>,
+    /// Each attempt's own deadline, e.g. `500ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
+    pub per_try_timeout: Option<String>,
+    /// The header that makes a non-idempotent request retryable (default `Idempotency-Key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = "^[A-Za-z0-9_-]+$"))]
+    pub idempotency_header: Option<String>,
+    /// Bodies up to this size are kept to be sent again (default 65536, at most 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1_048_576))]
+    pub max_body_bytes: Option<u32>,
+    /// Retries allowed: `percent` of requests (default 20) plus `minPerSecond` (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RetryBudget>,
+}
+
+/// `spec.retry.budget` of a Route.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryBudget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1000))]
+    pub percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 10_000))]
+    pub min_per_second: Option<u32>,
 }
 
 /// One backend of a Route: a Service of the route's namespace and its relative weight.

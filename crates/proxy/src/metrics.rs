@@ -232,6 +232,30 @@ impl EncodeLabelSet for ReasonLabels {
     }
 }
 
+/// A retry decision, by the route it was made on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RetryLabels {
+    /// Direction (outbound).
+    pub direction: Direction,
+    /// The service's namespace.
+    pub dst_namespace: Arc<str>,
+    /// The route (`default` when none matched).
+    pub route: Arc<str>,
+    /// `retried`, `budget_exhausted`, `attempts_exhausted`, `body_too_large`, `not_idempotent`.
+    pub reason: &'static str,
+}
+
+impl EncodeLabelSet for RetryLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("direction", self.direction.as_str()).encode(encoder.encode_label())?;
+        ("dst_namespace", &*self.dst_namespace).encode(encoder.encode_label())?;
+        ("route", &*self.route).encode(encoder.encode_label())?;
+        ("reason", self.reason).encode(encoder.encode_label())?;
+        Ok(())
+    }
+}
+
 /// An authorization denial.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DenyLabels {
@@ -303,8 +327,8 @@ pub struct Metrics {
     pub authz_deny_total: Family<DenyLabels, Counter>,
     /// Proxy errors by `onemesh-error` reason.
     pub proxy_error_total: Family<ReasonLabels, Counter>,
-    /// Outbound retries (reason = retried, budget_exhausted).
-    pub retry_total: Family<ReasonLabels, Counter>,
+    /// Outbound retry decisions by route (see [`RetryLabels`]).
+    pub retry_total: Family<RetryLabels, Counter>,
     /// Protocol detection outcomes (reason = http1, http2, opaque, timeout, skipped).
     pub detect_total: Family<ReasonLabels, Counter>,
     /// When the current leaf certificate expires (unix seconds).
@@ -394,7 +418,7 @@ impl Metrics {
         );
         registry.register(
             "retry",
-            "Outbound requests retried on another endpoint, or not for lack of budget",
+            "Outbound retry decisions by route: retried, or not (budget_exhausted, attempts_exhausted, body_too_large, not_idempotent)",
             m.retry_total.clone(),
         );
         registry.register(

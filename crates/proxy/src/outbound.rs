@@ -69,7 +69,7 @@ use crate::body::{self, Body};
 use crate::client::PlainClients;
 use crate::config::Http1Transport;
 use crate::detect::{self, Detected};
-use crate::discover::{Backend, Discover, EndpointProtocol, Resolution, Target};
+use crate::discover::{Backend, DEFAULT_RETRY, Discover, EndpointProtocol, Resolution, Target};
 use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::http_util;
@@ -369,13 +369,21 @@ impl Outbound {
         handles.request();
         // timeout over retry over endpoint: the route's deadline over every attempt, a second
         // attempt elsewhere for a replayable request, the head rewritten and sent over mTLS
+        let policy = route.retry.as_deref().unwrap_or(&DEFAULT_RETRY);
+        let budget = resolved.budget(route.name.as_ref(), policy);
         let retry = Retry {
             balancer: &balancer,
-            budget: &resolved.budget,
+            budget: &budget,
+            policy,
             authority: &resolved.authority,
             metrics: &self.inner.metrics,
+            dst_namespace: &service.namespace,
+            route: route.name.as_ref(),
         };
-        let replay = Replay::of(&req, route.retryable);
+        let (req, replay) = match Replay::prepare(req, policy, route.retryable).await {
+            Ok(prepared) => prepared,
+            Err(err) => return (Err(err), Counted::Sent(handles)),
+        };
         let attempts = retry.attempts(&self.inner.endpoints, req, replay, &load);
         let result = timeout::within(route.timeout, attempts).await;
         (result, Counted::Sent(handles))

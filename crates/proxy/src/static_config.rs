@@ -345,6 +345,7 @@ impl StaticConfig {
                             })
                             .collect()
                     }),
+                    retry: None,
                 });
             }
             for a in &s.addresses {

@@ -193,6 +193,14 @@ pub enum Problem {
     DuplicateBackend(String),
     #[error("every backend has weight 0: give at least one a positive weight")]
     NoWeight,
+    #[error("{0} is out of range: use {1}")]
+    OutOfRange(i64, &'static str),
+    #[error(
+        "{0:?} is not a retry condition: use connect-failure, 5xx, gateway-error, a status 400-599, or a gRPC status: cancelled, deadline-exceeded, resource-exhausted, internal, unavailable"
+    )]
+    BadRetryOn(String),
+    #[error("{0:?} is not a header name: use letters, digits and '-', e.g. Idempotency-Key")]
+    BadHeaderName(String),
     #[error(
         "namespace {0:?} is reserved for the control plane (its identity lives there): use another name"
     )]
@@ -309,6 +317,64 @@ pub struct RouteRules {
     pub retryable: bool,
     /// Where matched requests go, split by weight; empty: the route's own service.
     pub backends: Vec<Backend>,
+    /// How failed requests are retried (`None`: the defaults of [`Retry`]).
+    pub retry: Option<Retry>,
+}
+
+/// How a route's failed requests are retried. A non-idempotent request is retried only when it
+/// carries the idempotency header or its route is `retryable`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// Attempts in all, the first included (1: no retry).
+    pub attempts: u32,
+    /// What is retried.
+    pub on: Vec<RetryOn>,
+    /// Each attempt's own deadline (`None`: only the route's timeout).
+    pub per_try_timeout: Option<Duration>,
+    /// The header (lower case) that makes a non-idempotent request retryable.
+    pub idempotency_header: String,
+    /// Bodies up to this size are kept to be sent again; larger ones are not retried.
+    pub max_body_bytes: u32,
+    /// Retries allowed, in percent of requests…
+    pub budget_percent: u32,
+    /// …plus this many per second, whatever the traffic.
+    pub budget_min_per_second: u32,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            on: RetryOn::DEFAULT.to_vec(),
+            per_try_timeout: None,
+            idempotency_header: "idempotency-key".into(),
+            max_body_bytes: 64 * 1024,
+            budget_percent: 20,
+            budget_min_per_second: 10,
+        }
+    }
+}
+
+/// One condition a retry follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RetryOn {
+    /// No answer: connect, TLS or the connection failed (and a per-try timeout).
+    ConnectFailure,
+    /// An HTTP status, 400-599.
+    Status(u16),
+    /// A gRPC status code, 1-16.
+    Grpc(u8),
+}
+
+impl RetryOn {
+    /// `connect-failure`, 502, 503, 504 and gRPC `unavailable`.
+    pub const DEFAULT: [RetryOn; 5] = [
+        RetryOn::ConnectFailure,
+        RetryOn::Status(502),
+        RetryOn::Status(503),
+        RetryOn::Status(504),
+        RetryOn::Grpc(14),
+    ];
 }
 
 /// One backend of a route: a service of the route's namespace and its share of requests.
@@ -1042,7 +1108,14 @@ fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
     let Some(spec) = r.spec.as_ref().and_then(|s| {
         s.map(
             errors,
-            &["service", "match", "timeout", "retryable", "backends"],
+            &[
+                "service",
+                "match",
+                "timeout",
+                "retryable",
+                "backends",
+                "retry",
+            ],
         )
     }) else {
         return;
@@ -1126,8 +1199,19 @@ fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
         None => Some(false),
         Some(n) => n.bool(errors),
     };
-    let (Some(service), Some(matches), Some(timeout), Some(retryable), Some(backends), true) =
-        (service, matches, timeout, retryable, backends, ns_ok)
+    let retry = match spec.optional("retry") {
+        None => Some(None),
+        Some(n) => retry(errors, &n).map(Some),
+    };
+    let (
+        Some(service),
+        Some(matches),
+        Some(timeout),
+        Some(retryable),
+        Some(backends),
+        Some(retry),
+        true,
+    ) = (service, matches, timeout, retryable, backends, retry, ns_ok)
     else {
         return;
     };
@@ -1147,8 +1231,90 @@ fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
             timeout,
             retryable,
             backends,
+            retry,
         },
     });
+}
+
+/// A route's `retry`: every field optional, each absent one at its default.
+fn retry(errors: &mut Errors, n: &Node<'_>) -> Option<Retry> {
+    let before = errors.len();
+    let map = n.map(
+        errors,
+        &[
+            "attempts",
+            "on",
+            "perTryTimeout",
+            "idempotencyHeader",
+            "maxBodyBytes",
+            "budget",
+        ],
+    )?;
+    let mut out = Retry::default();
+    // a checked value of an optional field (its problem reported at the field)
+    fn checked<T, U>(
+        errors: &mut Errors,
+        node: Option<Node<'_>>,
+        read: impl FnOnce(&Node<'_>, &mut Errors) -> Option<T>,
+        check: impl FnOnce(T) -> Result<U, Problem>,
+    ) -> Option<U> {
+        let node = node?;
+        let value = read(&node, errors)?;
+        check(value)
+            .map_err(|p| errors.push(node.line(), &node.path, p))
+            .ok()
+    }
+    let int = |n: &Node<'_>, e: &mut Errors| n.int(e);
+    if let Some(v) = checked(errors, map.optional("attempts"), int, check::attempts) {
+        out.attempts = v;
+    }
+    if let Some(v) = checked(
+        errors,
+        map.optional("maxBodyBytes"),
+        int,
+        check::max_body_bytes,
+    ) {
+        out.max_body_bytes = v;
+    }
+    if let Some(b) = map
+        .optional("budget")
+        .and_then(|b| b.map(errors, &["percent", "minPerSecond"]))
+    {
+        if let Some(v) = checked(errors, b.optional("percent"), int, check::budget_percent) {
+            out.budget_percent = v;
+        }
+        if let Some(v) = checked(
+            errors,
+            b.optional("minPerSecond"),
+            int,
+            check::min_per_second,
+        ) {
+            out.budget_min_per_second = v;
+        }
+    }
+    let text = |n: &Node<'_>, e: &mut Errors| n.str(e).map(str::to_string);
+    if let Some(d) = checked(errors, map.optional("perTryTimeout"), text, |t| {
+        check::duration(&t)
+    }) {
+        out.per_try_timeout = (!d.is_zero()).then_some(d);
+    }
+    if let Some(h) = checked(errors, map.optional("idempotencyHeader"), text, |h| {
+        check::header_name(&h)
+    }) {
+        out.idempotency_header = h;
+    }
+    if let Some(on) = map.optional("on") {
+        let mut conditions = Vec::new();
+        for item in on.seq(errors).unwrap_or_default() {
+            let scalar = |n: &Node<'_>, e: &mut Errors| n.scalar_text(e);
+            let token = |t: String| check::retry_on(&t);
+            conditions.extend(checked(errors, Some(item), scalar, token).unwrap_or_default());
+        }
+        conditions.sort();
+        conditions.dedup();
+        out.on = conditions;
+    }
+    (errors.len() == before).then_some(out)
 }
 
 /// Parses `500ms`, `2s`, `1m30s`, `1h`: one or more numbers, each followed by a unit.

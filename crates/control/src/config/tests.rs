@@ -454,3 +454,61 @@ fn route_backends_refused_with_the_field_to_fix() {
         assert!(is(&errors[0].problem), "{entries}: {:?}", errors[0].problem);
     }
 }
+
+#[test]
+fn route_retry_policy_with_defaults_for_what_is_left_out() {
+    let retry = "  retryable: true\n  retry:\n    attempts: 5\n    on: [connect-failure, 500, gateway-error, unavailable]\n    perTryTimeout: 300ms\n    idempotencyHeader: X-Request-Key\n    budget: {percent: 50}\n";
+    let config = parse(Path::new("mesh.yaml"), &edit("  retryable: true\n", retry)).unwrap();
+    let r = config.routes[0].rules.retry.clone().unwrap();
+    assert_eq!(r.attempts, 5);
+    let want = [
+        RetryOn::ConnectFailure,
+        RetryOn::Status(500),
+        RetryOn::Status(502),
+        RetryOn::Status(503),
+        RetryOn::Status(504),
+        RetryOn::Grpc(14),
+    ];
+    assert_eq!(r.on, want);
+    assert_eq!(r.per_try_timeout, Some(Duration::from_millis(300)));
+    assert_eq!(r.idempotency_header, "x-request-key");
+    assert_eq!((r.budget_percent, r.budget_min_per_second), (50, 10));
+    assert_eq!(r.max_body_bytes, Retry::default().max_body_bytes);
+}
+
+#[test]
+fn route_retry_refused_with_the_field_to_fix() {
+    type Case = (&'static str, &'static str, fn(&Problem) -> bool);
+    let cases: [Case; 6] = [
+        ("attempts: 0", "spec.retry.attempts", |p| {
+            matches!(p, Problem::OutOfRange(0, _))
+        }),
+        ("attempts: 11", "spec.retry.attempts", |p| {
+            matches!(p, Problem::OutOfRange(11, _))
+        }),
+        ("on: [teapot]", "spec.retry.on[0]", |p| {
+            matches!(p, Problem::BadRetryOn(s) if s == "teapot")
+        }),
+        ("on: [200]", "spec.retry.on[0]", |p| {
+            matches!(p, Problem::BadRetryOn(s) if s == "200")
+        }),
+        ("idempotencyHeader: 'x key'", "spec.retry.idempotencyHeader", |p| {
+            matches!(p, Problem::BadHeaderName(_))
+        }),
+        ("budget: {percent: 2000}", "spec.retry.budget.percent", |p| {
+            matches!(p, Problem::OutOfRange(2000, _))
+        }),
+    ];
+    for (field_text, field, is) in cases {
+        let text = edit(
+            "  retryable: true\n",
+            &format!("  retryable: true\n  retry:\n    {field_text}\n"),
+        );
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1, "{field_text}: {errors:?}");
+        assert_eq!(errors[0].field, field, "{field_text}");
+        assert!(is(&errors[0].problem), "{field_text}: {:?}", errors[0].problem);
+        // every message says what to write
+        assert!(errors[0].to_string().contains("use "), "{}", errors[0]);
+    }
+}

@@ -43,8 +43,8 @@ use kube::{Resource, ResourceExt};
 
 use crate::config::{HttpMatch, Problem, Protocol, WorkloadPort};
 use crate::model::{
-    Backend, Endpoint, Instance, Mesh, ModelError, Namespace, Origin, Policy, Route, RouteRules,
-    Service, ServicePort, Workload, check, sort_endpoints,
+    Backend, Endpoint, Instance, Mesh, ModelError, Namespace, Origin, Policy, Retry, Route,
+    RouteRules, Service, ServicePort, Workload, check, sort_endpoints,
 };
 
 /// The label that meshes a namespace.
@@ -779,6 +779,7 @@ pub fn route(obj: &DynamicObject) -> Result<Route, Vec<ModelError>> {
         }
     }
     p.check("spec.backends", check::backends(&backends));
+    let retry = spec.retry.as_ref().map(|r| retry(&mut p, r));
     let (Some(service), true) = (service, p.errors.is_empty()) else {
         return Err(p.errors);
     };
@@ -791,9 +792,60 @@ pub fn route(obj: &DynamicObject) -> Result<Route, Vec<ModelError>> {
             timeout,
             retryable: spec.retryable.unwrap_or(false),
             backends,
+            retry,
         },
         origin,
     })
+}
+
+/// A Route's `spec.retry` with the defaults filled in (problems recorded in `p`).
+fn retry(p: &mut Problems, r: &onemesh_crds::Retry) -> Retry {
+    let mut out = Retry::default();
+    let int = |v: Option<u32>| v.map(i64::from);
+    if let Some(v) =
+        int(r.attempts).and_then(|v| p.check("spec.retry.attempts", check::attempts(v)))
+    {
+        out.attempts = v;
+    }
+    if let Some(v) = int(r.max_body_bytes)
+        .and_then(|v| p.check("spec.retry.maxBodyBytes", check::max_body_bytes(v)))
+    {
+        out.max_body_bytes = v;
+    }
+    if let Some(b) = &r.budget {
+        if let Some(v) = int(b.percent)
+            .and_then(|v| p.check("spec.retry.budget.percent", check::budget_percent(v)))
+        {
+            out.budget_percent = v;
+        }
+        if let Some(v) = int(b.min_per_second)
+            .and_then(|v| p.check("spec.retry.budget.minPerSecond", check::min_per_second(v)))
+        {
+            out.budget_min_per_second = v;
+        }
+    }
+    if let Some(on) = &r.on {
+        let mut conditions = Vec::new();
+        for (i, token) in on.iter().enumerate() {
+            if let Some(list) = p.check(&format!("spec.retry.on[{i}]"), check::retry_on(token)) {
+                conditions.extend(list);
+            }
+        }
+        conditions.sort();
+        conditions.dedup();
+        out.on = conditions;
+    }
+    if let Some(t) = &r.per_try_timeout
+        && let Some(d) = p.check("spec.retry.perTryTimeout", check::duration(t))
+    {
+        out.per_try_timeout = (!d.is_zero()).then_some(d);
+    }
+    if let Some(h) = &r.idempotency_header
+        && let Some(name) = p.check("spec.retry.idempotencyHeader", check::header_name(h))
+    {
+        out.idempotency_header = name;
+    }
+    out
 }
 
 /// The `Accepted` condition to write on an object that carries `current`, or `None` when it

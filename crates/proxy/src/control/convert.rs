@@ -15,7 +15,7 @@ use std::time::Duration;
 use onemesh_api::{destination as dst, policy as pol};
 use onemesh_identity::SpiffeId;
 
-use crate::discover::{Backend, Endpoint, EndpointProtocol, Route, Service};
+use crate::discover::{Backend, Endpoint, EndpointProtocol, RetryPolicy, Route, Service};
 use crate::policy::{Authorization, Authorizations, DeclaredPorts, RouteMatch};
 
 /// One entry of a control-plane message that the proxy cannot use (it is skipped).
@@ -45,6 +45,9 @@ pub enum ConvertError {
     /// A method is not an HTTP method token.
     #[error("http method {0:?} is not a method token; the route is skipped")]
     BadMethod(String),
+    /// A retry policy's idempotency header is not a header name.
+    #[error("idempotency header {0:?} is not a header name; the route is skipped")]
+    BadHeader(String),
 }
 
 fn port(what: &'static str, port: u32) -> Result<u16, ConvertError> {
@@ -196,19 +199,50 @@ pub fn routes(p: &pol::OutboundPolicy) -> (Vec<Route>, Vec<ConvertError>) {
     }
     let mut out = Vec::new();
     for r in &p.routes {
-        match methods(&r.methods) {
-            Ok(methods) => out.push(Route {
+        let retry = r.retry.as_ref().map(retry_policy).transpose();
+        match (methods(&r.methods), retry) {
+            (Ok(methods), Ok(retry)) => out.push(Route {
                 name: r.name.as_str().into(),
                 methods,
                 path_prefix: r.path_prefix.clone(),
                 timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
                 retryable: r.retryable,
                 backends: backends(&r.backends),
+                retry: retry.map(Arc::new),
             }),
-            Err(error) => skipped.push(error),
+            (Err(error), _) | (_, Err(error)) => skipped.push(error),
         }
     }
     (out, skipped)
+}
+
+/// A route's retry policy (out-of-range numbers are clamped: the control plane validated them).
+fn retry_policy(p: &pol::RetryPolicy) -> Result<RetryPolicy, ConvertError> {
+    let idempotency_header = http::HeaderName::from_bytes(p.idempotency_header.as_bytes())
+        .map_err(|_| ConvertError::BadHeader(p.idempotency_header.clone()))?;
+    let mut on_statuses = [0u64; 4];
+    for code in &p.on_statuses {
+        if let Some(bit) = code.checked_sub(400).filter(|b| *b < 200) {
+            on_statuses[bit as usize / 64] |= 1 << (bit % 64);
+        }
+    }
+    let on_grpc = p
+        .on_grpc
+        .iter()
+        .filter(|c| **c < 32)
+        .fold(0u32, |bits, c| bits | (1 << c));
+    Ok(RetryPolicy {
+        attempts: p.attempts.clamp(1, 10),
+        on_connect_failure: p.on_connect_failure,
+        on_statuses,
+        on_grpc,
+        per_try_timeout: (p.per_try_timeout_ms > 0)
+            .then(|| Duration::from_millis(p.per_try_timeout_ms)),
+        idempotency_header,
+        max_body_bytes: p.max_body_bytes.min(1 << 20),
+        budget_percent: p.budget_percent,
+        budget_min_per_second: p.budget_min_per_second,
+    })
 }
 
 /// A route's split (`None` when it has no backends: the service itself). A backend's name is

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::Request;
 
 use crate::body::Body;
-use crate::discover::{Backend, Service};
+use crate::discover::{Backend, RetryPolicy, Service};
 
 /// What the matched route says about one request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub struct Matched {
     pub retryable: bool,
     /// The route's split (`None`: the service itself).
     pub backends: Option<Arc<[Backend]>>,
+    /// Its retry policy (`None`: the default).
+    pub retry: Option<Arc<RetryPolicy>>,
 }
 
 /// The route of `req` on `service` (nothing allocated: the name is shared).
@@ -32,6 +34,7 @@ pub fn matched(service: &Service, req: &Request<Body>) -> Matched {
             timeout: r.timeout,
             retryable: r.retryable,
             backends: r.backends.clone(),
+            retry: r.retry.clone(),
         },
         None => Matched::default(),
     }

@@ -18,7 +18,7 @@ use http::header::{self, HeaderValue};
 use super::balance::{BalancerCache, EndpointLoad};
 use super::retry::RetryBudget;
 use crate::body::Body;
-use crate::discover::{Discover, Resolution, Target};
+use crate::discover::{Discover, Resolution, RetryPolicy, Target};
 use crate::error::ProxyError;
 use crate::metrics::RouteMetrics;
 
@@ -29,14 +29,38 @@ pub struct Resolved {
     /// `host:port` of the target (the transport header's authority, and the Host of a request
     /// that had none).
     pub authority: Box<str>,
-    /// Retries to this target.
-    pub budget: RetryBudget,
+    /// Retries to this target on requests no route matched.
+    pub budget: Arc<RetryBudget>,
+    /// Retries on each named route.
+    pub budgets: Mutex<HashMap<Arc<str>, Arc<RetryBudget>>>,
     /// In the mesh (a watch of the service) or not.
     pub resolution: Resolution,
     /// The balancer of the service as last seen.
     pub balancer: BalancerCache,
     /// Metric handles by endpoint and route.
     pub routes: Mutex<HashMap<RouteKey, RouteHandles>>,
+}
+
+impl Resolved {
+    /// The retry budget of `route` (`None`: requests no route matched), made anew when the
+    /// route's policy asks for another.
+    pub fn budget(&self, route: Option<&Arc<str>>, policy: &RetryPolicy) -> Arc<RetryBudget> {
+        let Some(route) = route else {
+            return self.budget.clone();
+        };
+        let mut budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
+        match budgets.get(route) {
+            Some(b) if b.is_for(policy) => b.clone(),
+            _ => {
+                if budgets.len() >= MAX_ROUTE_METRICS {
+                    budgets.clear();
+                }
+                let b = Arc::new(RetryBudget::of(policy));
+                budgets.insert(route.clone(), b.clone());
+                b
+            }
+        }
+    }
 }
 
 /// An endpoint's load state, by address (the map holds the `Arc`, so the address cannot be
@@ -115,7 +139,8 @@ impl Targets {
         let resolved = Arc::new(Resolved {
             target: target.clone(),
             authority: target.authority().into(),
-            budget: RetryBudget::default(),
+            budget: Arc::default(),
+            budgets: Mutex::default(),
             resolution,
             balancer: BalancerCache::default(),
             routes: Mutex::default(),

@@ -13,6 +13,7 @@ fn service() -> Service {
         timeout: Some(Duration::from_secs(2)),
         retryable: name == "pay",
         backends: None,
+        retry: None,
     };
     Service {
         name: "card.card".into(),
