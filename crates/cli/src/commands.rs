@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::Output;
-use crate::history::{EdgeRow, StatRow};
+use crate::history::{EdgeRow, RouteTraffic, StatRow};
 use crate::layout::Layout;
 use crate::table::{ms, pct, render};
 use crate::trust::{CheckLine, Mark};
@@ -205,6 +205,137 @@ pub async fn stat(
         )
     );
     Ok(true)
+}
+
+/// One row of `onemesh routes`: a route as declared, with its traffic over the window.
+#[derive(Debug, Serialize)]
+pub struct RouteRow {
+    pub namespace: String,
+    pub name: String,
+    pub service: String,
+    /// `METHOD,METHOD /prefix` (`*` for any).
+    pub matches: String,
+    /// Declared backends and weights (empty: the service itself).
+    pub backends: Vec<(String, u32)>,
+    pub timeout: Option<String>,
+    /// Attempts in all and what is retried by, e.g. `2 on connect-failure,502,503,504,grpc:14`.
+    pub retry: String,
+    #[serde(flatten)]
+    pub traffic: Option<RouteTraffic>,
+}
+
+/// `onemesh routes [service]`: every route of mesh.yaml (or of one service, `name.namespace`
+/// or `namespace/name`), what it does, and the traffic callers sent on it.
+pub async fn routes(
+    dir: &Path,
+    service: Option<String>,
+    window: u64,
+    out: Output,
+) -> anyhow::Result<bool> {
+    let layout = Layout::load(dir)?;
+    let config = onemesh_control::config::load(&layout.config)
+        .with_context(|| format!("reading {}", layout.config.display()))?;
+    let traffic: Vec<RouteTraffic> = api(&layout, &format!("/api/routes?window={window}")).await?;
+    let wanted = |ns: &str, svc: &str| {
+        service
+            .as_deref()
+            .is_none_or(|s| s == format!("{svc}.{ns}") || s == format!("{ns}/{svc}") || s == svc)
+    };
+    let rows: Vec<RouteRow> = config
+        .routes
+        .iter()
+        .filter(|r| wanted(&r.meta.namespace, &r.service))
+        .map(|r| route_row(r, &traffic))
+        .collect();
+    if let Some(s) = &service {
+        anyhow::ensure!(
+            !rows.is_empty(),
+            "no route of {s:?} in {}: routes are declared with `kind: Route` (docs/mesh-yaml.md)",
+            layout.config.display()
+        );
+    }
+    if out == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(true);
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let backends = if r.backends.is_empty() {
+                r.service.clone()
+            } else {
+                let total: u32 = r.backends.iter().map(|(_, w)| w).sum();
+                r.backends
+                    .iter()
+                    .map(|(b, w)| format!("{b} {}%", u64::from(*w) * 100 / u64::from(total.max(1))))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let t = r.traffic.as_ref();
+            let mut row = vec![
+                format!("{}/{}", r.namespace, r.name),
+                r.matches.clone(),
+                backends,
+                t.map_or("-".into(), |t| format!("{:.1}", t.rps)),
+                pct(t.and_then(|t| t.success_rate)),
+                ms(t.and_then(|t| t.p99_ms)),
+                t.map_or("-".into(), |t| t.retries.to_string()),
+            ];
+            if out == Output::Wide {
+                row.extend([
+                    r.timeout.clone().unwrap_or_else(|| "-".into()),
+                    r.retry.clone(),
+                ]);
+            }
+            row
+        })
+        .collect();
+    let mut header = vec![
+        "ROUTE", "MATCH", "BACKENDS", "RPS", "SUCCESS", "P99", "RETRIES",
+    ];
+    if out == Output::Wide {
+        header.extend(["TIMEOUT", "RETRY"]);
+    }
+    print!("{}", render(&header, &table));
+    Ok(true)
+}
+
+fn route_row(r: &onemesh_control::config::Route, traffic: &[RouteTraffic]) -> RouteRow {
+    use onemesh_control::config::RetryOn;
+    let methods = if r.matches.methods.is_empty() {
+        "*".to_string()
+    } else {
+        r.matches.methods.join(",")
+    };
+    let prefix = r.matches.path_prefix.as_deref().unwrap_or("/");
+    let retry = r.rules.retry.clone().unwrap_or_default();
+    let on: Vec<String> = retry
+        .on
+        .iter()
+        .map(|o| match o {
+            RetryOn::ConnectFailure => "connect-failure".to_string(),
+            RetryOn::Status(c) => c.to_string(),
+            RetryOn::Grpc(c) => format!("grpc:{c}"),
+        })
+        .collect();
+    RouteRow {
+        namespace: r.meta.namespace.clone(),
+        name: r.meta.name.clone(),
+        service: r.service.clone(),
+        matches: format!("{methods} {prefix}"),
+        backends: r
+            .rules
+            .backends
+            .iter()
+            .map(|b| (b.service.clone(), b.weight))
+            .collect(),
+        timeout: r.rules.timeout.map(|t| format!("{t:?}")),
+        retry: format!("{} on {}", retry.attempts, on.join(",")),
+        traffic: traffic
+            .iter()
+            .find(|t| t.namespace == r.meta.namespace && t.route == r.meta.name)
+            .cloned(),
+    }
 }
 
 pub async fn edges(

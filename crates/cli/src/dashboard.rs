@@ -224,6 +224,18 @@ impl Dashboard {
                     .collect();
                 json(&rows)
             }
+            "/api/routes" => {
+                let rows = self
+                    .history
+                    .lock()
+                    .map(|h| h.routes(window))
+                    .unwrap_or_default();
+                let rows: Vec<_> = rows
+                    .into_iter()
+                    .filter(|r| ns.as_deref().is_none_or(|n| r.namespace == n))
+                    .collect();
+                json(&rows)
+            }
             "/api/status" => {
                 let layout = self.layout.borrow().clone();
                 let ready = self.ready.lock().map(|r| r.clone()).unwrap_or_default();
@@ -240,7 +252,7 @@ impl Dashboard {
             _ => respond(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found: try /, /api/stat, /api/edges or /api/status\n".into(),
+                "not found: try /, /api/stat, /api/edges, /api/routes or /api/status\n".into(),
             ),
         }
     }

@@ -56,6 +56,26 @@ pub struct EdgeRow {
     pub success_rate: Option<f64>,
 }
 
+/// The traffic of one route as callers' proxies saw it (their outbound side), by
+/// `dst_namespace` and `route` label.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RouteTraffic {
+    pub namespace: String,
+    pub route: String,
+    pub requests: u64,
+    pub rps: f64,
+    pub success_rate: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Requests sent again (`retry_total{reason="retried"}`).
+    pub retries: u64,
+    /// Wanted a retry and had none: `budget_exhausted`, `attempts_exhausted`, `body_too_large`,
+    /// `not_idempotent`.
+    pub retries_refused: u64,
+    /// Requests by the workload that answered (`namespace/workload`): a split's real shares.
+    pub by_backend: BTreeMap<String, u64>,
+}
+
 impl History {
     /// Records a scrape of one proxy (`up == false` scrapes are not recorded: the proxy is gone).
     pub fn record(&mut self, key: &str, at: Instant, samples: Vec<Sample>) {
@@ -170,6 +190,86 @@ impl History {
     }
 }
 
+impl History {
+    pub fn routes(&self, window: Duration) -> Vec<RouteTraffic> {
+        #[derive(Default)]
+        struct Acc {
+            requests: f64,
+            ok: f64,
+            responses: f64,
+            retries: f64,
+            refused: f64,
+            secs: f64,
+            buckets: BTreeMap<u64, (f64, f64)>,
+            by_backend: BTreeMap<String, f64>,
+        }
+        let mut acc: BTreeMap<(String, String), Acc> = BTreeMap::new();
+        for (_, old, new) in self.pairs(window) {
+            let d = Delta { old, new };
+            let secs = new.at.duration_since(old.at).as_secs_f64();
+            for s in &new.samples {
+                if s.label("direction") != "outbound" || s.label("route").is_empty() {
+                    continue;
+                }
+                let key = (
+                    s.label("dst_namespace").to_string(),
+                    s.label("route").to_string(),
+                );
+                let inc = d.increase(s);
+                let e = acc.entry(key).or_default();
+                // (proxies are scraped together: their windows agree)
+                e.secs = e.secs.max(secs);
+                match s.name.as_str() {
+                    "request_total" => {
+                        e.requests += inc;
+                        if !s.label("dst_workload").is_empty() {
+                            let backend =
+                                format!("{}/{}", s.label("dst_namespace"), s.label("dst_workload"));
+                            *e.by_backend.entry(backend).or_default() += inc;
+                        }
+                    }
+                    "response_total" => {
+                        e.responses += inc;
+                        if s.label("classification") == "success" {
+                            e.ok += inc;
+                        }
+                    }
+                    "response_latency_seconds_bucket" => {
+                        let Some(le) = le_of(s) else { continue };
+                        e.buckets.entry(le.to_bits()).or_insert((le, 0.0)).1 += inc;
+                    }
+                    "retry_total" if s.label("reason") == "retried" => e.retries += inc,
+                    "retry_total" => e.refused += inc,
+                    _ => {}
+                }
+            }
+        }
+        acc.into_iter()
+            .map(|((namespace, route), e)| {
+                let mut buckets: Vec<(f64, f64)> = e.buckets.into_values().collect();
+                buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let ms = |q: f64| quantile(&buckets, q).map(|secs| secs * 1e3);
+                RouteTraffic {
+                    namespace,
+                    route,
+                    requests: e.requests as u64,
+                    rps: rate(e.requests, e.secs),
+                    success_rate: ratio(e.ok, e.responses),
+                    p50_ms: ms(0.50),
+                    p99_ms: ms(0.99),
+                    retries: e.retries as u64,
+                    retries_refused: e.refused as u64,
+                    by_backend: e
+                        .by_backend
+                        .into_iter()
+                        .map(|(k, v)| (k, v as u64))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
+
 /// The increase of counters between two scrapes of one proxy.
 struct Delta<'a> {
     old: &'a Scrape,
@@ -213,19 +313,21 @@ impl Delta<'_> {
             .iter()
             .filter(|s| s.name == name && keep(s))
         {
-            let le = match s.label("le") {
-                "+Inf" => f64::INFINITY,
-                v => match v.parse::<f64>() {
-                    Ok(v) => v,
-                    Err(_) => continue,
-                },
-            };
+            let Some(le) = le_of(s) else { continue };
             let e = by_le.entry(le.to_bits()).or_insert((le, 0.0));
             e.1 += self.increase(s);
         }
         let mut v: Vec<(f64, f64)> = by_le.into_values().collect();
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
         v
+    }
+}
+
+/// A histogram bucket's upper bound.
+fn le_of(s: &Sample) -> Option<f64> {
+    match s.label("le") {
+        "+Inf" => Some(f64::INFINITY),
+        v => v.parse().ok(),
     }
 }
 

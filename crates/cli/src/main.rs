@@ -91,6 +91,13 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         window: u64,
     },
+    /// Each route (of one service: `name.namespace`): match, backends and weights, requests/s,
+    /// success rate, p99 and retries; `-o wide` adds its timeout and retry policy.
+    Routes {
+        service: Option<String>,
+        #[arg(long, default_value_t = 60)]
+        window: u64,
+    },
     /// The authorization policies in force on a workload and what they allow.
     Authz { workload: String },
     /// Identities and trust: a workload's certificate (`identity <workload>`), or, with no
@@ -188,6 +195,9 @@ fn main() -> ExitCode {
             }
             Command::Edges { namespace, window } => {
                 commands::edges(dir, namespace, window, cli.output).await
+            }
+            Command::Routes { service, window } => {
+                commands::routes(dir, service, window, cli.output).await
             }
             Command::Authz { workload } => commands::authz(dir, &workload, cli.output).await,
             Command::Identity(IdentityArgs {

@@ -109,6 +109,45 @@ async fn a_canary_gets_its_share_then_everything_after_a_live_edit() {
     let value: usize = counted.rsplit(' ').next().unwrap().parse().unwrap();
     assert_eq!(value, v2, "{counted}");
 
+    // `onemesh routes` shows the route, its declared weights and the shares really sent (once
+    // the dashboard has scraped the caller after the requests).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let row = loop {
+        let (ok, out) = up.cli(&["routes", "web.demo", "-o", "json", "--window", "600"]);
+        assert!(ok, "{out}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        assert_eq!(rows.len(), 1, "{out}");
+        if rows[0]["requests"].as_u64() == Some(n as u64) {
+            break rows[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "routes never counted {n} requests: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(row["name"], "web-canary");
+    assert_eq!(
+        row["backends"],
+        serde_json::json!([["web", 90], ["web-v2", 10]])
+    );
+    assert_eq!(
+        row["by_backend"]["demo/web-v2"].as_u64(),
+        Some(v2 as u64),
+        "{row}"
+    );
+    assert_eq!(
+        row["by_backend"]["demo/web"].as_u64(),
+        Some(v1 as u64),
+        "{row}"
+    );
+    assert_eq!(row["success_rate"].as_f64(), Some(1.0), "{row}");
+    let (ok, table) = up.cli(&["routes"]);
+    assert!(
+        ok && table.contains("demo/web-canary") && table.contains("web-v2 10%"),
+        "{table}"
+    );
+
     // 2. A live edit sends everything to web-v2: in force within a few seconds, then 100 %.
     up.edit_config(|t| {
         t.replace("{service: web, weight: 90}", "{service: web, weight: 0}")

@@ -486,18 +486,26 @@ fn route_retry_refused_with_the_field_to_fix() {
         ("attempts: 11", "spec.retry.attempts", |p| {
             matches!(p, Problem::OutOfRange(11, _))
         }),
-        ("on: [teapot]", "spec.retry.on[0]", |p| {
-            matches!(p, Problem::BadRetryOn(s) if s == "teapot")
-        }),
-        ("on: [200]", "spec.retry.on[0]", |p| {
-            matches!(p, Problem::BadRetryOn(s) if s == "200")
-        }),
-        ("idempotencyHeader: 'x key'", "spec.retry.idempotencyHeader", |p| {
-            matches!(p, Problem::BadHeaderName(_))
-        }),
-        ("budget: {percent: 2000}", "spec.retry.budget.percent", |p| {
-            matches!(p, Problem::OutOfRange(2000, _))
-        }),
+        (
+            "on: [teapot]",
+            "spec.retry.on[0]",
+            |p| matches!(p, Problem::BadRetryOn(s) if s == "teapot"),
+        ),
+        (
+            "on: [200]",
+            "spec.retry.on[0]",
+            |p| matches!(p, Problem::BadRetryOn(s) if s == "200"),
+        ),
+        (
+            "idempotencyHeader: 'x key'",
+            "spec.retry.idempotencyHeader",
+            |p| matches!(p, Problem::BadHeaderName(_)),
+        ),
+        (
+            "budget: {percent: 2000}",
+            "spec.retry.budget.percent",
+            |p| matches!(p, Problem::OutOfRange(2000, _)),
+        ),
     ];
     for (field_text, field, is) in cases {
         let text = edit(
@@ -507,7 +515,11 @@ fn route_retry_refused_with_the_field_to_fix() {
         let errors = errors_of(&text);
         assert_eq!(errors.len(), 1, "{field_text}: {errors:?}");
         assert_eq!(errors[0].field, field, "{field_text}");
-        assert!(is(&errors[0].problem), "{field_text}: {:?}", errors[0].problem);
+        assert!(
+            is(&errors[0].problem),
+            "{field_text}: {:?}",
+            errors[0].problem
+        );
         // every message says what to write
         assert!(errors[0].to_string().contains("use "), "{}", errors[0]);
     }
