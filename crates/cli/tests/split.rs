@@ -84,6 +84,18 @@ async fn a_canary_gets_its_share_then_everything_after_a_live_edit() {
         .unwrap()
         .to_string();
 
+    // The dashboard has scraped the caller once before any request (so that `routes` counts
+    // every one of them: counters are differenced from the first scrape).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out) = up.cli(&["stat", "demo/client", "-o", "json"]);
+        if ok && out.contains("\"client\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the dashboard never scraped demo/client: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // 1. 90/10: web-v2 gets 10 % ± 3 % of 2,000 requests, web the rest.
     let n = 2000;
     let seen = spread(&outbound, "web.demo", n).await;
