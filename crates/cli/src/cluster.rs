@@ -66,6 +66,18 @@ const PERMISSIONS: &[(&str, &str, &str, &str)] = &[
     ),
     ("onemesh.dev", "routes", "watch", "to serve routes"),
     (
+        "gateway.networking.k8s.io",
+        "httproutes",
+        "watch",
+        "to serve Gateway API HTTPRoutes",
+    ),
+    (
+        "gateway.networking.k8s.io",
+        "httproutes/status",
+        "patch",
+        "to write HTTPRoutes' status.parents",
+    ),
+    (
         "authentication.k8s.io",
         "tokenreviews",
         "create",
@@ -315,6 +327,11 @@ async fn rbac(client: &Client) -> Vec<CheckLine> {
     let api: Api<SubjectAccessReview> = Api::all(client.clone());
     let mut lines = Vec::new();
     for (group, resource, verb, why) in PERMISSIONS {
+        // `httproutes/status`: a subresource.
+        let (plain, subresource) = match resource.split_once('/') {
+            Some((r, sub)) => (r, Some(sub.to_string())),
+            None => (*resource, None),
+        };
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(SERVICE_ACCOUNT.to_string()),
@@ -324,7 +341,8 @@ async fn rbac(client: &Client) -> Vec<CheckLine> {
                 ]),
                 resource_attributes: Some(ResourceAttributes {
                     group: Some(group.to_string()),
-                    resource: Some(resource.to_string()),
+                    resource: Some(plain.to_string()),
+                    subresource,
                     verb: Some(verb.to_string()),
                     ..Default::default()
                 }),
