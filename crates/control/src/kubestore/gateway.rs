@@ -11,7 +11,7 @@
 //!   namespace (ReferenceGrant and consumer routes are not implemented: refused with the reason),
 //!   and must be a Service of the mesh.
 //! - Each rule × match is one [`Route`] for each accepted parent: `path` `PathPrefix` → the path
-//!   prefix, `method` → the method, `backendRefs` (Services of the route's namespace, with their
+//!   prefix (onemesh's prefixes match whole segments, as Gateway API's; a trailing `/` is dropped), `method` → the method, `backendRefs` (Services of the route's namespace, with their
 //!   weights) → the backends, `timeouts.request` → the timeout. A rule without matches matches
 //!   every request; a rule without `backendRefs` sends to the parent Service itself.
 //! - Anything else the route uses (header or query matches, `Exact` or regular-expression paths,
@@ -455,9 +455,11 @@ fn rules(
                     ),
                 }
                 let value = path.get("value").and_then(Value::as_str).unwrap_or("/");
+                // Gateway API ignores a trailing `/` (`/abc/` matches `/abc`); onemesh's prefix
+                // matches whole segments, so `/abc` is the same match.
                 match check::path_prefix(value) {
-                    Ok(p) if p != "/" => out.path_prefix = Some(p),
-                    Ok(_) => {}
+                    Ok(p) if p.trim_end_matches('/').is_empty() => {}
+                    Ok(p) => out.path_prefix = Some(p.trim_end_matches('/').to_string()),
                     Err(e) => unsupported.push(format!("{field}.path.value: {e}")),
                 }
             }

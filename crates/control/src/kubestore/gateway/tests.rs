@@ -124,7 +124,7 @@ fn each_rule_and_match_is_a_route_and_defaults_match_everything() {
         json!({
             "parentRefs": [service_parent("bank")],
             "rules": [
-                {"name": "reads", "matches": [{"method": "GET"}, {"method": "HEAD"}]},
+                {"name": "reads", "matches": [{"method": "GET"}, {"method": "HEAD", "path": {"value": "/docs/"}}]},
                 {"backendRefs": [{"name": "bank-v2", "port": 80}]},
             ],
         }),
@@ -133,6 +133,10 @@ fn each_rule_and_match_is_a_route_and_defaults_match_everything() {
     let names: Vec<_> = routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["many/reads", "many/reads", "many/1"]);
     assert!(routes[0].rules.backends.is_empty()); // no backendRefs: the parent Service
+    // A trailing `/` is ignored, as in Gateway API: `/docs` matches `/docs` and `/docs/x`; the
+    // longer prefix first.
+    assert_eq!(routes[0].matches.path_prefix.as_deref(), Some("/docs"));
+    assert_eq!(routes[1].matches.methods, vec!["GET".to_string()]);
     assert_eq!(routes[2].matches, HttpMatch::default()); // no matches: every request
     assert_eq!(backends(&routes[2]), vec![("bank-v2", 1)]); // weight defaults to 1
 }
