@@ -386,7 +386,12 @@ fn status_parents_keep_other_controllers_and_change_only_when_needed() {
         "controllerName": "example.com/gateway",
         "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "observedGeneration": 3, "lastTransitionTime": "2026-12-01T00:00:00Z"}],
     });
-    let first = parents_update(&[other.clone()], &status(true), "2026-12-03T09:00:00Z").unwrap();
+    let first = parents_update(
+        std::slice::from_ref(&other),
+        &status(true),
+        "2026-12-03T09:00:00Z",
+    )
+    .unwrap();
     assert_eq!(first.len(), 2);
     assert_eq!(first[0], other);
     assert_eq!(first[1]["controllerName"], CONTROLLER_NAME);
