@@ -332,6 +332,11 @@ async fn rbac(client: &Client) -> Vec<CheckLine> {
             Some((r, sub)) => (r, Some(sub.to_string())),
             None => (*resource, None),
         };
+        let shown = match (group.is_empty(), &subresource) {
+            (true, _) => resource.to_string(),
+            (false, None) => format!("{resource}.{group}"),
+            (false, Some(sub)) => format!("{plain}.{group}/{sub}"),
+        };
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(SERVICE_ACCOUNT.to_string()),
@@ -349,11 +354,6 @@ async fn rbac(client: &Client) -> Vec<CheckLine> {
                 ..Default::default()
             },
             ..Default::default()
-        };
-        let shown = if group.is_empty() {
-            resource.to_string()
-        } else {
-            format!("{resource}.{group}")
         };
         let what = format!("control plane may {verb} {shown} ({why})");
         let line = match api.create(&PostParams::default(), &review).await {
