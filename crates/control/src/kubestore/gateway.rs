@@ -13,7 +13,9 @@
 //! - Each rule × match is one [`Route`] for each accepted parent: `path` `PathPrefix` → the path
 //!   prefix (onemesh's prefixes match whole segments, as Gateway API's; a trailing `/` is dropped), `method` → the method, `backendRefs` (Services of the route's namespace, with their
 //!   weights) → the backends, `timeouts.request` → the timeout. A rule without matches matches
-//!   every request; a rule without `backendRefs` sends to the parent Service itself.
+//!   every request; a rule without `backendRefs` sends to the parent Service itself. A backend is
+//!   sent the port the request was addressed to, so a `backendRef`'s `port` must be that port
+//!   (else the parent is refused: onemesh would send elsewhere than the route says).
 //! - Anything else the route uses (header or query matches, `Exact` or regular-expression paths,
 //!   filters, `hostnames`, `timeouts.backendRequest`, a field this version does not know) makes the
 //!   whole route refused: `Accepted=False`, reason `UnsupportedValue`, the message naming each
@@ -140,8 +142,17 @@ struct Rule {
     name: String,
     matches: Vec<HttpMatch>,
     timeout: Option<std::time::Duration>,
-    /// `(field, service, weight)` of each Service backendRef of the route's namespace.
-    backends: Vec<(String, String, u32)>,
+    /// Each Service backendRef of the route's namespace.
+    backends: Vec<BackendRef>,
+}
+
+/// A usable `backendRefs[]` entry.
+struct BackendRef {
+    /// Where it is written, for messages.
+    field: String,
+    service: String,
+    weight: u32,
+    port: Option<i64>,
 }
 
 fn one(obj: &DynamicObject, namespace: &str, mesh: &Mesh) -> (Vec<(SortKey, Route)>, RouteStatus) {
@@ -175,7 +186,12 @@ fn one(obj: &DynamicObject, namespace: &str, mesh: &Mesh) -> (Vec<(SortKey, Rout
             .contains_key(&(namespace.to_string(), svc.to_string()))
     };
     for r in &rules {
-        for (field, svc, _) in &r.backends {
+        for BackendRef {
+            field,
+            service: svc,
+            ..
+        } in &r.backends
+        {
             if !exists(svc) {
                 unresolved.push((
                     "BackendNotFound",
@@ -215,7 +231,9 @@ fn one(obj: &DynamicObject, namespace: &str, mesh: &Mesh) -> (Vec<(SortKey, Rout
         let accepted = if !unsupported.is_empty() {
             Cond::refused("UnsupportedValue", &unsupported)
         } else {
-            match parent_problem(parent, &field, namespace, service, mesh) {
+            match parent_problem(parent, &field, namespace, service, mesh)
+                .or_else(|| port_problem(parent, namespace, service, mesh, &rules))
+            {
                 Some((reason, message)) => Cond::refused(reason, &[message]),
                 None => Cond::ok("Accepted"),
             }
@@ -225,10 +243,10 @@ fn one(obj: &DynamicObject, namespace: &str, mesh: &Mesh) -> (Vec<(SortKey, Rout
                 let backends: Vec<Backend> = rule
                     .backends
                     .iter()
-                    .filter(|(_, svc, _)| exists(svc))
-                    .map(|(_, svc, weight)| Backend {
-                        service: svc.clone(),
-                        weight: *weight,
+                    .filter(|b| exists(&b.service))
+                    .map(|b| Backend {
+                        service: b.service.clone(),
+                        weight: b.weight,
                     })
                     .collect();
                 // Only weight-0 backends left (the others missing): the parent Service itself.
@@ -338,6 +356,46 @@ fn parent_problem(
                 "UnsupportedValue",
                 format!(
                     "{field}.port: Service {namespace}/{service} has other ports, and onemesh routes apply to every port of a Service: remove the port, or route a Service of one port"
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// Why the backends' ports cannot be honoured for this parent, if they cannot: onemesh sends a
+/// request to the chosen backend on the port it was addressed to, so a `backendRef`'s port must
+/// be that port (the parentRef's, or the parent Service's only one).
+fn port_problem(
+    parent: &Value,
+    namespace: &str,
+    service: &str,
+    mesh: &Mesh,
+    rules: &[Rule],
+) -> Option<(&'static str, String)> {
+    let svc = mesh
+        .services
+        .get(&(namespace.to_string(), service.to_string()))?;
+    let addressed =
+        parent
+            .get("port")
+            .and_then(Value::as_i64)
+            .or_else(|| match svc.ports.as_slice() {
+                [only] => Some(i64::from(only.port)),
+                _ => None,
+            });
+    for b in rules.iter().flat_map(|r| &r.backends) {
+        let Some(port) = b.port else { continue };
+        if addressed != Some(port) {
+            let to = addressed.map_or_else(
+                || format!("any of the ports of Service {namespace}/{service}"),
+                |p| format!("port {p}"),
+            );
+            return Some((
+                "UnsupportedValue",
+                format!(
+                    "{}.port: {port} is not the port requests are addressed to ({to}); onemesh sends to a backend on that same port: use it, or route a Service of one port",
+                    b.field
                 ),
             ));
         }
@@ -483,7 +541,7 @@ fn rules(
             }
         }
 
-        let mut backends: Vec<(String, String, u32)> = Vec::new();
+        let mut backends: Vec<BackendRef> = Vec::new();
         for (bi, b) in r
             .get("backendRefs")
             .and_then(Value::as_array)
@@ -526,7 +584,7 @@ fn rules(
                 ));
                 continue;
             }
-            if backends.iter().any(|(_, s, _)| s == svc) {
+            if backends.iter().any(|b| b.service == svc) {
                 refuse(
                     unsupported,
                     &field,
@@ -534,9 +592,14 @@ fn rules(
                 );
                 continue;
             }
-            backends.push((field, svc.to_string(), weight));
+            backends.push(BackendRef {
+                field,
+                service: svc.to_string(),
+                weight,
+                port: b.get("port").and_then(Value::as_i64),
+            });
         }
-        if !backends.is_empty() && backends.iter().all(|(_, _, w)| *w == 0) {
+        if !backends.is_empty() && backends.iter().all(|b| b.weight == 0) {
             refuse(
                 unsupported,
                 &format!("{field}.backendRefs"),

@@ -330,6 +330,43 @@ fn parents_that_onemesh_cannot_serve_are_refused_one_by_one() {
 }
 
 #[test]
+fn a_backend_port_other_than_the_addressed_one_is_refused() {
+    let obj = |backend_port: u16, parent: Value| {
+        http_route(
+            "shop",
+            "ports",
+            "2026-12-01T10:00:00Z",
+            json!({
+                "parentRefs": [parent],
+                "rules": [{"backendRefs": [{"name": "bank-v1", "port": backend_port}]}],
+            }),
+        )
+    };
+    // bank has one port, 80: a backend on 8080 would be sent 80 by onemesh.
+    let (routes, statuses) = run(&[obj(8080, service_parent("bank"))]);
+    assert!(routes.is_empty());
+    let accepted = &statuses[0].parents[0].accepted;
+    assert_eq!(accepted.reason, "UnsupportedValue");
+    assert!(
+        accepted
+            .message
+            .contains("spec.rules[0].backendRefs[0].port: 8080 is not the port"),
+        "{}",
+        accepted.message
+    );
+    assert_eq!(run(&[obj(80, service_parent("bank"))]).0.len(), 1);
+    // Several ports and no parentRef port: no backend port fits every one.
+    let (routes, statuses) = run(&[obj(80, service_parent("multi"))]);
+    assert!(routes.is_empty());
+    assert!(
+        statuses[0].parents[0]
+            .accepted
+            .message
+            .contains("any of the ports")
+    );
+}
+
+#[test]
 fn routes_follow_gateway_api_precedence() {
     let spec = |prefix: &str, method: Option<&str>| {
         let mut m = json!({"path": {"type": "PathPrefix", "value": prefix}});
