@@ -146,6 +146,21 @@ async fn crds(client: &Client) -> Vec<CheckLine> {
         };
         lines.push(line);
     }
+    // Gateway API is optional: said either way, never a failure.
+    let gateway = "httproutes.gateway.networking.k8s.io";
+    match api.get_opt(gateway).await {
+        Ok(Some(_)) => lines.push(pass(format!(
+            "CRD {gateway} is installed: HTTPRoutes with a Service parent are served"
+        ))),
+        Ok(None) => lines.push(pass(format!(
+            "CRD {gateway} is not installed (optional): Gateway API HTTPRoutes are not read"
+        ))),
+        Err(e) => lines.push(CheckLine {
+            mark: Mark::Warn,
+            what: format!("CRD {gateway}"),
+            hint: format!("cannot read it: {e}"),
+        }),
+    }
     lines
 }
 

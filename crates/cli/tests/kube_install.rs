@@ -48,6 +48,7 @@ fn kube_install_check_and_uninstall() {
         "√ control plane may create tokenreviews.authentication.k8s.io",
         "√ control plane may watch endpointslices.discovery.k8s.io",
         "√ control plane may watch httproutes.gateway.networking.k8s.io",
+        "√ CRD httproutes.gateway.networking.k8s.io is ",
         "√ control plane may patch httproutes.gateway.networking.k8s.io/status",
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
