@@ -66,6 +66,18 @@ const PERMISSIONS: &[(&str, &str, &str, &str)] = &[
     ),
     ("onemesh.dev", "routes", "watch", "to serve routes"),
     (
+        "gateway.networking.k8s.io",
+        "httproutes",
+        "watch",
+        "to serve Gateway API HTTPRoutes",
+    ),
+    (
+        "gateway.networking.k8s.io",
+        "httproutes/status",
+        "patch",
+        "to write HTTPRoutes' status.parents",
+    ),
+    (
         "authentication.k8s.io",
         "tokenreviews",
         "create",
@@ -133,6 +145,21 @@ async fn crds(client: &Client) -> Vec<CheckLine> {
             Err(e) => fail(format!("CRD {name} exists"), format!("cannot read it: {e}")),
         };
         lines.push(line);
+    }
+    // Gateway API is optional: said either way, never a failure.
+    let gateway = "httproutes.gateway.networking.k8s.io";
+    match api.get_opt(gateway).await {
+        Ok(Some(_)) => lines.push(pass(format!(
+            "CRD {gateway} is installed: HTTPRoutes with a Service parent are served"
+        ))),
+        Ok(None) => lines.push(pass(format!(
+            "CRD {gateway} is not installed (optional): Gateway API HTTPRoutes are not read"
+        ))),
+        Err(e) => lines.push(CheckLine {
+            mark: Mark::Warn,
+            what: format!("CRD {gateway}"),
+            hint: format!("cannot read it: {e}"),
+        }),
     }
     lines
 }
@@ -315,6 +342,16 @@ async fn rbac(client: &Client) -> Vec<CheckLine> {
     let api: Api<SubjectAccessReview> = Api::all(client.clone());
     let mut lines = Vec::new();
     for (group, resource, verb, why) in PERMISSIONS {
+        // `httproutes/status`: a subresource.
+        let (plain, subresource) = match resource.split_once('/') {
+            Some((r, sub)) => (r, Some(sub.to_string())),
+            None => (*resource, None),
+        };
+        let shown = match (group.is_empty(), &subresource) {
+            (true, _) => resource.to_string(),
+            (false, None) => format!("{resource}.{group}"),
+            (false, Some(sub)) => format!("{plain}.{group}/{sub}"),
+        };
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(SERVICE_ACCOUNT.to_string()),
@@ -324,18 +361,14 @@ async fn rbac(client: &Client) -> Vec<CheckLine> {
                 ]),
                 resource_attributes: Some(ResourceAttributes {
                     group: Some(group.to_string()),
-                    resource: Some(resource.to_string()),
+                    resource: Some(plain.to_string()),
+                    subresource,
                     verb: Some(verb.to_string()),
                     ..Default::default()
                 }),
                 ..Default::default()
             },
             ..Default::default()
-        };
-        let shown = if group.is_empty() {
-            resource.to_string()
-        } else {
-            format!("{resource}.{group}")
         };
         let what = format!("control plane may {verb} {shown} ({why})");
         let line = match api.create(&PostParams::default(), &review).await {

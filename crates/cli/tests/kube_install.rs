@@ -47,6 +47,9 @@ fn kube_install_check_and_uninstall() {
         "√ trust anchor expiry",
         "√ control plane may create tokenreviews.authentication.k8s.io",
         "√ control plane may watch endpointslices.discovery.k8s.io",
+        "√ control plane may watch httproutes.gateway.networking.k8s.io",
+        "√ CRD httproutes.gateway.networking.k8s.io is ",
+        "√ control plane may patch httproutes.gateway.networking.k8s.io/status",
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }

@@ -1,9 +1,9 @@
 //! The Kubernetes store: the mesh from the Kubernetes API, and proxies' identities from their
 //! ServiceAccount tokens.
 //!
-//! Six kube-rs watchers (Namespaces labelled `onemesh.dev/mesh: enabled`; Pods, Services,
-//! EndpointSlices, AuthorizationPolicies and Routes cluster-wide, kept when their namespace is
-//! meshed) send their events to one task, which folds them into a cache and rebuilds the model
+//! Seven kube-rs watchers (Namespaces labelled `onemesh.dev/mesh: enabled`; Pods, Services,
+//! EndpointSlices, AuthorizationPolicies, Routes and Gateway API HTTPRoutes cluster-wide, kept
+//! when their namespace is meshed) send their events to one task, which folds them into a cache and rebuilds the model
 //! ([`fold`]: pure, unit-tested with recorded events). Events are batched for
 //! [`KubeSettings::debounce`] (50 ms) after the first one; the new [`MeshState`] is published only
 //! when it differs from the last one, and only once every kind has been listed completely
@@ -15,7 +15,13 @@
 //! Every AuthorizationPolicy and Route of a meshed namespace gets an `Accepted` condition in its
 //! `status` (`True`/`Accepted`, or `False` with the reason and every problem), written only when
 //! it changes; a refused object also gets a Kubernetes Event (`kubectl describe` shows it), and is
-//! left out of the mesh while the rest keeps working.
+//! left out of the mesh while the rest keeps working. Every HTTPRoute with a Service parent gets
+//! the control plane's entries in `status.parents[]` ([`gateway`]), beside other controllers'.
+//!
+//! Gateway API is optional: while `httproutes.gateway.networking.k8s.io` is not served (its CRD
+//! not installed, or the control plane may not list it), HTTPRoutes count as listed and empty, and
+//! the store asks again every [`KubeSettings::gateway_api_poll`] (30 s); once it is served, it is
+//! watched like the other kinds, so a CRD installed later is picked up without a restart.
 //!
 //! Identity bootstrap ([`Store::token_identity`]): the proxy sends its projected ServiceAccount
 //! token (audience `onemesh`); the store asks the API server (TokenReview, `authentication.k8s.io/v1`)
@@ -26,6 +32,7 @@
 //! refusal is a [`StoreError`] saying what to do.
 
 pub mod fold;
+pub mod gateway;
 pub mod lease;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -173,6 +180,8 @@ pub struct KubeSettings {
     /// With several replicas: whether this one leads (see [`lease`]); only the leader writes
     /// conditions and Events. `None`: always.
     pub leader: Option<watch::Receiver<bool>>,
+    /// While Gateway API HTTPRoutes are not served, how often to ask again.
+    pub gateway_api_poll: Duration,
 }
 
 impl Default for KubeSettings {
@@ -185,6 +194,7 @@ impl Default for KubeSettings {
             debounce: Duration::from_millis(50),
             manager: "onemesh-control".to_string(),
             leader: None,
+            gateway_api_poll: Duration::from_secs(30),
         }
     }
 }
@@ -273,8 +283,9 @@ impl KubeStore {
                 all(),
                 Kind::Route,
                 Object::Route,
-                tx,
+                tx.clone(),
             ),
+            watch_http_routes(client.clone(), inner.settings.gateway_api_poll, tx),
         ];
         tasks.push(tokio::spawn(run(inner.clone(), rx)));
         *inner.tasks.lock().unwrap_or_else(PoisonError::into_inner) = tasks;
@@ -287,7 +298,7 @@ impl KubeStore {
         match tokio::time::timeout(timeout, rx.wait_for(|r| *r)).await {
             Ok(Ok(_)) => Ok(()),
             _ => Err(StoreError::Unavailable(format!(
-                "the Kubernetes API was not listed completely within {timeout:?} (are the onemesh CRDs installed, and may the control plane list namespaces, pods, services, endpointslices, authorizationpolicies and routes? see docs/architecture.md)"
+                "the Kubernetes API was not listed completely within {timeout:?} (are the onemesh CRDs installed, and may the control plane list namespaces, pods, services, endpointslices, authorizationpolicies, routes and httproutes? see docs/kubernetes.md)"
             ))),
         }
     }
@@ -411,40 +422,98 @@ fn watch_kind<K>(
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
+    tokio::spawn(forward(api, config, kind, wrap, tx))
+}
+
+/// The HTTPRoute watcher: while the API server does not serve HTTPRoutes (no Gateway API CRDs,
+/// or no permission to list them), they are listed as none and asked for again every `poll`;
+/// then watched as every other kind.
+fn watch_http_routes(
+    client: Client,
+    poll: Duration,
+    tx: mpsc::UnboundedSender<Event>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
-        // managedFields are the largest part of most objects and never read: dropped on arrival.
-        let stream = watcher(api, config)
-            .default_backoff()
-            .modify(|o: &mut K| o.meta_mut().managed_fields = None);
-        let mut stream = std::pin::pin!(stream);
-        let mut failing = false;
-        while let Some(item) = stream.next().await {
-            let event = match item {
-                Ok(watcher::Event::Apply(o)) => Event::Apply(wrap(o)),
-                Ok(watcher::Event::Delete(o)) => Event::Delete(wrap(o)),
-                Ok(watcher::Event::Init) => Event::Init(kind),
-                Ok(watcher::Event::InitApply(o)) => Event::InitApply(wrap(o)),
-                Ok(watcher::Event::InitDone) => Event::InitDone(kind),
+        let api: Api<DynamicObject> = Api::all_with(client, &gateway::http_route_resource());
+        let mut told = false;
+        loop {
+            match api
+                .list_metadata(&kube::api::ListParams::default().limit(1))
+                .await
+            {
+                Ok(_) => break,
                 Err(e) => {
-                    if !failing {
-                        tracing::warn!(
-                            ?kind,
-                            "watch failed, retrying with backoff; the last good state stays in force: {e}"
+                    if !told {
+                        tracing::info!(
+                            "Gateway API HTTPRoutes are not served ({e}): none in force; asking again every {poll:?} (install the Gateway API CRDs to route with them)"
                         );
+                        for event in [
+                            Event::Init(Kind::HttpRoute),
+                            Event::InitDone(Kind::HttpRoute),
+                        ] {
+                            if tx.send(event).is_err() {
+                                return;
+                            }
+                        }
+                        told = true;
                     }
-                    failing = true;
-                    continue;
+                    tokio::time::sleep(poll).await;
                 }
-            };
-            if failing {
-                tracing::info!(?kind, "watch is back");
-                failing = false;
-            }
-            if tx.send(event).is_err() {
-                return;
             }
         }
+        tracing::info!("Gateway API HTTPRoutes are served: watching them");
+        forward(
+            api,
+            watcher::Config::default(),
+            Kind::HttpRoute,
+            Object::HttpRoute,
+            tx,
+        )
+        .await;
     })
+}
+
+async fn forward<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: Kind,
+    wrap: fn(K) -> Object,
+    tx: mpsc::UnboundedSender<Event>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    // managedFields are the largest part of most objects and never read: dropped on arrival.
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None);
+    let mut stream = std::pin::pin!(stream);
+    let mut failing = false;
+    while let Some(item) = stream.next().await {
+        let event = match item {
+            Ok(watcher::Event::Apply(o)) => Event::Apply(wrap(o)),
+            Ok(watcher::Event::Delete(o)) => Event::Delete(wrap(o)),
+            Ok(watcher::Event::Init) => Event::Init(kind),
+            Ok(watcher::Event::InitApply(o)) => Event::InitApply(wrap(o)),
+            Ok(watcher::Event::InitDone) => Event::InitDone(kind),
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(
+                        ?kind,
+                        "watch failed, retrying with backoff; the last good state stays in force: {e}"
+                    );
+                }
+                failing = true;
+                continue;
+            }
+        };
+        if failing {
+            tracing::info!(?kind, "watch is back");
+            failing = false;
+        }
+        if tx.send(event).is_err() {
+            return;
+        }
+    }
 }
 
 /// The fold task: events in, states and verdicts out.
@@ -479,7 +548,7 @@ async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Event>) {
         if !(changed || took_over) || !cache.ready() {
             continue;
         }
-        let (mesh, verdicts) = fold::build(&cache);
+        let (mesh, verdicts, route_statuses) = fold::build_all(&cache);
         *inner.meshed.write().unwrap_or_else(PoisonError::into_inner) =
             mesh.namespaces.keys().cloned().collect();
         *inner.pods.write().unwrap_or_else(PoisonError::into_inner) = cache.meshed_pods();
@@ -504,10 +573,35 @@ async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Event>) {
             .into_iter()
             .filter_map(|v| Some((cache_object(&cache, &v)?, v)))
             .collect();
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let parent_writes: Vec<(String, String, Option<String>, Vec<serde_json::Value>)> =
+            route_statuses
+                .iter()
+                .filter_map(|s| {
+                    let obj = cache.http_route(&s.namespace, &s.name)?;
+                    let current = obj
+                        .data
+                        .get("status")
+                        .and_then(|st| st.get("parents"))
+                        .and_then(serde_json::Value::as_array)
+                        .map(Vec::as_slice)
+                        .unwrap_or_default();
+                    let parents = gateway::parents_update(current, s, &now)?;
+                    Some((
+                        s.namespace.clone(),
+                        s.name.clone(),
+                        obj.metadata.resource_version.clone(),
+                        parents,
+                    ))
+                })
+                .collect();
         let (inner2, recorder2) = (inner.clone(), recorder.clone());
         tokio::spawn(async move {
             for (obj, v) in writes {
                 write_verdict(&inner2, &recorder2, &obj, v).await;
+            }
+            for (namespace, name, version, parents) in parent_writes {
+                write_parents(&inner2, &namespace, &name, version, parents).await;
             }
         });
     }
@@ -530,6 +624,39 @@ async fn leadership_changed(leader: &mut Option<watch::Receiver<bool>>) -> bool 
 
 fn cache_object(cache: &Cache, v: &Verdict) -> Option<DynamicObject> {
     cache.crd_object(v.kind, &v.namespace, &v.name).cloned()
+}
+
+/// Writes an HTTPRoute's `status.parents` (other controllers' entries included, unchanged), on
+/// the version it was computed from: when another controller wrote in between, the API server
+/// refuses it (409) and the watch event of that write brings the next attempt.
+async fn write_parents(
+    inner: &Inner,
+    namespace: &str,
+    name: &str,
+    version: Option<String>,
+    parents: Vec<serde_json::Value>,
+) {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        inner.client.clone(),
+        namespace,
+        &gateway::http_route_resource(),
+    );
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": version},
+        "status": {"parents": parents},
+    });
+    match api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::debug!(%namespace, %name, "HTTPRoute changed meanwhile; its status is written on the next event");
+        }
+        Err(e) => {
+            tracing::warn!(%namespace, %name, "cannot write the HTTPRoute's status.parents: {e}");
+        }
+    }
 }
 
 /// Writes the object's `Accepted` condition when it differs from the one it carries, and an Event

@@ -117,7 +117,7 @@ pub struct Route {
     pub name: Arc<str>,
     /// Methods it matches; empty matches all.
     pub methods: Vec<http::Method>,
-    /// Path prefix it matches.
+    /// Path prefix it matches, in whole segments.
     pub path_prefix: String,
     /// Request timeout (504 after it).
     pub timeout: Option<Duration>,
@@ -212,10 +212,21 @@ pub struct Backend {
 }
 
 impl Route {
-    /// Whether the route matches a request.
+    /// Whether the route matches a request. The prefix matches whole path segments, as an
+    /// authorization's routes do and as Gateway API's `PathPrefix`: `/pay` matches `/pay` and
+    /// `/pay/1`, never `/payments` (one byte compared beyond the prefix).
     pub fn matches(&self, method: &http::Method, path: &str) -> bool {
-        (self.methods.is_empty() || self.methods.contains(method))
-            && path.starts_with(&self.path_prefix)
+        let prefix = self.path_prefix.as_str();
+        let path_ok = match path.strip_prefix(prefix) {
+            Some(rest) => {
+                prefix.is_empty()
+                    || prefix.ends_with('/')
+                    || rest.is_empty()
+                    || rest.starts_with('/')
+            }
+            None => false,
+        };
+        path_ok && (self.methods.is_empty() || self.methods.contains(method))
     }
 }
 
@@ -349,5 +360,25 @@ mod tests {
         assert!(r.matches(&http::Method::GET, "/v1/x"));
         assert!(!r.matches(&http::Method::POST, "/v1/x"));
         assert!(!r.matches(&http::Method::GET, "/v2/x"));
+    }
+
+    #[test]
+    fn a_route_prefix_matches_whole_segments() {
+        let r = |prefix: &str| Route {
+            name: "r".into(),
+            methods: Vec::new(),
+            path_prefix: prefix.into(),
+            timeout: None,
+            retryable: false,
+        };
+        let get = &http::Method::GET;
+        assert!(r("/pay").matches(get, "/pay"));
+        assert!(r("/pay").matches(get, "/pay/1"));
+        assert!(r("/pay").matches(get, "/pay/"));
+        assert!(!r("/pay").matches(get, "/payments"));
+        assert!(r("/pay/").matches(get, "/pay/1"));
+        assert!(!r("/pay/").matches(get, "/pay"));
+        assert!(r("/").matches(get, "/anything"));
+        assert!(r("").matches(get, "/anything"));
     }
 }

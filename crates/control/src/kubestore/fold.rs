@@ -32,6 +32,8 @@
 //!   is left out and its verdict says why ([`Verdict`]). A Route naming no Service of its
 //!   namespace is left out too. Policies are ordered by namespace and name, routes by namespace,
 //!   then creation time, then name (the first matching route wins, as in Gateway API).
+//! - **HTTPRoute** (Gateway API, a Service as parent): routes after every onemesh Route, in Gateway
+//!   API's precedence order, with a status per Service parent ([`super::gateway`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -65,16 +67,19 @@ pub enum Kind {
     EndpointSlice,
     AuthorizationPolicy,
     Route,
+    /// Gateway API `HTTPRoute` (listed as empty while its CRD is not installed).
+    HttpRoute,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::AuthorizationPolicy,
         Kind::Route,
+        Kind::HttpRoute,
     ];
 }
 
@@ -88,6 +93,8 @@ pub enum Object {
     /// An onemesh object, kept undecoded so that a bad one is reported instead of failing the list.
     AuthorizationPolicy(DynamicObject),
     Route(DynamicObject),
+    /// A Gateway API HTTPRoute, undecoded: its fields are checked one by one ([`super::gateway`]).
+    HttpRoute(DynamicObject),
 }
 
 impl Object {
@@ -99,6 +106,7 @@ impl Object {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::Route(_) => Kind::Route,
+            Object::HttpRoute(_) => Kind::HttpRoute,
         }
     }
 
@@ -111,7 +119,7 @@ impl Object {
             Object::Pod(o) => k(o.as_ref()),
             Object::Service(o) => k(o.as_ref()),
             Object::EndpointSlice(o) => k(o),
-            Object::AuthorizationPolicy(o) | Object::Route(o) => k(o),
+            Object::AuthorizationPolicy(o) | Object::Route(o) | Object::HttpRoute(o) => k(o),
         }
     }
 }
@@ -217,6 +225,18 @@ impl Cache {
         }
     }
 
+    /// An HTTPRoute by namespace and name.
+    pub fn http_route(&self, namespace: &str, name: &str) -> Option<&DynamicObject> {
+        match self
+            .objects
+            .get(&Kind::HttpRoute)?
+            .get(&(namespace.to_string(), name.to_string()))?
+        {
+            Object::HttpRoute(o) => Some(o),
+            _ => None,
+        }
+    }
+
     /// The uid of every pod of a meshed namespace, by namespace and name.
     pub fn meshed_pods(&self) -> BTreeMap<(String, String), String> {
         let meshed = self.meshed();
@@ -287,6 +307,13 @@ pub struct Verdict {
 
 /// The mesh the cache describes, and a verdict on every onemesh object of a meshed namespace.
 pub fn build(cache: &Cache) -> (Mesh, Vec<Verdict>) {
+    let (mesh, verdicts, _) = build_all(cache);
+    (mesh, verdicts)
+}
+
+/// [`build`], and the status of every HTTPRoute of a meshed namespace
+/// ([`super::gateway::fold`]).
+pub fn build_all(cache: &Cache) -> (Mesh, Vec<Verdict>, Vec<super::gateway::RouteStatus>) {
     let meshed = cache.meshed();
     let mut mesh = Mesh::default();
     for ns in &meshed {
@@ -550,7 +577,14 @@ pub fn build(cache: &Cache) -> (Mesh, Vec<Verdict>) {
             verdicts.push(verdict(Kind::Route, obj, Err(errors)));
         }
     }
-    (mesh, verdicts)
+    // HTTPRoutes after every onemesh Route: for one Service, its Routes match first.
+    let http_routes = cache.of(Kind::HttpRoute).filter_map(|o| match o {
+        Object::HttpRoute(obj) => Some(obj),
+        _ => None,
+    });
+    let (gateway_routes, statuses) = super::gateway::fold(http_routes, &mesh);
+    mesh.routes.extend(gateway_routes);
+    (mesh, verdicts, statuses)
 }
 
 /// The workload a pod belongs to: `(kind, name)` of its controller (see the module doc).

@@ -164,15 +164,39 @@ fn base() -> Vec<Object> {
 #[test]
 fn nothing_is_ready_before_every_kind_is_listed() {
     let mut cache = Cache::default();
-    for kind in &Kind::ALL[..5] {
+    for kind in &Kind::ALL[..6] {
         cache.apply(Event::Init(*kind));
         cache.apply(Event::InitDone(*kind));
     }
     assert!(!cache.ready());
-    cache.apply(Event::Init(Kind::Route));
+    // HTTPRoutes too (the store lists them as none while Gateway API is not installed).
+    cache.apply(Event::Init(Kind::HttpRoute));
     assert!(!cache.ready());
-    cache.apply(Event::InitDone(Kind::Route));
+    cache.apply(Event::InitDone(Kind::HttpRoute));
     assert!(cache.ready());
+}
+
+#[test]
+fn onemesh_routes_match_before_http_routes_of_the_same_service() {
+    let mut objects = base();
+    let http_route: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "h", "namespace": "shop", "uid": "uid-h", "generation": 1,
+                     "creationTimestamp": "2020-01-01T00:00:00Z"},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "svc"}],
+            "rules": [{"matches": [{"path": {"value": "/long/prefix"}}], "timeouts": {"request": "5s"}}],
+        },
+    }))
+    .unwrap();
+    // Created first, but an HTTPRoute: after the onemesh Route.
+    objects.push(Object::HttpRoute(http_route));
+    objects.push(route("shop", "r1", "svc"));
+    let (m, _, statuses) = build_all(&listed(objects));
+    let names: Vec<_> = m.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["r1", "h/0"]);
+    assert_eq!(m.routes[1].origin.to_string(), "HTTPRoute shop/h");
+    assert!(statuses[0].parents[0].accepted.ok);
 }
 
 #[test]
