@@ -370,6 +370,8 @@ mod tests {
             path_prefix: prefix.into(),
             timeout: None,
             retryable: false,
+            backends: None,
+            retry: None,
         };
         let get = &http::Method::GET;
         assert!(r("/pay").matches(get, "/pay"));

@@ -277,6 +277,8 @@ fn one(obj: &DynamicObject, namespace: &str, mesh: &Mesh) -> (Vec<(SortKey, Rout
                                 timeout: rule.timeout,
                                 retryable: false,
                                 backends: backends.clone(),
+                                // (the default policy: an HTTPRoute's retry is not supported)
+                                retry: None,
                             },
                             origin: origin.clone(),
                         },
