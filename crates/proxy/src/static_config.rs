@@ -384,6 +384,7 @@ impl StaticConfig {
             authorizations: Authorizations {
                 list,
                 ports: DeclaredPorts::new(self.inbound.ports.iter().copied()),
+                ..Default::default()
             },
         })
     }
