@@ -24,6 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use onemesh_identity::SpiffeId;
 
 pub use crate::config::{Backend, HttpMatch, Problem, Protocol, RouteRules, WorkloadPort};
+pub use crate::config::{Fault, RateLimits};
 use crate::config::{MeshConfig, TargetPort};
 use crate::state::Instance as LocalInstance;
 
@@ -191,6 +192,18 @@ pub struct Route {
     pub origin: Origin,
 }
 
+/// A rate limit policy: token buckets on a workload's inbound (optionally one port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub namespace: String,
+    pub name: String,
+    pub target_workload: String,
+    /// `None`: every port of the workload.
+    pub target_port: Option<u16>,
+    pub limits: RateLimits,
+    pub origin: Origin,
+}
+
 /// The whole mesh. Maps are keyed by `(namespace, name)`; policies and routes keep their order
 /// (file order; in Kubernetes, by namespace, then creation).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -200,6 +213,7 @@ pub struct Mesh {
     pub services: BTreeMap<(String, String), Service>,
     pub policies: Vec<Policy>,
     pub routes: Vec<Route>,
+    pub rate_limits: Vec<RateLimit>,
 }
 
 impl Mesh {
@@ -312,6 +326,18 @@ impl Mesh {
                 matches: r.matches.clone(),
                 rules: r.rules.clone(),
                 origin: Origin::File { line: r.meta.line },
+            })
+            .collect();
+        mesh.rate_limits = config
+            .rate_limits
+            .iter()
+            .map(|l| RateLimit {
+                namespace: l.meta.namespace.clone(),
+                name: l.meta.name.clone(),
+                target_workload: l.target_workload.clone(),
+                target_port: l.target_port,
+                limits: l.limits.clone(),
+                origin: Origin::File { line: l.meta.line },
             })
             .collect();
         mesh

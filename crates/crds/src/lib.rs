@@ -118,7 +118,7 @@ pub struct From {
 }
 
 /// `Route`: per-request settings the caller's proxy applies to requests to a service.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "onemesh.dev",
     version = "v1",
@@ -155,6 +155,69 @@ pub struct RouteSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub backends: Vec<Backend>,
+    /// Faults the inbound proxies behind the service (and backends) inject into matched
+    /// requests, to test how callers cope; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<RouteFault>,
+}
+
+/// A Route's fault injection: an abort, a delay or both, optionally only for requests with a
+/// header.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteFault {
+    /// Answer matched requests with an error instead of forwarding them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+    /// Hold matched requests before forwarding them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    /// Only requests carrying this header (and value, if given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<FaultHeader>,
+}
+
+/// `fault.abort`: exactly one of `httpStatus` and `grpcStatus`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultAbort {
+    /// An HTTP status, 400-599.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 400, max = 599))]
+    pub http_status: Option<u16>,
+    /// A gRPC status code, 1-16 (answered as gRPC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16))]
+    pub grpc_status: Option<u32>,
+    /// Share of matched requests, 0-100 (absent: 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: Option<f64>,
+}
+
+/// `fault.delay`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultDelay {
+    /// How long, e.g. `3s`.
+    #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
+    pub duration: String,
+    /// Share of matched requests, 0-100 (absent: 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: Option<f64>,
+}
+
+/// `fault.header`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultHeader {
+    /// A header name, e.g. `x-fault`.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// Its value; absent: any value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// One backend of a Route: a Service of the route's namespace and its relative weight.

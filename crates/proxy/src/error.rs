@@ -235,8 +235,10 @@ impl ProxyError {
             ProxyError::RateLimited {
                 retry_after_secs, ..
             } => {
-                rsp.headers_mut()
-                    .insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                rsp.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(*retry_after_secs),
+                );
             }
             ProxyError::FaultAbort {
                 with: AbortWith::Grpc(code),
@@ -339,7 +341,10 @@ mod tests {
         .to_response();
         assert_eq!(http.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(http.headers()[ERROR_HEADER], "fault_injected");
-        assert!(!ProxyError::peer_did_not_deliver(&http), "an ordinary 503 to callers");
+        assert!(
+            !ProxyError::peer_did_not_deliver(&http),
+            "an ordinary 503 to callers"
+        );
         let grpc = ProxyError::FaultAbort {
             route: "r".into(),
             with: AbortWith::Grpc(14),
@@ -347,7 +352,10 @@ mod tests {
         .to_response();
         assert_eq!(grpc.status(), StatusCode::OK);
         assert_eq!(grpc.headers()["grpc-status"], "14");
-        assert_eq!(grpc.headers()[http::header::CONTENT_TYPE], "application/grpc");
+        assert_eq!(
+            grpc.headers()[http::header::CONTENT_TYPE],
+            "application/grpc"
+        );
         assert_eq!(
             crate::http_util::classify(&grpc),
             crate::metrics::Classification::Failure

@@ -41,7 +41,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
 use kube::{Resource, ResourceExt};
 
-use crate::config::{HttpMatch, Problem, Protocol, WorkloadPort};
+use crate::config::{
+    Fault, FaultAbort, FaultDelay, FaultHeader, HttpMatch, Percent, Problem, Protocol, WorkloadPort,
+};
 use crate::model::{
     Backend, Endpoint, Instance, Mesh, ModelError, Namespace, Origin, Policy, Route, RouteRules,
     Service, ServicePort, Workload, check, sort_endpoints,
@@ -779,6 +781,7 @@ pub fn route(obj: &DynamicObject) -> Result<Route, Vec<ModelError>> {
         }
     }
     p.check("spec.backends", check::backends(&backends));
+    let fault = spec.fault.as_ref().and_then(|f| route_fault(&mut p, f));
     let (Some(service), true) = (service, p.errors.is_empty()) else {
         return Err(p.errors);
     };
@@ -791,9 +794,67 @@ pub fn route(obj: &DynamicObject) -> Result<Route, Vec<ModelError>> {
             timeout,
             retryable: spec.retryable.unwrap_or(false),
             backends,
+            fault,
         },
         origin,
     })
+}
+
+/// A Route object's `spec.fault`, with the checks of mesh.yaml.
+fn route_fault(p: &mut Problems, f: &onemesh_crds::RouteFault) -> Option<Fault> {
+    use crate::config::traffic_check as t;
+    let percent = |p: &mut Problems, field: &str, v: Option<f64>| match v {
+        None => Some(Percent::ALL),
+        Some(v) => p.check(field, t::check_percent(&v.to_string())),
+    };
+    let abort = f.abort.as_ref().and_then(|a| {
+        let status = match (a.http_status, a.grpc_status) {
+            (Some(h), None) => p.check(
+                "spec.fault.abort.httpStatus",
+                t::check_http_status(i64::from(h)),
+            ),
+            (None, Some(g)) => p.check(
+                "spec.fault.abort.grpcStatus",
+                t::check_grpc_status(i64::from(g)),
+            ),
+            _ => p.check("spec.fault.abort", Err(Problem::AbortStatusChoice)),
+        };
+        let percent = percent(p, "spec.fault.abort.percent", a.percent);
+        Some(FaultAbort {
+            status: status?,
+            percent: percent?,
+        })
+    });
+    let delay = f.delay.as_ref().and_then(|d| {
+        let duration = p
+            .check("spec.fault.delay.duration", check::duration(&d.duration))
+            .filter(|d| !d.is_zero());
+        let percent = percent(p, "spec.fault.delay.percent", d.percent);
+        Some(FaultDelay {
+            duration: duration?,
+            percent: percent?,
+        })
+    });
+    let header = f.header.as_ref().and_then(|h| {
+        let name = p.check("spec.fault.header.name", t::check_header_name(&h.name));
+        let value = match &h.value {
+            None => Some(None),
+            Some(v) => p
+                .check("spec.fault.header.value", t::check_header_value(v))
+                .map(Some),
+        };
+        Some(FaultHeader {
+            name: name?,
+            value: value?,
+        })
+    });
+    let fault = Fault {
+        abort,
+        delay,
+        header,
+    };
+    p.check("spec.fault", t::check_fault(&fault))?;
+    Some(fault)
 }
 
 /// The `Accepted` condition to write on an object that carries `current`, or `None` when it

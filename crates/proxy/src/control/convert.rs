@@ -48,7 +48,9 @@ pub enum ConvertError {
     #[error("http method {0:?} is not a method token; the route is skipped")]
     BadMethod(String),
     /// A fault's header, status or port cannot be used.
-    #[error("the fault of route {0:?} has a bad header, abort status or port; the fault is skipped")]
+    #[error(
+        "the fault of route {0:?} has a bad header, abort status or port; the fault is skipped"
+    )]
     BadFault(String),
 }
 
@@ -390,8 +392,7 @@ fn faults(p: &pol::InboundPolicy, skipped: &mut Vec<ConvertError>) -> Vec<FaultR
             skipped.push(ConvertError::BadFault(f.route.clone()));
             continue;
         };
-        let (Some(methods), Some(header), false) = (methods, header, skipped.len() > before)
-        else {
+        let (Some(methods), Some(header), false) = (methods, header, skipped.len() > before) else {
             continue;
         };
         out.push(FaultRule {

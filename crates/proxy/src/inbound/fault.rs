@@ -85,12 +85,8 @@ impl FaultRule {
             percent >= 100.0 || (percent > 0.0 && roll() * 100.0 < percent)
         };
         Injection {
-            delay: self
-                .delay
-                .and_then(|(d, p)| hit(p, &mut roll).then_some(d)),
-            abort: self
-                .abort
-                .and_then(|(a, p)| hit(p, &mut roll).then_some(a)),
+            delay: self.delay.and_then(|(d, p)| hit(p, &mut roll).then_some(d)),
+            abort: self.abort.and_then(|(a, p)| hit(p, &mut roll).then_some(a)),
         }
     }
 }

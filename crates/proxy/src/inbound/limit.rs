@@ -263,10 +263,12 @@ impl Bucket {
             if ahead > self.tolerance {
                 return Err(Duration::from_nanos(ahead - self.tolerance));
             }
-            match self
-                .tat
-                .compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.tat.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return Ok(()),
                 Err(seen) => current = seen,
             }

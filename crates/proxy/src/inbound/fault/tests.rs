@@ -22,12 +22,24 @@ fn path(p: &str) -> CheckedPath<'_> {
 
 #[test]
 fn matches_port_method_and_path_prefix() {
-    let r = rule(Some((AbortWith::Http(StatusCode::SERVICE_UNAVAILABLE), 100.0)), None);
+    let r = rule(
+        Some((AbortWith::Http(StatusCode::SERVICE_UNAVAILABLE), 100.0)),
+        None,
+    );
     let h = HeaderMap::new();
     assert!(r.matches(8080, &Method::POST, path("/v1/authorizations/7"), &h));
-    assert!(!r.matches(9090, &Method::POST, path("/v1/authorizations"), &h), "other port");
-    assert!(!r.matches(8080, &Method::GET, path("/v1/authorizations"), &h), "other method");
-    assert!(!r.matches(8080, &Method::POST, path("/v1/authorizationsx"), &h), "not a segment");
+    assert!(
+        !r.matches(9090, &Method::POST, path("/v1/authorizations"), &h),
+        "other port"
+    );
+    assert!(
+        !r.matches(8080, &Method::GET, path("/v1/authorizations"), &h),
+        "other method"
+    );
+    assert!(
+        !r.matches(8080, &Method::POST, path("/v1/authorizationsx"), &h),
+        "not a segment"
+    );
     let any_port = FaultRule {
         ports: vec![],
         ..r.clone()
@@ -37,7 +49,10 @@ fn matches_port_method_and_path_prefix() {
 
 #[test]
 fn a_header_gated_fault_needs_the_header_and_its_value() {
-    let mut r = rule(Some((AbortWith::Http(StatusCode::SERVICE_UNAVAILABLE), 100.0)), None);
+    let mut r = rule(
+        Some((AbortWith::Http(StatusCode::SERVICE_UNAVAILABLE), 100.0)),
+        None,
+    );
     r.header = Some((
         HeaderName::from_static("x-fault"),
         Some(HeaderValue::from_static("on")),
@@ -58,7 +73,10 @@ fn a_header_gated_fault_needs_the_header_and_its_value() {
 #[test]
 fn the_first_matching_rule_decides() {
     let a = rule(Some((AbortWith::Grpc(14), 100.0)), None);
-    let mut b = rule(Some((AbortWith::Http(StatusCode::BAD_GATEWAY), 100.0)), None);
+    let mut b = rule(
+        Some((AbortWith::Http(StatusCode::BAD_GATEWAY), 100.0)),
+        None,
+    );
     b.route = "b".into();
     b.matches.path_prefix = "/".into();
     let rules = [a, b];
@@ -72,7 +90,10 @@ fn the_first_matching_rule_decides() {
 
 #[test]
 fn an_abort_percentage_holds_over_many_draws() {
-    let r = rule(Some((AbortWith::Http(StatusCode::SERVICE_UNAVAILABLE), 30.0)), None);
+    let r = rule(
+        Some((AbortWith::Http(StatusCode::SERVICE_UNAVAILABLE), 30.0)),
+        None,
+    );
     let mut rng = fastrand::Rng::with_seed(15);
     let n = 20_000;
     let aborted = (0..n)

@@ -26,7 +26,11 @@ async fn a_burst_passes_then_the_bucket_refills_at_its_rate() {
     tokio::time::advance(Duration::from_millis(350)).await;
     assert_eq!(passed(&limit, None, 20), 3);
     tokio::time::advance(Duration::from_secs(60)).await;
-    assert_eq!(passed(&limit, None, 20), 5, "refilled to the burst, never above");
+    assert_eq!(
+        passed(&limit, None, 20),
+        5,
+        "refilled to the burst, never above"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -57,21 +61,43 @@ async fn each_identity_has_its_own_bucket_and_unauthenticated_callers_share_one(
     let limit = RateLimit::new("l".into(), vec![], None, Some(rate(1, 3)), vec![]);
     let (a, b) = (id("order", "web"), id("pg", "api"));
     assert_eq!(passed(&limit, Some(&a), 10), 3);
-    assert_eq!(passed(&limit, Some(&b), 10), 3, "a's spending leaves b's bucket full");
-    assert_eq!(passed(&limit, None, 10), 3, "all unauthenticated callers: one bucket");
+    assert_eq!(
+        passed(&limit, Some(&b), 10),
+        3,
+        "a's spending leaves b's bucket full"
+    );
+    assert_eq!(
+        passed(&limit, None, 10),
+        3,
+        "all unauthenticated callers: one bucket"
+    );
     assert_eq!(passed(&limit, None, 10), 0);
-    let refused = limit.check(Some(&a), Instant::now()).expect_err("a is empty");
+    let refused = limit
+        .check(Some(&a), Instant::now())
+        .expect_err("a is empty");
     assert_eq!(refused.scope, Scope::Identity);
     assert_eq!(limit.tracked_callers(), 2);
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_total_is_shared_and_a_refused_caller_takes_nothing_from_it() {
-    let limit = RateLimit::new("l".into(), vec![], Some(rate(1, 4)), Some(rate(1, 2)), vec![]);
+    let limit = RateLimit::new(
+        "l".into(),
+        vec![],
+        Some(rate(1, 4)),
+        Some(rate(1, 2)),
+        vec![],
+    );
     let (a, b, c) = (id("x", "a"), id("x", "b"), id("x", "c"));
     assert_eq!(passed(&limit, Some(&a), 10), 2, "a's own limit");
-    assert_eq!(passed(&limit, Some(&b), 10), 2, "b's own, and the total is spent");
-    let refused = limit.check(Some(&c), Instant::now()).expect_err("total spent");
+    assert_eq!(
+        passed(&limit, Some(&b), 10),
+        2,
+        "b's own, and the total is spent"
+    );
+    let refused = limit
+        .check(Some(&c), Instant::now())
+        .expect_err("total spent");
     assert_eq!(refused.scope, Scope::Total);
 }
 
@@ -84,12 +110,20 @@ async fn callers_named_by_an_override_share_its_bucket() {
     };
     let limit = RateLimit::new("l".into(), vec![], None, Some(rate(1, 1)), vec![over]);
     assert_eq!(passed(&limit, Some(&id("pg", "api")), 6), 6);
-    assert_eq!(passed(&limit, Some(&id("ops", "a")), 6), 4, "the same bucket");
+    assert_eq!(
+        passed(&limit, Some(&id("ops", "a")), 6),
+        4,
+        "the same bucket"
+    );
     let refused = limit
         .check(Some(&id("ops", "b")), Instant::now())
         .expect_err("override spent");
     assert_eq!(refused.scope, Scope::Override);
-    assert_eq!(passed(&limit, Some(&id("pg", "web")), 6), 1, "others: identity rate");
+    assert_eq!(
+        passed(&limit, Some(&id("pg", "web")), 6),
+        1,
+        "others: identity rate"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -110,8 +144,16 @@ async fn the_caller_map_is_capped_and_idle_buckets_are_forgotten() {
     // Once their buckets are full again, the old callers are forgotten to make room.
     tokio::time::advance(Duration::from_secs(2)).await;
     assert_eq!(passed(&limit, Some(&y), 1), 1);
-    assert_eq!(limit.tracked_callers(), 1, "idle buckets dropped, y tracked");
-    assert_eq!(passed(&limit, Some(&y), 1), 0, "y has a bucket of its own now");
+    assert_eq!(
+        limit.tracked_callers(),
+        1,
+        "idle buckets dropped, y tracked"
+    );
+    assert_eq!(
+        passed(&limit, Some(&y), 1),
+        0,
+        "y has a bucket of its own now"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -128,7 +170,13 @@ async fn an_unchanged_limit_keeps_its_buckets_across_updates() {
 
 #[tokio::test(start_paused = true)]
 async fn only_limits_covering_the_port_apply() {
-    let limits = [RateLimit::new("p9090".into(), vec![9090], Some(rate(1, 1)), None, vec![])];
+    let limits = [RateLimit::new(
+        "p9090".into(),
+        vec![9090],
+        Some(rate(1, 1)),
+        None,
+        vec![],
+    )];
     let now = Instant::now();
     for _ in 0..5 {
         assert!(check(&limits, 8080, None, now).is_ok());
