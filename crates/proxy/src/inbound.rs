@@ -22,7 +22,12 @@
 //!    matches is then exactly the path the app receives;
 //! 5. policy ([`crate::policy::authorize`]): per request for HTTP (403 `forbidden` naming the
 //!    caller and policy), per connection for opaque TCP (closed and counted);
-//! 6. forward to `ONEMESH_PROXY_INBOUND_APP_HOST:<target port>`: HTTP/1.1 to an HTTP/1.1 app
+//! 6. rate limits ([`limit`]: 429 `rate_limited` with `Retry-After`), then the matching route's
+//!    fault ([`fault`]: a delay, then an abort `fault_injected`), HTTP only. Authorization comes
+//!    first so that a refused caller spends nobody's tokens; limits before faults so that a limit
+//!    keeps protecting the app while faults are tested; faults last, where the app's own failure
+//!    would be. With none declared they cost two `is_empty()` checks;
+//! 7. forward to `ONEMESH_PROXY_INBOUND_APP_HOST:<target port>`: HTTP/1.1 to an HTTP/1.1 app
 //!    (an HTTP/1.1 mesh connection, or the `onemesh-orig-proto` header on HTTP/2, says so) on a
 //!    pooled connection ([`crate::pool`]), HTTP/2 to an h2/gRPC app, upgrades spliced, opaque
 //!    bytes copied (both closed after `ONEMESH_PROXY_STREAM_IDLE_TIMEOUT` without a byte). The
