@@ -448,3 +448,67 @@ fn a_pod_without_the_proxy_is_not_in_the_mesh_and_a_native_sidecar_counts() {
         ]
     );
 }
+
+fn route_with(ns: &str, name: &str, spec: serde_json::Value) -> Object {
+    Object::Route(
+        serde_json::from_value(json!({
+            "apiVersion": "onemesh.dev/v1", "kind": "Route",
+            "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "generation": 1},
+            "spec": spec,
+        }))
+        .unwrap(),
+    )
+}
+
+#[test]
+fn a_route_fault_folds_with_the_checks_of_mesh_yaml() {
+    use crate::config::{AbortStatus, Percent};
+    let mut objects = base();
+    objects.push(route_with(
+        "shop",
+        "flaky",
+        json!({"service": "svc", "fault": {
+            "abort": {"grpcStatus": 14, "percent": 30},
+            "delay": {"duration": "3s"},
+            "header": {"name": "X-Fault", "value": "on"},
+        }}),
+    ));
+    objects.push(route_with(
+        "shop",
+        "both-statuses",
+        json!({"service": "svc", "fault": {"abort": {"httpStatus": 503, "grpcStatus": 14}}}),
+    ));
+    objects.push(route_with(
+        "shop",
+        "nothing-to-inject",
+        json!({"service": "svc", "fault": {"header": {"name": "x-fault"}}}),
+    ));
+    let (m, verdicts) = build(&listed(objects));
+    assert_eq!(m.routes.len(), 1, "{verdicts:?}");
+    let fault = m.routes[0].rules.fault.clone().expect("a fault");
+    let abort = fault.abort.expect("an abort");
+    assert_eq!(
+        (abort.status, abort.percent),
+        (AbortStatus::Grpc(14), Percent(30_000))
+    );
+    let delay = fault.delay.expect("a delay");
+    assert_eq!(
+        (delay.duration, delay.percent),
+        (std::time::Duration::from_secs(3), Percent::ALL)
+    );
+    assert_eq!(fault.header.map(|h| h.name), Some("x-fault".to_string()));
+    for (name, needle) in [
+        (
+            "both-statuses",
+            "spec.fault.abort: give exactly one of httpStatus and grpcStatus",
+        ),
+        (
+            "nothing-to-inject",
+            "spec.fault: a fault needs something to inject",
+        ),
+    ] {
+        let v = verdicts.iter().find(|v| v.name == name).unwrap();
+        let problems = v.accepted.as_ref().expect_err("refused").join("\n");
+        assert!(problems.contains(needle), "{name}: {problems}");
+    }
+}
