@@ -1,8 +1,8 @@
 //! The Kubernetes store: the mesh from the Kubernetes API, and proxies' identities from their
 //! ServiceAccount tokens.
 //!
-//! Six kube-rs watchers (Namespaces labelled `onemesh.dev/mesh: enabled`; Pods, Services,
-//! EndpointSlices, AuthorizationPolicies and Routes cluster-wide, kept when their namespace is
+//! Seven kube-rs watchers (Namespaces labelled `onemesh.dev/mesh: enabled`; Pods, Services,
+//! EndpointSlices, AuthorizationPolicies, Routes and RateLimitPolicies cluster-wide, kept when their namespace is
 //! meshed) send their events to one task, which folds them into a cache and rebuilds the model
 //! ([`fold`]: pure, unit-tested with recorded events). Events are batched for
 //! [`KubeSettings::debounce`] (50 ms) after the first one; the new [`MeshState`] is published only
@@ -12,7 +12,7 @@
 //! new list in when it is complete). A watch that fails reconnects with kube-rs's default backoff
 //! (exponential, up to a few seconds) while the last good state keeps serving.
 //!
-//! Every AuthorizationPolicy and Route of a meshed namespace gets an `Accepted` condition in its
+//! Every AuthorizationPolicy, Route and RateLimitPolicy of a meshed namespace gets an `Accepted` condition in its
 //! `status` (`True`/`Accepted`, or `False` with the reason and every problem), written only when
 //! it changes; a refused object also gets a Kubernetes Event (`kubectl describe` shows it), and is
 //! left out of the mesh while the rest keeps working.
@@ -210,6 +210,7 @@ pub struct KubeStore {
 fn crd_resource(kind: Kind) -> ApiResource {
     match kind {
         Kind::Route => ApiResource::erase::<onemesh_crds::Route>(&()),
+        Kind::RateLimitPolicy => ApiResource::erase::<onemesh_crds::RateLimitPolicy>(&()),
         _ => ApiResource::erase::<onemesh_crds::AuthorizationPolicy>(&()),
     }
 }
@@ -273,6 +274,16 @@ impl KubeStore {
                 all(),
                 Kind::Route,
                 Object::Route,
+                tx.clone(),
+            ),
+            watch_kind(
+                Api::<DynamicObject>::all_with(
+                    client.clone(),
+                    &crd_resource(Kind::RateLimitPolicy),
+                ),
+                all(),
+                Kind::RateLimitPolicy,
+                Object::RateLimitPolicy,
                 tx,
             ),
         ];
@@ -287,7 +298,7 @@ impl KubeStore {
         match tokio::time::timeout(timeout, rx.wait_for(|r| *r)).await {
             Ok(Ok(_)) => Ok(()),
             _ => Err(StoreError::Unavailable(format!(
-                "the Kubernetes API was not listed completely within {timeout:?} (are the onemesh CRDs installed, and may the control plane list namespaces, pods, services, endpointslices, authorizationpolicies and routes? see docs/architecture.md)"
+                "the Kubernetes API was not listed completely within {timeout:?} (are the onemesh CRDs installed, and may the control plane list namespaces, pods, services, endpointslices, authorizationpolicies, routes and ratelimitpolicies? see docs/architecture.md)"
             ))),
         }
     }

@@ -233,6 +233,96 @@ pub struct Backend {
     pub weight: Option<u32>,
 }
 
+/// `RateLimitPolicy`: token buckets on a workload's inbound proxies (each replica its own).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[kube(
+    group = "onemesh.dev",
+    version = "v1",
+    kind = "RateLimitPolicy",
+    namespaced,
+    status = "ResourceStatus",
+    shortname = "ratelimit",
+    category = "onemesh",
+    doc = "Rate limits on a workload's inbound proxies: in total, per caller identity, and overrides for named callers (429 with Retry-After).",
+    printcolumn(name = "Workload", type_ = "string", json_path = ".spec.target.workload"),
+    printcolumn(name = "Port", type_ = "integer", json_path = ".spec.target.port", description = "target port (empty: every port)"),
+    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status", description = "whether the control plane uses it"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = kube::core::Rule::new("self.metadata.name.size() <= 63").message("metadata.name: use at most 63 characters (a DNS label)"),
+    validation = kube::core::Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: use lower-case letters, digits and '-', starting and ending with a letter or digit"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitPolicySpec {
+    /// The workload (and optionally one of its ports) limited.
+    pub target: RateLimitTarget,
+    /// Every caller together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<RateSpec>,
+    /// Each caller identity on its own bucket (callers without one share a bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<RateSpec>,
+    /// Other per-caller rates for named callers, who share the override's bucket.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub overrides: Vec<RateOverride>,
+}
+
+/// `spec.target` of a RateLimitPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitTarget {
+    /// A workload of the policy's namespace.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
+    pub workload: String,
+    /// A container port of the workload; absent: every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}
+
+/// A token bucket's rate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateSpec {
+    /// Sustained requests per second, 1-1000000.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub requests_per_second: i64,
+    /// Requests that may come at once, 1-1000000 (absent: `requestsPerSecond`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub burst: Option<i64>,
+}
+
+/// One override of a RateLimitPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateOverride {
+    /// Sustained requests per second, 1-1000000.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub requests_per_second: i64,
+    /// Requests that may come at once (absent: `requestsPerSecond`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub burst: Option<i64>,
+    /// The callers: SPIFFE ids and namespaces (at least one entry).
+    pub from: RateFrom,
+}
+
+/// `overrides[].from`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateFrom {
+    /// SPIFFE ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "identities_schema")]
+    pub identities: Option<Vec<String>>,
+    /// Namespaces: any meshed caller from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "namespaces_schema")]
+    pub namespaces: Option<Vec<String>>,
+}
+
 /// The status the control plane writes on each object: one `Accepted` condition.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -315,6 +405,7 @@ pub fn crd_files() -> Result<Vec<(&'static str, String)>, CrdError> {
     let crds = [
         ("authorizationpolicies.yaml", AuthorizationPolicy::crd()),
         ("routes.yaml", Route::crd()),
+        ("ratelimitpolicies.yaml", RateLimitPolicy::crd()),
     ];
     crds.into_iter()
         .map(|(name, crd)| {

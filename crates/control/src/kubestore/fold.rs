@@ -45,8 +45,8 @@ use crate::config::{
     Fault, FaultAbort, FaultDelay, FaultHeader, HttpMatch, Percent, Problem, Protocol, WorkloadPort,
 };
 use crate::model::{
-    Backend, Endpoint, Instance, Mesh, ModelError, Namespace, Origin, Policy, Route, RouteRules,
-    Service, ServicePort, Workload, check, sort_endpoints,
+    Backend, Endpoint, Instance, Mesh, ModelError, Namespace, Origin, Policy, RateLimit, Route,
+    RouteRules, Service, ServicePort, Workload, check, sort_endpoints,
 };
 
 /// The label that meshes a namespace.
@@ -67,16 +67,18 @@ pub enum Kind {
     EndpointSlice,
     AuthorizationPolicy,
     Route,
+    RateLimitPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::AuthorizationPolicy,
         Kind::Route,
+        Kind::RateLimitPolicy,
     ];
 }
 
@@ -90,6 +92,7 @@ pub enum Object {
     /// An onemesh object, kept undecoded so that a bad one is reported instead of failing the list.
     AuthorizationPolicy(DynamicObject),
     Route(DynamicObject),
+    RateLimitPolicy(DynamicObject),
 }
 
 impl Object {
@@ -101,6 +104,7 @@ impl Object {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::Route(_) => Kind::Route,
+            Object::RateLimitPolicy(_) => Kind::RateLimitPolicy,
         }
     }
 
@@ -113,7 +117,7 @@ impl Object {
             Object::Pod(o) => k(o.as_ref()),
             Object::Service(o) => k(o.as_ref()),
             Object::EndpointSlice(o) => k(o),
-            Object::AuthorizationPolicy(o) | Object::Route(o) => k(o),
+            Object::AuthorizationPolicy(o) | Object::Route(o) | Object::RateLimitPolicy(o) => k(o),
         }
     }
 }
@@ -214,7 +218,9 @@ impl Cache {
             .get(&kind)?
             .get(&(namespace.to_string(), name.to_string()))?
         {
-            Object::AuthorizationPolicy(o) | Object::Route(o) => Some(o),
+            Object::AuthorizationPolicy(o) | Object::Route(o) | Object::RateLimitPolicy(o) => {
+                Some(o)
+            }
             _ => None,
         }
     }
@@ -552,7 +558,114 @@ pub fn build(cache: &Cache) -> (Mesh, Vec<Verdict>) {
             verdicts.push(verdict(Kind::Route, obj, Err(errors)));
         }
     }
+    for o in cache.of(Kind::RateLimitPolicy) {
+        let Object::RateLimitPolicy(obj) = o else {
+            continue;
+        };
+        if !meshed.contains(&obj.namespace().unwrap_or_default()) {
+            continue;
+        }
+        let result = rate_limit(obj);
+        if let Ok(l) = &result {
+            mesh.rate_limits.push(l.clone());
+        }
+        verdicts.push(verdict(Kind::RateLimitPolicy, obj, result.map(|_| ())));
+    }
     (mesh, verdicts)
+}
+
+/// A RateLimitPolicy object in the model, or every problem it has (the checks of mesh.yaml; a
+/// workload without pods right now is fine, as for AuthorizationPolicy).
+pub fn rate_limit(obj: &DynamicObject) -> Result<RateLimit, Vec<ModelError>> {
+    use crate::config::traffic_check as t;
+    use crate::config::{Rate, RateLimits, RateOverride};
+    let origin = dyn_origin("RateLimitPolicy", obj);
+    let mut p = Problems {
+        origin: origin.clone(),
+        errors: Vec::new(),
+    };
+    let spec: Option<onemesh_crds::RateLimitPolicySpec> = decode(&mut p, obj);
+    let Some(spec) = spec else {
+        return Err(p.errors);
+    };
+    let workload = p.check("spec.target.workload", check::name(&spec.target.workload));
+    let target_port = spec
+        .target
+        .port
+        .and_then(|n| p.check("spec.target.port", check::port(i64::from(n))));
+    let rate = |p: &mut Problems, field: &str, rps: i64, burst: Option<i64>| {
+        let per_second = p.check(&format!("{field}.requestsPerSecond"), t::check_rate(rps));
+        let burst = match burst {
+            None => per_second,
+            Some(b) => p.check(&format!("{field}.burst"), t::check_rate(b)),
+        };
+        Some(Rate {
+            requests_per_second: per_second?,
+            burst: burst?,
+        })
+    };
+    let mut limits = RateLimits {
+        total: spec
+            .total
+            .as_ref()
+            .and_then(|r| rate(&mut p, "spec.total", r.requests_per_second, r.burst)),
+        identity: spec
+            .identity
+            .as_ref()
+            .and_then(|r| rate(&mut p, "spec.identity", r.requests_per_second, r.burst)),
+        overrides: Vec::new(),
+    };
+    for (i, o) in spec.overrides.iter().enumerate() {
+        let field = format!("spec.overrides[{i}]");
+        let rate = rate(&mut p, &field, o.requests_per_second, o.burst);
+        let identities: Vec<_> = o
+            .from
+            .identities
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(j, id)| {
+                p.check(
+                    &format!("{field}.from.identities[{j}]"),
+                    check::spiffe_id(id),
+                )
+            })
+            .collect();
+        let namespaces: Vec<_> = o
+            .from
+            .namespaces
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(j, ns)| {
+                p.check(&format!("{field}.from.namespaces[{j}]"), check::name(ns))
+            })
+            .collect();
+        if identities.is_empty() && namespaces.is_empty() {
+            p.check::<()>(&format!("{field}.from"), Err(Problem::Empty));
+        }
+        if let Some(rate) = rate {
+            limits.overrides.push(RateOverride {
+                rate,
+                identities,
+                namespaces,
+            });
+        }
+    }
+    if p.errors.is_empty() {
+        p.check("spec", t::check_limits(&limits));
+    }
+    let (Some(target_workload), true) = (workload, p.errors.is_empty()) else {
+        return Err(p.errors);
+    };
+    Ok(RateLimit {
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+        target_workload,
+        target_port,
+        limits: std::mem::take(&mut limits),
+        origin,
+    })
 }
 
 /// The workload a pod belongs to: `(kind, name)` of its controller (see the module doc).

@@ -164,14 +164,15 @@ fn base() -> Vec<Object> {
 #[test]
 fn nothing_is_ready_before_every_kind_is_listed() {
     let mut cache = Cache::default();
-    for kind in &Kind::ALL[..5] {
+    let (last, first) = Kind::ALL.split_last().expect("kinds");
+    for kind in first {
         cache.apply(Event::Init(*kind));
         cache.apply(Event::InitDone(*kind));
     }
     assert!(!cache.ready());
-    cache.apply(Event::Init(Kind::Route));
+    cache.apply(Event::Init(*last));
     assert!(!cache.ready());
-    cache.apply(Event::InitDone(Kind::Route));
+    cache.apply(Event::InitDone(*last));
     assert!(cache.ready());
 }
 
@@ -510,5 +511,71 @@ fn a_route_fault_folds_with_the_checks_of_mesh_yaml() {
         let v = verdicts.iter().find(|v| v.name == name).unwrap();
         let problems = v.accepted.as_ref().expect_err("refused").join("\n");
         assert!(problems.contains(needle), "{name}: {problems}");
+    }
+}
+
+fn rate_limit_policy(ns: &str, name: &str, spec: serde_json::Value) -> Object {
+    Object::RateLimitPolicy(
+        serde_json::from_value(json!({
+            "apiVersion": "onemesh.dev/v1", "kind": "RateLimitPolicy",
+            "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "generation": 1},
+            "spec": spec,
+        }))
+        .unwrap(),
+    )
+}
+
+#[test]
+fn a_rate_limit_policy_folds_with_the_checks_of_mesh_yaml() {
+    use crate::config::Rate;
+    let mut objects = base();
+    objects.push(rate_limit_policy(
+        "shop",
+        "per-caller",
+        json!({"target": {"workload": "web", "port": 8080},
+               "identity": {"requestsPerSecond": 10},
+               "overrides": [{"requestsPerSecond": 50, "burst": 100,
+                              "from": {"identities": ["spiffe://cluster.local/ns/pg/sa/pg"]}}]}),
+    ));
+    objects.push(rate_limit_policy(
+        "shop",
+        "no-limit",
+        json!({"target": {"workload": "web"}}),
+    ));
+    objects.push(rate_limit_policy(
+        "shop",
+        "bad-override",
+        json!({"target": {"workload": "web"},
+               "overrides": [{"requestsPerSecond": 0, "from": {}}]}),
+    ));
+    let (m, verdicts) = build(&listed(objects));
+    assert_eq!(m.rate_limits.len(), 1, "{verdicts:?}");
+    let l = &m.rate_limits[0];
+    assert_eq!(
+        (l.target_workload.as_str(), l.target_port),
+        ("web", Some(8080))
+    );
+    let rate = |requests_per_second, burst| Rate {
+        requests_per_second,
+        burst,
+    };
+    assert_eq!(l.limits.identity, Some(rate(10, 10)));
+    assert_eq!(l.limits.overrides[0].rate, rate(50, 100));
+    for (name, needles) in [
+        ("no-limit", &["spec: a rate limit policy needs a limit"][..]),
+        (
+            "bad-override",
+            &[
+                "spec.overrides[0].requestsPerSecond: 0 is out of range",
+                "spec.overrides[0].from: empty list",
+            ][..],
+        ),
+    ] {
+        let v = verdicts.iter().find(|v| v.name == name).unwrap();
+        assert_eq!(v.kind, Kind::RateLimitPolicy);
+        let problems = v.accepted.as_ref().expect_err("refused").join("\n");
+        for needle in needles {
+            assert!(problems.contains(needle), "{name}: {problems}");
+        }
     }
 }
