@@ -23,9 +23,10 @@ use saphyr::{LoadableYamlNode, Yaml};
 /// The control plane's manifests, with `{{…}}` fields.
 const CONTROL_PLANE: &str = include_str!("../../../deploy/install/control-plane.yaml");
 /// The CRDs, as `crdgen` writes them.
-const CRDS: [&str; 2] = [
+const CRDS: [&str; 3] = [
     include_str!("../../../deploy/crds/authorizationpolicies.yaml"),
     include_str!("../../../deploy/crds/routes.yaml"),
+    include_str!("../../../deploy/crds/ratelimitpolicies.yaml"),
 ];
 
 /// A generated trust anchor lives ten years, the issuer one (the control plane rotates it at 70 %).

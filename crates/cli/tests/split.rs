@@ -92,7 +92,10 @@ async fn a_canary_gets_its_share_then_everything_after_a_live_edit() {
         if ok && out.contains("\"client\"") {
             break;
         }
-        assert!(Instant::now() < deadline, "the dashboard never scraped demo/client: {out}");
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard never scraped demo/client: {out}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 

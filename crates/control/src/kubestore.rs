@@ -1,9 +1,10 @@
 //! The Kubernetes store: the mesh from the Kubernetes API, and proxies' identities from their
 //! ServiceAccount tokens.
 //!
-//! Seven kube-rs watchers (Namespaces labelled `onemesh.dev/mesh: enabled`; Pods, Services,
-//! EndpointSlices, AuthorizationPolicies, Routes and Gateway API HTTPRoutes cluster-wide, kept
-//! when their namespace is meshed) send their events to one task, which folds them into a cache and rebuilds the model
+//! Eight kube-rs watchers (Namespaces labelled `onemesh.dev/mesh: enabled`; Pods, Services,
+//! EndpointSlices, AuthorizationPolicies, Routes, RateLimitPolicies and Gateway API HTTPRoutes
+//! cluster-wide, kept when their namespace is meshed) send their events to one task, which folds
+//! them into a cache and rebuilds the model
 //! ([`fold`]: pure, unit-tested with recorded events). Events are batched for
 //! [`KubeSettings::debounce`] (50 ms) after the first one; the new [`MeshState`] is published only
 //! when it differs from the last one, and only once every kind has been listed completely
@@ -12,7 +13,7 @@
 //! new list in when it is complete). A watch that fails reconnects with kube-rs's default backoff
 //! (exponential, up to a few seconds) while the last good state keeps serving.
 //!
-//! Every AuthorizationPolicy and Route of a meshed namespace gets an `Accepted` condition in its
+//! Every AuthorizationPolicy, Route and RateLimitPolicy of a meshed namespace gets an `Accepted` condition in its
 //! `status` (`True`/`Accepted`, or `False` with the reason and every problem), written only when
 //! it changes; a refused object also gets a Kubernetes Event (`kubectl describe` shows it), and is
 //! left out of the mesh while the rest keeps working. Every HTTPRoute with a Service parent gets
@@ -220,6 +221,7 @@ pub struct KubeStore {
 fn crd_resource(kind: Kind) -> ApiResource {
     match kind {
         Kind::Route => ApiResource::erase::<onemesh_crds::Route>(&()),
+        Kind::RateLimitPolicy => ApiResource::erase::<onemesh_crds::RateLimitPolicy>(&()),
         _ => ApiResource::erase::<onemesh_crds::AuthorizationPolicy>(&()),
     }
 }
@@ -285,6 +287,16 @@ impl KubeStore {
                 Object::Route,
                 tx.clone(),
             ),
+            watch_kind(
+                Api::<DynamicObject>::all_with(
+                    client.clone(),
+                    &crd_resource(Kind::RateLimitPolicy),
+                ),
+                all(),
+                Kind::RateLimitPolicy,
+                Object::RateLimitPolicy,
+                tx.clone(),
+            ),
             watch_http_routes(client.clone(), inner.settings.gateway_api_poll, tx),
         ];
         tasks.push(tokio::spawn(run(inner.clone(), rx)));
@@ -298,7 +310,7 @@ impl KubeStore {
         match tokio::time::timeout(timeout, rx.wait_for(|r| *r)).await {
             Ok(Ok(_)) => Ok(()),
             _ => Err(StoreError::Unavailable(format!(
-                "the Kubernetes API was not listed completely within {timeout:?} (are the onemesh CRDs installed, and may the control plane list namespaces, pods, services, endpointslices, authorizationpolicies, routes and httproutes? see docs/kubernetes.md)"
+                "the Kubernetes API was not listed completely within {timeout:?} (are the onemesh CRDs installed, and may the control plane list namespaces, pods, services, endpointslices, authorizationpolicies, routes, ratelimitpolicies and httproutes? see docs/kubernetes.md)"
             ))),
         }
     }

@@ -24,7 +24,8 @@ use std::net::{IpAddr, SocketAddr};
 use onemesh_identity::SpiffeId;
 
 pub use crate::config::{
-    Backend, HttpMatch, Problem, Protocol, Retry, RetryOn, RouteRules, WorkloadPort,
+    Backend, Fault, HttpMatch, Problem, Protocol, RateLimits, Retry, RetryOn, RouteRules,
+    WorkloadPort,
 };
 use crate::config::{MeshConfig, TargetPort};
 use crate::state::Instance as LocalInstance;
@@ -193,6 +194,18 @@ pub struct Route {
     pub origin: Origin,
 }
 
+/// A rate limit policy: token buckets on a workload's inbound (optionally one port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub namespace: String,
+    pub name: String,
+    pub target_workload: String,
+    /// `None`: every port of the workload.
+    pub target_port: Option<u16>,
+    pub limits: RateLimits,
+    pub origin: Origin,
+}
+
 /// The whole mesh. Maps are keyed by `(namespace, name)`; policies and routes keep their order
 /// (file order; in Kubernetes, by namespace, then creation).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -202,6 +215,7 @@ pub struct Mesh {
     pub services: BTreeMap<(String, String), Service>,
     pub policies: Vec<Policy>,
     pub routes: Vec<Route>,
+    pub rate_limits: Vec<RateLimit>,
 }
 
 impl Mesh {
@@ -314,6 +328,18 @@ impl Mesh {
                 matches: r.matches.clone(),
                 rules: r.rules.clone(),
                 origin: Origin::File { line: r.meta.line },
+            })
+            .collect();
+        mesh.rate_limits = config
+            .rate_limits
+            .iter()
+            .map(|l| RateLimit {
+                namespace: l.meta.namespace.clone(),
+                name: l.meta.name.clone(),
+                target_workload: l.target_workload.clone(),
+                target_port: l.target_port,
+                limits: l.limits.clone(),
+                origin: Origin::File { line: l.meta.line },
             })
             .collect();
         mesh
@@ -487,7 +513,7 @@ pub mod check {
         if ok {
             Ok(s.to_ascii_lowercase())
         } else {
-            Err(Problem::BadHeaderName(s.into()))
+            Err(Problem::BadIdempotencyHeader(s.into()))
         }
     }
 

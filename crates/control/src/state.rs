@@ -13,7 +13,8 @@ use std::net::SocketAddr;
 
 use onemesh_api::destination::{Endpoint, ProtocolHint, Snapshot};
 use onemesh_api::policy::{
-    Authorization, Backend, HttpRoute, InboundPolicy, OutboundPolicy, RetryPolicy, Route,
+    Authorization, Backend, Fault, HttpRoute, InboundPolicy, OutboundPolicy, Rate, RateLimit,
+    RateLimitOverride, RetryPolicy, Route,
 };
 use onemesh_identity::SpiffeId;
 
@@ -290,10 +291,114 @@ pub fn inbound(state: &MeshState, namespace: &str, workload: &str, port: u16) ->
     let mut ports: Vec<u32> = w.ports.iter().flat_map(|p| real_ports(p.port)).collect();
     ports.sort_unstable();
     ports.dedup();
+    // Rate limits and faults (issue 15), kept together so other additions merge cleanly.
+    let rate_limits = state
+        .mesh
+        .rate_limits
+        .iter()
+        .filter(|l| l.namespace == namespace && l.target_workload == workload)
+        .filter_map(|l| {
+            let ports = match l.target_port {
+                Some(p) if w.ports.iter().any(|wp| wp.port == p) => real_ports(p),
+                Some(_) => return None, // the workload no longer declares that port
+                None => Vec::new(),
+            };
+            Some(rate_limit(l, ports))
+        })
+        .collect();
+    let faults = state
+        .mesh
+        .routes
+        .iter()
+        .filter(|r| r.namespace == namespace)
+        .filter_map(|r| {
+            let f = r.rules.fault.as_ref()?;
+            let ports = route_ports_on(&state.mesh, r, workload);
+            (!ports.is_empty()).then(|| fault(r, f, ports))
+        })
+        .collect();
     InboundPolicy {
         exists: true,
         authorizations,
         ports,
+        rate_limits,
+        faults,
+    }
+}
+
+/// The ports (as the inbound sees them) through which a route's service, or one of its
+/// backends, reaches `workload` (of the route's namespace): the target ports of its endpoints
+/// there. Empty when none of them selects the workload.
+fn route_ports_on(mesh: &Mesh, route: &crate::model::Route, workload: &str) -> Vec<u32> {
+    let services =
+        std::iter::once(&route.service).chain(route.rules.backends.iter().map(|b| &b.service));
+    let mut ports: Vec<u32> = services
+        .filter_map(|s| mesh.services.get(&(route.namespace.clone(), s.clone())))
+        .flat_map(|s| s.ports.iter())
+        .flat_map(|p| p.endpoints.iter())
+        .filter(|e| e.namespace == route.namespace && e.workload == workload)
+        .map(|e| u32::from(e.target_port))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+fn rate(r: &crate::config::Rate) -> Rate {
+    Rate {
+        requests_per_second: r.requests_per_second,
+        burst: r.burst,
+    }
+}
+
+fn rate_limit(l: &crate::model::RateLimit, ports: Vec<u32>) -> RateLimit {
+    RateLimit {
+        name: l.name.clone(),
+        ports,
+        total: l.limits.total.as_ref().map(rate),
+        identity: l.limits.identity.as_ref().map(rate),
+        overrides: l
+            .limits
+            .overrides
+            .iter()
+            .map(|o| RateLimitOverride {
+                rate: Some(rate(&o.rate)),
+                identities: o.identities.iter().map(ToString::to_string).collect(),
+                namespaces: o.namespaces.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn fault(r: &crate::model::Route, f: &crate::model::Fault, ports: Vec<u32>) -> Fault {
+    use crate::config::AbortStatus;
+    let (http, grpc) = match f.abort.map(|a| a.status) {
+        Some(AbortStatus::Http(s)) => (u32::from(s), 0),
+        Some(AbortStatus::Grpc(c)) => (0, c),
+        None => (0, 0),
+    };
+    Fault {
+        route: r.name.clone(),
+        ports,
+        methods: r.matches.methods.clone(),
+        path_prefix: r.matches.path_prefix.clone().unwrap_or_default(),
+        header_name: f
+            .header
+            .as_ref()
+            .map(|h| h.name.clone())
+            .unwrap_or_default(),
+        header_value: f
+            .header
+            .as_ref()
+            .and_then(|h| h.value.clone())
+            .unwrap_or_default(),
+        abort_http_status: http,
+        abort_grpc_status: grpc,
+        abort_percent: f.abort.map_or(0.0, |a| a.percent.as_f64()),
+        delay_ms: f.delay.map_or(0, |d| {
+            u64::try_from(d.duration.as_millis()).unwrap_or(u64::MAX)
+        }),
+        delay_percent: f.delay.map_or(0.0, |d| d.percent.as_f64()),
     }
 }
 

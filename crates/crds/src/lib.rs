@@ -118,7 +118,7 @@ pub struct From {
 }
 
 /// `Route`: per-request settings the caller's proxy applies to requests to a service.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "onemesh.dev",
     version = "v1",
@@ -159,6 +159,69 @@ pub struct RouteSpec {
     /// and gRPC unavailable, for idempotent requests and those carrying `Idempotency-Key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
+    /// Faults the inbound proxies behind the service (and backends) inject into matched
+    /// requests, to test how callers cope; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<RouteFault>,
+}
+
+/// A Route's fault injection: an abort, a delay or both, optionally only for requests with a
+/// header.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteFault {
+    /// Answer matched requests with an error instead of forwarding them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+    /// Hold matched requests before forwarding them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    /// Only requests carrying this header (and value, if given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<FaultHeader>,
+}
+
+/// `fault.abort`: exactly one of `httpStatus` and `grpcStatus`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultAbort {
+    /// An HTTP status, 400-599.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 400, max = 599))]
+    pub http_status: Option<u16>,
+    /// A gRPC status code, 1-16 (answered as gRPC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16))]
+    pub grpc_status: Option<u32>,
+    /// Share of matched requests, 0-100 (absent: 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: Option<f64>,
+}
+
+/// `fault.delay`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultDelay {
+    /// How long, e.g. `3s`.
+    #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
+    pub duration: String,
+    /// Share of matched requests, 0-100 (absent: 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: Option<f64>,
+}
+
+/// `fault.header`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultHeader {
+    /// A header name, e.g. `x-fault`.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// Its value; absent: any value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// `spec.retry` of a Route (every field optional; see docs/mesh-yaml.md).
@@ -215,6 +278,96 @@ pub struct Backend {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1_000_000))]
     pub weight: Option<u32>,
+}
+
+/// `RateLimitPolicy`: token buckets on a workload's inbound proxies (each replica its own).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[kube(
+    group = "onemesh.dev",
+    version = "v1",
+    kind = "RateLimitPolicy",
+    namespaced,
+    status = "ResourceStatus",
+    shortname = "ratelimit",
+    category = "onemesh",
+    doc = "Rate limits on a workload's inbound proxies: in total, per caller identity, and overrides for named callers (429 with Retry-After).",
+    printcolumn(name = "Workload", type_ = "string", json_path = ".spec.target.workload"),
+    printcolumn(name = "Port", type_ = "integer", json_path = ".spec.target.port", description = "target port (empty: every port)"),
+    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status", description = "whether the control plane uses it"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = kube::core::Rule::new("self.metadata.name.size() <= 63").message("metadata.name: use at most 63 characters (a DNS label)"),
+    validation = kube::core::Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: use lower-case letters, digits and '-', starting and ending with a letter or digit"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitPolicySpec {
+    /// The workload (and optionally one of its ports) limited.
+    pub target: RateLimitTarget,
+    /// Every caller together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<RateSpec>,
+    /// Each caller identity on its own bucket (callers without one share a bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<RateSpec>,
+    /// Other per-caller rates for named callers, who share the override's bucket.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub overrides: Vec<RateOverride>,
+}
+
+/// `spec.target` of a RateLimitPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitTarget {
+    /// A workload of the policy's namespace.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
+    pub workload: String,
+    /// A container port of the workload; absent: every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}
+
+/// A token bucket's rate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateSpec {
+    /// Sustained requests per second, 1-1000000.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub requests_per_second: i64,
+    /// Requests that may come at once, 1-1000000 (absent: `requestsPerSecond`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub burst: Option<i64>,
+}
+
+/// One override of a RateLimitPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateOverride {
+    /// Sustained requests per second, 1-1000000.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub requests_per_second: i64,
+    /// Requests that may come at once (absent: `requestsPerSecond`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub burst: Option<i64>,
+    /// The callers: SPIFFE ids and namespaces (at least one entry).
+    pub from: RateFrom,
+}
+
+/// `overrides[].from`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateFrom {
+    /// SPIFFE ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "identities_schema")]
+    pub identities: Option<Vec<String>>,
+    /// Namespaces: any meshed caller from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "namespaces_schema")]
+    pub namespaces: Option<Vec<String>>,
 }
 
 /// The status the control plane writes on each object: one `Accepted` condition.
@@ -299,6 +452,7 @@ pub fn crd_files() -> Result<Vec<(&'static str, String)>, CrdError> {
     let crds = [
         ("authorizationpolicies.yaml", AuthorizationPolicy::crd()),
         ("routes.yaml", Route::crd()),
+        ("ratelimitpolicies.yaml", RateLimitPolicy::crd()),
     ];
     crds.into_iter()
         .map(|(name, crd)| {

@@ -7,13 +7,20 @@
 //! | 400 | `malformed` (bad request head, missing host), `ambiguous_path` (inbound: a path the app could read differently from policy, see [`crate::path`]), `h2c_upgrade` (an `Upgrade: h2c` / `HTTP2-Settings` request, both directions) |
 //! | 403 | `forbidden` (policy), `undeclared_port`, `proxy_port` (inbound: the transport header names a port that is not declared, or one of the proxy's own) |
 //! | 408 | `header_timeout` (slow client) |
+//! | 429 | `rate_limited` (inbound: a `RateLimitPolicy` bucket is empty; with `Retry-After` in seconds) |
 //! | 431 | `header_too_large` |
+//! | as declared | `fault_injected` (inbound: a route's fault aborted the request; its HTTP status, or HTTP 200 with the declared `grpc-status`) |
 //! | 502 | `connect_failed`, `tls_failed`, `upstream_failed`, `loop_detected` |
 //! | 503 | `no_endpoints`, `not_ready`, `discovery_unavailable` |
 //! | 504 | `timeout` |
 //!
 //! Upstream HTTP responses (even 5xx) are passed through untouched; only failures of the proxy
 //! path get the header. The reason is a bounded label value; the detail in the body is for humans.
+//!
+//! An injected abort carries `onemesh-error: fault_injected` too, although it stands for the app
+//! failing: callers' retries and breakers treat it as the status it carries (the reason is not one
+//! of the "never delivered" ones), while an operator, a test or `onemesh tap` can tell an injected
+//! failure from a real one, and a fault left on by mistake is found from the caller's side.
 
 use std::time::Duration;
 
@@ -22,6 +29,7 @@ use http::{HeaderValue, Response, StatusCode};
 use onemesh_identity::HandshakeFailure;
 
 use crate::body::{self, Body};
+use crate::inbound::fault::AbortWith;
 use crate::path::AmbiguousPath;
 use crate::policy::PortRefusal;
 
@@ -99,6 +107,29 @@ pub enum ProxyError {
          forwarded again); send it to the service's own address or name"
     )]
     Loop(String),
+    /// A rate limit of the inbound refused the request.
+    #[error(
+        "rate limited by policy {policy} ({scope} limit) for caller {caller}; retry after \
+         {retry_after_secs} s, or ask the workload's owner for a higher limit"
+    )]
+    RateLimited {
+        /// The RateLimitPolicy.
+        policy: std::sync::Arc<str>,
+        /// Which of its buckets (`total`, `identity`, `override`).
+        scope: &'static str,
+        /// The caller's identity, or "unauthenticated".
+        caller: String,
+        /// The `Retry-After` value.
+        retry_after_secs: u64,
+    },
+    /// A route's fault injection aborted the request.
+    #[error("fault injected by route {route} (a test of how callers handle failures)")]
+    FaultAbort {
+        /// The route.
+        route: std::sync::Arc<str>,
+        /// What the answer is.
+        with: AbortWith,
+    },
 }
 
 /// What a failure becomes.
@@ -141,6 +172,11 @@ impl ProxyError {
             ProxyError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_failed"),
             ProxyError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             ProxyError::Loop(_) => (StatusCode::BAD_GATEWAY, "loop_detected"),
+            ProxyError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ProxyError::FaultAbort { with, .. } => match with {
+                AbortWith::Http(status) => (*status, "fault_injected"),
+                AbortWith::Grpc(_) => (StatusCode::OK, "fault_injected"),
+            },
         };
         Outcome { status, reason }
     }
@@ -178,7 +214,9 @@ impl ProxyError {
             | ProxyError::NotReady(_)
             | ProxyError::DiscoveryUnavailable(_)
             | ProxyError::Timeout(_)
-            | ProxyError::Loop(_) => false,
+            | ProxyError::Loop(_)
+            | ProxyError::RateLimited { .. }
+            | ProxyError::FaultAbort { .. } => false,
         }
     }
 
@@ -193,6 +231,34 @@ impl ProxyError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        match self {
+            ProxyError::RateLimited {
+                retry_after_secs, ..
+            } => {
+                rsp.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(*retry_after_secs),
+                );
+            }
+            ProxyError::FaultAbort {
+                with: AbortWith::Grpc(code),
+                ..
+            } => {
+                // A gRPC "trailers-only" answer: the status in the headers, no body.
+                *rsp.body_mut() = body::empty();
+                let headers = rsp.headers_mut();
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/grpc"),
+                );
+                headers.insert(crate::http_util::GRPC_STATUS, HeaderValue::from(*code));
+                headers.insert(
+                    "grpc-message",
+                    HeaderValue::from_static("fault%20injected%20by%20the%20mesh"),
+                );
+            }
+            _ => {}
+        }
         rsp
     }
 }
@@ -250,5 +316,49 @@ mod tests {
             assert_eq!(rsp.status().as_u16(), status);
             assert_eq!(rsp.headers()[ERROR_HEADER], reason);
         }
+    }
+
+    #[test]
+    fn a_rate_limited_answer_says_when_to_retry() {
+        let rsp = ProxyError::RateLimited {
+            policy: "per-caller".into(),
+            scope: "identity",
+            caller: "spiffe://cluster.local/ns/order/sa/web".into(),
+            retry_after_secs: 2,
+        }
+        .to_response();
+        assert_eq!(rsp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(rsp.headers()[ERROR_HEADER], "rate_limited");
+        assert_eq!(rsp.headers()[http::header::RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn an_injected_abort_looks_like_the_app_failing_and_says_so() {
+        let http = ProxyError::FaultAbort {
+            route: "r".into(),
+            with: AbortWith::Http(StatusCode::SERVICE_UNAVAILABLE),
+        }
+        .to_response();
+        assert_eq!(http.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(http.headers()[ERROR_HEADER], "fault_injected");
+        assert!(
+            !ProxyError::peer_did_not_deliver(&http),
+            "an ordinary 503 to callers"
+        );
+        let grpc = ProxyError::FaultAbort {
+            route: "r".into(),
+            with: AbortWith::Grpc(14),
+        }
+        .to_response();
+        assert_eq!(grpc.status(), StatusCode::OK);
+        assert_eq!(grpc.headers()["grpc-status"], "14");
+        assert_eq!(
+            grpc.headers()[http::header::CONTENT_TYPE],
+            "application/grpc"
+        );
+        assert_eq!(
+            crate::http_util::classify(&grpc),
+            crate::metrics::Classification::Failure
+        );
     }
 }

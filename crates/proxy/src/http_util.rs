@@ -27,7 +27,7 @@ pub const CLIENT_ID: HeaderName = HeaderName::from_static("onemesh-client-id");
 pub const EGRESS_ID: HeaderName = HeaderName::from_static("onemesh-egress-id");
 
 /// gRPC's status, in a trailers-only response's headers.
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// The value of `name`, found by comparing names rather than hashing one: cheaper for the few
 /// headers of a typical message, and what the per-request checks below use for names that are

@@ -22,7 +22,12 @@
 //!    matches is then exactly the path the app receives;
 //! 5. policy ([`crate::policy::authorize`]): per request for HTTP (403 `forbidden` naming the
 //!    caller and policy), per connection for opaque TCP (closed and counted);
-//! 6. forward to `ONEMESH_PROXY_INBOUND_APP_HOST:<target port>`: HTTP/1.1 to an HTTP/1.1 app
+//! 6. rate limits ([`limit`]: 429 `rate_limited` with `Retry-After`), then the matching route's
+//!    fault ([`fault`]: a delay, then an abort `fault_injected`), HTTP only. Authorization comes
+//!    first so that a refused caller spends nobody's tokens; limits before faults so that a limit
+//!    keeps protecting the app while faults are tested; faults last, where the app's own failure
+//!    would be. With none declared they cost two `is_empty()` checks;
+//! 7. forward to `ONEMESH_PROXY_INBOUND_APP_HOST:<target port>`: HTTP/1.1 to an HTTP/1.1 app
 //!    (an HTTP/1.1 mesh connection, or the `onemesh-orig-proto` header on HTTP/2, says so) on a
 //!    pooled connection ([`crate::pool`]), HTTP/2 to an h2/gRPC app, upgrades spliced, opaque
 //!    bytes copied (both closed after `ONEMESH_PROXY_STREAM_IDLE_TIMEOUT` without a byte). The
@@ -56,7 +61,8 @@ use crate::error::ProxyError;
 use crate::http_util::{self, CLIENT_ID, EGRESS_ID, ORIG_PROTO};
 use crate::io::{CountingIo, PrefixedIo, SpliceError};
 use crate::metrics::{
-    DenyLabels, Direction, EdgeLabels, Metrics, ReasonLabels, RouteLabels, RouteMetrics, Tls,
+    DenyLabels, Direction, EdgeLabels, FaultLabels, LimitLabels, Metrics, ReasonLabels,
+    RouteLabels, RouteMetrics, Tls,
 };
 use crate::orig_dst::original_dst;
 use crate::policy::{Authorizations, PortRefusal, authorize, check_port, plain_target};
@@ -64,6 +70,10 @@ use crate::pool::{self, Http1Pool};
 use crate::server::{self, HttpLimits, HttpService};
 use crate::telemetry;
 use crate::transport_header::{Protocol, TransportHeader};
+use fault::FaultRule;
+
+pub mod fault;
+pub mod limit;
 
 /// Settings of the inbound side.
 #[derive(Clone, Debug)]
@@ -485,26 +495,48 @@ impl Inbound {
         } else {
             crate::path::check(req.uri().path()).map_err(ProxyError::from)
         };
-        // policy
+        let rules = self.inner.policy.borrow().clone();
+        // policy (and, while the checked path is at hand, the route fault that matches, if any)
         let decision = checked.map(|path| {
-            authorize(
-                &self.inner.policy.borrow().clone(),
+            let decision = authorize(
+                &rules,
                 &self.inner.settings.namespace,
                 conn.target_port,
                 conn.client.as_ref(),
                 Some((req.method(), path)),
-            )
+            );
+            let fault = if decision.allowed && !rules.faults.is_empty() {
+                fault::find(
+                    &rules.faults,
+                    conn.target_port,
+                    req.method(),
+                    path,
+                    req.headers(),
+                )
+            } else {
+                None
+            };
+            (decision, fault)
         });
         let result = match decision {
             Err(err) => Err(err),
-            Ok(decision) if decision.allowed => {
-                if let Some(v) = &conn.client_header {
-                    req.headers_mut().insert(CLIENT_ID, v.clone());
+            Ok((decision, fault)) if decision.allowed => {
+                // rate limits, then faults, then forward
+                match self.limit(&rules, conn) {
+                    Err(err) => Err(err),
+                    Ok(()) => match self.inject(fault).await {
+                        Err(err) => Err(err),
+                        Ok(()) => {
+                            if let Some(v) = &conn.client_header {
+                                req.headers_mut().insert(CLIENT_ID, v.clone());
+                            }
+                            let http1 = orig_proto.is_some() || conn.mode == Mode::Http1;
+                            self.forward(http, req, http1).await
+                        }
+                    },
                 }
-                let http1 = orig_proto.is_some() || conn.mode == Mode::Http1;
-                self.forward(http, req, http1).await
             }
-            Ok(decision) => {
+            Ok((decision, _)) => {
                 metrics
                     .authz_deny_total
                     .get_or_create(&DenyLabels {
@@ -524,6 +556,69 @@ impl Inbound {
             }
         };
         telemetry::finish(metrics, Direction::Inbound, &http.route, start, result)
+    }
+
+    /// The rate limits covering this connection's port, for its caller (the verified peer, never
+    /// a header); refused requests are counted per caller.
+    fn limit(&self, rules: &Authorizations, conn: &Conn) -> Result<(), ProxyError> {
+        if rules.limits.is_empty() {
+            return Ok(());
+        }
+        let now = tokio::time::Instant::now();
+        let caller = conn.client.as_ref();
+        let Err((limit, refused)) = limit::check(&rules.limits, conn.target_port, caller, now)
+        else {
+            return Ok(());
+        };
+        self.inner
+            .metrics
+            .rate_limited_total
+            .get_or_create(&LimitLabels {
+                edge: conn.edge.clone(),
+                policy: limit.name.clone(),
+                limit: refused.scope.as_str(),
+            })
+            .inc();
+        Err(ProxyError::RateLimited {
+            policy: limit.name.clone(),
+            scope: refused.scope.as_str(),
+            caller: caller.map_or_else(|| "unauthenticated".to_string(), ToString::to_string),
+            retry_after_secs: limit::retry_after_secs(refused.retry_after),
+        })
+    }
+
+    /// Applies the matched route fault, if any: a delay (in this request's own future, so other
+    /// streams of an HTTP/2 connection go on), then an abort.
+    async fn inject(&self, fault: Option<&FaultRule>) -> Result<(), ProxyError> {
+        let Some(rule) = fault else {
+            return Ok(());
+        };
+        let injection = rule.draw(fastrand::f64);
+        let count = |kind| {
+            self.inner
+                .metrics
+                .fault_injected_total
+                .get_or_create(&FaultLabels {
+                    direction: Direction::Inbound,
+                    route: rule.route.clone(),
+                    kind,
+                })
+                .inc();
+        };
+        if let Some(delay) = injection.delay {
+            count("delay");
+            tokio::time::sleep(delay).await;
+        }
+        match injection.abort {
+            Some(with) => {
+                count("abort");
+                Err(ProxyError::FaultAbort {
+                    route: rule.route.clone(),
+                    with,
+                })
+            }
+            None => Ok(()),
+        }
     }
 
     async fn dial_app(&self, app: SocketAddr) -> Result<pool::Sender, ProxyError> {

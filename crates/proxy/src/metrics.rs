@@ -7,7 +7,8 @@
 //! `tcp_write_bytes_total`, labelled `direction`, `namespace`, `workload`, `dst_namespace`,
 //! `dst_workload`, `client_id` (inbound) / `server_id` (outbound), `tls`, `route`. Plus the proxy's
 //! own: `tls_handshake_failure_total`, `authz_deny_total`, `proxy_error_total`, `detect_total`,
-//! `identity_cert_expiration_timestamp_seconds`, `identity_certify_total`.
+//! `identity_cert_expiration_timestamp_seconds`, `identity_certify_total`, `rate_limited_total`
+//! (per caller, policy and `limit`), `fault_injected_total` (per route and `kind`).
 //!
 //! TCP metrics cover every inbound connection (after the handshake, labelled with the caller) and
 //! every outbound opaque stream (labelled with the destination); an application's outbound HTTP
@@ -277,6 +278,48 @@ impl EncodeLabelSet for DenyLabels {
     }
 }
 
+/// A request refused by a rate limit: the caller (edge), the policy and its bucket.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LimitLabels {
+    /// The edge (inbound, with the caller's verified id if any).
+    pub edge: EdgeLabels,
+    /// The RateLimitPolicy.
+    pub policy: Arc<str>,
+    /// `total`, `identity` or `override`.
+    pub limit: &'static str,
+}
+
+impl EncodeLabelSet for LimitLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        self.edge.encode(encoder)?;
+        ("policy", &*self.policy).encode(encoder.encode_label())?;
+        ("limit", self.limit).encode(encoder.encode_label())?;
+        Ok(())
+    }
+}
+
+/// A fault injected: the route that declared it and what it did.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FaultLabels {
+    /// Direction (inbound: faults are injected on the serving side).
+    pub direction: Direction,
+    /// The route's name.
+    pub route: Arc<str>,
+    /// `abort` or `delay`.
+    pub kind: &'static str,
+}
+
+impl EncodeLabelSet for FaultLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("direction", self.direction.as_str()).encode(encoder.encode_label())?;
+        ("route", &*self.route).encode(encoder.encode_label())?;
+        ("kind", self.kind).encode(encoder.encode_label())?;
+        Ok(())
+    }
+}
+
 /// Outcome of a certificate request.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ResultLabels {
@@ -335,6 +378,10 @@ pub struct Metrics {
     pub identity_cert_expiration_timestamp_seconds: Gauge<f64, AtomicU64>,
     /// Certificate requests by result.
     pub identity_certify_total: Family<ResultLabels, Counter>,
+    /// Inbound requests refused by a rate limit, per caller.
+    pub rate_limited_total: Family<LimitLabels, Counter>,
+    /// Faults injected by the inbound, per route and kind.
+    pub fault_injected_total: Family<FaultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -363,6 +410,8 @@ impl Metrics {
             detect_total: Family::default(),
             identity_cert_expiration_timestamp_seconds: Gauge::default(),
             identity_certify_total: Family::default(),
+            rate_limited_total: Family::default(),
+            fault_injected_total: Family::default(),
             registry: Registry::default(),
         };
         registry.register("request", "HTTP requests received", m.request_total.clone());
@@ -435,6 +484,16 @@ impl Metrics {
             "identity_certify",
             "Certificate signing requests sent, by result",
             m.identity_certify_total.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Inbound requests refused by a rate limit, by caller, policy and limit",
+            m.rate_limited_total.clone(),
+        );
+        registry.register(
+            "fault_injected",
+            "Faults injected by the inbound, by route and kind (abort, delay)",
+            m.fault_injected_total.clone(),
         );
         Metrics { registry, ..m }
     }

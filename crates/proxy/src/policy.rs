@@ -44,7 +44,7 @@ pub struct RouteMatch {
 
 impl RouteMatch {
     /// The prefix matches whole segments: `/v1` matches `/v1` and `/v1/pay`, never `/v1admin`.
-    fn matches(&self, method: &http::Method, path: CheckedPath<'_>) -> bool {
+    pub(crate) fn matches(&self, method: &http::Method, path: CheckedPath<'_>) -> bool {
         let prefix = self.path_prefix.as_str();
         let path_ok = match path.as_str().strip_prefix(prefix) {
             Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
@@ -95,13 +95,30 @@ impl Authorization {
     }
 }
 
-/// The authorizations in force for this workload, and the ports it declares.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The authorizations in force for this workload, and the ports it declares; with them, the
+/// other per-request rules of the inbound: rate limits and faults (both empty unless declared).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Authorizations {
     /// All of them.
     pub list: Vec<Authorization>,
     /// The only ports the inbound forwards to (none by default: nothing is forwarded).
     pub ports: DeclaredPorts,
+    /// Rate limits (`RateLimitPolicy`), each with its buckets ([`crate::inbound::limit`]).
+    pub limits: Vec<crate::inbound::limit::RateLimit>,
+    /// Faults of the routes over this workload ([`crate::inbound::fault`]).
+    pub faults: Vec<crate::inbound::fault::FaultRule>,
+}
+
+impl Authorizations {
+    /// Takes over the buckets of the limits of `old` that this snapshot keeps unchanged (a
+    /// policy update must not refill them).
+    pub fn adopt_buckets(&mut self, old: &Authorizations) {
+        for limit in &mut self.limits {
+            if let Some(same) = old.limits.iter().find(|o| o.name == limit.name) {
+                limit.adopt(same);
+            }
+        }
+    }
 }
 
 /// A workload's declared ports, sorted: the ports its application serves, as the inbound

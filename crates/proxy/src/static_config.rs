@@ -3,8 +3,8 @@
 //!
 //! The file lists meshed services (endpoints with their expected identities, routes), extra
 //! outbound TCP listeners (`tcp_forwards`, for local mode without iptables), the inbound's
-//! declared ports (`inbound.ports`: the only ports it forwards to; none when absent) and the
-//! inbound authorizations. It is parsed with `deny_unknown_fields`, and every error names the field.
+//! declared ports (`inbound.ports`: the only ports it forwards to; none when absent), the
+//! inbound authorizations and rate limits (`inbound.rate_limits`). It is parsed with `deny_unknown_fields`, and every error names the field.
 //! These implementations are also the test doubles of the seams.
 
 use std::collections::HashMap;
@@ -161,6 +161,46 @@ pub struct InboundSpec {
     /// Authorizations.
     #[serde(default)]
     pub authorizations: Vec<AuthorizationSpec>,
+    /// Rate limits (per workload, in total and per caller identity).
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitSpec>,
+}
+
+/// One rate limit of the inbound (see [`crate::inbound::limit`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Name (metric label, 429 body).
+    pub name: String,
+    /// Ports (empty = all).
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// Every caller together.
+    #[serde(default)]
+    pub total: Option<RateSpec>,
+    /// Each caller identity on its own.
+    #[serde(default)]
+    pub identity: Option<RateSpec>,
+}
+
+/// A token bucket's rate.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateSpec {
+    /// Requests per second (at least 1).
+    pub requests_per_second: u32,
+    /// Requests at once (default: the rate).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+impl RateSpec {
+    fn rate(self) -> crate::inbound::limit::Rate {
+        crate::inbound::limit::Rate {
+            per_second: self.requests_per_second.max(1),
+            burst: self.burst.unwrap_or(self.requests_per_second).max(1),
+        }
+    }
 }
 
 /// One authorization.
@@ -407,6 +447,21 @@ impl StaticConfig {
             authorizations: Authorizations {
                 list,
                 ports: DeclaredPorts::new(self.inbound.ports.iter().copied()),
+                limits: self
+                    .inbound
+                    .rate_limits
+                    .iter()
+                    .map(|l| {
+                        crate::inbound::limit::RateLimit::new(
+                            l.name.as_str().into(),
+                            l.ports.clone(),
+                            l.total.map(RateSpec::rate),
+                            l.identity.map(RateSpec::rate),
+                            Vec::new(),
+                        )
+                    })
+                    .collect(),
+                faults: Vec::new(),
             },
         })
     }

@@ -2,7 +2,8 @@
 //!
 //! The file holds Kubernetes-shaped resources (`apiVersion: onemesh.dev/v1`, `kind`,
 //! `metadata.{name,namespace}`, `spec`) separated by `---`: Namespace, Workload, Service,
-//! AuthorizationPolicy and Route. `docs/mesh-yaml.md` is the reference of every field.
+//! AuthorizationPolicy, Route and RateLimitPolicy (the last, and a Route's `fault`, in
+//! [`traffic`]). `docs/mesh-yaml.md` is the reference of every field.
 //!
 //! Validation reports every problem at once, each as `file:line: field.path: what is wrong` (see
 //! [`FieldError`]): unknown kinds and fields, missing fields, wrong types, bad ports, names,
@@ -13,6 +14,14 @@
 //! This module only reads text: it does no I/O besides [`load`] reading the one file, and knows
 //! nothing of endpoints or tokens (see [`crate::local`]).
 
+mod traffic;
+/// The value checks of a Route's fault and of RateLimitPolicy, for every source.
+pub mod traffic_check {
+    pub use super::traffic::{
+        check_fault, check_grpc_status, check_header_name, check_header_value, check_http_status,
+        check_limits, check_percent, check_rate,
+    };
+}
 mod yaml;
 
 use std::collections::BTreeMap;
@@ -24,6 +33,10 @@ use onemesh_identity::{IdError, SpiffeId};
 use saphyr::{LoadableYamlNode, MarkedYamlOwned};
 
 use crate::model::check::{self, HTTP_METHODS, is_dns_label};
+pub use traffic::{
+    AbortStatus, Fault, FaultAbort, FaultDelay, FaultHeader, Percent, Rate, RateLimitPolicy,
+    RateLimits, RateOverride,
+};
 use yaml::{Errors, Map, Node};
 
 /// The only `apiVersion` accepted.
@@ -38,15 +51,17 @@ pub enum Kind {
     Service,
     AuthorizationPolicy,
     Route,
+    RateLimitPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Namespace,
         Kind::Workload,
         Kind::Service,
         Kind::AuthorizationPolicy,
         Kind::Route,
+        Kind::RateLimitPolicy,
     ];
 
     /// The name written in `kind:`.
@@ -57,6 +72,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::Route => "Route",
+            Kind::RateLimitPolicy => "RateLimitPolicy",
         }
     }
 }
@@ -119,7 +135,7 @@ impl fmt::Display for FieldError {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Problem {
     #[error(
-        "unknown kind {0:?}: use one of Namespace, Workload, Service, AuthorizationPolicy, Route"
+        "unknown kind {0:?}: use one of Namespace, Workload, Service, AuthorizationPolicy, Route, RateLimitPolicy"
     )]
     UnknownKind(String),
     #[error("unsupported apiVersion {0:?}: use onemesh.dev/v1")]
@@ -200,11 +216,31 @@ pub enum Problem {
     )]
     BadRetryOn(String),
     #[error("{0:?} is not a header name: use letters, digits and '-', e.g. Idempotency-Key")]
-    BadHeaderName(String),
+    BadIdempotencyHeader(String),
     #[error(
         "namespace {0:?} is reserved for the control plane (its identity lives there): use another name"
     )]
     ReservedNamespace(String),
+    #[error("{0:?} is not a percentage: use a number from 0 to 100, e.g. 30 or 0.5")]
+    BadPercent(String),
+    #[error("{0} is not an http status for an abort: use 400-599, e.g. 503")]
+    BadAbortStatus(i64),
+    #[error("{0} is not a grpc status for an abort: use 1-16, e.g. 14 (UNAVAILABLE)")]
+    BadGrpcStatus(i64),
+    #[error("give exactly one of httpStatus and grpcStatus")]
+    AbortStatusChoice,
+    #[error("a fault needs something to inject: give abort, delay or both")]
+    EmptyFault,
+    #[error(
+        "{0:?} is not a header name to match: use a token such as x-fault (onemesh- headers are the mesh's own)"
+    )]
+    BadHeaderName(String),
+    #[error("{0:?} is not a header value: use visible ascii characters")]
+    BadHeaderValue(String),
+    #[error("{0} is out of range: use 1-1000000 requests")]
+    BadRate(i64),
+    #[error("a rate limit policy needs a limit: give total, identity or overrides")]
+    NoLimit,
 }
 
 /// How a workload port speaks: HTTP (detected as HTTP/1 or HTTP/2) or opaque TCP.
@@ -319,6 +355,8 @@ pub struct RouteRules {
     pub backends: Vec<Backend>,
     /// How failed requests are retried (`None`: the defaults of [`Retry`]).
     pub retry: Option<Retry>,
+    /// Faults the inbound proxies behind the route's service (and backends) inject; `None`: none.
+    pub fault: Option<Fault>,
 }
 
 /// How a route's failed requests are retried. A non-idempotent request is retried only when it
@@ -393,6 +431,7 @@ pub struct MeshConfig {
     pub services: BTreeMap<(String, String), Service>,
     pub policies: Vec<AuthorizationPolicy>,
     pub routes: Vec<Route>,
+    pub rate_limits: Vec<RateLimitPolicy>,
 }
 
 impl MeshConfig {
@@ -445,6 +484,7 @@ pub fn parse(file: &Path, text: &str) -> Result<MeshConfig, ConfigError> {
                 Kind::Service => service(&mut errors, &mut mesh, r),
                 Kind::AuthorizationPolicy => policy(&mut errors, &mut mesh, r),
                 Kind::Route => route(&mut errors, &mut mesh, r),
+                Kind::RateLimitPolicy => traffic::rate_limit_policy(&mut errors, &mut mesh, r),
             }
         }
     }
@@ -1115,6 +1155,7 @@ fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
                 "retryable",
                 "backends",
                 "retry",
+                "fault",
             ],
         )
     }) else {
@@ -1203,6 +1244,10 @@ fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
         None => Some(None),
         Some(n) => retry(errors, &n).map(Some),
     };
+    let fault = match spec.optional("fault") {
+        None => Some(None),
+        Some(n) => traffic::fault(errors, &n).map(Some),
+    };
     let (
         Some(service),
         Some(matches),
@@ -1210,8 +1255,11 @@ fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
         Some(retryable),
         Some(backends),
         Some(retry),
+        Some(fault),
         true,
-    ) = (service, matches, timeout, retryable, backends, retry, ns_ok)
+    ) = (
+        service, matches, timeout, retryable, backends, retry, fault, ns_ok,
+    )
     else {
         return;
     };
@@ -1232,6 +1280,7 @@ fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
             retryable,
             backends,
             retry,
+            fault,
         },
     });
 }

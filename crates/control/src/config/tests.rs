@@ -499,7 +499,7 @@ fn route_retry_refused_with_the_field_to_fix() {
         (
             "idempotencyHeader: 'x key'",
             "spec.retry.idempotencyHeader",
-            |p| matches!(p, Problem::BadHeaderName(_)),
+            |p| matches!(p, Problem::BadIdempotencyHeader(_)),
         ),
         (
             "budget: {percent: 2000}",
@@ -522,5 +522,177 @@ fn route_retry_refused_with_the_field_to_fix() {
         );
         // every message says what to write
         assert!(errors[0].to_string().contains("use "), "{}", errors[0]);
+    }
+}
+
+/// GOOD with `fault` (YAML lines under it, indented by 4) on its route.
+fn with_fault(lines: &str) -> String {
+    edit(
+        "  retryable: true\n",
+        &format!("  retryable: true\n  fault:\n{lines}"),
+    )
+}
+
+#[test]
+fn route_fault_is_read_with_defaults() {
+    let text = with_fault(
+        "    abort: {httpStatus: 503, percent: 30}\n    delay: {duration: 3s}\n    header: {name: X-Fault, value: \"on\"}\n",
+    );
+    let config = parse(Path::new("mesh.yaml"), &text).unwrap();
+    let fault = config.routes[0].rules.fault.clone().expect("a fault");
+    let abort = fault.abort.expect("an abort");
+    assert_eq!(abort.status, AbortStatus::Http(503));
+    assert_eq!(abort.percent, Percent(30_000));
+    let delay = fault.delay.expect("a delay");
+    assert_eq!(delay.duration, Duration::from_secs(3));
+    assert_eq!(
+        delay.percent,
+        Percent::ALL,
+        "percent left out: every request"
+    );
+    let header = fault.header.expect("a header");
+    assert_eq!(
+        (header.name.as_str(), header.value.as_deref()),
+        ("x-fault", Some("on"))
+    );
+    let grpc = with_fault("    abort: {grpcStatus: 14, percent: 0.5}\n");
+    let config = parse(Path::new("mesh.yaml"), &grpc).unwrap();
+    let abort = config.routes[0].rules.fault.clone().and_then(|f| f.abort);
+    assert_eq!(
+        abort.map(|a| (a.status, a.percent)),
+        Some((AbortStatus::Grpc(14), Percent(500)))
+    );
+    let none = parse(Path::new("mesh.yaml"), GOOD).unwrap();
+    assert_eq!(none.routes[0].rules.fault, None, "off unless declared");
+}
+
+#[test]
+fn route_fault_refused_with_the_field_to_fix() {
+    type Case = (&'static str, &'static str, fn(&Problem) -> bool);
+    let cases: [Case; 9] = [
+        (
+            "    abort: {httpStatus: 200}\n",
+            "spec.fault.abort.httpStatus",
+            |p| matches!(p, Problem::BadAbortStatus(200)),
+        ),
+        (
+            "    abort: {grpcStatus: 0}\n",
+            "spec.fault.abort.grpcStatus",
+            |p| matches!(p, Problem::BadGrpcStatus(0)),
+        ),
+        (
+            "    abort: {httpStatus: 503, grpcStatus: 14}\n",
+            "spec.fault.abort",
+            |p| matches!(p, Problem::AbortStatusChoice),
+        ),
+        ("    abort: {percent: 10}\n", "spec.fault.abort", |p| {
+            matches!(p, Problem::AbortStatusChoice)
+        }),
+        (
+            "    abort: {httpStatus: 503, percent: 101}\n",
+            "spec.fault.abort.percent",
+            |p| matches!(p, Problem::BadPercent(s) if s == "101"),
+        ),
+        (
+            "    delay: {duration: 3}\n",
+            "spec.fault.delay.duration",
+            |p| matches!(p, Problem::WrongType { .. }),
+        ),
+        (
+            "    delay: {duration: 0s}\n",
+            "spec.fault.delay.duration",
+            |p| matches!(p, Problem::BadDuration(_)),
+        ),
+        ("    header: {name: x-fault}\n", "spec.fault", |p| {
+            matches!(p, Problem::EmptyFault)
+        }),
+        (
+            "    delay: {duration: 1s}\n    header: {name: onemesh-client-id}\n",
+            "spec.fault.header.name",
+            |p| matches!(p, Problem::BadHeaderName(_)),
+        ),
+    ];
+    for (lines, field, is) in cases {
+        let errors = errors_of(&with_fault(lines));
+        assert_eq!(errors.len(), 1, "{lines}: {errors:?}");
+        assert_eq!(errors[0].field, field, "{lines}");
+        assert!(is(&errors[0].problem), "{lines}: {:?}", errors[0].problem);
+    }
+}
+
+/// GOOD with a RateLimitPolicy whose spec is `spec` (YAML lines, indented by 2).
+fn with_rate_limit(spec: &str) -> String {
+    format!(
+        "{GOOD}---\napiVersion: onemesh.dev/v1\nkind: RateLimitPolicy\nmetadata: {{name: bank-limit, namespace: bank}}\nspec:\n{spec}"
+    )
+}
+
+#[test]
+fn rate_limit_policy_is_read_with_defaults() {
+    let text = with_rate_limit(
+        "  target: {workload: bank, port: 8080}\n  total: {requestsPerSecond: 100, burst: 200}\n  identity: {requestsPerSecond: 10}\n  overrides:\n    - requestsPerSecond: 50\n      from: {identities: [spiffe://cluster.local/ns/card/sa/card], namespaces: [card]}\n",
+    );
+    let config = parse(Path::new("mesh.yaml"), &text).unwrap();
+    assert_eq!(config.rate_limits.len(), 1);
+    let l = &config.rate_limits[0];
+    assert_eq!(
+        (l.target_workload.as_str(), l.target_port),
+        ("bank", Some(8080))
+    );
+    let rate = |rps, burst| Rate {
+        requests_per_second: rps,
+        burst,
+    };
+    assert_eq!(l.limits.total, Some(rate(100, 200)));
+    assert_eq!(
+        l.limits.identity,
+        Some(rate(10, 10)),
+        "burst left out: the rate"
+    );
+    assert_eq!(l.limits.overrides[0].rate, rate(50, 50));
+    assert_eq!(l.limits.overrides[0].namespaces, vec!["card"]);
+}
+
+#[test]
+fn rate_limit_policy_refused_with_the_field_to_fix() {
+    type Case = (&'static str, &'static str, fn(&Problem) -> bool);
+    let cases: [Case; 7] = [
+        (
+            "  target: {workload: vault}\n  total: {requestsPerSecond: 1}\n",
+            "spec.target.workload",
+            |p| matches!(p, Problem::UnknownWorkload(w) if w == "bank/vault"),
+        ),
+        (
+            "  target: {workload: bank, port: 7}\n  total: {requestsPerSecond: 1}\n",
+            "spec.target.port",
+            |p| matches!(p, Problem::UndeclaredPort { port: 7, .. }),
+        ),
+        ("  total: {requestsPerSecond: 1}\n", "spec.target", |p| {
+            matches!(p, Problem::MissingField)
+        }),
+        ("  target: {workload: bank}\n", "spec", |p| {
+            matches!(p, Problem::NoLimit)
+        }),
+        (
+            "  target: {workload: bank}\n  total: {requestsPerSecond: 0}\n",
+            "spec.total.requestsPerSecond",
+            |p| matches!(p, Problem::BadRate(0)),
+        ),
+        (
+            "  target: {workload: bank}\n  identity: {requestsPerSecond: 5, burst: -1}\n",
+            "spec.identity.burst",
+            |p| matches!(p, Problem::BadRate(-1)),
+        ),
+        (
+            "  target: {workload: bank}\n  overrides: [{requestsPerSecond: 5, from: {}}]\n",
+            "spec.overrides[0].from",
+            |p| matches!(p, Problem::Empty),
+        ),
+    ];
+    for (spec, field, is) in cases {
+        let errors = errors_of(&with_rate_limit(spec));
+        assert_eq!(errors.len(), 1, "{spec}: {errors:?}");
+        assert_eq!(errors[0].field, field, "{spec}");
+        assert!(is(&errors[0].problem), "{spec}: {:?}", errors[0].problem);
     }
 }

@@ -43,10 +43,12 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
 use kube::{Resource, ResourceExt};
 
-use crate::config::{HttpMatch, Problem, Protocol, WorkloadPort};
+use crate::config::{
+    Fault, FaultAbort, FaultDelay, FaultHeader, HttpMatch, Percent, Problem, Protocol, WorkloadPort,
+};
 use crate::model::{
-    Backend, Endpoint, Instance, Mesh, ModelError, Namespace, Origin, Policy, Retry, Route,
-    RouteRules, Service, ServicePort, Workload, check, sort_endpoints,
+    Backend, Endpoint, Instance, Mesh, ModelError, Namespace, Origin, Policy, RateLimit, Retry,
+    Route, RouteRules, Service, ServicePort, Workload, check, sort_endpoints,
 };
 
 /// The label that meshes a namespace.
@@ -67,18 +69,20 @@ pub enum Kind {
     EndpointSlice,
     AuthorizationPolicy,
     Route,
+    RateLimitPolicy,
     /// Gateway API `HTTPRoute` (listed as empty while its CRD is not installed).
     HttpRoute,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::AuthorizationPolicy,
         Kind::Route,
+        Kind::RateLimitPolicy,
         Kind::HttpRoute,
     ];
 }
@@ -93,6 +97,7 @@ pub enum Object {
     /// An onemesh object, kept undecoded so that a bad one is reported instead of failing the list.
     AuthorizationPolicy(DynamicObject),
     Route(DynamicObject),
+    RateLimitPolicy(DynamicObject),
     /// A Gateway API HTTPRoute, undecoded: its fields are checked one by one ([`super::gateway`]).
     HttpRoute(DynamicObject),
 }
@@ -106,6 +111,7 @@ impl Object {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::Route(_) => Kind::Route,
+            Object::RateLimitPolicy(_) => Kind::RateLimitPolicy,
             Object::HttpRoute(_) => Kind::HttpRoute,
         }
     }
@@ -119,7 +125,10 @@ impl Object {
             Object::Pod(o) => k(o.as_ref()),
             Object::Service(o) => k(o.as_ref()),
             Object::EndpointSlice(o) => k(o),
-            Object::AuthorizationPolicy(o) | Object::Route(o) | Object::HttpRoute(o) => k(o),
+            Object::AuthorizationPolicy(o)
+            | Object::Route(o)
+            | Object::RateLimitPolicy(o)
+            | Object::HttpRoute(o) => k(o),
         }
     }
 }
@@ -220,7 +229,9 @@ impl Cache {
             .get(&kind)?
             .get(&(namespace.to_string(), name.to_string()))?
         {
-            Object::AuthorizationPolicy(o) | Object::Route(o) => Some(o),
+            Object::AuthorizationPolicy(o) | Object::Route(o) | Object::RateLimitPolicy(o) => {
+                Some(o)
+            }
             _ => None,
         }
     }
@@ -577,6 +588,19 @@ pub fn build_all(cache: &Cache) -> (Mesh, Vec<Verdict>, Vec<super::gateway::Rout
             verdicts.push(verdict(Kind::Route, obj, Err(errors)));
         }
     }
+    for o in cache.of(Kind::RateLimitPolicy) {
+        let Object::RateLimitPolicy(obj) = o else {
+            continue;
+        };
+        if !meshed.contains(&obj.namespace().unwrap_or_default()) {
+            continue;
+        }
+        let result = rate_limit(obj);
+        if let Ok(l) = &result {
+            mesh.rate_limits.push(l.clone());
+        }
+        verdicts.push(verdict(Kind::RateLimitPolicy, obj, result.map(|_| ())));
+    }
     // HTTPRoutes after every onemesh Route: for one Service, its Routes match first.
     let http_routes = cache.of(Kind::HttpRoute).filter_map(|o| match o {
         Object::HttpRoute(obj) => Some(obj),
@@ -585,6 +609,100 @@ pub fn build_all(cache: &Cache) -> (Mesh, Vec<Verdict>, Vec<super::gateway::Rout
     let (gateway_routes, statuses) = super::gateway::fold(http_routes, &mesh);
     mesh.routes.extend(gateway_routes);
     (mesh, verdicts, statuses)
+}
+
+/// A RateLimitPolicy object in the model, or every problem it has (the checks of mesh.yaml; a
+/// workload without pods right now is fine, as for AuthorizationPolicy).
+pub fn rate_limit(obj: &DynamicObject) -> Result<RateLimit, Vec<ModelError>> {
+    use crate::config::traffic_check as t;
+    use crate::config::{Rate, RateLimits, RateOverride};
+    let origin = dyn_origin("RateLimitPolicy", obj);
+    let mut p = Problems {
+        origin: origin.clone(),
+        errors: Vec::new(),
+    };
+    let spec: Option<onemesh_crds::RateLimitPolicySpec> = decode(&mut p, obj);
+    let Some(spec) = spec else {
+        return Err(p.errors);
+    };
+    let workload = p.check("spec.target.workload", check::name(&spec.target.workload));
+    let target_port = spec
+        .target
+        .port
+        .and_then(|n| p.check("spec.target.port", check::port(i64::from(n))));
+    let rate = |p: &mut Problems, field: &str, rps: i64, burst: Option<i64>| {
+        let per_second = p.check(&format!("{field}.requestsPerSecond"), t::check_rate(rps));
+        let burst = match burst {
+            None => per_second,
+            Some(b) => p.check(&format!("{field}.burst"), t::check_rate(b)),
+        };
+        Some(Rate {
+            requests_per_second: per_second?,
+            burst: burst?,
+        })
+    };
+    let mut limits = RateLimits {
+        total: spec
+            .total
+            .as_ref()
+            .and_then(|r| rate(&mut p, "spec.total", r.requests_per_second, r.burst)),
+        identity: spec
+            .identity
+            .as_ref()
+            .and_then(|r| rate(&mut p, "spec.identity", r.requests_per_second, r.burst)),
+        overrides: Vec::new(),
+    };
+    for (i, o) in spec.overrides.iter().enumerate() {
+        let field = format!("spec.overrides[{i}]");
+        let rate = rate(&mut p, &field, o.requests_per_second, o.burst);
+        let identities: Vec<_> = o
+            .from
+            .identities
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(j, id)| {
+                p.check(
+                    &format!("{field}.from.identities[{j}]"),
+                    check::spiffe_id(id),
+                )
+            })
+            .collect();
+        let namespaces: Vec<_> = o
+            .from
+            .namespaces
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(j, ns)| {
+                p.check(&format!("{field}.from.namespaces[{j}]"), check::name(ns))
+            })
+            .collect();
+        if identities.is_empty() && namespaces.is_empty() {
+            p.check::<()>(&format!("{field}.from"), Err(Problem::Empty));
+        }
+        if let Some(rate) = rate {
+            limits.overrides.push(RateOverride {
+                rate,
+                identities,
+                namespaces,
+            });
+        }
+    }
+    if p.errors.is_empty() {
+        p.check("spec", t::check_limits(&limits));
+    }
+    let (Some(target_workload), true) = (workload, p.errors.is_empty()) else {
+        return Err(p.errors);
+    };
+    Ok(RateLimit {
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+        target_workload,
+        target_port,
+        limits: std::mem::take(&mut limits),
+        origin,
+    })
 }
 
 /// The workload a pod belongs to: `(kind, name)` of its controller (see the module doc).
@@ -814,6 +932,7 @@ pub fn route(obj: &DynamicObject) -> Result<Route, Vec<ModelError>> {
     }
     p.check("spec.backends", check::backends(&backends));
     let retry = spec.retry.as_ref().map(|r| retry(&mut p, r));
+    let fault = spec.fault.as_ref().and_then(|f| route_fault(&mut p, f));
     let (Some(service), true) = (service, p.errors.is_empty()) else {
         return Err(p.errors);
     };
@@ -827,6 +946,7 @@ pub fn route(obj: &DynamicObject) -> Result<Route, Vec<ModelError>> {
             retryable: spec.retryable.unwrap_or(false),
             backends,
             retry,
+            fault,
         },
         origin,
     })
@@ -880,6 +1000,63 @@ fn retry(p: &mut Problems, r: &onemesh_crds::Retry) -> Retry {
         out.idempotency_header = name;
     }
     out
+}
+
+/// A Route object's `spec.fault`, with the checks of mesh.yaml.
+fn route_fault(p: &mut Problems, f: &onemesh_crds::RouteFault) -> Option<Fault> {
+    use crate::config::traffic_check as t;
+    let percent = |p: &mut Problems, field: &str, v: Option<f64>| match v {
+        None => Some(Percent::ALL),
+        Some(v) => p.check(field, t::check_percent(&v.to_string())),
+    };
+    let abort = f.abort.as_ref().and_then(|a| {
+        let status = match (a.http_status, a.grpc_status) {
+            (Some(h), None) => p.check(
+                "spec.fault.abort.httpStatus",
+                t::check_http_status(i64::from(h)),
+            ),
+            (None, Some(g)) => p.check(
+                "spec.fault.abort.grpcStatus",
+                t::check_grpc_status(i64::from(g)),
+            ),
+            _ => p.check("spec.fault.abort", Err(Problem::AbortStatusChoice)),
+        };
+        let percent = percent(p, "spec.fault.abort.percent", a.percent);
+        Some(FaultAbort {
+            status: status?,
+            percent: percent?,
+        })
+    });
+    let delay = f.delay.as_ref().and_then(|d| {
+        let duration = p
+            .check("spec.fault.delay.duration", check::duration(&d.duration))
+            .filter(|d| !d.is_zero());
+        let percent = percent(p, "spec.fault.delay.percent", d.percent);
+        Some(FaultDelay {
+            duration: duration?,
+            percent: percent?,
+        })
+    });
+    let header = f.header.as_ref().and_then(|h| {
+        let name = p.check("spec.fault.header.name", t::check_header_name(&h.name));
+        let value = match &h.value {
+            None => Some(None),
+            Some(v) => p
+                .check("spec.fault.header.value", t::check_header_value(v))
+                .map(Some),
+        };
+        Some(FaultHeader {
+            name: name?,
+            value: value?,
+        })
+    });
+    let fault = Fault {
+        abort,
+        delay,
+        header,
+    };
+    p.check("spec.fault", t::check_fault(&fault))?;
+    Some(fault)
 }
 
 /// The `Accepted` condition to write on an object that carries `current`, or `None` when it

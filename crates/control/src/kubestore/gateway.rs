@@ -279,6 +279,7 @@ fn one(obj: &DynamicObject, namespace: &str, mesh: &Mesh) -> (Vec<(SortKey, Rout
                                 backends: backends.clone(),
                                 // (the default policy: an HTTPRoute's retry is not supported)
                                 retry: None,
+                                fault: None,
                             },
                             origin: origin.clone(),
                         },

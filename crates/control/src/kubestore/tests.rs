@@ -164,15 +164,15 @@ fn base() -> Vec<Object> {
 #[test]
 fn nothing_is_ready_before_every_kind_is_listed() {
     let mut cache = Cache::default();
-    for kind in &Kind::ALL[..6] {
+    let (last, first) = Kind::ALL.split_last().expect("kinds");
+    for kind in first {
         cache.apply(Event::Init(*kind));
         cache.apply(Event::InitDone(*kind));
     }
     assert!(!cache.ready());
-    // HTTPRoutes too (the store lists them as none while Gateway API is not installed).
-    cache.apply(Event::Init(Kind::HttpRoute));
+    cache.apply(Event::Init(*last));
     assert!(!cache.ready());
-    cache.apply(Event::InitDone(Kind::HttpRoute));
+    cache.apply(Event::InitDone(*last));
     assert!(cache.ready());
 }
 
@@ -471,4 +471,134 @@ fn a_pod_without_the_proxy_is_not_in_the_mesh_and_a_native_sidecar_counts() {
             "10.0.0.4:4143>8080"
         ]
     );
+}
+
+fn route_with(ns: &str, name: &str, spec: serde_json::Value) -> Object {
+    Object::Route(
+        serde_json::from_value(json!({
+            "apiVersion": "onemesh.dev/v1", "kind": "Route",
+            "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "generation": 1},
+            "spec": spec,
+        }))
+        .unwrap(),
+    )
+}
+
+#[test]
+fn a_route_fault_folds_with_the_checks_of_mesh_yaml() {
+    use crate::config::{AbortStatus, Percent};
+    let mut objects = base();
+    objects.push(route_with(
+        "shop",
+        "flaky",
+        json!({"service": "svc", "fault": {
+            "abort": {"grpcStatus": 14, "percent": 30},
+            "delay": {"duration": "3s"},
+            "header": {"name": "X-Fault", "value": "on"},
+        }}),
+    ));
+    objects.push(route_with(
+        "shop",
+        "both-statuses",
+        json!({"service": "svc", "fault": {"abort": {"httpStatus": 503, "grpcStatus": 14}}}),
+    ));
+    objects.push(route_with(
+        "shop",
+        "nothing-to-inject",
+        json!({"service": "svc", "fault": {"header": {"name": "x-fault"}}}),
+    ));
+    let (m, verdicts) = build(&listed(objects));
+    assert_eq!(m.routes.len(), 1, "{verdicts:?}");
+    let fault = m.routes[0].rules.fault.clone().expect("a fault");
+    let abort = fault.abort.expect("an abort");
+    assert_eq!(
+        (abort.status, abort.percent),
+        (AbortStatus::Grpc(14), Percent(30_000))
+    );
+    let delay = fault.delay.expect("a delay");
+    assert_eq!(
+        (delay.duration, delay.percent),
+        (std::time::Duration::from_secs(3), Percent::ALL)
+    );
+    assert_eq!(fault.header.map(|h| h.name), Some("x-fault".to_string()));
+    for (name, needle) in [
+        (
+            "both-statuses",
+            "spec.fault.abort: give exactly one of httpStatus and grpcStatus",
+        ),
+        (
+            "nothing-to-inject",
+            "spec.fault: a fault needs something to inject",
+        ),
+    ] {
+        let v = verdicts.iter().find(|v| v.name == name).unwrap();
+        let problems = v.accepted.as_ref().expect_err("refused").join("\n");
+        assert!(problems.contains(needle), "{name}: {problems}");
+    }
+}
+
+fn rate_limit_policy(ns: &str, name: &str, spec: serde_json::Value) -> Object {
+    Object::RateLimitPolicy(
+        serde_json::from_value(json!({
+            "apiVersion": "onemesh.dev/v1", "kind": "RateLimitPolicy",
+            "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "generation": 1},
+            "spec": spec,
+        }))
+        .unwrap(),
+    )
+}
+
+#[test]
+fn a_rate_limit_policy_folds_with_the_checks_of_mesh_yaml() {
+    use crate::config::Rate;
+    let mut objects = base();
+    objects.push(rate_limit_policy(
+        "shop",
+        "per-caller",
+        json!({"target": {"workload": "web", "port": 8080},
+               "identity": {"requestsPerSecond": 10},
+               "overrides": [{"requestsPerSecond": 50, "burst": 100,
+                              "from": {"identities": ["spiffe://cluster.local/ns/pg/sa/pg"]}}]}),
+    ));
+    objects.push(rate_limit_policy(
+        "shop",
+        "no-limit",
+        json!({"target": {"workload": "web"}}),
+    ));
+    objects.push(rate_limit_policy(
+        "shop",
+        "bad-override",
+        json!({"target": {"workload": "web"},
+               "overrides": [{"requestsPerSecond": 0, "from": {}}]}),
+    ));
+    let (m, verdicts) = build(&listed(objects));
+    assert_eq!(m.rate_limits.len(), 1, "{verdicts:?}");
+    let l = &m.rate_limits[0];
+    assert_eq!(
+        (l.target_workload.as_str(), l.target_port),
+        ("web", Some(8080))
+    );
+    let rate = |requests_per_second, burst| Rate {
+        requests_per_second,
+        burst,
+    };
+    assert_eq!(l.limits.identity, Some(rate(10, 10)));
+    assert_eq!(l.limits.overrides[0].rate, rate(50, 100));
+    for (name, needles) in [
+        ("no-limit", &["spec: a rate limit policy needs a limit"][..]),
+        (
+            "bad-override",
+            &[
+                "spec.overrides[0].requestsPerSecond: 0 is out of range",
+                "spec.overrides[0].from: empty list",
+            ][..],
+        ),
+    ] {
+        let v = verdicts.iter().find(|v| v.name == name).unwrap();
+        assert_eq!(v.kind, Kind::RateLimitPolicy);
+        let problems = v.accepted.as_ref().expect_err("refused").join("\n");
+        for needle in needles {
+            assert!(problems.contains(needle), "{name}: {problems}");
+        }
+    }
 }

@@ -193,3 +193,76 @@ fn a_pod_ip_resolves_to_that_one_instance_with_its_identity() {
         assert!(!destination(&s, "cluster.local", &dest).exists, "{other}");
     }
 }
+
+/// GOOD with a fault on bank's route, a canary service `bank-v2` over card's workload as a
+/// backend, and a rate limit on bank's port 8080.
+fn traffic_state() -> MeshState {
+    let text = crate::config::tests::GOOD
+        .replace(
+            "  retryable: true\n",
+            "  retryable: true\n  backends: [{service: bank}, {service: bank-v2}]\n  fault:\n    abort: {grpcStatus: 14, percent: 30}\n    delay: {duration: 3s, percent: 50}\n    header: {name: x-fault}\n",
+        )
+        + "---\napiVersion: onemesh.dev/v1\nkind: Service\nmetadata: {name: bank-v2, namespace: bank}\nspec:\n  selector: {app: bank-v2}\n  ports: [{port: 80, targetPort: 7000}]\n---\napiVersion: onemesh.dev/v1\nkind: Workload\nmetadata: {name: bank-v2, namespace: bank}\nspec:\n  serviceAccount: bank\n  labels: {app: bank-v2}\n  ports: [{port: 7000}]\n---\napiVersion: onemesh.dev/v1\nkind: RateLimitPolicy\nmetadata: {name: bank-limit, namespace: bank}\nspec:\n  target: {workload: bank, port: 8080}\n  identity: {requestsPerSecond: 10, burst: 20}\n";
+    let config = parse(Path::new("mesh.yaml"), &text).unwrap();
+    let instance = |workload: &str, ports: &[(u16, u16)]| Instance {
+        namespace: "bank".into(),
+        workload: workload.into(),
+        inbound: "127.0.0.1:14143".parse().unwrap(),
+        ports: ports.iter().copied().collect(),
+    };
+    MeshState::local(
+        &config,
+        &[
+            instance("bank", &[(8080, 41234), (9000, 41235)]),
+            instance("bank-v2", &[(7000, 47000)]),
+        ],
+    )
+}
+
+#[test]
+fn inbound_carries_the_faults_of_routes_over_the_workload_on_their_ports() {
+    let s = traffic_state();
+    let bank = inbound(&s, "bank", "bank", 0);
+    assert_eq!(bank.faults.len(), 1);
+    let f = &bank.faults[0];
+    assert_eq!(f.route, "bank-reads");
+    // bank's service reaches the workload on 8080, 9000 and 8080 (by name): real ports.
+    assert_eq!(f.ports, vec![41234, 41235]);
+    assert_eq!(
+        (f.methods.clone(), f.path_prefix.as_str()),
+        (vec!["GET".to_string()], "/")
+    );
+    assert_eq!((f.abort_http_status, f.abort_grpc_status), (0, 14));
+    assert_eq!(
+        (f.abort_percent, f.delay_ms, f.delay_percent),
+        (30.0, 3000, 50.0)
+    );
+    assert_eq!(
+        (f.header_name.as_str(), f.header_value.as_str()),
+        ("x-fault", "")
+    );
+    // a backend's workload gets the fault on the port its service reaches
+    let v2 = inbound(&s, "bank", "bank-v2", 0);
+    assert_eq!(v2.faults.len(), 1);
+    assert_eq!(v2.faults[0].ports, vec![47000]);
+    // a workload behind no faulty route gets none
+    assert!(inbound(&s, "card", "card", 0).faults.is_empty());
+    assert!(
+        inbound(&state(), "bank", "bank", 0).faults.is_empty(),
+        "none declared"
+    );
+}
+
+#[test]
+fn inbound_carries_the_workloads_rate_limits_on_real_ports() {
+    let s = traffic_state();
+    let bank = inbound(&s, "bank", "bank", 0);
+    assert_eq!(bank.rate_limits.len(), 1);
+    let l = &bank.rate_limits[0];
+    assert_eq!(l.name, "bank-limit");
+    assert_eq!(l.ports, vec![41234]);
+    assert_eq!(l.total, None);
+    let identity = l.identity.as_ref().expect("a per-identity rate");
+    assert_eq!((identity.requests_per_second, identity.burst), (10, 20));
+    assert!(inbound(&s, "bank", "bank-v2", 0).rate_limits.is_empty());
+}

@@ -16,6 +16,8 @@ use onemesh_api::{destination as dst, policy as pol};
 use onemesh_identity::SpiffeId;
 
 use crate::discover::{Backend, Endpoint, EndpointProtocol, RetryPolicy, Route, Service};
+use crate::inbound::fault::{AbortWith, FaultRule};
+use crate::inbound::limit::{Override, Rate, RateLimit};
 use crate::policy::{Authorization, Authorizations, DeclaredPorts, RouteMatch};
 
 /// One entry of a control-plane message that the proxy cannot use (it is skipped).
@@ -48,6 +50,11 @@ pub enum ConvertError {
     /// A retry policy's idempotency header is not a header name.
     #[error("idempotency header {0:?} is not a header name; the route is skipped")]
     BadHeader(String),
+    /// A fault's header, status or port cannot be used.
+    #[error(
+        "the fault of route {0:?} has a bad header, abort status or port; the fault is skipped"
+    )]
+    BadFault(String),
 }
 
 fn port(what: &'static str, port: u32) -> Result<u16, ConvertError> {
@@ -324,5 +331,129 @@ pub fn authorizations(p: &pol::InboundPolicy) -> (Authorizations, Vec<ConvertErr
         }
     }
     let ports = DeclaredPorts::new(declared);
-    (Authorizations { list, ports }, skipped)
+    // Rate limits and faults (issue 15): kept together so other additions merge cleanly.
+    let (limits, faults) = if p.exists {
+        (rate_limits(p, &mut skipped), faults(p, &mut skipped))
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let auths = Authorizations {
+        list,
+        ports,
+        limits,
+        faults,
+    };
+    (auths, skipped)
+}
+
+fn ports_of(what: &'static str, list: &[u32], skipped: &mut Vec<ConvertError>) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for p in list {
+        match port(what, *p) {
+            Ok(p) => ports.push(p),
+            Err(error) => skipped.push(error),
+        }
+    }
+    ports
+}
+
+fn rate(r: Option<&pol::Rate>) -> Option<Rate> {
+    r.map(|r| Rate {
+        per_second: r.requests_per_second.max(1),
+        burst: r.burst.max(1),
+    })
+}
+
+/// The rate limits. A limit whose every port is unusable is skipped (it would otherwise cover
+/// every port); a bad override identity is skipped alone (its callers keep the identity rate).
+fn rate_limits(p: &pol::InboundPolicy, skipped: &mut Vec<ConvertError>) -> Vec<RateLimit> {
+    let mut out = Vec::new();
+    for l in &p.rate_limits {
+        let ports = ports_of("rate limit", &l.ports, skipped);
+        if ports.is_empty() && !l.ports.is_empty() {
+            continue;
+        }
+        let mut overrides = Vec::new();
+        for o in &l.overrides {
+            let Some(rate) = rate(o.rate.as_ref()) else {
+                continue;
+            };
+            let mut identities = Vec::new();
+            for id in &o.identities {
+                match spiffe_id("rate limit override identity", id) {
+                    Ok(id) => identities.push(id),
+                    Err(error) => skipped.push(error),
+                }
+            }
+            overrides.push(Override {
+                rate,
+                identities,
+                namespaces: o.namespaces.clone(),
+            });
+        }
+        out.push(RateLimit::new(
+            l.name.as_str().into(),
+            ports,
+            rate(l.total.as_ref()),
+            rate(l.identity.as_ref()),
+            overrides,
+        ));
+    }
+    out
+}
+
+/// The faults. A fault that cannot be read exactly (a bad method, header, status or port) is
+/// skipped whole: a fault applied to more requests than declared would fail real traffic.
+fn faults(p: &pol::InboundPolicy, skipped: &mut Vec<ConvertError>) -> Vec<FaultRule> {
+    let mut out = Vec::new();
+    for f in &p.faults {
+        let before = skipped.len();
+        let ports = ports_of("fault", &f.ports, skipped);
+        let methods = methods(&f.methods).map_err(|e| skipped.push(e)).ok();
+        let header = if f.header_name.is_empty() {
+            Some(None)
+        } else {
+            let name = http::HeaderName::from_bytes(f.header_name.as_bytes()).ok();
+            let value = if f.header_value.is_empty() {
+                Some(None)
+            } else {
+                http::HeaderValue::from_str(&f.header_value).ok().map(Some)
+            };
+            match (name, value) {
+                (Some(name), Some(value)) => Some(Some((name, value))),
+                _ => {
+                    skipped.push(ConvertError::BadFault(f.route.clone()));
+                    None
+                }
+            }
+        };
+        let abort = match (f.abort_http_status, f.abort_grpc_status) {
+            (0, 0) => Some(None),
+            (status, 0) => http::StatusCode::from_u16(u16::try_from(status).unwrap_or(0))
+                .ok()
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .map(|s| Some((AbortWith::Http(s), f.abort_percent))),
+            (0, code @ 1..=16) => Some(Some((AbortWith::Grpc(code), f.abort_percent))),
+            _ => None,
+        };
+        let Some(abort) = abort else {
+            skipped.push(ConvertError::BadFault(f.route.clone()));
+            continue;
+        };
+        let (Some(methods), Some(header), false) = (methods, header, skipped.len() > before) else {
+            continue;
+        };
+        out.push(FaultRule {
+            route: f.route.as_str().into(),
+            ports,
+            matches: RouteMatch {
+                methods,
+                path_prefix: f.path_prefix.clone(),
+            },
+            header,
+            abort,
+            delay: (f.delay_ms > 0).then(|| (Duration::from_millis(f.delay_ms), f.delay_percent)),
+        });
+    }
+    out
 }

@@ -85,6 +85,7 @@ pub fn awaiting_policy() -> Authorizations {
             unauthenticated: false,
         }],
         ports: crate::policy::DeclaredPorts::awaiting(),
+        ..Default::default()
     }
 }
 
@@ -123,11 +124,12 @@ async fn run(
                         Ok(Some(policy)) => {
                             health.up();
                             backoff.reset();
-                            let (next, skipped) = convert::authorizations(&policy);
+                            let (mut next, skipped) = convert::authorizations(&policy);
                             for skipped in skipped {
                                 warn!(%namespace, %workload, "inbound policy: {skipped}");
                             }
                             let changed = authorizations.send_if_modified(|current| {
+                                next.adopt_buckets(current);
                                 if **current == next {
                                     return false;
                                 }

@@ -368,6 +368,7 @@ fn allow(name: &str) -> pol::InboundPolicy {
             unauthenticated: false,
         }],
         ports: vec![8080],
+        ..Default::default()
     }
 }
 

@@ -34,6 +34,7 @@ fn prefixes_match_whole_segments_of_the_raw_path() {
             unauthenticated: false,
         }],
         ports: DeclaredPorts::new([8080]),
+        ..Default::default()
     };
     // Encoded spellings that would decode into another prefix cannot borrow /v1's authorization:
     // the raw string does not start with /v1 (and the ambiguous ones never reach policy).
@@ -66,6 +67,7 @@ fn allow_card() -> Authorizations {
             unauthenticated: false,
         }],
         ports: DeclaredPorts::new([8080, 9090]),
+        ..Default::default()
     }
 }
 
@@ -114,6 +116,7 @@ fn namespaces_and_unauthenticated() {
             unauthenticated: true,
         }],
         ports: DeclaredPorts::default(),
+        ..Default::default()
     };
     assert!(authorize(&a, "bank", 1, Some(&id("pg")), None).allowed);
     assert!(authorize(&a, "bank", 1, None, None).allowed);
