@@ -67,7 +67,7 @@ fn the_base_file_is_valid() {
 fn unknown_kind() {
     expect(
         &BASE.replace("kind: AuthorizationPolicy", "kind: AuthPolicy"),
-        "16: kind: unknown kind \"AuthPolicy\": use one of Namespace, Workload, Service, AuthorizationPolicy, Route",
+        "16: kind: unknown kind \"AuthPolicy\": use one of Namespace, Workload, Service, AuthorizationPolicy, Route, RateLimitPolicy",
     );
 }
 
