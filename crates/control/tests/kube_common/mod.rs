@@ -43,6 +43,7 @@ pub async fn apply_crds(client: &Client) {
     for crd in [
         onemesh_crds::AuthorizationPolicy::crd(),
         onemesh_crds::Route::crd(),
+        onemesh_crds::RateLimitPolicy::crd(),
     ] {
         let name = crd.metadata.name.clone().expect("a CRD has a name");
         api.patch(&name, &pp, &Patch::Apply(&crd))
