@@ -6,14 +6,11 @@
 
 mod kube_common;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams};
@@ -22,68 +19,18 @@ use onemesh_api::destination::{WatchRequest, update};
 use onemesh_api::identity::CertifyRequest;
 use onemesh_api::identity::identity_client::IdentityClient;
 use onemesh_control::kubestore::{KubeSettings, KubeStore, ca_files};
-use onemesh_control::pki::{CaSettings, CaState};
 use onemesh_control::store::Store;
 use onemesh_control::{Settings, start};
 use onemesh_identity::{CredentialStore, Issued, SpiffeId, WorkloadKey, bootstrap_client_config};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tonic::transport::{Channel, Endpoint};
 
-use kube_common::{TestNamespace, apply_crds, client, create, pod_json, token};
+use kube_common::{
+    TestNamespace, apply_crds, channel, client, create, issuer_secret_dir, pod_json, temp_dir,
+    token,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn temp_dir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "onemesh-kube-{what}-{}-{:08x}",
-        std::process::id(),
-        kube_common::fastrand_u32()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A CA made the way `onemesh install` would put it into the issuer Secret: a directory with
-/// `ca.crt`, `tls.crt` and `tls.key`.
-fn issuer_secret_dir() -> PathBuf {
-    let made = temp_dir("ca-made");
-    CaState::open(&made, "cluster.local", CaSettings::default()).unwrap();
-    let secret = temp_dir("ca-secret");
-    for (file, key) in [
-        ("trust-anchors.pem", "ca.crt"),
-        ("issuer.crt", "tls.crt"),
-        ("issuer.key", "tls.key"),
-    ] {
-        std::fs::copy(made.join(file), secret.join(key)).unwrap();
-    }
-    let _ = std::fs::remove_dir_all(&made);
-    secret
-}
-
-async fn channel(
-    addr: SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-    server: &SpiffeId,
-) -> Channel {
-    let connector = TlsConnector::from(config);
-    let name = server.tls_server_name();
-    let connect = tower::service_fn(move |_| {
-        let (connector, name) = (connector.clone(), name.clone());
-        async move {
-            let tcp = TcpStream::connect(addr).await?;
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
-        }
-    });
-    Endpoint::from_static("http://onemesh-control")
-        .connect_timeout(WAIT)
-        .connect_with_connector(connect)
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs the test cluster: scripts/k8s-testenv up; eval $(scripts/k8s-testenv env)"]

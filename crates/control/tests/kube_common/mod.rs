@@ -16,6 +16,58 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::crd::CustomResourceExt;
 use serde_json::json;
 
+/// A fresh directory for one test (`onemesh-kube-<what>-<pid>-<random>`).
+pub fn temp_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "onemesh-kube-{what}-{}-{:08x}",
+        std::process::id(),
+        fastrand_u32()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A CA made the way `onemesh install` puts it into the issuer Secret: a directory with
+/// `ca.crt`, `tls.crt` and `tls.key`.
+pub fn issuer_secret_dir() -> std::path::PathBuf {
+    use onemesh_control::pki::{CaSettings, CaState};
+    let made = temp_dir("ca-made");
+    CaState::open(&made, "cluster.local", CaSettings::default()).unwrap();
+    let secret = temp_dir("ca-secret");
+    for (file, key) in [
+        ("trust-anchors.pem", "ca.crt"),
+        ("issuer.crt", "tls.crt"),
+        ("issuer.key", "tls.key"),
+    ] {
+        std::fs::copy(made.join(file), secret.join(key)).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&made);
+    secret
+}
+
+/// A gRPC channel to the control plane at `addr` over mTLS, expecting `server`'s identity.
+pub async fn channel(
+    addr: std::net::SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    server: &onemesh_identity::SpiffeId,
+) -> tonic::transport::Channel {
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let name = server.tls_server_name();
+    let connect = tower::service_fn(move |_| {
+        let (connector, name) = (connector.clone(), name.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    tonic::transport::Endpoint::from_static("http://onemesh-control")
+        .connect_timeout(Duration::from_secs(20))
+        .connect_with_connector(connect)
+        .await
+        .unwrap()
+}
+
 pub const HOW: &str =
     "needs the test cluster: scripts/k8s-testenv up; eval $(scripts/k8s-testenv env)";
 
