@@ -1074,22 +1074,8 @@ fn policy(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
     {
         Some(from) => {
             if let Some(n) = from.optional("identities") {
-                match n.str_list(errors) {
-                    Some(list) => {
-                        for (value, node) in list {
-                            match value.parse::<SpiffeId>() {
-                                Ok(id) => identities.push(id),
-                                Err(source) => {
-                                    errors.push(
-                                        node.line(),
-                                        &node.path,
-                                        Problem::BadSpiffeId { value, source },
-                                    );
-                                    ok = false;
-                                }
-                            }
-                        }
-                    }
+                match spiffe_ids(errors, &n) {
+                    Some(list) => identities = list,
                     None => ok = false,
                 }
             }
@@ -1283,6 +1269,26 @@ fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
             fault,
         },
     });
+}
+
+/// A list of SPIFFE ids, each bad one reported at its item.
+pub(crate) fn spiffe_ids(errors: &mut Errors, n: &Node<'_>) -> Option<Vec<SpiffeId>> {
+    let mut ok = true;
+    let mut ids = Vec::new();
+    for (value, node) in n.str_list(errors)? {
+        match value.parse::<SpiffeId>() {
+            Ok(id) => ids.push(id),
+            Err(source) => {
+                errors.push(
+                    node.line(),
+                    &node.path,
+                    Problem::BadSpiffeId { value, source },
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(ids)
 }
 
 /// A route's `retry`: every field optional, each absent one at its default.

@@ -438,22 +438,8 @@ fn rate_override(errors: &mut Errors, mesh: &Parse, item: &Node<'_>) -> Option<R
     let mut ok = true;
     let mut identities = Vec::new();
     if let Some(n) = from.optional("identities") {
-        match n.str_list(errors) {
-            Some(list) => {
-                for (value, node) in list {
-                    match value.parse::<SpiffeId>() {
-                        Ok(id) => identities.push(id),
-                        Err(source) => {
-                            errors.push(
-                                node.line(),
-                                &node.path,
-                                Problem::BadSpiffeId { value, source },
-                            );
-                            ok = false;
-                        }
-                    }
-                }
-            }
+        match super::spiffe_ids(errors, &n) {
+            Some(list) => identities = list,
             None => ok = false,
         }
     }
