@@ -21,7 +21,10 @@
 //! 3. [`egress`]: a name outside the mesh is forwarded plain, with loop detection;
 //! 4. [`balance`]: the service's current endpoints and their load (P2C + peak EWMA);
 //! 5. [`route`]: the first matching route (timeout, retry policy, metric label);
-//! 6. pick an endpoint (none: `503 no_endpoints`);
+//! 6. [`breaker`]: the route's circuit breaker, else the service's (if any), picks an endpoint
+//!    in rotation — one due for its probation first — and hears every attempt's outcome (none:
+//!    `503 no_endpoints`; every one ejected: `503 circuit_open`); endpoints that answered `429`
+//!    are avoided for their `Retry-After`, breaker or not;
 //! 7. [`timeout`]: the route's timeout over every attempt (`504 timeout`);
 //! 8. [`retry`]: a replayable request that failed before an answer, or that the endpoint's proxy
 //!    could not deliver, goes once more to another pick, within a 20 % budget;
@@ -38,6 +41,7 @@
 //! response through [`ProxyError::to_response`].
 
 pub mod balance;
+pub mod breaker;
 pub mod egress;
 pub mod endpoint;
 mod opaque;
@@ -58,6 +62,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
 use self::balance::EndpointLoad;
+use self::breaker::{Pick, Picker};
 use self::egress::Egress;
 use self::endpoint::{Endpoints, MeshClient, Upgrades};
 use self::retry::{Replay, Retry};
@@ -334,23 +339,34 @@ impl Outbound {
         let (service, balancer) = resolved.balancer.current(rx);
         // route: the first matching route (timeout, retry policy, metric label)
         let route = route::matched(&service, &req);
-        // pick an endpoint
-        let Some(load) = balancer.pick() else {
-            let counted = Counted::Unsent {
-                dst_namespace: Some(service.namespace.clone()),
-                route: route.name,
-            };
-            return (
-                Err(ProxyError::NoEndpoints(service.name.to_string())),
-                counted,
-            );
+        // breaker: the route's circuit breaker, else the service's, else none
+        let breaker = (resolved.breakers).of(&service, &route, &self.inner.metrics);
+        let picker = Picker {
+            balancer: &balancer,
+            breaker: breaker.as_deref(),
+        };
+        // pick an endpoint (none: 503 no_endpoints; every one ejected: 503 circuit_open)
+        let load = match picker.pick() {
+            Pick::Endpoint(load) => load,
+            unsent => {
+                let name = service.name.to_string();
+                let err = match unsent {
+                    Pick::CircuitOpen => ProxyError::CircuitOpen(name),
+                    Pick::NoEndpoints | Pick::Endpoint(_) => ProxyError::NoEndpoints(name),
+                };
+                let counted = Counted::Unsent {
+                    dst_namespace: Some(service.namespace.clone()),
+                    route: route.name,
+                };
+                return (Err(err), counted);
+            }
         };
         let handles = self.route_metrics(&resolved, &load, route.name.as_ref());
         handles.request();
         // timeout over retry over endpoint: the route's deadline over every attempt, a second
         // attempt elsewhere for a replayable request, the head rewritten and sent over mTLS
         let retry = Retry {
-            balancer: &balancer,
+            picker,
             budget: &resolved.budget,
             authority: &resolved.authority,
             metrics: &self.inner.metrics,

@@ -323,6 +323,7 @@ impl StaticConfig {
                     )?,
                     timeout: r.timeout_ms.map(Duration::from_millis),
                     retryable: r.retryable,
+                    breaker: None,
                 });
             }
             for a in &s.addresses {
@@ -334,6 +335,7 @@ impl StaticConfig {
                 port: s.port,
                 endpoints,
                 routes,
+                breaker: None,
             });
         }
         let tcp_forwards = self

@@ -7,7 +7,9 @@
 //!
 //! Replayable means bodiless (the body is streamed, never buffered), not an upgrade, and
 //! idempotent by method or on a route marked `retryable`. Each attempt's latency (or failure) is
-//! recorded on the endpoint it went to (the balancer's load state). Retries are counted in `retry_total` (`retried`, or
+//! recorded on the endpoint it went to (the balancer's load state, the request's circuit breaker:
+//! [`super::breaker::Attempt`]); the second pick skips ejected endpoints, and none is made when the
+//! breaker's circuit is open. Retries are counted in `retry_total` (`retried`, or
 //! `budget_exhausted` when the budget said no). The route's timeout covers both attempts (the
 //! timeout stage sits above this one).
 
@@ -16,7 +18,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use http::{Request, Response};
 use http_body::Body as _;
 
-use super::balance::{Balancer, EndpointLoad};
+use super::balance::EndpointLoad;
+use super::breaker::{Pick, Picker};
 use super::endpoint::Endpoints;
 use crate::body::{self, Body};
 use crate::error::ProxyError;
@@ -104,8 +107,8 @@ fn clone_head(req: &Request<Body>) -> Request<()> {
 /// What the retry stage needs of the target: its balancer, its budget and its `host:port`.
 #[derive(Clone, Copy)]
 pub struct Retry<'a> {
-    /// Where a second attempt is picked.
-    pub balancer: &'a Balancer,
+    /// Where a second attempt is picked (through the request's breaker, if any).
+    pub picker: Picker<'a>,
     /// The target's retry budget.
     pub budget: &'a RetryBudget,
     /// The target's `host:port`.
@@ -126,13 +129,11 @@ impl Retry<'_> {
         self.budget.deposit();
         // (Each attempt written out rather than an `async fn`: one future less to move per
         // request.)
-        let in_flight = first.start();
+        let attempt = self.picker.start(first);
         let result = endpoints
             .send(req, &first.endpoint, &first.key, self.authority)
             .await;
-        if result.is_ok() {
-            in_flight.complete();
-        }
+        attempt.finish(&result);
         let again = match &result {
             Err(err) => err.is_retryable(),
             Ok(rsp) if ProxyError::peer_did_not_deliver(rsp) => {
@@ -148,18 +149,16 @@ impl Retry<'_> {
             self.count("budget_exhausted");
             return result;
         }
-        let Some(next) = self.balancer.pick() else {
+        let Pick::Endpoint(next) = self.picker.pick() else {
             return result;
         };
         self.count("retried");
-        let in_flight = next.start();
+        let attempt = self.picker.start(&next);
         let req = head.map(|()| body::empty());
         let result = endpoints
             .send(req, &next.endpoint, &next.key, self.authority)
             .await;
-        if result.is_ok() {
-            in_flight.complete();
-        }
+        attempt.finish(&result);
         result
     }
 

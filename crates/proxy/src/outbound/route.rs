@@ -1,6 +1,7 @@
 //! The route stage of the outbound stack: the first of the service's routes that matches the
 //! request's method and path decides its timeout, whether it may be retried although its method
-//! is not idempotent, and its `route` metric label (`default` when none matches).
+//! is not idempotent, its own circuit breaker if any, and its `route` metric label (`default`
+//! when none matches).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use http::Request;
 
 use crate::body::Body;
-use crate::discover::Service;
+use crate::discover::{BreakerConfig, Service};
 
 /// What the matched route says about one request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub struct Matched {
     pub timeout: Option<Duration>,
     /// Whether a non-idempotent request may be retried.
     pub retryable: bool,
+    /// The route's own circuit breaker, if it has one.
+    pub breaker: Option<Arc<BreakerConfig>>,
 }
 
 /// The route of `req` on `service` (nothing allocated: the name is shared).
@@ -28,6 +31,7 @@ pub fn matched(service: &Service, req: &Request<Body>) -> Matched {
             name: Some(r.name.clone()),
             timeout: r.timeout,
             retryable: r.retryable,
+            breaker: r.breaker.clone(),
         },
         None => Matched::default(),
     }

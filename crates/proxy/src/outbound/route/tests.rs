@@ -12,6 +12,7 @@ fn service() -> Service {
         path_prefix: prefix.into(),
         timeout: Some(Duration::from_secs(2)),
         retryable: name == "pay",
+        breaker: None,
     };
     Service {
         name: "card.card".into(),
@@ -22,6 +23,7 @@ fn service() -> Service {
             route("pay", vec![http::Method::POST], "/pay"),
             route("all", Vec::new(), "/"),
         ],
+        breaker: None,
     }
 }
 
