@@ -7,7 +7,9 @@
 
 mod support;
 
+use std::io::Write;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{Up, fixture, metrics, request};
@@ -96,6 +98,34 @@ fn state_of(metrics: &str, endpoint: &str, state: &str) -> Option<f64> {
         })
 }
 
+/// Runs `promtool check metrics` on `text` (`PROMTOOL`, else `promtool` on PATH): any problem
+/// fails.
+fn promtool_check(text: &str) {
+    let bin = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let mut child = Command::new(&bin)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{bin} is missing ({e}): run scripts/install-test-deps or set PROMTOOL")
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_replica_is_ejected_probed_back_and_all_failing_fails_fast() {
     let dir = std::env::temp_dir().join(format!(
@@ -159,6 +189,7 @@ async fn a_failing_replica_is_ejected_probed_back_and_all_failing_fails_fast() {
             .any(|l| l.starts_with("breaker_ejection_total{") && l.contains(&b_inbound)),
         "no ejection counted:\n{m}"
     );
+    promtool_check(&m);
     let (ok, table) = up.cli(&["endpoints", "echo"]);
     assert!(ok, "{table}");
     let row = table

@@ -57,6 +57,9 @@ use crate::error::ProxyError;
 use crate::http_util;
 use crate::metrics::{BreakerLabels, BreakerStateLabels, Classification, Metrics};
 
+/// How long a probe may stay unanswered before another request probes the endpoint.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The longest a `Retry-After` keeps an endpoint avoided.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -82,8 +85,10 @@ pub enum Health {
     },
     /// Its ejection ended: the next request probes it.
     Probation {
-        /// A probe request is in flight (others keep away).
-        probing: bool,
+        /// Since when a probe request is in flight (others keep away); a probe that never
+        /// reported (its request was dropped before it was sent) is given up after
+        /// [`PROBE_TIMEOUT`].
+        probing: Option<Instant>,
     },
 }
 
@@ -301,10 +306,17 @@ impl Breaker {
             if let Health::Ejected { until } = e.health
                 && until <= now
             {
-                e.set(Health::Probation { probing: false });
+                e.set(Health::Probation { probing: None });
             }
-            if probe.is_none() && e.health == (Health::Probation { probing: false }) {
-                e.set(Health::Probation { probing: true });
+            let due = match e.health {
+                Health::Probation { probing: None } => true,
+                Health::Probation {
+                    probing: Some(since),
+                } => now.saturating_duration_since(since) >= PROBE_TIMEOUT,
+                _ => false,
+            };
+            if probe.is_none() && due {
+                e.set(Health::Probation { probing: Some(now) });
                 probe = Some(load.clone());
             }
         }

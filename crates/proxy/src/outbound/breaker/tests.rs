@@ -152,7 +152,12 @@ async fn probation_by_one_request_success_heals_failure_ejects_longer() {
         panic!("no pick");
     };
     assert_eq!(probe.endpoint.addr.port(), 1);
-    assert_eq!(health(&b, &sick), Health::Probation { probing: true });
+    assert_eq!(
+        health(&b, &sick),
+        Health::Probation {
+            probing: Some(Instant::now())
+        }
+    );
     assert_eq!(spread(&b, &bal, 20).get(&1), None);
     // the probe fails: ejected again, for up to twice as long
     b.record(&bal, &sick, true);
@@ -221,6 +226,23 @@ async fn a_single_failing_endpoint_opens_the_circuit_then_is_probed() {
     assert!(matches!(b.pick(&bal), Pick::CircuitOpen));
     b.record(&bal, &e, false);
     assert!(matches!(b.pick(&bal), Pick::Endpoint(_)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_never_reports_is_given_up() {
+    let b = Breaker::for_test(consecutive(1), 10);
+    let bal = balancer(1);
+    let e = bal.endpoints()[0].clone();
+    b.record(&bal, &e, true);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // the probe is picked, but its request is dropped before an attempt starts
+    assert!(matches!(b.pick(&bal), Pick::Endpoint(_)));
+    assert!(matches!(b.pick(&bal), Pick::CircuitOpen));
+    tokio::time::advance(PROBE_TIMEOUT).await;
+    assert!(
+        matches!(b.pick(&bal), Pick::Endpoint(_)),
+        "the endpoint stayed out for good"
+    );
 }
 
 #[tokio::test(start_paused = true)]
