@@ -619,19 +619,17 @@ pub struct Attempt<'a> {
 impl Attempt<'_> {
     /// Records the attempt's outcome.
     pub fn finish(mut self, result: &Result<Response<Body>, ProxyError>) {
-        let failed = match result {
-            Ok(rsp) => {
-                if let Some(in_flight) = self.in_flight.take() {
-                    in_flight.complete();
-                }
-                if rsp.status() == StatusCode::TOO_MANY_REQUESTS {
-                    self.rate_limited(rsp);
-                }
-                is_failure(rsp)
+        if let Ok(rsp) = result {
+            if let Some(in_flight) = self.in_flight.take() {
+                in_flight.complete();
             }
-            Err(_) => true,
-        };
+            if rsp.status() == StatusCode::TOO_MANY_REQUESTS {
+                self.rate_limited(rsp);
+            }
+        }
+        // (classified only for a breaker: the headers are not scanned otherwise)
         if let Some((breaker, balancer)) = self.breaker.take() {
+            let failed = result.as_ref().map_or(true, is_failure);
             breaker.record(balancer, self.load, failed);
         }
     }
