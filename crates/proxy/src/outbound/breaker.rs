@@ -508,6 +508,31 @@ impl Breaker {
     }
 }
 
+impl Drop for Breaker {
+    /// Removes its gauges (a breaker replaced by a new configuration, or whose target left the
+    /// cache, must not leave its last states behind).
+    fn drop(&mut self) {
+        let Some(l) = &self.labels else {
+            return;
+        };
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for k in state.endpoints.keys() {
+            for s in STATES {
+                l.metrics
+                    .breaker_endpoint_state
+                    .remove(&BreakerStateLabels {
+                        endpoint: BreakerLabels {
+                            dst_service: l.dst_service.clone(),
+                            route: l.route.clone(),
+                            endpoint: k.0.to_string().into(),
+                        },
+                        state: s,
+                    });
+            }
+        }
+    }
+}
+
 /// The length of the `ejections`-th ejection in a row: `base × 2^(ejections-1)`, capped at
 /// `max`, then jittered into `[d/2, d]`.
 pub fn backoff(config: &BreakerConfig, ejections: u32, rng: &mut fastrand::Rng) -> Duration {

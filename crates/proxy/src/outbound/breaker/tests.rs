@@ -450,3 +450,19 @@ async fn gauges_show_each_endpoints_state() {
         "{text}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_breaker_takes_its_gauges_along() {
+    let metrics = Arc::new(Metrics::new());
+    let b = Breaker::new(
+        Arc::new(consecutive(1)),
+        metrics.clone(),
+        "bank.bank".into(),
+        "pay".into(),
+    );
+    let bal = balancer(1);
+    b.record(&bal, &bal.endpoints()[0], true);
+    assert!(metrics.encode().contains("breaker_endpoint_state{"));
+    drop(b);
+    assert!(!metrics.encode().contains("breaker_endpoint_state{"));
+}
