@@ -1,4 +1,5 @@
-//! The read-only commands (`status`, `check`, `stat`, `edges`, `authz`, `identity <workload>`) and
+//! The read-only commands (`status`, `check`, `stat`, `edges`, `endpoints`, `authz`,
+//! `identity <workload>`) and
 //! `down`. (The trust commands, `identity trust|rotate-*|revoke`, are in [`crate::trust`].)
 //! Each reads the layout that `onemesh up` wrote, asks the running parts, and prints a table or
 //! JSON. They return `Ok(false)` when they ran but found a problem (exit code 1).
@@ -377,6 +378,139 @@ pub async fn edges(
     }
     print!("{}", render(&header, &table));
     Ok(true)
+}
+
+/// One endpoint in one caller's circuit breaker (`onemesh endpoints`).
+#[derive(Debug, Serialize)]
+pub struct EndpointRow {
+    /// The calling workload, `namespace/name`.
+    pub caller: String,
+    /// `<service>.<namespace>`.
+    pub service: String,
+    /// The route whose breaker it is; empty: the service's breaker.
+    pub route: String,
+    /// The endpoint's inbound address.
+    pub endpoint: String,
+    /// The workload behind it, when `up` runs it.
+    pub workload: String,
+    /// `healthy`, `failing`, `ejected` or `probation`.
+    pub state: String,
+    /// Ejections so far.
+    pub ejections: u64,
+}
+
+/// The circuit breakers' endpoint states in every proxy (`breaker_endpoint_state` and
+/// `breaker_ejection_total`, see docs/proxy.md), ejected ones first.
+pub async fn endpoints(dir: &Path, service: Option<String>, out: Output) -> anyhow::Result<bool> {
+    let layout = Layout::load(dir)?;
+    let wanted = |s: &str| {
+        service
+            .as_deref()
+            .is_none_or(|w| s == w || s.split('.').next() == Some(w))
+    };
+    let mut rows = Vec::new();
+    let mut unreachable = Vec::new();
+    for w in &layout.workloads {
+        let text = match crate::http::get(&w.admin, "/metrics", ASK_TIMEOUT).await {
+            Ok((status, body)) if status == StatusCode::OK => body,
+            _ => {
+                unreachable.push(w.key());
+                continue;
+            }
+        };
+        let Ok(samples) = crate::prom::parse(&text) else {
+            unreachable.push(w.key());
+            continue;
+        };
+        let key = |s: &crate::prom::Sample| {
+            (
+                s.label("dst_service").to_string(),
+                s.label("route").to_string(),
+                s.label("endpoint").to_string(),
+            )
+        };
+        let ejections: std::collections::HashMap<_, _> = samples
+            .iter()
+            .filter(|s| s.name == "breaker_ejection_total")
+            .map(|s| (key(s), s.value as u64))
+            .collect();
+        for s in samples.iter().filter(|s| {
+            s.name == "breaker_endpoint_state" && s.value >= 1.0 && wanted(s.label("dst_service"))
+        }) {
+            let k = key(s);
+            let workload = layout
+                .workloads
+                .iter()
+                .find(|x| x.inbound == k.2)
+                .map(|x| x.key())
+                .unwrap_or_default();
+            rows.push(EndpointRow {
+                caller: w.key(),
+                ejections: ejections.get(&k).copied().unwrap_or(0),
+                service: k.0,
+                route: k.1,
+                endpoint: k.2,
+                workload,
+                state: s.label("state").to_string(),
+            });
+        }
+    }
+    let rank = |s: &str| match s {
+        "ejected" => 0,
+        "probation" => 1,
+        "failing" => 2,
+        _ => 3,
+    };
+    rows.sort_by(|a, b| {
+        (rank(&a.state), &a.service, &a.caller, &a.route, &a.endpoint).cmp(&(
+            rank(&b.state),
+            &b.service,
+            &b.caller,
+            &b.route,
+            &b.endpoint,
+        ))
+    });
+    if out == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        let table: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.service.clone(),
+                    if r.route.is_empty() {
+                        "*".into()
+                    } else {
+                        r.route.clone()
+                    },
+                    r.endpoint.clone(),
+                    r.workload.clone(),
+                    r.state.to_uppercase(),
+                    r.ejections.to_string(),
+                    r.caller.clone(),
+                ]
+            })
+            .collect();
+        let header = [
+            "SERVICE",
+            "ROUTE",
+            "ENDPOINT",
+            "WORKLOAD",
+            "STATE",
+            "EJECTIONS",
+            "CALLER",
+        ];
+        print!("{}", render(&header, &table));
+        if rows.is_empty() {
+            println!(
+                "(no circuit breaker has seen a request yet: see docs/mesh-yaml.md, circuitBreaker)"
+            );
+        }
+    }
+    for w in &unreachable {
+        eprintln!("{w}: proxy metrics unreachable, its breakers are not shown");
+    }
+    Ok(unreachable.is_empty())
 }
 
 /// The certificate a proxy holds, as its admin `/identity` reports it.

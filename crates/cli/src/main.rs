@@ -100,6 +100,10 @@ enum Command {
     },
     /// The authorization policies in force on a workload and what they allow.
     Authz { workload: String },
+    /// Endpoints as the callers' circuit breakers see them: healthy, failing, ejected or on
+    /// probation (read from every proxy's /metrics); optionally only one service's
+    /// (`<service>.<namespace>`, or `<service>` for every namespace's).
+    Endpoints { service: Option<String> },
     /// Identities and trust: a workload's certificate (`identity <workload>`), or, with no
     /// workload, the mesh's anchors, issuer and every proxy's leaf; rotation and revocation.
     Identity(IdentityArgs),
@@ -200,6 +204,7 @@ fn main() -> ExitCode {
                 commands::routes(dir, service, window, cli.output).await
             }
             Command::Authz { workload } => commands::authz(dir, &workload, cli.output).await,
+            Command::Endpoints { service } => commands::endpoints(dir, service, cli.output).await,
             Command::Identity(IdentityArgs {
                 workload: Some(workload),
                 ..

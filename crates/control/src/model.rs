@@ -24,8 +24,8 @@ use std::net::{IpAddr, SocketAddr};
 use onemesh_identity::SpiffeId;
 
 pub use crate::config::{
-    Backend, Fault, HttpMatch, Problem, Protocol, RateLimits, Retry, RetryOn, RouteRules,
-    WorkloadPort,
+    Backend, CircuitBreaker, Fault, HttpMatch, Problem, Protocol, RateLimits, Retry, RetryOn,
+    RouteRules, SuccessRate, WorkloadPort,
 };
 use crate::config::{MeshConfig, TargetPort};
 use crate::state::Instance as LocalInstance;
@@ -143,6 +143,8 @@ pub struct Service {
     /// local mode, where apps name services).
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
+    /// The circuit breaker callers apply to its endpoints.
+    pub circuit_breaker: Option<CircuitBreaker>,
     pub origin: Origin,
 }
 
@@ -299,6 +301,7 @@ impl Mesh {
                     name: s.meta.name.clone(),
                     cluster_ips: Vec::new(),
                     ports,
+                    circuit_breaker: s.circuit_breaker.clone(),
                     origin: Origin::File { line: s.meta.line },
                 },
             );
@@ -477,7 +480,10 @@ pub mod check {
     fn in_range(v: i64, min: i64, max: i64, what: &'static str) -> Result<u32, Problem> {
         match u32::try_from(v) {
             Ok(x) if (min..=max).contains(&v) => Ok(x),
-            _ => Err(Problem::OutOfRange(v, what)),
+            _ => Err(Problem::OutOfRange {
+                value: v.to_string(),
+                range: what,
+            }),
         }
     }
 
@@ -515,6 +521,153 @@ pub mod check {
         } else {
             Err(Problem::BadIdempotencyHeader(s.into()))
         }
+    }
+
+    /// A circuit breaker as written, before its checks (the same fields in mesh.yaml, the Route
+    /// CRD and the Service annotation).
+    #[derive(Clone, Debug, Default)]
+    pub struct RawBreaker {
+        pub consecutive_failures: Option<i64>,
+        pub success_rate: Option<RawSuccessRate>,
+        pub base_ejection: Option<String>,
+        pub max_ejection: Option<String>,
+        pub max_ejection_percent: Option<i64>,
+    }
+
+    /// `successRate` as written.
+    #[derive(Clone, Debug, Default)]
+    pub struct RawSuccessRate {
+        pub min_percent: Option<f64>,
+        pub window: Option<String>,
+        pub min_requests: Option<i64>,
+    }
+
+    /// A breaker's first ejection when not given.
+    pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(1);
+    /// A breaker's longest ejection when not given.
+    pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(60);
+    /// The most endpoints ejected at once when not given, percent.
+    pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 50;
+    /// The success-rate window when not given.
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
+    /// The fewest requests in the window for the success-rate rule, when not given.
+    pub const DEFAULT_MIN_REQUESTS: u32 = 20;
+
+    /// Checks a circuit breaker; each problem names its field (relative to the breaker, empty
+    /// for the breaker as a whole), all reported at once.
+    pub fn circuit_breaker(
+        raw: &RawBreaker,
+    ) -> Result<super::CircuitBreaker, Vec<(&'static str, Problem)>> {
+        type Problems = Vec<(&'static str, Problem)>;
+        fn int(
+            problems: &mut Problems,
+            field: &'static str,
+            v: Option<i64>,
+            range: &'static str,
+            (lo, hi): (i64, i64),
+        ) -> Option<u32> {
+            match v {
+                None => None,
+                Some(v) if (lo..=hi).contains(&v) => u32::try_from(v).ok(),
+                Some(v) => {
+                    let value = v.to_string();
+                    problems.push((field, Problem::OutOfRange { value, range }));
+                    None
+                }
+            }
+        }
+        fn dur(
+            problems: &mut Problems,
+            field: &'static str,
+            v: &Option<String>,
+            default: Duration,
+        ) -> Option<Duration> {
+            let Some(t) = v else {
+                return Some(default);
+            };
+            match duration(t) {
+                Ok(d) if !d.is_zero() && d <= Duration::from_secs(3600) => Some(d),
+                Ok(_) => {
+                    let (value, range) = (t.clone(), "a duration from 1ms to 1h");
+                    problems.push((field, Problem::OutOfRange { value, range }));
+                    None
+                }
+                Err(p) => {
+                    problems.push((field, p));
+                    None
+                }
+            }
+        }
+        let mut problems = Problems::new();
+        let p = &mut problems;
+        let consecutive = int(
+            p,
+            "consecutiveFailures",
+            raw.consecutive_failures,
+            "1-1000",
+            (1, 1000),
+        );
+        let percent = int(
+            p,
+            "maxEjectionPercent",
+            raw.max_ejection_percent,
+            "1-100",
+            (1, 100),
+        );
+        let min_requests = raw.success_rate.as_ref().and_then(|s| {
+            int(
+                p,
+                "successRate.minRequests",
+                s.min_requests,
+                "1-1000000",
+                (1, 1_000_000),
+            )
+        });
+        let base = dur(p, "baseEjection", &raw.base_ejection, DEFAULT_BASE_EJECTION);
+        let max = dur(p, "maxEjection", &raw.max_ejection, DEFAULT_MAX_EJECTION);
+        let success_rate = raw.success_rate.as_ref().and_then(|s| {
+            let window = dur(p, "successRate.window", &s.window, DEFAULT_WINDOW)?;
+            let min_permille = match s.min_percent {
+                None => {
+                    p.push(("successRate.minPercent", Problem::MissingField));
+                    return None;
+                }
+                Some(pct) if pct > 0.0 && pct <= 100.0 => (pct * 10.0).round().max(1.0) as u32,
+                Some(pct) => {
+                    p.push((
+                        "successRate.minPercent",
+                        Problem::OutOfRange {
+                            value: pct.to_string(),
+                            range: "a percentage above 0 and at most 100, e.g. 90 or 99.5",
+                        },
+                    ));
+                    return None;
+                }
+            };
+            Some(super::SuccessRate {
+                min_permille,
+                window,
+                min_requests: min_requests.unwrap_or(DEFAULT_MIN_REQUESTS),
+            })
+        });
+        if raw.consecutive_failures.is_none() && raw.success_rate.is_none() {
+            p.push(("", Problem::NoBreakerRule));
+        }
+        if let (Some(base), Some(max)) = (base, max)
+            && max < base
+        {
+            p.push(("maxEjection", Problem::EjectionOrder { base, max }));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(super::CircuitBreaker {
+            consecutive_failures: consecutive.unwrap_or(0),
+            success_rate,
+            base_ejection: base.unwrap_or(DEFAULT_BASE_EJECTION),
+            max_ejection: max.unwrap_or(DEFAULT_MAX_EJECTION),
+            max_ejection_percent: percent.unwrap_or(DEFAULT_MAX_EJECTION_PERCENT),
+        })
     }
 
     /// A route's backends as a whole: each service once, and something to send to.

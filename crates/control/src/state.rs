@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 
 use onemesh_api::destination::{Endpoint, ProtocolHint, Snapshot};
 use onemesh_api::policy::{
-    Authorization, Backend, Fault, HttpRoute, InboundPolicy, OutboundPolicy, Rate, RateLimit,
-    RateLimitOverride, RetryPolicy, Route,
+    Authorization, Backend, CircuitBreaker, Fault, HttpRoute, InboundPolicy, OutboundPolicy, Rate,
+    RateLimit, RateLimitOverride, RetryPolicy, Route,
 };
 use onemesh_identity::SpiffeId;
 
@@ -459,8 +459,30 @@ pub fn outbound(state: &MeshState, target: &ServiceRef) -> OutboundPolicy {
                     })
                     .collect(),
                 retry: r.rules.retry.as_ref().map(retry_policy),
+                circuit_breaker: r.rules.circuit_breaker.as_ref().map(circuit_breaker),
             })
             .collect(),
+        circuit_breaker: state
+            .mesh
+            .services
+            .get(&key)
+            .and_then(|s| s.circuit_breaker.as_ref())
+            .map(circuit_breaker),
+    }
+}
+
+/// A circuit breaker as the policy API sends it.
+fn circuit_breaker(b: &crate::model::CircuitBreaker) -> CircuitBreaker {
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let rate = b.success_rate.as_ref();
+    CircuitBreaker {
+        consecutive_failures: b.consecutive_failures,
+        min_success_permille: rate.map_or(0, |r| r.min_permille),
+        window_ms: rate.map_or(0, |r| ms(r.window)),
+        min_requests: rate.map_or(0, |r| r.min_requests),
+        base_ejection_ms: ms(b.base_ejection),
+        max_ejection_ms: ms(b.max_ejection),
+        max_ejection_percent: b.max_ejection_percent,
     }
 }
 

@@ -163,6 +163,10 @@ pub struct RouteSpec {
     /// requests, to test how callers cope; absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<RouteFault>,
+    /// The route's own circuit breaker: it counts only this route's requests and keeps its own
+    /// endpoint states; absent: the Service's breaker (annotation `onemesh.dev/circuit-breaker`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
 }
 
 /// A Route's fault injection: an abort, a delay or both, optionally only for requests with a
@@ -265,6 +269,53 @@ pub struct RetryBudget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 10_000))]
     pub min_per_second: Option<u32>,
+}
+
+/// The annotation on a Service that gives it a circuit breaker: a JSON object with the fields of
+/// [`CircuitBreaker`], e.g. `{"consecutiveFailures": 5}`.
+pub const CIRCUIT_BREAKER_ANNOTATION: &str = "onemesh.dev/circuit-breaker";
+
+/// A circuit breaker: when a caller's proxy ejects an endpoint, and for how long. At least one
+/// of `consecutiveFailures` and `successRate`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    /// Eject an endpoint after this many failures in a row (1-1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub consecutive_failures: Option<i64>,
+    /// Eject an endpoint whose success rate falls below a threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<SuccessRate>,
+    /// The first ejection, doubled for each ejection in a row (default `1s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
+    pub base_ejection: Option<String>,
+    /// The longest ejection (default `60s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
+    pub max_ejection: Option<String>,
+    /// The most endpoints ejected at once, percent (1-100, default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_ejection_percent: Option<i64>,
+}
+
+/// The success-rate rule of a [`CircuitBreaker`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SuccessRate {
+    /// The lowest acceptable success rate, percent (above 0, at most 100, e.g. `99.5`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_percent: Option<serde_json::Number>,
+    /// The sliding window it is measured over (default `10s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
+    pub window: Option<String>,
+    /// Fewer requests than this in the window never trip the rule (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub min_requests: Option<i64>,
 }
 
 /// One backend of a Route: a Service of the route's namespace and its relative weight.

@@ -127,6 +127,9 @@ pub struct Route {
     pub backends: Option<Arc<[Backend]>>,
     /// How failed requests are retried (`None`: [`RetryPolicy::DEFAULT`]).
     pub retry: Option<Arc<RetryPolicy>>,
+    /// The route's own circuit breaker (it counts only this route's requests); `None`: the
+    /// service's breaker, if any, covers the route.
+    pub breaker: Option<Arc<BreakerConfig>>,
 }
 
 /// How a route's failed requests are retried.
@@ -211,6 +214,34 @@ pub struct Backend {
     pub weight: u32,
 }
 
+/// A circuit breaker's settings (see [`crate::outbound::breaker`]). At least one of the two
+/// failure-accrual rules is set (the control plane checks; a breaker with neither never trips).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Eject an endpoint after this many failures in a row (0: off).
+    pub consecutive_failures: u32,
+    /// Eject an endpoint whose success rate falls below a threshold.
+    pub success_rate: Option<SuccessRate>,
+    /// The first ejection's length; each ejection in a row doubles it.
+    pub base_ejection: Duration,
+    /// The longest ejection.
+    pub max_ejection: Duration,
+    /// The most endpoints ejected at once, in percent of the service's endpoints (an endpoint
+    /// beyond it stays in rotation, unless every endpoint is failing).
+    pub max_ejection_percent: u8,
+}
+
+/// The success-rate rule of a [`BreakerConfig`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SuccessRate {
+    /// The lowest acceptable success rate, in per mille (0-1000).
+    pub min_permille: u16,
+    /// The window the rate is measured over.
+    pub window: Duration,
+    /// Fewer requests than this in the window never trip the rule.
+    pub min_requests: u32,
+}
+
 impl Route {
     /// Whether the route matches a request. The prefix matches whole path segments, as an
     /// authorization's routes do and as Gateway API's `PathPrefix`: `/pay` matches `/pay` and
@@ -243,6 +274,8 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// Routes, first match wins.
     pub routes: Vec<Route>,
+    /// The service's circuit breaker (for requests whose route has none of its own).
+    pub breaker: Option<Arc<BreakerConfig>>,
 }
 
 impl Service {
@@ -356,6 +389,7 @@ mod tests {
             retryable: false,
             backends: None,
             retry: None,
+            breaker: None,
         };
         assert!(r.matches(&http::Method::GET, "/v1/x"));
         assert!(!r.matches(&http::Method::POST, "/v1/x"));
@@ -372,6 +406,7 @@ mod tests {
             retryable: false,
             backends: None,
             retry: None,
+            breaker: None,
         };
         let get = &http::Method::GET;
         assert!(r("/pay").matches(get, "/pay"));

@@ -11,7 +11,7 @@
 //! | 431 | `header_too_large` |
 //! | as declared | `fault_injected` (inbound: a route's fault aborted the request; its HTTP status, or HTTP 200 with the declared `grpc-status`) |
 //! | 502 | `connect_failed`, `tls_failed`, `upstream_failed`, `loop_detected` |
-//! | 503 | `no_endpoints`, `not_ready`, `discovery_unavailable` |
+//! | 503 | `no_endpoints`, `not_ready`, `discovery_unavailable`, `circuit_open` (outbound: every endpoint of the service is ejected by its circuit breaker) |
 //! | 504 | `timeout` |
 //!
 //! Upstream HTTP responses (even 5xx) are passed through untouched; only failures of the proxy
@@ -73,6 +73,12 @@ pub enum ProxyError {
     /// The service has no endpoints.
     #[error("service {0} has no endpoints")]
     NoEndpoints(String),
+    /// Every endpoint of the service is ejected by its circuit breaker.
+    #[error(
+        "circuit open: every endpoint of {0} failed and is ejected for a while; the caller \
+         should back off (endpoints are probed again as their ejections end)"
+    )]
+    CircuitOpen(String),
     /// The proxy has no certificate (or configuration) yet.
     #[error("the proxy is not ready: {0}")]
     NotReady(&'static str),
@@ -163,6 +169,7 @@ impl ProxyError {
             ),
             ProxyError::HeaderTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "header_timeout"),
             ProxyError::NoEndpoints(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_endpoints"),
+            ProxyError::CircuitOpen(_) => (StatusCode::SERVICE_UNAVAILABLE, "circuit_open"),
             ProxyError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ProxyError::DiscoveryUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "discovery_unavailable")
@@ -211,6 +218,7 @@ impl ProxyError {
             | ProxyError::HeaderTooLarge(_)
             | ProxyError::HeaderTimeout(_)
             | ProxyError::NoEndpoints(_)
+            | ProxyError::CircuitOpen(_)
             | ProxyError::NotReady(_)
             | ProxyError::DiscoveryUnavailable(_)
             | ProxyError::Timeout(_)
@@ -302,6 +310,7 @@ mod tests {
             ),
             (ProxyError::HeaderTooLarge(1), 431, "header_too_large"),
             (ProxyError::NoEndpoints("a".into()), 503, "no_endpoints"),
+            (ProxyError::CircuitOpen("a".into()), 503, "circuit_open"),
             (ProxyError::NotReady("no certificate"), 503, "not_ready"),
             (ProxyError::Upstream("reset".into()), 502, "upstream_failed"),
             (ProxyError::Timeout(Duration::from_secs(1)), 504, "timeout"),

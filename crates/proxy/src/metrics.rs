@@ -8,7 +8,9 @@
 //! `dst_workload`, `client_id` (inbound) / `server_id` (outbound), `tls`, `route`. Plus the proxy's
 //! own: `tls_handshake_failure_total`, `authz_deny_total`, `proxy_error_total`, `detect_total`,
 //! `identity_cert_expiration_timestamp_seconds`, `identity_certify_total`, `rate_limited_total`
-//! (per caller, policy and `limit`), `fault_injected_total` (per route and `kind`).
+//! (per caller, policy and `limit`), `fault_injected_total` (per route and `kind`), and the
+//! outbound circuit breakers' `breaker_endpoint_state` and `breaker_ejection_total` (labels
+//! `dst_service`, `route`, `endpoint`; see [`crate::outbound::breaker`]).
 //!
 //! TCP metrics cover every inbound connection (after the handshake, labelled with the caller) and
 //! every outbound opaque stream (labelled with the destination); an application's outbound HTTP
@@ -257,6 +259,47 @@ impl EncodeLabelSet for RetryLabels {
     }
 }
 
+/// A circuit breaker's endpoint: the service, the route (empty for the service's breaker) and the
+/// endpoint's address (all from the control plane's configuration).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BreakerLabels {
+    /// `<service>.<namespace>`.
+    pub dst_service: Arc<str>,
+    /// The route whose breaker it is; empty: the service's.
+    pub route: Arc<str>,
+    /// The endpoint's inbound address, `ip:port`.
+    pub endpoint: Arc<str>,
+}
+
+impl EncodeLabelSet for BreakerLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("direction", "outbound").encode(encoder.encode_label())?;
+        ("dst_service", &*self.dst_service).encode(encoder.encode_label())?;
+        ("route", &*self.route).encode(encoder.encode_label())?;
+        ("endpoint", &*self.endpoint).encode(encoder.encode_label())?;
+        Ok(())
+    }
+}
+
+/// A breaker's endpoint and one of its states (`healthy`, `failing`, `ejected`, `probation`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BreakerStateLabels {
+    /// The endpoint.
+    pub endpoint: BreakerLabels,
+    /// The state.
+    pub state: &'static str,
+}
+
+impl EncodeLabelSet for BreakerStateLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        self.endpoint.encode(encoder)?;
+        ("state", self.state).encode(encoder.encode_label())?;
+        Ok(())
+    }
+}
+
 /// An authorization denial.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DenyLabels {
@@ -382,6 +425,10 @@ pub struct Metrics {
     pub rate_limited_total: Family<LimitLabels, Counter>,
     /// Faults injected by the inbound, per route and kind.
     pub fault_injected_total: Family<FaultLabels, Counter>,
+    /// Circuit breakers' endpoint states (1 for the current state, 0 for the others).
+    pub breaker_endpoint_state: Family<BreakerStateLabels, Gauge>,
+    /// Circuit breakers' ejections.
+    pub breaker_ejection_total: Family<BreakerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -412,6 +459,8 @@ impl Metrics {
             identity_certify_total: Family::default(),
             rate_limited_total: Family::default(),
             fault_injected_total: Family::default(),
+            breaker_endpoint_state: Family::default(),
+            breaker_ejection_total: Family::default(),
             registry: Registry::default(),
         };
         registry.register("request", "HTTP requests received", m.request_total.clone());
@@ -494,6 +543,17 @@ impl Metrics {
             "fault_injected",
             "Faults injected by the inbound, by route and kind (abort, delay)",
             m.fault_injected_total.clone(),
+        );
+        registry.register(
+            "breaker_endpoint_state",
+            "Outbound circuit breakers' endpoint states: 1 for the endpoint's current state \
+             (healthy, failing, ejected, probation), 0 for the others",
+            m.breaker_endpoint_state.clone(),
+        );
+        registry.register(
+            "breaker_ejection",
+            "Endpoints ejected by outbound circuit breakers",
+            m.breaker_ejection_total.clone(),
         );
         Metrics { registry, ..m }
     }

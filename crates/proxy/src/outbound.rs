@@ -20,26 +20,31 @@
 //!    resolved by discovery (cached);
 //! 3. [`egress`]: a name outside the mesh is forwarded plain, with loop detection;
 //! 4. [`balance`]: the service's current endpoints and their load (P2C + peak EWMA);
-//! 5. [`route`]: the first matching route (timeout, retry policy, split, metric label);
+//! 5. [`route`]: the first matching route (timeout, retry policy, split, breaker, metric label);
 //! 6. [`split`]: a route with backends sends the request to one of them, by weight (another
-//!    service: its own endpoints and balancer);
-//! 7. pick an endpoint (none: `503 no_endpoints`);
+//!    service: its own endpoints, balancer and breaker);
+//! 7. [`breaker`]: the route's circuit breaker, else the service's (if any), picks an endpoint
+//!    in rotation — one due for its probation first — and hears every attempt's outcome (none:
+//!    `503 no_endpoints`; every one ejected: `503 circuit_open`); endpoints that answered `429`
+//!    are avoided for their `Retry-After`, breaker or not;
 //! 8. [`timeout`]: the route's timeout over every attempt (`504 timeout`);
-//! 9. [`retry`]: a replayable request that failed before an answer, or that the endpoint's proxy
-//!    could not deliver, goes once more to another pick, within a 20 % budget;
+//! 9. [`retry`]: a request safe to repeat that failed as the route's retry policy says goes again
+//!    to another pick, up to the policy's attempts, within the route's budget;
 //! 10. [`endpoint`]: the head rewritten for the hop (written once for every hop), then mTLS to the
 //!     endpoint's inbound proxy: HTTP/1 on a pooled HTTP/1.1 connection (an upgrade keeps its
 //!     connection), HTTP/2 on the shared HTTP/2 connection (and HTTP/1 too when
 //!     `ONEMESH_PROXY_HTTP1_TRANSPORT=h2`).
 //!
 //! The request's outcome is recorded once, when it ends, by [`crate::telemetry::finish`] (one
-//! rule for both directions: a 5xx, a gRPC error or a proxy's own answer is a failure), under the endpoint and route it went to — or, for a request that
-//! failed before an endpoint was chosen (h2c, malformed, discovery unavailable, no endpoints), under
-//! what was known by then: the service's namespace if resolved, the route if matched, no
+//! rule for both directions: a 5xx, a gRPC error or a proxy's own answer is a failure), under
+//! the endpoint and route it went to — or, for a request that failed before an endpoint was chosen
+//! (h2c, malformed, discovery unavailable, no endpoints, circuit open), under what was known by
+//! then: the service's namespace if resolved, the route if matched, no
 //! `dst_workload` or `server_id`, `tls="no_identity"`. Every failure on this path becomes a
 //! response through [`ProxyError::to_response`].
 
 pub mod balance;
+pub mod breaker;
 pub mod egress;
 pub mod endpoint;
 mod opaque;
@@ -61,6 +66,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
 use self::balance::{Balancer, EndpointLoad};
+use self::breaker::{Pick, Picker};
 use self::egress::Egress;
 use self::endpoint::{Endpoints, MeshClient, Upgrades};
 use self::retry::{Replay, Retry};
@@ -69,7 +75,9 @@ use crate::body::{self, Body};
 use crate::client::PlainClients;
 use crate::config::Http1Transport;
 use crate::detect::{self, Detected};
-use crate::discover::{Backend, DEFAULT_RETRY, Discover, EndpointProtocol, Resolution, Target};
+use crate::discover::{
+    Backend, DEFAULT_RETRY, Discover, EndpointProtocol, Resolution, Service, Target,
+};
 use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::http_util;
@@ -337,11 +345,12 @@ impl Outbound {
         let (service, balancer) = resolved.balancer.current(rx);
         // route: the first matching route (timeout, retry policy, split, metric label)
         let route = route::matched(&service, &req);
-        // split: a route's backends by weight; another service brings its own endpoints
-        let (resolved, balancer) = match route.backends.as_deref() {
-            None => (resolved, balancer),
+        // split: a route's backends by weight; another service brings its own endpoints (and its
+        // own breaker)
+        let (resolved, sent_to, balancer) = match route.backends.as_deref() {
+            None => (resolved, service.clone(), balancer),
             Some(backends) => match split::backend(backends, &service, fastrand::u64(..)) {
-                None => (resolved, balancer),
+                None => (resolved, service.clone(), balancer),
                 Some(backend) => match self.backend(backend, service.port).await {
                     Ok(found) => found,
                     Err(err) => {
@@ -354,16 +363,27 @@ impl Outbound {
                 },
             },
         };
-        // pick an endpoint
-        let Some(load) = balancer.pick() else {
-            let counted = Counted::Unsent {
-                dst_namespace: Some(service.namespace.clone()),
-                route: route.name,
-            };
-            return (
-                Err(ProxyError::NoEndpoints(service.name.to_string())),
-                counted,
-            );
+        // breaker: the route's circuit breaker, else the service's, else none
+        let breaker = (resolved.breakers).of(&sent_to, &route, &self.inner.metrics);
+        let picker = Picker {
+            balancer: &balancer,
+            breaker: breaker.as_deref(),
+        };
+        // pick an endpoint (none: 503 no_endpoints; every one ejected: 503 circuit_open)
+        let load = match picker.pick() {
+            Pick::Endpoint(load) => load,
+            unsent => {
+                let name = sent_to.name.to_string();
+                let err = match unsent {
+                    Pick::CircuitOpen => ProxyError::CircuitOpen(name),
+                    Pick::NoEndpoints | Pick::Endpoint(_) => ProxyError::NoEndpoints(name),
+                };
+                let counted = Counted::Unsent {
+                    dst_namespace: Some(service.namespace.clone()),
+                    route: route.name,
+                };
+                return (Err(err), counted);
+            }
         };
         let handles = self.route_metrics(&resolved, &load, route.name.as_ref());
         handles.request();
@@ -372,7 +392,7 @@ impl Outbound {
         let policy = route.retry.as_deref().unwrap_or(&DEFAULT_RETRY);
         let budget = resolved.budget(route.name.as_ref(), policy);
         let retry = Retry {
-            balancer: &balancer,
+            picker,
             budget: &budget,
             policy,
             authority: &resolved.authority,
@@ -389,12 +409,13 @@ impl Outbound {
         (result, Counted::Sent(handles))
     }
 
-    /// A split's backend, resolved (cached after the first request) with its balancer.
+    /// A split's backend, resolved (cached after the first request), as discovery has it now,
+    /// with its balancer.
     async fn backend(
         &self,
         backend: &Backend,
         port: u16,
-    ) -> Result<(Arc<Resolved>, Arc<Balancer>), ProxyError> {
+    ) -> Result<(Arc<Resolved>, Arc<Service>, Arc<Balancer>), ProxyError> {
         let resolved = self
             .inner
             .targets
@@ -402,8 +423,8 @@ impl Outbound {
             .await?;
         match &resolved.resolution {
             Resolution::Mesh(rx) => {
-                let (_, balancer) = resolved.balancer.current(rx);
-                Ok((resolved, balancer))
+                let (service, balancer) = resolved.balancer.current(rx);
+                Ok((resolved, service, balancer))
             }
             // (a backend that left the mesh: nothing to send to, as for an empty service)
             Resolution::External => Err(ProxyError::NoEndpoints(backend.name.to_string())),

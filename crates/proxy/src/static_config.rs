@@ -386,6 +386,7 @@ impl StaticConfig {
                             .collect()
                     }),
                     retry: None,
+                    breaker: None,
                 });
             }
             for a in &s.addresses {
@@ -397,6 +398,7 @@ impl StaticConfig {
                 port: s.port,
                 endpoints,
                 routes,
+                breaker: None,
             });
         }
         let tcp_forwards = self

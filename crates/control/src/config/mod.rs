@@ -209,8 +209,6 @@ pub enum Problem {
     DuplicateBackend(String),
     #[error("every backend has weight 0: give at least one a positive weight")]
     NoWeight,
-    #[error("{0} is out of range: use {1}")]
-    OutOfRange(i64, &'static str),
     #[error(
         "{0:?} is not a retry condition: use connect-failure, 5xx, gateway-error, a status 400-599, or a gRPC status: cancelled, deadline-exceeded, resource-exhausted, internal, unavailable"
     )]
@@ -241,6 +239,14 @@ pub enum Problem {
     BadRate(i64),
     #[error("a rate limit policy needs a limit: give total, identity or overrides")]
     NoLimit,
+    #[error("{value} is out of range: use {range}")]
+    OutOfRange { value: String, range: &'static str },
+    #[error(
+        "a circuit breaker needs a rule: set consecutiveFailures, successRate, or both (see docs/mesh-yaml.md)"
+    )]
+    NoBreakerRule,
+    #[error("maxEjection {max:?} is shorter than baseEjection {base:?}: make it at least as long")]
+    EjectionOrder { base: Duration, max: Duration },
 }
 
 /// How a workload port speaks: HTTP (detected as HTTP/1 or HTTP/2) or opaque TCP.
@@ -295,6 +301,8 @@ pub struct Service {
     /// Local mode: an address on this machine where `onemesh up` exposes the service's first port
     /// (the platform's public entry), e.g. `127.0.0.1:8000`.
     pub expose: Option<std::net::SocketAddr>,
+    /// The circuit breaker callers apply to the service's endpoints.
+    pub circuit_breaker: Option<CircuitBreaker>,
 }
 
 /// One port of a service and the workload port it leads to.
@@ -357,6 +365,8 @@ pub struct RouteRules {
     pub retry: Option<Retry>,
     /// Faults the inbound proxies behind the route's service (and backends) inject; `None`: none.
     pub fault: Option<Fault>,
+    /// The route's own circuit breaker (it counts only this route's requests).
+    pub circuit_breaker: Option<CircuitBreaker>,
 }
 
 /// How a route's failed requests are retried. A non-idempotent request is retried only when it
@@ -413,6 +423,33 @@ impl RetryOn {
         RetryOn::Status(504),
         RetryOn::Grpc(14),
     ];
+}
+
+/// A circuit breaker of a service or a route: when a caller's proxy ejects an endpoint, and for
+/// how long (docs/mesh-yaml.md, "Circuit breakers").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CircuitBreaker {
+    /// Eject after this many failures in a row; 0: rule off.
+    pub consecutive_failures: u32,
+    /// Eject when the success rate falls below a threshold.
+    pub success_rate: Option<SuccessRate>,
+    /// The first ejection (doubled for each ejection in a row).
+    pub base_ejection: Duration,
+    /// The longest ejection.
+    pub max_ejection: Duration,
+    /// The most endpoints ejected at once, percent (1-100).
+    pub max_ejection_percent: u32,
+}
+
+/// The success-rate rule of a [`CircuitBreaker`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SuccessRate {
+    /// The lowest acceptable success rate, per mille (1-1000).
+    pub min_permille: u32,
+    /// The sliding window it is measured over.
+    pub window: Duration,
+    /// Below this many requests in the window the rule does not trip.
+    pub min_requests: u32,
 }
 
 /// One backend of a route: a service of the route's namespace and its share of requests.
@@ -780,7 +817,7 @@ fn service(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
     let Some(spec) = r
         .spec
         .as_ref()
-        .and_then(|s| s.map(errors, &["selector", "ports", "expose"]))
+        .and_then(|s| s.map(errors, &["selector", "ports", "expose", "circuitBreaker"]))
     else {
         return;
     };
@@ -833,6 +870,9 @@ fn service(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
             }
         }
     });
+    let circuit_breaker = spec
+        .optional("circuitBreaker")
+        .and_then(|n| circuit_breaker(errors, &n));
     // Recorded even when invalid (see `workload`): routes naming it get no misleading error.
     let key = (namespace, r.meta.name.clone());
     if let Some(first) = mesh.services.get(&key) {
@@ -846,8 +886,76 @@ fn service(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
             selector: selector.unwrap_or_default(),
             ports,
             expose,
+            circuit_breaker,
         },
     );
+}
+
+/// A `circuitBreaker` map (of a Service or a Route); errors name the field to fix.
+fn circuit_breaker(errors: &mut Errors, n: &Node<'_>) -> Option<CircuitBreaker> {
+    const FIELDS: [&str; 5] = [
+        "consecutiveFailures",
+        "successRate",
+        "baseEjection",
+        "maxEjection",
+        "maxEjectionPercent",
+    ];
+    let before = errors.len();
+    let m = n.map(errors, &FIELDS)?;
+    let int = |errors: &mut Errors, key: &str| m.optional(key).and_then(|v| v.int(errors));
+    let text = |errors: &mut Errors, node: &Map<'_>, key: &str| {
+        node.optional(key)
+            .and_then(|v| v.str(errors).map(str::to_string))
+    };
+    let mut raw = check::RawBreaker {
+        consecutive_failures: int(errors, "consecutiveFailures"),
+        base_ejection: text(errors, &m, "baseEjection"),
+        max_ejection: text(errors, &m, "maxEjection"),
+        max_ejection_percent: int(errors, "maxEjectionPercent"),
+        success_rate: None,
+    };
+    if let Some(sr) = m.optional("successRate") {
+        let sr = sr.map(errors, &["minPercent", "window", "minRequests"])?;
+        let min_percent = sr.optional("minPercent").and_then(|v| {
+            let t = v.scalar_text(errors)?;
+            match t.parse::<f64>() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    errors.push(
+                        v.line(),
+                        &v.path,
+                        Problem::WrongType {
+                            expected: "a number",
+                            found: "a string",
+                        },
+                    );
+                    None
+                }
+            }
+        });
+        raw.success_rate = Some(check::RawSuccessRate {
+            min_percent,
+            window: text(errors, &sr, "window"),
+            min_requests: sr.optional("minRequests").and_then(|v| v.int(errors)),
+        });
+    }
+    if errors.len() > before {
+        return None;
+    }
+    match check::circuit_breaker(&raw) {
+        Ok(b) => Some(b),
+        Err(problems) => {
+            for (field, problem) in problems {
+                let path = if field.is_empty() {
+                    n.path.clone()
+                } else {
+                    format!("{}.{field}", n.path)
+                };
+                errors.push(n.line(), &path, problem);
+            }
+            None
+        }
+    }
 }
 
 fn service_port(
@@ -1142,6 +1250,7 @@ fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
                 "backends",
                 "retry",
                 "fault",
+                "circuitBreaker",
             ],
         )
     }) else {
@@ -1234,6 +1343,10 @@ fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
         None => Some(None),
         Some(n) => traffic::fault(errors, &n).map(Some),
     };
+    let circuit_breaker = match spec.optional("circuitBreaker") {
+        None => Some(None),
+        Some(n) => circuit_breaker(errors, &n).map(Some),
+    };
     let (
         Some(service),
         Some(matches),
@@ -1242,9 +1355,18 @@ fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
         Some(backends),
         Some(retry),
         Some(fault),
+        Some(circuit_breaker),
         true,
     ) = (
-        service, matches, timeout, retryable, backends, retry, fault, ns_ok,
+        service,
+        matches,
+        timeout,
+        retryable,
+        backends,
+        retry,
+        fault,
+        circuit_breaker,
+        ns_ok,
     )
     else {
         return;
@@ -1267,6 +1389,7 @@ fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
             backends,
             retry,
             fault,
+            circuit_breaker,
         },
     });
 }

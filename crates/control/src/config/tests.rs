@@ -455,6 +455,135 @@ fn route_backends_refused_with_the_field_to_fix() {
     }
 }
 
+/// GOOD with `circuitBreaker: <breaker>` (a YAML flow map) on its route and on its service.
+fn with_breakers(route: &str, service: &str) -> String {
+    edit(
+        "  retryable: true\n",
+        &format!("  retryable: true\n  circuitBreaker: {route}\n"),
+    )
+    .replacen(
+        "  ports: [{port: 80, targetPort: 8080}, {port: 9000}, {port: 81, targetPort: http}]\n",
+        &format!(
+            "  ports: [{{port: 80, targetPort: 8080}}, {{port: 9000}}, {{port: 81, targetPort: http}}]\n  circuitBreaker: {service}\n"
+        ),
+        1,
+    )
+}
+
+#[test]
+fn circuit_breakers_on_services_and_routes() {
+    let text = with_breakers(
+        "{consecutiveFailures: 3, baseEjection: 500ms, maxEjection: 10s, maxEjectionPercent: 100}",
+        "{successRate: {minPercent: 99.5, window: 30s, minRequests: 50}}",
+    );
+    let config = parse(Path::new("mesh.yaml"), &text).unwrap();
+    let route = config.routes[0].rules.circuit_breaker.clone().unwrap();
+    assert_eq!(
+        route,
+        CircuitBreaker {
+            consecutive_failures: 3,
+            success_rate: None,
+            base_ejection: Duration::from_millis(500),
+            max_ejection: Duration::from_secs(10),
+            max_ejection_percent: 100,
+        }
+    );
+    let service = config.services.values().next().unwrap();
+    let breaker = service.circuit_breaker.clone().unwrap();
+    // defaults: 1 s to 60 s, at most half of the endpoints
+    assert_eq!(breaker.consecutive_failures, 0);
+    assert_eq!(breaker.base_ejection, Duration::from_secs(1));
+    assert_eq!(breaker.max_ejection, Duration::from_secs(60));
+    assert_eq!(breaker.max_ejection_percent, 50);
+    assert_eq!(
+        breaker.success_rate,
+        Some(SuccessRate {
+            min_permille: 995,
+            window: Duration::from_secs(30),
+            min_requests: 50,
+        })
+    );
+    // an integer percentage is fine too; window and minRequests have defaults
+    let text = with_breakers(
+        "{consecutiveFailures: 1}",
+        "{successRate: {minPercent: 90}}",
+    );
+    let config = parse(Path::new("mesh.yaml"), &text).unwrap();
+    let rate = config
+        .services
+        .values()
+        .next()
+        .unwrap()
+        .circuit_breaker
+        .clone();
+    let rate = rate.unwrap().success_rate.unwrap();
+    assert_eq!(
+        (rate.min_permille, rate.window, rate.min_requests),
+        (900, Duration::from_secs(10), 20)
+    );
+}
+
+#[test]
+fn circuit_breakers_refused_with_the_field_to_fix() {
+    type Case = (&'static str, &'static str, fn(&Problem) -> bool);
+    let cases: [Case; 9] = [
+        ("{}", "spec.circuitBreaker", |p| {
+            matches!(p, Problem::NoBreakerRule)
+        }),
+        (
+            "{consecutiveFailures: 0}",
+            "spec.circuitBreaker.consecutiveFailures",
+            |p| matches!(p, Problem::OutOfRange { value, .. } if value == "0"),
+        ),
+        (
+            "{consecutiveFailures: 5, maxEjectionPercent: 101}",
+            "spec.circuitBreaker.maxEjectionPercent",
+            |p| matches!(p, Problem::OutOfRange { value, .. } if value == "101"),
+        ),
+        (
+            "{consecutiveFailures: 5, baseEjection: 10s, maxEjection: 1s}",
+            "spec.circuitBreaker.maxEjection",
+            |p| matches!(p, Problem::EjectionOrder { .. }),
+        ),
+        (
+            "{consecutiveFailures: 5, baseEjection: soon}",
+            "spec.circuitBreaker.baseEjection",
+            |p| matches!(p, Problem::BadDuration(s) if s == "soon"),
+        ),
+        (
+            "{consecutiveFailures: 5, maxEjection: 2h}",
+            "spec.circuitBreaker.maxEjection",
+            |p| matches!(p, Problem::OutOfRange { .. }),
+        ),
+        (
+            "{successRate: {window: 10s}}",
+            "spec.circuitBreaker.successRate.minPercent",
+            |p| matches!(p, Problem::MissingField),
+        ),
+        (
+            "{successRate: {minPercent: 120}}",
+            "spec.circuitBreaker.successRate.minPercent",
+            |p| matches!(p, Problem::OutOfRange { value, .. } if value == "120"),
+        ),
+        (
+            "{consecutivefailures: 5}",
+            "spec.circuitBreaker.consecutivefailures",
+            |p| matches!(p, Problem::UnknownField { .. }),
+        ),
+    ];
+    for (breaker, field, is) in cases {
+        // on the route
+        let errors = errors_of(&with_breakers(breaker, "{consecutiveFailures: 5}"));
+        assert_eq!(errors.len(), 1, "{breaker}: {errors:?}");
+        assert_eq!(errors[0].field, field, "{breaker}");
+        assert!(is(&errors[0].problem), "{breaker}: {:?}", errors[0].problem);
+        // and the same on the service
+        let errors = errors_of(&with_breakers("{consecutiveFailures: 5}", breaker));
+        assert_eq!(errors.len(), 1, "{breaker}: {errors:?}");
+        assert_eq!(errors[0].field, field, "service: {breaker}");
+    }
+}
+
 #[test]
 fn route_retry_policy_with_defaults_for_what_is_left_out() {
     let retry = "  retryable: true\n  retry:\n    attempts: 5\n    on: [connect-failure, 500, gateway-error, unavailable]\n    perTryTimeout: 300ms\n    idempotencyHeader: X-Request-Key\n    budget: {percent: 50}\n";
@@ -480,12 +609,16 @@ fn route_retry_policy_with_defaults_for_what_is_left_out() {
 fn route_retry_refused_with_the_field_to_fix() {
     type Case = (&'static str, &'static str, fn(&Problem) -> bool);
     let cases: [Case; 6] = [
-        ("attempts: 0", "spec.retry.attempts", |p| {
-            matches!(p, Problem::OutOfRange(0, _))
-        }),
-        ("attempts: 11", "spec.retry.attempts", |p| {
-            matches!(p, Problem::OutOfRange(11, _))
-        }),
+        (
+            "attempts: 0",
+            "spec.retry.attempts",
+            |p| matches!(p, Problem::OutOfRange { value, .. } if value == "0"),
+        ),
+        (
+            "attempts: 11",
+            "spec.retry.attempts",
+            |p| matches!(p, Problem::OutOfRange { value, .. } if value == "11"),
+        ),
         (
             "on: [teapot]",
             "spec.retry.on[0]",
@@ -504,7 +637,7 @@ fn route_retry_refused_with_the_field_to_fix() {
         (
             "budget: {percent: 2000}",
             "spec.retry.budget.percent",
-            |p| matches!(p, Problem::OutOfRange(2000, _)),
+            |p| matches!(p, Problem::OutOfRange { value, .. } if value == "2000"),
         ),
     ];
     for (field_text, field, is) in cases {

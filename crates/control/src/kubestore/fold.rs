@@ -47,8 +47,8 @@ use crate::config::{
     Fault, FaultAbort, FaultDelay, FaultHeader, HttpMatch, Percent, Problem, Protocol, WorkloadPort,
 };
 use crate::model::{
-    Backend, Endpoint, Instance, Mesh, ModelError, Namespace, Origin, Policy, RateLimit, Retry,
-    Route, RouteRules, Service, ServicePort, Workload, check, sort_endpoints,
+    Backend, CircuitBreaker, Endpoint, Instance, Mesh, ModelError, Namespace, Origin, Policy,
+    RateLimit, Retry, Route, RouteRules, Service, ServicePort, Workload, check, sort_endpoints,
 };
 
 /// The label that meshes a namespace.
@@ -520,6 +520,11 @@ pub fn build_all(cache: &Cache) -> (Mesh, Vec<Verdict>, Vec<super::gateway::Rout
             });
         }
         let cluster_ips = cluster_ips(svc);
+        let circuit_breaker = service_breaker(svc).unwrap_or_else(|problems| {
+            // (a Service has no status of ours to write: the control plane's log says it)
+            tracing::warn!(%namespace, service = %svc.name_any(), "circuit breaker ignored: {}", problems.join("; "));
+            None
+        });
         mesh.services.insert(
             key,
             Service {
@@ -527,6 +532,7 @@ pub fn build_all(cache: &Cache) -> (Mesh, Vec<Verdict>, Vec<super::gateway::Rout
                 name: svc.name_any(),
                 cluster_ips,
                 ports,
+                circuit_breaker,
                 origin: origin("Service", svc.as_ref()),
             },
         );
@@ -933,6 +939,22 @@ pub fn route(obj: &DynamicObject) -> Result<Route, Vec<ModelError>> {
     p.check("spec.backends", check::backends(&backends));
     let retry = spec.retry.as_ref().map(|r| retry(&mut p, r));
     let fault = spec.fault.as_ref().and_then(|f| route_fault(&mut p, f));
+    let circuit_breaker = spec
+        .circuit_breaker
+        .as_ref()
+        .and_then(|b| match check::circuit_breaker(&raw_breaker(b)) {
+            Ok(b) => Some(b),
+            Err(problems) => {
+                for (field, problem) in problems {
+                    p.errors.push(ModelError {
+                        origin: p.origin.clone(),
+                        field: breaker_field("spec.circuitBreaker", field),
+                        problem,
+                    });
+                }
+                None
+            }
+        });
     let (Some(service), true) = (service, p.errors.is_empty()) else {
         return Err(p.errors);
     };
@@ -947,6 +969,7 @@ pub fn route(obj: &DynamicObject) -> Result<Route, Vec<ModelError>> {
             backends,
             retry,
             fault,
+            circuit_breaker,
         },
         origin,
     })
@@ -1057,6 +1080,84 @@ fn route_fault(p: &mut Problems, f: &onemesh_crds::RouteFault) -> Option<Fault> 
     };
     p.check("spec.fault", t::check_fault(&fault))?;
     Some(fault)
+}
+
+/// A circuit breaker's field path under `prefix`.
+fn breaker_field(prefix: &str, field: &str) -> String {
+    if field.is_empty() {
+        prefix.to_string()
+    } else {
+        format!("{prefix}.{field}")
+    }
+}
+
+/// A CRD circuit breaker (or a Service annotation's) as written.
+fn raw_breaker(b: &onemesh_crds::CircuitBreaker) -> check::RawBreaker {
+    check::RawBreaker {
+        consecutive_failures: b.consecutive_failures,
+        success_rate: b.success_rate.as_ref().map(|s| check::RawSuccessRate {
+            // (a number that is not an f64 is out of range anyway)
+            min_percent: s
+                .min_percent
+                .as_ref()
+                .map(|n| n.as_f64().unwrap_or(f64::NAN)),
+            window: s.window.clone(),
+            min_requests: s.min_requests,
+        }),
+        base_ejection: b.base_ejection.clone(),
+        max_ejection: b.max_ejection.clone(),
+        max_ejection_percent: b.max_ejection_percent,
+    }
+}
+
+/// The circuit breaker a Service's annotation gives it: `None` without the annotation; an
+/// invalid one is reported, and the Service is kept without a breaker (as without the
+/// annotation: a typo must not take a service out of the mesh).
+pub fn service_breaker(svc: &K8sService) -> Result<Option<CircuitBreaker>, Vec<String>> {
+    let Some(text) = svc
+        .annotations()
+        .get(onemesh_crds::CIRCUIT_BREAKER_ANNOTATION)
+    else {
+        return Ok(None);
+    };
+    let field = format!(
+        "metadata.annotations[{}]",
+        onemesh_crds::CIRCUIT_BREAKER_ANNOTATION
+    );
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        vec![format!(
+            "{field}: not JSON ({e}): write a JSON object, e.g. {{\"consecutiveFailures\": 5}}"
+        )]
+    })?;
+    // typos must not pass silently: every key is one of the breaker's
+    let known = [
+        "consecutiveFailures",
+        "successRate",
+        "baseEjection",
+        "maxEjection",
+        "maxEjectionPercent",
+    ];
+    if let Some(map) = value.as_object()
+        && let Some(unknown) = map.keys().find(|k| !known.contains(&k.as_str()))
+    {
+        return Err(vec![format!(
+            "{field}: unknown field {unknown:?}: use one of {}",
+            known.join(", ")
+        )]);
+    }
+    let spec: onemesh_crds::CircuitBreaker = serde_json::from_value(value).map_err(|e| {
+        vec![format!(
+            "{field}: {e} (see docs/mesh-yaml.md, circuit breakers)"
+        )]
+    })?;
+    check::circuit_breaker(&raw_breaker(&spec))
+        .map(Some)
+        .map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|(f, problem)| format!("{}: {problem}", breaker_field(&field, f)))
+                .collect()
+        })
 }
 
 /// The `Accepted` condition to write on an object that carries `current`, or `None` when it

@@ -280,6 +280,8 @@ fn one(obj: &DynamicObject, namespace: &str, mesh: &Mesh) -> (Vec<(SortKey, Rout
                                 // (the default policy: an HTTPRoute's retry is not supported)
                                 retry: None,
                                 fault: None,
+                                // (the Service's breaker, from its annotation, covers it)
+                                circuit_breaker: None,
                             },
                             origin: origin.clone(),
                         },

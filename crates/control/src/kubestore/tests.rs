@@ -602,3 +602,101 @@ fn a_rate_limit_policy_folds_with_the_checks_of_mesh_yaml() {
         }
     }
 }
+
+/// `service("shop", "svc")` with the circuit-breaker annotation set to `annotation`.
+fn annotated(annotation: &str) -> Object {
+    let Object::Service(mut svc) = service("shop", "svc") else {
+        unreachable!("service gives a Service")
+    };
+    svc.metadata.annotations = Some(
+        [(
+            onemesh_crds::CIRCUIT_BREAKER_ANNOTATION.to_string(),
+            annotation.to_string(),
+        )]
+        .into(),
+    );
+    Object::Service(svc)
+}
+
+#[test]
+fn a_service_annotation_gives_it_a_circuit_breaker() {
+    let mut objects = base();
+    objects.retain(|o| !matches!(o, Object::Service(_)));
+    objects.push(annotated(
+        r#"{"consecutiveFailures": 5, "successRate": {"minPercent": 99.5}, "maxEjection": "30s"}"#,
+    ));
+    let m = mesh(&listed(objects));
+    let svc = m.services.values().next().unwrap();
+    let b = svc.circuit_breaker.clone().expect("the breaker was read");
+    assert_eq!(b.consecutive_failures, 5);
+    assert_eq!(b.max_ejection, std::time::Duration::from_secs(30));
+    assert_eq!(b.success_rate.unwrap().min_permille, 995);
+}
+
+#[test]
+fn a_bad_breaker_annotation_is_refused_naming_the_field_and_the_service_stays() {
+    for (text, says) in [
+        ("five", "not JSON"),
+        (
+            r#"{"consecutivefailures": 5}"#,
+            "unknown field \"consecutivefailures\"",
+        ),
+        (
+            r#"{"consecutiveFailures": 0}"#,
+            "consecutiveFailures: 0 is out of range",
+        ),
+        (
+            r#"{"successRate": {"minPercent": 150}}"#,
+            "successRate.minPercent",
+        ),
+        ("{}", "needs a rule"),
+        (r#"{"consecutiveFailures": "5"}"#, "invalid type"),
+    ] {
+        let Object::Service(svc) = annotated(text) else {
+            unreachable!()
+        };
+        let problems = service_breaker(&svc).expect_err(text);
+        assert!(problems[0].contains(says), "{text}: {problems:?}");
+        assert!(
+            problems[0].contains("onemesh.dev/circuit-breaker"),
+            "{problems:?}"
+        );
+        // the service itself stays in the mesh, without a breaker
+        let mut objects = base();
+        objects.retain(|o| !matches!(o, Object::Service(_)));
+        objects.push(Object::Service(svc));
+        let m = mesh(&listed(objects));
+        let s = m.services.values().next().expect("the service stays");
+        assert_eq!(s.circuit_breaker, None);
+    }
+}
+
+#[test]
+fn a_route_circuit_breaker_is_checked_like_mesh_yaml() {
+    let with = |name: &str, breaker: serde_json::Value| {
+        Object::Route(
+            serde_json::from_value(json!({
+                "apiVersion": "onemesh.dev/v1", "kind": "Route",
+                "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"), "generation": 1},
+                "spec": {"service": "svc", "circuitBreaker": breaker},
+            }))
+            .unwrap(),
+        )
+    };
+    let mut objects = base();
+    objects.push(with("good", json!({"consecutiveFailures": 3})));
+    objects.push(with(
+        "bad",
+        json!({"consecutiveFailures": 3, "baseEjection": "10s", "maxEjection": "1s"}),
+    ));
+    let (m, verdicts) = build(&listed(objects));
+    assert_eq!(m.routes.len(), 1);
+    let b = m.routes[0].rules.circuit_breaker.clone().unwrap();
+    assert_eq!(b.consecutive_failures, 3);
+    let bad = verdicts.iter().find(|v| v.name == "bad").unwrap();
+    let problems = bad.accepted.clone().unwrap_err();
+    assert!(
+        problems[0].contains("spec.circuitBreaker.maxEjection"),
+        "{problems:?}"
+    );
+}

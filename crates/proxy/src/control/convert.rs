@@ -15,7 +15,9 @@ use std::time::Duration;
 use onemesh_api::{destination as dst, policy as pol};
 use onemesh_identity::SpiffeId;
 
-use crate::discover::{Backend, Endpoint, EndpointProtocol, RetryPolicy, Route, Service};
+use crate::discover::{
+    Backend, BreakerConfig, Endpoint, EndpointProtocol, RetryPolicy, Route, Service, SuccessRate,
+};
 use crate::inbound::fault::{AbortWith, FaultRule};
 use crate::inbound::limit::{Override, Rate, RateLimit};
 use crate::policy::{Authorization, Authorizations, DeclaredPorts, RouteMatch};
@@ -177,8 +179,14 @@ impl Destination {
         skipped
     }
 
-    /// The service as the data path sees it, with `routes` (from the outbound policy).
-    pub fn service(&self, fallback_name: &str, routes: Vec<Route>) -> Service {
+    /// The service as the data path sees it, with `routes` and `breaker` (from the outbound
+    /// policy).
+    pub fn service(
+        &self,
+        fallback_name: &str,
+        routes: Vec<Route>,
+        breaker: Option<Arc<BreakerConfig>>,
+    ) -> Service {
         let name = if self.name.is_empty() {
             fallback_name
         } else {
@@ -194,6 +202,7 @@ impl Destination {
                 Vec::new()
             },
             routes,
+            breaker,
         }
     }
 }
@@ -216,6 +225,7 @@ pub fn routes(p: &pol::OutboundPolicy) -> (Vec<Route>, Vec<ConvertError>) {
                 retryable: r.retryable,
                 backends: backends(&r.backends),
                 retry: retry.map(Arc::new),
+                breaker: r.circuit_breaker.as_ref().and_then(breaker),
             }),
             (Err(error), _) | (_, Err(error)) => skipped.push(error),
         }
@@ -264,6 +274,45 @@ fn backends(list: &[pol::Backend]) -> Option<Arc<[Backend]>> {
             .collect()
     })
 }
+
+/// A circuit breaker's settings, defaults filled in (`None`: no rule is set, so no breaker: it
+/// would never trip). Out-of-range values are clamped: a breaker is only ever a little more or
+/// less eager, never a reason to drop the route.
+pub fn breaker(b: &pol::CircuitBreaker) -> Option<Arc<BreakerConfig>> {
+    let success_rate = (b.min_success_permille > 0).then(|| SuccessRate {
+        min_permille: u16::try_from(b.min_success_permille.min(1000)).unwrap_or(1000),
+        window: Duration::from_millis(b.window_ms.max(1)),
+        min_requests: b.min_requests.max(1),
+    });
+    if b.consecutive_failures == 0 && success_rate.is_none() {
+        return None;
+    }
+    let ms = |v: u64, default: Duration| {
+        if v == 0 {
+            default
+        } else {
+            Duration::from_millis(v)
+        }
+    };
+    let base_ejection = ms(b.base_ejection_ms, DEFAULT_BASE_EJECTION);
+    Some(Arc::new(BreakerConfig {
+        consecutive_failures: b.consecutive_failures,
+        success_rate,
+        base_ejection,
+        max_ejection: ms(b.max_ejection_ms, DEFAULT_MAX_EJECTION).max(base_ejection),
+        max_ejection_percent: match b.max_ejection_percent {
+            0 => DEFAULT_MAX_EJECTION_PERCENT,
+            p => u8::try_from(p.min(100)).unwrap_or(100),
+        },
+    }))
+}
+
+/// A breaker's first ejection when the policy does not say.
+pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(1);
+/// A breaker's longest ejection when the policy does not say.
+pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(60);
+/// The most endpoints a breaker ejects at once, in percent, when the policy does not say.
+pub const DEFAULT_MAX_EJECTION_PERCENT: u8 = 50;
 
 /// A workload's inbound authorizations and declared ports (none when it is not declared: the
 /// default applies to authorization, and no port is forwarded). An unusable port is skipped: it

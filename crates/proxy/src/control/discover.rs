@@ -175,7 +175,11 @@ impl Drop for AbortOnDrop {
 
 /// One name's task: routes in the background, destination here until the name is external.
 async fn run(inner: Arc<Inner>, target: Target, name: String, answer: watch::Sender<Answer>) {
-    let (service, _) = watch::channel(Arc::new(Destination::default().service(&name, Vec::new())));
+    let (service, _) = watch::channel(Arc::new(Destination::default().service(
+        &name,
+        Vec::new(),
+        None,
+    )));
     let _routes = AbortOnDrop(tokio::spawn(watch_routes(
         inner.clone(),
         name.clone(),
@@ -202,7 +206,9 @@ async fn watch_destination(
         state.apply(Update {
             kind: Some(update::Kind::Snapshot(folded.clone())),
         });
-        service.send_modify(|s| *s = Arc::new(state.service(name, s.routes.clone())));
+        service.send_modify(|s| {
+            *s = Arc::new(state.service(name, s.routes.clone(), s.breaker.clone()));
+        });
         answer.send_replace(Answer::Mesh(service.subscribe()));
     }
     inner.plane.wait_for_certificate().await;
@@ -236,7 +242,11 @@ async fn watch_destination(
                                 return;
                             }
                             service.send_modify(|s| {
-                                *s = Arc::new(state.service(name, s.routes.clone()));
+                                *s = Arc::new(state.service(
+                                    name,
+                                    s.routes.clone(),
+                                    s.breaker.clone(),
+                                ));
                             });
                             if pending {
                                 answer.send_replace(Answer::Mesh(service.subscribe()));
@@ -272,9 +282,11 @@ async fn watch_routes(inner: Arc<Inner>, name: String, service: watch::Sender<Ar
     let file = cache_file("routes", &name);
     if let Some(saved) = load::<OutboundPolicy>(inner.state.as_ref(), &file) {
         let (routes, _) = convert::routes(&saved);
+        let breaker = service_breaker(&saved);
         service.send_modify(|s| {
             let mut next = Service::clone(s);
             next.routes = routes;
+            next.breaker = breaker;
             *s = Arc::new(next);
         });
     }
@@ -302,12 +314,14 @@ async fn watch_routes(inner: Arc<Inner>, name: String, service: watch::Sender<Ar
                             for skipped in skipped {
                                 warn!(%name, "outbound policy: {skipped}");
                             }
+                            let breaker = service_breaker(&policy);
                             service.send_if_modified(|s| {
-                                if s.routes == routes {
+                                if s.routes == routes && s.breaker == breaker {
                                     return false;
                                 }
                                 let mut next = Service::clone(s);
                                 next.routes = routes;
+                                next.breaker = breaker;
                                 *s = Arc::new(next);
                                 true
                             });
@@ -327,4 +341,12 @@ async fn watch_routes(inner: Arc<Inner>, name: String, service: watch::Sender<Ar
         }
         tokio::time::sleep(delay).await;
     }
+}
+
+/// The service-level circuit breaker of an outbound policy.
+fn service_breaker(p: &OutboundPolicy) -> Option<Arc<crate::discover::BreakerConfig>> {
+    p.circuit_breaker
+        .as_ref()
+        .filter(|_| p.exists)
+        .and_then(convert::breaker)
 }

@@ -548,7 +548,7 @@ fn unusable_entries_are_skipped_and_never_widen_policy() {
         kind: Some(dst::update::Kind::Snapshot(snapshot)),
     });
     assert_eq!(skipped, vec![ConvertError::BadAddr("not-an-addr".into())]);
-    let service = d.service("bank.bank:80", Vec::new());
+    let service = d.service("bank.bank:80", Vec::new(), None);
     assert_eq!(&*service.name, "bank.bank");
     assert_eq!(service.endpoints.len(), 1);
     assert_eq!(service.endpoints[0].weight, 1);
@@ -719,8 +719,18 @@ async fn destinations_resolve_to_snapshots_then_diffs() {
                     path_prefix: "/v1/".into(),
                     timeout_ms: 1500,
                     retryable: false,
+                    circuit_breaker: Some(pol::CircuitBreaker {
+                        consecutive_failures: 3,
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }],
+                circuit_breaker: Some(pol::CircuitBreaker {
+                    min_success_permille: 900,
+                    window_ms: 10_000,
+                    min_requests: 20,
+                    ..Default::default()
+                }),
             },
         );
     });
@@ -730,6 +740,19 @@ async fn destinations_resolve_to_snapshots_then_diffs() {
         .unwrap();
     let route = rx.borrow().routes[0].clone();
     assert_eq!(route.timeout, Some(Duration::from_millis(1500)));
+    // circuit breakers: the route's and the service's, defaults filled in
+    let route_breaker = route.breaker.expect("the route's breaker arrived");
+    assert_eq!(route_breaker.consecutive_failures, 3);
+    assert_eq!(route_breaker.max_ejection_percent, 50);
+    assert_eq!(route_breaker.base_ejection, Duration::from_secs(1));
+    let service_breaker = rx
+        .borrow()
+        .breaker
+        .clone()
+        .expect("the service's breaker arrived");
+    let rate = service_breaker.success_rate.expect("a success-rate rule");
+    assert_eq!((rate.min_permille, rate.min_requests), (900, 20));
+    assert_eq!(service_breaker.consecutive_failures, 0);
     assert_eq!(
         addrs(&rx.borrow()),
         ["127.0.0.1:1002"],

@@ -13,8 +13,12 @@
 //! service changed), and [`Balancer::pick`] chooses the endpoint. The balancer does not own
 //! connections; [`super::endpoint`] does. Endpoint state survives discovery updates for endpoints
 //! that stay (matched by address and target port).
+//!
+//! An endpoint that answered `429` with a `Retry-After` is avoided until then
+//! ([`EndpointLoad::avoid_for`], see [`super::breaker`]): a draw that meets one falls back to
+//! picking among the others, and, when every endpoint is avoided, among all of them.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -41,6 +45,10 @@ pub struct EndpointLoad {
     pub key: EndpointKey,
     pending: AtomicUsize,
     ewma: Mutex<(f64, Instant)>,
+    /// Whether `avoid_until` is set (read on every draw; the mutex only when set).
+    avoided: AtomicBool,
+    /// Not picked before this (a `429` with `Retry-After`); tokio's clock, for tests.
+    avoid_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl EndpointLoad {
@@ -52,6 +60,40 @@ impl EndpointLoad {
             endpoint,
             pending: AtomicUsize::new(0),
             ewma: Mutex::new((DEFAULT_RTT.as_secs_f64() * 1e3, Instant::now())),
+            avoided: AtomicBool::new(false),
+            avoid_until: Mutex::new(None),
+        }
+    }
+
+    /// Keeps the endpoint out of picks for `wait` (while another endpoint can be picked).
+    pub fn avoid_for(&self, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        let mut guard = self
+            .avoid_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *guard = Some(guard.map_or(until, |u| u.max(until)));
+        self.avoided.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the endpoint is avoided now.
+    pub fn is_avoided(&self) -> bool {
+        self.avoided.load(Ordering::Relaxed) && self.still_avoided()
+    }
+
+    #[cold]
+    fn still_avoided(&self) -> bool {
+        let mut guard = self
+            .avoid_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match *guard {
+            Some(until) if tokio::time::Instant::now() < until => true,
+            _ => {
+                *guard = None;
+                self.avoided.store(false, Ordering::Relaxed);
+                false
+            }
         }
     }
 
@@ -162,6 +204,11 @@ impl Balancer {
         self.endpoints.is_empty()
     }
 
+    /// The endpoints.
+    pub fn endpoints(&self) -> &[Arc<EndpointLoad>] {
+        &self.endpoints
+    }
+
     /// Picks an endpoint (power of two choices), `None` when there are none.
     pub fn pick(&self) -> Option<Arc<EndpointLoad>> {
         self.pick_with(&mut fastrand::Rng::new())
@@ -169,20 +216,66 @@ impl Balancer {
 
     /// Same with a given random source (tests).
     pub fn pick_with(&self, rng: &mut fastrand::Rng) -> Option<Arc<EndpointLoad>> {
-        match self.endpoints.len() {
+        self.pick_where(rng, |_| true)
+    }
+
+    /// Picks among the endpoints `allowed` accepts, those not avoided (`429`) first; `None`
+    /// when `allowed` accepts none.
+    pub fn pick_where(
+        &self,
+        rng: &mut fastrand::Rng,
+        allowed: impl Fn(&EndpointLoad) -> bool,
+    ) -> Option<Arc<EndpointLoad>> {
+        self.draw(rng, |e| !e.is_avoided() && allowed(e))
+            .or_else(|| self.draw(rng, &allowed))
+    }
+
+    /// Power of two choices among the endpoints `ok` accepts.
+    fn draw(
+        &self,
+        rng: &mut fastrand::Rng,
+        ok: impl Fn(&EndpointLoad) -> bool,
+    ) -> Option<Arc<EndpointLoad>> {
+        let n = self.endpoints.len();
+        if n == 1 {
+            let e = &self.endpoints[0];
+            return ok(e).then(|| e.clone());
+        }
+        if n == 0 {
+            return None;
+        }
+        let (a, b) = two_of(rng, n);
+        let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
+        if ok(ea) && ok(eb) {
+            return Some(cheaper(ea, eb).clone());
+        }
+        // (the rare path: an endpoint is avoided or out of rotation) draw among the others
+        let k = self.endpoints.iter().filter(|e| ok(e)).count();
+        let nth = |i: usize| self.endpoints.iter().filter(|e| ok(e)).nth(i).cloned();
+        match k {
             0 => None,
-            1 => Some(self.endpoints[0].clone()),
-            n => {
-                let a = rng.usize(..n);
-                let mut b = rng.usize(..n - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
-                Some(if eb.cost() < ea.cost() { eb } else { ea }.clone())
+            1 => nth(0),
+            k => {
+                let (a, b) = two_of(rng, k);
+                let (ea, eb) = (nth(a)?, nth(b)?);
+                Some(if eb.cost() < ea.cost() { eb } else { ea })
             }
         }
     }
+}
+
+/// Two distinct indices below `n` (at least 2).
+fn two_of(rng: &mut fastrand::Rng, n: usize) -> (usize, usize) {
+    let a = rng.usize(..n);
+    let mut b = rng.usize(..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    (a, b)
+}
+
+fn cheaper<'a>(a: &'a Arc<EndpointLoad>, b: &'a Arc<EndpointLoad>) -> &'a Arc<EndpointLoad> {
+    if b.cost() < a.cost() { b } else { a }
 }
 
 /// A target's balancer for the service it was built from.

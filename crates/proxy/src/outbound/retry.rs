@@ -13,7 +13,9 @@
 //! counted (`retry_total{reason="body_too_large"|"not_idempotent"}`).
 //!
 //! Each attempt may have its own deadline (`per_try_timeout`; its expiry counts as a `504`), and
-//! its latency (or failure) is recorded on the endpoint it went to. The route's timeout covers
+//! its latency (or failure) is recorded on the endpoint it went to (the balancer's load state, the
+//! request's circuit breaker: [`super::breaker::Attempt`]); another attempt skips ejected
+//! endpoints, and none is made when the breaker's circuit is open. The route's timeout covers
 //! every attempt (the timeout stage sits above this one). Counted in `retry_total` by route and
 //! reason: `retried`, `budget_exhausted`, `attempts_exhausted`, `body_too_large`,
 //! `not_idempotent`.
@@ -27,7 +29,8 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use super::balance::{Balancer, EndpointLoad};
+use super::balance::EndpointLoad;
+use super::breaker::{Pick, Picker};
 use super::endpoint::Endpoints;
 use crate::body::{self, Body};
 use crate::discover::RetryPolicy;
@@ -236,9 +239,9 @@ fn wants_retry(
 /// What the retry stage needs of the target and route.
 #[derive(Clone, Copy)]
 pub struct Retry<'a> {
-    /// Where another attempt is picked.
-    pub balancer: &'a Balancer,
-    /// The route's retry budget.
+    /// Where a second attempt is picked (through the request's breaker, if any).
+    pub picker: Picker<'a>,
+    /// The target's retry budget.
     pub budget: &'a RetryBudget,
     /// The route's policy.
     pub policy: &'a RetryPolicy,
@@ -269,15 +272,13 @@ impl Retry<'_> {
             let load = picked.as_ref().unwrap_or(first);
             // (Each attempt written out rather than an `async fn`: one future less to move per
             // request.)
-            let in_flight = load.start();
+            let started = self.picker.start(load);
             let send = endpoints.send(req, &load.endpoint, &load.key, self.authority);
             let result = match self.policy.per_try_timeout {
                 None => send.await,
                 Some(limit) => within(limit, send).await,
             };
-            if result.is_ok() {
-                in_flight.complete();
-            }
+            started.finish(&result);
             if !wants_retry(self.policy, &result, load) {
                 return result;
             }
@@ -295,7 +296,8 @@ impl Retry<'_> {
                 self.count("budget_exhausted");
                 return result;
             }
-            let Some(next) = self.balancer.pick() else {
+            // (skips ejected endpoints; none when the breaker's circuit is open)
+            let Pick::Endpoint(next) = self.picker.pick() else {
                 return result;
             };
             // the failed answer goes before the next attempt (its connection back to the pool)

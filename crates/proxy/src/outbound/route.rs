@@ -1,7 +1,7 @@
 //! The route stage of the outbound stack: the first of the service's routes that matches the
 //! request's method and path decides its timeout, whether it may be retried although its method
-//! is not idempotent, its split over backends, and its `route` metric label (`default` when none
-//! matches).
+//! is not idempotent, its split over backends, its own circuit breaker if any, and its `route`
+//! metric label (`default` when none matches).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::Request;
 
 use crate::body::Body;
-use crate::discover::{Backend, RetryPolicy, Service};
+use crate::discover::{Backend, BreakerConfig, RetryPolicy, Service};
 
 /// What the matched route says about one request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,6 +24,8 @@ pub struct Matched {
     pub backends: Option<Arc<[Backend]>>,
     /// Its retry policy (`None`: the default).
     pub retry: Option<Arc<RetryPolicy>>,
+    /// The route's own circuit breaker, if it has one.
+    pub breaker: Option<Arc<BreakerConfig>>,
 }
 
 /// The route of `req` on `service` (nothing allocated: the name is shared).
@@ -35,6 +37,7 @@ pub fn matched(service: &Service, req: &Request<Body>) -> Matched {
             retryable: r.retryable,
             backends: r.backends.clone(),
             retry: r.retry.clone(),
+            breaker: r.breaker.clone(),
         },
         None => Matched::default(),
     }

@@ -3,7 +3,8 @@
 //! discovery into a [`Resolved`] target, cached.
 //!
 //! A resolved target holds what every request to it shares: its discovery watch, its balancer,
-//! its retry budget and the metric handles of each endpoint × route it has sent to. Targets are
+//! its retry budget, its circuit breakers and the metric handles of each endpoint × route it has
+//! sent to. Targets are
 //! cached by [`Target`] and, so that a request parses no host once its spelling has been seen, by
 //! the host exactly as written; both caches are bounded ([`MAX_RESOLVED`]): a flood of distinct
 //! external names must not grow memory without limit.
@@ -16,6 +17,7 @@ use http::Request;
 use http::header::{self, HeaderValue};
 
 use super::balance::{BalancerCache, EndpointLoad};
+use super::breaker::Breakers;
 use super::retry::RetryBudget;
 use crate::body::Body;
 use crate::discover::{Discover, Resolution, RetryPolicy, Target};
@@ -39,6 +41,8 @@ pub struct Resolved {
     pub balancer: BalancerCache,
     /// Metric handles by endpoint and route.
     pub routes: Mutex<HashMap<RouteKey, RouteHandles>>,
+    /// The circuit breakers of the service and its routes.
+    pub breakers: Breakers,
 }
 
 impl Resolved {
@@ -144,6 +148,7 @@ impl Targets {
             resolution,
             balancer: BalancerCache::default(),
             routes: Mutex::default(),
+            breakers: Breakers::default(),
         });
         let mut cache = self.resolved.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= MAX_RESOLVED {

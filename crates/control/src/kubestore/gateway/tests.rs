@@ -40,6 +40,7 @@ fn mesh() -> Mesh {
                     })
                     .collect(),
                 origin: Origin::Derived,
+                circuit_breaker: None,
             },
         );
     }

@@ -14,6 +14,7 @@ fn service() -> Service {
         retryable: name == "pay",
         backends: None,
         retry: None,
+        breaker: None,
     };
     Service {
         name: "card.card".into(),
@@ -24,6 +25,7 @@ fn service() -> Service {
             route("pay", vec![http::Method::POST], "/pay"),
             route("all", Vec::new(), "/"),
         ],
+        breaker: None,
     }
 }
 

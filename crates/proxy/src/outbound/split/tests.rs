@@ -19,6 +19,7 @@ fn service(name: &str) -> Service {
         port: 80,
         endpoints: Vec::new(),
         routes: Vec::new(),
+        breaker: None,
     }
 }
 
