@@ -111,7 +111,7 @@ async fn run_service(service: Service, args: ServeArgs) -> anyhow::Result<()> {
         .data_dir
         .or_else(|| env("DATA_DIR").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("data"));
-    let config = ServiceConfig::from_lookup(service, env);
+    let config = ServiceConfig::from_lookup(service, env)?;
     let db = open_db(&data_dir, service).with_context(|| {
         format!(
             "opening the {} database in {}",

@@ -104,14 +104,34 @@ pub struct ServiceConfig {
 
 impl ServiceConfig {
     /// A config with mesh defaults and environment proxy use, reading overrides via `get`.
-    pub fn from_lookup(service: Service, get: impl Fn(&str) -> Option<String>) -> ServiceConfig {
-        ServiceConfig {
+    pub fn from_lookup(
+        service: Service,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<ServiceConfig, ConfigError> {
+        let mut client = ClientConfig::default();
+        if let Some(text) = get("UPSTREAM_ATTEMPTS") {
+            client.attempts = match text.trim().parse::<u32>() {
+                Ok(n @ 1..=10) => n,
+                _ => return Err(ConfigError::Attempts(text)),
+            };
+        }
+        Ok(ServiceConfig {
             service,
             merchant_key: get("MERCHANT_KEY").unwrap_or_else(|| DEFAULT_MERCHANT_KEY.into()),
             upstreams: Upstreams::from_lookup(get),
-            client: ClientConfig::default(),
-        }
+            client,
+        })
     }
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `UPSTREAM_ATTEMPTS` is not 1-10.
+    #[error(
+        "UPSTREAM_ATTEMPTS={0:?} is not a number of attempts: use 1-10 (1: calls to the next service are never retried by the app, e.g. when the mesh retries them)"
+    )]
+    Attempts(String),
 }
 
 /// Why a service could not be built.
@@ -171,4 +191,31 @@ pub fn build_app(config: &ServiceConfig, db: Db) -> Result<Router, BuildError> {
         }),
         Service::Bank => bank::app(bank::BankState { db }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(attempts: Option<&str>) -> Result<ServiceConfig, ConfigError> {
+        ServiceConfig::from_lookup(Service::Pg, |k| {
+            (k == "UPSTREAM_ATTEMPTS").then(|| attempts.map(str::to_string))?
+        })
+    }
+
+    #[test]
+    fn upstream_attempts_default_to_four_and_may_be_one() {
+        assert_eq!(config(None).unwrap().client.attempts, 4);
+        assert_eq!(config(Some("1")).unwrap().client.attempts, 1);
+        assert_eq!(config(Some(" 10 ")).unwrap().client.attempts, 10);
+    }
+
+    #[test]
+    fn upstream_attempts_out_of_range_are_refused_with_the_range() {
+        for bad in ["0", "11", "-1", "two", ""] {
+            let err = config(Some(bad)).unwrap_err().to_string();
+            assert!(err.contains("use 1-10"), "{bad}: {err}");
+            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
+    }
 }
