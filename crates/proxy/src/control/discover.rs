@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use onemesh_api::destination::destination_client::DestinationClient;
 use onemesh_api::destination::{Snapshot, Update, WatchRequest, update};
@@ -173,19 +174,30 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One name's task: routes in the background, destination here until the name is external.
+/// How long a name's first answer waits for its routes once its endpoints are known (a policy
+/// stream slower than this: served without routes until they come).
+const ROUTES_WAIT: Duration = Duration::from_secs(2);
+
+/// One name's task: routes in the background, destination here until the name is external. The
+/// saved routes, if any, are in the service from the start; otherwise its first answer waits for
+/// the control plane's routes (up to [`ROUTES_WAIT`]), so that no request goes out without its
+/// route's timeout, retry policy, split or breaker.
 async fn run(inner: Arc<Inner>, target: Target, name: String, answer: watch::Sender<Answer>) {
-    let (service, _) = watch::channel(Arc::new(Destination::default().service(
-        &name,
-        Vec::new(),
-        None,
-    )));
+    let saved = load::<OutboundPolicy>(inner.state.as_ref(), &cache_file("routes", &name));
+    let (routes, breaker) = saved
+        .as_ref()
+        .map(|p| (convert::routes(p).0, service_breaker(p)))
+        .unwrap_or_default();
+    let initial = Destination::default().service(&name, routes, breaker);
+    let (service, _) = watch::channel(Arc::new(initial));
+    let (routes_known, known) = watch::channel(saved.is_some());
     let _routes = AbortOnDrop(tokio::spawn(watch_routes(
         inner.clone(),
         name.clone(),
         service.clone(),
+        routes_known,
     )));
-    watch_destination(&inner, &name, &service, &answer).await;
+    watch_destination(&inner, &name, &service, &answer, known).await;
     inner.forget(&target, &answer);
 }
 
@@ -195,6 +207,7 @@ async fn watch_destination(
     name: &str,
     service: &watch::Sender<Arc<Service>>,
     answer: &watch::Sender<Answer>,
+    mut routes_known: watch::Receiver<bool>,
 ) {
     let file = cache_file("dst", name);
     let mut state = Destination::default();
@@ -249,6 +262,10 @@ async fn watch_destination(
                                 ));
                             });
                             if pending {
+                                let wait = routes_known.wait_for(|known| *known);
+                                if tokio::time::timeout(ROUTES_WAIT, wait).await.is_err() {
+                                    warn!(%name, "no routes within {ROUTES_WAIT:?}: serving without them until they come");
+                                }
                                 answer.send_replace(Answer::Mesh(service.subscribe()));
                             }
                         }
@@ -277,19 +294,15 @@ async fn watch_destination(
     }
 }
 
-/// Follows `Policy.WatchOutbound` for `name`, merging its routes into `service`.
-async fn watch_routes(inner: Arc<Inner>, name: String, service: watch::Sender<Arc<Service>>) {
+/// Follows `Policy.WatchOutbound` for `name`, merging its routes into `service`; `known` turns
+/// true with the first policy.
+async fn watch_routes(
+    inner: Arc<Inner>,
+    name: String,
+    service: watch::Sender<Arc<Service>>,
+    known: watch::Sender<bool>,
+) {
     let file = cache_file("routes", &name);
-    if let Some(saved) = load::<OutboundPolicy>(inner.state.as_ref(), &file) {
-        let (routes, _) = convert::routes(&saved);
-        let breaker = service_breaker(&saved);
-        service.send_modify(|s| {
-            let mut next = Service::clone(s);
-            next.routes = routes;
-            next.breaker = breaker;
-            *s = Arc::new(next);
-        });
-    }
     inner.plane.wait_for_certificate().await;
     let mut health = inner.plane.stream(ServiceKind::Policy);
     let mut backoff = Backoff::new();
@@ -325,6 +338,7 @@ async fn watch_routes(inner: Arc<Inner>, name: String, service: watch::Sender<Ar
                                 *s = Arc::new(next);
                                 true
                             });
+                            known.send_replace(true);
                         }
                         Ok(None) => break "the control plane ended the stream".to_string(),
                         Err(status) => break status.to_string(),

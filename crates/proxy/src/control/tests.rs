@@ -46,6 +46,8 @@ struct FakeState {
     inbound: watch::Sender<pol::InboundPolicy>,
     destination_watches: AtomicUsize,
     certify_calls: AtomicUsize,
+    /// How long `watch_outbound` holds back its first message (a slow policy stream).
+    outbound_delay: std::sync::Mutex<Duration>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -214,6 +216,8 @@ impl policy_server::Policy for Fake {
         request: Request<OutboundRequest>,
     ) -> Result<Response<Self::WatchOutboundStream>, Status> {
         let name = request.into_inner().name;
+        let delay = *self.0.outbound_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
         let n1 = name.clone();
         let stream = follow(
             self.0.outbound.subscribe(),
@@ -276,6 +280,7 @@ impl Plane {
                 inbound,
                 destination_watches: AtomicUsize::new(0),
                 certify_calls: AtomicUsize::new(0),
+                outbound_delay: std::sync::Mutex::new(Duration::ZERO),
             }),
             tls,
             bundle: anchor.bundle(),
@@ -782,6 +787,47 @@ async fn destinations_resolve_to_snapshots_then_diffs() {
         assert!(matches!(r, Ok(Resolution::External)), "{target:?}: {r:?}");
     }
     server.stop();
+}
+
+/// A route with a 1.5 s timeout for `bank.bank:80`.
+fn bank_routes() -> pol::OutboundPolicy {
+    pol::OutboundPolicy {
+        exists: true,
+        service: "bank".into(),
+        namespace: "bank".into(),
+        routes: vec![pol::Route {
+            name: "pay".into(),
+            timeout_ms: 1500,
+            ..Default::default()
+        }],
+        circuit_breaker: None,
+    }
+}
+
+#[tokio::test]
+async fn a_first_answer_waits_for_the_routes_of_a_slow_policy_stream() {
+    let plane = Plane::new();
+    plane.set_destination("bank.bank:80", bank(&["127.0.0.1:1001"]));
+    plane.state.outbound.send_modify(|all| {
+        all.insert("bank.bank:80".to_string(), bank_routes());
+    });
+    // the endpoints come at once, the routes 300 ms later
+    *plane.state.outbound_delay.lock().unwrap() = Duration::from_millis(300);
+    let server = plane.serve("127.0.0.1:0".parse().unwrap()).await;
+    let config = config(server.addr, TOKEN);
+    let sources = sources_for(&plane, &config);
+    attach_certificate(&plane, &sources);
+    let start = std::time::Instant::now();
+    let rx = resolve_mesh(&*sources.discover, &bank_target()).await;
+    let took = start.elapsed();
+    let service = rx.borrow().clone();
+    assert_eq!(addrs(&service), ["127.0.0.1:1001"]);
+    assert_eq!(
+        service.routes.len(),
+        1,
+        "the first answer has no routes: its first requests would go without the route's timeout"
+    );
+    assert!(took >= Duration::from_millis(250), "answered in {took:?}");
 }
 
 #[tokio::test]
