@@ -1,6 +1,7 @@
 //! The inbound's traffic rules under `onemesh up` (issue 15, items 4 and 5), with stateless echo
 //! workloads: a caller above its rate limit gets 429s while another caller at the same time gets
-//! none (even when the first forges the second's identity header); an abort of 30 % declared on a
+//! none (even when the first forges the second's identity header), and none outside the limit's
+//! path; an abort of 30 % declared on a
 //! route shows as ≈30 % 500s at the caller and in the serving proxy's `fault_injected_total`; a
 //! header-gated delay shows in latency only with its header; removing the abort by a live edit of
 //! mesh.yaml stops it.
@@ -48,6 +49,7 @@ kind: RateLimitPolicy
 metadata: {{name: per-caller, namespace: beta}}
 spec:
   target: {{workload: limited, port: 8080}}
+  match: {{pathPrefix: /work}}
   identity: {{requestsPerSecond: 5, burst: 10}}
 ---
 apiVersion: onemesh.dev/v1
@@ -163,6 +165,14 @@ async fn inbound_rate_limits_and_faults_under_up() {
         up.log()
     );
     assert_eq!(passed + limited.len(), 60, "only 200s and 429s");
+    // the limit covers /work only: noisy's other requests, with its bucket empty, pass
+    for _ in 0..10 {
+        let (status, _, _) = send(&noisy, "limited.beta", "/other", &[]).await;
+        assert_eq!(
+            status, 200,
+            "a request outside the limit's match was limited"
+        );
+    }
     let (_, h, _) = limited[0];
     assert_eq!(h["onemesh-error"], "rate_limited");
     assert_eq!(

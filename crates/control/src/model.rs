@@ -204,6 +204,8 @@ pub struct RateLimit {
     pub target_workload: String,
     /// `None`: every port of the workload.
     pub target_port: Option<u16>,
+    /// The requests limited (default: every request).
+    pub matches: HttpMatch,
     pub limits: RateLimits,
     pub origin: Origin,
 }
@@ -341,6 +343,7 @@ impl Mesh {
                 name: l.meta.name.clone(),
                 target_workload: l.target_workload.clone(),
                 target_port: l.target_port,
+                matches: l.matches.clone(),
                 limits: l.limits.clone(),
                 origin: Origin::File { line: l.meta.line },
             })

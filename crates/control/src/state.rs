@@ -367,6 +367,8 @@ fn rate_limit(l: &crate::model::RateLimit, ports: Vec<u32>) -> RateLimit {
                 namespaces: o.namespaces.clone(),
             })
             .collect(),
+        methods: l.matches.methods.clone(),
+        path_prefix: l.matches.path_prefix.clone().unwrap_or_default(),
     }
 }
 

@@ -354,6 +354,9 @@ pub struct Backend {
 pub struct RateLimitPolicySpec {
     /// The workload (and optionally one of its ports) limited.
     pub target: RateLimitTarget,
+    /// The requests limited (methods, path prefix); absent: every request.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matches: Option<HttpMatch>,
     /// Every caller together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<RateSpec>,

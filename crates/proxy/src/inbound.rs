@@ -516,13 +516,13 @@ impl Inbound {
             } else {
                 None
             };
-            (decision, fault)
+            (decision, fault, path)
         });
         let result = match decision {
             Err(err) => Err(err),
-            Ok((decision, fault)) if decision.allowed => {
+            Ok((decision, fault, path)) if decision.allowed => {
                 // rate limits, then faults, then forward
-                match self.limit(&rules, conn) {
+                match self.limit(&rules, conn, req.method(), path) {
                     Err(err) => Err(err),
                     Ok(()) => match self.inject(fault).await {
                         Err(err) => Err(err),
@@ -536,7 +536,7 @@ impl Inbound {
                     },
                 }
             }
-            Ok((decision, _)) => {
+            Ok((decision, _, _)) => {
                 metrics
                     .authz_deny_total
                     .get_or_create(&DenyLabels {
@@ -558,16 +558,22 @@ impl Inbound {
         telemetry::finish(metrics, Direction::Inbound, &http.route, start, result)
     }
 
-    /// The rate limits covering this connection's port, for its caller (the verified peer, never
-    /// a header); refused requests are counted per caller.
-    fn limit(&self, rules: &Authorizations, conn: &Conn) -> Result<(), ProxyError> {
+    /// The rate limits covering this request (its port, method and path), for its caller (the
+    /// verified peer, never a header); refused requests are counted per caller.
+    fn limit(
+        &self,
+        rules: &Authorizations,
+        conn: &Conn,
+        method: &http::Method,
+        path: crate::path::CheckedPath<'_>,
+    ) -> Result<(), ProxyError> {
         if rules.limits.is_empty() {
             return Ok(());
         }
         let now = tokio::time::Instant::now();
         let caller = conn.client.as_ref();
-        let Err((limit, refused)) = limit::check(&rules.limits, conn.target_port, caller, now)
-        else {
+        let request = (conn.target_port, method, path);
+        let Err((limit, refused)) = limit::check(&rules.limits, request, caller, now) else {
             return Ok(());
         };
         self.inner

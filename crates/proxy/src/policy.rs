@@ -34,7 +34,7 @@ use crate::path::CheckedPath;
 pub const DEFAULT_SAME_NAMESPACE: &str = "default:same-namespace";
 
 /// A method + path prefix filter.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteMatch {
     /// Methods; empty matches all.
     pub methods: Vec<http::Method>,

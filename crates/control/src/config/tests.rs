@@ -784,12 +784,35 @@ fn rate_limit_policy_is_read_with_defaults() {
     );
     assert_eq!(l.limits.overrides[0].rate, rate(50, 50));
     assert_eq!(l.limits.overrides[0].namespaces, vec!["card"]);
+    assert_eq!(l.matches, HttpMatch::default(), "no match: every request");
+    // a route's requests only
+    let text = with_rate_limit(
+        "  target: {workload: bank}\n  match: {methods: [POST], pathPrefix: /accounts}\n  total: {requestsPerSecond: 100}\n",
+    );
+    let config = parse(Path::new("mesh.yaml"), &text).unwrap();
+    assert_eq!(
+        config.rate_limits[0].matches,
+        HttpMatch {
+            methods: vec!["POST".into()],
+            path_prefix: Some("/accounts".into()),
+        }
+    );
 }
 
 #[test]
 fn rate_limit_policy_refused_with_the_field_to_fix() {
     type Case = (&'static str, &'static str, fn(&Problem) -> bool);
-    let cases: [Case; 7] = [
+    let cases: [Case; 9] = [
+        (
+            "  target: {workload: bank}\n  match: {methods: [post]}\n  total: {requestsPerSecond: 1}\n",
+            "spec.match.methods[0]",
+            |p| matches!(p, Problem::BadMethod(m) if m == "post"),
+        ),
+        (
+            "  target: {workload: bank}\n  match: {pathPrefix: accounts}\n  total: {requestsPerSecond: 1}\n",
+            "spec.match.pathPrefix",
+            |p| matches!(p, Problem::BadPathPrefix(_)),
+        ),
         (
             "  target: {workload: vault}\n  total: {requestsPerSecond: 1}\n",
             "spec.target.workload",

@@ -9,7 +9,7 @@
 use onemesh_identity::SpiffeId;
 
 use super::yaml::{Errors, Map, Node};
-use super::{Meta, Parse, Problem, Resource, dns_name, namespace_known};
+use super::{HttpMatch, Meta, Parse, Problem, Resource, dns_name, namespace_known};
 
 /// A route's fault injection: off unless declared. At least one of `abort` and `delay`.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -73,6 +73,8 @@ pub struct RateLimitPolicy {
     pub target_workload: String,
     /// `None`: every port of the workload.
     pub target_port: Option<u16>,
+    /// The requests limited (default: every request).
+    pub matches: HttpMatch,
     pub limits: RateLimits,
 }
 
@@ -317,11 +319,12 @@ fn rate(errors: &mut Errors, map: &Map<'_>) -> Option<Rate> {
 /// `kind: RateLimitPolicy`.
 pub(super) fn rate_limit_policy(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
     let ns_ok = namespace_known(errors, mesh, &r);
-    let Some(spec) = r
-        .spec
-        .as_ref()
-        .and_then(|s| s.map(errors, &["target", "total", "identity", "overrides"]))
-    else {
+    let Some(spec) = r.spec.as_ref().and_then(|s| {
+        s.map(
+            errors,
+            &["target", "match", "total", "identity", "overrides"],
+        )
+    }) else {
         return;
     };
     let namespace = r.meta.namespace.clone();
@@ -378,6 +381,19 @@ pub(super) fn rate_limit_policy(errors: &mut Errors, mesh: &mut Parse, r: Resour
         }
         None => ok = false,
     }
+    let matches = match spec.optional("match") {
+        None => HttpMatch::default(),
+        Some(n) => match n
+            .map(errors, &["methods", "pathPrefix"])
+            .and_then(|m| super::http_match(errors, &m))
+        {
+            Some(m) => m,
+            None => {
+                ok = false;
+                HttpMatch::default()
+            }
+        },
+    };
     let mut limits = RateLimits::default();
     for (key, slot) in [
         ("total", &mut limits.total),
@@ -425,6 +441,7 @@ pub(super) fn rate_limit_policy(errors: &mut Errors, mesh: &mut Parse, r: Resour
         meta: r.meta,
         target_workload,
         target_port,
+        matches,
         limits,
     });
 }

@@ -636,6 +636,11 @@ pub fn rate_limit(obj: &DynamicObject) -> Result<RateLimit, Vec<ModelError>> {
         .target
         .port
         .and_then(|n| p.check("spec.target.port", check::port(i64::from(n))));
+    let matches = spec
+        .matches
+        .as_ref()
+        .map(|m| http_match(&mut p, "spec.match", m))
+        .unwrap_or_default();
     let rate = |p: &mut Problems, field: &str, rps: i64, burst: Option<i64>| {
         let per_second = p.check(&format!("{field}.requestsPerSecond"), t::check_rate(rps));
         let burst = match burst {
@@ -706,6 +711,7 @@ pub fn rate_limit(obj: &DynamicObject) -> Result<RateLimit, Vec<ModelError>> {
         name: obj.name_any(),
         target_workload,
         target_port,
+        matches,
         limits: std::mem::take(&mut limits),
         origin,
     })

@@ -556,6 +556,7 @@ fn a_rate_limit_policy_folds_with_the_checks_of_mesh_yaml() {
         "shop",
         "per-caller",
         json!({"target": {"workload": "web", "port": 8080},
+               "match": {"methods": ["POST"], "pathPrefix": "/pay"},
                "identity": {"requestsPerSecond": 10},
                "overrides": [{"requestsPerSecond": 50, "burst": 100,
                               "from": {"identities": ["spiffe://cluster.local/ns/pg/sa/pg"]}}]}),
@@ -564,6 +565,12 @@ fn a_rate_limit_policy_folds_with_the_checks_of_mesh_yaml() {
         "shop",
         "no-limit",
         json!({"target": {"workload": "web"}}),
+    ));
+    objects.push(rate_limit_policy(
+        "shop",
+        "bad-match",
+        json!({"target": {"workload": "web"}, "match": {"pathPrefix": "pay"},
+               "total": {"requestsPerSecond": 1}}),
     ));
     objects.push(rate_limit_policy(
         "shop",
@@ -584,7 +591,15 @@ fn a_rate_limit_policy_folds_with_the_checks_of_mesh_yaml() {
     };
     assert_eq!(l.limits.identity, Some(rate(10, 10)));
     assert_eq!(l.limits.overrides[0].rate, rate(50, 100));
+    assert_eq!(
+        (
+            l.matches.methods.as_slice(),
+            l.matches.path_prefix.as_deref()
+        ),
+        (&["POST".to_string()][..], Some("/pay"))
+    );
     for (name, needles) in [
+        ("bad-match", &["spec.match.pathPrefix"][..]),
         ("no-limit", &["spec: a rate limit policy needs a limit"][..]),
         (
             "bad-override",

@@ -422,6 +422,11 @@ fn rate_limits(p: &pol::InboundPolicy, skipped: &mut Vec<ConvertError>) -> Vec<R
         if ports.is_empty() && !l.ports.is_empty() {
             continue;
         }
+        // (a limit whose methods cannot be read is skipped: read wider, it would refuse requests
+        // it was not declared for)
+        let Ok(methods) = methods(&l.methods).map_err(|e| skipped.push(e)) else {
+            continue;
+        };
         let mut overrides = Vec::new();
         for o in &l.overrides {
             let Some(rate) = rate(o.rate.as_ref()) else {
@@ -440,13 +445,19 @@ fn rate_limits(p: &pol::InboundPolicy, skipped: &mut Vec<ConvertError>) -> Vec<R
                 namespaces: o.namespaces.clone(),
             });
         }
-        out.push(RateLimit::new(
-            l.name.as_str().into(),
-            ports,
-            rate(l.total.as_ref()),
-            rate(l.identity.as_ref()),
-            overrides,
-        ));
+        out.push(
+            RateLimit::new(
+                l.name.as_str().into(),
+                ports,
+                rate(l.total.as_ref()),
+                rate(l.identity.as_ref()),
+                overrides,
+            )
+            .matching(RouteMatch {
+                methods,
+                path_prefix: l.path_prefix.clone(),
+            }),
+        );
     }
     out
 }

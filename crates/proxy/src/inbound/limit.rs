@@ -28,6 +28,9 @@ use foldhash::HashMap;
 use onemesh_identity::SpiffeId;
 use tokio::time::Instant;
 
+use crate::path::CheckedPath;
+use crate::policy::RouteMatch;
+
 /// At most this many per-identity buckets per limit (see the module doc).
 pub const MAX_CALLERS: usize = 1024;
 
@@ -95,6 +98,8 @@ pub struct RateLimit {
     pub name: Arc<str>,
     /// Workload ports (as the inbound sees them) it covers; empty = all.
     pub ports: Vec<u16>,
+    /// The requests it covers on those ports (methods, path prefix; empty = every request).
+    pub matches: RouteMatch,
     /// Every caller together.
     pub total: Option<Rate>,
     /// Each caller on its own (unauthenticated callers together).
@@ -109,6 +114,7 @@ impl PartialEq for RateLimit {
     fn eq(&self, other: &Self) -> bool {
         self.name == other.name
             && self.ports == other.ports
+            && self.matches == other.matches
             && self.total == other.total
             && self.identity == other.identity
             && self.overrides == other.overrides
@@ -135,6 +141,7 @@ impl RateLimit {
         RateLimit {
             name,
             ports,
+            matches: RouteMatch::default(),
             total,
             identity,
             overrides,
@@ -150,9 +157,15 @@ impl RateLimit {
         }
     }
 
-    /// Whether the limit covers `port`.
-    pub fn covers(&self, port: u16) -> bool {
-        self.ports.is_empty() || self.ports.contains(&port)
+    /// The same limit, only for the requests `matches` matches.
+    pub fn matching(mut self, matches: RouteMatch) -> Self {
+        self.matches = matches;
+        self
+    }
+
+    /// Whether the limit covers a request to `port`.
+    pub fn covers(&self, port: u16, method: &http::Method, path: CheckedPath<'_>) -> bool {
+        (self.ports.is_empty() || self.ports.contains(&port)) && self.matches.matches(method, path)
     }
 
     /// Takes a token for a request from `caller` (its verified identity) at `now`.
@@ -288,14 +301,15 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
     secs.max(1)
 }
 
-/// The first limit covering `port` that refuses `caller` now, with its refusal.
+/// The first limit covering the request (to `port`, its method and path) that refuses `caller`
+/// now, with its refusal.
 pub fn check<'a>(
     limits: &'a [RateLimit],
-    port: u16,
+    (port, method, path): (u16, &http::Method, CheckedPath<'_>),
     caller: Option<&SpiffeId>,
     now: Instant,
 ) -> Result<(), (&'a RateLimit, Limited)> {
-    for limit in limits.iter().filter(|l| l.covers(port)) {
+    for limit in limits.iter().filter(|l| l.covers(port, method, path)) {
         limit.check(caller, now).map_err(|l| (limit, l))?;
     }
     Ok(())

@@ -178,11 +178,40 @@ async fn only_limits_covering_the_port_apply() {
         vec![],
     )];
     let now = Instant::now();
+    let get = &http::Method::GET;
+    let path = crate::path::check("/").unwrap();
     for _ in 0..5 {
-        assert!(check(&limits, 8080, None, now).is_ok());
+        assert!(check(&limits, (8080, get, path), None, now).is_ok());
     }
-    assert!(check(&limits, 9090, None, now).is_ok());
-    let (limit, refused) = check(&limits, 9090, None, now).expect_err("spent");
+    assert!(check(&limits, (9090, get, path), None, now).is_ok());
+    let (limit, refused) = check(&limits, (9090, get, path), None, now).expect_err("spent");
     assert_eq!(&*limit.name, "p9090");
     assert_eq!(refused.scope, Scope::Total);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_limit_with_a_match_covers_only_the_requests_it_matches() {
+    let limits = [
+        RateLimit::new("pay".into(), vec![], Some(rate(1, 1)), None, vec![]).matching(RouteMatch {
+            methods: vec![http::Method::POST],
+            path_prefix: "/pay".into(),
+        }),
+    ];
+    let now = Instant::now();
+    let at = |p: &'static str| crate::path::check(p).unwrap();
+    let post = &http::Method::POST;
+    // other methods, other paths and a path that only starts with the prefix's letters: free
+    for _ in 0..5 {
+        assert!(check(&limits, (80, &http::Method::GET, at("/pay")), None, now).is_ok());
+        assert!(check(&limits, (80, post, at("/orders")), None, now).is_ok());
+        assert!(check(&limits, (80, post, at("/payments")), None, now).is_ok());
+    }
+    // matched: the bucket of one is spent by the first
+    assert!(check(&limits, (80, post, at("/pay/1")), None, now).is_ok());
+    let (limit, _) = check(&limits, (80, post, at("/pay")), None, now).expect_err("spent");
+    assert_eq!(&*limit.name, "pay");
+    // a limit with another match is another limit: it does not adopt the buckets
+    let mut wider = RateLimit::new("pay".into(), vec![], Some(rate(1, 1)), None, vec![]);
+    wider.adopt(&limits[0]);
+    assert!(wider.check(None, now).is_ok(), "adopted the spent bucket");
 }
