@@ -1,6 +1,6 @@
-//! The read-only commands (`status`, `check`, `stat`, `edges`, `endpoints`, `authz`,
-//! `identity <workload>`) and
-//! `down`. (The trust commands, `identity trust|rotate-*|revoke`, are in [`crate::trust`].)
+//! The read-only commands (`status`, `check`, `stat`, `edges`, `authz`, `identity <workload>`)
+//! and `down`. (The trust commands, `identity trust|rotate-*|revoke`, are in [`crate::trust`];
+//! the traffic-management views, `routes` and `endpoints`, in [`crate::traffic`].)
 //! Each reads the layout that `onemesh up` wrote, asks the running parts, and prints a table or
 //! JSON. They return `Ok(false)` when they ran but found a problem (exit code 1).
 
@@ -14,12 +14,12 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::Output;
-use crate::history::{EdgeRow, RouteTraffic, StatRow};
+use crate::history::{EdgeRow, StatRow};
 use crate::layout::Layout;
 use crate::table::{ms, pct, render};
 use crate::trust::{CheckLine, Mark};
 
-const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Whether a process runs (a zombie, exited but not yet reaped by its parent, does not).
 pub fn running(pid: u32) -> bool {
@@ -147,7 +147,10 @@ pub async fn status(dir: &Path, out: Output) -> anyhow::Result<bool> {
     Ok(rows.iter().all(|r| r.ready))
 }
 
-async fn api<T: for<'de> Deserialize<'de>>(layout: &Layout, path: &str) -> anyhow::Result<T> {
+pub(crate) async fn api<T: for<'de> Deserialize<'de>>(
+    layout: &Layout,
+    path: &str,
+) -> anyhow::Result<T> {
     let (status, body) = crate::http::get(&layout.dashboard, path, ASK_TIMEOUT)
         .await
         .context("cannot reach the dashboard of onemesh up")?;
@@ -208,137 +211,6 @@ pub async fn stat(
     Ok(true)
 }
 
-/// One row of `onemesh routes`: a route as declared, with its traffic over the window.
-#[derive(Debug, Serialize)]
-pub struct RouteRow {
-    pub namespace: String,
-    pub name: String,
-    pub service: String,
-    /// `METHOD,METHOD /prefix` (`*` for any).
-    pub matches: String,
-    /// Declared backends and weights (empty: the service itself).
-    pub backends: Vec<(String, u32)>,
-    pub timeout: Option<String>,
-    /// Attempts in all and what is retried by, e.g. `2 on connect-failure,502,503,504,grpc:14`.
-    pub retry: String,
-    #[serde(flatten)]
-    pub traffic: Option<RouteTraffic>,
-}
-
-/// `onemesh routes [service]`: every route of mesh.yaml (or of one service, `name.namespace`
-/// or `namespace/name`), what it does, and the traffic callers sent on it.
-pub async fn routes(
-    dir: &Path,
-    service: Option<String>,
-    window: u64,
-    out: Output,
-) -> anyhow::Result<bool> {
-    let layout = Layout::load(dir)?;
-    let config = onemesh_control::config::load(&layout.config)
-        .with_context(|| format!("reading {}", layout.config.display()))?;
-    let traffic: Vec<RouteTraffic> = api(&layout, &format!("/api/routes?window={window}")).await?;
-    let wanted = |ns: &str, svc: &str| {
-        service
-            .as_deref()
-            .is_none_or(|s| s == format!("{svc}.{ns}") || s == format!("{ns}/{svc}") || s == svc)
-    };
-    let rows: Vec<RouteRow> = config
-        .routes
-        .iter()
-        .filter(|r| wanted(&r.meta.namespace, &r.service))
-        .map(|r| route_row(r, &traffic))
-        .collect();
-    if let Some(s) = &service {
-        anyhow::ensure!(
-            !rows.is_empty(),
-            "no route of {s:?} in {}: routes are declared with `kind: Route` (docs/mesh-yaml.md)",
-            layout.config.display()
-        );
-    }
-    if out == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(true);
-    }
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let backends = if r.backends.is_empty() {
-                r.service.clone()
-            } else {
-                let total: u32 = r.backends.iter().map(|(_, w)| w).sum();
-                r.backends
-                    .iter()
-                    .map(|(b, w)| format!("{b} {}%", u64::from(*w) * 100 / u64::from(total.max(1))))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let t = r.traffic.as_ref();
-            let mut row = vec![
-                format!("{}/{}", r.namespace, r.name),
-                r.matches.clone(),
-                backends,
-                t.map_or("-".into(), |t| format!("{:.1}", t.rps)),
-                pct(t.and_then(|t| t.success_rate)),
-                ms(t.and_then(|t| t.p99_ms)),
-                t.map_or("-".into(), |t| t.retries.to_string()),
-            ];
-            if out == Output::Wide {
-                row.extend([
-                    r.timeout.clone().unwrap_or_else(|| "-".into()),
-                    r.retry.clone(),
-                ]);
-            }
-            row
-        })
-        .collect();
-    let mut header = vec![
-        "ROUTE", "MATCH", "BACKENDS", "RPS", "SUCCESS", "P99", "RETRIES",
-    ];
-    if out == Output::Wide {
-        header.extend(["TIMEOUT", "RETRY"]);
-    }
-    print!("{}", render(&header, &table));
-    Ok(true)
-}
-
-fn route_row(r: &onemesh_control::config::Route, traffic: &[RouteTraffic]) -> RouteRow {
-    use onemesh_control::config::RetryOn;
-    let methods = if r.matches.methods.is_empty() {
-        "*".to_string()
-    } else {
-        r.matches.methods.join(",")
-    };
-    let prefix = r.matches.path_prefix.as_deref().unwrap_or("/");
-    let retry = r.rules.retry.clone().unwrap_or_default();
-    let on: Vec<String> = retry
-        .on
-        .iter()
-        .map(|o| match o {
-            RetryOn::ConnectFailure => "connect-failure".to_string(),
-            RetryOn::Status(c) => c.to_string(),
-            RetryOn::Grpc(c) => format!("grpc:{c}"),
-        })
-        .collect();
-    RouteRow {
-        namespace: r.meta.namespace.clone(),
-        name: r.meta.name.clone(),
-        service: r.service.clone(),
-        matches: format!("{methods} {prefix}"),
-        backends: r
-            .rules
-            .backends
-            .iter()
-            .map(|b| (b.service.clone(), b.weight))
-            .collect(),
-        timeout: r.rules.timeout.map(|t| format!("{t:?}")),
-        retry: format!("{} on {}", retry.attempts, on.join(",")),
-        traffic: traffic
-            .iter()
-            .find(|t| t.namespace == r.meta.namespace && t.route == r.meta.name)
-            .cloned(),
-    }
-}
-
 pub async fn edges(
     dir: &Path,
     ns: Option<String>,
@@ -378,139 +250,6 @@ pub async fn edges(
     }
     print!("{}", render(&header, &table));
     Ok(true)
-}
-
-/// One endpoint in one caller's circuit breaker (`onemesh endpoints`).
-#[derive(Debug, Serialize)]
-pub struct EndpointRow {
-    /// The calling workload, `namespace/name`.
-    pub caller: String,
-    /// `<service>.<namespace>`.
-    pub service: String,
-    /// The route whose breaker it is; empty: the service's breaker.
-    pub route: String,
-    /// The endpoint's inbound address.
-    pub endpoint: String,
-    /// The workload behind it, when `up` runs it.
-    pub workload: String,
-    /// `healthy`, `failing`, `ejected` or `probation`.
-    pub state: String,
-    /// Ejections so far.
-    pub ejections: u64,
-}
-
-/// The circuit breakers' endpoint states in every proxy (`breaker_endpoint_state` and
-/// `breaker_ejection_total`, see docs/proxy.md), ejected ones first.
-pub async fn endpoints(dir: &Path, service: Option<String>, out: Output) -> anyhow::Result<bool> {
-    let layout = Layout::load(dir)?;
-    let wanted = |s: &str| {
-        service
-            .as_deref()
-            .is_none_or(|w| s == w || s.split('.').next() == Some(w))
-    };
-    let mut rows = Vec::new();
-    let mut unreachable = Vec::new();
-    for w in &layout.workloads {
-        let text = match crate::http::get(&w.admin, "/metrics", ASK_TIMEOUT).await {
-            Ok((status, body)) if status == StatusCode::OK => body,
-            _ => {
-                unreachable.push(w.key());
-                continue;
-            }
-        };
-        let Ok(samples) = crate::prom::parse(&text) else {
-            unreachable.push(w.key());
-            continue;
-        };
-        let key = |s: &crate::prom::Sample| {
-            (
-                s.label("dst_service").to_string(),
-                s.label("route").to_string(),
-                s.label("endpoint").to_string(),
-            )
-        };
-        let ejections: std::collections::HashMap<_, _> = samples
-            .iter()
-            .filter(|s| s.name == "breaker_ejection_total")
-            .map(|s| (key(s), s.value as u64))
-            .collect();
-        for s in samples.iter().filter(|s| {
-            s.name == "breaker_endpoint_state" && s.value >= 1.0 && wanted(s.label("dst_service"))
-        }) {
-            let k = key(s);
-            let workload = layout
-                .workloads
-                .iter()
-                .find(|x| x.inbound == k.2)
-                .map(|x| x.key())
-                .unwrap_or_default();
-            rows.push(EndpointRow {
-                caller: w.key(),
-                ejections: ejections.get(&k).copied().unwrap_or(0),
-                service: k.0,
-                route: k.1,
-                endpoint: k.2,
-                workload,
-                state: s.label("state").to_string(),
-            });
-        }
-    }
-    let rank = |s: &str| match s {
-        "ejected" => 0,
-        "probation" => 1,
-        "failing" => 2,
-        _ => 3,
-    };
-    rows.sort_by(|a, b| {
-        (rank(&a.state), &a.service, &a.caller, &a.route, &a.endpoint).cmp(&(
-            rank(&b.state),
-            &b.service,
-            &b.caller,
-            &b.route,
-            &b.endpoint,
-        ))
-    });
-    if out == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        let table: Vec<Vec<String>> = rows
-            .iter()
-            .map(|r| {
-                vec![
-                    r.service.clone(),
-                    if r.route.is_empty() {
-                        "*".into()
-                    } else {
-                        r.route.clone()
-                    },
-                    r.endpoint.clone(),
-                    r.workload.clone(),
-                    r.state.to_uppercase(),
-                    r.ejections.to_string(),
-                    r.caller.clone(),
-                ]
-            })
-            .collect();
-        let header = [
-            "SERVICE",
-            "ROUTE",
-            "ENDPOINT",
-            "WORKLOAD",
-            "STATE",
-            "EJECTIONS",
-            "CALLER",
-        ];
-        print!("{}", render(&header, &table));
-        if rows.is_empty() {
-            println!(
-                "(no circuit breaker has seen a request yet: see docs/mesh-yaml.md, circuitBreaker)"
-            );
-        }
-    }
-    for w in &unreachable {
-        eprintln!("{w}: proxy metrics unreachable, its breakers are not shown");
-    }
-    Ok(unreachable.is_empty())
 }
 
 /// The certificate a proxy holds, as its admin `/identity` reports it.

@@ -21,6 +21,7 @@ mod mesh;
 mod prom;
 mod supervise;
 mod table;
+mod traffic;
 mod trust;
 mod up;
 
@@ -201,10 +202,10 @@ fn main() -> ExitCode {
                 commands::edges(dir, namespace, window, cli.output).await
             }
             Command::Routes { service, window } => {
-                commands::routes(dir, service, window, cli.output).await
+                traffic::routes(dir, service, window, cli.output).await
             }
             Command::Authz { workload } => commands::authz(dir, &workload, cli.output).await,
-            Command::Endpoints { service } => commands::endpoints(dir, service, cli.output).await,
+            Command::Endpoints { service } => traffic::endpoints(dir, service, cli.output).await,
             Command::Identity(IdentityArgs {
                 workload: Some(workload),
                 ..

@@ -59,6 +59,13 @@ spec:
     consecutiveFailures: 3
     baseEjection: 1s
     maxEjection: 2s
+---
+apiVersion: onemesh.dev/v1
+kind: Route
+metadata: {{name: echo-reads, namespace: shop}}
+spec:
+  service: echo
+  match: {{methods: [GET]}}
 "#,
         a = replica("echo-a"),
         b = replica("echo-b"),
@@ -201,6 +208,18 @@ async fn a_failing_replica_is_ejected_probed_back_and_all_failing_fails_fast() {
         "echo-b not shown out of rotation:\n{table}"
     );
     assert!(row.contains("shop/echo-b"), "{table}");
+    // `onemesh routes` names the breaker in force on the route (the service's) and counts the
+    // endpoints it has ejected now (echo-b, unless it is on probation at this instant)
+    let (ok, json) = up.cli(&["routes", "echo", "-o", "json"]);
+    assert!(ok, "{json}");
+    let routes: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let route = &routes[0];
+    assert_eq!(route["name"], "echo-reads", "{json}");
+    assert_eq!(
+        route["breaker"], "service: 3 in a row, eject 1s-2s",
+        "{json}"
+    );
+    assert!(route["ejected"].as_u64().is_some_and(|n| n <= 1), "{json}");
 
     // echo-b heals: a probe finds it well and it serves again within a bounded time (its ejection
     // is at most 2 s).

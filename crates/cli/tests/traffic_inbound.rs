@@ -54,6 +54,13 @@ spec:
 ---
 apiVersion: onemesh.dev/v1
 kind: Route
+metadata: {{name: limited-work, namespace: beta}}
+spec:
+  service: limited
+  match: {{pathPrefix: /work}}
+---
+apiVersion: onemesh.dev/v1
+kind: Route
 metadata: {{name: flaky-abort, namespace: beta}}
 spec:
   service: flaky
@@ -259,6 +266,33 @@ async fn inbound_rate_limits_and_faults_under_up() {
         &["route=\"flaky-delay\"", "kind=\"delay\""],
     );
     assert_eq!(delays, Some(1.0), "{text}");
+
+    // `onemesh routes` shows the faults and the limits in force on each route
+    let (ok, json) = up.cli(&["routes", "-o", "json"]);
+    assert!(ok, "{json}");
+    let routes: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let route = |name: &str| {
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed: {json}"))
+            .clone()
+    };
+    assert_eq!(route("flaky-abort")["fault"], "abort 500 30%", "{json}");
+    assert_eq!(
+        route("flaky-delay")["fault"],
+        "delay 400ms 100%, if x-fault=on",
+        "{json}"
+    );
+    assert_eq!(
+        route("limited-work")["limits"],
+        serde_json::json!(["per-caller: per caller 5/s burst 10"]),
+        "{json}"
+    );
+    assert_eq!(route("flaky-abort")["limits"], serde_json::json!([]));
+    assert!(route("limited-work")["fault"].is_null(), "{json}");
 
     // 4. Removing the abort by a live edit of mesh.yaml stops it.
     up.edit_config(|t| t.replace("  fault:\n    abort: {httpStatus: 500, percent: 30}\n", ""));
