@@ -351,7 +351,8 @@ impl Outbound {
             None => (resolved, service.clone(), balancer),
             Some(backends) => match split::backend(backends, &service, fastrand::u64(..)) {
                 None => (resolved, service.clone(), balancer),
-                Some(backend) => match self.backend(backend, service.port).await {
+                // (boxed: the rare path, kept out of every request's future)
+                Some(backend) => match Box::pin(self.backend(backend, service.port)).await {
                     Ok(found) => found,
                     Err(err) => {
                         let counted = Counted::Unsent {
@@ -400,9 +401,13 @@ impl Outbound {
             dst_namespace: &service.namespace,
             route: route.name.as_ref(),
         };
-        let (req, replay) = match Replay::prepare(req, policy, route.retryable).await {
-            Ok(prepared) => prepared,
-            Err(err) => return (Err(err), Counted::Sent(handles)),
+        let (req, replay) = match Replay::at_once(req, policy, route.retryable) {
+            Ok(ready) => ready,
+            // a body to keep for another attempt, read whole first (boxed: the rarer path)
+            Err(req) => match Box::pin(Replay::read_body(req, policy)).await {
+                Ok(prepared) => prepared,
+                Err(err) => return (Err(err), Counted::Sent(handles)),
+            },
         };
         let attempts = retry.attempts(&self.inner.endpoints, req, replay, &load);
         let result = timeout::within(route.timeout, attempts).await;

@@ -136,6 +136,21 @@ impl Replay {
         policy: &RetryPolicy,
         retryable_route: bool,
     ) -> Result<(Request<Body>, Replay), ProxyError> {
+        match Replay::at_once(req, policy, retryable_route) {
+            Ok(ready) => Ok(ready),
+            Err(req) => Replay::read_body(req, policy).await,
+        }
+    }
+
+    /// What [`Replay::prepare`] decides without reading: the request to send and its replay, or
+    /// (`Err`) the request whose body must be read whole first ([`Replay::read_body`]). The
+    /// request path calls this and awaits the read, boxed, only when needed: its future stays
+    /// small for every other request.
+    pub fn at_once(
+        req: Request<Body>,
+        policy: &RetryPolicy,
+        retryable_route: bool,
+    ) -> Result<(Request<Body>, Replay), Request<Body>> {
         if policy.attempts <= 1 {
             return Ok((req, Replay::No("no_retries")));
         }
@@ -153,9 +168,16 @@ impl Replay {
             return Ok((req, Replay::Kept(head, None)));
         }
         match req.body().size_hint().exact() {
-            Some(n) if n <= u64::from(policy.max_body_bytes) => {}
-            _ => return Ok((req, Replay::No("body_too_large"))),
+            Some(n) if n <= u64::from(policy.max_body_bytes) => Err(req),
+            _ => Ok((req, Replay::No("body_too_large"))),
         }
+    }
+
+    /// Reads a short body of declared length whole and keeps it with the head.
+    pub async fn read_body(
+        req: Request<Body>,
+        policy: &RetryPolicy,
+    ) -> Result<(Request<Body>, Replay), ProxyError> {
         let head = clone_head(&req);
         let limit = policy.max_body_bytes as usize;
         let (parts, body) = req.into_parts();
@@ -225,7 +247,9 @@ fn wants_retry(
         }
         Ok(rsp) => {
             policy.retries_status(rsp.status())
+                // (gRPC is HTTP/2 only: no header lookup for other answers)
                 || (policy.on_grpc != 0
+                    && rsp.version() == http::Version::HTTP_2
                     && rsp
                         .headers()
                         .get("grpc-status")
@@ -273,10 +297,14 @@ impl Retry<'_> {
             // (Each attempt written out rather than an `async fn`: one future less to move per
             // request.)
             let started = self.picker.start(load);
-            let send = endpoints.send(req, &load.endpoint, &load.key, self.authority);
+            let (endpoint, key) = (&load.endpoint, &load.key);
             let result = match self.policy.per_try_timeout {
-                None => send.await,
-                Some(limit) => within(limit, send).await,
+                None => endpoints.send(req, endpoint, key, self.authority).await,
+                // (boxed: only routes with a per-try timeout pay for its timer's room)
+                Some(limit) => {
+                    let send = endpoints.send(req, endpoint, key, self.authority);
+                    Box::pin(within(limit, send)).await
+                }
             };
             started.finish(&result);
             if !wants_retry(self.policy, &result, load) {

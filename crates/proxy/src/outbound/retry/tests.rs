@@ -108,6 +108,8 @@ fn response(status: u16, grpc: Option<&str>) -> Result<Response<Body>, ProxyErro
     let mut rsp = Response::new(body::empty());
     *rsp.status_mut() = http::StatusCode::from_u16(status).unwrap();
     if let Some(code) = grpc {
+        // gRPC is HTTP/2 only
+        *rsp.version_mut() = http::Version::HTTP_2;
         rsp.headers_mut()
             .insert("grpc-status", code.parse().unwrap());
     }
@@ -146,6 +148,14 @@ fn the_policy_decides_which_failures_are_retried() {
     assert!(
         wants_retry(p, &response(200, Some("14")), &load),
         "UNAVAILABLE"
+    );
+    let mut http1 = response(200, Some("14"));
+    if let Ok(rsp) = &mut http1 {
+        *rsp.version_mut() = http::Version::HTTP_11;
+    }
+    assert!(
+        !wants_retry(p, &http1, &load),
+        "an HTTP/1.1 answer is not gRPC, whatever its headers"
     );
     assert!(
         !wants_retry(p, &response(200, Some("13")), &load),
