@@ -69,7 +69,7 @@ use self::balance::{Balancer, EndpointLoad};
 use self::breaker::{Pick, Picker};
 use self::egress::Egress;
 use self::endpoint::{Endpoints, MeshClient, Upgrades};
-use self::retry::{Replay, Retry};
+use self::retry::{Prepared, Replay, Retry};
 use self::target::{MAX_ROUTE_METRICS, Resolved, Targets};
 use crate::body::{self, Body};
 use crate::client::PlainClients;
@@ -402,9 +402,9 @@ impl Outbound {
             route: route.name.as_ref(),
         };
         let (req, replay) = match Replay::at_once(req, policy, route.retryable) {
-            Ok(ready) => ready,
+            Prepared::Ready(req, replay) => (req, replay),
             // a body to keep for another attempt, read whole first (boxed: the rarer path)
-            Err(req) => match Box::pin(Replay::read_body(req, policy)).await {
+            Prepared::ReadBody(req) => match Box::pin(Replay::read_body(req, policy)).await {
                 Ok(prepared) => prepared,
                 Err(err) => return (Err(err), Counted::Sent(handles)),
             },

@@ -128,6 +128,18 @@ pub enum Replay {
     No(&'static str),
 }
 
+/// What [`Replay::at_once`] decided.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once and unpacked at once; boxing the replay would allocate per request"
+)]
+pub enum Prepared {
+    /// Send the request as it is.
+    Ready(Request<Body>, Replay),
+    /// Read its body whole first ([`Replay::read_body`]).
+    ReadBody(Request<Body>),
+}
+
 impl Replay {
     /// Keeps what is needed to send `req` again, reading a short body of declared length whole
     /// (see the module doc); returns the request to send first.
@@ -137,39 +149,35 @@ impl Replay {
         retryable_route: bool,
     ) -> Result<(Request<Body>, Replay), ProxyError> {
         match Replay::at_once(req, policy, retryable_route) {
-            Ok(ready) => Ok(ready),
-            Err(req) => Replay::read_body(req, policy).await,
+            Prepared::Ready(req, replay) => Ok((req, replay)),
+            Prepared::ReadBody(req) => Replay::read_body(req, policy).await,
         }
     }
 
     /// What [`Replay::prepare`] decides without reading: the request to send and its replay, or
-    /// (`Err`) the request whose body must be read whole first ([`Replay::read_body`]). The
+    /// the request whose body must be read whole first ([`Replay::read_body`]). The
     /// request path calls this and awaits the read, boxed, only when needed: its future stays
     /// small for every other request.
-    pub fn at_once(
-        req: Request<Body>,
-        policy: &RetryPolicy,
-        retryable_route: bool,
-    ) -> Result<(Request<Body>, Replay), Request<Body>> {
+    pub fn at_once(req: Request<Body>, policy: &RetryPolicy, retryable_route: bool) -> Prepared {
         if policy.attempts <= 1 {
-            return Ok((req, Replay::No("no_retries")));
+            return Prepared::Ready(req, Replay::No("no_retries"));
         }
         let safe = retryable_route
             || is_idempotent(req.method())
             || req.headers().contains_key(&policy.idempotency_header);
         if !safe {
-            return Ok((req, Replay::No("not_idempotent")));
+            return Prepared::Ready(req, Replay::No("not_idempotent"));
         }
         if http_util::is_upgrade(&req) {
-            return Ok((req, Replay::No("upgrade")));
+            return Prepared::Ready(req, Replay::No("upgrade"));
         }
         if req.body().is_end_stream() {
             let head = clone_head(&req);
-            return Ok((req, Replay::Kept(head, None)));
+            return Prepared::Ready(req, Replay::Kept(head, None));
         }
         match req.body().size_hint().exact() {
-            Some(n) if n <= u64::from(policy.max_body_bytes) => Err(req),
-            _ => Ok((req, Replay::No("body_too_large"))),
+            Some(n) if n <= u64::from(policy.max_body_bytes) => Prepared::ReadBody(req),
+            _ => Prepared::Ready(req, Replay::No("body_too_large")),
         }
     }
 
