@@ -126,7 +126,8 @@ async fn a_flaky_card_issuer_is_retried_by_the_mesh_alone_with_one_approval_per_
             &format!("{command}  env: {{UPSTREAM_ATTEMPTS: \"1\"}}\n"),
         );
     }
-    // 8 attempts: an authorization fails all of them with probability 0.3^8 ≈ 7e-5
+    // 8 attempts: an authorization fails all of them with probability 0.3^8 ≈ 7e-5; a budget
+    // that never says no here (ten retries per request), so every abort is retried
     mesh += r#"
 ---
 apiVersion: onemesh.dev/v1
@@ -138,7 +139,7 @@ spec:
   retry:
     attempts: 8
     on: [connect-failure, 5xx]
-    budget: {percent: 100}
+    budget: {percent: 1000, minPerSecond: 100}
   fault:
     abort: {httpStatus: 503, percent: 30}
 "#;
