@@ -167,7 +167,15 @@ async fn a_failing_replica_is_ejected_probed_back_and_all_failing_fails_fast() {
     let sick_b = dir.join("sick-echo-b");
     std::fs::write(&sick_b, b"").unwrap();
     let start = Instant::now();
-    let run = calls(&outbound, 200).await;
+    let mut run = calls(&outbound, 200).await;
+    // (with two endpoints the balancer sends every request to the faster one: if echo-b was the
+    // slower in the warm-up, it gets requests again only once its estimate has decayed, within
+    // seconds; then 50 more, after its ejection, for the checks below)
+    let deadline = start + Duration::from_secs(30);
+    while run.iter().filter(|c| c.0 == 500).count() < 3 && Instant::now() < deadline {
+        run.extend(calls(&outbound, 50).await);
+    }
+    run.extend(calls(&outbound, 50).await);
     let took = start.elapsed();
     let failed = run.iter().filter(|c| c.0 == 500).count();
     // 3 to eject, then one probe per ejection (each at least 0.5 s long)
