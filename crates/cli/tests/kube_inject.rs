@@ -9,16 +9,8 @@ mod kube;
 
 use std::time::{Duration, Instant};
 
-use kube::{NEEDS_CLUSTER, eventually, kubectl, kubectl_in, onemesh, uninstall};
+use kube::{NEEDS_CLUSTER, apply, eventually, kubectl, kubectl_in, onemesh, uninstall};
 use serde_json::Value;
-
-fn apply(manifests: &str) {
-    let (ok, out) = kubectl_in(
-        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-        manifests,
-    );
-    assert!(ok, "kubectl apply failed: {out}");
-}
 
 fn namespace(name: &str, meshed: bool) {
     let labels = if meshed {

@@ -7,15 +7,7 @@ mod kube;
 
 use std::time::Duration;
 
-use kube::{NEEDS_CLUSTER, eventually, kubectl, kubectl_in, onemesh};
-
-fn apply(manifests: &str) {
-    let (ok, out) = kubectl_in(
-        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-        manifests,
-    );
-    assert!(ok, "kubectl apply failed: {out}");
-}
+use kube::{NEEDS_CLUSTER, apply, eventually, kubectl, kubectl_in, onemesh};
 
 fn check() -> String {
     let kubeconfig = kube::kubeconfig();

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kube::{eventually, kubectl, kubectl_in, onemesh};
+use kube::{apply, eventually, kubectl, kubectl_in, onemesh};
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(180);
@@ -41,14 +41,6 @@ fn repo() -> PathBuf {
 
 fn path(rel: &str) -> String {
     repo().join(rel).to_str().expect("utf-8 path").to_string()
-}
-
-fn apply(manifests: &str) {
-    let (ok, out) = kubectl_in(
-        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-        manifests,
-    );
-    assert!(ok, "kubectl apply failed: {out}");
 }
 
 fn apply_k(dir: &str) {

@@ -18,21 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kube::{eventually, kubectl, kubectl_in, onemesh};
+use kube::{apply, eventually, kubectl, kubectl_in, onemesh};
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(180);
 const NS: &str = "traffic";
 /// Where the `flaky` replicas look for the file that makes them sick (fixtures/kube-traffic.yaml).
 const SICK_DIR: &str = "/tmp/onemesh-kube-traffic";
-
-fn apply(manifests: &str) {
-    let (ok, out) = kubectl_in(
-        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-        manifests,
-    );
-    assert!(ok, "kubectl apply failed: {out}");
-}
 
 fn rollout_ready(name: &str) {
     eventually(&format!("deployment {NS}/{name} ready"), READY, || {

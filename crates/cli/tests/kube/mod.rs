@@ -64,6 +64,15 @@ pub fn kubectl_in(args: &[&str], stdin: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `kubectl apply --server-side` of `manifests`, which must succeed.
+pub fn apply(manifests: &str) {
+    let (ok, out) = kubectl_in(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        manifests,
+    );
+    assert!(ok, "kubectl apply failed: {out}");
+}
+
 /// `kubectl ARGS`, which must succeed; its output.
 pub fn kubectl(args: &[&str]) -> String {
     let (ok, text) = kubectl_in(args, "");
