@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kube::{apply, eventually, kubectl, kubectl_in, onemesh};
+use kube::{apply, eventually, in_pod, kubectl, kubectl_in, onemesh};
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(180);
@@ -102,27 +102,6 @@ fn the_pod(ns: &str, selector: &str) -> (String, String) {
         .first()
         .unwrap_or_else(|| panic!("no running pod {ns}/{selector}"))
         .clone()
-}
-
-/// Runs a program in a pod's network namespace; (success, stdout, stderr). Names resolve through
-/// the cluster DNS, as in the pod (`ip netns exec` mounts `/etc/netns/<name>/resolv.conf`).
-fn in_pod(uid: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let etc = PathBuf::from(format!("/etc/netns/onemesh-pod-{uid}"));
-    if !etc.join("resolv.conf").exists() {
-        std::fs::create_dir_all(&etc).expect("/etc/netns");
-        std::fs::write(etc.join("resolv.conf"), "nameserver 10.250.0.2\n").expect("resolv.conf");
-    }
-    let out = Command::new("ip")
-        .args(["netns", "exec", &format!("onemesh-pod-{uid}"), program])
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("ip netns exec");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// One plain HTTP call from inside a pod, as its app makes it (no proxy setting: captured):

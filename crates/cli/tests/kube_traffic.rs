@@ -14,11 +14,11 @@
 mod kube;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kube::{apply, eventually, kubectl, kubectl_in, onemesh};
+use kube::{apply, eventually, in_pod, kubectl, kubectl_in, onemesh};
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(180);
@@ -79,31 +79,14 @@ for _ in range(n):
         out.append([0, repr(e), "", time.monotonic() - start])
 print(json.dumps(out))
 "#;
-    let etc = PathBuf::from(format!("/etc/netns/onemesh-pod-{uid}"));
-    if !etc.join("resolv.conf").exists() {
-        std::fs::create_dir_all(&etc).expect("/etc/netns");
-        std::fs::write(etc.join("resolv.conf"), "nameserver 10.250.0.2\n").expect("resolv.conf");
-    }
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &format!("onemesh-pod-{uid}"),
-            "python3",
-            "-c",
-        ])
-        .args([SCRIPT, host, path, &n.to_string()])
-        .output()
-        .expect("ip netns exec python3");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rows: Vec<(u16, String, String, f64)> =
-        serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-            panic!(
-                "requests from the client pod: {e}: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    rows
+    let (_, stdout, stderr) = in_pod(
+        uid,
+        "python3",
+        &["-c", SCRIPT, host, path, &n.to_string()],
+        &[],
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("requests from the client pod: {e}: {stdout}{stderr}"))
 }
 
 /// How many answers came from each workload (by body), and the failures.

@@ -73,6 +73,32 @@ pub fn apply(manifests: &str) {
     assert!(ok, "kubectl apply failed: {out}");
 }
 
+/// Runs a program in a pod's network namespace; (success, stdout, stderr). Names resolve through
+/// the cluster DNS, as in the pod (`ip netns exec` mounts `/etc/netns/<name>/resolv.conf`).
+pub fn in_pod(
+    uid: &str,
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
+    let etc = PathBuf::from(format!("/etc/netns/onemesh-pod-{uid}"));
+    if !etc.join("resolv.conf").exists() {
+        std::fs::create_dir_all(&etc).expect("/etc/netns");
+        std::fs::write(etc.join("resolv.conf"), "nameserver 10.250.0.2\n").expect("resolv.conf");
+    }
+    let out = Command::new("ip")
+        .args(["netns", "exec", &format!("onemesh-pod-{uid}"), program])
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("ip netns exec");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `kubectl ARGS`, which must succeed; its output.
 pub fn kubectl(args: &[&str]) -> String {
     let (ok, text) = kubectl_in(args, "");
