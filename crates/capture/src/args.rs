@@ -21,6 +21,7 @@ options:
   --inbound-port N           where inbound TCP is redirected [4143]
   --outbound-port N          where outbound TCP is redirected [4140]
   --admin-port N             the proxy's admin port, never captured inbound [4191]
+  --control-admin-port N     the proxy's control-only admin port (tap), never captured inbound [4190]
   --skip-inbound-ports LIST  inbound ports that reach the app directly, e.g. 22,8000-8010
                              (the inbound and admin ports are always skipped)
   --skip-outbound-ports LIST outbound ports that go direct, e.g. 5432,6379
@@ -153,7 +154,7 @@ where
     Ok(InitCommand::Run(parsed))
 }
 
-const FLAGS: [&str; 14] = [
+const FLAGS: [&str; 15] = [
     "-h",
     "--help",
     "--proxy-uid",
@@ -161,6 +162,7 @@ const FLAGS: [&str; 14] = [
     "--inbound-port",
     "--outbound-port",
     "--admin-port",
+    "--control-admin-port",
     "--skip-inbound-ports",
     "--skip-outbound-ports",
     "--skip-outbound-cidrs",
@@ -184,6 +186,7 @@ fn set(parsed: &mut InitArgs, flag: &'static str, value: String) -> Result<(), A
         "--inbound-port" => rules.inbound_port = port(flag, &value)?,
         "--outbound-port" => rules.outbound_port = port(flag, &value)?,
         "--admin-port" => rules.admin_port = port(flag, &value)?,
+        "--control-admin-port" => rules.control_admin_port = port(flag, &value)?,
         "--skip-inbound-ports" => rules.skip_inbound_ports = parse_ports(&value).map_err(list)?,
         "--skip-outbound-ports" => rules.skip_outbound_ports = parse_ports(&value).map_err(list)?,
         "--skip-outbound-cidrs" => rules.skip_outbound_cidrs = parse_cidrs(&value).map_err(list)?,
@@ -248,6 +251,9 @@ impl InitArgs {
         }
         if r.admin_port != d.admin_port {
             pair("--admin-port", r.admin_port.to_string());
+        }
+        if r.control_admin_port != d.control_admin_port {
+            pair("--control-admin-port", r.control_admin_port.to_string());
         }
         let join = |items: Vec<String>| items.join(",");
         if !r.skip_inbound_ports.is_empty() {

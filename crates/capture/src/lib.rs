@@ -50,6 +50,9 @@ pub const DEFAULT_INBOUND_PORT: u16 = 4143;
 pub const DEFAULT_OUTBOUND_PORT: u16 = 4140;
 /// The proxy's admin port (`ONEMESH_PROXY_ADMIN_ADDR`'s default): probes and metrics.
 pub const DEFAULT_ADMIN_PORT: u16 = 4191;
+/// The proxy's control-only admin port (`ONEMESH_PROXY_CONTROL_ADMIN_ADDR`'s default): tap, mTLS
+/// with the control plane's identity only.
+pub const DEFAULT_CONTROL_ADMIN_PORT: u16 = 4190;
 
 /// Our chain in `PREROUTING`: the inbound skips, then a jump to [`CHAIN_INBOUND_REDIRECT`].
 pub const CHAIN_PREROUTING: &str = "ONEMESH_PREROUTING";
@@ -76,6 +79,8 @@ pub struct Rules {
     pub outbound_port: u16,
     /// The proxy's admin port: never captured inbound (kubelet probes, Prometheus).
     pub admin_port: u16,
+    /// The proxy's control-only admin port: never captured inbound (the control plane's tap).
+    pub control_admin_port: u16,
     /// `false`: outbound capture only (no `PREROUTING` rules at all).
     pub capture_inbound: bool,
     /// `false`: inbound capture only (no `OUTPUT` rules at all). For a namespace whose proxy
@@ -100,6 +105,7 @@ impl Default for Rules {
             inbound_port: DEFAULT_INBOUND_PORT,
             outbound_port: DEFAULT_OUTBOUND_PORT,
             admin_port: DEFAULT_ADMIN_PORT,
+            control_admin_port: DEFAULT_CONTROL_ADMIN_PORT,
             capture_inbound: true,
             capture_outbound: true,
             skip_inbound_ports: Vec::new(),
@@ -110,10 +116,10 @@ impl Default for Rules {
 }
 
 impl Rules {
-    /// The inbound ports left alone: the proxy's inbound and admin ports, then the configured
-    /// ones, sorted, without duplicates.
+    /// The inbound ports left alone: the proxy's inbound and both admin ports, then the
+    /// configured ones, sorted, without duplicates.
     pub fn inbound_skips(&self) -> Vec<PortRange> {
-        let mut skips: Vec<PortRange> = [self.inbound_port, self.admin_port]
+        let mut skips: Vec<PortRange> = [self.inbound_port, self.admin_port, self.control_admin_port]
             .into_iter()
             .filter_map(PortRange::single)
             .chain(self.skip_inbound_ports.iter().copied())

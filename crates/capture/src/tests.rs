@@ -25,7 +25,7 @@ fn default_rules_render_in_order_with_the_proxy_exempt_before_any_redirect() {
 :ONEMESH_INBOUND_REDIRECT - [0:0]
 :ONEMESH_OUTPUT - [0:0]
 :ONEMESH_OUTBOUND_REDIRECT - [0:0]
--A ONEMESH_PREROUTING -p tcp -m multiport --dports 4143,4191 -m comment --comment \"onemesh/skip-inbound-ports\" -j RETURN
+-A ONEMESH_PREROUTING -p tcp -m multiport --dports 4143,4190,4191 -m comment --comment \"onemesh/skip-inbound-ports\" -j RETURN
 -A ONEMESH_PREROUTING -p tcp -m comment --comment \"onemesh/inbound\" -j ONEMESH_INBOUND_REDIRECT
 -A ONEMESH_INBOUND_REDIRECT -p tcp -m comment --comment \"onemesh/redirect-to-inbound-port\" -j REDIRECT --to-ports 4143
 -A ONEMESH_OUTPUT -m owner --uid-owner 2102 -m comment --comment \"onemesh/proxy-uid\" -j RETURN
@@ -71,7 +71,7 @@ fn opt_outs_render_as_returns_before_the_redirects() {
     };
     let text = render(&rules);
     let lines = rule_lines(&text);
-    let inbound_skip = position(&lines, "--dports 22,8000:8010,15006,15021 ");
+    let inbound_skip = position(&lines, "--dports 22,4190,8000:8010,15006,15021 ");
     assert!(inbound_skip < position(&lines, "-j ONEMESH_INBOUND_REDIRECT"));
     assert!(text.contains("-j REDIRECT --to-ports 15006\n"));
     assert!(text.contains("-j REDIRECT --to-ports 15001\n"));
@@ -135,7 +135,7 @@ fn without_outbound_capture_nothing_touches_output() {
 
 #[test]
 fn long_port_lists_are_split_into_multiport_rules_of_15_slots() {
-    // 14 single ports + the two proxy ports, then ranges (two slots each).
+    // 14 single ports + the three proxy ports, then ranges (two slots each).
     let list = (1..=14)
         .map(|p| (1000 + p).to_string())
         .collect::<Vec<_>>()
@@ -165,7 +165,7 @@ fn long_port_lists_are_split_into_multiport_rules_of_15_slots() {
             .sum()
     };
     assert!(groups.iter().all(|g| slots(g) <= 15));
-    assert_eq!(groups.iter().map(|g| slots(g)).sum::<usize>(), 14 + 2 + 4);
+    assert_eq!(groups.iter().map(|g| slots(g)).sum::<usize>(), 14 + 3 + 4);
 }
 
 /// What `iptables-nft-save -t nat` printed after `apply` ran twice by hand without our

@@ -1,4 +1,4 @@
-//! The read-only commands (`status`, `check`, `stat`, `edges`, `authz`, `identity <workload>`)
+//! The read-only commands (`status`, `check`, `authz`, `identity <workload>`)
 //! and `down`. (The trust commands, `identity trust|rotate-*|revoke`, are in [`crate::trust`];
 //! the traffic-management views, `routes` and `endpoints`, in [`crate::traffic`].)
 //! Each reads the layout that `onemesh up` wrote, asks the running parts, and prints a table or
@@ -14,7 +14,6 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::Output;
-use crate::history::{EdgeRow, StatRow};
 use crate::layout::Layout;
 use crate::table::{ms, pct, render};
 use crate::trust::{CheckLine, Mark};
@@ -145,111 +144,6 @@ pub async fn status(dir: &Path, out: Output) -> anyhow::Result<bool> {
         }
     }
     Ok(rows.iter().all(|r| r.ready))
-}
-
-pub(crate) async fn api<T: for<'de> Deserialize<'de>>(
-    layout: &Layout,
-    path: &str,
-) -> anyhow::Result<T> {
-    let (status, body) = crate::http::get(&layout.dashboard, path, ASK_TIMEOUT)
-        .await
-        .context("cannot reach the dashboard of onemesh up")?;
-    anyhow::ensure!(
-        status == StatusCode::OK,
-        "dashboard answered {status} for {path}"
-    );
-    serde_json::from_str(&body).with_context(|| format!("dashboard sent bad JSON for {path}"))
-}
-
-pub async fn stat(
-    dir: &Path,
-    target: Option<String>,
-    window: u64,
-    out: Output,
-) -> anyhow::Result<bool> {
-    let layout = Layout::load(dir)?;
-    let mut rows: Vec<StatRow> = api(&layout, &format!("/api/stat?window={window}")).await?;
-    if let Some(t) = &target {
-        rows.retain(|r| &r.namespace == t || &format!("{}/{}", r.namespace, r.workload) == t);
-        anyhow::ensure!(!rows.is_empty(), "no workload matches {t:?}");
-    }
-    if out == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(true);
-    }
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.namespace.clone(),
-                r.workload.clone(),
-                format!("{}/1", r.meshed),
-                pct(r.success_rate),
-                format!("{:.1}", r.rps),
-                ms(r.p50_ms),
-                ms(r.p95_ms),
-                ms(r.p99_ms),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        render(
-            &[
-                "NAMESPACE",
-                "WORKLOAD",
-                "MESHED",
-                "SUCCESS",
-                "RPS",
-                "P50",
-                "P95",
-                "P99"
-            ],
-            &table
-        )
-    );
-    Ok(true)
-}
-
-pub async fn edges(
-    dir: &Path,
-    ns: Option<String>,
-    window: u64,
-    out: Output,
-) -> anyhow::Result<bool> {
-    let layout = Layout::load(dir)?;
-    let q = ns
-        .as_ref()
-        .map(|n| format!("&namespace={n}"))
-        .unwrap_or_default();
-    let rows: Vec<EdgeRow> = api(&layout, &format!("/api/edges?window={window}{q}")).await?;
-    if out == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(true);
-    }
-    let wide = out == Output::Wide;
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|e| {
-            let mut row = vec![
-                e.src.clone(),
-                e.dst.clone(),
-                if e.tls { "√ mTLS" } else { "plain" }.into(),
-                format!("{:.1}", e.rps),
-                pct(e.success_rate),
-            ];
-            if wide {
-                row.extend([e.src_id.clone(), e.dst_id.clone()]);
-            }
-            row
-        })
-        .collect();
-    let mut header = vec!["SRC", "DST", "SECURED", "RPS", "SUCCESS"];
-    if wide {
-        header.extend(["SRC_ID", "DST_ID"]);
-    }
-    print!("{}", render(&header, &table));
-    Ok(true)
 }
 
 /// The certificate a proxy holds, as its admin `/identity` reports it.

@@ -41,6 +41,8 @@ pub const INBOUND_PORT: u16 = onemesh_capture::DEFAULT_INBOUND_PORT;
 pub const OUTBOUND_PORT: u16 = onemesh_capture::DEFAULT_OUTBOUND_PORT;
 /// The proxy's admin port inside a namespace.
 pub const ADMIN_PORT: u16 = onemesh_capture::DEFAULT_ADMIN_PORT;
+/// The proxy's control-only admin port (tap) in a workload's namespace.
+pub const CONTROL_ADMIN_PORT: u16 = onemesh_capture::DEFAULT_CONTROL_ADMIN_PORT;
 /// The most workloads one /24 holds (.2 to .254).
 pub const MAX_WORKLOADS: usize = 253;
 /// Where `ip netns` keeps its namespaces.

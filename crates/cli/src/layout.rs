@@ -49,6 +49,9 @@ pub struct Workload {
     pub inbound: String,
     pub outbound: String,
     pub admin: String,
+    /// The proxy's control-only admin listener (mTLS, the control plane's id only): tap.
+    #[serde(default)]
+    pub control_admin: String,
     pub app_pid: Option<u32>,
     pub proxy_pid: Option<u32>,
     /// How often `up` restarted the app or the proxy after it died.

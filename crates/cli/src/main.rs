@@ -1,5 +1,7 @@
 //! `onemesh`: runs the mesh and its reference platform on this machine (`up`, `down`) and shows
-//! the mesh from one place (`status`, `check`, `stat`, `edges`, `authz`, `identity`), and
+//! the mesh from one place (`status`, `check`, `stat`, `edges`, `routes`, `top`, `tap`,
+//! `dashboard`: the control plane's metrics window and tap, see [`observe`]; `authz`,
+//! `identity`), and
 //! gives the operator the mesh's trust (`identity trust`, `rotate-anchor`, `rotate-issuer`,
 //! `revoke`: calls to the control plane's Admin service, see [`trust`]), and on Kubernetes
 //! prints the mesh's manifests (`install`, `uninstall`) and injects proxies into YAML
@@ -10,15 +12,13 @@
 
 mod cluster;
 mod commands;
-mod dashboard;
-mod history;
 mod http;
 mod inject;
 mod install;
 mod isolate;
 mod layout;
 mod mesh;
-mod prom;
+mod observe;
 mod supervise;
 mod table;
 mod traffic;
@@ -78,26 +78,45 @@ enum Command {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
-    /// Success rate, requests/s and latency percentiles of each workload over a window.
+    /// Success rate, requests/s and latency percentiles of each workload over a window (from
+    /// the control plane's metrics window; `-o wide` adds denials and TCP traffic).
     Stat {
         /// A namespace, or `namespace/workload`, to show only that.
         target: Option<String>,
-        /// Window in seconds.
-        #[arg(long, default_value_t = 60)]
-        window: u64,
+        /// The window: e.g. 60s, 5m, 1h (at most the control plane's retention).
+        #[arg(long, default_value = "60s")]
+        window: String,
     },
-    /// Who calls whom: identities, mTLS, requests/s, success rate.
+    /// Who calls whom: identities, mTLS, requests/s, success rate, p99, denials.
     Edges {
         namespace: Option<String>,
-        #[arg(long, default_value_t = 60)]
-        window: u64,
+        #[arg(long, default_value = "60s")]
+        window: String,
     },
     /// Each route (of one service: `name.namespace`): match, backends and weights, requests/s,
     /// success rate, p99 and retries; `-o wide` adds its timeout and retry policy.
     Routes {
         service: Option<String>,
-        #[arg(long, default_value_t = 60)]
-        window: u64,
+        #[arg(long, default_value = "60s")]
+        window: String,
+    },
+    /// The busiest paths of a workload right now, live from tap (redrawn every second).
+    Top(observe::TapArgs),
+    /// Live requests of a workload (metadata only, masked in the proxy: no bodies, no card
+    /// numbers, no secret headers), streamed through the control plane.
+    Tap(observe::TapArgs),
+    /// The dashboard's login link; with --kubernetes, a port-forward to it on the cluster.
+    Dashboard {
+        /// Forward to the control plane on the Kubernetes cluster of $KUBECONFIG (kubectl, or
+        /// $ONEMESH_KUBECTL), reading the token from the Secret onemesh-dashboard-token.
+        #[arg(long)]
+        kubernetes: bool,
+        /// The control plane's namespace.
+        #[arg(long, default_value = "onemesh")]
+        namespace: String,
+        /// The local port to forward.
+        #[arg(long, default_value_t = 8084)]
+        port: u16,
     },
     /// The authorization policies in force on a workload and what they allow.
     Authz { workload: String },
@@ -196,14 +215,21 @@ fn main() -> ExitCode {
             Command::Inject(args) => inject::run(&args, inject::Direction::Inject),
             Command::Uninject(args) => inject::run(&args, inject::Direction::Uninject),
             Command::Stat { target, window } => {
-                commands::stat(dir, target, window, cli.output).await
+                observe::stat(dir, target, &window, cli.output).await
             }
             Command::Edges { namespace, window } => {
-                commands::edges(dir, namespace, window, cli.output).await
+                observe::edges(dir, namespace, &window, cli.output).await
             }
             Command::Routes { service, window } => {
-                traffic::routes(dir, service, window, cli.output).await
+                traffic::routes(dir, service, &window, cli.output).await
             }
+            Command::Top(args) => observe::top(dir, &args, cli.output).await,
+            Command::Tap(args) => observe::tap(dir, &args, cli.output).await,
+            Command::Dashboard {
+                kubernetes,
+                namespace,
+                port,
+            } => observe::dashboard(dir, kubernetes, &namespace, port).await,
             Command::Authz { workload } => commands::authz(dir, &workload, cli.output).await,
             Command::Endpoints { service } => traffic::endpoints(dir, service, cli.output).await,
             Command::Identity(IdentityArgs {

@@ -1,8 +1,8 @@
 //! The traffic-management views: `onemesh routes` (each route as declared — match, split,
 //! timeout, retry policy, circuit breaker, fault, rate limits — with the traffic callers sent on
 //! it and its breaker's ejected endpoints) and `onemesh endpoints` (every caller's circuit-breaker
-//! view of each endpoint). Declarations come from mesh.yaml, traffic from the dashboard's
-//! `/api/routes`, breaker states from every proxy's `/metrics`.
+//! view of each endpoint). Declarations come from mesh.yaml, traffic from the control plane's
+//! metrics window (`/api/v1/routes`), breaker states from every proxy's `/metrics`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,8 +12,8 @@ use hyper::StatusCode;
 use serde::Serialize;
 
 use crate::Output;
-use crate::commands::{ASK_TIMEOUT, api};
-use crate::history::RouteTraffic;
+use crate::commands::ASK_TIMEOUT;
+use onemesh_window::RouteStat as RouteTraffic;
 use crate::layout::Layout;
 use crate::table::{ms, pct, render};
 
@@ -49,13 +49,15 @@ pub struct RouteRow {
 pub async fn routes(
     dir: &Path,
     service: Option<String>,
-    window: u64,
+    window: &str,
     out: Output,
 ) -> anyhow::Result<bool> {
     let layout = Layout::load(dir)?;
     let config = onemesh_control::config::load(&layout.config)
         .with_context(|| format!("reading {}", layout.config.display()))?;
-    let traffic: Vec<RouteTraffic> = api(&layout, &format!("/api/routes?window={window}")).await?;
+    let traffic: Vec<RouteTraffic> = crate::observe::Api::locate(dir)?
+        .get(&format!("/api/v1/routes?window={window}"))
+        .await?;
     let (breakers, unreachable) = breaker_rows(&layout).await;
     let wanted = |ns: &str, svc: &str| {
         service
@@ -343,11 +345,11 @@ async fn breaker_rows(layout: &Layout) -> (Vec<EndpointRow>, Vec<String>) {
                 continue;
             }
         };
-        let Ok(samples) = crate::prom::parse(&text) else {
+        let Ok(samples) = onemesh_window::prom::parse(&text) else {
             unreachable.push(w.key());
             continue;
         };
-        let key = |s: &crate::prom::Sample| {
+        let key = |s: &onemesh_window::prom::Sample| {
             (
                 s.label("dst_service").to_string(),
                 s.label("route").to_string(),

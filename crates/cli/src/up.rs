@@ -1,8 +1,9 @@
 //! `onemesh up`: the whole mesh on this machine. Reads mesh.yaml, prepares the state directory
 //! (trust anchor and issuer on first run, one-time bootstrap tokens, the endpoints file the
 //! control plane serves), picks free local ports, starts the control plane, then every workload's
-//! proxy and app under supervision, waits until all are ready, prints the addresses a user needs,
-//! serves the dashboard, and streams a compact log until Ctrl-C, SIGTERM or `onemesh down`.
+//! proxy and app under supervision, waits until all are ready, prints the addresses a user needs
+//! (and the dashboard's login link: the control plane serves the dashboard and the metrics API),
+//! and streams a compact log until Ctrl-C, SIGTERM or `onemesh down`.
 //!
 //! In local mode an app listens on a free loopback port (given as `PORT` and `LISTEN`) behind its
 //! proxy's inbound port, and reaches other services through `HTTP_PROXY` = its proxy's outbound port.
@@ -46,9 +47,12 @@ pub struct Args {
     destination_addr: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:8090")]
     policy_addr: SocketAddr,
-    /// The dashboard and its JSON API.
+    /// The dashboard and its JSON API (served by the control plane).
     #[arg(long, default_value = "127.0.0.1:8084")]
     dashboard_addr: SocketAddr,
+    /// How often the control plane scrapes every proxy: the metrics window's resolution.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    metrics_resolution: String,
     /// Another name the dashboard answers to (NAME: on any port, or NAME:PORT), e.g. the one a
     /// `kubectl port-forward` or a proxy in front uses; repeatable. Requests naming any other
     /// host are refused (DNS-rebinding guard).
@@ -154,11 +158,6 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     write_json(&state_dir.join("tokens.json"), &plan.tokens())?;
     write_json(&state_dir.join("endpoints.json"), &plan.endpoints())?;
     let (entries, entry_listeners) = bind_entries(&mesh, &args, &plan).await?;
-    let dashboard_listener = crate::dashboard::bind(args.dashboard_addr)
-        .await
-        .with_context(|| format!("cannot bind the dashboard on {}", args.dashboard_addr))?;
-    let dashboard_hosts =
-        crate::dashboard::Hosts::new(dashboard_listener.local_addr()?, &args.dashboard_hosts)?;
     let layout = Layout {
         pid: std::process::id(),
         config: config.clone(),
@@ -170,7 +169,7 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
             id: plan.control.id.clone(),
             pid: None,
         },
-        dashboard: dashboard_listener.local_addr()?.to_string(),
+        dashboard: plan.control.dashboard.to_string(),
         entries,
         workloads: plan.workloads.iter().map(|w| w.layout.clone()).collect(),
         isolation: network.as_ref().map(|n| n.net.clone()),
@@ -190,26 +189,24 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
         ),
     );
     let control = start_control(&plan.control, &bin_dir, &config, &state_dir, &stop_rx).await?;
+    let token = onemesh_control::observe::Token::load(
+        &state_dir.join(onemesh_control::observe::TOKEN_FILE),
+    )?;
 
     // 2. Every workload: its proxy, then its app.
     let started_workloads = start_workloads(&plan, &bin_dir, &state_dir, &stop_rx)?;
 
-    // 3. Entries and the dashboard.
+    // 3. Entries.
     let mut background = Vec::new();
     for (listener, netns, backend) in entry_listeners {
         background.push(tokio::spawn(forward_entry(listener, netns, backend)));
     }
-    let (layout_tx, layout_rx) = watch::channel(layout.clone());
-    let dash = crate::dashboard::Dashboard::new(layout_rx, dashboard_hosts);
-    background.push(tokio::spawn(dash.clone().serve(dashboard_listener)));
-    background.push(tokio::spawn(dash.scrape_forever()));
 
     // 4. Wait until every proxy is ready and every app answers.
     wait_ready(&plan).await;
     let mut current = layout.clone();
     refresh_pids(&mut current, &started_workloads.watched, control.pid());
     let _ = current.store(&state_dir);
-    layout_tx.send_replace(current.clone());
     log(
         "up",
         &format!("ready in {:.1}s", started.elapsed().as_secs_f64()),
@@ -217,7 +214,15 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     for (svc, url) in &current.entries {
         log("up", &format!("entry {svc}: {url}"));
     }
-    log("up", &format!("dashboard: http://{}/", current.dashboard));
+    log(
+        "up",
+        &format!(
+            "dashboard: http://{}/login?token={} (the token is in {})",
+            current.dashboard,
+            token.reveal(),
+            state_dir.join(onemesh_control::observe::TOKEN_FILE).display()
+        ),
+    );
     log(
         "up",
         "`onemesh status`, `onemesh check`, `onemesh stat`, `onemesh edges`; Ctrl-C or `onemesh down` stops",
@@ -227,7 +232,6 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     serve_until_stopped(
         current,
         &state_dir,
-        &layout_tx,
         &started_workloads.watched,
         &control,
     )
@@ -272,6 +276,10 @@ struct ControlPlan {
     destination: SocketAddr,
     policy: SocketAddr,
     id: String,
+    /// The dashboard and metrics API.
+    dashboard: SocketAddr,
+    dashboard_hosts: Vec<String>,
+    metrics_resolution: String,
 }
 
 /// One workload to start: its declaration, its bootstrap token and its entry of the layout.
@@ -304,7 +312,14 @@ impl Plan<'_> {
                 let l = &w.layout;
                 let ports: BTreeMap<String, u16> =
                     l.app_ports.iter().map(|(d, p)| (d.to_string(), *p)).collect();
-                serde_json::json!({ "namespace": l.namespace, "workload": l.name, "inbound": l.inbound, "ports": ports })
+                serde_json::json!({
+                    "namespace": l.namespace,
+                    "workload": l.name,
+                    "inbound": l.inbound,
+                    "admin": l.admin,
+                    "control_admin": l.control_admin,
+                    "ports": ports,
+                })
             })
             .collect()
     }
@@ -332,6 +347,9 @@ fn plan<'a>(
         destination: ports.concrete(control_addr(args.destination_addr))?,
         policy: ports.concrete(control_addr(args.policy_addr))?,
         id: format!("spiffe://{}/ns/onemesh/sa/control", mesh.trust_domain()),
+        dashboard: ports.concrete(args.dashboard_addr)?,
+        dashboard_hosts: args.dashboard_hosts.clone(),
+        metrics_resolution: args.metrics_resolution.clone(),
     };
     let mut workloads = Vec::new();
     for (n, w) in mesh.workloads().iter().enumerate() {
@@ -351,6 +369,7 @@ fn plan<'a>(
                     inbound: format!("127.0.0.1:{}", ports.free_port()?),
                     outbound: format!("127.0.0.1:{}", ports.free_port()?),
                     admin: format!("127.0.0.1:{}", ports.free_port()?),
+                    control_admin: format!("127.0.0.1:{}", ports.free_port()?),
                     app_pid: None,
                     proxy_pid: None,
                     restarts: 0,
@@ -373,14 +392,14 @@ fn isolated_workload(
     w: &MeshWorkload,
     slot: &crate::isolate::Slot,
 ) -> anyhow::Result<layout::Workload> {
-    use crate::isolate::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
+    use crate::isolate::{ADMIN_PORT, CONTROL_ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
     if let Some(p) = w
         .ports
         .iter()
-        .find(|p| [INBOUND_PORT, OUTBOUND_PORT, ADMIN_PORT].contains(p))
+        .find(|p| [INBOUND_PORT, OUTBOUND_PORT, ADMIN_PORT, CONTROL_ADMIN_PORT].contains(p))
     {
         anyhow::bail!(
-            "workload {}/{} declares port {p}, which its proxy uses under --isolate (4140, 4143, 4191): give the app another port",
+            "workload {}/{} declares port {p}, which its proxy uses under --isolate (4140, 4143, 4190, 4191): give the app another port",
             w.namespace,
             w.name
         );
@@ -393,6 +412,7 @@ fn isolated_workload(
         inbound: SocketAddr::new(slot.address.into(), INBOUND_PORT).to_string(),
         outbound: SocketAddr::from(([127, 0, 0, 1], OUTBOUND_PORT)).to_string(),
         admin: SocketAddr::new(slot.address.into(), ADMIN_PORT).to_string(),
+        control_admin: SocketAddr::new(slot.address.into(), CONTROL_ADMIN_PORT).to_string(),
         app_pid: None,
         proxy_pid: None,
         restarts: 0,
@@ -483,14 +503,31 @@ async fn start_control(
                 control.destination.to_string(),
                 "--listen-policy".into(),
                 control.policy.to_string(),
-            ],
+                "--listen-dashboard".into(),
+                control.dashboard.to_string(),
+                "--metrics-resolution".into(),
+                control.metrics_resolution.clone(),
+            ]
+            .into_iter()
+            .chain(
+                control
+                    .dashboard_hosts
+                    .iter()
+                    .flat_map(|h| ["--dashboard-host".to_string(), h.clone()]),
+            )
+            .collect(),
             env: vec![("ONEMESH_LOG_FORMAT".into(), "json".into())],
             netns: None,
         },
         stop_rx.clone(),
     );
     let anchors = state_dir.join("trust-anchors.pem");
-    let addrs = [control.identity, control.destination, control.policy];
+    let addrs = [
+        control.identity,
+        control.destination,
+        control.policy,
+        control.dashboard,
+    ];
     wait_for(&format!("control plane on {}", control.identity), || {
         let anchors = anchors.clone();
         async move {
@@ -575,6 +612,10 @@ fn proxy_spec(
             ("ONEMESH_PROXY_INBOUND_ADDR".into(), l.inbound.clone()),
             ("ONEMESH_PROXY_OUTBOUND_ADDR".into(), l.outbound.clone()),
             ("ONEMESH_PROXY_ADMIN_ADDR".into(), l.admin.clone()),
+            (
+                "ONEMESH_PROXY_CONTROL_ADMIN_ADDR".into(),
+                l.control_admin.clone(),
+            ),
             (
                 "ONEMESH_PROXY_TRUST_ANCHORS".into(),
                 anchors.display().to_string(),
@@ -679,7 +720,6 @@ async fn wait_ready(plan: &Plan<'_>) {
 async fn serve_until_stopped(
     mut current: Layout,
     state_dir: &Path,
-    layout_tx: &watch::Sender<Layout>,
     watched: &[Watched],
     control: &supervise::Handle,
 ) -> anyhow::Result<()> {
@@ -695,7 +735,6 @@ async fn serve_until_stopped(
                 if next != current {
                     current = next;
                     let _ = current.store(state_dir);
-                    layout_tx.send_replace(current.clone());
                 }
             }
         }

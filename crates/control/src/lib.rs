@@ -89,6 +89,7 @@ pub mod kubestore;
 pub mod limits;
 pub mod local;
 pub mod model;
+pub mod observe;
 pub mod persist;
 pub mod pki;
 pub mod publish;

@@ -2,9 +2,11 @@
 //!
 //! - `mesh.yaml` (any path): the declared mesh, see [`crate::config`].
 //! - `<state-dir>/endpoints.json` (optional): where workloads really run,
-//!   `[{"namespace": "bank", "workload": "bank", "inbound": "127.0.0.1:41000", "ports": {"8080": 41234}}]`
-//!   — the inbound proxy's address and, for each declared port, the port the app really listens
-//!   on. A workload may appear several times (several instances).
+//!   `[{"namespace": "bank", "workload": "bank", "inbound": "127.0.0.1:41000", "admin":
+//!   "127.0.0.1:41001", "control_admin": "127.0.0.1:41002", "ports": {"8080": 41234}}]`
+//!   — the inbound proxy's address, its admin listener (scraped by the metrics window) and
+//!   control-only admin listener (tap), all optional but `inbound`, and for each declared port,
+//!   the port the app really listens on. A workload may appear several times (several instances).
 //! - `<state-dir>/tokens.json` (optional): bootstrap tokens, `{"<token>": "spiffe://..."}`; a token
 //!   entitles exactly that one id.
 //!
@@ -68,6 +70,10 @@ struct EndpointEntry {
     workload: String,
     inbound: SocketAddr,
     #[serde(default)]
+    admin: Option<SocketAddr>,
+    #[serde(default)]
+    control_admin: Option<SocketAddr>,
+    #[serde(default)]
     ports: BTreeMap<u16, u16>,
 }
 
@@ -87,6 +93,8 @@ fn parse_endpoints(path: &Path, text: &str) -> Result<Vec<Instance>, LocalError>
             namespace: e.namespace,
             workload: e.workload,
             inbound: e.inbound,
+            admin: e.admin,
+            control_admin: e.control_admin,
             ports: e.ports,
         })
         .collect())

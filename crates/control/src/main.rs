@@ -22,7 +22,9 @@ use onemesh_control::inject::InjectConfig;
 use onemesh_control::kubestore::{KubeSettings, KubeStore, lease};
 use onemesh_control::local::{LocalStore, POLL_INTERVAL};
 use onemesh_control::pki::CaSettings;
+use onemesh_control::observe::{ObserveSettings, TOKEN_FILE, Token};
 use onemesh_control::store::Store;
+use onemesh_window::WindowSettings;
 use onemesh_control::webhook::WebhookSettings;
 use onemesh_control::{Settings, start};
 
@@ -101,6 +103,28 @@ struct Args {
     /// proxies and in the webhook's certificate).
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Address of the dashboard and its JSON API (plain HTTP; operators only: every API call
+    /// needs the dashboard token). `0.0.0.0:8084` in a pod; `off`: none.
+    #[arg(long, default_value = "127.0.0.1:8084", value_parser = listen_or_off)]
+    listen_dashboard: Listen,
+    /// Another name the dashboard answers to (`NAME` or `NAME:PORT`; repeatable). Requests for
+    /// other names are refused (a guard against DNS rebinding).
+    #[arg(long = "dashboard-host")]
+    dashboard_hosts: Vec<String>,
+    /// The dashboard token's file. Default `<state-dir>/dashboard-token`, made at first start;
+    /// Kubernetes mode: the mounted Secret `onemesh-dashboard-token` (it must exist).
+    #[arg(long)]
+    dashboard_token_file: Option<PathBuf>,
+    /// The metrics window's resolution: every proxy is scraped this often.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    metrics_resolution: Duration,
+    /// How much history the metrics window keeps.
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    metrics_retention: Duration,
+    /// The most series the metrics window keeps (workloads, edges, routes, policies); more are
+    /// dropped and counted.
+    #[arg(long, default_value_t = onemesh_window::DEFAULT_MAX_SERIES)]
+    metrics_max_series: usize,
     /// Log filter (tracing syntax), e.g. `info` or `onemesh_control=debug`.
     #[arg(long, env = "ONEMESH_CONTROL_LOG", default_value = "info")]
     log: String,
@@ -234,7 +258,35 @@ async fn main() -> anyhow::Result<()> {
         ..CaSettings::default()
     };
     settings.leader = leading;
+    let mesh_state = store.subscribe();
     let control = start(&settings, store).await?;
+    let observe = match args.listen_dashboard {
+        Listen::On(listen) => {
+            let token = match &args.dashboard_token_file {
+                Some(path) => Token::load(path)?,
+                None => Token::load_or_create(&args.state_dir.join(TOKEN_FILE))?,
+            };
+            let observe = onemesh_control::observe::start(
+                ObserveSettings {
+                    listen,
+                    hosts: args.dashboard_hosts.clone(),
+                    token,
+                    window: WindowSettings {
+                        resolution: args.metrics_resolution,
+                        retention: args.metrics_retention,
+                        max_series: args.metrics_max_series,
+                    },
+                    trust_domain: settings.trust_domain.clone(),
+                },
+                mesh_state,
+                control.credentials.clone(),
+            )
+            .await?;
+            tracing::info!(dashboard = %observe.addr, "dashboard and metrics API listening");
+            Some(observe)
+        }
+        Listen::Off => None,
+    };
     let mut webhook = None;
     if let Some(client) = kube_client {
         // Proxies mount the anchors from their own namespace before they trust anything else.
@@ -277,6 +329,7 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     stop_store();
+    drop(observe);
     if let Some(hook) = webhook {
         hook.stop();
     }

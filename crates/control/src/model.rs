@@ -123,6 +123,10 @@ pub struct Workload {
 pub struct Instance {
     /// The address of the instance's inbound proxy.
     pub inbound: SocketAddr,
+    /// Its proxy's admin listener (`/metrics`, plain HTTP), which the metrics window scrapes.
+    pub admin: Option<SocketAddr>,
+    /// Its proxy's control-only admin listener (mTLS, the control plane's id only: tap).
+    pub control_admin: Option<SocketAddr>,
     /// Declared port → port the application really listens on; a declared port missing here is
     /// the real port.
     pub ports: BTreeMap<u16, u16>,
@@ -243,6 +247,8 @@ impl Mesh {
                 .filter(|i| i.namespace == w.meta.namespace && i.workload == w.meta.name)
                 .map(|i| Instance {
                     inbound: i.inbound,
+                    admin: i.admin,
+                    control_admin: i.control_admin,
                     ports: i.ports.clone(),
                 })
                 .collect();

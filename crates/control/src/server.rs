@@ -25,7 +25,9 @@ use onemesh_api::admin::admin_server::AdminServer;
 use onemesh_api::destination::destination_server::DestinationServer;
 use onemesh_api::identity::identity_server::IdentityServer;
 use onemesh_api::policy::policy_server::PolicyServer;
-use onemesh_identity::{DEFAULT_LEAF_LIFETIME, HandshakeFailure, SpiffeId, TrustBundle, peer_id};
+use onemesh_identity::{
+    CredentialStore, DEFAULT_LEAF_LIFETIME, HandshakeFailure, SpiffeId, TrustBundle, peer_id,
+};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -115,6 +117,9 @@ pub struct Control {
     pub id: SpiffeId,
     /// The trust anchors its certificate chained to at start (see [`Control::ca`] for now).
     pub bundle: TrustBundle,
+    /// Its own credentials (renewed in place): the client certificate of its calls to proxies'
+    /// control-only admin listeners (tap).
+    pub credentials: CredentialStore,
     ca: Arc<CaState>,
     rotator: Arc<Rotator>,
     shutdown: watch::Sender<bool>,
@@ -258,7 +263,7 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
     let gates = [gate("identity"), gate("destination"), gate("policy")];
     let renewal = pki::spawn_renewal(
         ca.subscribe(),
-        credentials,
+        credentials.clone(),
         operator,
         settings.leaf_lifetime,
     );
@@ -302,6 +307,7 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
         policy_addr,
         id,
         bundle,
+        credentials,
         ca,
         rotator,
         shutdown,

@@ -44,6 +44,10 @@ pub struct Instance {
     pub workload: String,
     /// The address of the instance's inbound proxy.
     pub inbound: SocketAddr,
+    /// Its proxy's admin listener (`/metrics`, plain HTTP), which the metrics window scrapes.
+    pub admin: Option<SocketAddr>,
+    /// Its proxy's control-only admin listener (mTLS, the control plane's id only: tap).
+    pub control_admin: Option<SocketAddr>,
     /// Declared workload port → port the application really listens on. A declared port that is
     /// missing here is assumed to be the real port.
     pub ports: BTreeMap<u16, u16>,

@@ -78,6 +78,8 @@ fn state(instances: u16) -> MeshState {
             namespace: "bank".into(),
             workload: "bank".into(),
             inbound: SocketAddr::from(([127, 0, 0, 1], 41000 + i)),
+            admin: None,
+            control_admin: None,
             ports: Default::default(),
         })
         .collect();

@@ -232,6 +232,7 @@ fn workloads_whose_proxy_is_not_connected_are_named() {
         inbound: String::new(),
         outbound: String::new(),
         admin: String::new(),
+        control_admin: String::new(),
         app_pid: None,
         proxy_pid: None,
         restarts: 0,

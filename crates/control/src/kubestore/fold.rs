@@ -57,6 +57,10 @@ pub const MESH_LABEL: &str = "onemesh.dev/mesh";
 pub const MESH_ENABLED: &str = "enabled";
 /// The proxy's inbound port: every endpoint's address.
 pub const INBOUND_PORT: u16 = 4143;
+/// The injected proxy's admin port (`/metrics`), which the metrics window scrapes.
+pub const ADMIN_PORT: u16 = 4191;
+/// The injected proxy's control-only admin port (mTLS, the control plane only: tap).
+pub const CONTROL_ADMIN_PORT: u16 = 4190;
 /// The name of the injected proxy container, whose ports are not the workload's.
 pub const PROXY_CONTAINER: &str = "onemesh-proxy";
 
@@ -417,6 +421,8 @@ pub fn build_all(cache: &Cache) -> (Mesh, Vec<Verdict>, Vec<super::gateway::Rout
         if let Some(ip) = running_ip(pod) {
             w.instances.push(Instance {
                 inbound: SocketAddr::new(ip, INBOUND_PORT),
+                admin: Some(SocketAddr::new(ip, ADMIN_PORT)),
+                control_admin: Some(SocketAddr::new(ip, CONTROL_ADMIN_PORT)),
                 ports: BTreeMap::new(),
             });
             w.instances.sort_by_key(|i| i.inbound);

@@ -13,6 +13,8 @@ fn local() -> Mesh {
         namespace: "bank".into(),
         workload: "bank".into(),
         inbound: "127.0.0.1:14143".parse().unwrap(),
+        admin: None,
+        control_admin: None,
         ports: BTreeMap::from([(8080, 41234)]),
     }];
     Mesh::from_config(&config, &instances)

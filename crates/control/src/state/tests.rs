@@ -13,6 +13,8 @@ fn state() -> MeshState {
             namespace: "bank".into(),
             workload: "bank".into(),
             inbound: "127.0.0.1:14143".parse().unwrap(),
+            admin: None,
+            control_admin: None,
             ports: BTreeMap::from([(8080, 41234)]),
         }],
     )
@@ -208,6 +210,8 @@ fn traffic_state() -> MeshState {
         namespace: "bank".into(),
         workload: workload.into(),
         inbound: "127.0.0.1:14143".parse().unwrap(),
+        admin: None,
+        control_admin: None,
         ports: ports.iter().copied().collect(),
     };
     MeshState::local(

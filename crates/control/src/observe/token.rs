@@ -1,0 +1,135 @@
+//! The operator's token for the dashboard and its JSON API.
+//!
+//! Local mode: `<state-dir>/dashboard-token`, made at first start (256 bits from the OS's
+//! cryptographic RNG, hex, file mode 0600) and kept across restarts; `onemesh up` prints a login
+//! URL with it and the CLI reads it from there. Kubernetes mode: the file is the Secret
+//! `onemesh-dashboard-token` mounted into the control plane (`--dashboard-token-file`), so who may
+//! use the dashboard is who Kubernetes RBAC lets read that Secret (`onemesh dashboard` does).
+//!
+//! A candidate is compared in constant time, and a token shorter than 32 characters is refused
+//! at start: it would be guessable.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// File name of the token inside the state directory (local mode).
+pub const TOKEN_FILE: &str = "dashboard-token";
+
+/// The shortest token accepted.
+const MIN_LEN: usize = 32;
+
+/// The dashboard's token.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+/// Why the token could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read the dashboard token {path}: {source}; check the file (or remove it in local mode to get a new one)")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the dashboard token {path}: {source}; check that the state directory is writable")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the dashboard token in {path} is too short ({len} characters): use at least {MIN_LEN} random characters, e.g. `openssl rand -hex 32`")]
+    TooShort { path: PathBuf, len: usize },
+    #[error("the dashboard token in {path} holds characters other than letters, digits, `-` and `_`: make a new one, e.g. `openssl rand -hex 32`")]
+    BadCharacters { path: PathBuf },
+    #[error("the system's random number generator failed: check that getrandom(2) works")]
+    Random,
+}
+
+impl Token {
+    /// Reads the token at `path`, or makes one there if the file does not exist.
+    pub fn load_or_create(path: &Path) -> Result<Token, TokenError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Token::parse(path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Token::create(path),
+            Err(source) => Err(TokenError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Reads the token at `path` (it must exist: Kubernetes mode's mounted Secret).
+    pub fn load(path: &Path) -> Result<Token, TokenError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Token::parse(path, &text)
+    }
+
+    fn parse(path: &Path, text: &str) -> Result<Token, TokenError> {
+        let token = text.trim();
+        if token.len() < MIN_LEN {
+            return Err(TokenError::TooShort {
+                path: path.to_path_buf(),
+                len: token.len(),
+            });
+        }
+        if !token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(TokenError::BadCharacters {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Token(token.to_string()))
+    }
+
+    fn create(path: &Path) -> Result<Token, TokenError> {
+        let random: [u8; 32] = ring::rand::generate(&ring::rand::SystemRandom::new())
+            .map_err(|_| TokenError::Random)?
+            .expose();
+        let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let write = |path: &Path| -> std::io::Result<()> {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
+            file.write_all(token.as_bytes())?;
+            file.write_all(b"\n")?;
+            file.sync_all()
+        };
+        match write(path) {
+            Ok(()) => Ok(Token(token)),
+            // Another start made it first: use that one.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Token::load(path),
+            Err(source) => Err(TokenError::Write {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Whether `candidate` is the token (constant time in the candidate's content).
+    pub fn matches(&self, candidate: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), candidate.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    /// The token itself (for `onemesh up`'s login URL and tests).
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+}
