@@ -233,11 +233,14 @@ class NetworkPolicies(unittest.TestCase):
             self.assertEqual(len(platform), 6 if path.endswith("test-cluster") else 5)
             for src in platform + others:
                 for dst in platform:
-                    for port in (4143, 4191, 8080, 80, 22):
+                    for port in (4143, 4190, 4191, 8080, 80, 22):
+                        control = src.name == "onemesh/control"
                         if port == 4143:
                             expected = src.namespace in ORGS
                         elif port == 4191:
-                            expected = src.namespace == "monitoring"
+                            expected = src.namespace == "monitoring" or control
+                        elif port == 4190:
+                            expected = control
                         else:
                             expected = False
                         with self.subTest(path=path, src=src.name, dst=dst.name, port=port):

@@ -94,6 +94,7 @@ pub fn manifests(args: &InstallArgs) -> anyhow::Result<String> {
             ("ISSUER_KEY_B64", &b64(&issuer.key)),
             ("ANCHORS_B64", &b64(&issuer.anchors)),
             ("ANCHORS_PEM", &indented),
+            ("DASHBOARD_TOKEN_B64", &b64(&dashboard_token()?)),
         ],
     )?;
     let mut out = format!(
@@ -107,6 +108,14 @@ pub fn manifests(args: &InstallArgs) -> anyhow::Result<String> {
     }
     out.push_str(&control);
     Ok(out)
+}
+
+/// A new dashboard token: 256 bits from the OS's cryptographic RNG, in hex.
+fn dashboard_token() -> anyhow::Result<String> {
+    let random: [u8; 32] = ring::rand::generate(&ring::rand::SystemRandom::new())
+        .map_err(|_| anyhow::anyhow!("the system's random number generator failed: check that getrandom(2) works"))?
+        .expose();
+    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// What `kubectl delete -f -` needs to remove everything `install` made, last made first.

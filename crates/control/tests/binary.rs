@@ -45,6 +45,7 @@ fn control(dir: &std::path::Path) -> Command {
         .args(["--listen-identity", "127.0.0.1:0"])
         .args(["--listen-destination", "127.0.0.1:0"])
         .args(["--listen-policy", "127.0.0.1:0"])
+        .args(["--listen-dashboard", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);

@@ -189,6 +189,7 @@ async fn kube_control_binary_reads_its_ca_from_the_secret_dir() {
             .args(["--listen-identity", "127.0.0.1:0"])
             .args(["--listen-destination", "127.0.0.1:0"])
             .args(["--listen-policy", "127.0.0.1:0"])
+            .args(["--listen-dashboard", "127.0.0.1:0"])
             .args(["--listen-webhook", "127.0.0.1:0"])
             .args(["--namespace", &home.name])
             .args(extra)

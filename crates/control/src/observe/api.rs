@@ -19,13 +19,16 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde::Serialize;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Shared, assets, tap};
+
+#[cfg(test)]
+mod tests;
 
 /// The body of every answer.
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -36,7 +39,11 @@ pub const COOKIE: &str = "onemesh_session";
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 
 /// Answers one request.
-pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle<B>(shared: &Shared, req: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if let Some(refused) = misdirected(shared, &req) {
         return refused;
     }

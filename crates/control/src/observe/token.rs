@@ -133,3 +133,65 @@ impl Token {
         &self.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "onemesh-token-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_new_token_is_random_private_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let (a, b) = (dir().join(TOKEN_FILE), dir().join(TOKEN_FILE));
+        let ta = Token::load_or_create(&a).unwrap();
+        let tb = Token::load_or_create(&b).unwrap();
+        assert_eq!(ta.reveal().len(), 64);
+        assert_ne!(ta.reveal(), tb.reveal());
+        let mode = std::fs::metadata(&a).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(Token::load_or_create(&a).unwrap().reveal(), ta.reveal());
+    }
+
+    #[test]
+    fn weak_or_odd_tokens_are_refused_with_how_to_make_one() {
+        let d = dir();
+        for (text, needle) in [
+            ("short", "too short"),
+            ("", "too short"),
+            ("0123456789abcdef0123456789abcdef;x", "characters"),
+            ("0123456789abcdef 0123456789abcdef0", "characters"),
+        ] {
+            let path = d.join("t");
+            std::fs::write(&path, text).unwrap();
+            let e = Token::load(&path).unwrap_err().to_string();
+            assert!(e.contains(needle) && e.contains("openssl rand"), "{text:?}: {e}");
+        }
+        let e = Token::load(&d.join("absent")).unwrap_err().to_string();
+        assert!(e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn only_the_exact_token_matches() {
+        let d = dir();
+        let t = Token::load_or_create(&d.join(TOKEN_FILE)).unwrap();
+        let real = t.reveal().to_string();
+        assert!(t.matches(&real));
+        assert!(!t.matches(&real[..real.len() - 1]));
+        assert!(!t.matches(&format!("{real}0")));
+        assert!(!t.matches(&real.to_uppercase()));
+        assert!(!t.matches(""));
+        assert!(!format!("{t:?}").contains(&real));
+    }
+}
