@@ -25,6 +25,8 @@ pub struct MeshWorkload {
     pub ports: Vec<u16>,
     pub command: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// `spec.accessLog: json`: its proxy logs every request (masked).
+    pub access_log: bool,
 }
 
 /// A service reachable from this machine (`spec.expose`).
@@ -65,6 +67,7 @@ impl Mesh {
                 ports: w.ports.iter().map(|p| p.port).collect(),
                 command: w.command.clone(),
                 env: w.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                access_log: w.access_log,
             })
             .collect();
         Ok(Self { config, workloads })

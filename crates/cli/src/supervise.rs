@@ -259,11 +259,15 @@ pub fn log(label: &str, text: &str) {
     );
 }
 
-/// Shortens a JSON log line (tracing's JSON format) to `LEVEL message key=value…`; other lines pass.
+/// Shortens a JSON log line (tracing's JSON format) to `LEVEL message key=value…`; other lines
+/// (an access log's JSON lines among them: they have no `level`) pass as they are.
 pub fn compact(line: &str) -> String {
     let Ok(serde_json::Value::Object(obj)) = serde_json::from_str::<serde_json::Value>(line) else {
         return line.to_string();
     };
+    if !obj.contains_key("level") {
+        return line.to_string();
+    }
     let level = obj.get("level").and_then(|v| v.as_str()).unwrap_or("");
     let mut out = level.to_string();
     if let Some(serde_json::Value::Object(fields)) = obj.get("fields") {

@@ -602,11 +602,13 @@ fn proxy_spec(
     proxy_state: &Path,
 ) -> Spec {
     let l = &w.layout;
+    let access_log = if w.decl.access_log { "json" } else { "off" };
     Spec {
         label: format!("{}/{} proxy", l.namespace, l.name),
         program: program(bin_dir, "onemesh-proxy"),
         args: vec![],
         env: vec![
+            ("ONEMESH_PROXY_ACCESS_LOG".into(), access_log.into()),
             ("ONEMESH_PROXY_IDENTITY".into(), l.identity.clone()),
             ("ONEMESH_PROXY_WORKLOAD".into(), l.name.clone()),
             ("ONEMESH_PROXY_INBOUND_ADDR".into(), l.inbound.clone()),

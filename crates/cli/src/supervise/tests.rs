@@ -8,6 +8,9 @@ fn compact_shortens_tracing_json() {
         r#"{"timestamp":"x","level":"INFO","fields":{"message":"paid","order":7},"target":"t"}"#;
     assert_eq!(compact(line), "INFO paid order=7");
     assert_eq!(compact("plain text"), "plain text");
+    // An access log line is not tracing's: it passes whole.
+    let access = r#"{"time_unix":1.5,"method":"GET","path":"/menu","status":200}"#;
+    assert_eq!(compact(access), access);
 }
 
 #[tokio::test]

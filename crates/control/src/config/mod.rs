@@ -282,6 +282,9 @@ pub struct Workload {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub ports: Vec<WorkloadPort>,
+    /// `spec.accessLog: json`: its proxy writes one JSON line per request (masked as tap is) on
+    /// its standard output; off by default.
+    pub access_log: bool,
 }
 
 /// One port of a workload.
@@ -690,10 +693,29 @@ fn workload(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
     let Some(spec) = r.spec.as_ref().and_then(|s| {
         s.map(
             errors,
-            &["serviceAccount", "labels", "command", "env", "ports"],
+            &["serviceAccount", "labels", "command", "env", "ports", "accessLog"],
         )
     }) else {
         return;
+    };
+    let access_log = match spec.optional("accessLog") {
+        None => false,
+        Some(n) => match n.str(errors) {
+            Some("json") => true,
+            Some("off") => false,
+            Some(other) => {
+                errors.push(
+                    n.line(),
+                    &n.path,
+                    Problem::OutOfRange {
+                        value: other.to_string(),
+                        range: "json or off",
+                    },
+                );
+                false
+            }
+            None => false,
+        },
     };
     let owner = format!("workload {}/{}", r.meta.namespace, r.meta.name);
     let service_account = spec
@@ -744,6 +766,7 @@ fn workload(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
             command: command.unwrap_or_default(),
             env: env.unwrap_or_default(),
             ports,
+            access_log,
         },
     );
 }
