@@ -54,6 +54,8 @@ pub const SKIP_OUTBOUND_PORTS: &str = "onemesh.dev/skip-outbound-ports";
 pub const SKIP_OUTBOUND_CIDRS: &str = "onemesh.dev/skip-outbound-cidrs";
 /// Ports carried as opaque TCP (no protocol detection): replaces the proxy's default list.
 pub const OPAQUE_PORTS: &str = "onemesh.dev/opaque-ports";
+/// `json`: the proxy writes one JSON line per request (masked as tap is) on its standard output.
+pub const ACCESS_LOG: &str = "onemesh.dev/access-log";
 /// The proxy container's CPU request.
 pub const PROXY_CPU_REQUEST: &str = "onemesh.dev/proxy-cpu-request";
 /// The proxy container's memory request.
@@ -217,6 +219,7 @@ struct Options {
     cpu_request: Option<String>,
     memory_request: Option<String>,
     memory_limit: Option<String>,
+    access_log: Option<String>,
 }
 
 impl Options {
@@ -241,6 +244,7 @@ impl Options {
             cpu_request: get(PROXY_CPU_REQUEST, quantity)?,
             memory_request: get(PROXY_MEMORY_REQUEST, quantity)?,
             memory_limit: get(PROXY_MEMORY_LIMIT, quantity)?,
+            access_log: get(ACCESS_LOG, access_log)?,
         })
     }
 }
@@ -312,6 +316,14 @@ fn cidrs(s: &str) -> Result<String, String> {
 }
 
 /// A Kubernetes quantity such as `100m`, `0.5`, `64Mi`, `1G`.
+/// `json` or `off`.
+fn access_log(s: &str) -> Result<String, String> {
+    match s.trim() {
+        v @ ("json" | "off") => Ok(v.to_string()),
+        _ => Err("is not json or off".to_string()),
+    }
+}
+
 fn quantity(s: &str) -> Result<String, String> {
     let s = s.trim();
     let digits_end = s
@@ -762,6 +774,9 @@ fn proxy_container(
     ];
     if let Some(ports) = &options.opaque_ports {
         env.push(json!({"name": "ONEMESH_PROXY_OPAQUE_PORTS", "value": ports}));
+    }
+    if let Some(log) = &options.access_log {
+        env.push(json!({"name": "ONEMESH_PROXY_ACCESS_LOG", "value": log}));
     }
     if !probes.is_empty() {
         let text = serde_json::to_string(probes).map_err(InjectError::Build)?;

@@ -323,6 +323,7 @@ fn annotations_reach_the_init_step_and_the_proxy() {
     annotate(&mut p, PROXY_CPU_REQUEST, "100m");
     annotate(&mut p, PROXY_MEMORY_REQUEST, "32Mi");
     annotate(&mut p, PROXY_MEMORY_LIMIT, "1Gi");
+    annotate(&mut p, ACCESS_LOG, "json");
     run(&mut p).unwrap();
     assert_eq!(
         init_args(&p),
@@ -340,6 +341,7 @@ fn annotations_reach_the_init_step_and_the_proxy() {
     );
     let proxy = proxy(&p);
     assert_eq!(env(proxy, "ONEMESH_PROXY_OPAQUE_PORTS"), Some("9000,9001"));
+    assert_eq!(env(proxy, "ONEMESH_PROXY_ACCESS_LOG"), Some("json"));
     let resources = proxy.resources.as_ref().unwrap();
     let requests = resources.requests.as_ref().unwrap();
     assert_eq!(requests["cpu"].0, "100m");
@@ -365,6 +367,7 @@ fn a_bad_annotation_is_refused_with_its_name() {
         (PROXY_MEMORY_REQUEST, "64MB"),
         (PROXY_MEMORY_LIMIT, ""),
         (PROXY_MEMORY_LIMIT, "1.2.3Mi"),
+        (ACCESS_LOG, "yes"),
     ];
     for (annotation, value) in table {
         let mut p = pod();
