@@ -1,0 +1,153 @@
+// onemesh dashboard: a single page app with hash routes
+//   #/                      topology (workloads grouped by namespace, edges)
+//   #/workload/<ns>/<name>  one workload: time series and its callers/callees
+//   #/routes                routes table
+//   #/authz                 authorization table
+//   #/tap[?workload=ns/name] live tap
+// It polls the control plane's JSON API every 5 s (tap streams instead). When the API answers
+// 401 it shows a login form (POST login, field `token`). Tests read `window.__onemesh`.
+
+import 'uplot/dist/uPlot.min.css';
+import './app.css';
+
+import { AuthError } from './api.js';
+import { h } from './dom.js';
+import { WINDOWS } from './format.js';
+import { renderLogin } from './views/login.js';
+import { topologyView } from './views/topology.js';
+import { workloadView } from './views/workload.js';
+import { routesView, authzView } from './views/tables.js';
+import { tapView } from './views/tap.js';
+
+const REFRESH_MS = 5000;
+
+const state = {
+  window: localStorage.getItem('onemesh.window') || '60s',
+  view: null,
+  route: null,
+  busy: false,
+};
+if (!WINDOWS.some((w) => w.value === state.window)) state.window = '60s';
+
+// What tests read. lastOverview is the raw JSON the topology/workload page last rendered,
+// lastOverviewAt the time (ms since epoch) it arrived.
+window.__onemesh = {
+  lastOverview: null,
+  lastOverviewAt: 0,
+  lastSeries: null,
+  lastRoutes: null,
+  lastAuthz: null,
+  cy: null,
+  refreshes: 0,
+  window: () => state.window,
+};
+
+const nav = h(
+  'nav',
+  {},
+  [
+    ['#/', 'Topology', 'topology'],
+    ['#/routes', 'Routes', 'routes'],
+    ['#/authz', 'Authorization', 'authz'],
+    ['#/tap', 'Tap', 'tap'],
+  ].map(([href, text, id]) => h('a', { href, 'data-nav': id, 'data-testid': 'nav-' + id }, text)),
+);
+const windowSelect = h(
+  'select',
+  {
+    'data-testid': 'window-select',
+    title: 'time window of every number',
+    onchange: (ev) => {
+      state.window = ev.target.value;
+      localStorage.setItem('onemesh.window', state.window);
+      refresh();
+    },
+  },
+  WINDOWS.map((w) => h('option', { value: w.value, selected: w.value === state.window }, w.label)),
+);
+const status = h('span', { class: 'status', 'data-testid': 'status' });
+const errorBar = h('div', { class: 'errorbar', 'data-testid': 'error', hidden: true });
+const main = h('main', { id: 'view' });
+
+document.body.append(
+  h('header', {}, h('a', { class: 'brand', href: '#/' }, 'onemesh'), nav, h('label', { class: 'win' }, 'window ', windowSelect), status),
+  errorBar,
+  main,
+);
+
+const ctx = {
+  get window() {
+    return state.window;
+  },
+  setStatus(text) {
+    status.textContent = text;
+  },
+  setError(text) {
+    errorBar.hidden = !text;
+    errorBar.textContent = text || '';
+  },
+  authFailed() {
+    showLogin();
+  },
+  main,
+};
+
+function parseRoute() {
+  const raw = location.hash.replace(/^#/, '') || '/';
+  const [path, qs] = raw.split('?');
+  const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  const params = new URLSearchParams(qs || '');
+  if (parts[0] === 'workload' && parts.length >= 3) return { name: 'workload', ns: parts[1], workload: parts.slice(2).join('/'), params };
+  if (parts[0] === 'routes') return { name: 'routes', params };
+  if (parts[0] === 'authz') return { name: 'authz', params };
+  if (parts[0] === 'tap') return { name: 'tap', params };
+  return { name: 'topology', params };
+}
+
+function showLogin(message) {
+  if (state.view && state.view.unmount) state.view.unmount();
+  state.view = null;
+  document.body.dataset.auth = 'required';
+  ctx.setError('');
+  renderLogin(main, message);
+}
+
+function mount() {
+  if (state.view && state.view.unmount) state.view.unmount();
+  const route = parseRoute();
+  state.route = route;
+  for (const a of nav.querySelectorAll('a')) a.classList.toggle('active', a.dataset.nav === route.name);
+  main.replaceChildren();
+  main.dataset.view = route.name;
+  const make = { topology: topologyView, workload: workloadView, routes: routesView, authz: authzView, tap: tapView }[route.name];
+  state.view = make(main, ctx, route);
+  refresh();
+}
+
+async function refresh() {
+  const view = state.view;
+  if (!view || !view.refresh || state.busy) return;
+  state.busy = true;
+  try {
+    await view.refresh();
+    if (view === state.view) {
+      document.body.dataset.auth = 'ok';
+      ctx.setError('');
+      window.__onemesh.refreshes += 1;
+    }
+  } catch (err) {
+    if (err instanceof AuthError) showLogin();
+    else if (view === state.view) ctx.setError(err.message);
+  } finally {
+    state.busy = false;
+  }
+}
+
+window.addEventListener('hashchange', () => {
+  if (document.body.dataset.auth === 'required') return;
+  mount();
+});
+setInterval(() => {
+  if (document.body.dataset.auth !== 'required' && !document.hidden) refresh();
+}, REFRESH_MS);
+mount();
