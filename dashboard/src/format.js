@@ -103,6 +103,7 @@ export function edgeLabel(e) {
 /** Workload node label in the graph. */
 export function nodeLabel(name, w) {
   if (!w) return name;
+  if (!(w.requests > 0) && !(w.rps > 0)) return `${name}\nno inbound requests`;
   return `${name}\n${fmtPct(w.success_rate)} · ${fmtRps(w.rps)} rps`;
 }
 

@@ -37,8 +37,8 @@ const STYLE = [
     selector: 'edge',
     style: {
       'curve-style': 'bezier', 'target-arrow-shape': 'triangle', width: 2, 'line-color': '#3f6f52',
-      'target-arrow-color': '#3f6f52', label: 'data(label)', 'font-size': 10, 'text-wrap': 'wrap',
-      'text-background-color': '#ffffff', 'text-background-opacity': 0.9, 'text-background-padding': 2,
+      'target-arrow-color': '#3f6f52', label: 'data(label)', 'font-size': 11, 'z-compound-depth': 'top', 'text-wrap': 'wrap',
+      'text-background-color': '#ffffff', 'text-background-opacity': 1, 'text-background-padding': 2,
       color: '#1d2330', 'font-family': 'DejaVu Sans, system-ui, sans-serif',
     },
   },
@@ -53,11 +53,13 @@ const STYLE = [
 
 function layoutPositions(m) {
   const g = new dagre.graphlib.Graph({ compound: true, multigraph: true });
-  g.setGraph({ rankdir: 'LR', nodesep: 40, ranksep: 170, edgesep: 20, marginx: 20, marginy: 20 });
+  // Compound layouts add border ranks on both sides of each namespace box, so ranksep is per
+  // sub-rank: three of them (plus padding) separate two boxes, room for an edge label.
+  g.setGraph({ rankdir: 'LR', nodesep: 40, ranksep: 96, edgesep: 24, marginx: 16, marginy: 16 });
   g.setDefaultEdgeLabel(() => ({}));
   for (const ns of m.namespaces) g.setNode('ns:' + ns, {});
   for (const n of m.nodes.values()) {
-    g.setNode(n.key, { width: NODE_W, height: NODE_H + 24 });
+    g.setNode(n.key, { width: NODE_W, height: NODE_H + 28 });
     g.setParent(n.key, 'ns:' + n.ns);
   }
   m.edges.forEach(({ src, dst }, i) => {
@@ -193,7 +195,15 @@ export function topologyView(main, ctx) {
     if (key !== structure) {
       structure = key;
       const pos = m.nodes.size ? layoutPositions(m) : {};
-      c.layout({ name: 'preset', positions: (n) => pos[n.id()], fit: true, padding: 24 }).run();
+      c.layout({ name: 'preset', positions: (n) => pos[n.id()], fit: false }).run();
+      // Give the graph the height its layout wants at a readable zoom, then fit.
+      const bb = c.elements().boundingBox();
+      const width = graphEl.clientWidth || 1200;
+      const zoom = Math.min(1, (width - 48) / Math.max(bb.w, 1));
+      graphEl.style.height = Math.round(Math.min(820, Math.max(280, bb.h * zoom + 56))) + 'px';
+      c.resize();
+      c.fit(undefined, 24);
+      if (c.zoom() > 1.2) c.zoom({ level: 1.2, renderedPosition: { x: width / 2, y: graphEl.clientHeight / 2 } });
     }
     graphEl.hidden = m.nodes.size === 0;
     emptyEl.hidden = m.nodes.size !== 0;
