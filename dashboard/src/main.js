@@ -105,6 +105,8 @@ function parseRoute() {
 }
 
 function showLogin(message) {
+  // The login answer redirects to the page's root: come back to this view afterwards.
+  if (location.hash && location.hash !== '#/') sessionStorage.setItem('onemesh.after-login', location.hash);
   if (state.view && state.view.unmount) state.view.unmount();
   state.view = null;
   document.body.dataset.auth = 'required';
@@ -119,6 +121,7 @@ function mount() {
   for (const a of nav.querySelectorAll('a')) a.classList.toggle('active', a.dataset.nav === route.name);
   main.replaceChildren();
   main.dataset.view = route.name;
+  ctx.setStatus('');
   const make = { topology: topologyView, workload: workloadView, routes: routesView, authz: authzView, tap: tapView }[route.name];
   state.view = make(main, ctx, route);
   refresh();
@@ -132,6 +135,11 @@ async function refresh() {
     await view.refresh();
     if (view === state.view) {
       document.body.dataset.auth = 'ok';
+      const back = sessionStorage.getItem('onemesh.after-login');
+      if (back) {
+        sessionStorage.removeItem('onemesh.after-login');
+        if (back !== location.hash) location.hash = back;
+      }
       ctx.setError('');
       window.__onemesh.refreshes += 1;
     }

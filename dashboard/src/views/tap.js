@@ -36,7 +36,7 @@ export function tapView(main, ctx, route) {
   const select = h('select', { 'data-testid': 'tap-workload', name: 'workload', required: true }, h('option', { value: '' }, 'loading workloads…'));
   const direction = h('select', { 'data-testid': 'tap-direction', name: 'direction' },
     h('option', { value: '' }, 'both'), h('option', { value: 'inbound' }, 'inbound'), h('option', { value: 'outbound' }, 'outbound'));
-  const to = h('input', { 'data-testid': 'tap-to', name: 'to', placeholder: 'ns/workload (outbound)', size: 18 });
+  const to = h('input', { 'data-testid': 'tap-to', name: 'to', placeholder: 'ns/workload (outbound only)', size: 24 });
   const path = h('input', { 'data-testid': 'tap-path', name: 'path', placeholder: '/prefix', size: 14 });
   const method = h('input', { 'data-testid': 'tap-method', name: 'method', placeholder: 'GET', size: 6 });
   const start = h('button', { type: 'submit', 'data-testid': 'tap-start' }, 'Start');
@@ -63,7 +63,7 @@ export function tapView(main, ctx, route) {
       form,
       h('p', { class: 'tapinfo' }, statusEl, ' · rows ', countEl, ' · dropped by the rate limit ', droppedEl),
       errors,
-      t.table),
+      h('div', { class: 'tablewrap' }, t.table)),
   );
 
   let ctrl = null;

@@ -132,7 +132,7 @@ function workloadRow(w) {
 }
 
 export function topologyView(main, ctx) {
-  const graphEl = h('div', { class: 'graph', 'data-testid': 'topology-graph' });
+  const graphEl = h('div', { class: 'graph', 'data-testid': 'topology-graph', role: 'img', 'aria-label': 'graph of workloads by namespace and who calls whom; the same numbers are in the tables below' });
   const emptyEl = h('p', { class: 'empty-graph', hidden: true }, 'No workloads seen yet: the control plane shows a workload once it has scraped its proxy. Send some traffic and wait a scrape interval.');
   const nsList = h('ul', { class: 'nslist', 'data-testid': 'namespace-list' });
   const wt = table('workload-table', WORKLOAD_HEADERS);
