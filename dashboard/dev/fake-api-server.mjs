@@ -12,6 +12,8 @@ const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) =>
 const TOKEN = args.token || 'dev-token';
 const DENIED_AFTER_S = Number(args['denied-after'] ?? 20);
 const started = Date.now() / 1000;
+// The Content-Security-Policy the page is known to work under (suggested for the control plane).
+const CSP = process.env.CSP ?? "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 const assets = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'crates', 'control', 'dashboard');
 const TD = 'spiffe://cluster.local';
 const id = (ns, sa) => `${TD}/ns/${ns}/sa/${sa}`;
@@ -123,7 +125,7 @@ function login(res, token) {
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, 'http://x');
   const p = url.pathname;
-  if (p === '/' || p === '/index.html') return send(res, 200, 'text/html; charset=utf-8', readFileSync(join(assets, 'index.html')));
+  if (p === '/' || p === '/index.html') return send(res, 200, 'text/html; charset=utf-8', readFileSync(join(assets, 'index.html')), { 'content-security-policy': CSP });
   const asset = /^\/assets\/(app\.js|app\.css|licenses\.txt)$/.exec(p);
   if (asset) {
     const type = { js: 'text/javascript', css: 'text/css', txt: 'text/plain' }[asset[1].split('.').pop()];

@@ -12,7 +12,7 @@
 // every edge present with the same rounded numbers, denied edges drawn as denied), opens a
 // workload page and checks its charts have points, the routes and authorization tables, and the
 // tap view (prints `TAP_READY` on stdout once the stream is open, then waits up to 30 s for rows;
-// no card number may show). Screenshots go to --out. Progress goes to stderr; the LAST line of
+// no card number may show). Uncaught page errors and console errors fail it. Screenshots go to --out. Progress goes to stderr; the LAST line of
 // stdout is one JSON object:
 //   {"ok", "failures", "namespaces", "edges", "workloads", "tap_rows", "screenshots", "console_errors"}
 // Exit status 1 on any failure.
@@ -264,7 +264,12 @@ async function main() {
   const page = await context.newPage();
   page.on('pageerror', (err) => fail(`uncaught error in the page: ${err.message}`));
   page.on('console', (m) => {
-    if (m.type() === 'error' && !/Failed to load resource/.test(m.text())) consoleErrors.push(m.text());
+    // A 401/404 answer logs "Failed to load resource"; anything else (a CSP violation, a library
+    // complaining) is a failure.
+    if (m.type() === 'error' && !/Failed to load resource/.test(m.text())) {
+      consoleErrors.push(m.text());
+      fail(`console error in the page: ${m.text()}`);
+    }
   });
 
   // 2. Login form, then log in through it.
