@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]]] : acc), []));
 const TOKEN = args.token || 'dev-token';
 const DENIED_AFTER_S = Number(args['denied-after'] ?? 20);
+const EMPTY_FOR_S = Number(args['empty-for'] ?? 0);
 const started = Date.now() / 1000;
 // The Content-Security-Policy the page is known to work under (suggested for the control plane).
 const CSP = process.env.CSP ?? "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
@@ -31,6 +32,7 @@ const wobble = (base, k) => Math.round(base * (1 + 0.1 * Math.sin(Date.now() / 7
 
 function overview(windowS) {
   const now = Date.now() / 1000;
+  if (now - started < EMPTY_FOR_S) return { now_unix: now, window_s: windowS, resolution_s: 10, retention_s: 3600, targets: { known: 0, up: 0 }, workloads: [], edges: [] };
   const edges = CHAIN.map(([s, d, rps], i) => {
     const r = wobble(rps, i);
     return {

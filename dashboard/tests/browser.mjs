@@ -21,6 +21,7 @@ import { join, resolve } from 'node:path';
 import { chromium } from 'playwright-core';
 
 import * as F from '../src/format.js';
+import { cardNumbers } from './cards.mjs';
 
 function parseArgs(argv) {
   const a = { expectDenied: [], window: '60s', tapMinRows: 1, timeout: 240 };
@@ -70,28 +71,6 @@ const windowSeconds = (w) => {
   const m = /^(\d+)(s|m|h)$/.exec(w);
   return m ? Number(m[1]) * { s: 1, m: 60, h: 3600 }[m[2]] : null;
 };
-
-/** Luhn-valid runs of 13–19 digits, allowing single space, `-` or `%20` between groups. */
-export function cardNumbers(text) {
-  const found = [];
-  const re = /\d(?:(?:[ -]|%20)?\d){12,18}/g;
-  for (const m of String(text).matchAll(re)) {
-    const digits = m[0].replace(/\D/g, '');
-    for (let len = 19; len >= 13; len--) {
-      for (let s = 0; s + len <= digits.length; s++) if (luhn(digits.slice(s, s + len))) found.push(digits.slice(s, s + len));
-    }
-  }
-  return found;
-}
-function luhn(d) {
-  let sum = 0;
-  for (let i = 0; i < d.length; i++) {
-    let x = d.charCodeAt(d.length - 1 - i) - 48;
-    if (i % 2 === 1) x = x * 2 > 9 ? x * 2 - 9 : x * 2;
-    sum += x;
-  }
-  return sum % 10 === 0;
-}
 
 let browser;
 let finished = false;

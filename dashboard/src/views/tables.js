@@ -1,7 +1,7 @@
 // Routes (#/routes) and Authorization (#/authz) tables.
 import { getJSON } from '../api.js';
 import { h, td, table, emptyRow, link, workloadHref } from '../dom.js';
-import { fmtRps, fmtPct, fmtMs, fmtCount } from '../format.js';
+import { fmtRps, fmtPct, fmtMs, fmtCount, fmtClock } from '../format.js';
 
 const ROUTE_HEADERS = [
   'namespace', 'route', { label: 'requests', num: true }, { label: 'rps', num: true }, { label: 'success', num: true },
@@ -18,7 +18,7 @@ export function routesView(main, ctx) {
     async refresh() {
       const rows = await getJSON('routes', { window: ctx.window });
       window.__onemesh.lastRoutes = rows;
-      ctx.setStatus(`updated ${new Date().toLocaleTimeString()} · ${rows.length} routes`);
+      ctx.setStatus(`updated ${fmtClock(Date.now() / 1000).slice(0, 8)} · ${rows.length} routes`);
       if (rows.length === 0) emptyRow(t.tbody, ROUTE_HEADERS.length, 'no routed requests in this window');
       else
         t.tbody.replaceChildren(
@@ -61,7 +61,7 @@ export function authzView(main, ctx) {
     async refresh() {
       const rows = await getJSON('authz', { window: ctx.window });
       window.__onemesh.lastAuthz = rows;
-      ctx.setStatus(`updated ${new Date().toLocaleTimeString()} · ${rows.length} policies`);
+      ctx.setStatus(`updated ${fmtClock(Date.now() / 1000).slice(0, 8)} · ${rows.length} policies`);
       if (rows.length === 0) {
         emptyRow(t.tbody, AUTHZ_HEADERS.length, 'no authorization decisions in this window');
         section.dataset.state = 'ready';

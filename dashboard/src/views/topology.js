@@ -18,7 +18,7 @@ const STYLE = [
     style: {
       shape: 'round-rectangle', width: NODE_W, height: NODE_H, 'background-color': '#ffffff',
       'border-width': 1.5, 'border-color': '#4a5568', label: 'data(label)', 'text-wrap': 'wrap',
-      'text-valign': 'center', 'text-halign': 'center', 'font-size': 12, color: '#1d2330',
+      'text-valign': 'center', 'text-halign': 'center', 'font-size': 13, color: '#1d2330',
       'font-family': 'DejaVu Sans, system-ui, sans-serif',
     },
   },
@@ -37,7 +37,7 @@ const STYLE = [
     selector: 'edge',
     style: {
       'curve-style': 'bezier', 'target-arrow-shape': 'triangle', width: 2, 'line-color': '#3f6f52',
-      'target-arrow-color': '#3f6f52', label: 'data(label)', 'font-size': 11, 'z-compound-depth': 'top', 'text-wrap': 'wrap',
+      'target-arrow-color': '#3f6f52', label: 'data(label)', 'font-size': 12, 'z-compound-depth': 'top', 'text-wrap': 'wrap',
       'text-background-color': '#ffffff', 'text-background-opacity': 1, 'text-background-padding': 2,
       color: '#1d2330', 'font-family': 'DejaVu Sans, system-ui, sans-serif',
     },
@@ -177,6 +177,8 @@ export function topologyView(main, ctx) {
 
   function render(ov) {
     const m = model(ov);
+    graphEl.hidden = m.nodes.size === 0;
+    emptyEl.hidden = m.nodes.size !== 0;
     const c = ensureCy();
     const els = elements(m);
     const key = JSON.stringify(els.map((e) => e.data.id + '|' + (e.data.parent || '')));
@@ -205,9 +207,6 @@ export function topologyView(main, ctx) {
       c.fit(undefined, 24);
       if (c.zoom() > 1.2) c.zoom({ level: 1.2, renderedPosition: { x: width / 2, y: graphEl.clientHeight / 2 } });
     }
-    graphEl.hidden = m.nodes.size === 0;
-    emptyEl.hidden = m.nodes.size !== 0;
-
     nsList.replaceChildren(
       ...m.namespaces.map((ns) => {
         const n = [...m.nodes.values()].filter((x) => x.ns === ns).length;
