@@ -60,17 +60,13 @@ mkdirSync(out, { recursive: true });
 
 const failures = [];
 const consoleErrors = [];
-const result = { ok: false, failures, namespaces: [], edges: [], workloads: [], tap_rows: [], screenshots: [], console_errors: consoleErrors };
+const result = { ok: false, failures, namespaces: [], edges: [], workloads: [], tap_rows: [], screenshots: [], console_errors: consoleErrors, warnings: [] };
 const log = (...m) => console.error('[browser]', ...m);
 const fail = (msg) => {
   failures.push(msg);
   log('FAIL', msg);
 };
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const windowSeconds = (w) => {
-  const m = /^(\d+)(s|m|h)$/.exec(w);
-  return m ? Number(m[1]) * { s: 1, m: 60, h: 3600 }[m[2]] : null;
-};
 
 let browser;
 let finished = false;
@@ -263,9 +259,8 @@ async function main() {
   if (!(await waitFor(page, 'the topology did not load after logging in', () => document.querySelector('[data-testid=topology][data-state=ready]'), null, 30000))) return;
 
   // 3. Window, then topology against the page's JSON and the API's.
-  const winS = windowSeconds(args.window);
   await page.selectOption('[data-testid=window-select]', args.window);
-  await waitFor(page, `the page did not switch to the ${args.window} window`, (s) => window.__onemesh.lastOverview && window.__onemesh.lastOverview.window_s === s, winS, 15000);
+  await waitFor(page, `the page did not switch to the ${args.window} window`, (w) => window.__onemesh.lastOverviewWindow === w, args.window, 15000);
 
   let problems = [];
   let snap = null;
@@ -363,17 +358,30 @@ async function main() {
     if (await waitFor(page, `tap: workload ${args.tapWorkload} not offered`, (k) => [...document.querySelectorAll('[data-testid=tap-workload] option')].some((o) => o.value === k), args.tapWorkload, 20000)) {
       await page.selectOption('[data-testid=tap-workload]', args.tapWorkload);
       await page.click('[data-testid=tap-start]');
-      const opened = await waitFor(page, 'tap: the stream did not open', () => ['streaming', 'error'].includes(document.querySelector('[data-testid=tap-status]').dataset.state), null, 15000);
-      const st = await page.evaluate(() => {
+      // The stream counts as open when the answer's headers arrived. A relay that holds them back
+      // until the first event would deadlock a caller waiting for TAP_READY before sending
+      // traffic, so after 5 s of "connecting" TAP_READY is printed anyway, with a warning.
+      const tapState = () => page.evaluate(() => {
         const s = document.querySelector('[data-testid=tap-status]');
         return { state: s.dataset.state, text: s.textContent };
       });
-      if (opened && st.state !== 'streaming') fail(`tap: ${st.text}`);
-      if (st.state === 'streaming') {
+      let st = await tapState();
+      for (let i = 0; i < 20 && st.state === 'connecting'; i++) {
+        await sleep(250);
+        st = await tapState();
+      }
+      if (st.state === 'connecting') {
+        const w = 'tap: the control plane has not sent the answer\'s headers after 5 s; it should send them at once (printing TAP_READY anyway)';
+        result.warnings.push(w);
+        log('WARN', w);
+      } else if (st.state !== 'streaming') fail(`tap did not start: ${st.text}`);
+      if (st.state === 'streaming' || st.state === 'connecting') {
         process.stdout.write('TAP_READY\n');
         log('tap streaming; waiting for rows');
         await waitFor(page, `tap: fewer than ${args.tapMinRows} rows within 30 s`, (n) => document.querySelectorAll('[data-testid=tap-row]').length >= n, args.tapMinRows, 30000);
         await sleep(1500); // the rest of the payment's requests
+        const after = await tapState();
+        if (after.state !== 'streaming') fail(`tap stream not streaming after the wait: ${after.text}`);
         const tap = await page.evaluate(() => ({
           rows: [...document.querySelectorAll('[data-testid=tap-row]')].map((tr) => Object.fromEntries([...tr.querySelectorAll('td[data-field]')].map((d) => [d.dataset.field, d.textContent.trim()]))),
           dropped: Number(document.querySelector('[data-testid=tap-dropped]').dataset.dropped),
