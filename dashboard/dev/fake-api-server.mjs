@@ -12,6 +12,7 @@ const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) =>
 const TOKEN = args.token || 'dev-token';
 const DENIED_AFTER_S = Number(args['denied-after'] ?? 20);
 const EMPTY_FOR_S = Number(args['empty-for'] ?? 0);
+const RETENTION_S = Number(args.retention ?? 3600);
 const started = Date.now() / 1000;
 // The Content-Security-Policy the page is known to work under (suggested for the control plane).
 const CSP = process.env.CSP ?? "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
@@ -32,7 +33,7 @@ const wobble = (base, k) => Math.round(base * (1 + 0.1 * Math.sin(Date.now() / 7
 
 function overview(windowS) {
   const now = Date.now() / 1000;
-  if (now - started < EMPTY_FOR_S) return { now_unix: now, window_s: windowS, resolution_s: 10, retention_s: 3600, targets: { known: 0, up: 0 }, workloads: [], edges: [] };
+  if (now - started < EMPTY_FOR_S) return { now_unix: now, window_s: windowS, resolution_s: 10, retention_s: RETENTION_S, targets: { known: 0, up: 0 }, workloads: [], edges: [] };
   const edges = CHAIN.map(([s, d, rps], i) => {
     const r = wobble(rps, i);
     return {
@@ -65,7 +66,7 @@ function overview(windowS) {
       denied: ns === 'bank' && now - started > DENIED_AFTER_S ? 3 : 0, tcp_open_connections: 3, tcp_read_bytes_per_s: 1234.0, tcp_write_bytes_per_s: 2345.0,
     };
   });
-  return { now_unix: now, window_s: windowS, resolution_s: 10, retention_s: 3600, targets: { known: 7, up: 7 }, workloads, edges };
+  return { now_unix: now, window_s: windowS, resolution_s: 10, retention_s: RETENTION_S, targets: { known: 7, up: 7 }, workloads, edges };
 }
 
 function series(windowS) {
@@ -143,7 +144,7 @@ const server = http.createServer((req, res) => {
   if (!p.startsWith('/api/')) return json(res, 404, { error: `no such page ${p}` });
   if (!authed(req)) return json(res, 401, { error: 'log in first: open the URL `onemesh up` printed, or send the token as a bearer token' });
   const windowS = parseWindow(url.searchParams.get('window'));
-  if (windowS == null || windowS > 3600) return json(res, 400, { error: 'window must be like 60s, 5m or 1h, at most the retention (1h)' });
+  if (windowS == null || windowS > RETENTION_S) return json(res, 400, { error: `window must be like 60s, 5m or 1h, at most the retention (${RETENTION_S} s)` });
   if (p === '/api/v1/overview') return json(res, 200, overview(windowS));
   if (p === '/api/v1/routes') return json(res, 200, routes());
   if (p === '/api/v1/authz') return json(res, 200, authz());

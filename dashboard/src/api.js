@@ -3,7 +3,12 @@
 
 export class AuthError extends Error {}
 
-export class ApiError extends Error {}
+export class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
 
 function query(params) {
   const q = new URLSearchParams();
@@ -34,7 +39,7 @@ export async function getJSON(path, params) {
     throw new ApiError(`cannot reach the control plane (${err.message}); is it still running?`);
   }
   if (r.status === 401) throw new AuthError(await errorText(r));
-  if (!r.ok) throw new ApiError(`${path}: HTTP ${r.status}: ${await errorText(r)}`);
+  if (!r.ok) throw new ApiError(`${path}: HTTP ${r.status}: ${await errorText(r)}`, r.status);
   return r.json();
 }
 
@@ -51,7 +56,7 @@ export async function streamNDJSON(path, params, { signal, onOpen, onLine }) {
     throw new ApiError(`cannot reach the control plane (${err.message}); is it still running?`);
   }
   if (r.status === 401) throw new AuthError(await errorText(r));
-  if (!r.ok) throw new ApiError(`HTTP ${r.status}: ${await errorText(r)}`);
+  if (!r.ok) throw new ApiError(`HTTP ${r.status}: ${await errorText(r)}`, r.status);
   onOpen();
   const reader = r.body.getReader();
   const dec = new TextDecoder();

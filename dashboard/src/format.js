@@ -122,3 +122,9 @@ export const WINDOWS = [
   { label: '15 m', value: '15m' },
   { label: '1 h', value: '1h' },
 ];
+
+/** Seconds of a window query value (`60s`, `5m`, `1h`), or NaN. */
+export function windowSeconds(w) {
+  const m = /^(\d+)(s|m|h)$/.exec(w || '');
+  return m ? Number(m[1]) * { s: 1, m: 60, h: 3600 }[m[2]] : NaN;
+}

@@ -10,9 +10,9 @@
 import 'uplot/dist/uPlot.min.css';
 import './app.css';
 
-import { AuthError } from './api.js';
+import { AuthError, ApiError } from './api.js';
 import { h } from './dom.js';
-import { WINDOWS } from './format.js';
+import { WINDOWS, windowSeconds } from './format.js';
 import { renderLogin } from './views/login.js';
 import { topologyView } from './views/topology.js';
 import { workloadView } from './views/workload.js';
@@ -26,6 +26,7 @@ const state = {
   view: null,
   route: null,
   busy: false,
+  again: false,
 };
 if (!WINDOWS.some((w) => w.value === state.window)) state.window = '60s';
 
@@ -89,6 +90,21 @@ const ctx = {
   authFailed() {
     showLogin();
   },
+  // Windows longer than the control plane's retention are refused (400): disable them, and
+  // fall back to the longest allowed one.
+  setRetention(retentionS) {
+    if (!(retentionS > 0)) return;
+    let longest = null;
+    for (const o of windowSelect.options) {
+      o.disabled = windowSeconds(o.value) > retentionS;
+      if (!o.disabled) longest = o.value;
+    }
+    if (windowSeconds(state.window) > retentionS && longest) {
+      state.window = longest;
+      windowSelect.value = longest;
+      refresh();
+    }
+  },
   main,
 };
 
@@ -129,8 +145,13 @@ function mount() {
 
 async function refresh() {
   const view = state.view;
-  if (!view || !view.refresh || state.busy) return;
+  if (!view || !view.refresh) return;
+  if (state.busy) {
+    state.again = true; // e.g. the window changed while a refresh was under way
+    return;
+  }
   state.busy = true;
+  state.again = false;
   try {
     await view.refresh();
     if (view === state.view) {
@@ -145,9 +166,17 @@ async function refresh() {
     }
   } catch (err) {
     if (err instanceof AuthError) showLogin();
-    else if (view === state.view) ctx.setError(err.message);
+    else if (err instanceof ApiError && err.status === 400 && state.window !== WINDOWS[0].value) {
+      // Most likely a remembered window longer than this control plane's retention: fall back
+      // to the shortest; the next overview tells the retention and disables what is too long.
+      ctx.setError(`${err.message} (switching to the ${WINDOWS[0].label} window)`);
+      state.window = WINDOWS[0].value;
+      windowSelect.value = state.window;
+      state.again = true;
+    } else if (view === state.view) ctx.setError(err.message);
   } finally {
     state.busy = false;
+    if (state.again) setTimeout(refresh, 0);
   }
 }
 

@@ -10,6 +10,7 @@ export function remember(ov, ctx) {
   window.__onemesh.lastOverview = ov;
   window.__onemesh.lastOverviewWindow = ctx.window;
   window.__onemesh.lastOverviewAt = Date.now();
+  ctx.setRetention(ov.retention_s);
   const t = ov.targets || {};
   ctx.setStatus(`updated ${fmtClock(ov.now_unix).slice(0, 8)} · targets ${fmtCount(t.up)}/${fmtCount(t.known)} up · window ${fmtCount(ov.window_s)} s`);
 }
