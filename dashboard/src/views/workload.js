@@ -60,7 +60,8 @@ export function workloadView(main, ctx, route) {
   const section = h(
     'section',
     { 'data-testid': 'workload', 'data-state': 'loading', 'data-workload': key },
-    h('h1', {}, h('span', { class: 'muted' }, route.ns + ' / '), route.workload),
+    h('h1', {}, h('span', { class: 'muted' }, route.ns + ' / '), route.workload,
+      h('a', { class: 'action', href: '#/tap?workload=' + encodeURIComponent(key), 'data-testid': 'workload-tap' }, 'Tap its requests')),
     summary,
     note,
     h('div', { class: 'charts' }, chartBoxes.map((c) => h('figure', {}, h('figcaption', {}, c.spec.title), c.box))),
