@@ -138,6 +138,7 @@ function mount() {
   main.replaceChildren();
   main.dataset.view = route.name;
   ctx.setStatus('');
+  document.title = 'onemesh · ' + ({ topology: 'topology', workload: `${route.ns}/${route.workload}`, routes: 'routes', authz: 'authorization', tap: 'tap' }[route.name]);
   const make = { topology: topologyView, workload: workloadView, routes: routesView, authz: authzView, tap: tapView }[route.name];
   state.view = make(main, ctx, route);
   refresh();

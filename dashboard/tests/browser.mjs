@@ -3,7 +3,7 @@
 //
 //   node dashboard/tests/browser.mjs --url http://127.0.0.1:PORT --token T --out DIR
 //        [--tap-workload ns/name] [--expect-denied src->dst]... [--workload ns/name]
-//        [--window 60s] [--tap-min-rows 1] [--timeout 240]
+//        [--window 60s] [--tap-min-rows 1] [--timeout 110]
 //
 // It checks that the API answers 401 without a session and the page shows its login form, logs
 // in through the form, then compares the topology (graph and edge/workload tables) with the
@@ -24,7 +24,7 @@ import * as F from '../src/format.js';
 import { cardNumbers } from './cards.mjs';
 
 function parseArgs(argv) {
-  const a = { expectDenied: [], window: '60s', tapMinRows: 1, timeout: 240 };
+  const a = { expectDenied: [], window: '60s', tapMinRows: 1, timeout: 110 };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const v = () => {
@@ -264,7 +264,7 @@ async function main() {
 
   let problems = [];
   let snap = null;
-  const deadline = Date.now() + 45000;
+  const deadline = Date.now() + 40000;
   for (;;) {
     snap = await page.evaluate(topologySnapshot);
     const api = await page.evaluate(async (w) => {
