@@ -74,7 +74,7 @@ where
                 r.headers_mut().insert(
                     header::CONTENT_SECURITY_POLICY,
                     header::HeaderValue::from_static(
-                        "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
+                        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
                     ),
                 );
                 r
@@ -159,7 +159,7 @@ fn login(shared: &Shared, token: Option<&str>) -> Response<Body> {
     if token.is_some_and(|t| shared.token.matches(t)) {
         let mut r = respond(StatusCode::SEE_OTHER, "text/plain", Bytes::from_static(b"logged in\n"));
         r.headers_mut()
-            .insert(header::LOCATION, header::HeaderValue::from_static("/"));
+            .insert(header::LOCATION, header::HeaderValue::from_static("./"));
         let cookie = format!(
             "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
             shared.token.reveal()
