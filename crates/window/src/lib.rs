@@ -137,7 +137,7 @@ pub struct Target {
 pub struct Ingested {
     /// Sample lines in the text.
     pub samples: usize,
-    /// Samples whose delta was added somewhere.
+    /// Samples with a non-zero delta (added, or refused by the series cap).
     pub used: usize,
     /// The target's first scrape (or first since it was forgotten): kept as baseline only.
     pub baseline: bool,
