@@ -19,7 +19,7 @@
 //!   the destination's inbound `authz_deny_total` by `client_id`, mapped to the caller workload
 //!   through the known targets' identities (an unknown identity makes an edge of its own);
 //! - route (`dst_namespace`, `route`): outbound requests, responses, latency, `retry_total`, and
-//!   requests by backend (`dst_workload`);
+//!   by backend (`dst_workload`: a route with one backend is one series);
 //! - authorization (`namespace`, `workload`, `policy`, caller id): `authz_allow_total` and
 //!   `authz_deny_total`.
 //!
@@ -65,6 +65,7 @@ mod query;
 mod slot;
 mod store;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -226,6 +227,7 @@ pub struct Window {
     first_data_step: Option<u64>,
     hasher: foldhash::fast::RandomState,
     scratch: Vec<(u64, f64)>,
+    staged: Vec<Staged>,
 }
 
 impl Window {
@@ -251,6 +253,7 @@ impl Window {
             first_data_step: None,
             hasher: foldhash::fast::RandomState::default(),
             scratch: Vec::new(),
+            staged: Vec::new(),
             settings,
         })
     }
@@ -302,25 +305,26 @@ impl Window {
                 instance: target.instance.clone(),
             });
         }
-        let checked = if text.len() > MAX_TEXT_BYTES {
+        let mut staged = std::mem::take(&mut self.staged);
+        let read = if text.len() > MAX_TEXT_BYTES {
             Err(IngestError::TooLarge {
                 bytes: text.len(),
                 max: MAX_TEXT_BYTES,
             })
         } else {
-            prom::samples(text)
-                .try_fold(0usize, |n, s| s.map(|_| n + 1))
-                .map_err(IngestError::from)
+            stage(text, &self.hasher, &mut staged).map_err(IngestError::from)
         };
-        let samples = match checked {
-            Ok(n) => n,
+        let (samples, skipped) = match read {
+            Ok(counts) => counts,
             Err(e) => {
+                self.staged = staged;
                 self.scrape_failed(target, at, e.to_string());
                 return Err(e);
             }
         };
         let step = self.store.advance(self.step_of(at));
         let Some(state) = self.targets.get_mut(&target.instance) else {
+            self.staged = staged;
             return Err(IngestError::UnknownTarget {
                 instance: target.instance.clone(),
             });
@@ -334,15 +338,20 @@ impl Window {
         next.clear();
         let mut out = Ingested {
             samples,
+            skipped,
             baseline: prev.is_none(),
             ..Ingested::default()
         };
-        let open_connections = self.take(&me, text, prev.as_deref(), &mut next, &mut out);
+        let open_connections = self.take(&me, text, &staged, prev.as_deref(), &mut next, &mut out);
+        self.staged = staged;
         if out.used > 0 && self.first_data_step.is_none() {
             self.first_data_step = Some(step);
         }
         next.sort_unstable_by_key(|e| e.0);
         next.dedup_by_key(|e| e.0);
+        if next.capacity() > next.len() + next.len() / 8 + 4 {
+            next.shrink_to_fit();
+        }
         self.scratch = prev.unwrap_or_default();
         if let Some(state) = self.targets.get_mut(&target.instance) {
             state.prev = Some(next);
@@ -351,34 +360,26 @@ impl Window {
         Ok(out)
     }
 
-    /// Reads a checked text: fills `next` with raw values and adds deltas against `prev`.
-    /// Returns the inbound open connections.
+    /// Takes the staged samples of a checked text: fills `next` with raw values and adds deltas
+    /// against `prev`. Returns the inbound open connections.
     fn take(
         &mut self,
         me: &Target,
         text: &str,
+        staged: &[Staged],
         prev: Option<&[(u64, f64)]>,
         next: &mut Vec<(u64, f64)>,
         out: &mut Ingested,
     ) -> u64 {
         let mut open_connections = 0u64;
-        for s in prom::samples(text).filter_map(Result::ok) {
-            let Some(metric) = Metric::of(s.name) else {
-                continue;
-            };
-            if !s.value.is_finite() || s.value < 0.0 {
-                out.skipped += 1;
-                continue;
-            }
-            let Some(l) = Labels::read(&s) else {
-                out.skipped += 1;
-                continue;
-            };
+        for s in staged {
+            let l = Labels::of(text, s);
             let inbound = match &*l.direction {
                 "inbound" => true,
                 "outbound" => false,
                 _ => continue,
             };
+            let metric = s.metric;
             if metric == Metric::OpenConnections {
                 if inbound {
                     open_connections = open_connections.saturating_add(s.value as u64);
@@ -399,17 +400,10 @@ impl Window {
                 out.skipped += 1;
                 continue;
             }
-            let hash = {
-                let mut h = self.hasher.build_hasher();
-                h.write(s.name.as_bytes());
-                h.write_u8(0xff);
-                h.write(s.label_text().as_bytes());
-                h.finish()
-            };
-            next.push((hash, s.value));
+            next.push((s.hash, s.value));
             let Some(prev) = prev else { continue };
             let before = prev
-                .binary_search_by_key(&hash, |e| e.0)
+                .binary_search_by_key(&s.hash, |e| e.0)
                 .map_or(0.0, |i| prev[i].1);
             let delta = if s.value >= before {
                 s.value - before
@@ -530,18 +524,10 @@ impl Window {
         if route {
             let key = KeyText {
                 kind: Kind::Route,
-                s: [&l.dst_namespace, &l.route, "", ""],
+                s: [&l.dst_namespace, &l.route, &l.dst_workload, ""],
                 meta: ["", ""],
             };
             self.store.add(&key, apply);
-            if m == Metric::Requests && !l.dst_workload.is_empty() {
-                let key = KeyText {
-                    kind: Kind::RouteBackend,
-                    s: [&l.dst_namespace, &l.route, &l.dst_workload, ""],
-                    meta: ["", ""],
-                };
-                self.store.add(&key, apply);
-            }
         }
     }
 
@@ -566,7 +552,8 @@ impl Window {
     /// Estimated heap bytes held (the measured figure is within a few percent: `README.md`).
     pub fn memory(&self) -> Memory {
         let (series_bytes, records_bytes) = self.store.memory();
-        let mut targets_bytes = self.scratch.capacity() * 16;
+        let mut targets_bytes =
+            self.scratch.capacity() * 16 + self.staged.capacity() * std::mem::size_of::<Staged>();
         for (k, s) in &self.targets {
             let t = &s.target;
             targets_bytes += std::mem::size_of::<TargetState>()
@@ -633,46 +620,115 @@ impl Metric {
     }
 }
 
+/// The labels the window reads ([`Labels`], in that order).
+const LABELS: usize = 10;
+
+/// A sample of a metric the window reads, from a text that is being checked: where its labels
+/// are in the text (`start..end` byte offsets, escapes unresolved), so nothing is taken before the
+/// whole text is known good.
+#[derive(Clone, Copy, Debug)]
+struct Staged {
+    metric: Metric,
+    value: f64,
+    /// Hash of the series' name and label text: its identity within the target.
+    hash: u64,
+    labels: [(u32, u32); LABELS],
+}
+
+/// Checks the whole text and stages the samples the window reads. Returns `(samples, skipped)`.
+fn stage(
+    text: &str,
+    hasher: &foldhash::fast::RandomState,
+    staged: &mut Vec<Staged>,
+) -> Result<(usize, usize), ParseError> {
+    staged.clear();
+    let (mut samples, mut skipped) = (0, 0);
+    let base = text.as_ptr() as usize;
+    for s in prom::samples(text) {
+        let s = s?;
+        samples += 1;
+        let Some(metric) = Metric::of(s.name) else {
+            continue;
+        };
+        if !s.value.is_finite() || s.value < 0.0 {
+            skipped += 1;
+            continue;
+        }
+        let mut labels = [(0u32, 0u32); LABELS];
+        let mut too_long = false;
+        for (key, value) in s.labels() {
+            let i = match key {
+                "direction" => 0,
+                "dst_namespace" => 1,
+                "dst_workload" => 2,
+                "client_id" | "server_id" => 3,
+                "tls" => 4,
+                "route" => 5,
+                "classification" => 6,
+                "le" => 7,
+                "policy" => 8,
+                "reason" => 9,
+                _ => continue,
+            };
+            let raw = value.raw();
+            too_long |= raw.len() > MAX_LABEL_BYTES;
+            let start = (raw.as_ptr() as usize - base) as u32;
+            labels[i] = (start, start + raw.len() as u32);
+        }
+        if too_long {
+            skipped += 1;
+            continue;
+        }
+        let hash = {
+            let mut h = hasher.build_hasher();
+            h.write(s.name.as_bytes());
+            h.write_u8(0xff);
+            h.write(s.label_text().as_bytes());
+            h.finish()
+        };
+        staged.push(Staged {
+            metric,
+            value: s.value,
+            hash,
+            labels,
+        });
+    }
+    Ok((samples, skipped))
+}
+
 /// The labels the window uses, unescaped (borrowed unless escaped).
-#[derive(Default)]
 struct Labels<'a> {
-    direction: std::borrow::Cow<'a, str>,
-    dst_namespace: std::borrow::Cow<'a, str>,
-    dst_workload: std::borrow::Cow<'a, str>,
+    direction: Cow<'a, str>,
+    dst_namespace: Cow<'a, str>,
+    dst_workload: Cow<'a, str>,
     /// `client_id` (inbound) or `server_id` (outbound).
-    peer_id: std::borrow::Cow<'a, str>,
-    tls: std::borrow::Cow<'a, str>,
-    route: std::borrow::Cow<'a, str>,
-    classification: std::borrow::Cow<'a, str>,
-    le: std::borrow::Cow<'a, str>,
-    policy: std::borrow::Cow<'a, str>,
-    reason: std::borrow::Cow<'a, str>,
+    peer_id: Cow<'a, str>,
+    tls: Cow<'a, str>,
+    route: Cow<'a, str>,
+    classification: Cow<'a, str>,
+    le: Cow<'a, str>,
+    policy: Cow<'a, str>,
+    reason: Cow<'a, str>,
 }
 
 impl<'a> Labels<'a> {
-    /// `None` if a value is longer than [`MAX_LABEL_BYTES`].
-    fn read(s: &prom::Sample<'a>) -> Option<Labels<'a>> {
-        let mut l = Labels::default();
-        for (key, value) in s.labels() {
-            let slot = match key {
-                "direction" => &mut l.direction,
-                "dst_namespace" => &mut l.dst_namespace,
-                "dst_workload" => &mut l.dst_workload,
-                "client_id" | "server_id" => &mut l.peer_id,
-                "tls" => &mut l.tls,
-                "route" => &mut l.route,
-                "classification" => &mut l.classification,
-                "le" => &mut l.le,
-                "policy" => &mut l.policy,
-                "reason" => &mut l.reason,
-                _ => continue,
-            };
-            if value.raw().len() > MAX_LABEL_BYTES {
-                return None;
-            }
-            *slot = value.unescape();
+    fn of(text: &'a str, s: &Staged) -> Labels<'a> {
+        let get = |i: usize| {
+            let (start, end) = s.labels[i];
+            prom::RawValue::new(text.get(start as usize..end as usize).unwrap_or("")).unescape()
+        };
+        Labels {
+            direction: get(0),
+            dst_namespace: get(1),
+            dst_workload: get(2),
+            peer_id: get(3),
+            tls: get(4),
+            route: get(5),
+            classification: get(6),
+            le: get(7),
+            policy: get(8),
+            reason: get(9),
         }
-        Some(l)
     }
 }
 

@@ -11,6 +11,33 @@
 
 use std::borrow::Cow;
 
+/// The first index at or after `$i` whose byte does not match the pattern (a macro rather than a
+/// function taking a closure: the closure call per byte is what made debug builds, i.e. every
+/// test, slow).
+macro_rules! skip {
+    ($b:expr, $i:expr, $($pat:tt)+) => {{
+        let b: &[u8] = $b;
+        let mut i: usize = $i;
+        while i < b.len() && matches!(b[i], $($pat)+) {
+            i += 1;
+        }
+        i
+    }};
+}
+
+/// The first index at or after `$i` whose byte matches the pattern (or the end).
+macro_rules! until {
+    ($b:expr, $i:expr, $($pat:tt)+) => {{
+        let b: &[u8] = $b;
+        let mut i: usize = $i;
+        while i < b.len() && !matches!(b[i], $($pat)+) {
+            i += 1;
+        }
+        i
+    }};
+}
+
+
 /// One sample line, borrowed from the text.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sample<'a> {
@@ -49,6 +76,11 @@ impl<'a> Sample<'a> {
 pub struct RawValue<'a>(&'a str);
 
 impl<'a> RawValue<'a> {
+    /// Wraps text as written between quotes (escapes unresolved).
+    pub fn new(raw: &'a str) -> Self {
+        RawValue(raw)
+    }
+
     /// The text between the quotes, escapes included.
     pub fn raw(&self) -> &'a str {
         self.0
@@ -91,13 +123,23 @@ impl<'a> Iterator for Labels<'a> {
     type Item = (&'a str, RawValue<'a>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let s = self.rest.trim_start_matches([',', ' ', '\t']);
-        let eq = s.find('=')?;
-        let key = s[..eq].trim_end();
-        let after = s[eq + 1..].trim_start().strip_prefix('"')?;
-        let end = closing_quote(after).ok()?;
-        self.rest = &after[end + 1..];
-        Some((key, RawValue(&after[..end])))
+        // The body was checked when the line was read: `name = "value"` pairs, separated by
+        // commas and blanks, values closed by an unescaped quote.
+        let b = self.rest.as_bytes();
+        let mut i = skip!(b, 0, b',' | b' ' | b'\t');
+        let key_start = i;
+        i = until!(b, i, b'=' | b' ' | b'\t');
+        let key_end = i;
+        i = skip!(b, i, b'=' | b' ' | b'\t');
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let start = i + 1;
+        let end = start + closing_quote(&b[start..]).ok()?;
+        let key = self.rest.get(key_start..key_end)?;
+        let value = self.rest.get(start..end)?;
+        self.rest = self.rest.get(end + 1..)?;
+        Some((key, RawValue(value)))
     }
 }
 
@@ -152,7 +194,8 @@ pub struct ParseError {
 /// The samples of an exposition, in order; stops being useful after the first error.
 pub fn samples(text: &str) -> Samples<'_> {
     Samples {
-        lines: text.lines(),
+        text,
+        pos: 0,
         line: 0,
     }
 }
@@ -160,7 +203,8 @@ pub fn samples(text: &str) -> Samples<'_> {
 /// Iterator returned by [`samples`].
 #[derive(Clone, Debug)]
 pub struct Samples<'a> {
-    lines: std::str::Lines<'a>,
+    text: &'a str,
+    pos: usize,
     line: usize,
 }
 
@@ -168,18 +212,32 @@ impl<'a> Iterator for Samples<'a> {
     type Item = Result<Sample<'a>, ParseError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let raw = self.lines.next()?;
+        let b = self.text.as_bytes();
+        while self.pos < b.len() {
+            let start = self.pos;
+            let end = until!(b, start, b'\n');
+            self.pos = end + 1;
             self.line += 1;
-            let line = raw.trim_matches([' ', '\t']);
-            if line.is_empty() || line.starts_with('#') {
+            // Trim blanks (and a '\r') at both ends.
+            let mut s = start;
+            let mut e = end;
+            while s < e && matches!(b[s], b' ' | b'\t') {
+                s += 1;
+            }
+            while e > s && matches!(b[e - 1], b' ' | b'\t' | b'\r') {
+                e -= 1;
+            }
+            if s == e || b[s] == b'#' {
                 continue;
             }
             let number = self.line;
+            // Both ends are at ASCII bytes, so this is a char boundary.
+            let line = self.text.get(s..e)?;
             return Some(
                 parse_line(line, number).map_err(|kind| ParseError { line: number, kind }),
             );
         }
+        None
     }
 }
 
@@ -190,32 +248,36 @@ pub fn parse(text: &str) -> Result<Vec<Sample<'_>>, ParseError> {
 }
 
 fn parse_line(line: &str, number: usize) -> Result<Sample<'_>, ParseErrorKind> {
-    let name_end = line
-        .find(|c: char| c == '{' || c == ' ' || c == '\t')
-        .ok_or(ParseErrorKind::NoValue)?;
-    let name = &line[..name_end];
-    if !valid_name(name, true) {
+    let b = line.as_bytes();
+    let name_end = skip!(b, 0, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b':');
+    if name_end == 0 || b[0].is_ascii_digit() {
         return Err(ParseErrorKind::BadName);
     }
-    let mut rest = &line[name_end..];
+    let name = &line[..name_end];
+    let mut i = name_end;
     let mut body = "";
-    if let Some(after_brace) = rest.strip_prefix('{') {
-        let end = check_labels(after_brace)?;
-        body = &after_brace[..end];
-        rest = &after_brace[end + 1..];
+    match b.get(i) {
+        Some(b'{') => {
+            let len = check_labels(&b[i + 1..])?;
+            body = &line[i + 1..i + 1 + len];
+            i += len + 2;
+        }
+        Some(b' ' | b'\t') => {}
+        None => return Err(ParseErrorKind::NoValue),
+        Some(_) => return Err(ParseErrorKind::BadName),
     }
-    let mut fields = rest.split([' ', '\t']).filter(|f| !f.is_empty());
-    let value_text = fields.next().ok_or(ParseErrorKind::NoValue)?;
+    let (value_text, next) = token(line, i);
+    if value_text.is_empty() {
+        return Err(ParseErrorKind::NoValue);
+    }
     let value = parse_value(value_text).ok_or(ParseErrorKind::BadValue)?;
-    match fields.next() {
-        None => {}
-        Some(f) if f.starts_with('#') => {}
-        Some(ts) => {
-            ts.parse::<i64>()
-                .map_err(|_| ParseErrorKind::BadTimestamp)?;
-            if fields.next().is_some_and(|f| !f.starts_with('#')) {
-                return Err(ParseErrorKind::Trailing);
-            }
+    let (ts, next) = token(line, next);
+    if !ts.is_empty() && !ts.starts_with('#') {
+        ts.parse::<i64>()
+            .map_err(|_| ParseErrorKind::BadTimestamp)?;
+        let (rest, _) = token(line, next);
+        if !rest.is_empty() && !rest.starts_with('#') {
+            return Err(ParseErrorKind::Trailing);
         }
     }
     Ok(Sample {
@@ -224,6 +286,14 @@ fn parse_line(line: &str, number: usize) -> Result<Sample<'_>, ParseErrorKind> {
         value,
         line: number,
     })
+}
+
+/// The blank-separated token at or after `i`, and the index after it.
+fn token(line: &str, i: usize) -> (&str, usize) {
+    let b = line.as_bytes();
+    let start = skip!(b, i, b' ' | b'\t');
+    let end = until!(b, start, b' ' | b'\t');
+    (line.get(start..end).unwrap_or(""), end)
 }
 
 fn parse_value(text: &str) -> Option<f64> {
@@ -237,49 +307,39 @@ fn parse_value(text: &str) -> Option<f64> {
     }
 }
 
-fn valid_name(name: &str, metric: bool) -> bool {
-    let mut bytes = name.bytes();
-    let ok_first = |b: u8| b.is_ascii_alphabetic() || b == b'_' || (metric && b == b':');
-    match bytes.next() {
-        Some(b) if ok_first(b) => {}
-        _ => return false,
-    }
-    bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || (metric && b == b':'))
-}
-
 /// Checks a label body after `{`; returns the index of the closing `}`.
-fn check_labels(s: &str) -> Result<usize, ParseErrorKind> {
-    let bytes = s.as_bytes();
+fn check_labels(b: &[u8]) -> Result<usize, ParseErrorKind> {
     let mut i = 0;
     loop {
-        while i < bytes.len() && matches!(bytes[i], b' ' | b'\t') {
-            i += 1;
-        }
-        match bytes.get(i) {
+        i = skip!(b, i, b' ' | b'\t');
+        match b.get(i) {
             None => return Err(ParseErrorKind::Unterminated),
             Some(b'}') => return Ok(i),
             Some(_) => {}
         }
-        let eq = s[i..]
-            .find(['=', '}', ','])
-            .filter(|&e| bytes[i + e] == b'=')
-            .ok_or(ParseErrorKind::NoEquals)?;
-        if !valid_name(s[i..i + eq].trim_end(), false) {
-            return Err(ParseErrorKind::BadLabelName);
+        let key_start = i;
+        i = skip!(b, i, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_');
+        if i == key_start || b[key_start].is_ascii_digit() {
+            return Err(match b[key_start] {
+                b'=' | b',' | b'}' => ParseErrorKind::NoEquals,
+                _ => ParseErrorKind::BadLabelName,
+            });
         }
-        i += eq + 1;
-        while i < bytes.len() && matches!(bytes[i], b' ' | b'\t') {
-            i += 1;
+        i = skip!(b, i, b' ' | b'\t');
+        match b.get(i) {
+            Some(b'=') => i += 1,
+            None => return Err(ParseErrorKind::Unterminated),
+            Some(b',' | b'}') => return Err(ParseErrorKind::NoEquals),
+            Some(_) => return Err(ParseErrorKind::BadLabelName),
         }
-        if bytes.get(i) != Some(&b'"') {
+        i = skip!(b, i, b' ' | b'\t');
+        if b.get(i) != Some(&b'"') {
             return Err(ParseErrorKind::Unquoted);
         }
         i += 1;
-        i += closing_quote(&s[i..])? + 1;
-        while i < bytes.len() && matches!(bytes[i], b' ' | b'\t') {
-            i += 1;
-        }
-        match bytes.get(i) {
+        i += closing_quote(&b[i..])? + 1;
+        i = skip!(b, i, b' ' | b'\t');
+        match b.get(i) {
             Some(b',') => i += 1,
             Some(b'}') => return Ok(i),
             Some(_) => return Err(ParseErrorKind::BadSeparator),
@@ -288,25 +348,21 @@ fn check_labels(s: &str) -> Result<usize, ParseErrorKind> {
     }
 }
 
-/// Index of the quote closing a label value that starts at `s[0]`.
-fn closing_quote(s: &str) -> Result<usize, ParseErrorKind> {
-    let bytes = s.as_bytes();
+/// Index of the quote closing a label value that starts at `b[0]`.
+fn closing_quote(b: &[u8]) -> Result<usize, ParseErrorKind> {
     let mut i = 0;
-    loop {
-        let step = bytes[i..]
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\')
-            .ok_or(ParseErrorKind::Unterminated)?;
-        i += step;
-        if bytes[i] == b'"' {
-            return Ok(i);
-        }
-        match bytes.get(i + 1) {
-            Some(b'\\' | b'"' | b'n') => i += 2,
-            Some(_) => return Err(ParseErrorKind::BadEscape),
-            None => return Err(ParseErrorKind::Unterminated),
+    while i < b.len() {
+        match b[i] {
+            b'"' => return Ok(i),
+            b'\\' => match b.get(i + 1) {
+                Some(b'\\' | b'"' | b'n') => i += 2,
+                Some(_) => return Err(ParseErrorKind::BadEscape),
+                None => return Err(ParseErrorKind::Unterminated),
+            },
+            _ => i += 1,
         }
     }
+    Err(ParseErrorKind::Unterminated)
 }
 
 #[cfg(test)]

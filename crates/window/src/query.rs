@@ -245,8 +245,7 @@ impl Window {
         let mut routes: BTreeMap<(String, String), (Totals, BTreeMap<String, u64>)> =
             BTreeMap::new();
         for series in self.store.iter() {
-            let kind = series.key.kind;
-            if !matches!(kind, Kind::Route | Kind::RouteBackend) {
+            if series.key.kind != Kind::Route {
                 continue;
             }
             let t = self.store.totals(series, span.from, span.to);
@@ -257,9 +256,8 @@ impl Window {
             let entry = routes
                 .entry((k[0].to_string(), k[1].to_string()))
                 .or_default();
-            if kind == Kind::Route {
-                entry.0.merge(&t);
-            } else {
+            entry.0.merge(&t);
+            if !k[2].is_empty() && t.get(Field::Requests) > 0 {
                 *entry.1.entry(format!("{}/{}", k[0], k[2])).or_default() +=
                     t.get(Field::Requests);
             }

@@ -5,15 +5,18 @@
 //! appended to the series' current chunk:
 //!
 //! ```text
-//! offset in chunk (u8) | field mask (LEB128 u16) | one LEB128 u64 per set field
-//!   | if BUCKETS is set: lowest and highest non-empty bucket (u8, u8), then each bucket's count
-//!     between them (LEB128, non-cumulative)
+//! offset in chunk (u8) | mask (LEB128) | one LEB128 u64 per field set in the mask
+//!   | if the mask says buckets: lowest non-empty bucket (5 bits) and span to the highest
+//!     (3 bits; 7 = the highest follows as a byte), then each bucket's count over that range
+//!     (LEB128, non-cumulative)
 //! ```
 //!
 //! A step with nothing in it has no record at all, a field that is zero costs nothing (a bit of
 //! the mask), and latency buckets cost one byte or two each only across the range actually hit
-//! (requests of one series usually land in 2-4 neighbouring buckets). A busy workload step is
-//! about 20-25 bytes; an authorization caller's about 4.
+//! (requests of one series usually land in 2-4 neighbouring buckets). The mask's first 7 bits
+//! (one byte) are what busy HTTP series need: requests, successes, "successes = requests" (then
+//! not stored), buckets, the two TLS flags and allowed. A busy edge step is about 10 bytes, a busy
+//! workload's about 20 (it also has TCP bytes), an authorization caller's 3-4.
 
 /// The proxy's latency buckets (`response_latency_seconds`), in seconds; index 23 is `+Inf`.
 pub const LATENCY_BOUNDS: [f64; 23] = [
@@ -44,10 +47,29 @@ pub(crate) enum Field {
 pub(crate) const FIELDS: usize = 11;
 
 /// Flag: traffic with a verified peer identity was seen in the step.
-pub(crate) const MTLS: u16 = 1 << 11;
+pub(crate) const MTLS: u16 = 1;
 /// Flag: traffic without a peer identity was seen in the step.
-pub(crate) const PLAIN: u16 = 1 << 12;
-const HAS_BUCKETS: u16 = 1 << 13;
+pub(crate) const PLAIN: u16 = 2;
+
+/// The mask's bit for each field, by [`Field`] index.
+const FIELD_BIT: [u32; FIELDS] = [
+    1 << 0,  // requests
+    1 << 1,  // success
+    1 << 7,  // failure
+    1 << 8,  // denied
+    1 << 6,  // allowed
+    1 << 9,  // tcp read
+    1 << 10, // tcp write
+    1 << 11, // tcp open
+    1 << 12, // tcp close
+    1 << 13, // retries
+    1 << 14, // refused
+];
+/// Successes equal requests (then not stored).
+const SUCCESS_IS_REQUESTS: u32 = 1 << 2;
+const HAS_BUCKETS: u32 = 1 << 3;
+const MASK_MTLS: u32 = 1 << 4;
+const MASK_PLAIN: u32 = 1 << 5;
 
 /// The bucket index of a `le` label value, if it is one of the proxy's bounds.
 pub(crate) fn bucket_index(le: &str) -> Option<usize> {
@@ -87,11 +109,22 @@ impl Acc {
         }
         let lo = buckets.iter().position(|&b| b > 0);
         let hi = buckets.iter().rposition(|&b| b > 0);
-        let mut mask = self.flags & (MTLS | PLAIN);
+        let mut mask = 0u32;
+        if self.flags & MTLS != 0 {
+            mask |= MASK_MTLS;
+        }
+        if self.flags & PLAIN != 0 {
+            mask |= MASK_PLAIN;
+        }
         for (i, &v) in self.vals.iter().enumerate() {
             if v > 0 {
-                mask |= 1 << i;
+                mask |= FIELD_BIT[i];
             }
+        }
+        let requests = self.vals[Field::Requests as usize];
+        let same = requests > 0 && self.vals[Field::Success as usize] == requests;
+        if same {
+            mask = (mask & !FIELD_BIT[Field::Success as usize]) | SUCCESS_IS_REQUESTS;
         }
         if lo.is_some() {
             mask |= HAS_BUCKETS;
@@ -101,12 +134,17 @@ impl Acc {
         }
         out.push(offset);
         put_varint(out, u64::from(mask));
-        for &v in self.vals.iter().filter(|&&v| v > 0) {
-            put_varint(out, v);
+        for (i, &v) in self.vals.iter().enumerate() {
+            if mask & FIELD_BIT[i] != 0 {
+                put_varint(out, v);
+            }
         }
         if let (Some(lo), Some(hi)) = (lo, hi) {
-            out.push(lo as u8);
-            out.push(hi as u8);
+            let span = hi - lo;
+            out.push(lo as u8 | (span.min(7) as u8) << 5);
+            if span >= 7 {
+                out.push(hi as u8);
+            }
             for &b in &buckets[lo..=hi] {
                 put_varint(out, b);
             }
@@ -166,19 +204,36 @@ pub(crate) fn decode(data: &[u8], mut f: impl FnMut(u8, &Totals)) {
     while let Some(offset) = r.byte() {
         let mut t = Totals::default();
         let Some(mask) = r.varint() else { return };
-        let mask = mask as u16;
-        for i in 0..FIELDS {
-            if mask & (1 << i) != 0 {
+        let mask = mask as u32;
+        for (i, bit) in FIELD_BIT.iter().enumerate() {
+            if mask & bit != 0 {
                 let Some(v) = r.varint() else { return };
                 t.vals[i] = v;
             }
         }
-        t.flags = mask & (MTLS | PLAIN);
+        if mask & SUCCESS_IS_REQUESTS != 0 {
+            t.vals[Field::Success as usize] = t.vals[Field::Requests as usize];
+        }
+        if mask & MASK_MTLS != 0 {
+            t.flags |= MTLS;
+        }
+        if mask & MASK_PLAIN != 0 {
+            t.flags |= PLAIN;
+        }
         if mask & HAS_BUCKETS != 0 {
-            let (Some(lo), Some(hi)) = (r.byte(), r.byte()) else {
-                return;
+            let Some(packed) = r.byte() else { return };
+            let lo = usize::from(packed & 0x1f);
+            let hi = match packed >> 5 {
+                7 => {
+                    let Some(hi) = r.byte() else { return };
+                    usize::from(hi)
+                }
+                span => lo + usize::from(span),
             };
-            for i in lo as usize..=(hi as usize).min(BUCKETS - 1) {
+            if lo > hi || hi >= BUCKETS {
+                return;
+            }
+            for i in lo..=hi {
                 let Some(v) = r.varint() else { return };
                 t.buckets[i] = v;
             }

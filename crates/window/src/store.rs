@@ -10,7 +10,8 @@
 //! The number of series is capped: a key that would create a series beyond `max_series` is
 //! refused and counted.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use crate::intern::{Interner, Sym};
 use crate::slot::{self, Acc, Totals};
@@ -26,10 +27,9 @@ pub(crate) enum Kind {
     /// `[src_namespace (from the SPIFFE id, or empty), src_id, dst_namespace, dst_workload]`:
     /// denials of an identity no known target has (or of an unmeshed caller: empty id).
     DeniedEdge,
-    /// `[dst_namespace, route, -, -]`: outbound traffic by route.
+    /// `[dst_namespace, route, dst_workload, -]`: outbound traffic by route and backend (the
+    /// backend empty for `retry_total`, which has none); the query adds a route's backends up.
     Route,
-    /// `[dst_namespace, route, dst_workload, -]`: a route's requests by backend.
-    RouteBackend,
     /// `[namespace, workload, policy, caller_id]`: authorization decisions.
     Authz,
 }
@@ -54,19 +54,69 @@ const NO_PENDING: u32 = u32::MAX;
 pub(crate) struct Series {
     pub(crate) key: Key,
     pub(crate) meta: [Sym; 2],
-    chunks: VecDeque<Chunk>,
+    /// Oldest first; kept at exact capacity (a chunk is added or dropped once per
+    /// `chunk_steps` steps).
+    chunks: Vec<Chunk>,
     pending: u32,
 }
 
-struct Chunk {
-    /// `first step / chunk_steps`.
-    index: u32,
-    data: Box<[u8]>,
+/// `first step / chunk_steps` as 4 little-endian bytes, then the records (one allocation of 16
+/// bytes of pointer per chunk).
+struct Chunk(Box<[u8]>);
+
+impl Chunk {
+    fn new(index: u32, record: &[u8]) -> Chunk {
+        let mut data = Vec::with_capacity(4 + record.len());
+        data.extend_from_slice(&index.to_le_bytes());
+        data.extend_from_slice(record);
+        Chunk(data.into_boxed_slice())
+    }
+
+    fn index(&self) -> u32 {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&self.0[..4]);
+        u32::from_le_bytes(b)
+    }
+
+    fn records(&self) -> &[u8] {
+        &self.0[4..]
+    }
+
+    fn push(&mut self, record: &[u8]) {
+        let mut data = std::mem::take(&mut self.0).into_vec();
+        data.reserve_exact(record.len());
+        data.extend_from_slice(record);
+        self.0 = data.into_boxed_slice();
+    }
+}
+
+/// Hashes a `u64` that is already a hash (the index's keys).
+#[derive(Default)]
+pub(crate) struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 pub(crate) struct Store {
     pub(crate) interner: Interner,
-    index: HashMap<Key, u32, foldhash::fast::RandomState>,
+    /// Series by a keyed hash of their key's kind and strings: one hash per lookup instead of one
+    /// per string (a found series' strings are compared, so a collision cannot mix series up:
+    /// the newcomer is refused like a series over the cap).
+    index: HashMap<u64, u32, BuildHasherDefault<PassThrough>>,
+    hasher: foldhash::fast::RandomState,
     series: Vec<Option<Series>>,
     free: Vec<u32>,
     live: usize,
@@ -87,6 +137,7 @@ impl Store {
         Store {
             interner: Interner::new(),
             index: HashMap::default(),
+            hasher: foldhash::fast::RandomState::default(),
             series: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -133,17 +184,12 @@ impl Store {
             if buf.is_empty() {
                 continue;
             }
-            match series.chunks.back_mut() {
-                Some(chunk) if chunk.index == index => {
-                    let mut data = std::mem::take(&mut chunk.data).into_vec();
-                    data.reserve_exact(buf.len());
-                    data.extend_from_slice(&buf);
-                    chunk.data = data.into_boxed_slice();
+            match series.chunks.last_mut() {
+                Some(chunk) if chunk.index() == index => chunk.push(&buf),
+                _ => {
+                    series.chunks.reserve_exact(1);
+                    series.chunks.push(Chunk::new(index, &buf));
                 }
-                _ => series.chunks.push_back(Chunk {
-                    index,
-                    data: buf.as_slice().into(),
-                }),
             }
         }
     }
@@ -155,22 +201,24 @@ impl Store {
         let mut emptied = Vec::new();
         for (i, slot) in self.series.iter_mut().enumerate() {
             let Some(series) = slot else { continue };
-            while series
+            let old = series
                 .chunks
-                .front()
-                .is_some_and(|c| (u64::from(c.index) + 1) * self.chunk_steps <= oldest)
-            {
-                series.chunks.pop_front();
+                .iter()
+                .take_while(|c| (u64::from(c.index()) + 1) * self.chunk_steps <= oldest)
+                .count();
+            if old > 0 {
+                series.chunks.drain(..old);
+                series.chunks.shrink_to_fit();
             }
             if series.chunks.is_empty() && series.pending == NO_PENDING {
                 emptied.push(i);
-            } else if series.chunks.len() * 2 < series.chunks.capacity() {
-                series.chunks.shrink_to_fit();
             }
         }
         for i in emptied {
             if let Some(series) = self.series[i].take() {
-                self.index.remove(&series.key);
+                let texts = series.key.s.map(|s| self.interner.resolve(s));
+                let hash = key_hash(&self.hasher, series.key.kind, texts);
+                self.index.remove(&hash);
                 for sym in series.key.s.into_iter().chain(series.meta) {
                     self.interner.release(sym);
                 }
@@ -200,15 +248,22 @@ impl Store {
     }
 
     fn find_or_make(&mut self, key: &KeyText<'_>) -> Option<u32> {
-        let found = (|| {
-            let mut s = [Sym::EMPTY; 4];
-            for (sym, text) in s.iter_mut().zip(key.s) {
-                *sym = self.interner.get(text)?;
+        let hash = key_hash(&self.hasher, key.kind, key.s);
+        if let Some(&i) = self.index.get(&hash) {
+            let series = self.series.get(i as usize)?.as_ref()?;
+            let same = series.key.kind == key.kind
+                && series
+                    .key
+                    .s
+                    .iter()
+                    .zip(key.s)
+                    .all(|(&sym, text)| self.interner.resolve(sym) == text);
+            if !same {
+                return None;
             }
-            self.index.get(&Key { kind: key.kind, s }).copied()
-        })();
-        if let Some(i) = found {
-            self.fill_meta(i, key);
+            if series.meta.contains(&Sym::EMPTY) {
+                self.fill_meta(i, key);
+            }
             return Some(i);
         }
         if self.live >= self.max_series {
@@ -222,7 +277,7 @@ impl Store {
         let series = Series {
             key: Key { kind: key.kind, s },
             meta,
-            chunks: VecDeque::new(),
+            chunks: Vec::new(),
             pending: NO_PENDING,
         };
         let i = match self.free.pop() {
@@ -235,7 +290,7 @@ impl Store {
                 self.series.len() as u32 - 1
             }
         };
-        self.index.insert(Key { kind: key.kind, s }, i);
+        self.index.insert(hash, i);
         self.live += 1;
         Some(i)
     }
@@ -263,12 +318,16 @@ impl Store {
 
     /// The series of `key`, if any.
     pub(crate) fn find(&self, kind: Kind, s: [&str; 4]) -> Option<&Series> {
-        let mut syms = [Sym::EMPTY; 4];
-        for (sym, text) in syms.iter_mut().zip(s) {
-            *sym = self.interner.get(text)?;
-        }
-        let i = *self.index.get(&Key { kind, s: syms })?;
-        self.series.get(i as usize)?.as_ref()
+        let i = *self.index.get(&key_hash(&self.hasher, kind, s))?;
+        let series = self.series.get(i as usize)?.as_ref()?;
+        let same = series.key.kind == kind
+            && series
+                .key
+                .s
+                .iter()
+                .zip(s)
+                .all(|(&sym, text)| self.interner.resolve(sym) == text);
+        same.then_some(series)
     }
 
     /// Sums of `series` over the steps `from..=to`.
@@ -291,11 +350,11 @@ impl Store {
             return;
         }
         for chunk in &series.chunks {
-            let first = u64::from(chunk.index) * self.chunk_steps;
+            let first = u64::from(chunk.index()) * self.chunk_steps;
             if first > to || first + self.chunk_steps <= from {
                 continue;
             }
-            slot::decode(&chunk.data, |offset, t| {
+            slot::decode(chunk.records(), |offset, t| {
                 let step = first + u64::from(offset);
                 if (from..=to).contains(&step) {
                     f(step, t);
@@ -319,9 +378,9 @@ impl Store {
         let mut rings = 0;
         for series in self.iter() {
             rings += series.chunks.capacity() * std::mem::size_of::<Chunk>();
-            data += series.chunks.iter().map(|c| c.data.len()).sum::<usize>();
+            data += series.chunks.iter().map(|c| c.0.len()).sum::<usize>();
         }
-        let index = self.index.capacity() * (std::mem::size_of::<(Key, u32)>() + 1);
+        let index = self.index.capacity() * (std::mem::size_of::<(u64, u32)>() + 1);
         let slab = self.series.capacity() * std::mem::size_of::<Option<Series>>()
             + self.free.capacity() * 4;
         let pending = self.pending.capacity() * std::mem::size_of::<(u32, Acc)>();
@@ -330,4 +389,16 @@ impl Store {
             data,
         )
     }
+}
+
+/// The index's hash of a key (0xff never occurs in UTF-8: the strings cannot run into each
+/// other).
+fn key_hash(hasher: &foldhash::fast::RandomState, kind: Kind, s: [&str; 4]) -> u64 {
+    let mut h = hasher.build_hasher();
+    h.write_u8(kind as u8);
+    for text in s {
+        h.write(text.as_bytes());
+        h.write_u8(0xff);
+    }
+    h.finish()
 }

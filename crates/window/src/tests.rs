@@ -481,14 +481,14 @@ fn series_age_out_and_their_strings_are_released() {
     let text = |d: &str, n: u64| format!("request_total{{{}}} {n}\n", outbound(d, "r", ""));
     w.ingest(&pg, at(0), &text("old", 0)).unwrap();
     w.ingest(&pg, at(10), &text("old", 5)).unwrap();
-    assert_eq!(w.stats().series, 3); // edge, route, route backend
+    assert_eq!(w.stats().series, 2); // edge, route
     let strings = w.stats().interned_strings;
     assert!(strings >= 5);
     // Traffic moves to another destination; the old series age out after the retention.
     for i in 2..80u64 {
         w.ingest(&pg, at(i * 10), &text("new", i)).unwrap();
     }
-    assert_eq!(w.stats().series, 3);
+    assert_eq!(w.stats().series, 2);
     assert_eq!(w.stats().interned_strings, strings);
     let o = w.overview(at(791), Duration::from_secs(600));
     assert_eq!(o.edges.len(), 1);
@@ -664,8 +664,8 @@ fn step_records_round_trip_and_skip_empty_fields() {
     let mut buf = Vec::new();
     acc.encode(7, &mut buf);
     slot::Acc::default().encode(8, &mut buf); // empty: no record
-    // offset, mask (2), requests (2), read (6), lo, hi, buckets 3..=4 (2)
-    assert_eq!(buf.len(), 1 + 2 + 2 + 6 + 2 + 2);
+    // offset, mask (2), requests (2), read (6), lo and span (1), buckets 3..=4 (2)
+    assert_eq!(buf.len(), 1 + 2 + 2 + 6 + 1 + 2);
     let mut seen = Vec::new();
     slot::decode(&buf, |offset, t| seen.push((offset, t.clone())));
     assert_eq!(seen.len(), 1);
