@@ -76,7 +76,7 @@ pub use prom::{ParseError, ParseErrorKind};
 pub use slot::LATENCY_BOUNDS;
 
 use slot::Field;
-use store::{Kind, KeyText, Store};
+use store::{KeyText, Kind, Store};
 
 /// The largest `/metrics` text [`Window::ingest`] accepts; a proxy's is ~50 KB.
 pub const MAX_TEXT_BYTES: usize = 4 << 20;
@@ -238,7 +238,7 @@ impl Window {
         }
         let retention_ms = settings.retention.as_millis();
         let steps = retention_ms / resolution_ms;
-        if retention_ms % resolution_ms != 0 || !(1..=100_000).contains(&steps) {
+        if !retention_ms.is_multiple_of(resolution_ms) || !(1..=100_000).contains(&steps) {
             return Err(SettingsError::BadRetention {
                 retention: settings.retention,
                 resolution: settings.resolution,
@@ -372,9 +372,13 @@ impl Window {
         out: &mut Ingested,
     ) -> u64 {
         let mut open_connections = 0u64;
+        // The histogram whose buckets are being read: (its label set's hash, last bucket index,
+        // last cumulative delta). Buckets come in increasing `le` order; each one's own count is
+        // its cumulative delta minus the previous bucket's, so only the buckets actually hit are
+        // added (a handful per histogram rather than every bucket above them).
+        let mut histogram = (0u64, 0usize, 0u64);
         for s in staged {
-            let l = Labels::of(text, s);
-            let inbound = match &*l.direction {
+            let inbound = match raw(text, s.labels[0]) {
                 "inbound" => true,
                 "outbound" => false,
                 _ => continue,
@@ -387,7 +391,7 @@ impl Window {
                 continue;
             }
             let bucket = match metric {
-                Metric::Bucket => match slot::bucket_index(&l.le) {
+                Metric::Bucket => match slot::bucket_index(raw(text, s.labels[7])) {
                     Some(b) => b,
                     None => {
                         out.skipped += 1;
@@ -410,10 +414,18 @@ impl Window {
             } else {
                 s.value
             };
-            let delta = delta.round() as u64;
+            let mut delta = delta.round() as u64;
+            if metric == Metric::Bucket {
+                let cumulative = delta;
+                if histogram.0 == s.group && bucket > histogram.1 {
+                    delta = cumulative.saturating_sub(histogram.2);
+                }
+                histogram = (s.group, bucket, cumulative);
+            }
             if delta == 0 {
                 continue;
             }
+            let l = Labels::of(text, s);
             let before_drops = self.store.dropped_total;
             self.add(me, metric, &l, inbound, bucket, delta);
             out.used += 1;
@@ -423,7 +435,15 @@ impl Window {
     }
 
     /// Adds one sample's delta to the series it feeds.
-    fn add(&mut self, me: &Target, m: Metric, l: &Labels<'_>, inbound: bool, bucket: usize, n: u64) {
+    fn add(
+        &mut self,
+        me: &Target,
+        m: Metric,
+        l: &Labels<'_>,
+        inbound: bool,
+        bucket: usize,
+        n: u64,
+    ) {
         let tls = match &*l.tls {
             "true" => slot::MTLS,
             "no_identity" => slot::PLAIN,
@@ -459,8 +479,14 @@ impl Window {
         let id = me.identity.as_str();
         if inbound {
             match m {
-                Metric::Requests | Metric::Responses | Metric::Bucket | Metric::TcpOpen
-                | Metric::TcpClose | Metric::TcpRead | Metric::TcpWrite | Metric::Deny => {
+                Metric::Requests
+                | Metric::Responses
+                | Metric::Bucket
+                | Metric::TcpOpen
+                | Metric::TcpClose
+                | Metric::TcpRead
+                | Metric::TcpWrite
+                | Metric::Deny => {
                     let key = KeyText {
                         kind: Kind::Workload,
                         s: [ns, wl, "", ""],
@@ -479,7 +505,10 @@ impl Window {
                 self.store.add(&key, apply);
             }
             if m == Metric::Deny {
-                let caller = self.by_identity.get(&*l.peer_id).filter(|_| !l.peer_id.is_empty());
+                let caller = self
+                    .by_identity
+                    .get(&*l.peer_id)
+                    .filter(|_| !l.peer_id.is_empty());
                 let key = match caller {
                     Some((cns, cwl)) => KeyText {
                         kind: Kind::Edge,
@@ -632,6 +661,8 @@ struct Staged {
     value: f64,
     /// Hash of the series' name and label text: its identity within the target.
     hash: u64,
+    /// Histogram buckets: hash of the labels but `le` (the histogram the bucket belongs to).
+    group: u64,
     labels: [(u32, u32); LABELS],
 }
 
@@ -656,7 +687,14 @@ fn stage(
         }
         let mut labels = [(0u32, 0u32); LABELS];
         let mut too_long = false;
+        let mut group = hasher.build_hasher();
         for (key, value) in s.labels() {
+            if metric == Metric::Bucket && key != "le" {
+                group.write(key.as_bytes());
+                group.write_u8(0xff);
+                group.write(value.raw().as_bytes());
+                group.write_u8(0xff);
+            }
             let i = match key {
                 "direction" => 0,
                 "dst_namespace" => 1,
@@ -690,15 +728,20 @@ fn stage(
             metric,
             value: s.value,
             hash,
+            group: group.finish(),
             labels,
         });
     }
     Ok((samples, skipped))
 }
 
+/// A staged label's text as written.
+fn raw(text: &str, (start, end): (u32, u32)) -> &str {
+    text.get(start as usize..end as usize).unwrap_or("")
+}
+
 /// The labels the window uses, unescaped (borrowed unless escaped).
 struct Labels<'a> {
-    direction: Cow<'a, str>,
     dst_namespace: Cow<'a, str>,
     dst_workload: Cow<'a, str>,
     /// `client_id` (inbound) or `server_id` (outbound).
@@ -706,26 +749,20 @@ struct Labels<'a> {
     tls: Cow<'a, str>,
     route: Cow<'a, str>,
     classification: Cow<'a, str>,
-    le: Cow<'a, str>,
     policy: Cow<'a, str>,
     reason: Cow<'a, str>,
 }
 
 impl<'a> Labels<'a> {
     fn of(text: &'a str, s: &Staged) -> Labels<'a> {
-        let get = |i: usize| {
-            let (start, end) = s.labels[i];
-            prom::RawValue::new(text.get(start as usize..end as usize).unwrap_or("")).unescape()
-        };
+        let get = |i: usize| prom::RawValue::new(raw(text, s.labels[i])).unescape();
         Labels {
-            direction: get(0),
             dst_namespace: get(1),
             dst_workload: get(2),
             peer_id: get(3),
             tls: get(4),
             route: get(5),
             classification: get(6),
-            le: get(7),
             policy: get(8),
             reason: get(9),
         }

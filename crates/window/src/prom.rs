@@ -37,7 +37,6 @@ macro_rules! until {
     }};
 }
 
-
 /// One sample line, borrowed from the text.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sample<'a> {
@@ -147,7 +146,9 @@ impl<'a> Iterator for Labels<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ParseErrorKind {
     /// The metric name is empty or has a character outside `[a-zA-Z0-9_:]`.
-    #[error("invalid metric name (allowed: letters, digits, '_' and ':', not starting with a digit)")]
+    #[error(
+        "invalid metric name (allowed: letters, digits, '_' and ':', not starting with a digit)"
+    )]
     BadName,
     /// Nothing after the name.
     #[error("no sample value after the metric name")]
@@ -302,7 +303,12 @@ fn parse_value(text: &str) -> Option<f64> {
         "-Inf" => Some(f64::NEG_INFINITY),
         "NaN" => Some(f64::NAN),
         // Rust also reads "inf"/"infinity"/"nan" in any case: refuse those spellings.
-        v if v.bytes().any(|b| b.is_ascii_alphabetic() && b != b'e' && b != b'E') => None,
+        v if v
+            .bytes()
+            .any(|b| b.is_ascii_alphabetic() && b != b'e' && b != b'E') =>
+        {
+            None
+        }
         v => v.parse().ok(),
     }
 }

@@ -8,13 +8,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::Window;
 use crate::api::{
     AuthzCaller, AuthzStats, EdgeStats, Overview, RouteStats, Series, TargetCounts, TargetStatus,
     TlsState, WorkloadStats,
 };
 use crate::slot::{Field, MTLS, PLAIN, Totals};
 use crate::store::Kind;
-use crate::Window;
 
 /// The steps a query covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,13 +158,20 @@ impl Window {
             }
         }
         edges.sort_by(|a, b| {
-            (&a.src_namespace, &a.src_workload, &a.dst_namespace, &a.dst_workload, &a.src_id).cmp(&(
-                &b.src_namespace,
-                &b.src_workload,
-                &b.dst_namespace,
-                &b.dst_workload,
-                &b.src_id,
-            ))
+            (
+                &a.src_namespace,
+                &a.src_workload,
+                &a.dst_namespace,
+                &a.dst_workload,
+                &a.src_id,
+            )
+                .cmp(&(
+                    &b.src_namespace,
+                    &b.src_workload,
+                    &b.dst_namespace,
+                    &b.dst_workload,
+                    &b.src_id,
+                ))
         });
         Overview {
             now_unix: unix(now),
@@ -258,8 +265,7 @@ impl Window {
                 .or_default();
             entry.0.merge(&t);
             if !k[2].is_empty() && t.get(Field::Requests) > 0 {
-                *entry.1.entry(format!("{}/{}", k[0], k[2])).or_default() +=
-                    t.get(Field::Requests);
+                *entry.1.entry(format!("{}/{}", k[0], k[2])).or_default() += t.get(Field::Requests);
             }
         }
         routes

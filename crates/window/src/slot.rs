@@ -80,11 +80,12 @@ pub(crate) fn bucket_index(le: &str) -> Option<usize> {
     LATENCY_BOUNDS.iter().position(|&b| b == bound)
 }
 
-/// An open step's sums. Buckets are cumulative (as scraped), summed over the raw series.
+/// An open step's sums. Buckets are non-cumulative (the ingest differences each histogram's
+/// cumulative bucket deltas).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Acc {
     pub(crate) vals: [u64; FIELDS],
-    pub(crate) cum: [u32; BUCKETS],
+    pub(crate) buckets: [u32; BUCKETS],
     pub(crate) flags: u16,
 }
 
@@ -95,18 +96,13 @@ impl Acc {
     }
 
     pub(crate) fn add_bucket(&mut self, index: usize, n: u64) {
-        let c = &mut self.cum[index];
+        let c = &mut self.buckets[index];
         *c = c.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
     }
 
     /// Appends this step's record (nothing if it is empty).
     pub(crate) fn encode(&self, offset: u8, out: &mut Vec<u8>) {
-        let mut buckets = [0u64; BUCKETS];
-        let mut prev = 0u32;
-        for (b, &c) in buckets.iter_mut().zip(&self.cum) {
-            *b = u64::from(c.saturating_sub(prev));
-            prev = prev.max(c);
-        }
+        let buckets = &self.buckets;
         let lo = buckets.iter().position(|&b| b > 0);
         let hi = buckets.iter().rposition(|&b| b > 0);
         let mut mask = 0u32;
@@ -146,7 +142,7 @@ impl Acc {
                 out.push(hi as u8);
             }
             for &b in &buckets[lo..=hi] {
-                put_varint(out, b);
+                put_varint(out, u64::from(b));
             }
         }
     }
@@ -156,10 +152,8 @@ impl Acc {
         for (a, &v) in t.vals.iter_mut().zip(&self.vals) {
             *a = a.saturating_add(v);
         }
-        let mut prev = 0u32;
-        for (b, &c) in t.buckets.iter_mut().zip(&self.cum) {
-            *b += u64::from(c.saturating_sub(prev));
-            prev = prev.max(c);
+        for (b, &c) in t.buckets.iter_mut().zip(&self.buckets) {
+            *b += u64::from(c);
         }
         t.flags |= self.flags & (MTLS | PLAIN);
     }

@@ -297,7 +297,8 @@ impl Store {
 
     fn fill_meta(&mut self, i: u32, key: &KeyText<'_>) {
         for (n, text) in key.meta.iter().enumerate() {
-            let empty = matches!(self.series.get(i as usize), Some(Some(s)) if s.meta[n] == Sym::EMPTY);
+            let empty =
+                matches!(self.series.get(i as usize), Some(Some(s)) if s.meta[n] == Sym::EMPTY);
             if empty && !text.is_empty() {
                 let sym = self.interner.retain(text);
                 if let Some(Some(series)) = self.series.get_mut(i as usize) {

@@ -4,9 +4,9 @@
 //! series much fatter fails here. The full-size run (1,000 proxies, an hour) is
 //! `examples/window_memory.rs`.
 
-mod sim;
 #[path = "sim/alloc.rs"]
 mod alloc;
+mod sim;
 
 use std::time::Duration;
 

@@ -207,11 +207,7 @@ impl Sim {
             "Time from request to response headers, in seconds",
         );
         for f in &p.flows {
-            let _ = writeln!(
-                out,
-                "response_latency_seconds_sum{{{}}} {}",
-                f.full, f.sum
-            );
+            let _ = writeln!(out, "response_latency_seconds_sum{{{}}} {}", f.full, f.sum);
             let _ = writeln!(
                 out,
                 "response_latency_seconds_count{{{}}} {}",
@@ -235,7 +231,10 @@ impl Sim {
             ("tcp_open_total", "TCP connections opened"),
             ("tcp_close_total", "TCP connections closed"),
             ("tcp_read_bytes_total", "Bytes read from the accepted side"),
-            ("tcp_write_bytes_total", "Bytes written to the accepted side"),
+            (
+                "tcp_write_bytes_total",
+                "Bytes written to the accepted side",
+            ),
         ] {
             family(out, name, "counter", help);
             for f in inbound.clone() {
@@ -248,7 +247,12 @@ impl Sim {
                 let _ = writeln!(out, "{name}{{{}}} {v}", f.labels);
             }
         }
-        family(out, "tcp_open_connections", "gauge", "TCP connections currently open");
+        family(
+            out,
+            "tcp_open_connections",
+            "gauge",
+            "TCP connections currently open",
+        );
         for f in inbound.clone() {
             let _ = writeln!(
                 out,
@@ -257,7 +261,12 @@ impl Sim {
                 f.opens.min(2)
             );
         }
-        family(out, "authz_allow_total", "counter", "Inbound requests allowed by policy");
+        family(
+            out,
+            "authz_allow_total",
+            "counter",
+            "Inbound requests allowed by policy",
+        );
         for f in inbound.clone() {
             let _ = writeln!(
                 out,
@@ -265,7 +274,12 @@ impl Sim {
                 f.labels, f.allowed
             );
         }
-        family(out, "authz_deny_total", "counter", "Inbound requests denied by policy");
+        family(
+            out,
+            "authz_deny_total",
+            "counter",
+            "Inbound requests denied by policy",
+        );
         for f in inbound.clone().filter(|f| f.denied > 0) {
             let _ = writeln!(
                 out,
@@ -273,7 +287,12 @@ impl Sim {
                 f.labels, f.denied
             );
         }
-        family(out, "retry_total", "counter", "Outbound retry decisions by route");
+        family(
+            out,
+            "retry_total",
+            "counter",
+            "Outbound retry decisions by route",
+        );
         for f in p.flows.iter().filter(|f| !f.inbound) {
             let _ = writeln!(
                 out,
@@ -282,7 +301,12 @@ impl Sim {
             );
         }
         // Metrics the window does not read.
-        family(out, "detect_total", "counter", "Protocol detection outcomes");
+        family(
+            out,
+            "detect_total",
+            "counter",
+            "Protocol detection outcomes",
+        );
         for reason in ["http1", "http2", "opaque"] {
             let _ = writeln!(
                 out,
@@ -290,7 +314,12 @@ impl Sim {
                 self.round * 3
             );
         }
-        family(out, "proxy_error_total", "counter", "Errors answered by the proxy");
+        family(
+            out,
+            "proxy_error_total",
+            "counter",
+            "Errors answered by the proxy",
+        );
         let _ = writeln!(
             out,
             "proxy_error_total{{direction=\"outbound\",reason=\"unavailable\"}} {}",
