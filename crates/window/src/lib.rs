@@ -286,6 +286,8 @@ impl Window {
     /// Records a failed scrape: the target is down until its next successful one; its raw state
     /// is kept, so that one counts everything since the last success.
     pub fn scrape_failed(&mut self, target: &Target, at: SystemTime, error: String) {
+        // Time moves on even when nothing answers: old steps still age out.
+        self.store.advance(self.step_of(at));
         if let Some(s) = self.targets.get_mut(&target.instance) {
             s.up = false;
             s.last_scrape = Some(at);

@@ -759,3 +759,27 @@ fn each_histogram_is_differenced_on_its_own() {
         s.p99_ms
     );
 }
+
+#[test]
+fn the_window_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Window>();
+}
+
+#[test]
+fn history_ages_out_while_every_scrape_fails() {
+    let mut w = window(); // 600 s retention
+    let card = target("card", "card", 1);
+    w.set_targets(std::slice::from_ref(&card));
+    w.ingest(&card, at(0), &served(0, &[])).unwrap();
+    w.ingest(&card, at(10), &served(5, &[])).unwrap();
+    assert_eq!(w.stats().series, 1);
+    for i in 2..80u64 {
+        w.scrape_failed(&card, at(i * 10), "connection refused".into());
+    }
+    assert_eq!(w.stats().series, 0);
+    assert_eq!(w.stats().interned_strings, 0);
+    let o = w.overview(at(791), Duration::from_secs(600));
+    assert_eq!(o.workloads[0].requests, 0);
+    assert_eq!((o.targets.known, o.targets.up), (1, 0));
+}
