@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Output;
 use crate::layout::Layout;
-use crate::table::{ms, pct, render};
+use crate::table::render;
 use crate::trust::{CheckLine, Mark};
 
 pub(crate) const ASK_TIMEOUT: Duration = Duration::from_secs(2);

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
-use onemesh_window::{EdgeStat, Overview, WorkloadStat};
+use onemesh_window::api::{EdgeStats, Overview, TlsState, WorkloadStats};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
@@ -142,7 +142,7 @@ pub async fn stat(
 ) -> anyhow::Result<bool> {
     let api = Api::locate(dir)?;
     let overview: Overview = api.get(&format!("/api/v1/overview?window={window}")).await?;
-    let mut rows: Vec<WorkloadStat> = overview.workloads;
+    let mut rows: Vec<WorkloadStats> = overview.workloads;
     if let Some(t) = &target {
         rows.retain(|r| &r.namespace == t || &format!("{}/{}", r.namespace, r.workload) == t);
         anyhow::ensure!(!rows.is_empty(), "no workload matches {t:?}");
@@ -196,12 +196,12 @@ pub async fn edges(
 ) -> anyhow::Result<bool> {
     let api = Api::locate(dir)?;
     let overview: Overview = api.get(&format!("/api/v1/overview?window={window}")).await?;
-    let rows: Vec<EdgeStat> = overview
+    let rows: Vec<EdgeStats> = overview
         .edges
         .into_iter()
         .filter(|e| {
             ns.as_deref()
-                .is_none_or(|n| e.src_namespace == n || e.dst_namespace == n)
+                .is_none_or(|n| e.src_namespace.as_deref() == Some(n) || e.dst_namespace == n)
         })
         .collect();
     if out == Output::Json {
@@ -213,12 +213,18 @@ pub async fn edges(
         .iter()
         .map(|e| {
             let mut row = vec![
-                format!("{}/{}", e.src_namespace, e.src_workload),
-                format!("{}/{}", e.dst_namespace, e.dst_workload),
-                match e.tls.as_str() {
-                    "mtls" => "√ mTLS".to_string(),
-                    other => other.to_string(),
+                match (&e.src_namespace, &e.src_workload, &e.src_id) {
+                    (Some(ns), Some(w), _) => format!("{ns}/{w}"),
+                    (_, _, Some(id)) => id.clone(),
+                    _ => "-".to_string(),
                 },
+                format!("{}/{}", e.dst_namespace, e.dst_workload),
+                match e.tls {
+                    TlsState::Mtls => "√ mTLS",
+                    TlsState::Plaintext => "plaintext",
+                    TlsState::Mixed => "mixed",
+                }
+                .to_string(),
                 format!("{:.1}", e.rps),
                 pct(e.success_rate),
                 ms(e.p99_ms),
@@ -229,7 +235,10 @@ pub async fn edges(
                 },
             ];
             if wide {
-                row.extend([e.src_id.clone(), e.dst_id.clone()]);
+                row.extend([
+                    e.src_id.clone().unwrap_or_else(|| "-".into()),
+                    e.dst_id.clone().unwrap_or_else(|| "-".into()),
+                ]);
             }
             row
         })
@@ -360,7 +369,8 @@ pub async fn tap(dir: &Path, args: &TapArgs, out: Output) -> anyhow::Result<bool
     let started = Instant::now();
     let mut seen = 0u64;
     let mut stdout = std::io::stdout();
-    let stream = api.stream(&args.path(), |line| {
+    let path = args.path();
+    let stream = api.stream(&path, |line| {
         let value: serde_json::Value = match serde_json::from_slice(line) {
             Ok(v) => v,
             Err(_) => return true,
@@ -459,7 +469,8 @@ pub async fn top(dir: &Path, args: &TapArgs, out: Output) -> anyhow::Result<bool
     let started = Instant::now();
     let mut events: Vec<TapEvent> = Vec::new();
     let mut drawn = Instant::now();
-    let stream = api.stream(&args.path(), |line| {
+    let path = args.path();
+    let stream = api.stream(&path, |line| {
         if let Ok(e) = serde_json::from_slice::<TapEvent>(line)
             && !e.method.is_empty()
         {

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::Output;
 use crate::commands::ASK_TIMEOUT;
-use onemesh_window::RouteStat as RouteTraffic;
+use onemesh_window::api::RouteStats as RouteTraffic;
 use crate::layout::Layout;
 use crate::table::{ms, pct, render};
 
@@ -351,9 +351,9 @@ async fn breaker_rows(layout: &Layout) -> (Vec<EndpointRow>, Vec<String>) {
         };
         let key = |s: &onemesh_window::prom::Sample| {
             (
-                s.label("dst_service").to_string(),
-                s.label("route").to_string(),
-                s.label("endpoint").to_string(),
+                s.label("dst_service").unwrap_or_default().into_owned(),
+                s.label("route").unwrap_or_default().into_owned(),
+                s.label("endpoint").unwrap_or_default().into_owned(),
             )
         };
         let ejections: HashMap<_, _> = samples
@@ -379,7 +379,7 @@ async fn breaker_rows(layout: &Layout) -> (Vec<EndpointRow>, Vec<String>) {
                 route: k.1,
                 endpoint: k.2,
                 workload,
-                state: s.label("state").to_string(),
+                state: s.label("state").unwrap_or_default().into_owned(),
             });
         }
     }

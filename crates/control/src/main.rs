@@ -123,7 +123,7 @@ struct Args {
     metrics_retention: Duration,
     /// The most series the metrics window keeps (workloads, edges, routes, policies); more are
     /// dropped and counted.
-    #[arg(long, default_value_t = onemesh_window::DEFAULT_MAX_SERIES)]
+    #[arg(long, default_value_t = WindowSettings::default().max_series)]
     metrics_max_series: usize,
     /// Log filter (tracing syntax), e.g. `info` or `onemesh_control=debug`.
     #[arg(long, env = "ONEMESH_CONTROL_LOG", default_value = "info")]

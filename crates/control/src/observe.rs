@@ -104,6 +104,8 @@ pub enum ObserveError {
     },
     #[error(transparent)]
     Host(#[from] BadHost),
+    #[error(transparent)]
+    Window(#[from] onemesh_window::SettingsError),
 }
 
 /// Starts scraping and serving.
@@ -121,7 +123,7 @@ pub async fn start(
         .map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
     let hosts = Hosts::new(addr, &settings.hosts)?;
-    let window = Arc::new(Mutex::new(Window::new(settings.window.clone())));
+    let window = Arc::new(Mutex::new(Window::new(settings.window.clone())?));
     let shared = Arc::new(Shared {
         window: window.clone(),
         state: state.clone(),

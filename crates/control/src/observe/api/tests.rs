@@ -41,7 +41,8 @@ fn shared(extra: &[&str]) -> Shared {
             resolution: Duration::from_secs(10),
             retention,
             max_series: 1000,
-        }))),
+        })
+        .unwrap())),
         state,
         credentials,
         token: Token::load(&token_file).unwrap(),
