@@ -51,6 +51,7 @@ fn secret(rel: &Path) -> bool {
         "issuer.key",
         "trust-anchor.key",
         "operator.key",
+        "dashboard-token",
     ]
     .contains(&name.as_ref())
         || name.ends_with(".db")
@@ -107,6 +108,7 @@ async fn state_files_are_private_and_the_dashboard_answers_only_its_own_names() 
         "issuer.key",
         "trust-anchor.key",
         "operator.key",
+        "dashboard-token",
     ] {
         assert!(
             secrets.iter().any(|s| s == must),
@@ -125,19 +127,21 @@ async fn state_files_are_private_and_the_dashboard_answers_only_its_own_names() 
         assert!(dir.join("key.pem").exists(), "no key in {}", dir.display());
     }
 
-    // The dashboard: its own address and a name given with --dashboard-host are served; a
-    // rebinding page's Host is not.
+    // The dashboard (the control plane's): its own address and a name given with
+    // --dashboard-host are served, with the token; a rebinding page's Host is not, even with it.
     let dash = up.status()["dashboard"].as_str().unwrap().to_string();
     let port = dash.rsplit_once(':').unwrap().1.to_string();
+    let token = std::fs::read_to_string(state.join("dashboard-token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
     let get = |host: String| {
-        let dash = dash.clone();
+        let (dash, auth) = (dash.clone(), auth.clone());
         async move {
             let (status, body) = call(
                 &dash,
                 "GET",
-                "/api/status",
+                "/api/v1/targets",
                 None,
-                &[("host", &host)],
+                &[("host", &host), ("authorization", &auth)],
                 Duration::from_secs(5),
             )
             .await
@@ -147,7 +151,13 @@ async fn state_files_are_private_and_the_dashboard_answers_only_its_own_names() 
     };
     let (status, body) = get(format!("localhost:{port}")).await;
     assert_eq!(status, 200, "{body}");
-    assert!(body["workloads"].is_array(), "{body}");
+    assert!(body.is_array(), "{body}");
+    // Without the token: 401, nothing shown.
+    let (status, body) = call(&dash, "GET", "/api/v1/targets", None, &[], Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.to_string().contains("spiffe://"), "{body}");
     let (status, _) = get("dash.example:443".into()).await;
     assert_eq!(status, 200);
     for forged in [

@@ -21,7 +21,7 @@ use serde_json::Value;
 use support::platform::{self, Kind};
 use support::{Up, metrics, request};
 
-/// The metrics window's resolution in this test (the default is 10 s).
+/// The metrics window's resolution under the tests' `up` (the default is 10 s).
 const RESOLUTION: Duration = Duration::from_secs(1);
 /// The card number sent in paths and queries (passes the Luhn check).
 const CARD: &str = "4111111111111111";
@@ -36,7 +36,7 @@ async fn the_control_plane_sees_the_platform_like_its_proxies_and_prometheus_do(
         "name: pg\n  namespace: pg\nspec:\n  accessLog: json\n",
     );
     assert!(mesh.contains("accessLog: json"), "pg's Workload moved in mesh.yaml");
-    let up = Up::start_with("observe", &mesh, &["--metrics-resolution", "1s"]);
+    let up = Up::start("observe", &mesh);
     let api = Api::of(&up);
     let prometheus = Prometheus::start(&up);
 

@@ -2,8 +2,8 @@
 //! own mesh.yaml, less the traffic generator so balances are ours to check): a customer orders
 //! and pays through the public entry, the money moves once along order → pg → appcard → card →
 //! bank over mTLS, a cancel reverses every step, declines change no balance, and the payment-chain
-//! policy holds: only `card` reaches `bank`; everyone else gets a 403 naming the policy; and the
-//! dashboard, rendered in headless Chromium, shows the chain's edges and identities.
+//! policy holds: only `card` reaches `bank`; everyone else gets a 403 naming the policy. (The
+//! dashboard in headless Chromium: tests/observe.rs.)
 
 mod support;
 

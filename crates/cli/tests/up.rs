@@ -157,8 +157,10 @@ async fn meshes_calls_enforces_policy_and_survives_the_control_plane(isolate: bo
         assert!(ok, "{out}");
         let edges: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
         if let Some(e) = edges.iter().find(|e| {
-            e["src"] == "alpha/client"
-                && e["dst"] == "beta/open"
+            e["src_namespace"] == "alpha"
+                && e["src_workload"] == "client"
+                && e["dst_namespace"] == "beta"
+                && e["dst_workload"] == "open"
                 && e["requests"].as_u64() > Some(0)
         }) {
             break e.clone();
@@ -171,7 +173,7 @@ async fn meshes_calls_enforces_policy_and_survives_the_control_plane(isolate: bo
     };
     assert_eq!(edge["src_id"], CLIENT_ID);
     assert_eq!(edge["dst_id"], OPEN_ID);
-    assert_eq!(edge["tls"], true);
+    assert_eq!(edge["tls"], "mtls");
     for field in ["rps", "success_rate", "requests"] {
         assert!(edge.get(field).is_some(), "edge has no {field}: {edge}");
     }

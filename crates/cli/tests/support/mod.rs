@@ -355,6 +355,16 @@ pub async fn request(
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// GETs `path` from the control plane's API of `up` with its token: (status, JSON or text).
+pub async fn api(up: &Up, path: &str) -> (u16, serde_json::Value) {
+    let addr = up.status()["dashboard"].as_str().unwrap().to_string();
+    let token = std::fs::read_to_string(up.dir.join("state/dashboard-token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    platform::call(&addr, "GET", path, None, &[("authorization", &auth)], Duration::from_secs(10))
+        .await
+        .unwrap()
+}
+
 /// A proxy's `/metrics` text.
 pub async fn metrics(admin: &str) -> String {
     let stream = connect(admin).await.unwrap();
@@ -394,6 +404,8 @@ fn spawn_up(dir: &Path, config: &Path, extra_args: &[&str]) -> Child {
             "--destination-addr=127.0.0.1:0",
             "--policy-addr=127.0.0.1:0",
             "--dashboard-addr=127.0.0.1:0",
+            // The control plane's metrics window scrapes every second (default 10 s).
+            "--metrics-resolution=1s",
             "--expose-any-port",
         ])
         .args(extra_args)
