@@ -41,18 +41,18 @@
 //!
 //! - series: at most `max_series` (a new key beyond it is refused and counted in [`Ingested`] and
 //!   [`Stats`]); a series whose steps all aged out is removed;
-//! - per series: a fixed header (~100 B with its index entry) and at most
-//!   `retention / resolution` step records, held in chunks of `retention_steps / 12` steps
-//!   (≤ 13 chunks, ~24 B each); a record is ~4 B (an authorization caller) to ~25 B (a busy
-//!   workload: counters as varints, only the latency buckets actually hit); an empty step costs
-//!   nothing. Worst case (every field and every bucket non-zero and huge): 240 B;
-//! - per target: its strings and one 16 B entry per series its text has (at most
-//!   [`MAX_SERIES_PER_TARGET`]), so a proxy's text size does not matter after the scrape;
+//! - per series: a fixed part (≈ 680 B measured: key, index entry, a list of at most 13 chunks of
+//!   `retention_steps / 12` steps, the open step's accumulator) and one record per step with
+//!   data: ≈ 9 B on average measured (a busy edge ≈ 10 B, a busy workload ≈ 20 B with its TCP
+//!   bytes, an authorization caller 3-4 B, an empty step nothing), at most ≈ 240 B;
+//! - per target: its strings and a 16 B entry per series of its text (at most
+//!   [`MAX_SERIES_PER_TARGET`]), ≈ 4 KB for a proxy; texts over [`MAX_TEXT_BYTES`] are refused;
 //! - label strings: interned once, freed with the last series using them.
 //!
-//! So: `memory ≤ max_series × (≈ 420 B + steps × record) + targets × (≈ 300 B + 16 B × series per
-//! target)`. Measured with 1,000 simulated proxies over an hour at 10 s: see `README.md`.
-//! [`Window::memory`] gives the estimate at run time.
+//! So `heap ≈ series × (680 B + steps × 9 B) + targets × 4 KB` (`steps = retention /
+//! resolution`). Measured with 1,000 simulated proxies (each its own workload: 10,000 series) over
+//! an hour at 10 s: 41.9 MiB (`README.md`, `bench/window-memory.sh`). [`Window::memory`] gives
+//! the estimate at run time.
 //!
 //! # Not here
 //!
@@ -93,7 +93,8 @@ pub struct WindowSettings {
     pub resolution: Duration,
     /// How long history is kept: the longest window a query can ask (default 1 h).
     pub retention: Duration,
-    /// The most aggregated series kept (default 100,000).
+    /// The most aggregated series kept (default 50,000: five times what 1,000 proxies make;
+    /// at ≈ 4.4 KB per busy series over 1 h / 10 s, ≈ 210 MiB when full).
     pub max_series: usize,
 }
 
@@ -102,7 +103,7 @@ impl Default for WindowSettings {
         WindowSettings {
             resolution: Duration::from_secs(10),
             retention: Duration::from_secs(3600),
-            max_series: 100_000,
+            max_series: 50_000,
         }
     }
 }
@@ -689,14 +690,10 @@ fn stage(
         }
         let mut labels = [(0u32, 0u32); LABELS];
         let mut too_long = false;
-        let mut group = hasher.build_hasher();
+        let body = s.label_text();
+        // Where `le="..."` is in the body (histogram buckets: the rest names the histogram).
+        let mut le_pair = (0, 0);
         for (key, value) in s.labels() {
-            if metric == Metric::Bucket && key != "le" {
-                group.write(key.as_bytes());
-                group.write_u8(0xff);
-                group.write(value.raw().as_bytes());
-                group.write_u8(0xff);
-            }
             let i = match key {
                 "direction" => 0,
                 "dst_namespace" => 1,
@@ -714,6 +711,11 @@ fn stage(
             too_long |= raw.len() > MAX_LABEL_BYTES;
             let start = (raw.as_ptr() as usize - base) as u32;
             labels[i] = (start, start + raw.len() as u32);
+            if i == 7 {
+                let key_at = key.as_ptr() as usize - body.as_ptr() as usize;
+                let value_end = raw.as_ptr() as usize - body.as_ptr() as usize + raw.len() + 1;
+                le_pair = (key_at, value_end.min(body.len()));
+            }
         }
         if too_long {
             skipped += 1;
@@ -723,14 +725,23 @@ fn stage(
             let mut h = hasher.build_hasher();
             h.write(s.name.as_bytes());
             h.write_u8(0xff);
-            h.write(s.label_text().as_bytes());
+            h.write(body.as_bytes());
             h.finish()
+        };
+        let group = if metric == Metric::Bucket {
+            let mut h = hasher.build_hasher();
+            h.write(body.get(..le_pair.0).unwrap_or("").as_bytes());
+            h.write_u8(0xff);
+            h.write(body.get(le_pair.1..).unwrap_or("").as_bytes());
+            h.finish()
+        } else {
+            0
         };
         staged.push(Staged {
             metric,
             value: s.value,
             hash,
-            group: group.finish(),
+            group,
             labels,
         });
     }
