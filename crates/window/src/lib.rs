@@ -721,21 +721,24 @@ fn stage(
             skipped += 1;
             continue;
         }
-        let hash = {
-            let mut h = hasher.build_hasher();
-            h.write(s.name.as_bytes());
-            h.write_u8(0xff);
-            h.write(body.as_bytes());
-            h.finish()
-        };
-        let group = if metric == Metric::Bucket {
+        // The series' identity: its name and labels. A bucket's is its histogram's (the labels
+        // but `le`) and its bound, so each line is hashed once.
+        let (hash, group) = if metric == Metric::Bucket {
             let mut h = hasher.build_hasher();
             h.write(body.get(..le_pair.0).unwrap_or("").as_bytes());
             h.write_u8(0xff);
             h.write(body.get(le_pair.1..).unwrap_or("").as_bytes());
-            h.finish()
+            let group = h.finish();
+            let mut h = hasher.build_hasher();
+            h.write_u64(group);
+            h.write(body.get(le_pair.0..le_pair.1).unwrap_or("").as_bytes());
+            (h.finish(), group)
         } else {
-            0
+            let mut h = hasher.build_hasher();
+            h.write(s.name.as_bytes());
+            h.write_u8(0xff);
+            h.write(body.as_bytes());
+            (h.finish(), 0)
         };
         staged.push(Staged {
             metric,
