@@ -162,7 +162,7 @@ fn api_counts_and_percentiles_equal_the_proxies_counters() {
         assert_eq!(r.requests, r.by_backend.values().sum::<u64>());
     }
     let by_backend: BTreeMap<_, _> = by_backend.into_iter().filter(|(_, v)| *v > 0.0).collect();
-    assert!(seen.len() > 50, "{seen:?}");
+    assert!(seen.len() > 20, "{seen:?}");
     assert_eq!(seen, by_backend);
 
     // Authorization: allowed per policy.
