@@ -23,7 +23,7 @@
 //! - authorization (`namespace`, `workload`, `policy`, caller id): `authz_allow_total` and
 //!   `authz_deny_total`.
 //!
-//! Each series holds one slot per resolution step over the retention ([`store`], [`slot`]): steps
+//! Each series holds one slot per resolution step over the retention (`src/store.rs`, `src/slot.rs`): steps
 //! are absolute (`unix time / resolution`), so every proxy's scrape of one round lands in the same
 //! step. A scrape timed in a step older than the newest one seen (a slow scrape) is counted in the
 //! newest: nothing is lost, it moves by at most a step. `tcp_open_connections` (a gauge) is kept
@@ -31,9 +31,12 @@
 //!
 //! # Queries
 //!
-//! A window of `n = window / resolution` steps ends at the newest step with data (or the one
-//! before `now`, if scraping stopped). Rates divide by the seconds really covered (`window_s`):
-//! `n` steps, fewer right after start. Percentiles are Prometheus' `histogram_quantile` over the
+//! A window of `n = window / resolution` steps (at most the retention) ends at the newest step
+//! with data (or the one before `now`, if scraping stopped), so a query right after a step
+//! boundary does not count an empty step. Rates divide by the seconds really covered
+//! (`window_s`): `n` steps, fewer right after start (the first scrape is only a baseline). A
+//! target added later counts from its second scrape on (its first window's rates are lower:
+//! nothing is extrapolated). Percentiles are Prometheus' `histogram_quantile` over the
 //! summed bucket deltas (linear inside the bucket; a rank in the `+Inf` bucket answers 30 s, the
 //! highest finite bound).
 //!
