@@ -23,11 +23,12 @@
 //! - authorization (`namespace`, `workload`, `policy`, caller id): `authz_allow_total` and
 //!   `authz_deny_total`.
 //!
-//! Each series holds one slot per resolution step over the retention (`src/store.rs`, `src/slot.rs`): steps
-//! are absolute (`unix time / resolution`), so every proxy's scrape of one round lands in the same
-//! step. A scrape timed in a step older than the newest one seen (a slow scrape) is counted in the
-//! newest: nothing is lost, it moves by at most a step. `tcp_open_connections` (a gauge) is kept
-//! per target as its last value.
+//! Each series holds one slot per resolution step over the retention (`src/store.rs`,
+//! `src/slot.rs`). Steps are absolute (`unix time / resolution`), so every proxy's scrape of one
+//! round lands in the same step if the scraper starts its rounds just after a step boundary (say
+//! 1 s past). A scrape timed in a step older than the newest one seen (a slow scrape) is counted
+//! in the newest: nothing is lost, it moves by at most a step. `tcp_open_connections` (a gauge) is
+//! kept per target as its last value.
 //!
 //! # Queries
 //!
