@@ -350,6 +350,9 @@ impl Window {
             ..Ingested::default()
         };
         let open_connections = self.take(&me, text, &staged, prev.as_deref(), &mut next, &mut out);
+        // A huge text (up to MAX_TEXT_BYTES of tiny lines) must not leave a huge buffer behind.
+        staged.clear();
+        staged.shrink_to(1024);
         self.staged = staged;
         if out.used > 0 && self.first_data_step.is_none() {
             self.first_data_step = Some(step);
@@ -360,6 +363,10 @@ impl Window {
             next.shrink_to_fit();
         }
         self.scratch = prev.unwrap_or_default();
+        if self.scratch.capacity() > 4096 {
+            // (one outsized target's buffer is not kept as everyone's scratch)
+            self.scratch = Vec::new();
+        }
         if let Some(state) = self.targets.get_mut(&target.instance) {
             state.prev = Some(next);
             state.open_connections = open_connections;

@@ -789,3 +789,35 @@ fn history_ages_out_while_every_scrape_fails() {
     assert_eq!(o.workloads[0].requests, 0);
     assert_eq!((o.targets.known, o.targets.up), (1, 0));
 }
+
+#[test]
+fn a_target_with_a_huge_number_of_series_stays_bounded() {
+    let mut w = Window::new(WindowSettings {
+        max_series: 100,
+        ..WindowSettings::default()
+    })
+    .unwrap();
+    let pg = target("pg", "pg", 1);
+    w.set_targets(std::slice::from_ref(&pg));
+    let text = |n: u64| {
+        (0..50_000)
+            .map(|i| {
+                format!(
+                    "request_total{{direction=\"outbound\",dst_namespace=\"n\",dst_workload=\"w{i}\"}} {n}\n"
+                )
+            })
+            .collect::<String>()
+    };
+    let first = text(1);
+    assert!(first.len() < MAX_TEXT_BYTES);
+    w.ingest(&pg, at(0), &first).unwrap();
+    let got = w.ingest(&pg, at(10), &text(2)).unwrap();
+    assert_eq!(got.samples, 50_000);
+    assert_eq!(got.skipped, 50_000 - MAX_SERIES_PER_TARGET);
+    assert_eq!(w.stats().series, 100);
+    assert!(got.dropped_series > 0);
+    let m = w.memory();
+    // The kept raw values (20,000 × 16 B) and small scratch buffers, not the text's size.
+    assert!(m.targets_bytes < 700_000, "{m:?}");
+    assert!(m.total_bytes < 1_000_000, "{m:?}");
+}
