@@ -23,17 +23,21 @@
 //! - authorization (`namespace`, `workload`, `policy`, caller id): `authz_allow_total` and
 //!   `authz_deny_total`.
 //!
-//! Each series holds one slot per resolution step over the retention ([`store`], [`slot`]): steps
-//! are absolute (`unix time / resolution`), so every proxy's scrape of one round lands in the same
-//! step. A scrape timed in a step older than the newest one seen (a slow scrape) is counted in the
-//! newest: nothing is lost, it moves by at most a step. `tcp_open_connections` (a gauge) is kept
-//! per target as its last value.
+//! Each series holds one slot per resolution step over the retention (`src/store.rs`,
+//! `src/slot.rs`). Steps are absolute (`unix time / resolution`), so every proxy's scrape of one
+//! round lands in the same step if the scraper starts its rounds just after a step boundary (say
+//! 1 s past). A scrape timed in a step older than the newest one seen (a slow scrape) is counted
+//! in the newest: nothing is lost, it moves by at most a step. `tcp_open_connections` (a gauge) is
+//! kept per target as its last value.
 //!
 //! # Queries
 //!
-//! A window of `n = window / resolution` steps ends at the newest step with data (or the one
-//! before `now`, if scraping stopped). Rates divide by the seconds really covered (`window_s`):
-//! `n` steps, fewer right after start. Percentiles are Prometheus' `histogram_quantile` over the
+//! A window of `n = window / resolution` steps (at most the retention) ends at the newest step
+//! with data (or the one before `now`, if scraping stopped), so a query right after a step
+//! boundary does not count an empty step. Rates divide by the seconds really covered
+//! (`window_s`): `n` steps, fewer right after start (the first scrape is only a baseline). A
+//! target added later counts from its second scrape on (its first window's rates are lower:
+//! nothing is extrapolated). Percentiles are Prometheus' `histogram_quantile` over the
 //! summed bucket deltas (linear inside the bucket; a rank in the `+Inf` bucket answers 30 s, the
 //! highest finite bound).
 //!
@@ -41,18 +45,18 @@
 //!
 //! - series: at most `max_series` (a new key beyond it is refused and counted in [`Ingested`] and
 //!   [`Stats`]); a series whose steps all aged out is removed;
-//! - per series: a fixed header (~100 B with its index entry) and at most
-//!   `retention / resolution` step records, held in chunks of `retention_steps / 12` steps
-//!   (≤ 13 chunks, ~24 B each); a record is ~4 B (an authorization caller) to ~25 B (a busy
-//!   workload: counters as varints, only the latency buckets actually hit); an empty step costs
-//!   nothing. Worst case (every field and every bucket non-zero and huge): 240 B;
-//! - per target: its strings and one 16 B entry per series its text has (at most
-//!   [`MAX_SERIES_PER_TARGET`]), so a proxy's text size does not matter after the scrape;
+//! - per series: a fixed part (≈ 680 B measured: key, index entry, a list of at most 13 chunks of
+//!   `retention_steps / 12` steps, the open step's accumulator) and one record per step with
+//!   data: ≈ 9 B on average measured (a busy edge ≈ 10 B, a busy workload ≈ 20 B with its TCP
+//!   bytes, an authorization caller 3-4 B, an empty step nothing), at most ≈ 240 B;
+//! - per target: its strings and a 16 B entry per series of its text (at most
+//!   [`MAX_SERIES_PER_TARGET`]), ≈ 4 KB for a proxy; texts over [`MAX_TEXT_BYTES`] are refused;
 //! - label strings: interned once, freed with the last series using them.
 //!
-//! So: `memory ≤ max_series × (≈ 420 B + steps × record) + targets × (≈ 300 B + 16 B × series per
-//! target)`. Measured with 1,000 simulated proxies over an hour at 10 s: see `README.md`.
-//! [`Window::memory`] gives the estimate at run time.
+//! So `heap ≈ series × (680 B + steps × 9 B) + targets × 4 KB` (`steps = retention /
+//! resolution`). Measured with 1,000 simulated proxies (each its own workload: 10,000 series) over
+//! an hour at 10 s: 41.9 MiB (`README.md`, `bench/window-memory.sh`). [`Window::memory`] gives
+//! the estimate at run time.
 //!
 //! # Not here
 //!
@@ -93,7 +97,8 @@ pub struct WindowSettings {
     pub resolution: Duration,
     /// How long history is kept: the longest window a query can ask (default 1 h).
     pub retention: Duration,
-    /// The most aggregated series kept (default 100,000).
+    /// The most aggregated series kept (default 50,000: five times what 1,000 proxies make;
+    /// at ≈ 4.4 KB per busy series over 1 h / 10 s, ≈ 210 MiB when full).
     pub max_series: usize,
 }
 
@@ -102,7 +107,7 @@ impl Default for WindowSettings {
         WindowSettings {
             resolution: Duration::from_secs(10),
             retention: Duration::from_secs(3600),
-            max_series: 100_000,
+            max_series: 50_000,
         }
     }
 }
@@ -345,6 +350,9 @@ impl Window {
             ..Ingested::default()
         };
         let open_connections = self.take(&me, text, &staged, prev.as_deref(), &mut next, &mut out);
+        // A huge text (up to MAX_TEXT_BYTES of tiny lines) must not leave a huge buffer behind.
+        staged.clear();
+        staged.shrink_to(1024);
         self.staged = staged;
         if out.used > 0 && self.first_data_step.is_none() {
             self.first_data_step = Some(step);
@@ -355,6 +363,10 @@ impl Window {
             next.shrink_to_fit();
         }
         self.scratch = prev.unwrap_or_default();
+        if self.scratch.capacity() > 4096 {
+            // (one outsized target's buffer is not kept as everyone's scratch)
+            self.scratch = Vec::new();
+        }
         if let Some(state) = self.targets.get_mut(&target.instance) {
             state.prev = Some(next);
             state.open_connections = open_connections;
@@ -689,14 +701,10 @@ fn stage(
         }
         let mut labels = [(0u32, 0u32); LABELS];
         let mut too_long = false;
-        let mut group = hasher.build_hasher();
+        let body = s.label_text();
+        // Where `le="..."` is in the body (histogram buckets: the rest names the histogram).
+        let mut le_pair = (0, 0);
         for (key, value) in s.labels() {
-            if metric == Metric::Bucket && key != "le" {
-                group.write(key.as_bytes());
-                group.write_u8(0xff);
-                group.write(value.raw().as_bytes());
-                group.write_u8(0xff);
-            }
             let i = match key {
                 "direction" => 0,
                 "dst_namespace" => 1,
@@ -714,23 +722,40 @@ fn stage(
             too_long |= raw.len() > MAX_LABEL_BYTES;
             let start = (raw.as_ptr() as usize - base) as u32;
             labels[i] = (start, start + raw.len() as u32);
+            if i == 7 {
+                let key_at = key.as_ptr() as usize - body.as_ptr() as usize;
+                let value_end = raw.as_ptr() as usize - body.as_ptr() as usize + raw.len() + 1;
+                le_pair = (key_at, value_end.min(body.len()));
+            }
         }
         if too_long {
             skipped += 1;
             continue;
         }
-        let hash = {
+        // The series' identity: its name and labels. A bucket's is its histogram's (the labels
+        // but `le`) and its bound, so each line is hashed once.
+        let (hash, group) = if metric == Metric::Bucket {
+            let mut h = hasher.build_hasher();
+            h.write(body.get(..le_pair.0).unwrap_or("").as_bytes());
+            h.write_u8(0xff);
+            h.write(body.get(le_pair.1..).unwrap_or("").as_bytes());
+            let group = h.finish();
+            let mut h = hasher.build_hasher();
+            h.write_u64(group);
+            h.write(body.get(le_pair.0..le_pair.1).unwrap_or("").as_bytes());
+            (h.finish(), group)
+        } else {
             let mut h = hasher.build_hasher();
             h.write(s.name.as_bytes());
             h.write_u8(0xff);
-            h.write(s.label_text().as_bytes());
-            h.finish()
+            h.write(body.as_bytes());
+            (h.finish(), 0)
         };
         staged.push(Staged {
             metric,
             value: s.value,
             hash,
-            group: group.finish(),
+            group,
             labels,
         });
     }

@@ -37,6 +37,43 @@ macro_rules! until {
     }};
 }
 
+/// Byte classes for the scanners, one table load per byte (the range tests they replace cost
+/// several compares per byte; label text is most of an exposition).
+const NAME: u8 = 1;
+const KEY: u8 = 2;
+const STOP: u8 = 4;
+
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        if c.is_ascii_alphanumeric() || c == b'_' {
+            t[i] = NAME | KEY;
+        }
+        if c == b':' {
+            t[i] = NAME;
+        }
+        if c == b'"' || c == b'\\' {
+            t[i] = STOP;
+        }
+        i += 1;
+    }
+    t
+};
+
+/// The first index at or after `$i` whose byte is not of class `$class`.
+macro_rules! run {
+    ($b:expr, $i:expr, $class:expr) => {{
+        let b: &[u8] = $b;
+        let mut i: usize = $i;
+        while i < b.len() && CLASS[b[i] as usize] & $class != 0 {
+            i += 1;
+        }
+        i
+    }};
+}
+
 /// One sample line, borrowed from the text.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sample<'a> {
@@ -44,6 +81,8 @@ pub struct Sample<'a> {
     pub name: &'a str,
     /// The label body between the braces, as written (already checked).
     body: &'a str,
+    /// Where its labels are (recorded by the check).
+    spans: Spans,
     /// The value (may be NaN or ±Inf: the format allows them).
     pub value: f64,
     /// 1-based line number in the text.
@@ -53,7 +92,12 @@ pub struct Sample<'a> {
 impl<'a> Sample<'a> {
     /// The label pairs in the order written.
     pub fn labels(&self) -> Labels<'a> {
-        Labels { rest: self.body }
+        Labels {
+            body: self.body,
+            spans: self.spans,
+            next: 0,
+            rest: self.body,
+        }
     }
 
     /// The value of label `key` (unescaped), if present.
@@ -112,9 +156,42 @@ impl<'a> RawValue<'a> {
     }
 }
 
+/// The most labels of a line whose positions are recorded while it is checked; a line with more
+/// is walked again by [`Labels`].
+const SPANS: usize = 12;
+
+/// Label positions in a body: `(key start, key end, value start, value end)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Spans {
+    /// How many are recorded; `OVERFLOW`: too many, walk the text.
+    n: u8,
+    at: [[u32; 4]; SPANS],
+}
+
+const OVERFLOW: u8 = u8::MAX;
+
+impl Spans {
+    const EMPTY: Spans = Spans {
+        n: 0,
+        at: [[0; 4]; SPANS],
+    };
+
+    fn push(&mut self, key: (usize, usize), value: (usize, usize)) {
+        if (self.n as usize) < SPANS && value.1 <= u32::MAX as usize {
+            self.at[self.n as usize] = [key.0 as u32, key.1 as u32, value.0 as u32, value.1 as u32];
+            self.n += 1;
+        } else {
+            self.n = OVERFLOW;
+        }
+    }
+}
+
 /// Iterator over a checked label body: `(name, value)` pairs.
 #[derive(Clone, Debug)]
 pub struct Labels<'a> {
+    body: &'a str,
+    spans: Spans,
+    next: usize,
     rest: &'a str,
 }
 
@@ -122,19 +199,27 @@ impl<'a> Iterator for Labels<'a> {
     type Item = (&'a str, RawValue<'a>);
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.spans.n != OVERFLOW {
+            if self.next >= usize::from(self.spans.n) {
+                return None;
+            }
+            let [ks, ke, vs, ve] = self.spans.at[self.next].map(|x| x as usize);
+            self.next += 1;
+            return Some((self.body.get(ks..ke)?, RawValue(self.body.get(vs..ve)?)));
+        }
         // The body was checked when the line was read: `name = "value"` pairs, separated by
         // commas and blanks, values closed by an unescaped quote.
         let b = self.rest.as_bytes();
         let mut i = skip!(b, 0, b',' | b' ' | b'\t');
         let key_start = i;
-        i = until!(b, i, b'=' | b' ' | b'\t');
+        i = run!(b, i, KEY);
         let key_end = i;
         i = skip!(b, i, b'=' | b' ' | b'\t');
         if b.get(i) != Some(&b'"') {
             return None;
         }
         let start = i + 1;
-        let end = start + closing_quote(&b[start..]).ok()?;
+        let end = start + closing_quote(self.rest.get(start..)?).ok()?;
         let key = self.rest.get(key_start..key_end)?;
         let value = self.rest.get(start..end)?;
         self.rest = self.rest.get(end + 1..)?;
@@ -216,7 +301,8 @@ impl<'a> Iterator for Samples<'a> {
         let b = self.text.as_bytes();
         while self.pos < b.len() {
             let start = self.pos;
-            let end = until!(b, start, b'\n');
+            // (`str::find` of one ASCII char is a word-at-a-time memchr.)
+            let end = self.text[start..].find('\n').map_or(b.len(), |n| start + n);
             self.pos = end + 1;
             self.line += 1;
             // Trim blanks (and a '\r') at both ends.
@@ -250,16 +336,17 @@ pub fn parse(text: &str) -> Result<Vec<Sample<'_>>, ParseError> {
 
 fn parse_line(line: &str, number: usize) -> Result<Sample<'_>, ParseErrorKind> {
     let b = line.as_bytes();
-    let name_end = skip!(b, 0, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b':');
+    let name_end = run!(b, 0, NAME);
     if name_end == 0 || b[0].is_ascii_digit() {
         return Err(ParseErrorKind::BadName);
     }
     let name = &line[..name_end];
     let mut i = name_end;
     let mut body = "";
+    let mut spans = Spans::EMPTY;
     match b.get(i) {
         Some(b'{') => {
-            let len = check_labels(&b[i + 1..])?;
+            let len = check_labels(&line[i + 1..], &mut spans)?;
             body = &line[i + 1..i + 1 + len];
             i += len + 2;
         }
@@ -284,6 +371,7 @@ fn parse_line(line: &str, number: usize) -> Result<Sample<'_>, ParseErrorKind> {
     Ok(Sample {
         name,
         body,
+        spans,
         value,
         line: number,
     })
@@ -314,7 +402,9 @@ fn parse_value(text: &str) -> Option<f64> {
 }
 
 /// Checks a label body after `{`; returns the index of the closing `}`.
-fn check_labels(b: &[u8]) -> Result<usize, ParseErrorKind> {
+/// Records where each label is in `spans`.
+fn check_labels(s: &str, spans: &mut Spans) -> Result<usize, ParseErrorKind> {
+    let b = s.as_bytes();
     let mut i = 0;
     loop {
         i = skip!(b, i, b' ' | b'\t');
@@ -324,7 +414,8 @@ fn check_labels(b: &[u8]) -> Result<usize, ParseErrorKind> {
             Some(_) => {}
         }
         let key_start = i;
-        i = skip!(b, i, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_');
+        i = run!(b, i, KEY);
+        let key_end = i;
         if i == key_start || b[key_start].is_ascii_digit() {
             return Err(match b[key_start] {
                 b'=' | b',' | b'}' => ParseErrorKind::NoEquals,
@@ -343,7 +434,10 @@ fn check_labels(b: &[u8]) -> Result<usize, ParseErrorKind> {
             return Err(ParseErrorKind::Unquoted);
         }
         i += 1;
-        i += closing_quote(&b[i..])? + 1;
+        let value_start = i;
+        i += closing_quote(&s[i..])?;
+        spans.push((key_start, key_end), (value_start, i));
+        i += 1;
         i = skip!(b, i, b' ' | b'\t');
         match b.get(i) {
             Some(b',') => i += 1,
@@ -354,21 +448,25 @@ fn check_labels(b: &[u8]) -> Result<usize, ParseErrorKind> {
     }
 }
 
-/// Index of the quote closing a label value that starts at `b[0]`.
-fn closing_quote(b: &[u8]) -> Result<usize, ParseErrorKind> {
+/// Index of the quote closing a label value that starts at `s[0]`.
+fn closing_quote(s: &str) -> Result<usize, ParseErrorKind> {
+    let b = s.as_bytes();
     let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'"' => return Ok(i),
-            b'\\' => match b.get(i + 1) {
+    loop {
+        while i < b.len() && CLASS[b[i] as usize] & STOP == 0 {
+            i += 1;
+        }
+        match b.get(i) {
+            Some(b'"') => return Ok(i),
+            None => return Err(ParseErrorKind::Unterminated),
+            // A backslash.
+            Some(_) => match b.get(i + 1) {
                 Some(b'\\' | b'"' | b'n') => i += 2,
                 Some(_) => return Err(ParseErrorKind::BadEscape),
                 None => return Err(ParseErrorKind::Unterminated),
             },
-            _ => i += 1,
         }
     }
-    Err(ParseErrorKind::Unterminated)
 }
 
 #[cfg(test)]

@@ -205,16 +205,19 @@ impl Window {
         }
         let span = self.span(now, window);
         let len = (span.to + 1 - span.first) as usize;
-        let mut steps: Vec<Option<Totals>> = (span.first..=span.to)
-            .map(|s| (s >= span.from).then(Totals::default))
-            .collect();
+        let mut sums = vec![Totals::default(); len];
         if let Some(series) = found {
-            self.store.each_step(series, span.from, span.to, |step, t| {
-                if let Some(Some(slot)) = steps.get_mut((step - span.first) as usize) {
-                    slot.merge(t);
-                }
-            });
+            self.store
+                .add_steps(series, span.from, span.to, &mut sums, |step| {
+                    Some((step - span.first) as usize)
+                });
         }
+        // Steps before the first data are unknown, not zero.
+        let steps: Vec<Option<Totals>> = sums
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (span.first + i as u64 >= span.from).then_some(t))
+            .collect();
         let res = self.resolution_s();
         let mut out = Series {
             step_s: res,

@@ -192,21 +192,31 @@ impl Totals {
     }
 }
 
-/// Reads the records of a chunk: calls `f(offset, totals_of_that_step)` for each.
-pub(crate) fn decode(data: &[u8], mut f: impl FnMut(u8, &Totals)) {
+/// Reads the records of a chunk and adds each one whose offset `slot_of` maps to an index into
+/// `out[index]` (records of other offsets are read past).
+pub(crate) fn add_records(data: &[u8], out: &mut [Totals], slot_of: impl Fn(u8) -> Option<usize>) {
+    let mut scratch = Totals::default();
     let mut r = Reader { data, pos: 0 };
     while let Some(offset) = r.byte() {
-        let mut t = Totals::default();
+        let t = match slot_of(offset).and_then(|i| out.get_mut(i)) {
+            Some(t) => t,
+            None => &mut scratch,
+        };
         let Some(mask) = r.varint() else { return };
         let mask = mask as u32;
+        let mut requests = 0;
         for (i, bit) in FIELD_BIT.iter().enumerate() {
             if mask & bit != 0 {
                 let Some(v) = r.varint() else { return };
-                t.vals[i] = v;
+                if i == Field::Requests as usize {
+                    requests = v;
+                }
+                t.vals[i] = t.vals[i].saturating_add(v);
             }
         }
         if mask & SUCCESS_IS_REQUESTS != 0 {
-            t.vals[Field::Success as usize] = t.vals[Field::Requests as usize];
+            let success = &mut t.vals[Field::Success as usize];
+            *success = success.saturating_add(requests);
         }
         if mask & MASK_MTLS != 0 {
             t.flags |= MTLS;
@@ -227,12 +237,11 @@ pub(crate) fn decode(data: &[u8], mut f: impl FnMut(u8, &Totals)) {
             if lo > hi || hi >= BUCKETS {
                 return;
             }
-            for i in lo..=hi {
+            for b in &mut t.buckets[lo..=hi] {
                 let Some(v) = r.varint() else { return };
-                t.buckets[i] = v;
+                *b = b.saturating_add(v);
             }
         }
-        f(offset, &t);
     }
 }
 

@@ -333,19 +333,20 @@ impl Store {
 
     /// Sums of `series` over the steps `from..=to`.
     pub(crate) fn totals(&self, series: &Series, from: u64, to: u64) -> Totals {
-        let mut t = Totals::default();
-        self.each_step(series, from, to, |_, step| t.merge(step));
+        let mut t = [Totals::default()];
+        self.add_steps(series, from, to, &mut t, |_| Some(0));
+        let [t] = t;
         t
     }
 
-    /// Calls `f(step, totals)` for each step of `series` in `from..=to` that has a record, in
-    /// order (the open step last).
-    pub(crate) fn each_step(
+    /// Adds each step of `series` in `from..=to` into `out[slot_of(step)]`.
+    pub(crate) fn add_steps(
         &self,
         series: &Series,
         from: u64,
         to: u64,
-        mut f: impl FnMut(u64, &Totals),
+        out: &mut [Totals],
+        slot_of: impl Fn(u64) -> Option<usize>,
     ) {
         if from > to {
             return;
@@ -355,10 +356,12 @@ impl Store {
             if first > to || first + self.chunk_steps <= from {
                 continue;
             }
-            slot::decode(chunk.records(), |offset, t| {
+            slot::add_records(chunk.records(), out, |offset| {
                 let step = first + u64::from(offset);
                 if (from..=to).contains(&step) {
-                    f(step, t);
+                    slot_of(step)
+                } else {
+                    None
                 }
             });
         }
@@ -366,10 +369,9 @@ impl Store {
             && let Some(open) = self.open_step
             && (from..=to).contains(&open)
             && let Some((_, acc)) = self.pending.get(series.pending as usize)
+            && let Some(t) = slot_of(open).and_then(|i| out.get_mut(i))
         {
-            let mut t = Totals::default();
-            acc.add_to(&mut t);
-            f(open, &t);
+            acc.add_to(t);
         }
     }
 

@@ -712,8 +712,14 @@ fn step_records_round_trip_and_skip_empty_fields() {
     slot::Acc::default().encode(8, &mut buf); // empty: no record
     // offset, mask (2), requests (2), read (6), lo and span (1), buckets 3..=4 (2)
     assert_eq!(buf.len(), 1 + 2 + 2 + 6 + 1 + 2);
-    let mut seen = Vec::new();
-    slot::decode(&buf, |offset, t| seen.push((offset, t.clone())));
+    let mut out = vec![slot::Totals::default(); 9];
+    slot::add_records(&buf, &mut out, |offset| Some(offset as usize));
+    let seen: Vec<(u8, slot::Totals)> = out
+        .into_iter()
+        .enumerate()
+        .filter(|(_, t)| !t.is_empty())
+        .map(|(i, t)| (i as u8, t))
+        .collect();
     assert_eq!(seen.len(), 1);
     let (offset, t) = &seen[0];
     assert_eq!(*offset, 7);
@@ -782,4 +788,36 @@ fn history_ages_out_while_every_scrape_fails() {
     let o = w.overview(at(791), Duration::from_secs(600));
     assert_eq!(o.workloads[0].requests, 0);
     assert_eq!((o.targets.known, o.targets.up), (1, 0));
+}
+
+#[test]
+fn a_target_with_a_huge_number_of_series_stays_bounded() {
+    let mut w = Window::new(WindowSettings {
+        max_series: 100,
+        ..WindowSettings::default()
+    })
+    .unwrap();
+    let pg = target("pg", "pg", 1);
+    w.set_targets(std::slice::from_ref(&pg));
+    let text = |n: u64| {
+        (0..50_000)
+            .map(|i| {
+                format!(
+                    "request_total{{direction=\"outbound\",dst_namespace=\"n\",dst_workload=\"w{i}\"}} {n}\n"
+                )
+            })
+            .collect::<String>()
+    };
+    let first = text(1);
+    assert!(first.len() < MAX_TEXT_BYTES);
+    w.ingest(&pg, at(0), &first).unwrap();
+    let got = w.ingest(&pg, at(10), &text(2)).unwrap();
+    assert_eq!(got.samples, 50_000);
+    assert_eq!(got.skipped, 50_000 - MAX_SERIES_PER_TARGET);
+    assert_eq!(w.stats().series, 100);
+    assert!(got.dropped_series > 0);
+    let m = w.memory();
+    // The kept raw values (20,000 × 16 B) and small scratch buffers, not the text's size.
+    assert!(m.targets_bytes < 700_000, "{m:?}");
+    assert!(m.total_bytes < 1_000_000, "{m:?}");
 }

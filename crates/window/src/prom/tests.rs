@@ -74,3 +74,15 @@ fn huge_label_values_are_read_without_copying() {
     assert!(matches!(value, Cow::Borrowed(_)));
     assert_eq!(value.len(), 1 << 20);
 }
+
+#[test]
+fn lines_with_many_labels_are_walked_again() {
+    let labels: Vec<String> = (0..20).map(|i| format!("k{i}=\"v{i}\"")).collect();
+    let text = format!("x{{{}}} 1\n", labels.join(","));
+    let samples = parse(&text).unwrap();
+    let got: Vec<_> = samples[0].labels().map(|(k, v)| (k, v.raw())).collect();
+    assert_eq!(got.len(), 20);
+    assert_eq!(got[0], ("k0", "v0"));
+    assert_eq!(got[19], ("k19", "v19"));
+    assert_eq!(samples[0].label("k15").as_deref(), Some("v15"));
+}
