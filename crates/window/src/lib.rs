@@ -8,9 +8,13 @@
 //! [`Window::ingest`] reads the text ([`prom`], checked whole first: a scrape with a bad line
 //! changes nothing), keeps only the metrics it uses, and turns each counter into a **delta per
 //! target**: the previous raw value of every series of every target is kept (a hash of the series'
-//! text and an `f64`, 16 bytes); the first scrape of a target is only its baseline (like
-//! Prometheus' `increase()`), a series that appears later counts from zero, and a counter that went
-//! down is a restart (the delta is the new value). Deltas are added into **aggregated series**
+//! text and an `f64`, 16 bytes). The first scrape of a target counts from zero when the proxy
+//! started after the window did (its `process_start_time_seconds` is not before
+//! [`Window::started`]: everything it counted happened while we were watching, so a proxy's first
+//! requests are not lost to the scrape interval); otherwise it is only a baseline (like
+//! Prometheus' `increase()`: a restarted control plane does not know when those counts
+//! happened). A series that appears later counts from zero, and a counter that went down is a
+//! restart (the delta is the new value). Deltas are added into **aggregated series**
 //! keyed by what the API shows:
 //!
 //! - workload (`namespace`, `workload`): its inbound `request_total`, `response_total` by
@@ -230,6 +234,8 @@ pub struct Window {
     store: Store,
     /// The first step holding deltas (the one after the first baseline).
     first_data_step: Option<u64>,
+    /// When the window started watching: proxies that started since count from zero.
+    started: SystemTime,
     hasher: foldhash::fast::RandomState,
     scratch: Vec<(u64, f64)>,
     staged: Vec<Staged>,
@@ -256,6 +262,7 @@ impl Window {
             by_identity: HashMap::new(),
             store: Store::new(settings.max_series, steps as u64),
             first_data_step: None,
+            started: SystemTime::now(),
             hasher: foldhash::fast::RandomState::default(),
             scratch: Vec::new(),
             staged: Vec::new(),
@@ -300,6 +307,16 @@ impl Window {
         }
     }
 
+    /// When the window started watching (its creation, unless set with [`Window::set_started`]).
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    /// Sets when the window started watching (tests on synthetic times).
+    pub fn set_started(&mut self, at: SystemTime) {
+        self.started = at;
+    }
+
     /// Takes one scrape of `target` (its `/metrics` text, read at `at`).
     pub fn ingest(
         &mut self,
@@ -339,7 +356,11 @@ impl Window {
         state.up = true;
         state.last_scrape = Some(at);
         state.error = None;
-        let prev = state.prev.take();
+        let mut prev = state.prev.take();
+        if prev.is_none() && started_since(text, self.started) {
+            // A proxy that started while we watched: its counts so far are all new.
+            prev = Some(Vec::new());
+        }
         let me = state.target.clone();
         let mut next = std::mem::take(&mut self.scratch);
         next.clear();
@@ -802,6 +823,28 @@ fn spiffe_namespace(id: &str) -> &str {
         .and_then(|rest| rest.split_once("/ns/"))
         .and_then(|(_, rest)| rest.split_once("/sa/"))
         .map_or("", |(ns, _)| ns)
+}
+
+/// Whether the text's `process_start_time_seconds` (a proxy's start, unix seconds) is not before
+/// `started`. Read only at a target's first scrape.
+fn started_since(text: &str, started: SystemTime) -> bool {
+    const NAME: &str = "process_start_time_seconds ";
+    let at = if text.starts_with(NAME) {
+        Some(0)
+    } else {
+        text.find(&format!("\n{NAME}")).map(|i| i + 1)
+    };
+    let Some(at) = at else { return false };
+    let value = text[at + NAME.len()..]
+        .split(|c: char| c.is_ascii_whitespace())
+        .next()
+        .and_then(|v| v.parse::<f64>().ok());
+    let since = started
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    // A second of slack: the two clocks are read at different moments (and, in Kubernetes, on
+    // different nodes).
+    value.is_some_and(|v| v.is_finite() && v + 1.0 >= since)
 }
 
 #[cfg(test)]

@@ -106,6 +106,33 @@ fn first_scrape_is_a_baseline_then_counters_become_deltas() {
 }
 
 #[test]
+fn a_proxy_that_started_while_the_window_watched_counts_its_first_scrape_from_zero() {
+    let mut w = window();
+    w.set_started(at(0));
+    let (card, pg) = (target("card", "card", 1), target("pg", "pg", 2));
+    w.set_targets(&[card.clone(), pg.clone()]);
+    // card started 5 s after the window: its first 100 requests all count.
+    let started = |secs: u64| format!("process_start_time_seconds {}\n", T0 + secs);
+    let first = w
+        .ingest(&card, at(10), &(started(5) + &served(100, &[])))
+        .unwrap();
+    assert!(!first.baseline);
+    assert_eq!(one(&w, "card", "card", 11, MIN).requests, 100);
+    // A proxy that ran before the window (a restarted control plane): only a baseline, also
+    // without a start time, and with a start time that is not a number.
+    for text in [
+        started(0).replace(&(T0).to_string(), &(T0 - 60).to_string()) + &served(50, &[]),
+        served(50, &[]),
+        "process_start_time_seconds NaN\n".to_string() + &served(50, &[]),
+    ] {
+        let mut w = window();
+        w.set_started(at(0));
+        w.set_targets(std::slice::from_ref(&pg));
+        assert!(w.ingest(&pg, at(10), &text).unwrap().baseline, "{text}");
+    }
+}
+
+#[test]
 fn a_counter_that_went_down_is_a_restart() {
     let mut w = window();
     let card = target("card", "card", 1);

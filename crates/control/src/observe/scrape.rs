@@ -57,10 +57,8 @@ pub async fn run(
     interval: Duration,
 ) {
     let timeout = (interval / 2).min(MAX_TIMEOUT);
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::time::sleep(until_next_round(SystemTime::now(), interval)).await;
         let targets = targets(&state.borrow(), &trust_domain);
         window
             .lock()
@@ -91,6 +89,19 @@ pub async fn run(
     }
 }
 
+/// How long until the next round: rounds start a tenth of a step (at most 1 s) after a step
+/// boundary of the window (`unix time / interval`), so that one round's scrapes land in one step.
+pub fn until_next_round(now: SystemTime, interval: Duration) -> Duration {
+    let step = interval.as_millis().max(1);
+    let offset = (step / 10).min(1000);
+    let now_ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let next = (now_ms - offset).div_ceil(step) * step + offset;
+    let wait = next.saturating_sub(now_ms).max(1);
+    Duration::from_millis(u64::try_from(wait).unwrap_or(u64::MAX))
+}
+
 /// GET `http://{addr}/metrics`, its body as text.
 async fn fetch(addr: &str) -> Result<String, String> {
     let stream = TcpStream::connect(addr)
@@ -117,4 +128,24 @@ async fn fetch(addr: &str) -> Result<String, String> {
         .map_err(|e| format!("reading the answer (at most {MAX_BODY} bytes): {e}"))?
         .to_bytes();
     String::from_utf8(body.to_vec()).map_err(|_| "the answer is not UTF-8".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_start_just_after_a_step_boundary() {
+        let t = |ms: u64| std::time::UNIX_EPOCH + Duration::from_millis(ms);
+        let ten = Duration::from_secs(10);
+        assert_eq!(until_next_round(t(1_000_000), ten), Duration::from_millis(1000));
+        assert_eq!(until_next_round(t(1_000_999), ten), Duration::from_millis(1));
+        // At a round's time: now (1 ms).
+        assert_eq!(until_next_round(t(1_001_000), ten), Duration::from_millis(1));
+        assert_eq!(until_next_round(t(1_001_001), ten), Duration::from_millis(9_999));
+        assert_eq!(until_next_round(t(1_005_500), ten), Duration::from_millis(5_500));
+        let one = Duration::from_secs(1);
+        assert_eq!(until_next_round(t(5_000), one), Duration::from_millis(100));
+        assert_eq!(until_next_round(t(5_101), one), Duration::from_millis(999));
+    }
 }
