@@ -14,7 +14,10 @@
 //! - PostgreSQL through the mesh as opaque TCP: a pgbench Job with zero failures, which completes
 //!   and whose pod ends;
 //! - the monitoring namespace's Prometheus scrapes every proxy (`up == 1`), and its recorded
-//!   request rate per edge agrees with the proxies' own counters within 10 %.
+//!   request rate per edge agrees with the proxies' own counters within 10 %;
+//! - so does the control plane's own metrics window (no Prometheus), read with `onemesh edges`
+//!   through the control plane's API with the token of the Secret `onemesh-dashboard-token`; and
+//!   `onemesh tap pg/pg` streams pg's requests from its proxy through the control plane.
 //!
 //! Commands inside a pod run in its network namespace (`onemesh-pod-<uid>`, the node agent's), as
 //! root: their connections are captured like the app's.
@@ -324,6 +327,77 @@ fn prom_query(api: &str, query: &str) -> Value {
     let query = format!("query={query}");
     serde_json::from_slice(&node_curl(&["-G", &url, "--data-urlencode", &query]))
         .unwrap_or(Value::Null)
+}
+
+/// The CLI run in the node's network namespace (where pod IPs route), pointed at the first
+/// control-plane pod's API with the dashboard token read from its Secret (as an operator's
+/// `onemesh dashboard --kubernetes` would, through a port-forward).
+fn onemesh_on_node(args: &[&str]) -> (bool, String) {
+    let control = &pod_objects("onemesh", "app.kubernetes.io/name=onemesh-control")[0];
+    let token = kubectl(&[
+        "-n",
+        "onemesh",
+        "get",
+        "secret",
+        "onemesh-dashboard-token",
+        "-o",
+        "jsonpath={.data.token}",
+    ]);
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .expect("the Secret's token is base64");
+    let out = Command::new("ip")
+        .args(["netns", "exec", "onemesh-k8s", env!("CARGO_BIN_EXE_onemesh")])
+        .args(args)
+        .env("ONEMESH_API", format!("http://{}:8084", pod_ip(control)))
+        .env("ONEMESH_TOKEN", String::from_utf8_lossy(&token).trim())
+        .output()
+        .expect("run onemesh on the node");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// The control plane's window over the last minute, once every organization shows traffic:
+/// `{"workloads": [...], "edges": [...]}` from `onemesh stat` and `onemesh edges`.
+fn control_plane_window(orgs: &[&str]) -> Value {
+    eventually("the control plane's window shows every organization", READY, || {
+        let (ok, stat) = onemesh_on_node(&["stat", "-o", "json", "--window", "60s"]);
+        let (ok2, edges) = onemesh_on_node(&["edges", "-o", "json", "--window", "60s"]);
+        if !ok || !ok2 {
+            println!("onemesh stat/edges: {stat} {edges}");
+            return None;
+        }
+        let workloads: Value = serde_json::from_str(&stat).ok()?;
+        let served = |ns: &str| {
+            workloads.as_array().is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| r["namespace"] == ns && r["requests"].as_u64() > Some(0))
+            })
+        };
+        orgs.iter().all(|ns| served(ns)).then(|| {
+            serde_json::json!({"workloads": workloads, "edges": serde_json::from_str::<Value>(&edges).unwrap_or(Value::Null)})
+        })
+    })
+}
+
+/// `onemesh tap` through the control plane on the cluster: pg's live requests, from its proxy's
+/// control-only admin port, with identities.
+fn control_plane_tap(workload: &str) {
+    let (ok, out) = onemesh_on_node(&["tap", workload, "-o", "json", "--count", "3", "--duration", "30s"]);
+    assert!(ok, "{out}");
+    let events: Vec<Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("method").is_some())
+        .collect();
+    assert!(!events.is_empty(), "no tap event of {workload}: {out}");
+    assert!(
+        events.iter().any(|e| e["source"]["id"].as_str().is_some_and(|id| id.starts_with("spiffe://"))),
+        "no caller identity in {out}"
+    );
+    println!("tap {workload} on the cluster: {} events, e.g. {}", events.len(), events[0]);
 }
 
 fn pod_ip(pod: &Value) -> String {
@@ -745,11 +819,25 @@ fn kube_platform_meshed_on_the_cluster() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no recorded edge rate: {recorded}"));
     println!("pg's outbound rate: proxies {own:.3}/s, Prometheus recorded {recorded:.3}/s");
+    let window = control_plane_window(&["order", "pg", "appcard", "card", "bank"]);
     assert!(own > 0.0, "no traffic from pg during the minute");
     assert!(
         (recorded - own).abs() <= 0.1 * own,
         "Prometheus' recorded rate {recorded} is not within 10 % of the proxies' {own}"
     );
+    let from_pg: f64 = window["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["src_namespace"] == "pg")
+        .filter_map(|e| e["rps"].as_f64())
+        .sum();
+    println!("pg's outbound rate: the control plane's window {from_pg:.3}/s");
+    assert!(
+        (from_pg - own).abs() <= 0.1 * own,
+        "the control plane's window says {from_pg}/s from pg, not within 10 % of the proxies' {own}"
+    );
+    control_plane_tap("pg/pg");
 
     // Stop the traffic, then the money invariants.
     kubectl(&[
