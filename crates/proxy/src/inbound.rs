@@ -61,8 +61,8 @@ use crate::error::ProxyError;
 use crate::http_util::{self, CLIENT_ID, EGRESS_ID, ORIG_PROTO};
 use crate::io::{CountingIo, PrefixedIo, SpliceError};
 use crate::metrics::{
-    DenyLabels, Direction, EdgeLabels, FaultLabels, LimitLabels, Metrics, ReasonLabels,
-    RouteLabels, RouteMetrics, Tls,
+    AuthzLabels, DenyLabels, Direction, EdgeLabels, FaultLabels, LimitLabels, Metrics,
+    ReasonLabels, RouteLabels, RouteMetrics, TcpGuard, Tls,
 };
 use crate::orig_dst::original_dst;
 use crate::policy::{Authorizations, PortRefusal, authorize, check_port, plain_target};
@@ -71,6 +71,7 @@ use crate::server::{self, HttpLimits, HttpService};
 use crate::telemetry;
 use crate::transport_header::{Protocol, TransportHeader};
 use fault::FaultRule;
+use prometheus_client::metrics::counter::Counter;
 
 pub mod fault;
 pub mod limit;
@@ -126,6 +127,11 @@ struct HttpConn {
     app: Authority,
     /// Inbound requests have one route, `default`.
     route: RouteMetrics,
+    /// The connection's TCP metrics; an upgrade's splice holds it until the stream closes.
+    tcp: Arc<TcpGuard>,
+    /// `authz_allow_total` of the last policy that allowed a request on this connection (a
+    /// connection's requests are nearly always allowed by the same one).
+    allowed: Mutex<Option<(Arc<str>, Counter)>>,
 }
 
 /// The inbound proxy.
@@ -287,12 +293,12 @@ impl Inbound {
         match header.protocol {
             Protocol::H2 => {
                 let io = CountingIo::new(tls, guard.counters().clone());
-                let svc = self.service(conn);
+                let svc = self.service(conn, guard);
                 server::serve_h2(io, svc, self.inner.settings.limits, &drain).await;
             }
             Protocol::Http1 => {
                 let io = CountingIo::new(tls, guard.counters().clone());
-                let svc = self.service(conn);
+                let svc = self.service(conn, guard);
                 server::serve_http1(
                     io,
                     svc,
@@ -374,7 +380,7 @@ impl Inbound {
                 let guard = self.inner.metrics.open_tcp(edge);
                 let io =
                     CountingIo::new(PrefixedIo::new(buf.freeze(), tcp), guard.counters().clone());
-                let svc = self.service(conn);
+                let svc = self.service(conn, guard);
                 server::serve_http1(io, svc, limits, &drain).await;
             }
             Detected::Http2 => {
@@ -382,7 +388,7 @@ impl Inbound {
                 let guard = self.inner.metrics.open_tcp(edge);
                 let io =
                     CountingIo::new(PrefixedIo::new(buf.freeze(), tcp), guard.counters().clone());
-                let svc = self.service(conn);
+                let svc = self.service(conn, guard);
                 server::serve_h2(io, svc, limits, &drain).await;
             }
             Detected::Opaque | Detected::Timeout => {
@@ -393,7 +399,7 @@ impl Inbound {
         }
     }
 
-    async fn opaque<I>(&self, mut io: I, conn: &Conn, guard: crate::metrics::TcpGuard)
+    async fn opaque<I>(&self, mut io: I, conn: &Conn, guard: TcpGuard)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -416,6 +422,15 @@ impl Inbound {
                 .inc();
             return;
         }
+        self.inner
+            .metrics
+            .authz_allow_total
+            .get_or_create(&AuthzLabels {
+                edge: conn.edge.clone(),
+                policy: decision.policy,
+                kind: "tcp",
+            })
+            .inc();
         let app = SocketAddr::new(self.inner.settings.app_host, conn.target_port);
         let mut upstream = match tokio::time::timeout(
             self.inner.settings.connect_timeout,
@@ -463,7 +478,7 @@ impl Inbound {
         }
     }
 
-    fn service(&self, conn: Conn) -> HttpService {
+    fn service(&self, conn: Conn, guard: TcpGuard) -> HttpService {
         let this = self.clone();
         let app = SocketAddr::new(self.inner.settings.app_host, conn.target_port);
         let conn = Arc::new(HttpConn {
@@ -475,6 +490,8 @@ impl Inbound {
                 route: "default".into(),
             }),
             conn,
+            tcp: Arc::new(guard),
+            allowed: Mutex::new(None),
         });
         HttpService::new(move |req: Request<Incoming>| {
             this.clone().proxy(conn.clone(), req.map(body::boxed))
@@ -521,6 +538,7 @@ impl Inbound {
         let result = match decision {
             Err(err) => Err(err),
             Ok((decision, fault, path)) if decision.allowed => {
+                self.allowed(http, &decision.policy);
                 // rate limits, then faults, then forward
                 match self.limit(&rules, conn, req.method(), path) {
                     Err(err) => Err(err),
@@ -556,6 +574,29 @@ impl Inbound {
             }
         };
         telemetry::finish(metrics, Direction::Inbound, &http.route, start, result)
+    }
+
+    /// Counts a request allowed by `policy` (the counter of the connection's last policy is at
+    /// hand; another policy's is looked up and kept instead).
+    fn allowed(&self, http: &HttpConn, policy: &Arc<str>) {
+        let mut last = http.allowed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((name, counter)) = &*last
+            && (Arc::ptr_eq(name, policy) || **name == **policy)
+        {
+            counter.inc();
+            return;
+        }
+        let counter = self
+            .inner
+            .metrics
+            .authz_allow_total
+            .get_or_create_owned(&AuthzLabels {
+                edge: http.conn.edge.clone(),
+                policy: policy.clone(),
+                kind: "http",
+            });
+        counter.inc();
+        *last = Some((policy.clone(), counter));
     }
 
     /// The rate limits covering this request (its port, method and path), for its caller (the
@@ -706,6 +747,7 @@ impl Inbound {
                 self.inner.settings.stream_idle_timeout,
                 self.inner.metrics.clone(),
                 Direction::Inbound,
+                http_util::UpgradeCount::Connection(http.tcp.clone()),
             );
             return Ok(rsp);
         }

@@ -168,6 +168,8 @@ impl Outbound {
         let upgrades = Upgrades {
             idle: settings.stream_idle_timeout,
             metrics: metrics.clone(),
+            namespace: settings.namespace.clone(),
+            workload: settings.workload.clone(),
         };
         Ok(Self {
             inner: Arc::new(Inner {
