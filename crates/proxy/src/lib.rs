@@ -65,6 +65,7 @@ pub mod pool;
 pub mod server;
 pub mod state_dir;
 pub mod static_config;
+pub mod tap;
 pub mod telemetry;
 mod timer;
 pub mod transport_header;

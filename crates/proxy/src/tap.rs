@@ -1,0 +1,5 @@
+//! Tap: live request metadata for the control plane (see `docs/proxy.md`).
+//!
+//! WIP.
+
+pub mod mask;
