@@ -100,6 +100,8 @@ pub struct InboundSettings {
     pub proxy_ports: Vec<u16>,
     /// How long a spliced stream may move no byte before it is closed.
     pub stream_idle_timeout: Duration,
+    /// Where requests are published for tap and access logs.
+    pub tap: Arc<crate::tap::Hub>,
 }
 
 /// How the caller speaks HTTP on this connection.
@@ -503,6 +505,7 @@ impl Inbound {
         let http = &*http;
         let conn = &http.conn;
         let orig_proto = take_mesh_headers(req.headers_mut());
+        let tap = self.inner.settings.tap.capture(&req);
         let metrics = &self.inner.metrics;
         http.route.request();
         let start = Instant::now();
@@ -573,7 +576,9 @@ impl Inbound {
                 })
             }
         };
-        telemetry::finish(metrics, Direction::Inbound, &http.route, start, result)
+        let rsp = telemetry::finish(metrics, Direction::Inbound, &http.route, start, result);
+        telemetry::publish(tap, Direction::Inbound, &http.route, start, &rsp);
+        rsp
     }
 
     /// Counts a request allowed by `policy` (the counter of the connection's last policy is at
