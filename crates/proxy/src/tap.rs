@@ -639,7 +639,8 @@ impl TapStream {
             tick.as_mut().reset(deadline);
         }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(line) => return Poll::Ready(line),
+            Poll::Ready(Some(line)) => return Poll::Ready(Some(self.gather(line))),
+            Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => {}
         }
         match tick.as_mut().poll(cx) {
@@ -651,6 +652,26 @@ impl TapStream {
         }
     }
 }
+
+impl TapStream {
+    /// `first` and the lines already queued behind it, up to [`BATCH`] bytes: one chunk (one TLS
+    /// record, one write) for a burst of events instead of one each.
+    fn gather(&mut self, first: Bytes) -> Bytes {
+        let mut batch: Option<bytes::BytesMut> = None;
+        while batch.as_ref().map_or(first.len(), |b| b.len()) < BATCH {
+            let Ok(next) = self.rx.try_recv() else {
+                break;
+            };
+            batch
+                .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
+                .extend_from_slice(&next);
+        }
+        batch.map_or(first, bytes::BytesMut::freeze)
+    }
+}
+
+/// Bytes of queued lines sent in one chunk at most.
+const BATCH: usize = 16 * 1024;
 
 impl http_body::Body for TapStream {
     type Data = Bytes;

@@ -15,7 +15,12 @@ use support::*;
 /// lines.
 fn spawn(
     vars: &std::collections::HashMap<&'static str, String>,
-) -> (Child, std::net::SocketAddr, std::net::SocketAddr, mpsc::Receiver<String>) {
+) -> (
+    Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    mpsc::Receiver<String>,
+) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_onemesh-proxy"))
         .env_clear()
         .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))

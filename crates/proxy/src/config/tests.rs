@@ -225,7 +225,10 @@ fn the_control_admin_listener_is_on_in_control_plane_mode_only_unless_asked() {
     let c = Config::from_source(&HashMap::from([(ENV_IDENTITY, ID)])).unwrap();
     assert!(c.control_admin.is_none());
     assert!(!c.access_log);
-    assert!(c.tap_mask.masks(&http::HeaderName::from_static("x-merchant-key")));
+    assert!(
+        c.tap_mask
+            .masks(&http::HeaderName::from_static("x-merchant-key"))
+    );
     // control-plane mode: on, at the default address, serving the control plane's id
     let env = control_env(&[(ENV_IDENTITY_TOKEN, "t".to_string())]);
     let (addr, id) = Config::from_source(&env).unwrap().control_admin.unwrap();
@@ -246,8 +249,14 @@ fn the_control_admin_listener_is_on_in_control_plane_mode_only_unless_asked() {
     let (_, id) = c.control_admin.unwrap();
     assert_eq!(id.as_str(), "spiffe://cluster.local/ns/ops/sa/tapper");
     assert!(c.access_log);
-    assert!(c.tap_mask.masks(&http::HeaderName::from_static("x-api-key")));
-    assert!(!c.tap_mask.masks(&http::HeaderName::from_static("x-merchant-key")));
+    assert!(
+        c.tap_mask
+            .masks(&http::HeaderName::from_static("x-api-key"))
+    );
+    assert!(
+        !c.tap_mask
+            .masks(&http::HeaderName::from_static("x-merchant-key"))
+    );
     // bad values are reported together
     let env = HashMap::from([
         (ENV_IDENTITY, ID),

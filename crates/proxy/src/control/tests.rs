@@ -386,6 +386,7 @@ fn config(control: SocketAddr, token: &str) -> Config {
         (config::ENV_OUTBOUND_ADDR, "127.0.0.1:0"),
         (config::ENV_INBOUND_ADDR, "127.0.0.1:0"),
         (config::ENV_ADMIN_ADDR, "127.0.0.1:0"),
+        (config::ENV_CONTROL_ADMIN_ADDR, "127.0.0.1:0"),
         (
             config::ENV_TRUST_ANCHORS,
             "/the/test/passes/the/bundle/itself.pem",
