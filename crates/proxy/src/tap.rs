@@ -525,7 +525,7 @@ impl Filter {
                 || host
                     .strip_prefix(name.as_str())
                     .is_some_and(|rest| rest.starts_with(&format!(".{ns}")));
-            if !(same_ns && by_workload) && !by_host {
+            if !(by_host || (same_ns && by_workload)) {
                 return false;
             }
         }

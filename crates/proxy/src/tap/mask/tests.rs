@@ -23,7 +23,7 @@ fn valid(s: &str) -> bool {
             if x > 9 { x - 9 } else { x }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 #[test]
