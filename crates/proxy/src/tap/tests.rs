@@ -223,3 +223,40 @@ async fn events_over_the_rate_are_dropped_and_reported_once_a_second() {
     // and nothing more until there is something to say
     assert_eq!(tap.line_within(Duration::from_secs(3)).await, None);
 }
+
+#[tokio::test]
+async fn odd_characters_make_valid_json() {
+    let hub = hub();
+    let mut tap = Reader::new(hub.subscribe(Filter::parse(None).unwrap()).unwrap());
+    let value = http::HeaderValue::from_bytes(b"a\"b\\c\tde \xc3\xa9 \xff").unwrap();
+    let req = Request::get("/p%22?q=%22x%22")
+        .header("x-odd", value)
+        .header("x-two", "1")
+        .header("x-two", "2")
+        .body(())
+        .unwrap();
+    let pending = hub.capture(&req).unwrap();
+    pending.publish(
+        Direction::Outbound,
+        &labels(),
+        Instant::now(),
+        &Response::new(()),
+    );
+    let line = tap.line().await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["headers"]["x-odd"], "a\"b\\c\tde é \u{fffd}");
+    assert_eq!(v["headers"]["x-two"], "1, 2");
+    assert_eq!(v["direction"], "outbound");
+    assert_eq!(v["destination"]["workload"], "card");
+    assert_eq!(v["source"]["id"], "spiffe://cluster.local/ns/card/sa/card");
+}
+
+#[test]
+fn control_characters_are_escaped() {
+    let text = "a\u{1}b\u{7f}c\nd\re\u{1f}\"\\";
+    let mut out = Vec::new();
+    json::str(&mut out, text);
+    let back: String = serde_json::from_slice(&out).unwrap();
+    assert_eq!(back, text);
+    assert!(out.iter().all(|b| *b >= 0x20 && *b != 0x7f), "{out:?}");
+}
