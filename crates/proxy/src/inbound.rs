@@ -131,9 +131,8 @@ struct HttpConn {
     route: RouteMetrics,
     /// The connection's TCP metrics; an upgrade's splice holds it until the stream closes.
     tcp: Arc<TcpGuard>,
-    /// `authz_allow_total` of the last policy that allowed a request on this connection (a
-    /// connection's requests are nearly always allowed by the same one).
-    allowed: Mutex<Option<(Arc<str>, Counter)>>,
+    /// `authz_allow_total` of the first policy that allowed a request on this connection.
+    allowed: std::sync::OnceLock<(Arc<str>, Counter)>,
 }
 
 /// The inbound proxy.
@@ -493,7 +492,7 @@ impl Inbound {
             }),
             conn,
             tcp: Arc::new(guard),
-            allowed: Mutex::new(None),
+            allowed: std::sync::OnceLock::new(),
         });
         HttpService::new(move |req: Request<Incoming>| {
             this.clone().proxy(conn.clone(), req.map(body::boxed))
@@ -581,27 +580,30 @@ impl Inbound {
         rsp
     }
 
-    /// Counts a request allowed by `policy` (the counter of the connection's last policy is at
-    /// hand; another policy's is looked up and kept instead).
+    /// Counts a request allowed by `policy`: the counter of the first policy that allowed one on
+    /// this connection is kept at hand (a connection's requests are nearly always allowed by the
+    /// same one); another policy's is looked up in the family.
     fn allowed(&self, http: &HttpConn, policy: &Arc<str>) {
-        let mut last = http.allowed.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((name, counter)) = &*last
-            && (Arc::ptr_eq(name, policy) || **name == **policy)
-        {
-            counter.inc();
-            return;
+        let first = http.allowed.get_or_init(|| {
+            let counter = self.allow_counter(&http.conn, policy);
+            (policy.clone(), counter)
+        });
+        if Arc::ptr_eq(&first.0, policy) || *first.0 == **policy {
+            first.1.inc();
+        } else {
+            self.allow_counter(&http.conn, policy).inc();
         }
-        let counter = self
-            .inner
+    }
+
+    fn allow_counter(&self, conn: &Conn, policy: &Arc<str>) -> Counter {
+        self.inner
             .metrics
             .authz_allow_total
             .get_or_create_owned(&AuthzLabels {
-                edge: http.conn.edge.clone(),
+                edge: conn.edge.clone(),
                 policy: policy.clone(),
                 kind: "http",
-            });
-        counter.inc();
-        *last = Some((policy.clone(), counter));
+            })
     }
 
     /// The rate limits covering this request (its port, method and path), for its caller (the
