@@ -55,8 +55,10 @@ pub const MAX_TAPS: usize = 8;
 pub const DEFAULT_MAX_RPS: u32 = 100;
 /// The largest `max_rps` (a larger one is capped).
 pub const MAX_RPS: u32 = 1000;
-/// Events queued per subscriber before new ones are dropped.
-const QUEUE: usize = 256;
+/// Lines queued per subscriber before new ones are dropped: 64 ms of slack at the highest
+/// `max_rps`, and a bound on a tap's memory (a line is at most ~11 KiB: 32 headers of 256 bytes,
+/// a 2 KiB path; typically ~600 bytes).
+const QUEUE: usize = 64;
 /// Request headers an event carries at most.
 pub const MAX_HEADERS: usize = 32;
 /// Bytes of a header value after masking.
@@ -631,7 +633,8 @@ impl Filter {
             let by_host = host == name
                 || host
                     .strip_prefix(name.as_str())
-                    .is_some_and(|rest| rest.starts_with(&format!(".{ns}")));
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .is_some_and(|rest| rest.starts_with(ns.as_str()));
             if !(by_host || (same_ns && by_workload)) {
                 return false;
             }

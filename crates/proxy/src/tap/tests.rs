@@ -260,3 +260,32 @@ fn control_characters_are_escaped() {
     assert_eq!(back, text);
     assert!(out.iter().all(|b| *b >= 0x20 && *b != 0x7f), "{out:?}");
 }
+
+#[tokio::test]
+async fn to_matches_the_destination_or_the_authority() {
+    let hub = hub();
+    let mut by_workload = Reader::new(hub.subscribe(parse("to=card/card").unwrap()).unwrap());
+    let mut by_host = Reader::new(hub.subscribe(parse("to=card/pay").unwrap()).unwrap());
+    let mut other = Reader::new(hub.subscribe(parse("to=bank/pay").unwrap()).unwrap());
+    let publish = |host: &str, direction| {
+        let req = Request::get("/").header("host", host).body(()).unwrap();
+        let p = hub.capture(&req).unwrap();
+        let mut l = labels();
+        l.edge.direction = direction;
+        p.publish(direction, &l, Instant::now(), &Response::new(()));
+    };
+    // inbound events never match `to`
+    publish("card.card:8080", Direction::Inbound);
+    // the destination workload matches card/card; the host pay.card... matches card/pay
+    publish("pay.card.svc.cluster.local:80", Direction::Outbound);
+    assert!(by_workload.line().await.contains("pay.card.svc"));
+    assert!(by_host.line().await.contains("pay.card.svc"));
+    assert_eq!(other.line_within(Duration::from_millis(50)).await, None);
+    assert_eq!(
+        by_workload.line_within(Duration::from_millis(50)).await,
+        None
+    );
+    // a host that only starts like the name does not match
+    publish("payment.card:80", Direction::Outbound);
+    assert_eq!(by_host.line_within(Duration::from_millis(50)).await, None);
+}
