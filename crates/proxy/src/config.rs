@@ -145,6 +145,24 @@ pub const ENV_STATE_DIR: &str = "ONEMESH_PROXY_STATE_DIR";
 /// (other keys are ignored). The admin server performs them on 127.0.0.1 (see
 /// [`crate::admin`]). Unset: no app probes.
 pub const ENV_APP_PROBES: &str = "ONEMESH_PROXY_APP_PROBES";
+/// The control-only admin listener (`GET /tap`): TLS 1.3 with this proxy's leaf, a client
+/// certificate required whose SPIFFE id is the control plane's (`ONEMESH_PROXY_CONTROL_ID`), see
+/// [`crate::control_admin`]. On in control-plane mode (at this address or the default); in static
+/// mode only when both this and `ONEMESH_PROXY_CONTROL_ID` are set.
+pub const ENV_CONTROL_ADMIN_ADDR: &str = "ONEMESH_PROXY_CONTROL_ADMIN_ADDR";
+/// Default control-only admin address.
+pub const DEFAULT_CONTROL_ADMIN_ADDR: &str = "0.0.0.0:4190";
+/// Comma-separated request header names whose values tap events and access logs show as
+/// `[masked]` (`proxy-authorization` and `set-cookie` always are); card numbers are masked in
+/// every other value, and in the authority and path (see [`crate::tap::mask`]).
+pub const ENV_TAP_MASK_HEADERS: &str = "ONEMESH_PROXY_TAP_MASK_HEADERS";
+/// Default masked headers.
+pub const DEFAULT_TAP_MASK_HEADERS: &str = crate::tap::mask::DEFAULT_MASK_HEADERS;
+/// Access logs: `off`, or `json` (one JSON line per request on stdout, the tap event with the
+/// same masking, see [`crate::tap`]).
+pub const ENV_ACCESS_LOG: &str = "ONEMESH_PROXY_ACCESS_LOG";
+/// Default access log.
+pub const DEFAULT_ACCESS_LOG: &str = "off";
 /// At most this many app probes (a pod has a few containers, three probes each).
 pub const MAX_APP_PROBES: usize = 256;
 /// The control plane's namespace and service account in its default SPIFFE id.
@@ -327,6 +345,13 @@ pub struct Config {
     pub control: Option<ControlPlaneConfig>,
     /// See [`ENV_APP_PROBES`].
     pub app_probes: Arc<AppProbes>,
+    /// The control-only admin listener's address and the only peer it serves (see
+    /// [`ENV_CONTROL_ADMIN_ADDR`]); `None`: off.
+    pub control_admin: Option<(SocketAddr, SpiffeId)>,
+    /// See [`ENV_TAP_MASK_HEADERS`].
+    pub tap_mask: crate::tap::mask::Masker,
+    /// See [`ENV_ACCESS_LOG`]: `true` for `json`.
+    pub access_log: bool,
 }
 
 /// The app's probes the admin server answers (see [`ENV_APP_PROBES`]), by `<container>/<kind>`.
@@ -753,6 +778,46 @@ impl Config {
         let opaque_ports = p.parse(ENV_OPAQUE_PORTS, DEFAULT_OPAQUE_PORTS, ports);
         let app_probes = p.parse(ENV_APP_PROBES, "{}", AppProbes::parse);
         let control = control_plane(&mut p, identity.as_ref());
+        let control_admin_addr = p.parse(
+            ENV_CONTROL_ADMIN_ADDR,
+            DEFAULT_CONTROL_ADMIN_ADDR,
+            socket_addr,
+        );
+        let control_admin = match (&control, control_admin_addr) {
+            (Some(c), Some(addr)) => Some((addr, c.id.clone())),
+            // static mode: only when asked for, with the peer named
+            (None, Some(addr)) if p.raw(ENV_CONTROL_ADMIN_ADDR).is_some() => {
+                match p.raw(ENV_CONTROL_ID) {
+                    Some(_) => p
+                        .required(ENV_CONTROL_ID, |s| {
+                            SpiffeId::from_str(s).map_err(|e| format!("is not a spiffe id: {e}"))
+                        })
+                        .map(|id| (addr, id)),
+                    None => {
+                        p.bad.push(BadVar {
+                            name: ENV_CONTROL_ID,
+                            problem: format!(
+                                "is required in static mode when {ENV_CONTROL_ADMIN_ADDR} is set: \
+                                 set the SPIFFE id of the only client the listener serves, or \
+                                 unset {ENV_CONTROL_ADMIN_ADDR}"
+                            ),
+                        });
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let tap_mask = p.parse(
+            ENV_TAP_MASK_HEADERS,
+            DEFAULT_TAP_MASK_HEADERS,
+            crate::tap::mask::Masker::parse,
+        );
+        let access_log = p.parse(ENV_ACCESS_LOG, DEFAULT_ACCESS_LOG, |s| match s {
+            "off" => Ok(false),
+            "json" => Ok(true),
+            _ => Err("must be off or json".to_string()),
+        });
         let log = p.raw(ENV_LOG).unwrap_or_else(|| DEFAULT_LOG.to_string());
         let cores = p.parse(ENV_CORES, DEFAULT_CORES, |s| {
             s.parse::<usize>()
@@ -789,6 +854,7 @@ impl Config {
             cores,
             http1_transport,
             app_probes,
+            tap_mask.zip(access_log),
         ) {
             (
                 Some(outbound_addr),
@@ -808,6 +874,7 @@ impl Config {
                 Some(cores),
                 Some(http1_transport),
                 Some(app_probes),
+                Some((tap_mask, access_log)),
             ) if p.bad.is_empty() => Ok(Config {
                 outbound_addr,
                 inbound_addr,
@@ -834,6 +901,9 @@ impl Config {
                 http1_transport,
                 control,
                 app_probes: Arc::new(app_probes),
+                control_admin,
+                tap_mask,
+                access_log,
             }),
             _ => Err(ConfigError::Invalid(p.bad)),
         }

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use crate::io::{ByteCounters, SpliceError};
-use crate::metrics::{Classification, Direction, Metrics};
+use crate::metrics::{Classification, Direction, Metrics, TcpGuard};
 
 /// The `proxy_error_total` reason of a spliced stream closed for idleness.
 pub const IDLE_TIMEOUT_REASON: &str = "stream_idle_timeout";
@@ -167,16 +167,28 @@ pub fn classify<B>(rsp: &Response<B>) -> Classification {
     Classification::Success
 }
 
+/// How a spliced upgrade is counted in the TCP metrics.
+#[derive(Debug)]
+pub enum UpgradeCount {
+    /// The accepted connection is counted already (inbound: its bytes through
+    /// [`crate::io::CountingIo`]); its guard is held until the splice ends, so its close and
+    /// duration come when the upgraded stream really closes.
+    Connection(Arc<TcpGuard>),
+    /// A stream of its own (outbound: to the destination of the request), counted from the
+    /// `101` on: bytes read from and written to the client side.
+    Stream(TcpGuard),
+}
+
 /// After a `101 Switching Protocols`, joins the two upgraded streams and copies bytes both ways
 /// until both close, or no byte moved for `idle` (counted in `proxy_error_total` with reason
-/// `stream_idle_timeout`). (The bytes are counted by the accepted connection's
-/// [`crate::io::CountingIo`], if any.)
+/// `stream_idle_timeout`). Counted as `count` says.
 pub fn splice_upgrades(
     client: OnUpgrade,
     upstream: OnUpgrade,
     idle: Duration,
     metrics: Arc<Metrics>,
     direction: Direction,
+    count: UpgradeCount,
 ) {
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
@@ -188,12 +200,17 @@ pub fn splice_upgrades(
         };
         let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
-        let spliced =
-            crate::io::splice(&mut client, &mut upstream, &ByteCounters::default(), idle).await;
+        let uncounted = ByteCounters::default();
+        let counters = match &count {
+            UpgradeCount::Connection(_) => &uncounted,
+            UpgradeCount::Stream(guard) => guard.counters(),
+        };
+        let spliced = crate::io::splice(&mut client, &mut upstream, counters, idle).await;
         if let Err(error @ SpliceError::Idle(_)) = spliced {
             debug!(%error, "upgraded stream closed");
             metrics.error(direction, IDLE_TIMEOUT_REASON);
         }
+        drop(count);
     });
 }
 

@@ -61,8 +61,8 @@ use crate::error::ProxyError;
 use crate::http_util::{self, CLIENT_ID, EGRESS_ID, ORIG_PROTO};
 use crate::io::{CountingIo, PrefixedIo, SpliceError};
 use crate::metrics::{
-    DenyLabels, Direction, EdgeLabels, FaultLabels, LimitLabels, Metrics, ReasonLabels,
-    RouteLabels, RouteMetrics, Tls,
+    AuthzLabels, DenyLabels, Direction, EdgeLabels, FaultLabels, LimitLabels, Metrics,
+    ReasonLabels, RouteLabels, RouteMetrics, TcpGuard, Tls,
 };
 use crate::orig_dst::original_dst;
 use crate::policy::{Authorizations, PortRefusal, authorize, check_port, plain_target};
@@ -71,6 +71,7 @@ use crate::server::{self, HttpLimits, HttpService};
 use crate::telemetry;
 use crate::transport_header::{Protocol, TransportHeader};
 use fault::FaultRule;
+use prometheus_client::metrics::counter::Counter;
 
 pub mod fault;
 pub mod limit;
@@ -99,6 +100,8 @@ pub struct InboundSettings {
     pub proxy_ports: Vec<u16>,
     /// How long a spliced stream may move no byte before it is closed.
     pub stream_idle_timeout: Duration,
+    /// Where requests are published for tap and access logs.
+    pub tap: Arc<crate::tap::Hub>,
 }
 
 /// How the caller speaks HTTP on this connection.
@@ -126,6 +129,10 @@ struct HttpConn {
     app: Authority,
     /// Inbound requests have one route, `default`.
     route: RouteMetrics,
+    /// The connection's TCP metrics; an upgrade's splice holds it until the stream closes.
+    tcp: Arc<TcpGuard>,
+    /// `authz_allow_total` of the first policy that allowed a request on this connection.
+    allowed: std::sync::OnceLock<(Arc<str>, Counter)>,
 }
 
 /// The inbound proxy.
@@ -287,12 +294,12 @@ impl Inbound {
         match header.protocol {
             Protocol::H2 => {
                 let io = CountingIo::new(tls, guard.counters().clone());
-                let svc = self.service(conn);
+                let svc = self.service(conn, guard);
                 server::serve_h2(io, svc, self.inner.settings.limits, &drain).await;
             }
             Protocol::Http1 => {
                 let io = CountingIo::new(tls, guard.counters().clone());
-                let svc = self.service(conn);
+                let svc = self.service(conn, guard);
                 server::serve_http1(
                     io,
                     svc,
@@ -374,7 +381,7 @@ impl Inbound {
                 let guard = self.inner.metrics.open_tcp(edge);
                 let io =
                     CountingIo::new(PrefixedIo::new(buf.freeze(), tcp), guard.counters().clone());
-                let svc = self.service(conn);
+                let svc = self.service(conn, guard);
                 server::serve_http1(io, svc, limits, &drain).await;
             }
             Detected::Http2 => {
@@ -382,7 +389,7 @@ impl Inbound {
                 let guard = self.inner.metrics.open_tcp(edge);
                 let io =
                     CountingIo::new(PrefixedIo::new(buf.freeze(), tcp), guard.counters().clone());
-                let svc = self.service(conn);
+                let svc = self.service(conn, guard);
                 server::serve_h2(io, svc, limits, &drain).await;
             }
             Detected::Opaque | Detected::Timeout => {
@@ -393,7 +400,7 @@ impl Inbound {
         }
     }
 
-    async fn opaque<I>(&self, mut io: I, conn: &Conn, guard: crate::metrics::TcpGuard)
+    async fn opaque<I>(&self, mut io: I, conn: &Conn, guard: TcpGuard)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -416,6 +423,15 @@ impl Inbound {
                 .inc();
             return;
         }
+        self.inner
+            .metrics
+            .authz_allow_total
+            .get_or_create(&AuthzLabels {
+                edge: conn.edge.clone(),
+                policy: decision.policy,
+                kind: "tcp",
+            })
+            .inc();
         let app = SocketAddr::new(self.inner.settings.app_host, conn.target_port);
         let mut upstream = match tokio::time::timeout(
             self.inner.settings.connect_timeout,
@@ -463,7 +479,7 @@ impl Inbound {
         }
     }
 
-    fn service(&self, conn: Conn) -> HttpService {
+    fn service(&self, conn: Conn, guard: TcpGuard) -> HttpService {
         let this = self.clone();
         let app = SocketAddr::new(self.inner.settings.app_host, conn.target_port);
         let conn = Arc::new(HttpConn {
@@ -475,6 +491,8 @@ impl Inbound {
                 route: "default".into(),
             }),
             conn,
+            tcp: Arc::new(guard),
+            allowed: std::sync::OnceLock::new(),
         });
         HttpService::new(move |req: Request<Incoming>| {
             this.clone().proxy(conn.clone(), req.map(body::boxed))
@@ -486,6 +504,7 @@ impl Inbound {
         let http = &*http;
         let conn = &http.conn;
         let orig_proto = take_mesh_headers(req.headers_mut());
+        let tap = self.inner.settings.tap.capture(&req);
         let metrics = &self.inner.metrics;
         http.route.request();
         let start = Instant::now();
@@ -521,6 +540,7 @@ impl Inbound {
         let result = match decision {
             Err(err) => Err(err),
             Ok((decision, fault, path)) if decision.allowed => {
+                self.allowed(http, &decision.policy);
                 // rate limits, then faults, then forward
                 match self.limit(&rules, conn, req.method(), path) {
                     Err(err) => Err(err),
@@ -555,7 +575,35 @@ impl Inbound {
                 })
             }
         };
-        telemetry::finish(metrics, Direction::Inbound, &http.route, start, result)
+        let rsp = telemetry::finish(metrics, Direction::Inbound, &http.route, start, result);
+        telemetry::publish(tap, Direction::Inbound, &http.route, start, &rsp);
+        rsp
+    }
+
+    /// Counts a request allowed by `policy`: the counter of the first policy that allowed one on
+    /// this connection is kept at hand (a connection's requests are nearly always allowed by the
+    /// same one); another policy's is looked up in the family.
+    fn allowed(&self, http: &HttpConn, policy: &Arc<str>) {
+        let first = http.allowed.get_or_init(|| {
+            let counter = self.allow_counter(&http.conn, policy);
+            (policy.clone(), counter)
+        });
+        if Arc::ptr_eq(&first.0, policy) || *first.0 == **policy {
+            first.1.inc();
+        } else {
+            self.allow_counter(&http.conn, policy).inc();
+        }
+    }
+
+    fn allow_counter(&self, conn: &Conn, policy: &Arc<str>) -> Counter {
+        self.inner
+            .metrics
+            .authz_allow_total
+            .get_or_create_owned(&AuthzLabels {
+                edge: conn.edge.clone(),
+                policy: policy.clone(),
+                kind: "http",
+            })
     }
 
     /// The rate limits covering this request (its port, method and path), for its caller (the
@@ -706,6 +754,7 @@ impl Inbound {
                 self.inner.settings.stream_idle_timeout,
                 self.inner.metrics.clone(),
                 Direction::Inbound,
+                http_util::UpgradeCount::Connection(http.tcp.clone()),
             );
             return Ok(rsp);
         }

@@ -10,7 +10,10 @@
 //!   only to its declared ports and never to the proxy's own ([`inbound`]; request paths an app
 //!   could read differently from policy are refused first, [`path`]);
 //! - **admin** (default `127.0.0.1:4191`): `/metrics`, `/ready`, `/live`, and the app's own
-//!   probes at `/app-probe/…` when injected in Kubernetes ([`admin`]).
+//!   probes at `/app-probe/…` when injected in Kubernetes ([`admin`]);
+//! - **control-only admin** (default `0.0.0.0:4190`, control-plane mode): mTLS, served only to
+//!   the control plane's identity: live request metadata, masked, at `/tap` ([`control_admin`],
+//!   [`tap`]; the same events can be JSON access logs on stdout).
 //!
 //! Between proxies, HTTP/2 and gRPC ride one multiplexed HTTP/2 connection per endpoint; HTTP/1
 //! rides pooled HTTP/1.1 connections ([`pool`]), or with `ONEMESH_PROXY_HTTP1_TRANSPORT=h2` the
@@ -46,6 +49,7 @@ pub mod body;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod control_admin;
 pub mod credentials;
 pub mod detect;
 pub mod discover;
@@ -65,6 +69,7 @@ pub mod pool;
 pub mod server;
 pub mod state_dir;
 pub mod static_config;
+pub mod tap;
 pub mod telemetry;
 mod timer;
 pub mod transport_header;
@@ -194,6 +199,10 @@ pub struct Proxy {
     pub inbound_addr: SocketAddr,
     /// The admin server's address.
     pub admin_addr: SocketAddr,
+    /// The control-only admin listener's address, when it is on.
+    pub control_admin_addr: Option<SocketAddr>,
+    /// Where requests are published for tap and access logs.
+    pub tap: Arc<tap::Hub>,
     /// Each tcp forward's target and bound address.
     pub tcp_forward_addrs: Vec<(Target, SocketAddr)>,
     /// The metrics (tests read them directly too).
@@ -235,6 +244,10 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
     let outbound_listener = bind(config.outbound_addr).await?;
     let inbound_listener = bind(config.inbound_addr).await?;
     let admin_listener = bind(config.admin_addr).await?;
+    let control_admin_listener = match &config.control_admin {
+        Some((addr, id)) => Some((bind(*addr).await?, id.clone())),
+        None => None,
+    };
     let mut forward_listeners = Vec::new();
     for f in &sources.tcp_forwards {
         forward_listeners.push((f.target.clone(), bind(f.listen).await?));
@@ -244,7 +257,20 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
     let inbound_addr = local(&inbound_listener, config.inbound_addr);
     let admin_addr = local(&admin_listener, config.admin_addr);
     // The inbound never forwards to the proxy's own listeners, whatever policy declares.
+    let control_admin_addr = control_admin_listener
+        .as_ref()
+        .map(|(l, _)| local(l, SocketAddr::from(([0, 0, 0, 0], 0))));
     let mut proxy_ports = vec![outbound_addr.port(), inbound_addr.port(), admin_addr.port()];
+    proxy_ports.extend(control_admin_addr.map(|a| a.port()));
+    let tap = tap::Hub::new(
+        tap::ProxyInfo {
+            namespace: namespace.clone(),
+            workload: workload.clone(),
+            id: config.identity.as_str().into(),
+        },
+        config.tap_mask.clone(),
+        config.access_log,
+    );
     for (_, l) in &forward_listeners {
         proxy_ports.extend(l.local_addr().ok().map(|a| a.port()));
     }
@@ -286,6 +312,7 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
             workload: workload.clone(),
             http1_transport: config.http1_transport,
             stream_idle_timeout: config.stream_idle_timeout,
+            tap: tap.clone(),
         },
         sources.discover.clone(),
         mesh,
@@ -304,6 +331,7 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
             workload,
             proxy_ports,
             stream_idle_timeout: config.stream_idle_timeout,
+            tap: tap.clone(),
         },
         credentials.clone(),
         sources.policy.authorizations(),
@@ -366,6 +394,22 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
         },
         move || to_prune.prune_idle() + mesh_to_prune.prune_idle(),
     ));
+    if let Some((listener, control_id)) = control_admin_listener {
+        let control_admin = control_admin::ControlAdmin::new(
+            control_id,
+            credentials.clone(),
+            tap.clone(),
+            metrics.clone(),
+            limits,
+            config.connect_timeout,
+        );
+        // Stopped with the admin server: an endless tap stream must not hold the data drain.
+        tokio::spawn(server::accept_loop(
+            listener,
+            admin_stop.handle(),
+            move |tcp, _, stop| control_admin.clone().handle(tcp, stop),
+        ));
+    }
     let m = metrics.clone();
     let draining = drain.signal();
     let app_probes = config.app_probes.clone();
@@ -386,7 +430,8 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
     ));
 
     info!(
-        "listening outbound={outbound_addr} inbound={inbound_addr} admin={admin_addr} tcp_forwards=[{}]",
+        "listening outbound={outbound_addr} inbound={inbound_addr} admin={admin_addr} control_admin={} tcp_forwards=[{}]",
+        control_admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         tcp_forward_addrs
             .iter()
             .map(|(t, a)| format!("{}={a}", t.authority()))
@@ -397,6 +442,8 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
         outbound_addr,
         inbound_addr,
         admin_addr,
+        control_admin_addr,
+        tap,
         tcp_forward_addrs,
         metrics,
         credentials,

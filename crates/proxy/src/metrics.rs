@@ -4,17 +4,21 @@
 //! counters end in `_total`; `promtool check metrics` passes with no exception): `request_total`,
 //! `response_total`, `response_latency_seconds`,
 //! `tcp_open_total`, `tcp_close_total`, `tcp_open_connections`, `tcp_read_bytes_total`,
-//! `tcp_write_bytes_total`, labelled `direction`, `namespace`, `workload`, `dst_namespace`,
+//! `tcp_write_bytes_total`, `tcp_connection_duration_seconds`, labelled `direction`, `namespace`, `workload`, `dst_namespace`,
 //! `dst_workload`, `client_id` (inbound) / `server_id` (outbound), `tls`, `route`. Plus the proxy's
-//! own: `tls_handshake_failure_total`, `authz_deny_total`, `proxy_error_total`, `detect_total`,
+//! own: `tls_handshake_failure_total`, `authz_allow_total`, `authz_deny_total` (labels
+//! `policy`, `kind`), `proxy_error_total`, `detect_total`, `control_admin_refused_total`,
 //! `identity_cert_expiration_timestamp_seconds`, `identity_certify_total`, `rate_limited_total`
 //! (per caller, policy and `limit`), `fault_injected_total` (per route and `kind`), and the
 //! outbound circuit breakers' `breaker_endpoint_state` and `breaker_ejection_total` (labels
 //! `dst_service`, `route`, `endpoint`; see [`crate::outbound::breaker`]).
 //!
-//! TCP metrics cover every inbound connection (after the handshake, labelled with the caller) and
-//! every outbound opaque stream (labelled with the destination); an application's outbound HTTP
-//! connection is not a TCP edge (its destinations vary per request) and shows in the HTTP metrics.
+//! TCP metrics cover every inbound connection (after the handshake, labelled with the caller;
+//! an upgraded (WebSocket) connection stays counted, bytes and duration, until its splice ends),
+//! every outbound opaque stream and every outbound upgrade spliced after its `101` (labelled with
+//! the destination, counted from the `101` on). An application's outbound HTTP connection is not
+//! a TCP edge (its destinations vary per request) and shows in the HTTP metrics. Each counted
+//! connection's lifetime is observed in `tcp_connection_duration_seconds` when it closes.
 //!
 //! Every label value comes from a bounded enum, the configuration, or a verified peer identity;
 //! never from request data or error text. Label sets hold `Arc<str>`s, so a connection builds its
@@ -300,12 +304,15 @@ impl EncodeLabelSet for BreakerStateLabels {
     }
 }
 
-/// An authorization denial.
+/// An authorization decision's labels (`authz_deny_total` and `authz_allow_total`).
+pub type AuthzLabels = DenyLabels;
+
+/// An authorization decision (allowed or denied): the edge, the policy and the kind.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DenyLabels {
     /// The edge (inbound, with the caller's id if any).
     pub edge: EdgeLabels,
-    /// The policy that denied.
+    /// The policy that decided.
     pub policy: Arc<str>,
     /// `http` or `tcp`.
     pub kind: &'static str,
@@ -370,6 +377,20 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// A bounded refusal reason alone (`control_admin_refused_total`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RefusalLabels {
+    /// The reason.
+    pub reason: &'static str,
+}
+
+impl EncodeLabelSet for RefusalLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("reason", self.reason).encode(encoder.encode_label())
+    }
+}
+
 impl EncodeLabelSet for ResultLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeLabel;
@@ -385,6 +406,16 @@ const LATENCY_BUCKETS: [f64; 23] = [
 
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Bucket bounds of the TCP connection duration histogram, in seconds: 10 ms to 1 h (a pooled
+/// connection lives minutes, a WebSocket hours; `+Inf` holds the rest).
+const DURATION_BUCKETS: [f64; 14] = [
+    0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0,
+];
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
 }
 
 /// Every metric of the proxy.
@@ -407,10 +438,16 @@ pub struct Metrics {
     pub tcp_read_bytes_total: Family<EdgeLabels, Counter>,
     /// Bytes written to the accepted peer.
     pub tcp_write_bytes_total: Family<EdgeLabels, Counter>,
+    /// How long each counted connection or stream was open, observed when it closes.
+    pub tcp_connection_duration_seconds: Family<EdgeLabels, Histogram, fn() -> Histogram>,
     /// TLS handshakes that failed, by reason.
     pub tls_handshake_failure_total: Family<ReasonLabels, Counter>,
     /// Requests/connections denied by policy.
     pub authz_deny_total: Family<DenyLabels, Counter>,
+    /// Requests/connections allowed, by the policy that allowed them.
+    pub authz_allow_total: Family<AuthzLabels, Counter>,
+    /// Connections refused by the control-only admin listener, by reason.
+    pub control_admin_refused_total: Family<RefusalLabels, Counter>,
     /// Proxy errors by `onemesh-error` reason.
     pub proxy_error_total: Family<ReasonLabels, Counter>,
     /// Outbound retry decisions by route (see [`RetryLabels`]).
@@ -450,8 +487,11 @@ impl Metrics {
             tcp_open_connections: Family::default(),
             tcp_read_bytes_total: Family::default(),
             tcp_write_bytes_total: Family::default(),
+            tcp_connection_duration_seconds: Family::new_with_constructor(duration_histogram),
             tls_handshake_failure_total: Family::default(),
             authz_deny_total: Family::default(),
+            authz_allow_total: Family::default(),
+            control_admin_refused_total: Family::default(),
             proxy_error_total: Family::default(),
             retry_total: Family::default(),
             detect_total: Family::default(),
@@ -500,6 +540,11 @@ impl Metrics {
             m.tcp_write_bytes_total.clone(),
         );
         registry.register(
+            "tcp_connection_duration_seconds",
+            "How long TCP connections (and spliced streams) were open, in seconds, observed at close",
+            m.tcp_connection_duration_seconds.clone(),
+        );
+        registry.register(
             "tls_handshake_failure",
             "TLS handshakes that failed, by reason",
             m.tls_handshake_failure_total.clone(),
@@ -508,6 +553,16 @@ impl Metrics {
             "authz_deny",
             "Inbound requests and connections denied by policy",
             m.authz_deny_total.clone(),
+        );
+        registry.register(
+            "authz_allow",
+            "Inbound requests and connections allowed, by the policy that allowed them",
+            m.authz_allow_total.clone(),
+        );
+        registry.register(
+            "control_admin_refused",
+            "Connections and requests refused by the control-only admin listener, by reason",
+            m.control_admin_refused_total.clone(),
         );
         registry.register(
             "proxy_error",
@@ -582,16 +637,23 @@ impl Metrics {
     }
 
     /// Counts an opened connection and returns a guard that counts its close and bytes.
-    pub fn open_tcp(self: &Arc<Self>, labels: EdgeLabels) -> TcpGuard {
+    ///
+    /// Every handle is looked up here, once per connection, so the close hashes no label set.
+    pub fn open_tcp(&self, labels: EdgeLabels) -> TcpGuard {
         self.tcp_open_total.get_or_create(&labels).inc();
-        self.tcp_open_connections.get_or_create(&labels).inc();
+        let open = self.tcp_open_connections.get_or_create_owned(&labels);
+        open.inc();
         let counters = ByteCounters {
             read: self.tcp_read_bytes_total.get_or_create_owned(&labels),
             write: self.tcp_write_bytes_total.get_or_create_owned(&labels),
         };
         TcpGuard {
-            metrics: self.clone(),
-            labels,
+            close: self.tcp_close_total.get_or_create_owned(&labels),
+            duration: self
+                .tcp_connection_duration_seconds
+                .get_or_create_owned(&labels),
+            open,
+            opened: std::time::Instant::now(),
             counters,
         }
     }
@@ -636,11 +698,14 @@ pub fn to_prometheus_text(open_metrics: &str) -> String {
     out
 }
 
-/// Counts a TCP connection's close when dropped; holds its byte counters.
+/// Counts a TCP connection's close and observes its duration when dropped; holds its byte
+/// counters.
 #[derive(Debug)]
 pub struct TcpGuard {
-    metrics: Arc<Metrics>,
-    labels: EdgeLabels,
+    close: Counter,
+    open: Gauge,
+    duration: Histogram,
+    opened: std::time::Instant,
     counters: ByteCounters,
 }
 
@@ -653,14 +718,9 @@ impl TcpGuard {
 
 impl Drop for TcpGuard {
     fn drop(&mut self) {
-        self.metrics
-            .tcp_close_total
-            .get_or_create(&self.labels)
-            .inc();
-        self.metrics
-            .tcp_open_connections
-            .get_or_create(&self.labels)
-            .dec();
+        self.close.inc();
+        self.open.dec();
+        self.duration.observe(self.opened.elapsed().as_secs_f64());
     }
 }
 

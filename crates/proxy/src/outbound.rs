@@ -113,6 +113,8 @@ pub struct OutboundSettings {
     pub http1_transport: Http1Transport,
     /// How long a spliced stream may move no byte before it is closed.
     pub stream_idle_timeout: std::time::Duration,
+    /// Where requests are published for tap and access logs.
+    pub tap: Arc<crate::tap::Hub>,
 }
 
 /// The outbound proxy.
@@ -168,6 +170,8 @@ impl Outbound {
         let upgrades = Upgrades {
             idle: settings.stream_idle_timeout,
             metrics: metrics.clone(),
+            namespace: settings.namespace.clone(),
+            workload: settings.workload.clone(),
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -308,9 +312,10 @@ impl Outbound {
     ) -> impl Future<Output = Response<Body>> + Send + 'static {
         crate::memory::note_activity();
         let start = Instant::now();
+        let tap = self.inner.settings.tap.capture(&req);
         let this = self.clone();
         self.stack(req, orig_dst)
-            .map(move |(result, counted)| this.finish(counted, start, result))
+            .map(move |(result, counted)| this.finish(counted, start, result, tap))
     }
 
     /// The request stack, top to bottom, a line per stage (see the module's list).
@@ -442,6 +447,7 @@ impl Outbound {
         counted: Counted,
         start: Instant,
         result: Result<Response<Body>, ProxyError>,
+        tap: Option<Box<crate::tap::Pending>>,
     ) -> Response<Body> {
         let metrics = &self.inner.metrics;
         let handles = match counted {
@@ -459,7 +465,9 @@ impl Outbound {
                 Arc::new(handles)
             }
         };
-        telemetry::finish(metrics, Direction::Outbound, &handles, start, result)
+        let rsp = telemetry::finish(metrics, Direction::Outbound, &handles, start, result);
+        telemetry::publish(tap, Direction::Outbound, &handles, start, &rsp);
+        rsp
     }
 
     /// The metric handles of egress requests.

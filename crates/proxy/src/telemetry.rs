@@ -13,6 +13,9 @@
 //! refused it, and on the caller's outbound that passed the refusal back to its app (as DESIGN.md
 //! has it: "failure = 5xx or a proxy error"; a business refusal such as a 402 is a success).
 //!
+//! The same place offers the request to the tap hub ([`publish`], [`crate::tap`]) when the hub
+//! captured the request's head (a tap is attached or access logs are on).
+//!
 //! What is not here: which labels a request is counted under is its direction's business (the
 //! inbound's connection, the outbound's endpoint and route, or what was known when it failed
 //! earlier); this module only records.
@@ -25,6 +28,7 @@ use crate::body::Body;
 use crate::error::ProxyError;
 use crate::http_util;
 use crate::metrics::{Direction, Metrics, RouteMetrics};
+use crate::tap::Pending;
 
 /// Records the outcome of a request counted under `route` (whose `request_total` was counted when
 /// it started) and returns what the client gets.
@@ -44,6 +48,20 @@ pub fn finish(
     };
     route.record(metrics, start, rsp.status(), http_util::classify(&rsp));
     rsp
+}
+
+/// Offers a request's event to the tap hub, when the hub captured its head (something listens).
+#[inline]
+pub fn publish(
+    tap: Option<Box<Pending>>,
+    direction: Direction,
+    route: &RouteMetrics,
+    start: Instant,
+    rsp: &Response<Body>,
+) {
+    if let Some(pending) = tap {
+        pending.publish(direction, &route.labels, start, rsp);
+    }
 }
 
 #[cfg(test)]

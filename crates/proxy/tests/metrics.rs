@@ -49,7 +49,7 @@ fn promtool_check(text: &str) {
 
 /// Every metric family of the proxy (DESIGN.md, `src/metrics.rs`), as a sample name: a family
 /// without samples is left out of the text altogether, so only a sample proves it is there.
-const FAMILIES: [&str; 15] = [
+const FAMILIES: [&str; 17] = [
     "request_total",
     "response_total",
     "response_latency_seconds_count",
@@ -58,8 +58,10 @@ const FAMILIES: [&str; 15] = [
     "tcp_open_connections",
     "tcp_read_bytes_total",
     "tcp_write_bytes_total",
+    "tcp_connection_duration_seconds_count",
     "tls_handshake_failure_total",
     "authz_deny_total",
+    "authz_allow_total",
     "proxy_error_total",
     "retry_total",
     "detect_total",

@@ -218,3 +218,53 @@ fn bad_app_probes_are_reported() {
         assert_eq!(err.bad_vars()[0].name, ENV_APP_PROBES, "{bad}");
     }
 }
+
+#[test]
+fn the_control_admin_listener_is_on_in_control_plane_mode_only_unless_asked() {
+    // static mode: off by default
+    let c = Config::from_source(&HashMap::from([(ENV_IDENTITY, ID)])).unwrap();
+    assert!(c.control_admin.is_none());
+    assert!(!c.access_log);
+    assert!(
+        c.tap_mask
+            .masks(&http::HeaderName::from_static("x-merchant-key"))
+    );
+    // control-plane mode: on, at the default address, serving the control plane's id
+    let env = control_env(&[(ENV_IDENTITY_TOKEN, "t".to_string())]);
+    let (addr, id) = Config::from_source(&env).unwrap().control_admin.unwrap();
+    assert_eq!(addr, DEFAULT_CONTROL_ADMIN_ADDR.parse().unwrap());
+    assert_eq!(id.as_str(), "spiffe://cluster.local/ns/onemesh/sa/control");
+    // static mode, asked for: needs the peer's id
+    let env = HashMap::from([(ENV_IDENTITY, ID), (ENV_CONTROL_ADMIN_ADDR, "127.0.0.1:0")]);
+    let err = Config::from_source(&env).unwrap_err();
+    assert_eq!(err.bad_vars()[0].name, ENV_CONTROL_ID, "{err}");
+    let env = HashMap::from([
+        (ENV_IDENTITY, ID),
+        (ENV_CONTROL_ADMIN_ADDR, "127.0.0.1:0"),
+        (ENV_CONTROL_ID, "spiffe://cluster.local/ns/ops/sa/tapper"),
+        (ENV_ACCESS_LOG, "json"),
+        (ENV_TAP_MASK_HEADERS, "x-api-key"),
+    ]);
+    let c = Config::from_source(&env).unwrap();
+    let (_, id) = c.control_admin.unwrap();
+    assert_eq!(id.as_str(), "spiffe://cluster.local/ns/ops/sa/tapper");
+    assert!(c.access_log);
+    assert!(
+        c.tap_mask
+            .masks(&http::HeaderName::from_static("x-api-key"))
+    );
+    assert!(
+        !c.tap_mask
+            .masks(&http::HeaderName::from_static("x-merchant-key"))
+    );
+    // bad values are reported together
+    let env = HashMap::from([
+        (ENV_IDENTITY, ID),
+        (ENV_ACCESS_LOG, "yes"),
+        (ENV_TAP_MASK_HEADERS, "bad name"),
+    ]);
+    let err = Config::from_source(&env).unwrap_err();
+    let names: Vec<_> = err.bad_vars().iter().map(|b| b.name).collect();
+    assert!(names.contains(&ENV_ACCESS_LOG), "{err}");
+    assert!(names.contains(&ENV_TAP_MASK_HEADERS), "{err}");
+}

@@ -386,6 +386,7 @@ fn config(control: SocketAddr, token: &str) -> Config {
         (config::ENV_OUTBOUND_ADDR, "127.0.0.1:0"),
         (config::ENV_INBOUND_ADDR, "127.0.0.1:0"),
         (config::ENV_ADMIN_ADDR, "127.0.0.1:0"),
+        (config::ENV_CONTROL_ADMIN_ADDR, "127.0.0.1:0"),
         (
             config::ENV_TRUST_ANCHORS,
             "/the/test/passes/the/bundle/itself.pem",
@@ -1191,4 +1192,56 @@ async fn a_restarted_proxy_with_an_expired_leaf_certifies_again_with_the_same_ke
     );
     second.shutdown(Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Opens `GET /tap` on a control-only admin listener as `id` (a leaf from the fake control
+/// plane's issuer): the status line and the first bytes read.
+async fn tap_as(plane: &Plane, id: &str, addr: SocketAddr) -> String {
+    let id: SpiffeId = id.parse().unwrap();
+    let key = WorkloadKey::generate().unwrap();
+    let issued = plane
+        .state
+        .issuer
+        .sign_csr(
+            &key.csr_der(&id).unwrap(),
+            Duration::from_secs(3600),
+            |_| true,
+        )
+        .unwrap();
+    let store = CredentialStore::new(id, key, issued, plane.bundle.clone()).unwrap();
+    let own: SpiffeId = OWN_ID.parse().unwrap();
+    let config = store.client_config(&own, &[b"http/1.1"]);
+    let fetch = async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("proxy").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        tls.write_all(b"GET /tap HTTP/1.1\r\nhost: proxy\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 512];
+        let n = tls.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    tokio::time::timeout(WAIT, fetch).await.unwrap()
+}
+
+#[tokio::test]
+async fn in_control_plane_mode_the_control_plane_and_only_it_gets_a_tap() {
+    let plane = Plane::new();
+    plane.set_inbound(allow("allow-web"));
+    let server = plane.serve("127.0.0.1:0".parse().unwrap()).await;
+    // ONEMESH_PROXY_CONTROL_ID unset: the default id, the one the fake control plane proves
+    let config = config(server.addr, TOKEN);
+    let sources = sources_for(&plane, &config);
+    let proxy = crate::build(config, sources).await.unwrap();
+    assert!(proxy.wait_ready(WAIT).await);
+    let addr = proxy.control_admin_addr.expect("on in control-plane mode");
+    let head = tap_as(&plane, CONTROL_ID, addr).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("application/x-ndjson"), "{head}");
+    let head = tap_as(&plane, "spiffe://cluster.local/ns/web/sa/web", addr).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
 }

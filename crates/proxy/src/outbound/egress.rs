@@ -68,7 +68,7 @@ impl Egress {
             && rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS
         {
             let upstream = hyper::upgrade::on(&mut rsp);
-            self.upgrades.splice(client_upgrade, upstream);
+            self.upgrades.splice(client_upgrade, upstream, None);
         }
         Ok(rsp.map(body::boxed))
     }

@@ -39,7 +39,7 @@ use crate::discover::Endpoint;
 use crate::error::ProxyError;
 use crate::http_util::{self, ORIG_PROTO};
 use crate::io::CoalescedWrites;
-use crate::metrics::{Direction, Metrics, ReasonLabels};
+use crate::metrics::{Direction, EdgeLabels, Metrics, ReasonLabels, Tls};
 use crate::pool::{self, Http1Pool, PooledBody};
 use crate::transport_header::{Protocol, TransportHeader};
 
@@ -398,17 +398,42 @@ pub struct Upgrades {
     pub idle: Duration,
     /// Where an idle close is counted.
     pub metrics: Arc<Metrics>,
+    /// This workload's namespace (the spliced stream's edge labels).
+    pub namespace: Arc<str>,
+    /// This workload's name.
+    pub workload: Arc<str>,
 }
 
 impl Upgrades {
-    /// Splices the two sides of an upgrade (in a task of its own).
-    pub fn splice(&self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    /// Splices the two sides of an upgrade (in a task of its own), counted as a TCP stream to
+    /// `dst` (`None`: outside the mesh) from now on.
+    pub fn splice(
+        &self,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        dst: Option<&Endpoint>,
+    ) {
+        let labels = EdgeLabels {
+            direction: Direction::Outbound,
+            namespace: self.namespace.clone(),
+            workload: self.workload.clone(),
+            dst_namespace: dst.map_or_else(|| "".into(), |ep| ep.namespace.clone()),
+            dst_workload: dst.map_or_else(|| "".into(), |ep| ep.workload.clone()),
+            peer_id: dst.map(|ep| Arc::from(ep.identity.as_str())),
+            tls: if dst.is_some() {
+                Tls::True
+            } else {
+                Tls::NoIdentity
+            },
+        };
+        let guard = self.metrics.open_tcp(labels);
         http_util::splice_upgrades(
             client,
             upstream,
             self.idle,
             self.metrics.clone(),
             Direction::Outbound,
+            http_util::UpgradeCount::Stream(guard),
         );
     }
 }
@@ -448,7 +473,7 @@ impl Endpoints {
                 && rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS
             {
                 let upstream = hyper::upgrade::on(&mut rsp);
-                self.upgrades.splice(client_upgrade, upstream);
+                self.upgrades.splice(client_upgrade, upstream, Some(ep));
                 return Ok(rsp.map(body::boxed));
             }
             rewrite_response(&mut rsp, original);

@@ -25,6 +25,7 @@ fn outbound(discover: Arc<dyn Discover>) -> (Outbound, Arc<Metrics>) {
     let (_, credentials) = tokio::sync::watch::channel(None);
     let second = Duration::from_secs(1);
     let settings = OutboundSettings {
+        tap: crate::tap::Hub::off(),
         detect_timeout: second,
         detect_first_byte: second,
         limits: HttpLimits {
