@@ -119,11 +119,12 @@ impl Rules {
     /// The inbound ports left alone: the proxy's inbound and both admin ports, then the
     /// configured ones, sorted, without duplicates.
     pub fn inbound_skips(&self) -> Vec<PortRange> {
-        let mut skips: Vec<PortRange> = [self.inbound_port, self.admin_port, self.control_admin_port]
-            .into_iter()
-            .filter_map(PortRange::single)
-            .chain(self.skip_inbound_ports.iter().copied())
-            .collect();
+        let mut skips: Vec<PortRange> =
+            [self.inbound_port, self.admin_port, self.control_admin_port]
+                .into_iter()
+                .filter_map(PortRange::single)
+                .chain(self.skip_inbound_ports.iter().copied())
+                .collect();
         sort_dedup(&mut skips);
         skips
     }

@@ -113,7 +113,11 @@ pub fn manifests(args: &InstallArgs) -> anyhow::Result<String> {
 /// A new dashboard token: 256 bits from the OS's cryptographic RNG, in hex.
 fn dashboard_token() -> anyhow::Result<String> {
     let random: [u8; 32] = ring::rand::generate(&ring::rand::SystemRandom::new())
-        .map_err(|_| anyhow::anyhow!("the system's random number generator failed: check that getrandom(2) works"))?
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the system's random number generator failed: check that getrandom(2) works"
+            )
+        })?
         .expose();
     Ok(random.iter().map(|b| format!("{b:02x}")).collect())
 }

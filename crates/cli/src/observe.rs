@@ -60,7 +60,10 @@ impl Api {
         let resp = tokio::time::timeout(ASK_TIMEOUT, self.send(path))
             .await
             .with_context(|| {
-                format!("the control plane's API at {} did not answer within {ASK_TIMEOUT:?}", self.addr)
+                format!(
+                    "the control plane's API at {} did not answer within {ASK_TIMEOUT:?}",
+                    self.addr
+                )
             })??;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
@@ -115,11 +118,15 @@ impl Api {
                 self.addr
             )
         })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let req = hyper::Request::get(path)
             .header(hyper::header::HOST, &self.addr)
-            .header(hyper::header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
             .body(Empty::<Bytes>::new())?;
         Ok(sender.send_request(req).await?)
     }
@@ -141,7 +148,9 @@ pub async fn stat(
     out: Output,
 ) -> anyhow::Result<bool> {
     let api = Api::locate(dir)?;
-    let overview: Overview = api.get(&format!("/api/v1/overview?window={window}")).await?;
+    let overview: Overview = api
+        .get(&format!("/api/v1/overview?window={window}"))
+        .await?;
     let mut rows: Vec<WorkloadStats> = overview.workloads;
     if let Some(t) = &target {
         rows.retain(|r| &r.namespace == t || &format!("{}/{}", r.namespace, r.workload) == t);
@@ -177,7 +186,14 @@ pub async fn stat(
         })
         .collect();
     let mut header = vec![
-        "NAMESPACE", "WORKLOAD", "MESHED", "SUCCESS", "RPS", "P50", "P95", "P99",
+        "NAMESPACE",
+        "WORKLOAD",
+        "MESHED",
+        "SUCCESS",
+        "RPS",
+        "P50",
+        "P95",
+        "P99",
     ];
     if wide {
         header.extend(["DENIED", "TCP_CONNS", "READ", "WRITE"]);
@@ -195,7 +211,9 @@ pub async fn edges(
     out: Output,
 ) -> anyhow::Result<bool> {
     let api = Api::locate(dir)?;
-    let overview: Overview = api.get(&format!("/api/v1/overview?window={window}")).await?;
+    let overview: Overview = api
+        .get(&format!("/api/v1/overview?window={window}"))
+        .await?;
     let rows: Vec<EdgeStats> = overview
         .edges
         .into_iter()
@@ -517,7 +535,15 @@ fn top_table(rows: &[TopRow]) -> String {
         .collect();
     render(
         &[
-            "SOURCE", "DESTINATION", "METHOD", "PATH", "COUNT", "SUCCESS", "BEST", "WORST", "LAST",
+            "SOURCE",
+            "DESTINATION",
+            "METHOD",
+            "PATH",
+            "COUNT",
+            "SUCCESS",
+            "BEST",
+            "WORST",
+            "LAST",
         ],
         &table,
     )
@@ -578,7 +604,10 @@ pub async fn dashboard(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot run {kubectl} port-forward"))?;
-    println!("dashboard: http://127.0.0.1:{port}/login?token={}", token.trim());
+    println!(
+        "dashboard: http://127.0.0.1:{port}/login?token={}",
+        token.trim()
+    );
     println!(
         "for the other commands: export ONEMESH_API=http://127.0.0.1:{port} ONEMESH_TOKEN={}",
         token.trim()

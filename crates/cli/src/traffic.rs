@@ -13,9 +13,9 @@ use serde::Serialize;
 
 use crate::Output;
 use crate::commands::ASK_TIMEOUT;
-use onemesh_window::api::RouteStats as RouteTraffic;
 use crate::layout::Layout;
 use crate::table::{ms, pct, render};
+use onemesh_window::api::RouteStats as RouteTraffic;
 
 /// One row of `onemesh routes`: a route as declared, with its traffic over the window.
 #[derive(Debug, Serialize)]

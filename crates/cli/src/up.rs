@@ -220,7 +220,9 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
             "dashboard: http://{}/login?token={} (the token is in {})",
             current.dashboard,
             token.reveal(),
-            state_dir.join(onemesh_control::observe::TOKEN_FILE).display()
+            state_dir
+                .join(onemesh_control::observe::TOKEN_FILE)
+                .display()
         ),
     );
     log(
@@ -229,13 +231,7 @@ pub async fn run(args: Args, state_dir: &Path) -> anyhow::Result<bool> {
     );
 
     // 5. Run until told to stop; keep the layout's pids current across restarts.
-    serve_until_stopped(
-        current,
-        &state_dir,
-        &started_workloads.watched,
-        &control,
-    )
-    .await?;
+    serve_until_stopped(current, &state_dir, &started_workloads.watched, &control).await?;
     log("up", "stopping");
     let _ = stop_tx.send(true);
     // Apps and proxies first (proxies drain), the control plane last.
@@ -310,8 +306,11 @@ impl Plan<'_> {
             .iter()
             .map(|w| {
                 let l = &w.layout;
-                let ports: BTreeMap<String, u16> =
-                    l.app_ports.iter().map(|(d, p)| (d.to_string(), *p)).collect();
+                let ports: BTreeMap<String, u16> = l
+                    .app_ports
+                    .iter()
+                    .map(|(d, p)| (d.to_string(), *p))
+                    .collect();
                 serde_json::json!({
                     "namespace": l.namespace,
                     "workload": l.name,

@@ -153,9 +153,16 @@ async fn state_files_are_private_and_the_dashboard_answers_only_its_own_names() 
     assert_eq!(status, 200, "{body}");
     assert!(body.is_array(), "{body}");
     // Without the token: 401, nothing shown.
-    let (status, body) = call(&dash, "GET", "/api/v1/targets", None, &[], Duration::from_secs(5))
-        .await
-        .unwrap();
+    let (status, body) = call(
+        &dash,
+        "GET",
+        "/api/v1/targets",
+        None,
+        &[],
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 401, "{body}");
     assert!(!body.to_string().contains("spiffe://"), "{body}");
     let (status, _) = get("dash.example:443".into()).await;

@@ -348,7 +348,12 @@ fn onemesh_on_node(args: &[&str]) -> (bool, String) {
         .decode(token.trim())
         .expect("the Secret's token is base64");
     let out = Command::new("ip")
-        .args(["netns", "exec", "onemesh-k8s", env!("CARGO_BIN_EXE_onemesh")])
+        .args([
+            "netns",
+            "exec",
+            "onemesh-k8s",
+            env!("CARGO_BIN_EXE_onemesh"),
+        ])
         .args(args)
         .env("ONEMESH_API", format!("http://{}:8084", pod_ip(control)))
         .env("ONEMESH_TOKEN", String::from_utf8_lossy(&token).trim())
@@ -362,30 +367,43 @@ fn onemesh_on_node(args: &[&str]) -> (bool, String) {
 /// The control plane's window over the last minute, once every organization shows traffic:
 /// `{"workloads": [...], "edges": [...]}` from `onemesh stat` and `onemesh edges`.
 fn control_plane_window(orgs: &[&str]) -> Value {
-    eventually("the control plane's window shows every organization", READY, || {
-        let (ok, stat) = onemesh_on_node(&["stat", "-o", "json", "--window", "60s"]);
-        let (ok2, edges) = onemesh_on_node(&["edges", "-o", "json", "--window", "60s"]);
-        if !ok || !ok2 {
-            println!("onemesh stat/edges: {stat} {edges}");
-            return None;
-        }
-        let workloads: Value = serde_json::from_str(&stat).ok()?;
-        let served = |ns: &str| {
-            workloads.as_array().is_some_and(|rows| {
-                rows.iter()
-                    .any(|r| r["namespace"] == ns && r["requests"].as_u64() > Some(0))
-            })
-        };
-        orgs.iter().all(|ns| served(ns)).then(|| {
+    eventually(
+        "the control plane's window shows every organization",
+        READY,
+        || {
+            let (ok, stat) = onemesh_on_node(&["stat", "-o", "json", "--window", "60s"]);
+            let (ok2, edges) = onemesh_on_node(&["edges", "-o", "json", "--window", "60s"]);
+            if !ok || !ok2 {
+                println!("onemesh stat/edges: {stat} {edges}");
+                return None;
+            }
+            let workloads: Value = serde_json::from_str(&stat).ok()?;
+            let served = |ns: &str| {
+                workloads.as_array().is_some_and(|rows| {
+                    rows.iter()
+                        .any(|r| r["namespace"] == ns && r["requests"].as_u64() > Some(0))
+                })
+            };
+            orgs.iter().all(|ns| served(ns)).then(|| {
             serde_json::json!({"workloads": workloads, "edges": serde_json::from_str::<Value>(&edges).unwrap_or(Value::Null)})
         })
-    })
+        },
+    )
 }
 
 /// `onemesh tap` through the control plane on the cluster: pg's live requests, from its proxy's
 /// control-only admin port, with identities.
 fn control_plane_tap(workload: &str) {
-    let (ok, out) = onemesh_on_node(&["tap", workload, "-o", "json", "--count", "3", "--duration", "30s"]);
+    let (ok, out) = onemesh_on_node(&[
+        "tap",
+        workload,
+        "-o",
+        "json",
+        "--count",
+        "3",
+        "--duration",
+        "30s",
+    ]);
     assert!(ok, "{out}");
     let events: Vec<Value> = out
         .lines()
@@ -394,10 +412,16 @@ fn control_plane_tap(workload: &str) {
         .collect();
     assert!(!events.is_empty(), "no tap event of {workload}: {out}");
     assert!(
-        events.iter().any(|e| e["source"]["id"].as_str().is_some_and(|id| id.starts_with("spiffe://"))),
+        events.iter().any(|e| e["source"]["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("spiffe://"))),
         "no caller identity in {out}"
     );
-    println!("tap {workload} on the cluster: {} events, e.g. {}", events.len(), events[0]);
+    println!(
+        "tap {workload} on the cluster: {} events, e.g. {}",
+        events.len(),
+        events[0]
+    );
 }
 
 fn pod_ip(pod: &Value) -> String {

@@ -35,7 +35,10 @@ async fn the_control_plane_sees_the_platform_like_its_proxies_and_prometheus_do(
         "name: pg\n  namespace: pg\nspec:\n",
         "name: pg\n  namespace: pg\nspec:\n  accessLog: json\n",
     );
-    assert!(mesh.contains("accessLog: json"), "pg's Workload moved in mesh.yaml");
+    assert!(
+        mesh.contains("accessLog: json"),
+        "pg's Workload moved in mesh.yaml"
+    );
     let up = Up::start("observe", &mesh);
     let api = Api::of(&up);
     let prometheus = Prometheus::start(&up);
@@ -72,14 +75,20 @@ async fn the_control_plane_sees_the_platform_like_its_proxies_and_prometheus_do(
     let after_window = inbound_requests(&overview);
     for w in platform::WORKLOADS {
         let proxy = after_metrics[w].requests - before_metrics[w].requests;
-        let window = after_window.get(w).copied().unwrap_or(0.0) - before_window.get(w).copied().unwrap_or(0.0);
+        let window = after_window.get(w).copied().unwrap_or(0.0)
+            - before_window.get(w).copied().unwrap_or(0.0);
         assert!(proxy > 0.0, "{w} served nothing");
-        assert_eq!(window, proxy, "{w}: window {window} vs the proxy's /metrics {proxy}");
+        assert_eq!(
+            window, proxy,
+            "{w}: window {window} vs the proxy's /metrics {proxy}"
+        );
     }
     // 1b. Percentiles: the window's over the traffic equal histogram_quantile over the proxies'
     // bucket increases (same buckets, same interpolation).
     let traffic_window = format!("{}s", started.elapsed().as_secs() + 6);
-    let overview = api.get(&format!("/api/v1/overview?window={traffic_window}")).await;
+    let overview = api
+        .get(&format!("/api/v1/overview?window={traffic_window}"))
+        .await;
     for w in platform::WORKLOADS {
         let row = workload_row(&overview, w);
         let buckets = after_metrics[w].bucket_increase(&before_metrics[w]);
@@ -87,7 +96,10 @@ async fn the_control_plane_sees_the_platform_like_its_proxies_and_prometheus_do(
             let expected = quantile(&buckets, q).map(|s| s * 1000.0);
             let got = row[field].as_f64();
             match (expected, got) {
-                (Some(e), Some(g)) => assert!((e - g).abs() <= e * 1e-6 + 1e-9, "{w} {field}: window {g} vs /metrics {e}"),
+                (Some(e), Some(g)) => assert!(
+                    (e - g).abs() <= e * 1e-6 + 1e-9,
+                    "{w} {field}: window {g} vs /metrics {e}"
+                ),
                 other => panic!("{w} {field}: {other:?}"),
             }
         }
@@ -110,16 +122,30 @@ async fn the_control_plane_sees_the_platform_like_its_proxies_and_prometheus_do(
             * 1000.0;
         let rps = row["rps"].as_f64().unwrap();
         let p99 = row["p99_ms"].as_f64().unwrap();
-        println!("{w}: rps window {rps:.3} prometheus {prom_rps:.3}; p99 window {p99:.2} ms prometheus {prom_p99:.2} ms");
-        assert!((rps - prom_rps).abs() <= prom_rps * 0.10, "{w} rps: {rps} vs Prometheus {prom_rps}");
-        assert!((p99 - prom_p99).abs() <= prom_p99 * 0.10, "{w} p99: {p99} vs Prometheus {prom_p99}");
+        println!(
+            "{w}: rps window {rps:.3} prometheus {prom_rps:.3}; p99 window {p99:.2} ms prometheus {prom_p99:.2} ms"
+        );
+        assert!(
+            (rps - prom_rps).abs() <= prom_rps * 0.10,
+            "{w} rps: {rps} vs Prometheus {prom_rps}"
+        );
+        assert!(
+            (p99 - prom_p99).abs() <= prom_p99 * 0.10,
+            "{w} p99: {p99} vs Prometheus {prom_p99}"
+        );
     }
 
     // 2. The CLI reads the window; the payment chain's edges are there, over mTLS.
     let (ok, out) = up.cli(&["edges", "-o", "json", "--window", "10m"]);
     assert!(ok, "{out}");
     let edges: Vec<Value> = serde_json::from_str(&out).unwrap();
-    for (src, dst) in [("order", "pg"), ("pg", "appcard"), ("appcard", "card"), ("card", "bank"), ("pg", "card")] {
+    for (src, dst) in [
+        ("order", "pg"),
+        ("pg", "appcard"),
+        ("appcard", "card"),
+        ("card", "bank"),
+        ("pg", "card"),
+    ] {
         let e = edges
             .iter()
             .find(|e| e["src_namespace"] == src && e["dst_namespace"] == dst)
@@ -135,9 +161,16 @@ async fn the_control_plane_sees_the_platform_like_its_proxies_and_prometheus_do(
     assert_eq!(status, 403);
     let denied = wait_for(Duration::from_secs(10), || async {
         let o = api.get("/api/v1/overview?window=1m").await;
-        o["edges"].as_array().unwrap().iter().find(|e| {
-            e["src_namespace"] == "order" && e["dst_namespace"] == "bank" && e["denied"].as_u64() > Some(0)
-        }).cloned()
+        o["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| {
+                e["src_namespace"] == "order"
+                    && e["dst_namespace"] == "bank"
+                    && e["denied"].as_u64() > Some(0)
+            })
+            .cloned()
     })
     .await
     .expect("the denied edge order -> bank never showed");
@@ -163,29 +196,75 @@ async fn the_control_plane_sees_the_platform_like_its_proxies_and_prometheus_do(
             .collect::<Vec<String>>()
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let secret_path = format!("/v1/payments/{}?card_number={}&n=4111-1111-1111-1111", CARD, "4111%201111%201111%201111");
-    let headers = [("x-merchant-key", platform::MERCHANT_KEY), ("host", "pg.pg:8080")];
-    let (status, _) = platform::call(&order_out, "GET", &secret_path, None, &headers, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let secret_path = format!(
+        "/v1/payments/{}?card_number={}&n=4111-1111-1111-1111",
+        CARD, "4111%201111%201111%201111"
+    );
+    let headers = [
+        ("x-merchant-key", platform::MERCHANT_KEY),
+        ("host", "pg.pg:8080"),
+    ];
+    let (status, _) = platform::call(
+        &order_out,
+        "GET",
+        &secret_path,
+        None,
+        &headers,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     println!("the card-number request got {status}");
-    let o = platform::customer_order(&entry, "observe-tap", Kind::CardNumber, Instant::now() + Duration::from_secs(30)).await;
+    let o = platform::customer_order(
+        &entry,
+        "observe-tap",
+        Kind::CardNumber,
+        Instant::now() + Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(o.status, "PAID", "{o:?}");
-    let _ = platform::call(&order_out, "GET", "/observe-tap-done", None, &[("host", "pg.pg:8080")], Duration::from_secs(5)).await;
+    let _ = platform::call(
+        &order_out,
+        "GET",
+        "/observe-tap-done",
+        None,
+        &[("host", "pg.pg:8080")],
+        Duration::from_secs(5),
+    )
+    .await;
     let seen = lines.join().unwrap();
     let _ = tap.kill();
     let text = seen.join("\n");
-    assert!(seen.iter().filter(|l| l.contains("\"method\"")).count() >= 3, "too few tap events: {text}");
-    assert!(text.contains("/v1/payments/"), "the card-number request is not in tap: {text}");
-    assert!(text.contains(LAST4), "masking keeps the last 4 digits: {text}");
-    for secret in [CARD, "4111-1111-1111-1111", "4111%201111%201111", platform::MERCHANT_KEY] {
+    assert!(
+        seen.iter().filter(|l| l.contains("\"method\"")).count() >= 3,
+        "too few tap events: {text}"
+    );
+    assert!(
+        text.contains("/v1/payments/"),
+        "the card-number request is not in tap: {text}"
+    );
+    assert!(
+        text.contains(LAST4),
+        "masking keeps the last 4 digits: {text}"
+    );
+    for secret in [
+        CARD,
+        "4111-1111-1111-1111",
+        "4111%201111%201111",
+        platform::MERCHANT_KEY,
+    ] {
         assert!(!text.contains(secret), "tap shows {secret:?}: {text}");
     }
-    assert!(text.contains("[masked]"), "the merchant key header is not shown masked: {text}");
+    assert!(
+        text.contains("[masked]"),
+        "the merchant key header is not shown masked: {text}"
+    );
     // pg's access log (mesh.yaml `accessLog: json`) carries the same, masked.
-    let log = std::fs::read_to_string(up.dir.join("up.log")).unwrap_or_default()
-        + &proxy_logs(&up);
-    assert!(log.contains("/v1/payments/"), "no access log line for the card-number request");
+    let log = std::fs::read_to_string(up.dir.join("up.log")).unwrap_or_default() + &proxy_logs(&up);
+    assert!(
+        log.contains("/v1/payments/"),
+        "no access log line for the card-number request"
+    );
     for secret in [CARD, "4111-1111-1111-1111", platform::MERCHANT_KEY] {
         assert!(!log.contains(secret), "a log shows {secret:?}");
     }
@@ -224,20 +303,35 @@ impl Api {
         if let Some(a) = &auth {
             headers.push(("authorization", a.as_str()));
         }
-        platform::call(&self.addr, "GET", path, None, &headers, Duration::from_secs(10))
-            .await
-            .unwrap()
+        platform::call(
+            &self.addr,
+            "GET",
+            path,
+            None,
+            &headers,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
     }
 }
 
 async fn wait_targets_up(api: &Api, n: usize) {
     let targets = wait_for(Duration::from_secs(20), || async {
         let t = api.get("/api/v1/targets").await;
-        let up = t.as_array().unwrap().iter().filter(|t| t["up"] == true).count();
+        let up = t
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["up"] == true)
+            .count();
         (up >= n).then_some(t)
     })
     .await;
-    assert!(targets.is_some(), "the control plane never scraped {n} proxies");
+    assert!(
+        targets.is_some(),
+        "the control plane never scraped {n} proxies"
+    );
 }
 
 async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
@@ -273,7 +367,11 @@ fn inbound_requests(overview: &Value) -> BTreeMap<String, f64> {
         .iter()
         .map(|r| {
             (
-                format!("{}/{}", r["namespace"].as_str().unwrap(), r["workload"].as_str().unwrap()),
+                format!(
+                    "{}/{}",
+                    r["namespace"].as_str().unwrap(),
+                    r["workload"].as_str().unwrap()
+                ),
                 r["requests"].as_f64().unwrap_or(0.0),
             )
         })
@@ -293,7 +391,11 @@ impl Inbound {
             .buckets
             .iter()
             .map(|(le, v)| {
-                let le_f = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() };
+                let le_f = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
                 (le_f, v - before.buckets.get(le).copied().unwrap_or(0.0))
             })
             .collect();
@@ -306,14 +408,25 @@ async fn proxies_inbound(up: &Up) -> BTreeMap<String, Inbound> {
     let mut out = BTreeMap::new();
     for a in platform::addrs(up) {
         let text = metrics(&a.admin).await;
-        let mut ib = Inbound { requests: 0.0, buckets: BTreeMap::new() };
+        let mut ib = Inbound {
+            requests: 0.0,
+            buckets: BTreeMap::new(),
+        };
         for line in text.lines().filter(|l| l.contains("direction=\"inbound\"")) {
-            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
             let value: f64 = value.parse().unwrap_or(0.0);
             if series.starts_with("response_total{") {
                 ib.requests += value;
             } else if series.starts_with("response_latency_seconds_bucket{") {
-                let le = series.split("le=\"").nth(1).unwrap().split('"').next().unwrap();
+                let le = series
+                    .split("le=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap();
                 *ib.buckets.entry(le.to_string()).or_default() += value;
             }
         }
@@ -363,12 +476,18 @@ impl Prometheus {
     fn start(up: &Up) -> Prometheus {
         let dir = up.dir.join("prometheus");
         std::fs::create_dir_all(&dir).unwrap();
-        let mut config = String::from("global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n  - job_name: onemesh-proxy\n    static_configs:\n");
+        let mut config = String::from(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n  - job_name: onemesh-proxy\n    static_configs:\n",
+        );
         for a in platform::addrs(up) {
             config.push_str(&format!("      - targets: ['{}']\n", a.admin));
         }
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
@@ -384,14 +503,24 @@ impl Prometheus {
     async fn scalar(&self, query: &str) -> f64 {
         let path = format!(
             "/api/v1/query?query={}",
-            query.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect::<String>()
+            query
+                .bytes()
+                .map(|b| if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                })
+                .collect::<String>()
         );
-        let (status, body) = platform::call(&self.addr, "GET", &path, None, &[], Duration::from_secs(10))
-            .await
-            .unwrap();
+        let (status, body) =
+            platform::call(&self.addr, "GET", &path, None, &[], Duration::from_secs(10))
+                .await
+                .unwrap();
         assert_eq!(status, 200, "{query}: {body}");
         let v = &body["data"]["result"][0]["value"][1];
-        v.as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{query}: {body}"))
+        v.as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{query}: {body}"))
     }
 }
 
@@ -415,7 +544,12 @@ async fn dashboard_in_chromium(up: &Up, api: &Api) {
         .args(["--token", &api.token])
         .arg("--out")
         .arg(&out)
-        .args(["--tap-workload", "pg/pg", "--expect-denied", "order/order->bank/bank"])
+        .args([
+            "--tap-workload",
+            "pg/pg",
+            "--expect-denied",
+            "order/order->bank/bank",
+        ])
         .current_dir(&repo)
         .stdout(Stdio::piped())
         .spawn()
@@ -437,24 +571,46 @@ async fn dashboard_in_chromium(up: &Up, api: &Api) {
                 if line.contains("TAP_READY") {
                     // Payments while the page taps pg.
                     for i in 0..3 {
-                        let _ = platform::customer_order(&entry, &format!("observe-dash-{n}-{i}"), Kind::AppcardCheck, Instant::now() + Duration::from_secs(20)).await;
+                        let _ = platform::customer_order(
+                            &entry,
+                            &format!("observe-dash-{n}-{i}"),
+                            Kind::AppcardCheck,
+                            Instant::now() + Duration::from_secs(20),
+                        )
+                        .await;
                     }
                     n += 1;
                 }
                 last = line;
             }
             Ok(None) => break,
-            Err(_) => assert!(Instant::now() < deadline, "the browser test did not end within 2 minutes"),
+            Err(_) => assert!(
+                Instant::now() < deadline,
+                "the browser test did not end within 2 minutes"
+            ),
         }
     }
     let status = child.wait().unwrap();
     let result: Value = serde_json::from_str(&last).unwrap_or(Value::String(last.clone()));
     println!("browser: {result}");
-    assert!(status.success() && result["ok"] == true, "the dashboard's browser test failed: {result}");
+    assert!(
+        status.success() && result["ok"] == true,
+        "the dashboard's browser test failed: {result}"
+    );
     for org in ["order", "pg", "appcard", "card", "bank"] {
-        assert!(result["namespaces"].as_array().unwrap().iter().any(|n| n == org), "{org} not on the topology: {result}");
+        assert!(
+            result["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n == org),
+            "{org} not on the topology: {result}"
+        );
     }
-    assert!(!result["tap_rows"].as_array().unwrap().is_empty(), "no tap rows: {result}");
+    assert!(
+        !result["tap_rows"].as_array().unwrap().is_empty(),
+        "no tap rows: {result}"
+    );
     let shown = result.to_string();
     for secret in [CARD, platform::MERCHANT_KEY] {
         assert!(!shown.contains(secret), "the dashboard shows {secret:?}");

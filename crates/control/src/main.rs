@@ -21,12 +21,12 @@ use clap::{Parser, ValueEnum};
 use onemesh_control::inject::InjectConfig;
 use onemesh_control::kubestore::{KubeSettings, KubeStore, lease};
 use onemesh_control::local::{LocalStore, POLL_INTERVAL};
-use onemesh_control::pki::CaSettings;
 use onemesh_control::observe::{ObserveSettings, TOKEN_FILE, Token};
+use onemesh_control::pki::CaSettings;
 use onemesh_control::store::Store;
-use onemesh_window::WindowSettings;
 use onemesh_control::webhook::WebhookSettings;
 use onemesh_control::{Settings, start};
+use onemesh_window::WindowSettings;
 
 /// The onemesh control plane: identity, destination and policy gRPC services over TLS.
 #[derive(Parser, Debug)]

@@ -96,7 +96,9 @@ impl Drop for Observe {
 /// Why the observer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
-    #[error("cannot listen for the dashboard on {addr}: {source}; pick a free address (--listen-dashboard)")]
+    #[error(
+        "cannot listen for the dashboard on {addr}: {source}; pick a free address (--listen-dashboard)"
+    )]
     Bind {
         addr: SocketAddr,
         #[source]

@@ -8,7 +8,7 @@
 //! `dst_workload`, `client_id` (inbound) / `server_id` (outbound), `tls`, `route`. Plus the proxy's
 //! own: `tls_handshake_failure_total`, `authz_allow_total`, `authz_deny_total` (labels
 //! `policy`, `kind`), `proxy_error_total`, `detect_total`, `control_admin_refused_total`,
-//! `identity_cert_expiration_timestamp_seconds`, `identity_certify_total`, `rate_limited_total`
+//! `identity_cert_expiration_timestamp_seconds`, `process_start_time_seconds`, `identity_certify_total`, `rate_limited_total`
 //! (per caller, policy and `limit`), `fault_injected_total` (per route and `kind`), and the
 //! outbound circuit breakers' `breaker_endpoint_state` and `breaker_ejection_total` (labels
 //! `dst_service`, `route`, `endpoint`; see [`crate::outbound::breaker`]).
@@ -456,6 +456,9 @@ pub struct Metrics {
     pub detect_total: Family<ReasonLabels, Counter>,
     /// When the current leaf certificate expires (unix seconds).
     pub identity_cert_expiration_timestamp_seconds: Gauge<f64, AtomicU64>,
+    /// Unix time at which the proxy started: the control plane's window counts a proxy's first
+    /// scrape from zero when it started while the window watched.
+    pub process_start_time_seconds: Gauge<f64, AtomicU64>,
     /// Certificate requests by result.
     pub identity_certify_total: Family<ResultLabels, Counter>,
     /// Inbound requests refused by a rate limit, per caller.
@@ -496,6 +499,7 @@ impl Metrics {
             retry_total: Family::default(),
             detect_total: Family::default(),
             identity_cert_expiration_timestamp_seconds: Gauge::default(),
+            process_start_time_seconds: Gauge::default(),
             identity_certify_total: Family::default(),
             rate_limited_total: Family::default(),
             fault_injected_total: Family::default(),
@@ -578,6 +582,15 @@ impl Metrics {
             "detect",
             "Protocol detection outcomes",
             m.detect_total.clone(),
+        );
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        m.process_start_time_seconds.set(started);
+        registry.register(
+            "process_start_time_seconds",
+            "Start time of the proxy since the Unix epoch, in seconds",
+            m.process_start_time_seconds.clone(),
         );
         registry.register(
             "identity_cert_expiration_timestamp_seconds",

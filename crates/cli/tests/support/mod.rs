@@ -360,9 +360,16 @@ pub async fn api(up: &Up, path: &str) -> (u16, serde_json::Value) {
     let addr = up.status()["dashboard"].as_str().unwrap().to_string();
     let token = std::fs::read_to_string(up.dir.join("state/dashboard-token")).unwrap();
     let auth = format!("Bearer {}", token.trim());
-    platform::call(&addr, "GET", path, None, &[("authorization", &auth)], Duration::from_secs(10))
-        .await
-        .unwrap()
+    platform::call(
+        &addr,
+        "GET",
+        path,
+        None,
+        &[("authorization", &auth)],
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
 }
 
 /// A proxy's `/metrics` text.

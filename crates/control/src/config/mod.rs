@@ -693,7 +693,14 @@ fn workload(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
     let Some(spec) = r.spec.as_ref().and_then(|s| {
         s.map(
             errors,
-            &["serviceAccount", "labels", "command", "env", "ports", "accessLog"],
+            &[
+                "serviceAccount",
+                "labels",
+                "command",
+                "env",
+                "ports",
+                "accessLog",
+            ],
         )
     }) else {
         return;

@@ -54,7 +54,12 @@ where
         (&Method::POST, "/login") => {
             let form = match Limited::new(req.into_body(), 4096).collect().await {
                 Ok(body) => body.to_bytes(),
-                Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "the login form is too large\n"),
+                Err(_) => {
+                    return text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "the login form is too large\n",
+                    );
+                }
             };
             let form = String::from_utf8_lossy(&form).into_owned();
             login(shared, param(&form, "token").as_deref())
@@ -79,9 +84,15 @@ where
                 );
                 r
             }
-            None => text(StatusCode::NOT_FOUND, "not found: the dashboard is at /, the API under /api/v1/\n"),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "not found: the dashboard is at /, the API under /api/v1/\n",
+            ),
         },
-        _ => text(StatusCode::METHOD_NOT_ALLOWED, "only GET (and POST /login)\n"),
+        _ => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET (and POST /login)\n",
+        ),
     }
 }
 
@@ -97,15 +108,13 @@ fn api(shared: &Shared, path: &str, query: &str) -> Response<Body> {
         ["routes"] => json(&shared.window().routes(now, window)),
         ["authz"] => json(&shared.window().authz(now, window)),
         ["targets"] => json(&shared.window().targets()),
-        ["workloads", ns, name, "series"] => {
-            match shared.window().series(ns, name, now, window) {
-                Some(series) => json(&series),
-                None => json_status(
-                    StatusCode::NOT_FOUND,
-                    &serde_json::json!({ "error": format!("no workload {ns}/{name} in the window: see /api/v1/overview") }),
-                ),
-            }
-        }
+        ["workloads", ns, name, "series"] => match shared.window().series(ns, name, now, window) {
+            Some(series) => json(&series),
+            None => json_status(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({ "error": format!("no workload {ns}/{name} in the window: see /api/v1/overview") }),
+            ),
+        },
         ["tap"] => tap(shared, query),
         _ => json_status(
             StatusCode::NOT_FOUND,
@@ -123,7 +132,10 @@ fn tap(shared: &Shared, query: &str) -> Response<Body> {
     let lines = match tap::start(&state, &shared.trust_domain, &shared.credentials, &q) {
         Ok(lines) => lines,
         Err(e @ (tap::TapError::UnknownWorkload(_) | tap::TapError::NothingToTap(_))) => {
-            return json_status(StatusCode::NOT_FOUND, &serde_json::json!({ "error": e.to_string() }));
+            return json_status(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({ "error": e.to_string() }),
+            );
         }
         Err(e) => return bad_request(&e.to_string()),
     };
@@ -157,7 +169,11 @@ fn window_of(shared: &Shared, query: &str) -> Result<Duration, String> {
 
 fn login(shared: &Shared, token: Option<&str>) -> Response<Body> {
     if token.is_some_and(|t| shared.token.matches(t)) {
-        let mut r = respond(StatusCode::SEE_OTHER, "text/plain", Bytes::from_static(b"logged in\n"));
+        let mut r = respond(
+            StatusCode::SEE_OTHER,
+            "text/plain",
+            Bytes::from_static(b"logged in\n"),
+        );
         r.headers_mut()
             .insert(header::LOCATION, header::HeaderValue::from_static("./"));
         let cookie = format!(
@@ -253,18 +269,27 @@ fn json_status<T: Serialize>(status: StatusCode, v: &T) -> Response<Body> {
 }
 
 fn bad_request(why: &str) -> Response<Body> {
-    json_status(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": why }))
+    json_status(
+        StatusCode::BAD_REQUEST,
+        &serde_json::json!({ "error": why }),
+    )
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
-    respond(status, "text/plain; charset=utf-8", Bytes::from(body.to_string()))
+    respond(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from(body.to_string()),
+    )
 }
 
 fn respond(status: StatusCode, ctype: &'static str, body: Bytes) -> Response<Body> {
     let mut r = Response::new(BodyExt::boxed(Full::new(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
     no_store(&mut r);
     r
 }

@@ -138,12 +138,27 @@ mod tests {
     fn rounds_start_just_after_a_step_boundary() {
         let t = |ms: u64| std::time::UNIX_EPOCH + Duration::from_millis(ms);
         let ten = Duration::from_secs(10);
-        assert_eq!(until_next_round(t(1_000_000), ten), Duration::from_millis(1000));
-        assert_eq!(until_next_round(t(1_000_999), ten), Duration::from_millis(1));
+        assert_eq!(
+            until_next_round(t(1_000_000), ten),
+            Duration::from_millis(1000)
+        );
+        assert_eq!(
+            until_next_round(t(1_000_999), ten),
+            Duration::from_millis(1)
+        );
         // At a round's time: now (1 ms).
-        assert_eq!(until_next_round(t(1_001_000), ten), Duration::from_millis(1));
-        assert_eq!(until_next_round(t(1_001_001), ten), Duration::from_millis(9_999));
-        assert_eq!(until_next_round(t(1_005_500), ten), Duration::from_millis(5_500));
+        assert_eq!(
+            until_next_round(t(1_001_000), ten),
+            Duration::from_millis(1)
+        );
+        assert_eq!(
+            until_next_round(t(1_001_001), ten),
+            Duration::from_millis(9_999)
+        );
+        assert_eq!(
+            until_next_round(t(1_005_500), ten),
+            Duration::from_millis(5_500)
+        );
         let one = Duration::from_secs(1);
         assert_eq!(until_next_round(t(5_000), one), Duration::from_millis(100));
         assert_eq!(until_next_round(t(5_101), one), Duration::from_millis(999));

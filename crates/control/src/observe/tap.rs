@@ -138,7 +138,11 @@ impl TapQuery {
         if let Some(d) = self.direction {
             out.append_pair("direction", d);
         }
-        for (k, v) in [("to", &self.to), ("path", &self.path), ("method", &self.method)] {
+        for (k, v) in [
+            ("to", &self.to),
+            ("path", &self.path),
+            ("method", &self.method),
+        ] {
             if let Some(v) = v {
                 out.append_pair(k, v);
             }
@@ -195,12 +199,7 @@ pub fn start(
     let (lines, rx) = mpsc::channel(BUFFER);
     let target = query.proxy_target();
     for addr in addrs {
-        tokio::spawn(relay_one(
-            addr,
-            tls.clone(),
-            target.clone(),
-            lines.clone(),
-        ));
+        tokio::spawn(relay_one(addr, tls.clone(), target.clone(), lines.clone()));
     }
     Ok(rx)
 }
@@ -313,8 +312,14 @@ mod tests {
     fn a_query_is_checked_and_re_encoded() {
         let q = TapQuery::parse("workload=card/card&path=%2Fv1%2Fa%26b&method=POST&max_rps=50")
             .unwrap();
-        assert_eq!((q.namespace.as_str(), q.workload.as_str()), ("card", "card"));
-        assert_eq!(q.proxy_target(), "/tap?path=%2Fv1%2Fa%26b&method=POST&max_rps=50");
+        assert_eq!(
+            (q.namespace.as_str(), q.workload.as_str()),
+            ("card", "card")
+        );
+        assert_eq!(
+            q.proxy_target(),
+            "/tap?path=%2Fv1%2Fa%26b&method=POST&max_rps=50"
+        );
     }
 
     #[test]

@@ -31,21 +31,29 @@ impl std::fmt::Debug for Token {
 /// Why the token could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("cannot read the dashboard token {path}: {source}; check the file (or remove it in local mode to get a new one)")]
+    #[error(
+        "cannot read the dashboard token {path}: {source}; check the file (or remove it in local mode to get a new one)"
+    )]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot write the dashboard token {path}: {source}; check that the state directory is writable")]
+    #[error(
+        "cannot write the dashboard token {path}: {source}; check that the state directory is writable"
+    )]
     Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("the dashboard token in {path} is too short ({len} characters): use at least {MIN_LEN} random characters, e.g. `openssl rand -hex 32`")]
+    #[error(
+        "the dashboard token in {path} is too short ({len} characters): use at least {MIN_LEN} random characters, e.g. `openssl rand -hex 32`"
+    )]
     TooShort { path: PathBuf, len: usize },
-    #[error("the dashboard token in {path} holds characters other than letters, digits, `-` and `_`: make a new one, e.g. `openssl rand -hex 32`")]
+    #[error(
+        "the dashboard token in {path} holds characters other than letters, digits, `-` and `_`: make a new one, e.g. `openssl rand -hex 32`"
+    )]
     BadCharacters { path: PathBuf },
     #[error("the system's random number generator failed: check that getrandom(2) works")]
     Random,
@@ -176,7 +184,10 @@ mod tests {
             let path = d.join("t");
             std::fs::write(&path, text).unwrap();
             let e = Token::load(&path).unwrap_err().to_string();
-            assert!(e.contains(needle) && e.contains("openssl rand"), "{text:?}: {e}");
+            assert!(
+                e.contains(needle) && e.contains("openssl rand"),
+                "{text:?}: {e}"
+            );
         }
         let e = Token::load(&d.join("absent")).unwrap_err().to_string();
         assert!(e.contains("cannot read"), "{e}");

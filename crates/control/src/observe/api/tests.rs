@@ -37,12 +37,14 @@ fn shared(extra: &[&str]) -> Shared {
     let (_tx, state) = watch::channel(Arc::new(MeshState::default()));
     let retention = Duration::from_secs(3600);
     Shared {
-        window: Arc::new(Mutex::new(Window::new(WindowSettings {
-            resolution: Duration::from_secs(10),
-            retention,
-            max_series: 1000,
-        })
-        .unwrap())),
+        window: Arc::new(Mutex::new(
+            Window::new(WindowSettings {
+                resolution: Duration::from_secs(10),
+                retention,
+                max_series: 1000,
+            })
+            .unwrap(),
+        )),
         state,
         credentials,
         token: Token::load(&token_file).unwrap(),
@@ -90,8 +92,17 @@ fn authed(uri: &str) -> Request<Full<Bytes>> {
 #[tokio::test]
 async fn its_own_names_on_its_port_are_answered() {
     let s = shared(&[]);
-    for host in ["127.0.0.1:8084", "localhost:8084", "LOCALHOST:8084", "[::1]:8084"] {
-        assert_eq!(get_status(&s, "/", Some(host)).await.0, StatusCode::OK, "{host}");
+    for host in [
+        "127.0.0.1:8084",
+        "localhost:8084",
+        "LOCALHOST:8084",
+        "[::1]:8084",
+    ] {
+        assert_eq!(
+            get_status(&s, "/", Some(host)).await.0,
+            StatusCode::OK,
+            "{host}"
+        );
     }
 }
 
@@ -108,7 +119,13 @@ async fn a_forged_host_is_refused_on_every_path_before_the_token_is_looked_at() 
         "",
         "[::1]x:8084",
     ] {
-        for path in ["/", "/api/v1/overview", "/api/v1/tap?workload=a/b", "/login", "/nope"] {
+        for path in [
+            "/",
+            "/api/v1/overview",
+            "/api/v1/tap?workload=a/b",
+            "/login",
+            "/nope",
+        ] {
             let req = get(path, Some(host))
                 .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
                 .body(Full::default())
@@ -148,8 +165,17 @@ async fn a_request_without_host_or_with_a_forged_authority_is_refused() {
 #[tokio::test]
 async fn names_given_by_the_user_are_answered() {
     let s = shared(&["dash.example", "localhost:9084", "[fd00::1]:80"]);
-    for host in ["dash.example", "dash.example:31000", "localhost:9084", "[fd00::1]"] {
-        assert_eq!(get_status(&s, "/", Some(host)).await.0, StatusCode::OK, "{host}");
+    for host in [
+        "dash.example",
+        "dash.example:31000",
+        "localhost:9084",
+        "[fd00::1]",
+    ] {
+        assert_eq!(
+            get_status(&s, "/", Some(host)).await.0,
+            StatusCode::OK,
+            "{host}"
+        );
     }
     for host in ["localhost:9085", "other.example:9084", "[fd00::1]:81"] {
         assert_eq!(
@@ -191,11 +217,17 @@ async fn the_api_needs_the_token_and_refuses_forged_ones() {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
         assert!(body.contains("log in"), "{body}");
         let forged = [
-            (header::AUTHORIZATION, format!("Bearer {}", &TOKEN[..TOKEN.len() - 1])),
+            (
+                header::AUTHORIZATION,
+                format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]),
+            ),
             (header::AUTHORIZATION, format!("Bearer {TOKEN}x")),
             (header::AUTHORIZATION, format!("Basic {TOKEN}")),
             (header::AUTHORIZATION, "Bearer ".to_string()),
-            (header::COOKIE, format!("onemesh_session={}0", &TOKEN[..TOKEN.len() - 1])),
+            (
+                header::COOKIE,
+                format!("onemesh_session={}0", &TOKEN[..TOKEN.len() - 1]),
+            ),
             (header::COOKIE, format!("other={TOKEN}")),
             (header::COOKIE, format!("xonemesh_session={TOKEN}")),
         ];
@@ -204,7 +236,11 @@ async fn the_api_needs_the_token_and_refuses_forged_ones() {
                 .header(name.clone(), &value)
                 .body(Full::default())
                 .unwrap();
-            assert_eq!(send(&s, req).await.0, StatusCode::UNAUTHORIZED, "{path} {name}: {value}");
+            assert_eq!(
+                send(&s, req).await.0,
+                StatusCode::UNAUTHORIZED,
+                "{path} {name}: {value}"
+            );
         }
     }
     assert_eq!(send(&s, authed("/api/v1/overview")).await.0, StatusCode::OK);
@@ -219,8 +255,13 @@ async fn the_api_needs_the_token_and_refuses_forged_ones() {
 async fn login_sets_a_strict_http_only_cookie_only_for_the_right_token() {
     let s = shared(&[]);
     let host = Some("127.0.0.1:8084");
-    let (status, headers, body) =
-        send(&s, get("/login?token=nope", host).body(Full::default()).unwrap()).await;
+    let (status, headers, body) = send(
+        &s,
+        get("/login?token=nope", host)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(headers.get(header::SET_COOKIE).is_none());
     assert!(body.contains("<form"), "{body}");
@@ -233,8 +274,14 @@ async fn login_sets_a_strict_http_only_cookie_only_for_the_right_token() {
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let cookie = headers.get(header::SET_COOKIE).unwrap().to_str().unwrap();
-    assert!(cookie.starts_with(&format!("onemesh_session={TOKEN};")), "{cookie}");
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(
+        cookie.starts_with(&format!("onemesh_session={TOKEN};")),
+        "{cookie}"
+    );
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
     let post = Request::post("/login")
         .header(header::HOST, "127.0.0.1:8084")
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -251,11 +298,20 @@ async fn login_sets_a_strict_http_only_cookie_only_for_the_right_token() {
 #[tokio::test]
 async fn the_page_is_served_without_the_token_and_holds_no_data() {
     let s = shared(&[]);
-    let (status, headers, body) =
-        send(&s, get("/", Some("localhost:8084")).body(Full::default()).unwrap()).await;
+    let (status, headers, body) = send(
+        &s,
+        get("/", Some("localhost:8084"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert!(!body.contains("spiffe://"), "{body}");
-    let csp = headers.get(header::CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
+    let csp = headers
+        .get(header::CONTENT_SECURITY_POLICY)
+        .unwrap()
+        .to_str()
+        .unwrap();
     assert!(csp.contains("default-src 'self'"), "{csp}");
     assert_eq!(headers.get(header::CACHE_CONTROL).unwrap(), "no-store");
 }
@@ -264,12 +320,32 @@ async fn the_page_is_served_without_the_token_and_holds_no_data() {
 async fn bad_windows_and_tap_queries_are_refused_with_what_to_write() {
     let s = shared(&[]);
     for (uri, status, needle) in [
-        ("/api/v1/overview?window=2h", StatusCode::BAD_REQUEST, "retention"),
-        ("/api/v1/overview?window=abc", StatusCode::BAD_REQUEST, "60s"),
+        (
+            "/api/v1/overview?window=2h",
+            StatusCode::BAD_REQUEST,
+            "retention",
+        ),
+        (
+            "/api/v1/overview?window=abc",
+            StatusCode::BAD_REQUEST,
+            "60s",
+        ),
         ("/api/v1/overview?window=0s", StatusCode::BAD_REQUEST, "60s"),
-        ("/api/v1/tap", StatusCode::BAD_REQUEST, "workload=<namespace>/<name>"),
-        ("/api/v1/tap?workload=card/card&method=get", StatusCode::BAD_REQUEST, "POST"),
-        ("/api/v1/tap?workload=card/card", StatusCode::NOT_FOUND, "no workload card/card"),
+        (
+            "/api/v1/tap",
+            StatusCode::BAD_REQUEST,
+            "workload=<namespace>/<name>",
+        ),
+        (
+            "/api/v1/tap?workload=card/card&method=get",
+            StatusCode::BAD_REQUEST,
+            "POST",
+        ),
+        (
+            "/api/v1/tap?workload=card/card",
+            StatusCode::NOT_FOUND,
+            "no workload card/card",
+        ),
         ("/api/v1/nope", StatusCode::NOT_FOUND, "/api/v1/overview"),
     ] {
         let (got, _, body) = send(&s, authed(uri)).await;
