@@ -395,8 +395,13 @@ pub async fn tap(dir: &Path, args: &TapArgs, out: Output) -> anyhow::Result<bool
         };
         if let Some(n) = value.get("dropped") {
             let _ = writeln!(stdout, "(dropped {n} events: the tap's rate limit)");
-        } else if let Some(e) = value.get("error") {
-            let _ = writeln!(stdout, "(error: {})", e.as_str().unwrap_or_default());
+        } else if value.get("method").is_none() {
+            // Not an event: the relay's `{"error": …}` about one proxy.
+            let error = value
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or_default();
+            let _ = writeln!(stdout, "(error: {error})");
         } else {
             seen += 1;
             if out == Output::Json {
