@@ -229,6 +229,7 @@ async fn the_control_plane_sees_the_platform_like_its_proxies_and_prometheus_do(
     .await;
     let seen = lines.join().unwrap();
     let _ = tap.kill();
+    let _ = tap.wait();
     let text = seen.join("\n");
     assert!(
         seen.iter().filter(|l| l.contains("\"method\"")).count() >= 3,
