@@ -105,7 +105,7 @@ fn unknown_field_wrong_type_and_bad_spiffe_id() {
             "  labels: {app: bank}",
             "  labels: {app: bank}\n  replicas: 2",
         ),
-        "11: spec.replicas: unknown field: use one of serviceAccount, labels, command, env, ports",
+        "11: spec.replicas: unknown field: use one of serviceAccount, labels, command, env, ports, accessLog",
     );
     expect(
         &BASE.replace("port: 9090}", "port: \"9090\"}"),
