@@ -14,11 +14,15 @@ pub struct BadHost(String);
 
 /// The names the dashboard answers to (its DNS-rebinding guard). A name without a port given by
 /// the user matches on any port (as a `kubectl port-forward` or a proxy in front would use it);
-/// the built-in loopback names match only on the dashboard's own port.
+/// the built-in loopback names match only on the dashboard's own port. Any IP address on the
+/// dashboard's own port is answered too (a pod's IP in Kubernetes): a rebinding page's requests
+/// carry its own domain name as `Host`, never an address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hosts {
     /// Lower-case name (IPv6 addresses in brackets) and the port it must come with, if any.
     names: Vec<(String, Option<u16>)>,
+    /// The dashboard's own port.
+    port: u16,
 }
 
 impl Hosts {
@@ -47,7 +51,10 @@ impl Hosts {
                 .ok_or_else(|| BadHost(e.clone()))?;
             names.push(parsed);
         }
-        Ok(Self { names })
+        Ok(Self {
+            names,
+            port: bound.port(),
+        })
     }
 
     /// Whether a request's `Host` (or absolute-form authority) names this dashboard. A host
@@ -57,9 +64,16 @@ impl Hosts {
             return false;
         };
         let port = port.unwrap_or(80);
-        self.names
-            .iter()
-            .any(|(n, p)| *n == name && p.is_none_or(|p| p == port))
+        let address = name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| !ip.is_unspecified());
+        (address && port == self.port)
+            || self
+                .names
+                .iter()
+                .any(|(n, p)| *n == name && p.is_none_or(|p| p == port))
     }
 }
 

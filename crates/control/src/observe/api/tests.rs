@@ -114,6 +114,8 @@ async fn a_forged_host_is_refused_on_every_path_before_the_token_is_looked_at() 
         "evil.example",
         "localhost:9999",
         "127.0.0.1",
+        "10.244.0.14:9999",
+        "10.244.0.14",
         "127.0.0.1:8084.evil.example",
         "localhost.:8084",
         "",
