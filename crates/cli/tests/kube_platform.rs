@@ -372,15 +372,18 @@ fn control_plane_window(orgs: &[&str]) -> Value {
         READY,
         || {
             // Every organization served something in the last 5 minutes; the rates are the last
-        // minute's (the proxies' own were counted over that minute).
-        let (ok, stat) = onemesh_on_node(&["stat", "-o", "json", "--window", "5m"]);
+            // minute's (the proxies' own were counted over that minute).
+            let (ok, stat) = onemesh_on_node(&["stat", "-o", "json", "--window", "5m"]);
             let (ok2, edges) = onemesh_on_node(&["edges", "-o", "json", "--window", "60s"]);
             if !ok || !ok2 {
                 println!("onemesh stat/edges: {stat} {edges}");
                 return None;
             }
-            println!("onemesh stat: {}", stat.chars().take(400).collect::<String>());
-        let workloads: Value = serde_json::from_str(&stat).ok()?;
+            println!(
+                "onemesh stat: {}",
+                stat.chars().take(400).collect::<String>()
+            );
+            let workloads: Value = serde_json::from_str(&stat).ok()?;
             let served = |ns: &str| {
                 workloads.as_array().is_some_and(|rows| {
                     rows.iter()
