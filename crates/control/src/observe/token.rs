@@ -105,18 +105,25 @@ impl Token {
             .map_err(|_| TokenError::Random)?
             .expose();
         let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        let write = |path: &Path| -> std::io::Result<()> {
+        // Written whole to a private temporary file, then linked into place: a process killed
+        // at any moment leaves either no token file (the next start makes one) or a complete one,
+        // never a short one that would keep the control plane from starting.
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let write = |tmp: &Path| -> std::io::Result<()> {
             use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::remove_file(tmp);
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(path)?;
+                .open(tmp)?;
             file.write_all(token.as_bytes())?;
             file.write_all(b"\n")?;
             file.sync_all()
         };
-        match write(path) {
+        let made = write(&tmp).and_then(|()| std::fs::hard_link(&tmp, path));
+        let _ = std::fs::remove_file(&tmp);
+        match made {
             Ok(()) => Ok(Token(token)),
             // Another start made it first: use that one.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Token::load(path),
