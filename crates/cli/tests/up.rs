@@ -269,6 +269,7 @@ async fn meshes_calls_enforces_policy_and_survives_the_control_plane(isolate: bo
 #[test]
 fn up_refuses_an_invalid_mesh_naming_file_and_line() {
     let dir = std::env::temp_dir().join(format!("onemesh-bad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("mesh.yaml");
     std::fs::write(

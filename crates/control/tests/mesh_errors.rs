@@ -38,6 +38,7 @@ fn error_of(text: &str) -> (PathBuf, String) {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("mesh.yaml");
     std::fs::write(&path, text).unwrap();

@@ -146,6 +146,7 @@ impl Files {
     fn new(name: &str) -> Self {
         let dir =
             std::env::temp_dir().join(format!("onemesh-install-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Files { dir }
     }

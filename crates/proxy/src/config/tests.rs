@@ -126,6 +126,7 @@ fn control_env(extra: &[(&'static str, String)]) -> HashMap<&'static str, String
 #[test]
 fn a_token_file_is_read_again_for_every_request() {
     let dir = std::env::temp_dir().join(format!("onemesh-token-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("token");
     std::fs::write(&path, "first\n").unwrap();
