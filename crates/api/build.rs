@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
-const PROTOS: [&str; 4] = [
+const PROTOS: [&str; 5] = [
     "proto/onemesh/admin.proto",
+    "proto/onemesh/audit.proto",
     "proto/onemesh/identity.proto",
     "proto/onemesh/destination.proto",
     "proto/onemesh/policy.proto",

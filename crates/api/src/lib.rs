@@ -10,6 +10,7 @@
 //! - [`policy`] — `Policy.WatchInbound` (a workload's authorizations) and `Policy.WatchOutbound`
 //!   (a service's routes with timeouts and retryability), each a stream of full states.
 //! - [`admin`] — the operator's calls: anchor and issuer rotation, revocation, trust status.
+//! - [`audit`] — `Audit.Append`: an inbound proxy's authorization decisions, for the decision log.
 //!
 //! This crate holds the contract and nothing else: no client logic, no server logic. The proxy and
 //! the control plane meet only here (see DESIGN.md).
@@ -17,6 +18,11 @@
 /// `onemesh.admin.v1`: the operator's service.
 pub mod admin {
     tonic::include_proto!("onemesh.admin.v1");
+}
+
+/// `onemesh.audit.v1`: the decision log.
+pub mod audit {
+    tonic::include_proto!("onemesh.audit.v1");
 }
 
 /// `onemesh.identity.v1`: certificate issuance.

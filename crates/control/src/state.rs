@@ -290,6 +290,7 @@ pub fn inbound(state: &MeshState, namespace: &str, workload: &str, port: u16) ->
                 .collect(),
             namespaces: policy.from_namespaces.clone(),
             unauthenticated: policy.from_unauthenticated,
+            mode: onemesh_api::policy::Mode::Enforce.into(),
         });
     }
     let mut ports: Vec<u32> = w.ports.iter().flat_map(|p| real_ports(p.port)).collect();
@@ -327,6 +328,7 @@ pub fn inbound(state: &MeshState, namespace: &str, workload: &str, port: u16) ->
         ports,
         rate_limits,
         faults,
+        default_mode: onemesh_api::policy::Mode::Enforce.into(),
     }
 }
 

@@ -371,6 +371,7 @@ fn allow(name: &str) -> pol::InboundPolicy {
             identities: vec!["spiffe://cluster.local/ns/order/sa/web".to_string()],
             namespaces: vec![],
             unauthenticated: false,
+            mode: pol::Mode::Enforce.into(),
         }],
         ports: vec![8080],
         ..Default::default()
