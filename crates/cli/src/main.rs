@@ -10,6 +10,7 @@
 //! Exit codes scripts can rely on: 0 success; 1 the command ran and found a problem (a failed
 //! check, an unknown workload, the mesh not running); 2 a usage error (bad flags).
 
+mod authz;
 mod cluster;
 mod commands;
 mod http;
@@ -118,8 +119,9 @@ enum Command {
         #[arg(long, default_value_t = 8084)]
         port: u16,
     },
-    /// The authorization policies in force on a workload and what they allow.
-    Authz { workload: String },
+    /// The authorization policies in force on a workload (`authz <workload>`), why a call is
+    /// allowed or denied (`explain`), and what a policy change would break (`diff`).
+    Authz(AuthzArgs),
     /// Endpoints as the callers' circuit breakers see them: healthy, failing, ejected or on
     /// probation (read from every proxy's /metrics); optionally only one service's
     /// (`<service>.<namespace>`, or `<service>` for every namespace's).
@@ -139,6 +141,26 @@ enum Command {
 }
 
 /// `onemesh identity [<workload> | trust | rotate-anchor | rotate-issuer | revoke <id>]`.
+/// A workload whose name is one of the subcommands' is given as `namespace/name`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct AuthzArgs {
+    /// A workload (`name` or `namespace/name`): its policies, their modes and what they allow.
+    workload: Option<String>,
+    #[command(subcommand)]
+    command: Option<AuthzCommand>,
+}
+
+#[derive(Subcommand)]
+enum AuthzCommand {
+    /// Why a call is allowed or denied, as the destination's proxy decides it on its live policy,
+    /// and for a denial the smallest change that allows it.
+    Explain(authz::ExplainArgs),
+    /// Before applying new policies: every edge whose decision would change and the traffic it
+    /// carries now; exit code 1 when live traffic would be denied.
+    Diff(authz::DiffArgs),
+}
+
 /// A workload whose name is one of the subcommands' is given as `namespace/name`.
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -230,7 +252,17 @@ fn main() -> ExitCode {
                 namespace,
                 port,
             } => observe::dashboard(dir, kubernetes, &namespace, port).await,
-            Command::Authz { workload } => commands::authz(dir, &workload, cli.output).await,
+            Command::Authz(AuthzArgs {
+                workload: Some(workload),
+                ..
+            }) => commands::authz(dir, &workload, cli.output).await,
+            Command::Authz(AuthzArgs { command, .. }) => match command {
+                Some(AuthzCommand::Explain(args)) => authz::explain(dir, &args, cli.output).await,
+                Some(AuthzCommand::Diff(args)) => authz::diff(dir, &args, cli.output).await,
+                None => Err(anyhow::anyhow!(
+                    "name a workload (`onemesh authz <workload>`) or a subcommand (explain, diff)"
+                )),
+            },
             Command::Endpoints { service } => traffic::endpoints(dir, service, cli.output).await,
             Command::Identity(IdentityArgs {
                 workload: Some(workload),

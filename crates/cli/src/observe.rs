@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 use onemesh_window::api::{EdgeStats, Overview, TlsState, WorkloadStats};
@@ -57,7 +57,25 @@ impl Api {
 
     /// GETs `path` and decodes its JSON.
     pub async fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> anyhow::Result<T> {
-        let resp = tokio::time::timeout(ASK_TIMEOUT, self.send(path))
+        self.call(hyper::Method::GET, path, Bytes::new()).await
+    }
+
+    /// POSTs `body` to `path` and decodes the JSON answer.
+    pub async fn post<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<T> {
+        self.call(hyper::Method::POST, path, body).await
+    }
+
+    async fn call<T: for<'de> Deserialize<'de>>(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<T> {
+        let resp = tokio::time::timeout(ASK_TIMEOUT, self.send(method, path, body))
             .await
             .with_context(|| {
                 format!(
@@ -84,9 +102,12 @@ impl Api {
         path: &str,
         mut line: impl FnMut(&[u8]) -> bool,
     ) -> anyhow::Result<()> {
-        let resp = tokio::time::timeout(ASK_TIMEOUT, self.send(path))
-            .await
-            .context("the control plane's API did not answer")??;
+        let resp = tokio::time::timeout(
+            ASK_TIMEOUT,
+            self.send(hyper::Method::GET, path, Bytes::new()),
+        )
+        .await
+        .context("the control plane's API did not answer")??;
         let status = resp.status();
         let mut body = resp.into_body();
         if status != StatusCode::OK {
@@ -111,7 +132,12 @@ impl Api {
         Ok(())
     }
 
-    async fn send(&self, path: &str) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+    async fn send(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let stream = TcpStream::connect(&self.addr).await.with_context(|| {
             format!(
                 "cannot reach the control plane's API at {}: is `onemesh up` running (or `onemesh dashboard --kubernetes`)?",
@@ -121,13 +147,15 @@ impl Api {
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let req = hyper::Request::get(path)
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, &self.addr)
             .header(
                 hyper::header::AUTHORIZATION,
                 format!("Bearer {}", self.token),
             )
-            .body(Empty::<Bytes>::new())?;
+            .body(Full::new(body))?;
         Ok(sender.send_request(req).await?)
     }
 }

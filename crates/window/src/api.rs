@@ -46,6 +46,8 @@ pub struct WorkloadStats {
     pub p99_ms: Option<f64>,
     /// Requests and connections its inbound refused by policy.
     pub denied: u64,
+    /// Requests and connections its inbound let through that policies in audit mode would deny.
+    pub would_deny: u64,
     /// Inbound connections open at the last scrape, summed over its up proxies.
     pub tcp_open_connections: u64,
     pub tcp_read_bytes_per_s: f64,
@@ -84,6 +86,8 @@ pub struct EdgeStats {
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub denied: u64,
+    /// Requests let through that policies in audit mode would deny.
+    pub would_deny: u64,
     pub tcp_read_bytes_per_s: f64,
     pub tcp_write_bytes_per_s: f64,
 }
@@ -133,6 +137,8 @@ pub struct AuthzStats {
     pub policy: String,
     pub allowed: u64,
     pub denied: u64,
+    /// Requests denied by policies in audit mode only, and let through.
+    pub would_deny: u64,
     pub callers: Vec<AuthzCaller>,
 }
 
@@ -143,6 +149,7 @@ pub struct AuthzCaller {
     pub id: Option<String>,
     pub allowed: u64,
     pub denied: u64,
+    pub would_deny: u64,
 }
 
 /// `GET /api/v1/targets`: one scraped proxy.

@@ -493,6 +493,7 @@ impl Window {
             Metric::TcpRead => Field::TcpRead,
             Metric::TcpWrite => Field::TcpWrite,
             Metric::Deny => Field::Denied,
+            Metric::WouldDeny => Field::WouldDeny,
             Metric::Allow => Field::Allowed,
             Metric::Retry if l.reason == "retried" => Field::Retries,
             Metric::Retry => Field::Refused,
@@ -521,7 +522,8 @@ impl Window {
                 | Metric::TcpClose
                 | Metric::TcpRead
                 | Metric::TcpWrite
-                | Metric::Deny => {
+                | Metric::Deny
+                | Metric::WouldDeny => {
                     let key = KeyText {
                         kind: Kind::Workload,
                         s: [ns, wl, "", ""],
@@ -531,7 +533,7 @@ impl Window {
                 }
                 _ => {}
             }
-            if matches!(m, Metric::Deny | Metric::Allow) {
+            if matches!(m, Metric::Deny | Metric::WouldDeny | Metric::Allow) {
                 let key = KeyText {
                     kind: Kind::Authz,
                     s: [ns, wl, &l.policy, &l.peer_id],
@@ -539,7 +541,7 @@ impl Window {
                 };
                 self.store.add(&key, apply);
             }
-            if m == Metric::Deny {
+            if matches!(m, Metric::Deny | Metric::WouldDeny) {
                 let caller = self
                     .by_identity
                     .get(&*l.peer_id)
@@ -661,6 +663,7 @@ enum Metric {
     TcpWrite,
     OpenConnections,
     Deny,
+    WouldDeny,
     Allow,
     Retry,
 }
@@ -677,6 +680,7 @@ impl Metric {
             "tcp_write_bytes_total" => Metric::TcpWrite,
             "tcp_open_connections" => Metric::OpenConnections,
             "authz_deny_total" => Metric::Deny,
+            "authz_would_deny_total" => Metric::WouldDeny,
             "authz_allow_total" => Metric::Allow,
             "retry_total" => Metric::Retry,
             _ => return None,

@@ -150,6 +150,7 @@ impl Window {
                         p95_ms: ms(&t, 0.95),
                         p99_ms: ms(&t, 0.99),
                         denied: t.get(Field::Denied),
+                        would_deny: t.get(Field::WouldDeny),
                         tcp_read_bytes_per_s: per_s(t.get(Field::TcpRead), secs),
                         tcp_write_bytes_per_s: per_s(t.get(Field::TcpWrite), secs),
                     });
@@ -298,7 +299,8 @@ impl Window {
             }
             let t = self.store.totals(series, span.from, span.to);
             let (allowed, denied) = (t.get(Field::Allowed), t.get(Field::Denied));
-            if allowed == 0 && denied == 0 {
+            let would_deny = t.get(Field::WouldDeny);
+            if allowed == 0 && denied == 0 && would_deny == 0 {
                 continue;
             }
             let k = series.key.s.map(|s| self.store.text(s));
@@ -310,14 +312,17 @@ impl Window {
                     policy: k[2].to_string(),
                     allowed: 0,
                     denied: 0,
+                    would_deny: 0,
                     callers: Vec::new(),
                 });
             row.allowed += allowed;
             row.denied += denied;
+            row.would_deny += would_deny;
             row.callers.push(AuthzCaller {
                 id: opt(k[3]),
                 allowed,
                 denied,
+                would_deny,
             });
         }
         let mut out: Vec<AuthzStats> = rows.into_values().collect();
@@ -363,6 +368,7 @@ fn workload_row(namespace: &str, workload: &str, identity: Option<String>) -> Wo
         p95_ms: None,
         p99_ms: None,
         denied: 0,
+        would_deny: 0,
         tcp_open_connections: 0,
         tcp_read_bytes_per_s: 0.0,
         tcp_write_bytes_per_s: 0.0,
@@ -377,6 +383,7 @@ fn fill_workload(row: &mut WorkloadStats, t: &Totals, secs: f64) {
     row.p95_ms = ms(t, 0.95);
     row.p99_ms = ms(t, 0.99);
     row.denied = t.get(Field::Denied);
+    row.would_deny = t.get(Field::WouldDeny);
     row.tcp_read_bytes_per_s = per_s(t.get(Field::TcpRead), secs);
     row.tcp_write_bytes_per_s = per_s(t.get(Field::TcpWrite), secs);
 }

@@ -42,9 +42,10 @@ pub(crate) enum Field {
     TcpClose,
     Retries,
     Refused,
+    WouldDeny,
 }
 
-pub(crate) const FIELDS: usize = 11;
+pub(crate) const FIELDS: usize = 12;
 
 /// Flag: traffic with a verified peer identity was seen in the step.
 pub(crate) const MTLS: u16 = 1;
@@ -64,6 +65,7 @@ const FIELD_BIT: [u32; FIELDS] = [
     1 << 12, // tcp close
     1 << 13, // retries
     1 << 14, // refused
+    1 << 15, // would deny
 ];
 /// Successes equal requests (then not stored).
 const SUCCESS_IS_REQUESTS: u32 = 1 << 2;

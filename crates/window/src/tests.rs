@@ -402,10 +402,12 @@ fn authorization_decisions_per_policy_and_caller() {
     };
     let pg = id("pg", "pg");
     let order = id("order", "order");
+    let appcard = id("appcard", "appcard");
     let text = |n: u64| {
         line("authz_allow_total", Some(&pg), 5 * n)
             + &line("authz_deny_total", Some(&order), n)
             + &line("authz_deny_total", None, 2 * n)
+            + &line("authz_would_deny_total", Some(&appcard), 3 * n)
     };
     w.ingest(&card, at(0), &text(0)).unwrap();
     w.ingest(&card, at(10), &text(2)).unwrap();
@@ -416,24 +418,33 @@ fn authorization_decisions_per_policy_and_caller() {
         (r.namespace.as_str(), r.workload.as_str(), r.policy.as_str()),
         ("card", "card", "card-policy")
     );
-    assert_eq!((r.allowed, r.denied), (10, 6));
+    assert_eq!((r.allowed, r.denied, r.would_deny), (10, 6, 6));
     assert_eq!(
         r.callers,
         vec![
             api::AuthzCaller {
                 id: None,
                 allowed: 0,
-                denied: 4
+                denied: 4,
+                would_deny: 0,
+            },
+            api::AuthzCaller {
+                id: Some(appcard.clone()),
+                allowed: 0,
+                denied: 0,
+                would_deny: 6,
             },
             api::AuthzCaller {
                 id: Some(order.clone()),
                 allowed: 0,
-                denied: 2
+                denied: 2,
+                would_deny: 0,
             },
             api::AuthzCaller {
                 id: Some(pg.clone()),
                 allowed: 10,
-                denied: 0
+                denied: 0,
+                would_deny: 0,
             },
         ]
     );
@@ -441,6 +452,9 @@ fn authorization_decisions_per_policy_and_caller() {
     let o = w.overview(at(11), MIN);
     let e = o.edges.iter().find(|e| e.src_id.is_none()).unwrap();
     assert_eq!((e.src_namespace.as_deref(), e.denied), (None, 4));
+    // Audit-mode denials count on the workload, apart from real ones.
+    let card_row = o.workloads.iter().find(|w| w.workload == "card").unwrap();
+    assert_eq!((card_row.denied, card_row.would_deny), (6, 6));
 }
 
 #[test]
