@@ -40,6 +40,7 @@ export const FIELD_FORMATS = {
   p95_ms: fmtMs,
   p99_ms: fmtMs,
   denied: fmtCount,
+  would_deny: fmtCount,
   instances: fmtCount,
   meshed: fmtCount,
   tcp_open_connections: fmtCount,
@@ -95,6 +96,7 @@ export function edgeLabel(e) {
     lines.push(`${fmtPct(e.success_rate)} · ${fmtRps(e.rps)} rps · p99 ${fmtMs(e.p99_ms)} ms`);
   }
   if ((e.denied || 0) > 0) lines.push(`denied ${fmtCount(e.denied)}`);
+  if ((e.would_deny || 0) > 0) lines.push(`would deny ${fmtCount(e.would_deny)} (audit)`);
   if (lines.length === 0) lines.push('idle');
   lines.push(e.tls === 'mtls' ? 'mTLS' : e.tls === 'plaintext' ? 'plaintext' : e.tls === 'mixed' ? 'mixed TLS' : '');
   return lines.filter(Boolean).join('\n');
@@ -107,10 +109,12 @@ export function nodeLabel(name, w) {
   return `${name}\n${fmtPct(w.success_rate)} · ${fmtRps(w.rps)} rps`;
 }
 
-/** The classes an edge gets in the graph: its TLS state, `denied` when denied > 0, `idle`. */
+/** The classes an edge gets in the graph: its TLS state, `denied` when denied > 0, `audit` when
+ * policies in audit mode would deny some of its calls, `idle`. */
 export function edgeClasses(e) {
   const c = [e.tls === 'mtls' ? 'mtls' : e.tls === 'plaintext' ? 'plaintext' : 'mixed'];
   if ((e.denied || 0) > 0) c.push('denied');
+  else if ((e.would_deny || 0) > 0) c.push('audit');
   if ((e.requests || 0) === 0 && !(e.rps > 0)) c.push('idle');
   return c;
 }

@@ -132,8 +132,8 @@ function topologySnapshot() {
   };
 }
 
-const EDGE_FIELDS = ['tls', 'requests', 'rps', 'success_rate', 'p50_ms', 'p95_ms', 'p99_ms', 'denied', 'tcp_read_bytes_per_s', 'tcp_write_bytes_per_s'];
-const WORKLOAD_FIELDS = ['requests', 'rps', 'success_rate', 'p50_ms', 'p95_ms', 'p99_ms', 'denied', 'tcp_open_connections', 'tcp_read_bytes_per_s', 'tcp_write_bytes_per_s'];
+const EDGE_FIELDS = ['tls', 'requests', 'rps', 'success_rate', 'p50_ms', 'p95_ms', 'p99_ms', 'denied', 'would_deny', 'tcp_read_bytes_per_s', 'tcp_write_bytes_per_s'];
+const WORKLOAD_FIELDS = ['requests', 'rps', 'success_rate', 'p50_ms', 'p95_ms', 'p99_ms', 'denied', 'would_deny', 'tcp_open_connections', 'tcp_read_bytes_per_s', 'tcp_write_bytes_per_s'];
 
 const edgeKey = (e) => `${F.edgeSrcKey(e)}->${F.edgeDstKey(e)}`;
 

@@ -41,6 +41,10 @@ test('edge labels and classes show denials and TLS', () => {
   assert.equal(F.edgeLabel(denied), 'denied 3\nmTLS');
   assert.deepEqual(F.edgeClasses(denied), ['mtls', 'denied', 'idle']);
   assert.deepEqual(F.edgeClasses({ ...ok, tls: 'plaintext', denied: 1 }), ['plaintext', 'denied']);
+  const audited = { ...ok, would_deny: 4 };
+  assert.equal(F.edgeLabel(audited), '100.0% · 1.00 rps · p99 5.0 ms\nwould deny 4 (audit)\nmTLS');
+  assert.deepEqual(F.edgeClasses(audited), ['mtls', 'audit']);
+  assert.deepEqual(F.edgeClasses({ ...audited, denied: 1 }), ['mtls', 'denied']);
   assert.equal(F.nodeLabel('card', { requests: 0, rps: 0 }), 'card\nno inbound requests');
   assert.equal(F.nodeLabel('card', { requests: 10, rps: 0.5, success_rate: 0.9 }), 'card\n90.0% · 0.50 rps');
 });

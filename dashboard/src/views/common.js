@@ -44,7 +44,8 @@ export const EDGE_HEADERS = [
   'source', 'destination', 'TLS',
   { label: 'requests', num: true }, { label: 'rps', num: true }, { label: 'success', num: true },
   { label: 'p50 ms', num: true }, { label: 'p95 ms', num: true }, { label: 'p99 ms', num: true },
-  { label: 'denied', num: true }, { label: 'read', num: true }, { label: 'written', num: true },
+  { label: 'denied', num: true }, { label: 'would deny', num: true }, { label: 'read', num: true },
+  { label: 'written', num: true },
 ];
 
 const endLink = (key) => (key.includes('/') && !key.startsWith('spiffe:') ? link(workloadHref(key), key) : key);
@@ -72,6 +73,7 @@ export function edgeRow({ src, dst, e }) {
     td('p95_ms', fmtMs(e.p95_ms), 'num'),
     td('p99_ms', fmtMs(e.p99_ms), 'num'),
     td('denied', fmtCount(e.denied), 'num' + (denied ? ' bad' : '')),
+    td('would_deny', fmtCount(e.would_deny || 0), 'num' + ((e.would_deny || 0) > 0 ? ' warn' : '')),
     td('tcp_read_bytes_per_s', fmtBytesPerS(e.tcp_read_bytes_per_s), 'num'),
     td('tcp_write_bytes_per_s', fmtBytesPerS(e.tcp_write_bytes_per_s), 'num'),
   );

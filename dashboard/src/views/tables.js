@@ -50,12 +50,15 @@ export function routesView(main, ctx) {
   };
 }
 
-const AUTHZ_HEADERS = ['workload', 'policy', 'caller', { label: 'allowed', num: true }, { label: 'denied', num: true }];
+const AUTHZ_HEADERS = [
+  'workload', 'policy', 'caller', { label: 'allowed', num: true }, { label: 'denied', num: true },
+  { label: 'would deny (audit)', num: true },
+];
 
 export function authzView(main, ctx) {
   const t = table('authz-table', AUTHZ_HEADERS);
   const section = h('section', { 'data-testid': 'authz', 'data-state': 'loading' }, h('h1', {}, 'Authorization'),
-    h('p', { class: 'muted' }, 'Requests and connections each workload\'s inbound policy allowed and denied, per caller identity.'), t.table);
+    h('p', { class: 'muted' }, 'Requests and connections each workload\'s inbound policy allowed and denied, per caller identity; "would deny": let through because the policies in force are in audit mode (`onemesh authz explain` tells why).'), t.table);
   main.append(section);
   return {
     async refresh() {
@@ -79,6 +82,7 @@ export function authzView(main, ctx) {
             td('caller', 'all callers'),
             td('allowed', fmtCount(r.allowed), 'num'),
             td('denied', fmtCount(r.denied), 'num' + (r.denied > 0 ? ' bad' : '')),
+            td('would_deny', fmtCount(r.would_deny || 0), 'num' + ((r.would_deny || 0) > 0 ? ' warn' : '')),
           ),
         );
         for (const c of r.callers || []) {
@@ -91,6 +95,7 @@ export function authzView(main, ctx) {
               td('caller', c.id || '(no identity)', 'mono'),
               td('allowed', fmtCount(c.allowed), 'num'),
               td('denied', fmtCount(c.denied), 'num' + (c.denied > 0 ? ' bad' : '')),
+              td('would_deny', fmtCount(c.would_deny || 0), 'num' + ((c.would_deny || 0) > 0 ? ' warn' : '')),
             ),
           );
         }

@@ -46,6 +46,10 @@ const STYLE = [
   { selector: 'edge.mixed', style: { 'line-style': 'dotted', 'line-color': '#b7791f', 'target-arrow-color': '#b7791f' } },
   { selector: 'edge.idle', style: { opacity: 0.55 } },
   {
+    selector: 'edge.audit',
+    style: { 'line-style': 'dashed', 'line-color': '#b7791f', 'target-arrow-color': '#b7791f', color: '#8a5a12', width: 2.5, opacity: 1 },
+  },
+  {
     selector: 'edge.denied',
     style: { 'line-style': 'dashed', 'line-color': '#c4320a', 'target-arrow-color': '#c4320a', color: '#c4320a', width: 2.5, opacity: 1 },
   },
@@ -107,7 +111,7 @@ const WORKLOAD_HEADERS = [
   'namespace', 'workload', { label: 'meshed', num: true }, { label: 'requests', num: true },
   { label: 'rps', num: true }, { label: 'success', num: true }, { label: 'p50 ms', num: true },
   { label: 'p95 ms', num: true }, { label: 'p99 ms', num: true }, { label: 'denied', num: true },
-  { label: 'TCP open', num: true }, { label: 'read', num: true }, { label: 'written', num: true },
+  { label: 'would deny', num: true }, { label: 'TCP open', num: true }, { label: 'read', num: true }, { label: 'written', num: true },
 ];
 
 function workloadRow(w) {
@@ -125,6 +129,7 @@ function workloadRow(w) {
     td('p95_ms', fmtMs(w.p95_ms), 'num'),
     td('p99_ms', fmtMs(w.p99_ms), 'num'),
     td('denied', fmtCount(w.denied), 'num' + (w.denied > 0 ? ' bad' : '')),
+    td('would_deny', fmtCount(w.would_deny || 0), 'num' + ((w.would_deny || 0) > 0 ? ' warn' : '')),
     td('tcp_open_connections', fmtCount(w.tcp_open_connections), 'num'),
     td('tcp_read_bytes_per_s', fmtBytesPerS(w.tcp_read_bytes_per_s), 'num'),
     td('tcp_write_bytes_per_s', fmtBytesPerS(w.tcp_write_bytes_per_s), 'num'),
@@ -147,6 +152,7 @@ export function topologyView(main, ctx) {
       h('span', { class: 'sw mtls' }), 'mTLS ',
       h('span', { class: 'sw plaintext' }), 'plaintext / mixed ',
       h('span', { class: 'sw denied' }), 'denied ',
+      h('span', { class: 'sw audit' }), 'would deny (audit) ',
       h('span', { class: 'sw unhealthy' }), 'success < 95 % ',
       ' · edge labels: success · rps · p99 (caller\'s view) · node labels: success · rps served',
     ),

@@ -87,6 +87,7 @@ export function workloadView(main, ctx, route) {
           ['p99_ms', 'p99 ms', fmtMs(w.p99_ms)],
           ['requests', 'requests', fmtCount(w.requests)],
           ['denied', 'denied', fmtCount(w.denied)],
+          ['would_deny', 'would deny (audit)', fmtCount(w.would_deny || 0)],
           ['meshed', 'meshed', `${fmtCount(w.meshed)}/${fmtCount(w.instances)}`],
           ['tcp_open_connections', 'TCP open', fmtCount(w.tcp_open_connections)],
           ['tcp_read_bytes_per_s', 'read', fmtBytesPerS(w.tcp_read_bytes_per_s)],
