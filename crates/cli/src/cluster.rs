@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -30,7 +30,7 @@ use crate::trust::{CheckLine, Mark};
 /// The control plane's namespace, Deployment, ServiceAccount and identity objects (see
 /// `deploy/install/control-plane.yaml`).
 const NAMESPACE: &str = "onemesh";
-const DEPLOYMENT: &str = "onemesh-control";
+const CONTROL: &str = "onemesh-control";
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:onemesh:control";
 const ANCHORS_CONFIGMAP: &str = "onemesh-trust-anchors";
 const ISSUER_SECRET: &str = "onemesh-identity-issuer";
@@ -165,9 +165,9 @@ async fn crds(client: &Client) -> Vec<CheckLine> {
 }
 
 async fn control_plane(client: &Client) -> CheckLine {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
-    let what = format!("control plane {NAMESPACE}/{DEPLOYMENT} is ready");
-    match api.get_opt(DEPLOYMENT).await {
+    let api: Api<StatefulSet> = Api::namespaced(client.clone(), NAMESPACE);
+    let what = format!("control plane {NAMESPACE}/{CONTROL} is ready");
+    match api.get_opt(CONTROL).await {
         Ok(Some(d)) => {
             let wanted = d.spec.replicas.unwrap_or(1);
             let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);

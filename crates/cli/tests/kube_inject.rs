@@ -70,7 +70,7 @@ fn kube_inject_by_the_webhook() {
         "onemesh",
         "rollout",
         "status",
-        "deploy/onemesh-control",
+        "statefulset/onemesh-control",
         "--timeout=120s",
     ]);
     let tag = format!(

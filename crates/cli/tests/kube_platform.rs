@@ -591,7 +591,7 @@ fn kube_platform_meshed_on_the_cluster() {
     let (ok, manifests) = onemesh(&["install"]);
     assert!(ok, "{manifests}");
     apply(&manifests);
-    let took = rollout_ready("deployment", "onemesh", "onemesh-control");
+    let took = rollout_ready("statefulset", "onemesh", "onemesh-control");
     println!("control plane ready in {took:?}");
 
     // The platform, as a user deploys it: no proxy in its manifests.

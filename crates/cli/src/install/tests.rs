@@ -82,7 +82,7 @@ fn the_manifests_are_complete_and_the_issuer_chains_to_the_anchors() {
     let text = manifests(&args()).unwrap();
     assert!(!text.contains("{{"), "unfilled field");
     let docs = docs(&text);
-    let deployment = find(&docs, "Deployment", "onemesh-control");
+    let deployment = find(&docs, "StatefulSet", "onemesh-control");
     assert_eq!(get(deployment, &["spec", "replicas"]).as_integer(), Some(2));
     let pod = get(deployment, &["spec", "template", "spec"]);
     assert_eq!(get(pod, &["serviceAccountName"]).as_str(), Some("control"));
@@ -245,7 +245,7 @@ fn uninstall_names_exactly_what_install_makes_last_first() {
     let removed = heads(&uninstall_manifests().unwrap()).unwrap();
     let at = |kind: &str| removed.iter().position(|h| h.kind == kind).unwrap();
     assert!(
-        at("Deployment") < at("Namespace"),
+        at("StatefulSet") < at("Namespace"),
         "the workloads go before their namespace"
     );
     assert!(
@@ -419,7 +419,7 @@ fn the_injection_webhook_selects_meshed_namespaces_and_opted_in_pods() {
 fn the_control_plane_serves_the_webhook_with_the_proxy_image() {
     let text = manifests(&args()).unwrap();
     let docs = docs(&text);
-    let deployment = find(&docs, "Deployment", "onemesh-control");
+    let deployment = find(&docs, "StatefulSet", "onemesh-control");
     let container = &get(deployment, &["spec", "template", "spec", "containers"])
         .as_sequence()
         .unwrap()[0];
