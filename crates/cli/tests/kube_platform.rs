@@ -364,6 +364,67 @@ fn onemesh_on_node(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Runs `onemesh audit verify` on each control-plane replica's decision log, where its volume
+/// lives on the test node (the claim's PersistentVolume's host path), against the cluster's
+/// published trust anchors.
+fn decision_logs_verify() {
+    let anchors = kubectl(&[
+        "-n",
+        "onemesh",
+        "get",
+        "configmap",
+        "onemesh-trust-anchors",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ]);
+    let anchors_file =
+        std::env::temp_dir().join(format!("onemesh-kube-anchors-{}", std::process::id()));
+    std::fs::write(&anchors_file, anchors).unwrap();
+    let claims: Value = serde_json::from_str(&kubectl(&[
+        "-n",
+        "onemesh",
+        "get",
+        "pvc",
+        "-l",
+        "app.kubernetes.io/part-of=onemesh",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let claims = claims["items"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !claims.is_empty(),
+        "the control plane has no audit volume claims"
+    );
+    for claim in claims {
+        let name = claim["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let volume = claim["spec"]["volumeName"].as_str().unwrap_or_default();
+        let pv: Value =
+            serde_json::from_str(&kubectl(&["get", "pv", volume, "-o", "json"])).unwrap();
+        let dir = pv["spec"]["hostPath"]["path"]
+            .as_str()
+            .or(pv["spec"]["local"]["path"].as_str())
+            .unwrap_or_else(|| panic!("{name}: no host path in {pv}"))
+            .to_string();
+        let out = Command::new(env!("CARGO_BIN_EXE_onemesh"))
+            .args(["audit", "verify", "--dir", &dir, "--trust-anchors"])
+            .arg(&anchors_file)
+            .output()
+            .expect("run onemesh audit verify");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{name} ({dir}): {text}");
+        println!("decision log {name}: {}", text.lines().last().unwrap_or(""));
+    }
+    let _ = std::fs::remove_file(anchors_file);
+}
+
 /// The control plane's window over the last minute, once every organization shows traffic:
 /// `{"workloads": [...], "edges": [...]}` from `onemesh stat` and `onemesh edges`.
 fn control_plane_window(orgs: &[&str]) -> Value {
@@ -662,6 +723,29 @@ fn kube_platform_meshed_on_the_cluster() {
     ]);
     let (status, body) = call(&customers, "GET", &format!("http://{bank_ip}/accounts"));
     assert_eq!(status, 403, "by ClusterIP {bank_ip}: {body}");
+    // Explained by the bank's own proxy, relayed by the control plane.
+    let (ok, out) = onemesh_on_node(&[
+        "authz",
+        "explain",
+        "--from",
+        "order/customers",
+        "--to",
+        "bank/bank:8080",
+        "--method",
+        "GET",
+        "--path",
+        "/accounts",
+        "-o",
+        "json",
+    ]);
+    assert!(ok, "authz explain on the cluster: {out}");
+    let explained: Value = serde_json::from_str(&out).expect("explain -o json");
+    assert_eq!(
+        (explained["decision"].as_str(), explained["policy"].as_str()),
+        (Some("deny"), Some("bank-allow-card")),
+        "{explained}"
+    );
+    assert!(explained["suggestion"]["yaml"].is_string(), "{explained}");
 
     // A policy change, applied with kubectl, takes effect.
     let allow = "apiVersion: onemesh.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: bank-allow-customers, namespace: bank}\nspec:\n  target: {workload: bank, port: 8080}\n  from:\n    identities: [spiffe://cluster.local/ns/order/sa/customers]\n";
@@ -755,7 +839,9 @@ fn kube_platform_meshed_on_the_cluster() {
         "--wait=false",
     ]);
     assert_payments(&pay(&customers, 100), 100);
-    rollout_ready("deployment", "onemesh", "onemesh-control");
+    rollout_ready("statefulset", "onemesh", "onemesh-control");
+    // Each replica's decision log, on its volume, kept its chain across the pod's deletion.
+    decision_logs_verify();
 
     // PostgreSQL through the mesh as opaque TCP; the pgbench Job completes and its pod ends.
     let start = Instant::now();
