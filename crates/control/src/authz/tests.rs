@@ -1,0 +1,258 @@
+//! The model evaluator against the proxy's rules, case by case: the default, policies in force,
+//! routes (whole-segment prefixes, methods, opaque connections), audit modes, and the refusals
+//! that come before any policy.
+
+use std::path::Path;
+
+use super::*;
+use crate::state::MeshState;
+
+pub(crate) const MESH: &str = "\
+apiVersion: onemesh.dev/v1
+kind: Namespace
+metadata: {name: pg}
+---
+apiVersion: onemesh.dev/v1
+kind: Namespace
+metadata: {name: card}
+---
+apiVersion: onemesh.dev/v1
+kind: Namespace
+metadata: {name: bank}
+---
+apiVersion: onemesh.dev/v1
+kind: Workload
+metadata: {name: pg, namespace: pg}
+spec: {serviceAccount: pg, ports: [{port: 8080}]}
+---
+apiVersion: onemesh.dev/v1
+kind: Workload
+metadata: {name: card, namespace: card}
+spec: {serviceAccount: card, ports: [{port: 8080}, {port: 9000, protocol: opaque}]}
+---
+apiVersion: onemesh.dev/v1
+kind: Workload
+metadata: {name: batch, namespace: card}
+spec: {serviceAccount: batch, ports: [{port: 8080}]}
+---
+apiVersion: onemesh.dev/v1
+kind: Workload
+metadata: {name: bank, namespace: bank}
+spec: {serviceAccount: bank, ports: [{port: 8080}]}
+---
+apiVersion: onemesh.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: card-allow-pg, namespace: card}
+spec:
+  target: {workload: card, port: 8080}
+  routes: [{methods: [POST], pathPrefix: /v1}, {pathPrefix: /health/}]
+  from: {identities: [spiffe://cluster.local/ns/pg/sa/pg]}
+---
+apiVersion: onemesh.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: card-allow-bank, namespace: card}
+spec:
+  target: {workload: card, port: 8080}
+  from: {namespaces: [bank]}
+";
+
+pub(crate) fn mesh_of(text: &str) -> Mesh {
+    let config = crate::config::parse(Path::new("mesh.yaml"), text).unwrap();
+    MeshState::local(&config, &[]).mesh
+}
+
+pub(crate) fn id(ns: &str) -> SpiffeId {
+    format!("spiffe://cluster.local/ns/{ns}/sa/{ns}")
+        .parse()
+        .unwrap()
+}
+
+fn card(port: u16) -> Target<'static> {
+    Target {
+        namespace: "card",
+        workload: "card",
+        port,
+    }
+}
+
+fn post(path: &str) -> Option<Request<'_>> {
+    Some(Request {
+        method: "POST",
+        path,
+    })
+}
+
+#[test]
+fn the_default_allows_the_same_namespace_only() {
+    let mesh = mesh_of(MESH);
+    let same: SpiffeId = "spiffe://cluster.local/ns/card/sa/batch".parse().unwrap();
+    let d = decide(&mesh, Some(&same), card(9000), None);
+    assert_eq!(
+        (d.verdict, d.policy.as_str(), d.default),
+        (Verdict::Allow, DEFAULT_SAME_NAMESPACE, true)
+    );
+    for caller in [Some(&id("pg")), None] {
+        let d = decide(&mesh, caller, card(9000), None);
+        assert_eq!((d.verdict, d.default), (Verdict::Deny, true), "{caller:?}");
+    }
+}
+
+#[test]
+fn policies_on_a_port_replace_the_default_and_name_themselves_on_a_denial() {
+    let mesh = mesh_of(MESH);
+    let same: SpiffeId = "spiffe://cluster.local/ns/card/sa/batch".parse().unwrap();
+    let d = decide(&mesh, Some(&same), card(8080), post("/v1/pay"));
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(d.policy, "card-allow-pg,card-allow-bank");
+    assert!(!d.default);
+    let d = decide(&mesh, Some(&id("bank")), card(8080), None);
+    assert_eq!(
+        (d.verdict, d.policy.as_str()),
+        (Verdict::Allow, "card-allow-bank")
+    );
+    assert_eq!(d.route, None);
+}
+
+#[test]
+fn routes_match_methods_and_whole_segments() {
+    let mesh = mesh_of(MESH);
+    let pg = id("pg");
+    let at = |method, path| decide(&mesh, Some(&pg), card(8080), Some(Request { method, path }));
+    for (method, path, allowed, route) in [
+        ("POST", "/v1", true, Some(0)),
+        ("POST", "/v1/pay", true, Some(0)),
+        ("POST", "/v1admin", false, None),
+        ("GET", "/v1/pay", false, None),
+        ("GET", "/health/", true, Some(1)),
+        ("GET", "/health/live", true, Some(1)),
+        ("GET", "/health", false, None),
+        ("GET", "/healthz", false, None),
+    ] {
+        let d = at(method, path);
+        assert_eq!(d.verdict == Verdict::Allow, allowed, "{method} {path}");
+        assert_eq!(d.route, route, "{method} {path}");
+    }
+    // an opaque connection is allowed only by a policy without routes
+    let d = decide(&mesh, Some(&pg), card(8080), None);
+    assert_eq!(d.verdict, Verdict::Deny);
+}
+
+#[test]
+fn a_denial_is_would_deny_only_when_every_policy_on_the_port_is_audit() {
+    let one_audit = MESH.replacen(
+        "  target: {workload: card, port: 8080}\n  routes",
+        "  mode: audit\n  target: {workload: card, port: 8080}\n  routes",
+        1,
+    );
+    let mesh = mesh_of(&one_audit);
+    assert_eq!(mesh.policies[0].mode, PolicyMode::Audit);
+    let d = decide(&mesh, Some(&id("appcard")), card(8080), post("/v1/pay"));
+    assert_eq!(
+        d.verdict,
+        Verdict::Deny,
+        "one enforce policy keeps it enforced"
+    );
+    let all_audit = one_audit.replace(
+        "  target: {workload: card, port: 8080}\n  from",
+        "  mode: audit\n  target: {workload: card, port: 8080}\n  from",
+    );
+    let mesh = mesh_of(&all_audit);
+    let d = decide(&mesh, Some(&id("appcard")), card(8080), post("/v1/pay"));
+    assert_eq!(d.verdict, Verdict::WouldDeny);
+    assert_eq!(d.policy, "card-allow-pg,card-allow-bank");
+    // the default's mode is the namespace's, not the policies'
+    let d = decide(&mesh, Some(&id("pg")), card(9000), None);
+    assert_eq!(d.verdict, Verdict::Deny);
+}
+
+#[test]
+fn an_audit_namespace_default_lets_other_namespaces_through_as_would_deny() {
+    let text = MESH.replace(
+        "metadata: {name: card}\n",
+        "metadata: {name: card}\nspec: {defaultPolicyMode: audit}\n",
+    );
+    let mesh = mesh_of(&text);
+    let d = decide(&mesh, Some(&id("pg")), card(9000), None);
+    assert_eq!((d.verdict, d.default), (Verdict::WouldDeny, true));
+    let d = decide(&mesh, None, card(9000), None);
+    assert_eq!(d.verdict, Verdict::WouldDeny);
+    // policies in force on 8080 are enforce: the default's mode does not apply there
+    let d = decide(&mesh, Some(&id("appcard")), card(8080), None);
+    assert_eq!(d.verdict, Verdict::Deny);
+}
+
+#[test]
+fn refusals_before_policy_are_never_audit() {
+    let text = MESH.replace(
+        "metadata: {name: card}\n",
+        "metadata: {name: card}\nspec: {defaultPolicyMode: audit}\n",
+    );
+    let mesh = mesh_of(&text);
+    let d = decide(&mesh, Some(&id("pg")), card(7777), None);
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert!(matches!(
+        d.refusal,
+        Some(Refusal::UndeclaredPort { port: 7777, .. })
+    ));
+    for path in [
+        "/v1/../admin",
+        "/v1/%2e%2e/admin",
+        "/v1%2fpay",
+        "/v1;x=1",
+        "/v1/%252f",
+        "/v1\\pay",
+        "/v1/%zz",
+        "/v1/.",
+    ] {
+        let d = decide(&mesh, Some(&id("pg")), card(9000), post(path));
+        assert_eq!(d.verdict, Verdict::Deny, "{path}");
+        assert!(
+            matches!(d.refusal, Some(Refusal::AmbiguousPath(_))),
+            "{path}"
+        );
+        assert_eq!(d.policy, "");
+    }
+    for path in [
+        "/v1/pay",
+        "/v1/a.b",
+        "/v1/%20x",
+        "/.well-known/x",
+        "/v1/..x",
+    ] {
+        assert!(!ambiguous_path(path), "{path}");
+    }
+    let ghost = Target {
+        namespace: "card",
+        workload: "ghost",
+        port: 8080,
+    };
+    assert!(matches!(
+        decide(&mesh, None, ghost, None).refusal,
+        Some(Refusal::UnknownWorkload(_))
+    ));
+}
+
+#[test]
+fn a_namespace_wide_policy_covers_every_workload_and_a_port_policy_only_its_port() {
+    let text = format!(
+        "{MESH}---
+apiVersion: onemesh.dev/v1
+kind: AuthorizationPolicy
+metadata: {{name: card-all, namespace: card}}
+spec:
+  from: {{unauthenticated: true}}
+"
+    );
+    let mesh = mesh_of(&text);
+    let batch = Target {
+        namespace: "card",
+        workload: "batch",
+        port: 8080,
+    };
+    let d = decide(&mesh, None, batch, None);
+    assert_eq!((d.verdict, d.policy.as_str()), (Verdict::Allow, "card-all"));
+    let d = decide(&mesh, Some(&id("pg")), batch, None);
+    assert_eq!((d.verdict, d.policy.as_str()), (Verdict::Deny, "card-all"));
+    let d = decide(&mesh, None, card(9000), None);
+    assert_eq!(d.verdict, Verdict::Allow);
+}
