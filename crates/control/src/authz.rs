@@ -83,7 +83,8 @@ pub struct Decision {
     pub refusal: Option<Refusal>,
 }
 
-/// An HTTP request as the proxy sees it; `None` in [`decide`] is an opaque TCP connection.
+/// An HTTP request (a query after `?` is ignored, as the proxy ignores it); `None` in [`decide`]
+/// is an opaque TCP connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request<'a> {
     pub method: &'a str,
@@ -176,6 +177,11 @@ pub fn decide(
             workload: shown,
         });
     }
+    // the query is not part of what policy matches (the proxy matches the URI's path)
+    let request = request.map(|r| Request {
+        method: r.method,
+        path: r.path.split('?').next().unwrap_or_default(),
+    });
     if let Some(r) = request
         && ambiguous_path(r.path)
     {

@@ -256,3 +256,152 @@ spec:
     let d = decide(&mesh, None, card(9000), None);
     assert_eq!(d.verdict, Verdict::Allow);
 }
+
+mod suggestions {
+    use super::super::suggest::{Denial, suggest};
+    use super::*;
+
+    /// Asks the model, takes the suggestion for the denial, appends it to the mesh, and checks
+    /// that the file is still valid and the call is now allowed (and what was allowed stays so).
+    fn applied_allows(
+        text: &str,
+        caller: Option<&SpiffeId>,
+        target: Target<'_>,
+        request: Option<Request<'_>>,
+    ) -> String {
+        let mesh = mesh_of(text);
+        let before = decide(&mesh, caller, target, request);
+        assert_ne!(before.verdict, Verdict::Allow, "the case must start denied");
+        let s = suggest(
+            &mesh,
+            &Denial {
+                target,
+                caller,
+                request,
+                default: before.default,
+                port_refusal: None,
+                path_error: None,
+            },
+        );
+        let yaml = s.yaml.clone().expect("a policy can allow it");
+        let applied = format!("{text}---\n{yaml}");
+        let after = crate::config::parse(Path::new("mesh.yaml"), &applied)
+            .unwrap_or_else(|e| panic!("the suggestion is not valid mesh.yaml: {e}\n{yaml}"));
+        let after = MeshState::local(&after, &[]).mesh;
+        let d = decide(&after, caller, target, request);
+        assert_eq!(d.verdict, Verdict::Allow, "{yaml}");
+        // every caller that was allowed on that target before still is
+        for w in mesh.workloads.values() {
+            let other = id_of(w);
+            if decide(&mesh, Some(&other), target, request).verdict == Verdict::Allow {
+                assert_eq!(
+                    decide(&after, Some(&other), target, request).verdict,
+                    Verdict::Allow,
+                    "{other} lost its access\n{yaml}"
+                );
+            }
+        }
+        s.summary
+    }
+
+    fn id_of(w: &crate::model::Workload) -> SpiffeId {
+        format!(
+            "spiffe://cluster.local/ns/{}/sa/{}",
+            w.namespace, w.service_account
+        )
+        .parse()
+        .unwrap()
+    }
+
+    #[test]
+    fn on_a_port_with_policies() {
+        let summary = applied_allows(MESH, Some(&id("appcard")), card(8080), post("/v1/pay"));
+        assert!(
+            summary.starts_with("add AuthorizationPolicy allow-appcard-appcard-card (card)"),
+            "{summary}"
+        );
+        assert!(!summary.contains("keep-"), "{summary}");
+    }
+
+    #[test]
+    fn on_a_port_of_the_default_keeps_the_same_namespace() {
+        let summary = applied_allows(MESH, Some(&id("pg")), card(9000), None);
+        assert!(summary.contains("keep-card-card-9000"), "{summary}");
+    }
+
+    #[test]
+    fn for_an_unauthenticated_caller() {
+        let summary = applied_allows(MESH, None, card(9000), None);
+        assert!(summary.contains("allow-unauthenticated-card"), "{summary}");
+        applied_allows(MESH, None, card(8080), post("/v1/pay"));
+    }
+
+    #[test]
+    fn for_a_route_level_denial() {
+        // pg is admitted by card-allow-pg, but only for POST /v1 and /health/
+        applied_allows(
+            MESH,
+            Some(&id("pg")),
+            card(8080),
+            Some(Request {
+                method: "GET",
+                path: "/v2/cards/1?x=1",
+            }),
+        );
+        applied_allows(
+            MESH,
+            Some(&id("pg")),
+            card(8080),
+            Some(Request {
+                method: "DELETE",
+                path: "/v1/pay",
+            }),
+        );
+    }
+
+    #[test]
+    fn in_audit_mode_too_and_with_a_name_already_taken() {
+        let text = MESH.replace(
+            "metadata: {name: card}\n",
+            "metadata: {name: card}\nspec: {defaultPolicyMode: audit}\n",
+        );
+        let text = format!(
+            "{text}---
+apiVersion: onemesh.dev/v1
+kind: AuthorizationPolicy
+metadata: {{name: allow-pg-pg-card, namespace: card}}
+spec:
+  target: {{workload: card, port: 8080}}
+  from: {{namespaces: [bank]}}
+"
+        );
+        let summary = applied_allows(&text, Some(&id("pg")), card(9000), None);
+        assert!(summary.contains("allow-pg-pg-card-2"), "{summary}");
+    }
+
+    #[test]
+    fn a_refusal_before_policy_has_no_yaml_and_says_what_to_do() {
+        let mesh = mesh_of(MESH);
+        let base = Denial {
+            target: card(7777),
+            caller: None,
+            request: None,
+            default: false,
+            port_refusal: Some("undeclared_port"),
+            path_error: None,
+        };
+        let s = suggest(&mesh, &base);
+        assert_eq!(s.yaml, None);
+        assert!(s.summary.contains("declare the port"), "{}", s.summary);
+        let s = suggest(
+            &mesh,
+            &Denial {
+                port_refusal: None,
+                path_error: Some("the path has a dot segment"),
+                ..base
+            },
+        );
+        assert_eq!(s.yaml, None);
+        assert!(s.summary.contains("resolved path"), "{}", s.summary);
+    }
+}
