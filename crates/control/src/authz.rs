@@ -277,4 +277,4 @@ pub fn workload_id(trust_domain: &str, namespace: &str, service_account: &str) -
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
