@@ -82,17 +82,22 @@ pub fn proposed(current: &Mesh, file: &Path, text: &str) -> Result<Mesh, DiffErr
     Ok(mesh)
 }
 
+/// The `kind` of a document (empty when it has none: the parser reports it); `None` for an
+/// empty document.
 fn kind_of(doc: &MarkedYamlOwned) -> Option<String> {
-    let YamlDataOwned::Mapping(entries) = &doc.data else {
-        return None;
+    let entries = match &doc.data {
+        YamlDataOwned::Value(ScalarOwned::Null) => return None,
+        YamlDataOwned::Mapping(entries) => entries,
+        _ => return Some(String::new()),
     };
-    entries.iter().find_map(|(k, v)| match (&k.data, &v.data) {
+    let kind = entries.iter().find_map(|(k, v)| match (&k.data, &v.data) {
         (
             YamlDataOwned::Value(ScalarOwned::String(k)),
             YamlDataOwned::Value(ScalarOwned::String(v)),
         ) if k == "kind" => Some(v.to_string()),
         _ => None,
-    })
+    });
+    Some(kind.unwrap_or_default())
 }
 
 fn policy_of(p: &config::AuthorizationPolicy) -> Policy {
@@ -110,7 +115,9 @@ fn policy_of(p: &config::AuthorizationPolicy) -> Policy {
     }
 }
 
-/// The current namespaces and workloads as mesh.yaml documents, for policy-only bodies.
+/// The current namespaces and workloads as mesh.yaml documents, for policy-only bodies: what a
+/// policy may name (workload names that are no DNS label cannot be named by a policy, and the
+/// service account plays no part in checking one).
 fn declared(mesh: &Mesh) -> String {
     let mut out = Vec::new();
     for ns in mesh.namespaces.values() {
@@ -119,7 +126,11 @@ fn declared(mesh: &Mesh) -> String {
             ns.name
         ));
     }
-    for w in mesh.workloads.values() {
+    for w in mesh
+        .workloads
+        .values()
+        .filter(|w| crate::model::check::is_dns_label(&w.name))
+    {
         let ports: Vec<String> = w
             .ports
             .iter()
@@ -132,10 +143,9 @@ fn declared(mesh: &Mesh) -> String {
             })
             .collect();
         out.push(format!(
-            "apiVersion: onemesh.dev/v1\nkind: Workload\nmetadata: {{name: {}, namespace: {}}}\nspec: {{serviceAccount: {}, ports: [{}]}}\n",
+            "apiVersion: onemesh.dev/v1\nkind: Workload\nmetadata: {{name: {}, namespace: {}}}\nspec: {{serviceAccount: sa, ports: [{}]}}\n",
             w.name,
             w.namespace,
-            w.service_account,
             ports.join(", ")
         ));
     }

@@ -405,3 +405,116 @@ spec:
         assert!(s.summary.contains("resolved path"), "{}", s.summary);
     }
 }
+
+mod diffs {
+    use super::super::diff::{Rates, diff, proposed};
+    use super::*;
+
+    fn changes_of(body: &str) -> super::super::diff::Diff {
+        let before = mesh_of(MESH);
+        let after = proposed(&before, Path::new("new.yaml"), body).unwrap();
+        diff(&before, &after, "cluster.local", &Rates::default())
+    }
+
+    #[test]
+    fn the_same_policies_change_nothing() {
+        let d = changes_of(MESH);
+        assert_eq!(d.changes, vec![]);
+        assert_eq!(d.live_denials, 0);
+    }
+
+    #[test]
+    fn a_whole_mesh_yaml_replaces_every_policy() {
+        // card-allow-bank removed: bank loses card:8080, and the port keeps card-allow-pg
+        let text = MESH
+            .split("---\n")
+            .filter(|doc| !doc.contains("card-allow-bank"))
+            .collect::<Vec<_>>()
+            .join("---\n");
+        let d = changes_of(&text);
+        // the whole port, and each route of a policy on it
+        assert_eq!(d.changes.len(), 3, "{:?}", d.changes);
+        assert_eq!(d.changes[0].route, None);
+        for c in &d.changes {
+            assert_eq!(
+                (c.from.workload.as_str(), c.to.workload.as_str(), c.to.port),
+                ("bank", "card", 8080)
+            );
+            assert_eq!(
+                (c.before.decision, c.after.decision),
+                (Verdict::Allow, Verdict::Deny)
+            );
+            assert_eq!(c.after.policy, "card-allow-pg");
+        }
+        assert_eq!(d.live_denials, 0, "no traffic in the window");
+    }
+
+    #[test]
+    fn a_namespace_default_in_audit_turns_its_denials_into_would_deny() {
+        let text = MESH.replace(
+            "metadata: {name: card}\n",
+            "metadata: {name: card}\nspec: {defaultPolicyMode: audit}\n",
+        );
+        let d = changes_of(&text);
+        assert!(!d.changes.is_empty());
+        for c in &d.changes {
+            // the ports of namespace card that no policy covers
+            assert!(c.to.port == 9000 || c.to.workload == "batch", "{c:?}");
+            assert_eq!(
+                (c.before.decision, c.after.decision),
+                (Verdict::Deny, Verdict::WouldDeny)
+            );
+        }
+    }
+
+    #[test]
+    fn policy_documents_replace_by_name_and_add_otherwise() {
+        let body = "apiVersion: onemesh.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: card-allow-pg, namespace: card}
+spec:
+  mode: audit
+  target: {workload: card, port: 8080}
+  routes: [{methods: [POST], pathPrefix: /v1}]
+  from: {identities: [spiffe://cluster.local/ns/pg/sa/pg]}
+---
+apiVersion: onemesh.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: batch-grpc, namespace: card}
+spec:
+  target: {workload: batch, port: 8080}
+  routes: [{grpc: {service: card.v1.Batch}}]
+  from: {namespaces: [pg]}
+";
+        let before = mesh_of(MESH);
+        let after = proposed(&before, Path::new("new.yaml"), body).unwrap();
+        assert_eq!(after.policies.len(), 3);
+        assert_eq!(after.policies[0].name, "card-allow-pg");
+        assert_eq!(after.policies[0].mode, PolicyMode::Audit);
+        assert_eq!(after.policies[2].name, "batch-grpc");
+        let d = diff(&before, &after, "cluster.local", &Rates::default());
+        // pg loses /health/ on card:8080 (the route was dropped); batch now takes grpc from pg
+        // and denies the rest of pg's calls; the same-namespace default on batch:8080 ended
+        let pg_health = d
+            .changes
+            .iter()
+            .find(|c| {
+                c.from.workload == "pg"
+                    && c.route
+                        .as_ref()
+                        .is_some_and(|r| r.path_prefix.as_deref() == Some("/health/"))
+            })
+            .unwrap();
+        assert_eq!(pg_health.after.decision, Verdict::Deny);
+        let grpc = d
+            .changes
+            .iter()
+            .find(|c| c.to.workload == "batch" && c.from.workload == "pg" && c.route.is_some())
+            .unwrap();
+        assert_eq!(grpc.after.decision, Verdict::Allow);
+        assert_eq!(grpc.route.as_ref().unwrap().methods, vec!["POST"]);
+        assert!(d.changes.iter().any(|c| c.from.workload == "batch"
+            && c.to.workload == "batch"
+            && c.after.decision == Verdict::Deny));
+    }
+}
