@@ -518,3 +518,102 @@ spec:
             && c.after.decision == Verdict::Deny));
     }
 }
+
+/// The reference platform's mesh.yaml: the model allows exactly the payment chain of DESIGN.md
+/// among the 20 ordered pairs of the five organizations; for each denied pair, the suggestion,
+/// applied, changes exactly that edge (as diff sees it) and nothing else.
+mod platform {
+    use super::super::diff::{Rates, diff, proposed};
+    use super::super::suggest::{Denial, suggest};
+    use super::*;
+
+    const ORGS: [&str; 5] = ["order", "pg", "appcard", "card", "bank"];
+    const CHAIN: [(&str, &str); 5] = [
+        ("order", "pg"),
+        ("pg", "appcard"),
+        ("pg", "card"),
+        ("appcard", "card"),
+        ("card", "bank"),
+    ];
+
+    fn platform() -> (String, Mesh) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../mesh.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mesh = mesh_of(&text);
+        (text, mesh)
+    }
+
+    fn org(name: &str) -> Target<'_> {
+        Target {
+            namespace: name,
+            workload: name,
+            port: 8080,
+        }
+    }
+
+    #[test]
+    fn the_model_allows_exactly_the_payment_chain() {
+        let (_, mesh) = platform();
+        for from in ORGS {
+            for to in ORGS.iter().filter(|t| **t != from) {
+                let d = decide(&mesh, Some(&id(from)), org(to), post("/v1/pay"));
+                let want = CHAIN.contains(&(from, *to));
+                assert_eq!(d.verdict == Verdict::Allow, want, "{from} -> {to}: {d:?}");
+                // order (the public entry) has no policy: its default decides
+                assert_eq!(d.default, *to == "order", "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_suggestion_opens_exactly_its_edge() {
+        let (text, mesh) = platform();
+        for from in ORGS {
+            for to in ORGS.iter().filter(|t| **t != from) {
+                if CHAIN.contains(&(from, *to)) {
+                    continue;
+                }
+                let caller = id(from);
+                let request = post("/v1/pay");
+                let before = decide(&mesh, Some(&caller), org(to), request);
+                let s = suggest(
+                    &mesh,
+                    &Denial {
+                        target: org(to),
+                        caller: Some(&caller),
+                        request,
+                        default: before.default,
+                        port_refusal: None,
+                        path_error: None,
+                    },
+                );
+                let yaml = s.yaml.unwrap();
+                let after = proposed(&mesh, Path::new("fix.yaml"), &yaml).unwrap();
+                assert_eq!(
+                    decide(&after, Some(&caller), org(to), request).verdict,
+                    Verdict::Allow
+                );
+                let d = diff(&mesh, &after, "cluster.local", &Rates::default());
+                let edges: Vec<_> = d
+                    .changes
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.from.workload.as_str(),
+                            c.to.workload.as_str(),
+                            c.after.decision,
+                        )
+                    })
+                    .collect();
+                assert!(
+                    edges.iter().all(|e| *e == (from, *to, Verdict::Allow)),
+                    "{from} -> {to}: {edges:?}\n{yaml}"
+                );
+                assert!(!edges.is_empty());
+                // and the file with the suggestion appended is a valid mesh.yaml
+                crate::config::parse(Path::new("mesh.yaml"), &format!("{text}---\n{yaml}"))
+                    .unwrap();
+            }
+        }
+    }
+}
