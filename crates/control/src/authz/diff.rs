@@ -264,15 +264,26 @@ pub fn diff(before: &Mesh, after: &Mesh, trust_domain: &str, rates: &Rates) -> D
                 }
                 let cases = std::iter::once(None).chain(routes.into_iter().map(Some));
                 for case in cases {
-                    let request = case.map(|m| Request {
-                        method: m.methods.first().map_or("GET", String::as_str),
-                        path: m.path_prefix.as_deref().unwrap_or("/"),
+                    // the route's methods one by one (GET when it names none): the first whose
+                    // verdict changes is reported
+                    let methods: Vec<&str> = match case {
+                        Some(m) if !m.methods.is_empty() => {
+                            m.methods.iter().map(String::as_str).collect()
+                        }
+                        _ => vec!["GET"],
+                    };
+                    let changed = methods.into_iter().find_map(|method| {
+                        let request = case.map(|m| Request {
+                            method,
+                            path: m.path_prefix.as_deref().unwrap_or("/"),
+                        });
+                        let b = decide(before, Some(&id), t, request);
+                        let a = decide(after, Some(&id), t, request);
+                        (a.verdict != b.verdict).then_some((b, a))
                     });
-                    let b = decide(before, Some(&id), t, request);
-                    let a = decide(after, Some(&id), t, request);
-                    if a.verdict == b.verdict {
+                    let Some((b, a)) = changed else {
                         continue;
-                    }
+                    };
                     changes.push(Change {
                         from: Caller {
                             id: id.to_string(),

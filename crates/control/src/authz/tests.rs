@@ -468,6 +468,35 @@ mod diffs {
     }
 
     #[test]
+    fn a_route_losing_one_of_its_methods_is_reported() {
+        let policy = |methods: &str| {
+            format!(
+                "apiVersion: onemesh.dev/v1
+kind: AuthorizationPolicy
+metadata: {{name: card-v2, namespace: card}}
+spec:
+  target: {{workload: card, port: 8080}}
+  routes: [{{methods: [{methods}], pathPrefix: /v2}}]
+  from: {{namespaces: [pg]}}
+"
+            )
+        };
+        let base = mesh_of(MESH);
+        let before = proposed(&base, Path::new("a.yaml"), &policy("GET, POST")).unwrap();
+        let after = proposed(&before, Path::new("b.yaml"), &policy("GET")).unwrap();
+        let d = diff(&before, &after, "cluster.local", &Rates::default());
+        let lost: Vec<_> = d
+            .changes
+            .iter()
+            .filter(|c| c.from.workload == "pg")
+            .collect();
+        assert_eq!(lost.len(), 1, "{:?}", d.changes);
+        let route = lost[0].route.as_ref().unwrap();
+        assert_eq!(route.methods, vec!["GET", "POST"]);
+        assert_eq!(lost[0].after.decision, Verdict::Deny);
+    }
+
+    #[test]
     fn policy_documents_replace_by_name_and_add_otherwise() {
         let body = "apiVersion: onemesh.dev/v1
 kind: AuthorizationPolicy
