@@ -81,6 +81,7 @@
 //! (`token-bindings.json`, see [`bindings`]), all in the state directory, and, in memory, the
 //! registry of connected proxies' trust reports.
 
+pub mod authz;
 pub mod bindings;
 pub mod config;
 pub mod health;

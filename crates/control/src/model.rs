@@ -24,8 +24,8 @@ use std::net::{IpAddr, SocketAddr};
 use onemesh_identity::SpiffeId;
 
 pub use crate::config::{
-    Backend, CircuitBreaker, Fault, HttpMatch, Problem, Protocol, RateLimits, Retry, RetryOn,
-    RouteRules, SuccessRate, WorkloadPort,
+    Backend, CircuitBreaker, Fault, HttpMatch, PolicyMode, Problem, Protocol, RateLimits, Retry,
+    RetryOn, RouteRules, SuccessRate, WorkloadPort,
 };
 use crate::config::{MeshConfig, TargetPort};
 use crate::state::Instance as LocalInstance;
@@ -102,6 +102,9 @@ impl ModelError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Namespace {
     pub name: String,
+    /// The mode of the default on the ports of its workloads that no policy covers (mesh.yaml
+    /// `spec.defaultPolicyMode`; Kubernetes: the annotation `onemesh.dev/default-policy-mode`).
+    pub default_mode: PolicyMode,
     pub origin: Origin,
 }
 
@@ -186,6 +189,8 @@ pub struct Policy {
     pub from_identities: Vec<SpiffeId>,
     pub from_namespaces: Vec<String>,
     pub from_unauthenticated: bool,
+    /// What a denial by the policies on a port does (see [`PolicyMode`]).
+    pub mode: PolicyMode,
     pub origin: Origin,
 }
 
@@ -237,6 +242,7 @@ impl Mesh {
                 ns.meta.name.clone(),
                 Namespace {
                     name: ns.meta.name.clone(),
+                    default_mode: ns.default_mode,
                     origin: Origin::File { line: ns.meta.line },
                 },
             );
@@ -326,6 +332,7 @@ impl Mesh {
                 from_identities: p.from_identities.clone(),
                 from_namespaces: p.from_namespaces.clone(),
                 from_unauthenticated: p.from_unauthenticated,
+                mode: p.mode,
                 origin: Origin::File { line: p.meta.line },
             })
             .collect();
@@ -443,6 +450,43 @@ pub mod check {
         } else {
             Err(Problem::BadPathPrefix(p.into()))
         }
+    }
+
+    /// A policy mode: `enforce` or `audit`.
+    pub fn mode(s: &str) -> Result<super::PolicyMode, Problem> {
+        match s {
+            "enforce" => Ok(super::PolicyMode::Enforce),
+            "audit" => Ok(super::PolicyMode::Audit),
+            _ => Err(Problem::BadMode(s.into())),
+        }
+    }
+
+    /// An identifier of a .proto: a letter or `_`, then letters, digits and `_`.
+    fn is_proto_ident(s: &str) -> bool {
+        let mut bytes = s.bytes();
+        bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && s.len() <= 128
+    }
+
+    /// A policy route's `grpc: {service, method}` as the path match it stands for: `POST` and
+    /// `/<service>/<method>`, or `/<service>/` for every method of the service. `service` is the
+    /// full dotted name (`pkg.v1.Service`), `method` the rpc's name.
+    pub fn grpc_route(service: &str, method: Option<&str>) -> Result<super::HttpMatch, Problem> {
+        if service.len() > 512 || !service.split('.').all(is_proto_ident) {
+            return Err(Problem::BadGrpcService(service.into()));
+        }
+        let path = match method {
+            Some(m) if is_proto_ident(m) => format!("/{service}/{m}"),
+            Some(m) => return Err(Problem::BadGrpcMethod(m.into())),
+            None => format!("/{service}/"),
+        };
+        Ok(super::HttpMatch {
+            methods: vec!["POST".into()],
+            path_prefix: Some(path),
+        })
     }
 
     pub fn spiffe_id(value: &str) -> Result<SpiffeId, Problem> {

@@ -290,7 +290,7 @@ pub fn inbound(state: &MeshState, namespace: &str, workload: &str, port: u16) ->
                 .collect(),
             namespaces: policy.from_namespaces.clone(),
             unauthenticated: policy.from_unauthenticated,
-            mode: onemesh_api::policy::Mode::Enforce.into(),
+            mode: mode(policy.mode).into(),
         });
     }
     let mut ports: Vec<u32> = w.ports.iter().flat_map(|p| real_ports(p.port)).collect();
@@ -328,13 +328,27 @@ pub fn inbound(state: &MeshState, namespace: &str, workload: &str, port: u16) ->
         ports,
         rate_limits,
         faults,
-        default_mode: onemesh_api::policy::Mode::Enforce.into(),
+        default_mode: state
+            .mesh
+            .namespaces
+            .get(namespace)
+            .map_or(onemesh_api::policy::Mode::Enforce, |ns| {
+                mode(ns.default_mode)
+            })
+            .into(),
     }
 }
 
 /// The ports (as the inbound sees them) through which a route's service, or one of its
 /// backends, reaches `workload` (of the route's namespace): the target ports of its endpoints
 /// there. Empty when none of them selects the workload.
+fn mode(m: crate::config::PolicyMode) -> onemesh_api::policy::Mode {
+    match m {
+        crate::config::PolicyMode::Enforce => onemesh_api::policy::Mode::Enforce,
+        crate::config::PolicyMode::Audit => onemesh_api::policy::Mode::Audit,
+    }
+}
+
 fn route_ports_on(mesh: &Mesh, route: &crate::model::Route, workload: &str) -> Vec<u32> {
     let services =
         std::iter::once(&route.service).chain(route.rules.backends.iter().map(|b| &b.service));

@@ -121,3 +121,53 @@ fn unknown_field_wrong_type_and_bad_spiffe_id() {
         "{message}"
     );
 }
+
+#[test]
+fn bad_policy_mode_and_namespace_default() {
+    expect(
+        &BASE.replace(
+            "  from: {namespaces: [bank]}",
+            "  from: {namespaces: [bank]}\n  mode: warn",
+        ),
+        "21: spec.mode: \"warn\" is not a policy mode: use enforce or audit",
+    );
+    expect(
+        &BASE.replace(
+            "metadata: {name: bank}\n",
+            "metadata: {name: bank}\nspec: {defaultPolicyMode: off}\n",
+        ),
+        "4: spec.defaultPolicyMode: \"off\" is not a policy mode: use enforce or audit",
+    );
+    expect(
+        &BASE.replace(
+            "metadata: {name: bank}\n",
+            "metadata: {name: bank}\nspec: {mode: audit}\n",
+        ),
+        "4: spec.mode: unknown field: use one of defaultPolicyMode",
+    );
+}
+
+#[test]
+fn bad_grpc_route() {
+    expect(
+        &BASE.replace(
+            "  from: {namespaces: [bank]}",
+            "  routes: [{grpc: {service: pay.v1.Payments, method: Pay}, pathPrefix: /x}]\n  from: {namespaces: [bank]}",
+        ),
+        "20: spec.routes[0].grpc: grpc cannot be combined with methods or pathPrefix in the same route: it stands for POST /<service>/<method>; write two route entries",
+    );
+    expect(
+        &BASE.replace(
+            "  from: {namespaces: [bank]}",
+            "  routes: [{grpc: {service: pay-v1.Payments}}]\n  from: {namespaces: [bank]}",
+        ),
+        "20: spec.routes[0].grpc.service: \"pay-v1.Payments\" is not a grpc service name: use its full dotted name as in the .proto, e.g. pay.v1.Payments",
+    );
+    expect(
+        &BASE.replace(
+            "  from: {namespaces: [bank]}",
+            "  routes: [{grpc: {service: pay.v1.Payments, method: 1Pay}}]\n  from: {namespaces: [bank]}",
+        ),
+        "20: spec.routes[0].grpc.method: \"1Pay\" is not a grpc method name: use the rpc's name as in the .proto, e.g. Authorize",
+    );
+}

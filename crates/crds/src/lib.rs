@@ -53,6 +53,7 @@ pub const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
     doc = "Who may call a namespace, a workload or one of its ports (DESIGN.md: deny between namespaces unless allowed).",
     printcolumn(name = "Workload", type_ = "string", json_path = ".spec.target.workload", description = "target workload (empty: every workload of the namespace)"),
     printcolumn(name = "Port", type_ = "integer", json_path = ".spec.target.port", description = "target port (empty: every port)"),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode", description = "enforce (empty) or audit"),
     printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status", description = "whether the control plane uses it"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].reason", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
@@ -66,9 +67,62 @@ pub struct AuthorizationPolicySpec {
     pub target: Option<Target>,
     /// Requests allowed: any one match is enough; absent: every request (and TCP connection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub routes: Option<Vec<HttpMatch>>,
+    pub routes: Option<Vec<PolicyRoute>>,
     /// Callers allowed: any one of the three is enough; `from: {}` allows nobody.
     pub from: From,
+    /// `enforce` (default) refuses what the policies on a port deny; `audit` lets it through,
+    /// counted and logged as `would_deny`. One enforce policy on a port keeps denials enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "mode_schema")]
+    pub mode: Option<String>,
+}
+
+/// The modes a policy (or a namespace's default) may have.
+pub const POLICY_MODES: [&str; 2] = ["enforce", "audit"];
+
+/// The Namespace annotation that sets the mode of its default (`enforce` when absent): `audit`
+/// lets the callers the default would deny (other namespaces, unauthenticated) through as
+/// `would_deny`.
+pub const DEFAULT_POLICY_MODE_ANNOTATION: &str = "onemesh.dev/default-policy-mode";
+
+/// A gRPC service name as in the .proto: dotted identifiers, `pkg.v1.Service`.
+pub const GRPC_SERVICE_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)*$";
+/// A gRPC method name: one identifier.
+pub const GRPC_METHOD_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*$";
+
+/// One entry of an AuthorizationPolicy's `routes`: methods and a path prefix, or a gRPC service
+/// (and method), which stands for `POST /<service>/<method>` (not both in one entry).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.grpc) || (!has(self.methods) && !has(self.pathPrefix))",
+    "message": "grpc cannot be combined with methods or pathPrefix in the same route: write two route entries",
+}]))]
+pub struct PolicyRoute {
+    /// Upper-case HTTP methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "methods_schema")]
+    pub methods: Option<Vec<String>>,
+    /// A path prefix starting with `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = "^/"))]
+    pub path_prefix: Option<String>,
+    /// A gRPC service, or one of its methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcMatch>,
+}
+
+/// `grpc` of a policy route.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcMatch {
+    /// The full service name, e.g. `pay.v1.Payments`.
+    #[schemars(length(min = 1, max = 512), regex(pattern = GRPC_SERVICE_PATTERN))]
+    pub service: String,
+    /// One rpc of the service, e.g. `Authorize`; absent: every method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = GRPC_METHOD_PATTERN))]
+    pub method: Option<String>,
 }
 
 /// `spec.target` of an AuthorizationPolicy.
@@ -482,6 +536,10 @@ fn namespaces_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "maxLength": 63,
         "pattern": DNS_LABEL_PATTERN,
     }))
+}
+
+fn mode_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": POLICY_MODES})
 }
 
 fn condition_status_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -71,3 +71,31 @@ fn a_policy_decodes_from_the_mesh_yaml_shape() {
     .unwrap();
     assert_eq!(route.matches.unwrap().path_prefix.as_deref(), Some("/"));
 }
+
+#[test]
+fn policy_schema_has_modes_and_grpc_routes() {
+    let s = schema(&AuthorizationPolicy::crd());
+    let spec = &s["properties"]["spec"]["properties"];
+    assert_eq!(
+        spec["mode"]["enum"],
+        serde_json::json!(["enforce", "audit"])
+    );
+    let route = &spec["routes"]["items"];
+    let grpc = &route["properties"]["grpc"];
+    assert_eq!(grpc["required"], serde_json::json!(["service"]));
+    assert_eq!(
+        grpc["properties"]["service"]["pattern"],
+        GRPC_SERVICE_PATTERN
+    );
+    let rules = serde_json::to_string(&route["x-kubernetes-validations"]).unwrap();
+    assert!(rules.contains("!has(self.grpc)"), "{rules}");
+    let policy: AuthorizationPolicySpec = serde_json::from_value(serde_json::json!({
+        "mode": "audit",
+        "routes": [{"grpc": {"service": "pay.v1.Payments", "method": "Pay"}}],
+        "from": {"namespaces": ["pg"]},
+    }))
+    .unwrap();
+    assert_eq!(policy.mode.as_deref(), Some("audit"));
+    let grpc = policy.routes.unwrap()[0].grpc.clone().unwrap();
+    assert_eq!(grpc.method.as_deref(), Some("Pay"));
+}

@@ -247,6 +247,18 @@ pub enum Problem {
     NoBreakerRule,
     #[error("maxEjection {max:?} is shorter than baseEjection {base:?}: make it at least as long")]
     EjectionOrder { base: Duration, max: Duration },
+    #[error("{0:?} is not a policy mode: use enforce or audit")]
+    BadMode(String),
+    #[error(
+        "{0:?} is not a grpc service name: use its full dotted name as in the .proto, e.g. pay.v1.Payments"
+    )]
+    BadGrpcService(String),
+    #[error("{0:?} is not a grpc method name: use the rpc's name as in the .proto, e.g. Authorize")]
+    BadGrpcMethod(String),
+    #[error(
+        "grpc cannot be combined with methods or pathPrefix in the same route: it stands for POST /<service>/<method>; write two route entries"
+    )]
+    GrpcWithHttpMatch,
 }
 
 /// How a workload port speaks: HTTP (detected as HTTP/1 or HTTP/2) or opaque TCP.
@@ -255,6 +267,31 @@ pub enum Protocol {
     #[default]
     Http,
     Opaque,
+}
+
+/// What a policy denial does: `enforce` refuses the request; `audit` lets it through, counted and
+/// logged as `would_deny` (a dry run before enforcing). The default is `enforce`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub enum PolicyMode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+impl PolicyMode {
+    /// As written in mesh.yaml, the CRD and the annotation.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyMode::Enforce => "enforce",
+            PolicyMode::Audit => "audit",
+        }
+    }
+}
+
+impl fmt::Display for PolicyMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `metadata` of a resource, and the line where the resource starts (for messages).
@@ -270,6 +307,9 @@ pub struct Meta {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Namespace {
     pub meta: Meta,
+    /// `spec.defaultPolicyMode`: the mode of the default (same namespace allowed, others denied)
+    /// on the ports of its workloads that no policy covers.
+    pub default_mode: PolicyMode,
 }
 
 /// `kind: Workload`: a program with an identity (its service account) and the ports it serves.
@@ -343,6 +383,8 @@ pub struct AuthorizationPolicy {
     pub from_identities: Vec<SpiffeId>,
     pub from_namespaces: Vec<String>,
     pub from_unauthenticated: bool,
+    /// `spec.mode`.
+    pub mode: PolicyMode,
 }
 
 /// `kind: Route`: per-request settings for requests to a service that match.
@@ -668,9 +710,15 @@ fn duplicate(errors: &mut Errors, kind: &'static str, r: &Resource<'_>, first: &
 }
 
 fn namespace(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
-    if let Some(spec) = &r.spec {
-        // A Namespace has no settings yet; accept an empty `spec: {}` only.
-        spec.map(errors, &[]);
+    let mut default_mode = PolicyMode::Enforce;
+    if let Some(spec) = r
+        .spec
+        .as_ref()
+        .and_then(|s| s.map(errors, &["defaultPolicyMode"]))
+        && let Some(n) = spec.optional("defaultPolicyMode")
+        && let Some(mode) = policy_mode(errors, &n)
+    {
+        default_mode = mode;
     }
     if r.meta.name == crate::pki::CONTROL_NAMESPACE {
         // A workload there could be issued the control plane's own id and answer in its place.
@@ -684,8 +732,21 @@ fn namespace(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
         duplicate(errors, "Namespace", &r, &first.meta.clone());
         return;
     }
-    mesh.namespaces
-        .insert(r.meta.name.clone(), Namespace { meta: r.meta });
+    mesh.namespaces.insert(
+        r.meta.name.clone(),
+        Namespace {
+            meta: r.meta,
+            default_mode,
+        },
+    );
+}
+
+/// `enforce` or `audit`, reported at the node otherwise.
+fn policy_mode(errors: &mut Errors, n: &Node<'_>) -> Option<PolicyMode> {
+    let text = n.str(errors)?;
+    check::mode(text)
+        .map_err(|p| errors.push(n.line(), &n.path, p))
+        .ok()
 }
 
 fn workload(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
@@ -1109,9 +1170,13 @@ fn policy(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
     let Some(spec) = r
         .spec
         .as_ref()
-        .and_then(|s| s.map(errors, &["target", "routes", "from"]))
+        .and_then(|s| s.map(errors, &["target", "routes", "from", "mode"]))
     else {
         return;
+    };
+    let mode = match spec.optional("mode") {
+        None => Some(PolicyMode::Enforce),
+        Some(n) => policy_mode(errors, &n),
     };
     let namespace = r.meta.namespace.clone();
     let mut ok = ns_ok;
@@ -1194,8 +1259,8 @@ fn policy(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
             Some(items) => {
                 for item in items {
                     match item
-                        .map(errors, &["methods", "pathPrefix"])
-                        .and_then(|m| http_match(errors, &m))
+                        .map(errors, &["methods", "pathPrefix", "grpc"])
+                        .and_then(|m| policy_route(errors, &m))
                     {
                         Some(m) => routes.push(m),
                         None => ok = false,
@@ -1245,6 +1310,7 @@ fn policy(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
         }
         None => ok = false,
     }
+    let Some(mode) = mode else { return };
     if !ok {
         return;
     }
@@ -1264,7 +1330,43 @@ fn policy(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {
         from_identities: identities,
         from_namespaces: namespaces,
         from_unauthenticated: unauthenticated,
+        mode,
     });
+}
+
+/// One entry of a policy's `routes`: `methods` and `pathPrefix`, or `grpc: {service, method}`
+/// (turned into the path match it stands for, see [`check::grpc_route`]).
+fn policy_route(errors: &mut Errors, map: &Map<'_>) -> Option<HttpMatch> {
+    let Some(g) = map.optional("grpc") else {
+        return http_match(errors, map);
+    };
+    if map.optional("methods").is_some() || map.optional("pathPrefix").is_some() {
+        errors.push(g.line(), &g.path, Problem::GrpcWithHttpMatch);
+        return None;
+    }
+    let grpc = g.map(errors, &["service", "method"])?;
+    let service_node = grpc.required(errors, "service");
+    let service = service_node.as_ref().and_then(|n| n.str(errors));
+    let method_node = grpc.optional("method");
+    let method = match &method_node {
+        None => Some(None),
+        Some(n) => n.str(errors).map(Some),
+    };
+    let (Some(service), Some(method)) = (service, method) else {
+        return None;
+    };
+    match check::grpc_route(service, method) {
+        Ok(m) => Some(m),
+        Err(p) => {
+            let at = match (&p, &method_node, &service_node) {
+                (Problem::BadGrpcMethod(_), Some(n), _) => n,
+                (_, _, Some(n)) => n,
+                _ => &g,
+            };
+            errors.push(at.line(), &at.path, p);
+            None
+        }
+    }
 }
 
 fn route(errors: &mut Errors, mesh: &mut Parse, r: Resource<'_>) {

@@ -852,3 +852,109 @@ fn rate_limit_policy_refused_with_the_field_to_fix() {
         assert!(is(&errors[0].problem), "{spec}: {:?}", errors[0].problem);
     }
 }
+
+#[test]
+fn modes_are_read_and_default_to_enforce() {
+    let mesh = parse(Path::new("mesh.yaml"), GOOD).unwrap();
+    assert_eq!(mesh.policies[0].mode, PolicyMode::Enforce);
+    assert_eq!(mesh.namespaces["bank"].default_mode, PolicyMode::Enforce);
+    let text = edit(
+        "metadata: {name: bank}\n",
+        "metadata: {name: bank}\nspec: {defaultPolicyMode: audit}\n",
+    )
+    .replace(
+        "  target: {workload: bank, port: 8080}",
+        "  mode: audit\n  target: {workload: bank, port: 8080}",
+    );
+    let mesh = parse(Path::new("mesh.yaml"), &text).unwrap();
+    assert_eq!(mesh.policies[0].mode, PolicyMode::Audit);
+    assert_eq!(mesh.namespaces["bank"].default_mode, PolicyMode::Audit);
+    assert_eq!(mesh.namespaces["card"].default_mode, PolicyMode::Enforce);
+}
+
+#[test]
+fn a_bad_mode_is_reported_at_its_line() {
+    let text = edit(
+        "  target: {workload: bank, port: 8080}",
+        "  mode: dry-run\n  target: {workload: bank, port: 8080}",
+    );
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].line, line_of(&text, "mode: dry-run"));
+    assert_eq!(errors[0].field, "spec.mode");
+    assert!(matches!(errors[0].problem, Problem::BadMode(_)));
+    let text = edit(
+        "metadata: {name: card}\n",
+        "metadata: {name: card}\nspec: {defaultPolicyMode: Audit}\n",
+    );
+    let errors = errors_of(&text);
+    assert_eq!(errors[0].field, "spec.defaultPolicyMode");
+    assert_eq!(errors[0].line, line_of(&text, "defaultPolicyMode"));
+}
+
+#[test]
+fn grpc_routes_become_the_path_match_they_stand_for() {
+    let text = edit(
+        "  routes: [{methods: [POST], pathPrefix: /v1/}]",
+        "  routes:\n    - grpc: {service: pay.v1.Payments, method: Authorize}\n    - grpc: {service: pay.v1.Refunds}\n    - {methods: [GET]}",
+    );
+    let mesh = parse(Path::new("mesh.yaml"), &text).unwrap();
+    let routes = &mesh.policies[0].routes;
+    assert_eq!(routes[0].methods, vec!["POST"]);
+    assert_eq!(
+        routes[0].path_prefix.as_deref(),
+        Some("/pay.v1.Payments/Authorize")
+    );
+    assert_eq!(routes[1].path_prefix.as_deref(), Some("/pay.v1.Refunds/"));
+    assert_eq!(routes[2].methods, vec!["GET"]);
+}
+
+#[test]
+fn bad_grpc_routes_are_reported_at_their_field() {
+    for (route, field, want) in [
+        (
+            "{grpc: {service: pay.v1.Payments}, methods: [GET]}",
+            "spec.routes[0].grpc",
+            "cannot be combined",
+        ),
+        (
+            "{grpc: {service: pay..Payments}}",
+            "spec.routes[0].grpc.service",
+            "not a grpc service name",
+        ),
+        (
+            "{grpc: {service: /pay.Payments/Pay}}",
+            "spec.routes[0].grpc.service",
+            "not a grpc service name",
+        ),
+        (
+            "{grpc: {service: pay.Payments, method: Pay/x}}",
+            "spec.routes[0].grpc.method",
+            "not a grpc method name",
+        ),
+        (
+            "{grpc: {method: Pay}}",
+            "spec.routes[0].grpc.service",
+            "missing required field",
+        ),
+        (
+            "{grpc: {service: pay.Payments, verb: Pay}}",
+            "spec.routes[0].grpc.verb",
+            "use one of service, method",
+        ),
+    ] {
+        let text = edit(
+            "  routes: [{methods: [POST], pathPrefix: /v1/}]",
+            &format!("  routes:\n    - {route}"),
+        );
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1, "{route}: {errors:?}");
+        assert_eq!(errors[0].field, field, "{route}");
+        assert_eq!(errors[0].line, line_of(&text, "grpc"), "{route}");
+        assert!(
+            errors[0].to_string().contains(want),
+            "{route}: {}",
+            errors[0]
+        );
+    }
+}

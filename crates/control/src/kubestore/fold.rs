@@ -44,7 +44,8 @@ use kube::api::DynamicObject;
 use kube::{Resource, ResourceExt};
 
 use crate::config::{
-    Fault, FaultAbort, FaultDelay, FaultHeader, HttpMatch, Percent, Problem, Protocol, WorkloadPort,
+    Fault, FaultAbort, FaultDelay, FaultHeader, HttpMatch, Percent, PolicyMode, Problem, Protocol,
+    WorkloadPort,
 };
 use crate::model::{
     Backend, CircuitBreaker, Endpoint, Instance, Mesh, ModelError, Namespace, Origin, Policy,
@@ -306,6 +307,23 @@ pub fn is_meshed(ns: &K8sNamespace) -> bool {
         && ns.name_any() != crate::pki::CONTROL_NAMESPACE
 }
 
+/// The mode of a namespace's default: its annotation `onemesh.dev/default-policy-mode`
+/// (`enforce` when absent), or what is wrong with it.
+pub fn default_policy_mode(ns: &K8sNamespace) -> Result<PolicyMode, String> {
+    match ns
+        .annotations()
+        .get(onemesh_crds::DEFAULT_POLICY_MODE_ANNOTATION)
+    {
+        None => Ok(PolicyMode::Enforce),
+        Some(v) => check::mode(v.trim()).map_err(|p| {
+            format!(
+                "metadata.annotations[{}]: {p}",
+                onemesh_crds::DEFAULT_POLICY_MODE_ANNOTATION
+            )
+        }),
+    }
+}
+
 /// What the control plane made of one onemesh object: the `Accepted` condition to write on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
@@ -331,11 +349,28 @@ pub fn build(cache: &Cache) -> (Mesh, Vec<Verdict>) {
 pub fn build_all(cache: &Cache) -> (Mesh, Vec<Verdict>, Vec<super::gateway::RouteStatus>) {
     let meshed = cache.meshed();
     let mut mesh = Mesh::default();
+    let ns_objects: BTreeMap<String, &K8sNamespace> = cache
+        .of(Kind::Namespace)
+        .filter_map(|o| match o {
+            Object::Namespace(ns) => Some((ns.name_any(), ns)),
+            _ => None,
+        })
+        .collect();
     for ns in &meshed {
+        let default_mode = match ns_objects.get(ns).map(|o| default_policy_mode(o)) {
+            Some(Ok(mode)) => mode,
+            Some(Err(e)) => {
+                // (a Namespace has no status of ours to write: the control plane's log says it)
+                tracing::warn!(namespace = %ns, "{e}; the namespace's default stays enforce");
+                PolicyMode::Enforce
+            }
+            None => PolicyMode::Enforce,
+        };
         mesh.namespaces.insert(
             ns.clone(),
             Namespace {
                 name: ns.clone(),
+                default_mode,
                 origin: Origin::Object {
                     kind: "Namespace",
                     namespace: String::new(),
@@ -854,6 +889,33 @@ fn http_match(p: &mut Problems, field: &str, m: &onemesh_crds::HttpMatch) -> Htt
     out
 }
 
+/// One entry of a policy's `routes`: an HTTP match, or `grpc` turned into the one it stands for.
+fn policy_route(p: &mut Problems, field: &str, r: &onemesh_crds::PolicyRoute) -> Option<HttpMatch> {
+    let Some(g) = &r.grpc else {
+        return Some(http_match(
+            p,
+            field,
+            &onemesh_crds::HttpMatch {
+                methods: r.methods.clone(),
+                path_prefix: r.path_prefix.clone(),
+            },
+        ));
+    };
+    if r.methods.is_some() || r.path_prefix.is_some() {
+        return p.check(&format!("{field}.grpc"), Err(Problem::GrpcWithHttpMatch));
+    }
+    match check::grpc_route(&g.service, g.method.as_deref()) {
+        Ok(m) => Some(m),
+        Err(problem) => {
+            let at = match problem {
+                Problem::BadGrpcMethod(_) => format!("{field}.grpc.method"),
+                _ => format!("{field}.grpc.service"),
+            };
+            p.check(&at, Err(problem))
+        }
+    }
+}
+
 /// An AuthorizationPolicy object in the model, or every problem it has.
 pub fn policy(obj: &DynamicObject) -> Result<Policy, Vec<ModelError>> {
     let origin = dyn_origin("AuthorizationPolicy", obj);
@@ -878,8 +940,12 @@ pub fn policy(obj: &DynamicObject) -> Result<Policy, Vec<ModelError>> {
         .iter()
         .flatten()
         .enumerate()
-        .map(|(i, m)| http_match(&mut p, &format!("spec.routes[{i}]"), m))
+        .filter_map(|(i, m)| policy_route(&mut p, &format!("spec.routes[{i}]"), m))
         .collect();
+    let mode = match spec.mode.as_deref() {
+        None => Some(PolicyMode::Enforce),
+        Some(m) => p.check("spec.mode", check::mode(m)),
+    };
     let from_identities = spec
         .from
         .identities
@@ -896,9 +962,9 @@ pub fn policy(obj: &DynamicObject) -> Result<Policy, Vec<ModelError>> {
         .enumerate()
         .filter_map(|(i, ns)| p.check(&format!("spec.from.namespaces[{i}]"), check::name(ns)))
         .collect();
-    if !p.errors.is_empty() {
+    let (true, Some(mode)) = (p.errors.is_empty(), mode) else {
         return Err(p.errors);
-    }
+    };
     Ok(Policy {
         namespace: obj.namespace().unwrap_or_default(),
         name: obj.name_any(),
@@ -908,6 +974,7 @@ pub fn policy(obj: &DynamicObject) -> Result<Policy, Vec<ModelError>> {
         from_identities,
         from_namespaces,
         from_unauthenticated: spec.from.unauthenticated.unwrap_or(false),
+        mode,
         origin,
     })
 }

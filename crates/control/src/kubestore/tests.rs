@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use serde_json::json;
 
 use super::fold::*;
-use crate::model::Mesh;
+use crate::model::{Mesh, PolicyMode};
 
 fn ns(name: &str, meshed: bool) -> Object {
     let labels = if meshed {
@@ -713,5 +713,78 @@ fn a_route_circuit_breaker_is_checked_like_mesh_yaml() {
     assert!(
         problems[0].contains("spec.circuitBreaker.maxEjection"),
         "{problems:?}"
+    );
+}
+
+fn annotated_ns(name: &str, mode: &str) -> Object {
+    Object::Namespace(
+        serde_json::from_value(json!({"metadata": {
+            "name": name,
+            "labels": {"onemesh.dev/mesh": "enabled"},
+            "annotations": {"onemesh.dev/default-policy-mode": mode},
+        }}))
+        .unwrap(),
+    )
+}
+
+#[test]
+fn a_namespace_annotation_sets_its_default_mode_and_a_bad_one_keeps_enforce() {
+    let mut objects = base();
+    objects.push(annotated_ns("audited", "audit"));
+    objects.push(annotated_ns("typo", "audti"));
+    objects.push(ns("plain", true));
+    let m = mesh(&listed(objects));
+    assert_eq!(m.namespaces["audited"].default_mode, PolicyMode::Audit);
+    assert_eq!(m.namespaces["typo"].default_mode, PolicyMode::Enforce);
+    assert_eq!(m.namespaces["plain"].default_mode, PolicyMode::Enforce);
+    assert_eq!(m.namespaces["shop"].default_mode, PolicyMode::Enforce);
+}
+
+#[test]
+fn a_policy_mode_and_grpc_routes_fold_like_mesh_yaml() {
+    let mut objects = base();
+    objects.push(policy(
+        "shop",
+        "grpc",
+        json!({"mode": "audit", "routes": [{"grpc": {"service": "pay.v1.Payments", "method": "Pay"}}, {"grpc": {"service": "pay.v1.Refunds"}}], "from": {"namespaces": ["bank"]}}),
+    ));
+    objects.push(policy(
+        "shop",
+        "mixed",
+        json!({"routes": [{"grpc": {"service": "pay.v1.Payments"}, "methods": ["GET"]}], "from": {"namespaces": ["bank"]}}),
+    ));
+    objects.push(policy(
+        "shop",
+        "badmode",
+        json!({"mode": "dry-run", "routes": [{"grpc": {"service": "pay.v1.Payments", "method": "a/b"}}], "from": {}}),
+    ));
+    let (m, verdicts) = build(&listed(objects));
+    assert_eq!(m.policies.len(), 1, "{verdicts:?}");
+    let p = &m.policies[0];
+    assert_eq!(p.mode, PolicyMode::Audit);
+    assert_eq!(p.routes[0].methods, vec!["POST"]);
+    assert_eq!(
+        p.routes[0].path_prefix.as_deref(),
+        Some("/pay.v1.Payments/Pay")
+    );
+    assert_eq!(p.routes[1].path_prefix.as_deref(), Some("/pay.v1.Refunds/"));
+    let mixed = verdicts.iter().find(|v| v.name == "mixed").unwrap();
+    let problems = mixed.accepted.clone().unwrap_err();
+    assert!(
+        problems[0].contains("spec.routes[0].grpc: grpc cannot be combined"),
+        "{problems:?}"
+    );
+    let bad = verdicts.iter().find(|v| v.name == "badmode").unwrap();
+    let problems = bad.accepted.clone().unwrap_err();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("spec.mode: \"dry-run\" is not a policy mode"))
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("spec.routes[0].grpc.method"))
     );
 }

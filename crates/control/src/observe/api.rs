@@ -8,6 +8,8 @@
 //! | `GET /api/v1/workloads/{ns}/{name}/series?window=1h` | token | a workload's time series |
 //! | `GET /api/v1/routes`, `/api/v1/authz`, `/api/v1/targets` | token | routes, policies, scrape targets |
 //! | `GET /api/v1/tap?workload=ns/name&…` | token | live requests, NDJSON (see [`super::tap`]) |
+//! | `GET /api/v1/authz/explain?from=…&to=ns/name&port=…&method=…&path=…` | token | the target proxy's decision and a fix ([`crate::authz::explain`]) |
+//! | `POST /api/v1/authz/diff?window=1m&file=NAME` (body: yaml) | token | edges a policy change would change ([`crate::authz::diff`]) |
 //!
 //! "token": `Authorization: Bearer <token>` or the cookie `onemesh_session` that `/login` sets
 //! (`HttpOnly; SameSite=Strict`, so another site's page cannot send it). Every answer is
@@ -27,6 +29,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Shared, assets, tap};
 
+#[cfg(test)]
+mod authz_tests;
 #[cfg(test)]
 mod tests;
 
@@ -64,12 +68,30 @@ where
             let form = String::from_utf8_lossy(&form).into_owned();
             login(shared, param(&form, "token").as_deref())
         }
+        (&Method::GET, "/api/v1/authz/explain") => {
+            if !authenticated(shared, &req) {
+                return unauthorized();
+            }
+            authz_explain(shared, &query).await
+        }
+        (&Method::POST, "/api/v1/authz/diff") => {
+            if !authenticated(shared, &req) {
+                return unauthorized();
+            }
+            let body = match Limited::new(req.into_body(), MAX_DIFF_BODY).collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(_) => {
+                    return json_status(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &serde_json::json!({ "error": format!("the body is larger than {MAX_DIFF_BODY} bytes: send only the policies to compare") }),
+                    );
+                }
+            };
+            authz_diff(shared, &query, &body)
+        }
         (&Method::GET, p) if p.starts_with("/api/") => {
             if !authenticated(shared, &req) {
-                return json_status(
-                    StatusCode::UNAUTHORIZED,
-                    &serde_json::json!({ "error": "log in: send `Authorization: Bearer <token>` or open /login?token=<token> (local mode: `onemesh up` prints it; Kubernetes: `onemesh dashboard`)" }),
-                );
+                return unauthorized();
             }
             api(shared, p, &query)
         }
@@ -91,9 +113,62 @@ where
         },
         _ => text(
             StatusCode::METHOD_NOT_ALLOWED,
-            "only GET (and POST /login)\n",
+            "only GET (and POST /login, POST /api/v1/authz/diff)\n",
         ),
     }
+}
+
+/// The largest body `POST /api/v1/authz/diff` reads (a whole mesh.yaml).
+pub const MAX_DIFF_BODY: usize = 4 << 20;
+
+fn unauthorized() -> Response<Body> {
+    json_status(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({ "error": "log in: send `Authorization: Bearer <token>` or open /login?token=<token> (local mode: `onemesh up` prints it; Kubernetes: `onemesh dashboard`)" }),
+    )
+}
+
+/// `GET /api/v1/authz/explain`: the target proxy's own decision, relayed ([`crate::authz::explain`]).
+async fn authz_explain(shared: &Shared, query: &str) -> Response<Body> {
+    use crate::authz::explain::{ExplainQuery, explain};
+    let q = match ExplainQuery::parse(query) {
+        Ok(q) => q,
+        Err(e) => return bad_request(&e.to_string()),
+    };
+    let state = shared.state.borrow().clone();
+    match explain(&state.mesh, &shared.trust_domain, &shared.credentials, &q).await {
+        Ok(answer) => json(&answer),
+        Err(e) => json_status(e.status(), &serde_json::json!({ "error": e.to_string() })),
+    }
+}
+
+/// `POST /api/v1/authz/diff`: every edge whose decision the body would change, with its traffic
+/// in the window ([`crate::authz::diff`]).
+fn authz_diff(shared: &Shared, query: &str, body: &[u8]) -> Response<Body> {
+    use crate::authz::diff;
+    let window = match window_of(shared, query) {
+        Ok(w) => w,
+        Err(e) => return bad_request(&e),
+    };
+    let file = param(query, "file").unwrap_or_else(|| "body".to_string());
+    let Ok(text) = std::str::from_utf8(body) else {
+        return bad_request(&format!(
+            "{file}: the body is not utf-8 text: send the yaml file as is"
+        ));
+    };
+    let state = shared.state.borrow().clone();
+    let proposed = match diff::proposed(&state.mesh, std::path::Path::new(&file), text) {
+        Ok(m) => m,
+        Err(e) => return bad_request(&e.to_string()),
+    };
+    let edges = shared.window().overview(SystemTime::now(), window).edges;
+    let rates = diff::Rates::from_edges(&edges);
+    json(&diff::diff(
+        &state.mesh,
+        &proposed,
+        &shared.trust_domain,
+        &rates,
+    ))
 }
 
 fn api(shared: &Shared, path: &str, query: &str) -> Response<Body> {

@@ -270,3 +270,19 @@ fn inbound_carries_the_workloads_rate_limits_on_real_ports() {
     assert_eq!((identity.requests_per_second, identity.burst), (10, 20));
     assert!(inbound(&s, "bank", "bank-v2", 0).rate_limits.is_empty());
 }
+
+#[test]
+fn inbound_carries_the_policy_mode_and_the_namespace_default_mode() {
+    use crate::config::PolicyMode;
+    use onemesh_api::policy::Mode;
+    let mut s = state();
+    let policy = inbound(&s, "bank", "bank", 0);
+    assert_eq!(policy.authorizations[0].mode(), Mode::Enforce);
+    assert_eq!(policy.default_mode(), Mode::Enforce);
+    s.mesh.policies[0].mode = PolicyMode::Audit;
+    s.mesh.namespaces.get_mut("bank").unwrap().default_mode = PolicyMode::Audit;
+    let policy = inbound(&s, "bank", "bank", 0);
+    assert_eq!(policy.authorizations[0].mode(), Mode::Audit);
+    assert_eq!(policy.default_mode(), Mode::Audit);
+    assert_eq!(inbound(&s, "card", "card", 0).default_mode(), Mode::Enforce);
+}

@@ -16,6 +16,7 @@ fn mesh() -> Mesh {
         "shop".into(),
         Namespace {
             name: "shop".into(),
+            default_mode: Default::default(),
             origin: Origin::Derived,
         },
     );
