@@ -329,8 +329,80 @@ fn print_checks(lines: &[CheckLine]) -> bool {
     all
 }
 
+/// `onemesh authz <workload>`: the policies that apply to a workload, from mesh.yaml, with their
+/// decisions over the last minute when the control plane's API answers.
 pub async fn authz(dir: &Path, which: &str, out: Output) -> anyhow::Result<bool> {
     let layout = Layout::load(dir)?;
     let w = layout.workload(which)?;
-    crate::up::print_authz(&layout, w, out)
+    let mesh = crate::mesh::Mesh::load(&layout.config)?;
+    let mut rules = mesh.authz(&w.namespace, &w.name);
+    let window: Option<Vec<onemesh_window::api::AuthzStats>> =
+        match crate::observe::Api::locate(dir) {
+            Ok(api) => api.get("/api/v1/authz?window=60s").await.ok(),
+            Err(_) => None,
+        };
+    if let Some(stats) = &window {
+        for rule in &mut rules {
+            let mut d = crate::mesh::Decisions::default();
+            // A denial by several policies in force is counted under their joined names.
+            for s in stats.iter().filter(|s| {
+                s.namespace == w.namespace
+                    && s.workload == w.name
+                    && s.policy.split(',').any(|p| p == rule.name)
+            }) {
+                d.allowed += s.allowed;
+                d.denied += s.denied;
+                d.would_deny += s.would_deny;
+            }
+            rule.decisions = Some(d);
+        }
+    }
+    if out == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&rules)?);
+        return Ok(true);
+    }
+    if rules.iter().all(|r| r.is_default) {
+        println!(
+            "{}: no AuthorizationPolicy targets it; the default applies:",
+            w.key()
+        );
+    }
+    let count = |r: &crate::mesh::AuthzRule, f: fn(&crate::mesh::Decisions) -> u64| {
+        r.decisions.map_or("-".to_string(), |d| f(&d).to_string())
+    };
+    let rows: Vec<Vec<String>> = rules
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.mode.to_string(),
+                r.ports.clone(),
+                r.routes.clone(),
+                r.from.clone(),
+                count(r, |d| d.allowed),
+                count(r, |d| d.denied),
+                count(r, |d| d.would_deny),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        crate::table::render(
+            &[
+                "POLICY",
+                "MODE",
+                "PORTS",
+                "ROUTES",
+                "ALLOWED CALLERS",
+                "ALLOWED/1M",
+                "DENIED/1M",
+                "WOULD DENY/1M",
+            ],
+            &rows
+        )
+    );
+    if window.is_none() {
+        println!("(decisions: the control plane's API did not answer)");
+    }
+    Ok(true)
 }

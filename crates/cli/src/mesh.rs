@@ -43,10 +43,24 @@ pub struct Exposed {
 #[derive(Serialize)]
 pub struct AuthzRule {
     pub name: String,
+    /// `enforce`, or `audit` (denials let through as would-deny).
+    pub mode: &'static str,
     pub ports: String,
     pub routes: String,
     pub from: String,
     pub is_default: bool,
+    /// Its decisions over the last minute, from the control plane's window (absent when the
+    /// API did not answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decisions: Option<Decisions>,
+}
+
+/// A policy's decisions in the metrics window.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Decisions {
+    pub allowed: u64,
+    pub denied: u64,
+    pub would_deny: u64,
 }
 
 impl Mesh {
@@ -140,6 +154,7 @@ impl Mesh {
                 }
                 AuthzRule {
                     name: p.meta.name.clone(),
+                    mode: p.mode.as_str(),
                     ports: p.target_port.map_or("all".into(), |p| p.to_string()),
                     routes: if routes.is_empty() {
                         "all".into()
@@ -152,16 +167,24 @@ impl Mesh {
                         from.join(", ")
                     },
                     is_default: false,
+                    decisions: None,
                 }
             })
             .collect();
         if rules.is_empty() {
+            let mode = self
+                .config
+                .namespaces
+                .get(namespace)
+                .map_or("enforce", |n| n.default_mode.as_str());
             return vec![AuthzRule {
                 name: "default:same-namespace".into(),
+                mode,
                 ports: "all".into(),
                 routes: "all".into(),
                 from: format!("meshed callers in namespace {namespace}"),
                 is_default: true,
+                decisions: None,
             }];
         }
         rules

@@ -26,7 +26,6 @@ use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::Output;
 use crate::commands::Check;
 use crate::layout::{self, Layout};
 use crate::mesh::{Mesh, MeshWorkload};
@@ -876,36 +875,4 @@ pub fn policy_checks(layout: &Layout) -> Vec<Check> {
             hint: format!("{e:#}"),
         }],
     }
-}
-
-/// `onemesh authz`: the policies that apply to a workload, from mesh.yaml.
-pub fn print_authz(layout: &Layout, w: &layout::Workload, out: Output) -> anyhow::Result<bool> {
-    let mesh = Mesh::load(&layout.config)?;
-    let rules = mesh.authz(&w.namespace, &w.name);
-    if out == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&rules)?);
-        return Ok(true);
-    }
-    if rules.iter().all(|r| r.is_default) {
-        println!(
-            "{}: no AuthorizationPolicy targets it; the default applies:",
-            w.key()
-        );
-    }
-    let rows: Vec<Vec<String>> = rules
-        .iter()
-        .map(|r| {
-            vec![
-                r.name.clone(),
-                r.ports.clone(),
-                r.routes.clone(),
-                r.from.clone(),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        crate::table::render(&["POLICY", "PORTS", "ROUTES", "ALLOWED CALLERS"], &rows)
-    );
-    Ok(true)
 }
