@@ -65,7 +65,7 @@ use crate::metrics::{
     ReasonLabels, RouteLabels, RouteMetrics, TcpGuard, Tls,
 };
 use crate::orig_dst::original_dst;
-use crate::policy::{Authorizations, PortRefusal, authorize, check_port, plain_target};
+use crate::policy::{Authorizations, PortRefusal, Verdict, authorize, check_port, plain_target};
 use crate::pool::{self, Http1Pool};
 use crate::server::{self, HttpLimits, HttpService};
 use crate::telemetry;
@@ -153,6 +153,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Limits the warnings about refused target ports.
     refusal_warnings: Throttle,
+    /// Limits the warnings about requests let through in audit mode.
+    would_deny_warnings: Throttle,
 }
 
 impl Inbound {
@@ -175,6 +177,7 @@ impl Inbound {
                 plain,
                 metrics,
                 refusal_warnings: Throttle::new(REFUSAL_WARNING_INTERVAL),
+                would_deny_warnings: Throttle::new(REFUSAL_WARNING_INTERVAL),
             }),
         }
     }
@@ -411,27 +414,32 @@ impl Inbound {
             conn.client.as_ref(),
             None,
         );
-        if !decision.allowed {
-            self.inner
-                .metrics
-                .authz_deny_total
-                .get_or_create(&DenyLabels {
-                    edge: conn.edge.clone(),
-                    policy: decision.policy,
-                    kind: "tcp",
-                })
-                .inc();
-            return;
+        match decision.verdict {
+            Verdict::Deny => {
+                self.inner
+                    .metrics
+                    .authz_deny_total
+                    .get_or_create(&DenyLabels {
+                        edge: conn.edge.clone(),
+                        policy: decision.policy,
+                        kind: "tcp",
+                    })
+                    .inc();
+                return;
+            }
+            Verdict::WouldDeny => self.would_deny(conn, &decision.policy, "tcp", None),
+            Verdict::Allow => {
+                self.inner
+                    .metrics
+                    .authz_allow_total
+                    .get_or_create(&AuthzLabels {
+                        edge: conn.edge.clone(),
+                        policy: decision.policy,
+                        kind: "tcp",
+                    })
+                    .inc();
+            }
         }
-        self.inner
-            .metrics
-            .authz_allow_total
-            .get_or_create(&AuthzLabels {
-                edge: conn.edge.clone(),
-                policy: decision.policy,
-                kind: "tcp",
-            })
-            .inc();
         let app = SocketAddr::new(self.inner.settings.app_host, conn.target_port);
         let mut upstream = match tokio::time::timeout(
             self.inner.settings.connect_timeout,
@@ -524,7 +532,7 @@ impl Inbound {
                 conn.client.as_ref(),
                 Some((req.method(), path)),
             );
-            let fault = if decision.allowed && !rules.faults.is_empty() {
+            let fault = if decision.lets_through() && !rules.faults.is_empty() {
                 fault::find(
                     &rules.faults,
                     conn.target_port,
@@ -539,8 +547,12 @@ impl Inbound {
         });
         let result = match decision {
             Err(err) => Err(err),
-            Ok((decision, fault, path)) if decision.allowed => {
-                self.allowed(http, &decision.policy);
+            Ok((decision, fault, path)) if decision.lets_through() => {
+                if decision.verdict == Verdict::Allow {
+                    self.allowed(http, &decision.policy);
+                } else {
+                    self.would_deny(conn, &decision.policy, "http", Some((req.method(), path)));
+                }
                 // rate limits, then faults, then forward
                 match self.limit(&rules, conn, req.method(), path) {
                     Err(err) => Err(err),
@@ -556,7 +568,7 @@ impl Inbound {
                     },
                 }
             }
-            Ok((decision, _, _)) => {
+            Ok((decision, _, path)) => {
                 metrics
                     .authz_deny_total
                     .get_or_create(&DenyLabels {
@@ -565,12 +577,20 @@ impl Inbound {
                         kind: "http",
                     })
                     .inc();
+                let caller = conn
+                    .client
+                    .as_ref()
+                    .map_or_else(|| "unauthenticated".to_string(), |id| id.to_string());
+                let settings = &self.inner.settings;
                 Err(ProxyError::Forbidden {
-                    caller: conn
-                        .client
-                        .as_ref()
-                        .map(|id| id.to_string())
-                        .unwrap_or_else(|| "unauthenticated".to_string()),
+                    explain: explain_command(
+                        &caller,
+                        &settings.namespace,
+                        &settings.workload,
+                        conn.target_port,
+                        Some((req.method(), path.as_str())),
+                    ),
+                    caller,
                     policy: decision.policy.to_string(),
                 })
             }
@@ -578,6 +598,47 @@ impl Inbound {
         let rsp = telemetry::finish(metrics, Direction::Inbound, &http.route, start, result);
         telemetry::publish(tap, Direction::Inbound, &http.route, start, &rsp);
         rsp
+    }
+
+    /// Counts and logs a request or connection denied by policies in audit mode only, which is
+    /// let through (a warning at most once per interval, as for refused ports).
+    fn would_deny(
+        &self,
+        conn: &Conn,
+        policy: &Arc<str>,
+        kind: &'static str,
+        request: Option<(&http::Method, crate::path::CheckedPath<'_>)>,
+    ) {
+        self.inner
+            .metrics
+            .authz_would_deny_total
+            .get_or_create(&DenyLabels {
+                edge: conn.edge.clone(),
+                policy: policy.clone(),
+                kind,
+            })
+            .inc();
+        let caller = conn
+            .client
+            .as_ref()
+            .map_or("unauthenticated", SpiffeId::as_str);
+        let port = conn.target_port;
+        let (method, path) = request.map_or(("", ""), |(m, p)| (m.as_str(), p.as_str()));
+        match self.inner.would_deny_warnings.allow() {
+            Some(suppressed) => tracing::warn!(
+                %caller,
+                port,
+                kind,
+                method,
+                path = %crate::tap::mask::cards(path),
+                %policy,
+                suppressed,
+                "would_deny: let through because the policies that deny it are in audit mode \
+                 (further ones in the next minute are logged at debug only; \
+                 authz_would_deny_total counts them all)"
+            ),
+            None => tracing::debug!(%caller, port, kind, %policy, "would_deny: let through"),
+        }
     }
 
     /// Counts a request allowed by `policy`: the counter of the first policy that allowed one on
@@ -776,6 +837,41 @@ fn refusal_service(refusal: PortRefusal, close: bool) -> HttpService {
         }
         rsp
     })
+}
+
+/// The command a 403 body points at, which shows why the request was denied:
+/// `onemesh authz explain --from <caller> --to <namespace>/<workload>:<port> --method M --path P`
+/// (the port as this proxy sees it; the control plane maps it back to the declared one). The path
+/// is quoted for a POSIX shell when it holds anything but the characters every shell leaves alone.
+pub fn explain_command(
+    caller: &str,
+    namespace: &str,
+    workload: &str,
+    port: u16,
+    request: Option<(&http::Method, &str)>,
+) -> String {
+    let mut cmd =
+        format!("onemesh authz explain --from {caller} --to {namespace}/{workload}:{port}");
+    if let Some((method, path)) = request {
+        let plain = path.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'/' | b'.' | b'_' | b'-' | b'~' | b'%' | b':' | b'@' | b'+' | b',' | b'='
+                )
+        });
+        cmd.push_str(" --method ");
+        cmd.push_str(method.as_str());
+        cmd.push_str(" --path ");
+        if plain && !path.is_empty() {
+            cmd.push_str(path);
+        } else {
+            cmd.push('\'');
+            cmd.push_str(&path.replace('\'', "'\\''"));
+            cmd.push('\'');
+        }
+    }
+    cmd
 }
 
 /// How often a refused target port is logged as a warning (the others at debug).

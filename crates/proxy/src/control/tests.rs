@@ -571,8 +571,10 @@ fn unusable_entries_are_skipped_and_never_widen_policy() {
     let caller: SpiffeId = "spiffe://cluster.local/ns/order/sa/web".parse().unwrap();
     let same_ns: SpiffeId = "spiffe://cluster.local/ns/pg/sa/other".parse().unwrap();
     let get = (&http::Method::GET, crate::path::check("/").unwrap());
-    assert!(!crate::policy::authorize(&auths, "pg", 8080, Some(&caller), Some(get)).allowed);
-    assert!(!crate::policy::authorize(&auths, "pg", 8080, Some(&same_ns), Some(get)).allowed);
+    assert!(!crate::policy::authorize(&auths, "pg", 8080, Some(&caller), Some(get)).lets_through());
+    assert!(
+        !crate::policy::authorize(&auths, "pg", 8080, Some(&same_ns), Some(get)).lets_through()
+    );
 
     // Declared ports are carried over; an unusable one is skipped (one port fewer forwarded).
     let mut policy = allow("ports");
@@ -1028,7 +1030,7 @@ fn before_the_first_policy_nobody_is_let_in() {
     let closed = super::inbound::awaiting_policy();
     let same_ns = onemesh_identity::SpiffeId::new("cluster.local", "bank", "bank").unwrap();
     let d = crate::policy::authorize(&closed, "bank", 8080, Some(&same_ns), None);
-    assert!(!d.allowed);
+    assert!(!d.lets_through());
     assert_eq!(&*d.policy, super::inbound::AWAITING_POLICY);
     // and no port is known, so nothing is forwarded at all — for now (503, retryable), not for
     // good (403): the policy is on its way
@@ -1245,4 +1247,26 @@ async fn in_control_plane_mode_the_control_plane_and_only_it_gets_a_tap() {
     assert!(head.contains("application/x-ndjson"), "{head}");
     let head = tap_as(&plane, "spiffe://cluster.local/ns/web/sa/web", addr).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+}
+
+#[test]
+fn modes_come_from_the_policy_and_an_unknown_mode_enforces() {
+    use crate::policy::Mode;
+    let mut policy = allow("audited");
+    policy.authorizations[0].mode = pol::Mode::Audit.into();
+    policy.default_mode = pol::Mode::Audit.into();
+    let (auths, skipped) = convert::authorizations(&policy);
+    assert!(skipped.is_empty());
+    assert_eq!(auths.list[0].mode, Mode::Audit);
+    assert_eq!(auths.default_mode, Mode::Audit);
+    // forged: a value this proxy does not know (a newer control plane, or a bad one) must fail
+    // closed, not let denied callers through
+    policy.authorizations[0].mode = 7;
+    policy.default_mode = -1;
+    let (auths, _) = convert::authorizations(&policy);
+    assert_eq!(auths.list[0].mode, Mode::Enforce);
+    assert_eq!(auths.default_mode, Mode::Enforce);
+    let caller: SpiffeId = "spiffe://cluster.local/ns/mallory/sa/m".parse().unwrap();
+    let d = crate::policy::authorize(&auths, "pg", 8080, Some(&caller), None);
+    assert_eq!(d.verdict, crate::policy::Verdict::Deny);
 }
