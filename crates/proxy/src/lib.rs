@@ -13,7 +13,8 @@
 //!   probes at `/app-probe/…` when injected in Kubernetes ([`admin`]);
 //! - **control-only admin** (default `0.0.0.0:4190`, control-plane mode): mTLS, served only to
 //!   the control plane's identity: live request metadata, masked, at `/tap` ([`control_admin`],
-//!   [`tap`]; the same events can be JSON access logs on stdout).
+//!   [`tap`]; the same events can be JSON access logs on stdout), and why a request would be
+//!   allowed or denied at `/authz/explain` ([`explain`]).
 //!
 //! Between proxies, HTTP/2 and gRPC ride one multiplexed HTTP/2 connection per endpoint; HTTP/1
 //! rides pooled HTTP/1.1 connections ([`pool`]), or with `ONEMESH_PROXY_HTTP1_TRANSPORT=h2` the
@@ -55,6 +56,7 @@ pub mod detect;
 pub mod discover;
 pub mod drain;
 pub mod error;
+pub mod explain;
 pub mod head;
 pub mod http_util;
 pub mod inbound;
@@ -319,6 +321,13 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
         plain.clone(),
         metrics.clone(),
     )?;
+    // One policy watch for the inbound and the explain endpoint: both see the same snapshot.
+    let policy = sources.policy.authorizations();
+    let explain = control_admin::ExplainContext {
+        policy: policy.clone(),
+        namespace: namespace.clone(),
+        proxy_ports: proxy_ports.clone(),
+    };
     let inbound = inbound::Inbound::new(
         inbound::InboundSettings {
             detect_timeout: config.detect_timeout,
@@ -334,7 +343,7 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
             tap: tap.clone(),
         },
         credentials.clone(),
-        sources.policy.authorizations(),
+        policy.clone(),
         plain,
         metrics.clone(),
     );
@@ -399,6 +408,7 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
             control_id,
             credentials.clone(),
             tap.clone(),
+            explain,
             metrics.clone(),
             limits,
             config.connect_timeout,
