@@ -53,6 +53,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::audit::{AuditLog, Denial, Key as AuditKey, Kind, Slot};
 use crate::body::{self, Body};
 use crate::client::{ALPN, PlainClients, plain_error};
 use crate::detect::{self, Detected};
@@ -65,7 +66,9 @@ use crate::metrics::{
     ReasonLabels, RouteLabels, RouteMetrics, TcpGuard, Tls,
 };
 use crate::orig_dst::original_dst;
-use crate::policy::{Authorizations, PortRefusal, Verdict, authorize, check_port, plain_target};
+use crate::policy::{
+    Authorizations, Decision, PortRefusal, Verdict, authorize, check_port, plain_target,
+};
 use crate::pool::{self, Http1Pool};
 use crate::server::{self, HttpLimits, HttpService};
 use crate::telemetry;
@@ -102,6 +105,8 @@ pub struct InboundSettings {
     pub stream_idle_timeout: Duration,
     /// Where requests are published for tap and access logs.
     pub tap: Arc<crate::tap::Hub>,
+    /// The decision log ([`crate::audit`]), when on.
+    pub audit: Option<AuditLog>,
 }
 
 /// How the caller speaks HTTP on this connection.
@@ -131,8 +136,18 @@ struct HttpConn {
     route: RouteMetrics,
     /// The connection's TCP metrics; an upgrade's splice holds it until the stream closes.
     tcp: Arc<TcpGuard>,
-    /// `authz_allow_total` of the first policy that allowed a request on this connection.
-    allowed: std::sync::OnceLock<(Arc<str>, Counter)>,
+    /// The counters of the first policy that allowed a request on this connection.
+    allowed: std::sync::OnceLock<Allowed>,
+}
+
+/// What counts a request allowed by one policy: `authz_allow_total`'s counter and the decision
+/// log's [`Slot`].
+#[derive(Debug)]
+struct Allowed {
+    policy: Arc<str>,
+    mode: crate::policy::Mode,
+    counter: Counter,
+    slot: Option<Arc<Slot>>,
 }
 
 /// The inbound proxy.
@@ -416,6 +431,7 @@ impl Inbound {
         );
         match decision.verdict {
             Verdict::Deny => {
+                self.record_denial(conn, &decision, None);
                 self.inner
                     .metrics
                     .authz_deny_total
@@ -427,8 +443,11 @@ impl Inbound {
                     .inc();
                 return;
             }
-            Verdict::WouldDeny => self.would_deny(conn, &decision.policy, "tcp", None),
+            Verdict::WouldDeny => self.would_deny(conn, &decision, None),
             Verdict::Allow => {
+                if let Some(slot) = self.audit_slot(conn, Kind::Tcp, &decision) {
+                    slot.hit();
+                }
                 self.inner
                     .metrics
                     .authz_allow_total
@@ -549,9 +568,9 @@ impl Inbound {
             Err(err) => Err(err),
             Ok((decision, fault, path)) if decision.lets_through() => {
                 if decision.verdict == Verdict::Allow {
-                    self.allowed(http, &decision.policy);
+                    self.allowed(http, &decision);
                 } else {
-                    self.would_deny(conn, &decision.policy, "http", Some((req.method(), path)));
+                    self.would_deny(conn, &decision, Some((req.method(), path)));
                 }
                 // rate limits, then faults, then forward
                 match self.limit(&rules, conn, req.method(), path) {
@@ -569,6 +588,7 @@ impl Inbound {
                 }
             }
             Ok((decision, _, path)) => {
+                self.record_denial(conn, &decision, Some((req.method(), path)));
                 metrics
                     .authz_deny_total
                     .get_or_create(&DenyLabels {
@@ -605,10 +625,12 @@ impl Inbound {
     fn would_deny(
         &self,
         conn: &Conn,
-        policy: &Arc<str>,
-        kind: &'static str,
+        decision: &Decision,
         request: Option<(&http::Method, crate::path::CheckedPath<'_>)>,
     ) {
+        self.record_denial(conn, decision, request);
+        let policy = &decision.policy;
+        let kind = if request.is_some() { "http" } else { "tcp" };
         self.inner
             .metrics
             .authz_would_deny_total
@@ -641,18 +663,64 @@ impl Inbound {
         }
     }
 
-    /// Counts a request allowed by `policy`: the counter of the first policy that allowed one on
-    /// this connection is kept at hand (a connection's requests are nearly always allowed by the
-    /// same one); another policy's is looked up in the family.
-    fn allowed(&self, http: &HttpConn, policy: &Arc<str>) {
-        let first = http.allowed.get_or_init(|| {
-            let counter = self.allow_counter(&http.conn, policy);
-            (policy.clone(), counter)
+    /// Enters a deny or would_deny decision in the decision log, if it is on.
+    fn record_denial(
+        &self,
+        conn: &Conn,
+        decision: &Decision,
+        request: Option<(&http::Method, crate::path::CheckedPath<'_>)>,
+    ) {
+        let Some(audit) = &self.inner.settings.audit else {
+            return;
+        };
+        let denial = Denial {
+            caller: conn.edge.peer_id.as_ref(),
+            port: conn.target_port,
+            request: request.map(|(m, p)| (m, p.as_str())),
+            verdict: decision.verdict,
+            policy: &decision.policy,
+            mode: decision.mode,
+        };
+        audit.deny(denial, crate::audit::unix_ms());
+    }
+
+    /// The decision log's counter of decisions like `decision` on this connection, if it is on.
+    fn audit_slot(&self, conn: &Conn, kind: Kind, decision: &Decision) -> Option<Arc<Slot>> {
+        let audit = self.inner.settings.audit.as_ref()?;
+        Some(audit.slot(AuditKey {
+            caller: conn.edge.peer_id.clone(),
+            port: conn.target_port,
+            kind,
+            verdict: decision.verdict,
+            policy: decision.policy.clone(),
+            mode: decision.mode,
+        }))
+    }
+
+    /// Counts a request allowed by `decision`'s policy, in `authz_allow_total` and the decision
+    /// log: the counters of the first policy that allowed one on this connection are kept at hand
+    /// (a connection's requests are nearly always allowed by the same one), so a request costs
+    /// two atomic adds; another policy's are looked up.
+    fn allowed(&self, http: &HttpConn, decision: &Decision) {
+        let policy = &decision.policy;
+        let first = http.allowed.get_or_init(|| Allowed {
+            policy: policy.clone(),
+            mode: decision.mode,
+            counter: self.allow_counter(&http.conn, policy),
+            slot: self.audit_slot(&http.conn, Kind::Http, decision),
         });
-        if Arc::ptr_eq(&first.0, policy) || *first.0 == **policy {
-            first.1.inc();
+        if (Arc::ptr_eq(&first.policy, policy) || *first.policy == **policy)
+            && first.mode == decision.mode
+        {
+            first.counter.inc();
+            if let Some(slot) = &first.slot {
+                slot.hit();
+            }
         } else {
             self.allow_counter(&http.conn, policy).inc();
+            if let Some(slot) = self.audit_slot(&http.conn, Kind::Http, decision) {
+                slot.hit();
+            }
         }
     }
 

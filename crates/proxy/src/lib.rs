@@ -46,6 +46,7 @@
 //! reads `grpc-status` from response headers only, not trailers.
 
 pub mod admin;
+pub mod audit;
 pub mod body;
 pub mod client;
 pub mod config;
@@ -110,6 +111,9 @@ pub struct Sources {
     pub trust: Option<control::TrustWatch>,
     /// Where the proxy keeps its key, leaf and last configuration across restarts.
     pub state_dir: Option<state_dir::StateDir>,
+    /// Where the decision log's batches go (control-plane mode: `Audit.Append`); `None` in static
+    /// mode, where an enabled log writes them to stdout.
+    pub audit: Option<Arc<dyn audit::AuditSink>>,
 }
 
 /// Why the proxy could not start.
@@ -189,6 +193,7 @@ impl Sources {
             control: None,
             trust: None,
             state_dir: None,
+            audit: None,
         })
     }
 }
@@ -321,6 +326,29 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
         plain.clone(),
         metrics.clone(),
     )?;
+    // The decision log: on by default with a control plane (shipped there), off in static mode
+    // (where `on` writes the batches to stdout).
+    let audit = if config.audit.unwrap_or(sources.audit.is_some()) {
+        let log = audit::AuditLog::new(config.audit_deny_rate, metrics.clone());
+        let sink = sources
+            .audit
+            .clone()
+            .unwrap_or_else(|| Arc::new(audit::StdoutSink));
+        let who = audit::Shipper {
+            namespace: namespace.to_string(),
+            workload: workload.to_string(),
+            instance: audit::instance_id().ok_or(BuildError::Random)?,
+        };
+        tokio::spawn(audit::ship(
+            log.collector(audit::unix_ms()),
+            sink,
+            who,
+            drain.handle(),
+        ));
+        Some(log)
+    } else {
+        None
+    };
     // One policy watch for the inbound and the explain endpoint: both see the same snapshot.
     let policy = sources.policy.authorizations();
     let explain = control_admin::ExplainContext {
@@ -341,6 +369,7 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
             proxy_ports,
             stream_idle_timeout: config.stream_idle_timeout,
             tap: tap.clone(),
+            audit,
         },
         credentials.clone(),
         policy.clone(),
