@@ -325,3 +325,46 @@ async fn explain_agrees_with_what_the_inbound_does() {
     );
     assert_eq!(v["policies"].as_array().unwrap().len(), 2, "{v}");
 }
+
+#[tokio::test]
+async fn the_inbound_enters_each_decision_in_the_decision_log() {
+    let pki = Pki::new();
+    let app = http1_app().await;
+    let proxy = ProxyBuilder::new(&pki, "card")
+        .env("ONEMESH_PROXY_AUDIT", "on")
+        .static_config(json!({ "inbound": allow(&["pg"], &[app]) }))
+        .start()
+        .await;
+    let c = Card {
+        pki,
+        proxy,
+        guarded: app,
+        audited: app,
+        open: app,
+    };
+    for _ in 0..3 {
+        let (status, _) = call(&c, "pg", app, Some(("GET", "/ok"))).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    let (status, _) = call(&c, "bank", app, Some(("GET", "/no"))).await.unwrap();
+    assert_eq!(status, 403);
+    let m = c.proxy.metrics.encode();
+    assert_eq!(
+        sum(&m, "audit_decisions_total", &["outcome=\"individual\""]),
+        1.0,
+        "{m}"
+    );
+    // allowed decisions are counted by the shipping task's next collection (every second), the
+    // denial is shipped (static mode: to stdout) with it
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let m = c.proxy.metrics.encode();
+        let aggregated = sum(&m, "audit_decisions_total", &["outcome=\"aggregated\""]);
+        let shipped = sum(&m, "audit_shipped_records_total", &[]);
+        if aggregated == 3.0 && shipped == 1.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

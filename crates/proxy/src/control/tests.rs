@@ -48,6 +48,10 @@ struct FakeState {
     certify_calls: AtomicUsize,
     /// How long `watch_outbound` holds back its first message (a slow policy stream).
     outbound_delay: std::sync::Mutex<Duration>,
+    /// Every `Audit.Append` received, answered or not.
+    appends: std::sync::Mutex<Vec<onemesh_api::audit::AppendRequest>>,
+    /// How many `Audit.Append` calls to fail (after receiving them) before answering.
+    fail_appends: AtomicUsize,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -195,6 +199,30 @@ impl destination_server::Destination for Fake {
 }
 
 #[tonic::async_trait]
+impl onemesh_api::audit::audit_server::Audit for Fake {
+    async fn append(
+        &self,
+        req: Request<onemesh_api::audit::AppendRequest>,
+    ) -> Result<Response<onemesh_api::audit::AppendResponse>, Status> {
+        let batch = req.into_inner();
+        let records = batch.records.len() as u64;
+        self.0.appends.lock().unwrap().push(batch);
+        let fail = self
+            .0
+            .fail_appends
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            // received, but the answer is lost: the proxy must send the same batch again
+            return Err(Status::unavailable("the log is not writable right now"));
+        }
+        Ok(Response::new(onemesh_api::audit::AppendResponse {
+            sequence: records,
+        }))
+    }
+}
+
+#[tonic::async_trait]
 impl policy_server::Policy for Fake {
     type WatchInboundStream = BoxStream<pol::InboundPolicy>;
     type WatchOutboundStream = BoxStream<pol::OutboundPolicy>;
@@ -281,6 +309,8 @@ impl Plane {
                 destination_watches: AtomicUsize::new(0),
                 certify_calls: AtomicUsize::new(0),
                 outbound_delay: std::sync::Mutex::new(Duration::ZERO),
+                appends: std::sync::Mutex::new(Vec::new()),
+                fail_appends: AtomicUsize::new(0),
             }),
             tls,
             bundle: anchor.bundle(),
@@ -294,7 +324,8 @@ impl Plane {
         let fake = Fake(self.state.clone());
         let routes = tonic::service::Routes::new(IdentityServer::new(fake.clone()))
             .add_service(DestinationServer::new(fake.clone()))
-            .add_service(PolicyServer::new(fake));
+            .add_service(PolicyServer::new(fake.clone()))
+            .add_service(onemesh_api::audit::audit_server::AuditServer::new(fake));
         let acceptor = TlsAcceptor::from(self.tls.clone());
         let (stop, stopped) = watch::channel(false);
         let mut stop_accepting = stopped.clone();
@@ -1269,4 +1300,102 @@ fn modes_come_from_the_policy_and_an_unknown_mode_enforces() {
     let caller: SpiffeId = "spiffe://cluster.local/ns/mallory/sa/m".parse().unwrap();
     let d = crate::policy::authorize(&auths, "pg", 8080, Some(&caller), None);
     assert_eq!(d.verdict, crate::policy::Verdict::Deny);
+}
+
+#[tokio::test]
+async fn decision_records_reach_the_audit_service_once_even_when_an_answer_is_lost() {
+    use crate::audit::{self, AuditLog, Denial, Kind};
+    use crate::policy::{Mode, Verdict};
+    let plane = Plane::new();
+    plane.state.fail_appends.store(1, Ordering::SeqCst);
+    let server = plane.serve("127.0.0.1:0".parse().unwrap()).await;
+    let config = config(server.addr, TOKEN);
+    let sources = sources_for(&plane, &config);
+    attach_certificate(&plane, &sources);
+    let sink = sources
+        .audit
+        .clone()
+        .expect("control-plane mode ships the decision log");
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let log = AuditLog::new(100, metrics.clone());
+    let drain = crate::drain::Controller::new();
+    let who = audit::Shipper {
+        namespace: "pg".into(),
+        workload: "pg".into(),
+        instance: audit::instance_id().unwrap(),
+    };
+    let shipping = tokio::spawn(audit::ship(
+        log.collector(audit::unix_ms()),
+        sink,
+        who.clone(),
+        drain.handle(),
+    ));
+    let caller: Arc<str> = "spiffe://cluster.local/ns/mallory/sa/m".into();
+    let policy: Arc<str> = "allow-web".into();
+    for path in ["/a", "/b", "/c"] {
+        log.deny(
+            Denial {
+                caller: Some(&caller),
+                port: 8080,
+                request: Some((&http::Method::GET, path)),
+                verdict: Verdict::Deny,
+                policy: &policy,
+                mode: Mode::Enforce,
+            },
+            audit::unix_ms(),
+        );
+    }
+    let slot = log.slot(audit::Key {
+        caller: Some("spiffe://cluster.local/ns/order/sa/web".into()),
+        port: 8080,
+        kind: Kind::Http,
+        verdict: Verdict::Allow,
+        policy: policy.clone(),
+        mode: Mode::Enforce,
+    });
+    for _ in 0..5 {
+        slot.hit();
+    }
+    // the first batch is received, its answer lost, and it comes again
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while plane.state.appends.lock().unwrap().len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no second attempt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // draining ships the current minute's aggregate too
+    drain.drain().await;
+    tokio::time::timeout(WAIT, shipping).await.unwrap().unwrap();
+    let appends = plane.state.appends.lock().unwrap().clone();
+    assert_eq!(appends[0].batch, 1);
+    assert_eq!(appends[0].instance, who.instance);
+    assert_eq!(
+        (&appends[0].namespace[..], &appends[0].workload[..]),
+        ("pg", "pg")
+    );
+    assert_eq!(
+        appends[1], appends[0],
+        "the same (instance, batch) with the same records"
+    );
+    assert_eq!(appends[0].records.len(), 3);
+    // as the control plane sees it once it drops a batch it already has: each decision once
+    let mut seen = std::collections::BTreeSet::new();
+    let kept: Vec<&onemesh_api::audit::Record> = appends
+        .iter()
+        .filter(|a| seen.insert((a.instance.clone(), a.batch)))
+        .flat_map(|a| a.records.iter())
+        .collect();
+    let paths: Vec<&str> = kept
+        .iter()
+        .filter(|r| r.count == 1 && !r.path.is_empty())
+        .map(|r| r.path.as_str())
+        .collect();
+    assert_eq!(paths, ["/a", "/b", "/c"]);
+    let allowed: u64 = kept
+        .iter()
+        .filter(|r| r.decision() == onemesh_api::audit::Decision::Allow)
+        .map(|r| r.count)
+        .sum();
+    assert_eq!(allowed, 5, "{kept:?}");
+    assert_eq!(metrics.audit_ship_failures_total.get(), 1);
+    assert_eq!(metrics.audit_shipped_records_total.get(), 4);
 }
