@@ -21,7 +21,11 @@
 //!    read differently from policy (`400 ambiguous_path`, [`crate::path`]); the path that policy
 //!    matches is then exactly the path the app receives;
 //! 5. policy ([`crate::policy::authorize`]): per request for HTTP (403 `forbidden` naming the
-//!    caller and policy), per connection for opaque TCP (closed and counted);
+//!    caller, the policy and the `onemesh authz explain` command), per connection for opaque TCP
+//!    (closed and counted); a denial in audit mode (`would_deny`) is counted, logged (throttled)
+//!    and let through like an allowed request. Each decision goes to the decision log
+//!    ([`crate::audit`], when on): an allowed request bumps a counter its connection holds, a
+//!    denial is queued;
 //! 6. rate limits ([`limit`]: 429 `rate_limited` with `Retry-After`), then the matching route's
 //!    fault ([`fault`]: a delay, then an abort `fault_injected`), HTTP only. Authorization comes
 //!    first so that a refused caller spends nobody's tokens; limits before faults so that a limit
