@@ -652,7 +652,7 @@ async fn send(sink: &dyn AuditSink, request: AppendRequest, metrics: &Metrics, w
             Err(error) => {
                 metrics.audit_ship_failures_total.inc();
                 *warnings += 1;
-                if *warnings <= 3 || *warnings % 100 == 0 {
+                if *warnings <= 3 || (*warnings).is_multiple_of(100) {
                     tracing::warn!(
                         %error,
                         batch = request.batch,

@@ -137,6 +137,9 @@ async fn explain(
     (status, serde_json::from_slice(&text).unwrap())
 }
 
+/// caller, port, request, expected decision, expected policy.
+type Case<'a> = (&'a str, u16, Option<(&'a str, &'a str)>, &'a str, &'a str);
+
 fn control() -> SpiffeId {
     CONTROL.parse().unwrap()
 }
@@ -247,7 +250,7 @@ async fn explain_is_for_the_control_plane_only_and_refuses_bad_bodies() {
 async fn explain_agrees_with_what_the_inbound_does() {
     let c = card().await;
     let addr = c.proxy.control_admin_addr.unwrap();
-    let cases: [(&str, u16, Option<(&str, &str)>, &str, &str); 8] = [
+    let cases: [Case; 8] = [
         (
             "pg",
             c.guarded,
