@@ -609,14 +609,23 @@ pub async fn ship(
                 batch,
                 records: chunk.to_vec(),
             };
+            // Until the proxy drains, a batch is sent until acknowledged; once it drains (even
+            // in the middle of retrying), for at most FINAL_FLUSH more.
             let sent = if last {
-                tokio::time::timeout(FINAL_FLUSH, send(&*sink, request, &metrics, &mut warnings))
-                    .await
-                    .is_ok()
+                false
             } else {
-                send(&*sink, request, &metrics, &mut warnings).await;
-                true
+                tokio::select! {
+                    () = send(&*sink, &request, &metrics, &mut warnings) => true,
+                    () = drain.signaled() => false,
+                }
             };
+            let sent = sent
+                || tokio::time::timeout(
+                    FINAL_FLUSH,
+                    send(&*sink, &request, &metrics, &mut warnings),
+                )
+                .await
+                .is_ok();
             if !sent {
                 tracing::warn!(
                     records = left,
@@ -644,7 +653,12 @@ fn gauge(n: usize) -> i64 {
 
 /// Sends `request` until it is acknowledged, with backoff; each failure is counted, and logged
 /// (every failure up to the 3rd, then every 100th).
-async fn send(sink: &dyn AuditSink, request: AppendRequest, metrics: &Metrics, warnings: &mut u64) {
+async fn send(
+    sink: &dyn AuditSink,
+    request: &AppendRequest,
+    metrics: &Metrics,
+    warnings: &mut u64,
+) {
     let mut backoff = crate::control::Backoff::new();
     loop {
         match sink.append(request.clone()).await {

@@ -2,6 +2,7 @@
 //! masking, the key cap. (Shipping against a real `Audit` server is in `control/tests.rs`.)
 
 use super::*;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const T0: i64 = 1_800_000_000_000; // a minute boundary
 
@@ -255,4 +256,48 @@ fn a_full_queue_folds_into_aggregates_and_never_blocks() {
     let records = c.collect(T0 + 120_000, false);
     assert_eq!(records.len(), MAX_QUEUE_RECORDS + 1);
     assert_eq!(records.last().unwrap().count, 3);
+}
+
+/// A control plane that never acknowledges.
+struct Down(Arc<AtomicU64>);
+
+impl AuditSink for Down {
+    fn append(&self, _: AppendRequest) -> BoxFuture<'static, Result<(), ShipError>> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Err(ShipError::Status(tonic::Status::unavailable("down"))) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_draining_proxy_stops_retrying_after_the_final_flush() {
+    let log = log(100);
+    let attempts = Arc::new(AtomicU64::new(0));
+    let drain = crate::drain::Controller::new();
+    let who = Shipper {
+        namespace: "pg".into(),
+        workload: "pg".into(),
+        instance: "i".into(),
+    };
+    let shipping = tokio::spawn(ship(
+        log.collector(unix_ms()),
+        Arc::new(Down(attempts.clone())),
+        who,
+        drain.handle(),
+    ));
+    let caller: Arc<str> = "c".into();
+    let policy: Arc<str> = "p".into();
+    log.deny(denial(&caller, &policy, "/"), unix_ms());
+    // retried, and retried: the batch is never given up while the proxy runs
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let before = attempts.load(Ordering::SeqCst);
+    assert!(before >= 5, "{before} attempts");
+    let started = tokio::time::Instant::now();
+    drain.drain().await;
+    shipping.await.unwrap();
+    assert!(
+        started.elapsed() <= FINAL_FLUSH * 2,
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(log.shared.metrics.audit_ship_failures_total.get() >= before);
 }
