@@ -531,30 +531,63 @@ impl AuditSink for GrpcSink {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StdoutSink;
 
+/// A record as [`StdoutSink`] writes it (borrowed: nothing is copied).
+#[derive(serde::Serialize)]
+struct JsonRecord<'a> {
+    time_unix_ms: i64,
+    caller: &'a str,
+    port: u32,
+    kind: &'a str,
+    method: &'a str,
+    path: &'a str,
+    decision: &'a str,
+    policy: &'a str,
+    mode: &'a str,
+    count: u64,
+    until_unix_ms: i64,
+}
+
+/// A batch as [`StdoutSink`] writes it.
+#[derive(serde::Serialize)]
+struct JsonBatch<'a> {
+    audit_batch: u64,
+    instance: &'a str,
+    namespace: &'a str,
+    workload: &'a str,
+    records: Vec<JsonRecord<'a>>,
+}
+
 impl AuditSink for StdoutSink {
     fn append(&self, batch: AppendRequest) -> BoxFuture<'static, Result<(), ShipError>> {
-        let records: Vec<serde_json::Value> = batch
-            .records
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "time_unix_ms": r.time_unix_ms, "caller": r.caller, "port": r.port,
-                    "kind": r.kind, "method": r.method, "path": r.path,
-                    "decision": r.decision().as_str_name(), "policy": r.policy,
-                    "mode": r.mode().as_str_name(), "count": r.count,
-                    "until_unix_ms": r.until_unix_ms,
+        let json = JsonBatch {
+            audit_batch: batch.batch,
+            instance: &batch.instance,
+            namespace: &batch.namespace,
+            workload: &batch.workload,
+            records: batch
+                .records
+                .iter()
+                .map(|r| JsonRecord {
+                    time_unix_ms: r.time_unix_ms,
+                    caller: &r.caller,
+                    port: r.port,
+                    kind: &r.kind,
+                    method: &r.method,
+                    path: &r.path,
+                    decision: r.decision().as_str_name(),
+                    policy: &r.policy,
+                    mode: r.mode().as_str_name(),
+                    count: r.count,
+                    until_unix_ms: r.until_unix_ms,
                 })
-            })
-            .collect();
-        let line = serde_json::json!({
-            "audit_batch": batch.batch, "instance": batch.instance,
-            "namespace": batch.namespace, "workload": batch.workload, "records": records,
-        })
-        .to_string();
+                .collect(),
+        };
+        let line = serde_json::to_vec(&json);
         Box::pin(async move {
             use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{line}")?;
+            let mut line = line.map_err(std::io::Error::from)?;
+            line.push(b'\n');
+            std::io::stdout().lock().write_all(&line)?;
             Ok(())
         })
     }
