@@ -163,6 +163,15 @@ pub const DEFAULT_TAP_MASK_HEADERS: &str = crate::tap::mask::DEFAULT_MASK_HEADER
 pub const ENV_ACCESS_LOG: &str = "ONEMESH_PROXY_ACCESS_LOG";
 /// Default access log.
 pub const DEFAULT_ACCESS_LOG: &str = "off";
+/// The decision log ([`crate::audit`]): `on` or `off`. Default: `on` in control-plane mode
+/// (records are shipped to the control plane's `Audit.Append`), `off` in static mode (where `on`
+/// writes each batch as a JSON line on stdout).
+pub const ENV_AUDIT: &str = "ONEMESH_PROXY_AUDIT";
+/// Denials (and would_deny decisions) recorded one by one per second, a whole number from 0 to
+/// 100000 (the burst is twice as many); beyond it they are counted in per-minute aggregates.
+pub const ENV_AUDIT_DENY_RATE: &str = "ONEMESH_PROXY_AUDIT_DENY_RATE";
+/// Default denials recorded one by one per second.
+pub const DEFAULT_AUDIT_DENY_RATE: &str = "100";
 /// At most this many app probes (a pod has a few containers, three probes each).
 pub const MAX_APP_PROBES: usize = 256;
 /// The control plane's namespace and service account in its default SPIFFE id.
@@ -352,6 +361,10 @@ pub struct Config {
     pub tap_mask: crate::tap::mask::Masker,
     /// See [`ENV_ACCESS_LOG`]: `true` for `json`.
     pub access_log: bool,
+    /// See [`ENV_AUDIT`]: `None` when not set (on with a control plane, off without).
+    pub audit: Option<bool>,
+    /// See [`ENV_AUDIT_DENY_RATE`].
+    pub audit_deny_rate: u32,
 }
 
 /// The app's probes the admin server answers (see [`ENV_APP_PROBES`]), by `<container>/<kind>`.
@@ -818,6 +831,24 @@ impl Config {
             "json" => Ok(true),
             _ => Err("must be off or json".to_string()),
         });
+        let audit = match p.raw(ENV_AUDIT).as_deref() {
+            None => Some(None),
+            Some(_) => p
+                .required(ENV_AUDIT, |s| match s {
+                    "on" => Ok(true),
+                    "off" => Ok(false),
+                    _ => Err("must be on or off".to_string()),
+                })
+                .map(Some),
+        };
+        let audit_deny_rate = p.parse(ENV_AUDIT_DENY_RATE, DEFAULT_AUDIT_DENY_RATE, |s| {
+            s.parse::<u32>()
+                .ok()
+                .filter(|n| *n <= 100_000)
+                .ok_or_else(|| {
+                    "must be a whole number of denials per second from 0 to 100000".to_string()
+                })
+        });
         let log = p.raw(ENV_LOG).unwrap_or_else(|| DEFAULT_LOG.to_string());
         let cores = p.parse(ENV_CORES, DEFAULT_CORES, |s| {
             s.parse::<usize>()
@@ -855,6 +886,7 @@ impl Config {
             http1_transport,
             app_probes,
             tap_mask.zip(access_log),
+            audit.zip(audit_deny_rate),
         ) {
             (
                 Some(outbound_addr),
@@ -875,6 +907,7 @@ impl Config {
                 Some(http1_transport),
                 Some(app_probes),
                 Some((tap_mask, access_log)),
+                Some((audit, audit_deny_rate)),
             ) if p.bad.is_empty() => Ok(Config {
                 outbound_addr,
                 inbound_addr,
@@ -904,6 +937,8 @@ impl Config {
                 control_admin,
                 tap_mask,
                 access_log,
+                audit,
+                audit_deny_rate,
             }),
             _ => Err(ConfigError::Invalid(p.bad)),
         }

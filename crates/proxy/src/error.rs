@@ -40,12 +40,18 @@ pub const ERROR_HEADER: &str = "onemesh-error";
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// The inbound policy denied the request.
-    #[error("forbidden: caller {caller} is not allowed by policy {policy}")]
+    #[error(
+        "forbidden: caller {caller} is not allowed by policy {policy}\nto see why, and what \
+         would allow it: {explain}"
+    )]
     Forbidden {
         /// The caller's identity, or "unauthenticated".
         caller: String,
         /// The policy that denied.
         policy: String,
+        /// The `onemesh authz explain` command for this request
+        /// ([`crate::inbound::explain_command`]).
+        explain: String,
     },
     /// The request head could not be understood.
     #[error("malformed request: {0}")]
@@ -282,6 +288,7 @@ mod tests {
                 ProxyError::Forbidden {
                     caller: "unauthenticated".into(),
                     policy: "p".into(),
+                    explain: "onemesh authz explain --from unauthenticated --to a/b:1".into(),
                 },
                 403,
                 "forbidden",

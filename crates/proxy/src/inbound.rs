@@ -21,7 +21,11 @@
 //!    read differently from policy (`400 ambiguous_path`, [`crate::path`]); the path that policy
 //!    matches is then exactly the path the app receives;
 //! 5. policy ([`crate::policy::authorize`]): per request for HTTP (403 `forbidden` naming the
-//!    caller and policy), per connection for opaque TCP (closed and counted);
+//!    caller, the policy and the `onemesh authz explain` command), per connection for opaque TCP
+//!    (closed and counted); a denial in audit mode (`would_deny`) is counted, logged (throttled)
+//!    and let through like an allowed request. Each decision goes to the decision log
+//!    ([`crate::audit`], when on): an allowed request bumps a counter its connection holds, a
+//!    denial is queued;
 //! 6. rate limits ([`limit`]: 429 `rate_limited` with `Retry-After`), then the matching route's
 //!    fault ([`fault`]: a delay, then an abort `fault_injected`), HTTP only. Authorization comes
 //!    first so that a refused caller spends nobody's tokens; limits before faults so that a limit
@@ -53,6 +57,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::audit::{AuditLog, Denial, Key as AuditKey, Kind, Slot};
 use crate::body::{self, Body};
 use crate::client::{ALPN, PlainClients, plain_error};
 use crate::detect::{self, Detected};
@@ -65,7 +70,9 @@ use crate::metrics::{
     ReasonLabels, RouteLabels, RouteMetrics, TcpGuard, Tls,
 };
 use crate::orig_dst::original_dst;
-use crate::policy::{Authorizations, PortRefusal, authorize, check_port, plain_target};
+use crate::policy::{
+    Authorizations, Decision, PortRefusal, Verdict, authorize, check_port, plain_target,
+};
 use crate::pool::{self, Http1Pool};
 use crate::server::{self, HttpLimits, HttpService};
 use crate::telemetry;
@@ -102,6 +109,8 @@ pub struct InboundSettings {
     pub stream_idle_timeout: Duration,
     /// Where requests are published for tap and access logs.
     pub tap: Arc<crate::tap::Hub>,
+    /// The decision log ([`crate::audit`]), when on.
+    pub audit: Option<AuditLog>,
 }
 
 /// How the caller speaks HTTP on this connection.
@@ -131,8 +140,18 @@ struct HttpConn {
     route: RouteMetrics,
     /// The connection's TCP metrics; an upgrade's splice holds it until the stream closes.
     tcp: Arc<TcpGuard>,
-    /// `authz_allow_total` of the first policy that allowed a request on this connection.
-    allowed: std::sync::OnceLock<(Arc<str>, Counter)>,
+    /// The counters of the first policy that allowed a request on this connection.
+    allowed: std::sync::OnceLock<Allowed>,
+}
+
+/// What counts a request allowed by one policy: `authz_allow_total`'s counter and the decision
+/// log's [`Slot`].
+#[derive(Debug)]
+struct Allowed {
+    policy: Arc<str>,
+    mode: crate::policy::Mode,
+    counter: Counter,
+    slot: Option<Arc<Slot>>,
 }
 
 /// The inbound proxy.
@@ -153,6 +172,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Limits the warnings about refused target ports.
     refusal_warnings: Throttle,
+    /// Limits the warnings about requests let through in audit mode.
+    would_deny_warnings: Throttle,
 }
 
 impl Inbound {
@@ -175,6 +196,7 @@ impl Inbound {
                 plain,
                 metrics,
                 refusal_warnings: Throttle::new(REFUSAL_WARNING_INTERVAL),
+                would_deny_warnings: Throttle::new(REFUSAL_WARNING_INTERVAL),
             }),
         }
     }
@@ -411,27 +433,36 @@ impl Inbound {
             conn.client.as_ref(),
             None,
         );
-        if !decision.allowed {
-            self.inner
-                .metrics
-                .authz_deny_total
-                .get_or_create(&DenyLabels {
-                    edge: conn.edge.clone(),
-                    policy: decision.policy,
-                    kind: "tcp",
-                })
-                .inc();
-            return;
+        match decision.verdict {
+            Verdict::Deny => {
+                self.record_denial(conn, &decision, None);
+                self.inner
+                    .metrics
+                    .authz_deny_total
+                    .get_or_create(&DenyLabels {
+                        edge: conn.edge.clone(),
+                        policy: decision.policy,
+                        kind: "tcp",
+                    })
+                    .inc();
+                return;
+            }
+            Verdict::WouldDeny => self.would_deny(conn, &decision, None),
+            Verdict::Allow => {
+                if let Some(slot) = self.audit_slot(conn, Kind::Tcp, &decision) {
+                    slot.hit();
+                }
+                self.inner
+                    .metrics
+                    .authz_allow_total
+                    .get_or_create(&AuthzLabels {
+                        edge: conn.edge.clone(),
+                        policy: decision.policy,
+                        kind: "tcp",
+                    })
+                    .inc();
+            }
         }
-        self.inner
-            .metrics
-            .authz_allow_total
-            .get_or_create(&AuthzLabels {
-                edge: conn.edge.clone(),
-                policy: decision.policy,
-                kind: "tcp",
-            })
-            .inc();
         let app = SocketAddr::new(self.inner.settings.app_host, conn.target_port);
         let mut upstream = match tokio::time::timeout(
             self.inner.settings.connect_timeout,
@@ -524,7 +555,7 @@ impl Inbound {
                 conn.client.as_ref(),
                 Some((req.method(), path)),
             );
-            let fault = if decision.allowed && !rules.faults.is_empty() {
+            let fault = if decision.lets_through() && !rules.faults.is_empty() {
                 fault::find(
                     &rules.faults,
                     conn.target_port,
@@ -539,8 +570,12 @@ impl Inbound {
         });
         let result = match decision {
             Err(err) => Err(err),
-            Ok((decision, fault, path)) if decision.allowed => {
-                self.allowed(http, &decision.policy);
+            Ok((decision, fault, path)) if decision.lets_through() => {
+                if decision.verdict == Verdict::Allow {
+                    self.allowed(http, &decision);
+                } else {
+                    self.would_deny(conn, &decision, Some((req.method(), path)));
+                }
                 // rate limits, then faults, then forward
                 match self.limit(&rules, conn, req.method(), path) {
                     Err(err) => Err(err),
@@ -556,7 +591,8 @@ impl Inbound {
                     },
                 }
             }
-            Ok((decision, _, _)) => {
+            Ok((decision, _, path)) => {
+                self.record_denial(conn, &decision, Some((req.method(), path)));
                 metrics
                     .authz_deny_total
                     .get_or_create(&DenyLabels {
@@ -565,12 +601,20 @@ impl Inbound {
                         kind: "http",
                     })
                     .inc();
+                let caller = conn
+                    .client
+                    .as_ref()
+                    .map_or_else(|| "unauthenticated".to_string(), |id| id.to_string());
+                let settings = &self.inner.settings;
                 Err(ProxyError::Forbidden {
-                    caller: conn
-                        .client
-                        .as_ref()
-                        .map(|id| id.to_string())
-                        .unwrap_or_else(|| "unauthenticated".to_string()),
+                    explain: explain_command(
+                        &caller,
+                        &settings.namespace,
+                        &settings.workload,
+                        conn.target_port,
+                        Some((req.method(), path.as_str())),
+                    ),
+                    caller,
                     policy: decision.policy.to_string(),
                 })
             }
@@ -580,18 +624,107 @@ impl Inbound {
         rsp
     }
 
-    /// Counts a request allowed by `policy`: the counter of the first policy that allowed one on
-    /// this connection is kept at hand (a connection's requests are nearly always allowed by the
-    /// same one); another policy's is looked up in the family.
-    fn allowed(&self, http: &HttpConn, policy: &Arc<str>) {
-        let first = http.allowed.get_or_init(|| {
-            let counter = self.allow_counter(&http.conn, policy);
-            (policy.clone(), counter)
+    /// Counts and logs a request or connection denied by policies in audit mode only, which is
+    /// let through (a warning at most once per interval, as for refused ports).
+    fn would_deny(
+        &self,
+        conn: &Conn,
+        decision: &Decision,
+        request: Option<(&http::Method, crate::path::CheckedPath<'_>)>,
+    ) {
+        self.record_denial(conn, decision, request);
+        let policy = &decision.policy;
+        let kind = if request.is_some() { "http" } else { "tcp" };
+        self.inner
+            .metrics
+            .authz_would_deny_total
+            .get_or_create(&DenyLabels {
+                edge: conn.edge.clone(),
+                policy: policy.clone(),
+                kind,
+            })
+            .inc();
+        let caller = conn
+            .client
+            .as_ref()
+            .map_or("unauthenticated", SpiffeId::as_str);
+        let port = conn.target_port;
+        let (method, path) = request.map_or(("", ""), |(m, p)| (m.as_str(), p.as_str()));
+        match self.inner.would_deny_warnings.allow() {
+            Some(suppressed) => tracing::warn!(
+                %caller,
+                port,
+                kind,
+                method,
+                path = %crate::tap::mask::cards(path),
+                %policy,
+                suppressed,
+                "would_deny: let through because the policies that deny it are in audit mode \
+                 (further ones in the next minute are logged at debug only; \
+                 authz_would_deny_total counts them all)"
+            ),
+            None => tracing::debug!(%caller, port, kind, %policy, "would_deny: let through"),
+        }
+    }
+
+    /// Enters a deny or would_deny decision in the decision log, if it is on.
+    fn record_denial(
+        &self,
+        conn: &Conn,
+        decision: &Decision,
+        request: Option<(&http::Method, crate::path::CheckedPath<'_>)>,
+    ) {
+        let Some(audit) = &self.inner.settings.audit else {
+            return;
+        };
+        let denial = Denial {
+            caller: conn.edge.peer_id.as_ref(),
+            port: conn.target_port,
+            request: request.map(|(m, p)| (m, p.as_str())),
+            verdict: decision.verdict,
+            policy: &decision.policy,
+            mode: decision.mode,
+        };
+        audit.deny(denial, crate::audit::unix_ms());
+    }
+
+    /// The decision log's counter of decisions like `decision` on this connection, if it is on.
+    fn audit_slot(&self, conn: &Conn, kind: Kind, decision: &Decision) -> Option<Arc<Slot>> {
+        let audit = self.inner.settings.audit.as_ref()?;
+        Some(audit.slot(AuditKey {
+            caller: conn.edge.peer_id.clone(),
+            port: conn.target_port,
+            kind,
+            verdict: decision.verdict,
+            policy: decision.policy.clone(),
+            mode: decision.mode,
+        }))
+    }
+
+    /// Counts a request allowed by `decision`'s policy, in `authz_allow_total` and the decision
+    /// log: the counters of the first policy that allowed one on this connection are kept at hand
+    /// (a connection's requests are nearly always allowed by the same one), so a request costs
+    /// two atomic adds; another policy's are looked up.
+    fn allowed(&self, http: &HttpConn, decision: &Decision) {
+        let policy = &decision.policy;
+        let first = http.allowed.get_or_init(|| Allowed {
+            policy: policy.clone(),
+            mode: decision.mode,
+            counter: self.allow_counter(&http.conn, policy),
+            slot: self.audit_slot(&http.conn, Kind::Http, decision),
         });
-        if Arc::ptr_eq(&first.0, policy) || *first.0 == **policy {
-            first.1.inc();
+        if (Arc::ptr_eq(&first.policy, policy) || *first.policy == **policy)
+            && first.mode == decision.mode
+        {
+            first.counter.inc();
+            if let Some(slot) = &first.slot {
+                slot.hit();
+            }
         } else {
             self.allow_counter(&http.conn, policy).inc();
+            if let Some(slot) = self.audit_slot(&http.conn, Kind::Http, decision) {
+                slot.hit();
+            }
         }
     }
 
@@ -776,6 +909,41 @@ fn refusal_service(refusal: PortRefusal, close: bool) -> HttpService {
         }
         rsp
     })
+}
+
+/// The command a 403 body points at, which shows why the request was denied:
+/// `onemesh authz explain --from <caller> --to <namespace>/<workload>:<port> --method M --path P`
+/// (the port as this proxy sees it; the control plane maps it back to the declared one). The path
+/// is quoted for a POSIX shell when it holds anything but the characters every shell leaves alone.
+pub fn explain_command(
+    caller: &str,
+    namespace: &str,
+    workload: &str,
+    port: u16,
+    request: Option<(&http::Method, &str)>,
+) -> String {
+    let mut cmd =
+        format!("onemesh authz explain --from {caller} --to {namespace}/{workload}:{port}");
+    if let Some((method, path)) = request {
+        let plain = path.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'/' | b'.' | b'_' | b'-' | b'~' | b'%' | b':' | b'@' | b'+' | b',' | b'='
+                )
+        });
+        cmd.push_str(" --method ");
+        cmd.push_str(method.as_str());
+        cmd.push_str(" --path ");
+        if plain && !path.is_empty() {
+            cmd.push_str(path);
+        } else {
+            cmd.push('\'');
+            cmd.push_str(&path.replace('\'', "'\\''"));
+            cmd.push('\'');
+        }
+    }
+    cmd
 }
 
 /// How often a refused target port is logged as a warning (the others at debug).

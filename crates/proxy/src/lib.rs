@@ -13,7 +13,8 @@
 //!   probes at `/app-probe/…` when injected in Kubernetes ([`admin`]);
 //! - **control-only admin** (default `0.0.0.0:4190`, control-plane mode): mTLS, served only to
 //!   the control plane's identity: live request metadata, masked, at `/tap` ([`control_admin`],
-//!   [`tap`]; the same events can be JSON access logs on stdout).
+//!   [`tap`]; the same events can be JSON access logs on stdout), and why a request would be
+//!   allowed or denied at `/authz/explain` ([`explain`]).
 //!
 //! Between proxies, HTTP/2 and gRPC ride one multiplexed HTTP/2 connection per endpoint; HTTP/1
 //! rides pooled HTTP/1.1 connections ([`pool`]), or with `ONEMESH_PROXY_HTTP1_TRANSPORT=h2` the
@@ -45,6 +46,7 @@
 //! reads `grpc-status` from response headers only, not trailers.
 
 pub mod admin;
+pub mod audit;
 pub mod body;
 pub mod client;
 pub mod config;
@@ -55,6 +57,7 @@ pub mod detect;
 pub mod discover;
 pub mod drain;
 pub mod error;
+pub mod explain;
 pub mod head;
 pub mod http_util;
 pub mod inbound;
@@ -108,6 +111,9 @@ pub struct Sources {
     pub trust: Option<control::TrustWatch>,
     /// Where the proxy keeps its key, leaf and last configuration across restarts.
     pub state_dir: Option<state_dir::StateDir>,
+    /// Where the decision log's batches go (control-plane mode: `Audit.Append`); `None` in static
+    /// mode, where an enabled log writes them to stdout.
+    pub audit: Option<Arc<dyn audit::AuditSink>>,
 }
 
 /// Why the proxy could not start.
@@ -187,6 +193,7 @@ impl Sources {
             control: None,
             trust: None,
             state_dir: None,
+            audit: None,
         })
     }
 }
@@ -319,6 +326,36 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
         plain.clone(),
         metrics.clone(),
     )?;
+    // The decision log: on by default with a control plane (shipped there), off in static mode
+    // (where `on` writes the batches to stdout).
+    let audit = if config.audit.unwrap_or(sources.audit.is_some()) {
+        let log = audit::AuditLog::new(config.audit_deny_rate, metrics.clone());
+        let sink = sources
+            .audit
+            .clone()
+            .unwrap_or_else(|| Arc::new(audit::StdoutSink));
+        let who = audit::Shipper {
+            namespace: namespace.to_string(),
+            workload: workload.to_string(),
+            instance: audit::instance_id().ok_or(BuildError::Random)?,
+        };
+        tokio::spawn(audit::ship(
+            log.collector(audit::unix_ms()),
+            sink,
+            who,
+            drain.handle(),
+        ));
+        Some(log)
+    } else {
+        None
+    };
+    // One policy watch for the inbound and the explain endpoint: both see the same snapshot.
+    let policy = sources.policy.authorizations();
+    let explain = control_admin::ExplainContext {
+        policy: policy.clone(),
+        namespace: namespace.clone(),
+        proxy_ports: proxy_ports.clone(),
+    };
     let inbound = inbound::Inbound::new(
         inbound::InboundSettings {
             detect_timeout: config.detect_timeout,
@@ -332,9 +369,10 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
             proxy_ports,
             stream_idle_timeout: config.stream_idle_timeout,
             tap: tap.clone(),
+            audit,
         },
         credentials.clone(),
-        sources.policy.authorizations(),
+        policy.clone(),
         plain,
         metrics.clone(),
     );
@@ -399,6 +437,7 @@ pub async fn build(config: Config, mut sources: Sources) -> Result<Proxy, BuildE
             control_id,
             credentials.clone(),
             tap.clone(),
+            explain,
             metrics.clone(),
             limits,
             config.connect_timeout,

@@ -6,8 +6,10 @@
 //! `tcp_open_total`, `tcp_close_total`, `tcp_open_connections`, `tcp_read_bytes_total`,
 //! `tcp_write_bytes_total`, `tcp_connection_duration_seconds`, labelled `direction`, `namespace`, `workload`, `dst_namespace`,
 //! `dst_workload`, `client_id` (inbound) / `server_id` (outbound), `tls`, `route`. Plus the proxy's
-//! own: `tls_handshake_failure_total`, `authz_allow_total`, `authz_deny_total` (labels
-//! `policy`, `kind`), `proxy_error_total`, `detect_total`, `control_admin_refused_total`,
+//! own: `tls_handshake_failure_total`, `authz_allow_total`, `authz_deny_total`,
+//! `authz_would_deny_total` (labels `policy`, `kind`), the decision log's
+//! `audit_decisions_total{outcome}`, `audit_shipped_records_total`, `audit_queue_records`,
+//! `audit_ship_failures_total` ([`crate::audit`]), `proxy_error_total`, `detect_total`, `control_admin_refused_total`,
 //! `identity_cert_expiration_timestamp_seconds`, `process_start_time_seconds`, `identity_certify_total`, `rate_limited_total`
 //! (per caller, policy and `limit`), `fault_injected_total` (per route and `kind`), and the
 //! outbound circuit breakers' `breaker_endpoint_state` and `breaker_ejection_total` (labels
@@ -391,6 +393,20 @@ impl EncodeLabelSet for RefusalLabels {
     }
 }
 
+/// The `outcome` label of the decision log's record counter (bounded: see [`crate::audit`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct OutcomeLabels {
+    /// `individual`, `aggregated` or `overflow`.
+    pub outcome: &'static str,
+}
+
+impl EncodeLabelSet for OutcomeLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("outcome", self.outcome).encode(encoder.encode_label())
+    }
+}
+
 impl EncodeLabelSet for ResultLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeLabel;
@@ -446,6 +462,16 @@ pub struct Metrics {
     pub authz_deny_total: Family<DenyLabels, Counter>,
     /// Requests/connections allowed, by the policy that allowed them.
     pub authz_allow_total: Family<AuthzLabels, Counter>,
+    /// Requests/connections denied by policies in audit mode only, let through.
+    pub authz_would_deny_total: Family<DenyLabels, Counter>,
+    /// Decisions entered in the decision log, by how (`individual`, `aggregated`, `overflow`).
+    pub audit_decisions_total: Family<OutcomeLabels, Counter>,
+    /// Decision records the control plane acknowledged.
+    pub audit_shipped_records_total: Counter,
+    /// Decision records waiting to be shipped (one by one, and aggregates).
+    pub audit_queue_records: Gauge,
+    /// `Audit.Append` calls that failed (each is retried with the same batch).
+    pub audit_ship_failures_total: Counter,
     /// Connections refused by the control-only admin listener, by reason.
     pub control_admin_refused_total: Family<RefusalLabels, Counter>,
     /// Proxy errors by `onemesh-error` reason.
@@ -494,6 +520,11 @@ impl Metrics {
             tls_handshake_failure_total: Family::default(),
             authz_deny_total: Family::default(),
             authz_allow_total: Family::default(),
+            authz_would_deny_total: Family::default(),
+            audit_decisions_total: Family::default(),
+            audit_shipped_records_total: Counter::default(),
+            audit_queue_records: Gauge::default(),
+            audit_ship_failures_total: Counter::default(),
             control_admin_refused_total: Family::default(),
             proxy_error_total: Family::default(),
             retry_total: Family::default(),
@@ -562,6 +593,31 @@ impl Metrics {
             "authz_allow",
             "Inbound requests and connections allowed, by the policy that allowed them",
             m.authz_allow_total.clone(),
+        );
+        registry.register(
+            "authz_would_deny",
+            "Inbound requests and connections denied by policies in audit mode only, let through",
+            m.authz_would_deny_total.clone(),
+        );
+        registry.register(
+            "audit_decisions",
+            "Authorization decisions entered in the decision log, by outcome: individual (one record each), aggregated (counted in a per-minute aggregate), overflow (aggregated without the caller: too many keys)",
+            m.audit_decisions_total.clone(),
+        );
+        registry.register(
+            "audit_shipped_records",
+            "Decision records the control plane acknowledged",
+            m.audit_shipped_records_total.clone(),
+        );
+        registry.register(
+            "audit_queue_records",
+            "Decision records waiting to be shipped to the control plane",
+            m.audit_queue_records.clone(),
+        );
+        registry.register(
+            "audit_ship_failures",
+            "Audit.Append calls that failed (the same batch is sent again)",
+            m.audit_ship_failures_total.clone(),
         );
         registry.register(
             "control_admin_refused",

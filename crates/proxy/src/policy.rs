@@ -20,8 +20,19 @@
 //! [`plain_target`] for redirected plain connections). Nothing is declared until the first
 //! policy arrives, so nothing is forwarded before then.
 //!
+//! **Modes** ([`Mode`]): the decision is computed as above, and then a denial is softened to
+//! [`Verdict::WouldDeny`] (let through, counted and logged as `would_deny`) only when whatever
+//! decided it is in audit mode: for a denial by the authorizations in force on the port, when
+//! EVERY one of them is `audit` (one `enforce` authorization covering the port keeps denials
+//! enforced, and an audit authorization on another port changes nothing here); for a denial by
+//! the default, when the namespace's default mode ([`Authorizations::default_mode`]) is `audit`
+//! (which never softens a port that an authorization covers). Refusals before policy (an
+//! undeclared port, an ambiguous path) are never softened.
+//!
 //! [`authorize`] is a pure function over a snapshot, so the data path just reads the current
-//! `Arc<Authorizations>` from a watch and calls it.
+//! `Arc<Authorizations>` from a watch and calls it. The control plane's explain endpoint
+//! ([`crate::control_admin`]) calls the same function on the same snapshot, and lists the
+//! per-authorization predicates with [`Authorization::evaluate`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,6 +65,27 @@ impl RouteMatch {
     }
 }
 
+/// What a denial does: refuse it, or let it through as `would_deny` (a dry run).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Denials are refused (the default).
+    #[default]
+    Enforce,
+    /// Denials are let through, counted and logged as `would_deny`.
+    Audit,
+}
+
+impl Mode {
+    /// `enforce` or `audit` (explain answers, decision records).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
 /// One authorization.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Authorization {
@@ -69,9 +101,41 @@ pub struct Authorization {
     pub namespaces: Vec<String>,
     /// Whether callers without a mesh identity are allowed.
     pub unauthenticated: bool,
+    /// Whether a denial on its ports is enforced (see the module doc).
+    pub mode: Mode,
+}
+
+/// The predicates of one authorization for one request (the explain endpoint's detail).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Evaluation {
+    /// It covers the port.
+    pub covers_port: bool,
+    /// It admits the caller.
+    pub admits_caller: bool,
+    /// It allows the request (method and path; or the opaque connection).
+    pub matches_request: bool,
+    /// The first of its routes matching the request (`None` without routes, or when none does).
+    pub route: Option<usize>,
 }
 
 impl Authorization {
+    /// Evaluates the same predicates as [`authorize`] for this authorization alone.
+    pub fn evaluate(
+        &self,
+        port: u16,
+        caller: Option<&SpiffeId>,
+        request: Option<(&http::Method, CheckedPath<'_>)>,
+    ) -> Evaluation {
+        Evaluation {
+            covers_port: self.covers(port),
+            admits_caller: self.admits(caller),
+            matches_request: self.allows_request(request),
+            route: request.and_then(|(method, path)| {
+                self.routes.iter().position(|r| r.matches(method, path))
+            }),
+        }
+    }
+
     fn covers(&self, port: u16) -> bool {
         self.ports.is_empty() || self.ports.contains(&port)
     }
@@ -107,6 +171,8 @@ pub struct Authorizations {
     pub limits: Vec<crate::inbound::limit::RateLimit>,
     /// Faults of the routes over this workload ([`crate::inbound::fault`]).
     pub faults: Vec<crate::inbound::fault::FaultRule>,
+    /// The mode of the default (ports no authorization covers), from the namespace.
+    pub default_mode: Mode,
 }
 
 impl Authorizations {
@@ -235,17 +301,53 @@ pub fn plain_target(
     check_port(declared, proxy_ports, dst.port())
 }
 
+/// What a decision does with the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Allowed.
+    Allow,
+    /// Denied: refused.
+    Deny,
+    /// Denied in audit mode: let through, counted and logged as `would_deny`.
+    WouldDeny,
+}
+
+impl Verdict {
+    /// `allow`, `deny` or `would_deny`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::WouldDeny => "would_deny",
+        }
+    }
+}
+
 /// The outcome of an authorization check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
-    /// Allowed or not.
-    pub allowed: bool,
-    /// The policy that allowed or denied (bounded: from config or a constant).
+    /// Allowed, denied, or denied in audit mode.
+    pub verdict: Verdict,
+    /// The policy that allowed, or the policies in force that denied, joined by `,` (bounded:
+    /// from config or a constant).
     pub policy: Arc<str>,
+    /// The mode it was taken in: the allowing authorization's; for a denial by authorizations,
+    /// `audit` only when all of them are; for the default, the namespace's default mode.
+    pub mode: Mode,
+    /// Whether the default decided (no authorization covers the port).
+    pub default: bool,
+}
+
+impl Decision {
+    /// Whether the request goes on to the app (allowed, or denied in audit mode).
+    pub fn lets_through(&self) -> bool {
+        self.verdict != Verdict::Deny
+    }
 }
 
 /// Decides whether `caller` may reach `port`; `request` is the HTTP method and checked path, or
-/// `None` for an opaque connection.
+/// `None` for an opaque connection. An allowed request costs what it did before modes: no
+/// allocation, and no more work than finding the first admitting authorization.
 pub fn authorize(
     auths: &Authorizations,
     own_namespace: &str,
@@ -254,13 +356,17 @@ pub fn authorize(
     request: Option<(&http::Method, CheckedPath<'_>)>,
 ) -> Decision {
     let mut in_force: Option<Arc<str>> = None;
+    let mut enforced = false;
     for auth in auths.list.iter().filter(|a| a.covers(port)) {
         if auth.admits(caller) && auth.allows_request(request) {
             return Decision {
-                allowed: true,
+                verdict: Verdict::Allow,
                 policy: auth.name.clone(),
+                mode: auth.mode,
+                default: false,
             };
         }
+        enforced |= auth.mode == Mode::Enforce;
         // Only the deny path pays for naming several policies.
         in_force = Some(match in_force {
             None => auth.name.clone(),
@@ -268,14 +374,30 @@ pub fn authorize(
         });
     }
     if let Some(policy) = in_force {
+        let (verdict, mode) = if enforced {
+            (Verdict::Deny, Mode::Enforce)
+        } else {
+            (Verdict::WouldDeny, Mode::Audit)
+        };
         return Decision {
-            allowed: false,
+            verdict,
             policy,
+            mode,
+            default: false,
         };
     }
+    let verdict = if caller.is_some_and(|id| id.namespace() == own_namespace) {
+        Verdict::Allow
+    } else if auths.default_mode == Mode::Audit {
+        Verdict::WouldDeny
+    } else {
+        Verdict::Deny
+    };
     Decision {
-        allowed: caller.is_some_and(|id| id.namespace() == own_namespace),
+        verdict,
         policy: default_policy_name(),
+        mode: auths.default_mode,
+        default: true,
     }
 }
 

@@ -21,7 +21,7 @@ use crate::discover::{
     Backend, BoxFuture, Certifier, CertifyError, Discover, DiscoverError, Endpoint,
     EndpointProtocol, InboundPolicy, Resolution, Route, Service, Target,
 };
-use crate::policy::{Authorization, Authorizations, DeclaredPorts, RouteMatch};
+use crate::policy::{Authorization, Authorizations, DeclaredPorts, Mode, RouteMatch};
 
 /// The file's top level.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -164,6 +164,9 @@ pub struct InboundSpec {
     /// Rate limits (per workload, in total and per caller identity).
     #[serde(default)]
     pub rate_limits: Vec<RateLimitSpec>,
+    /// The mode of the default (ports no authorization covers): `enforce` (default) or `audit`.
+    #[serde(default)]
+    pub default_mode: Mode,
 }
 
 /// One rate limit of the inbound (see [`crate::inbound::limit`]).
@@ -224,6 +227,9 @@ pub struct AuthorizationSpec {
     /// Allow unauthenticated callers.
     #[serde(default)]
     pub unauthenticated: bool,
+    /// `enforce` (default) or `audit`: denials on its ports let through as `would_deny`.
+    #[serde(default)]
+    pub mode: Mode,
 }
 
 /// A route filter of an authorization.
@@ -440,6 +446,7 @@ impl StaticConfig {
                 identities: a.identities.clone(),
                 namespaces: a.namespaces.clone(),
                 unauthenticated: a.unauthenticated,
+                mode: a.mode,
             });
         }
         Ok(Loaded {
@@ -464,6 +471,7 @@ impl StaticConfig {
                     })
                     .collect(),
                 faults: Vec::new(),
+                default_mode: self.inbound.default_mode,
             },
         })
     }

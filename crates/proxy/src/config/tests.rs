@@ -269,3 +269,32 @@ fn the_control_admin_listener_is_on_in_control_plane_mode_only_unless_asked() {
     assert!(names.contains(&ENV_ACCESS_LOG), "{err}");
     assert!(names.contains(&ENV_TAP_MASK_HEADERS), "{err}");
 }
+
+#[test]
+fn the_decision_log_settings_parse_and_bad_ones_are_reported_together() {
+    let env = HashMap::from([(ENV_IDENTITY, ID)]);
+    let c = Config::from_source(&env).unwrap();
+    assert_eq!(c.audit, None, "unset: on with a control plane, off without");
+    assert_eq!(c.audit_deny_rate, 100);
+    let env = HashMap::from([
+        (ENV_IDENTITY, ID),
+        (ENV_AUDIT, "off"),
+        (ENV_AUDIT_DENY_RATE, "0"),
+    ]);
+    let c = Config::from_source(&env).unwrap();
+    assert_eq!((c.audit, c.audit_deny_rate), (Some(false), 0));
+    let env = HashMap::from([(ENV_IDENTITY, ID), (ENV_AUDIT, "on")]);
+    assert_eq!(Config::from_source(&env).unwrap().audit, Some(true));
+    let env = HashMap::from([
+        (ENV_IDENTITY, ID),
+        (ENV_AUDIT, "yes"),
+        (ENV_AUDIT_DENY_RATE, "100/s"),
+    ]);
+    let err = Config::from_source(&env).unwrap_err();
+    let names: Vec<_> = err.bad_vars().iter().map(|b| b.name).collect();
+    assert_eq!(names, [ENV_AUDIT, ENV_AUDIT_DENY_RATE], "{err}");
+    assert!(err.to_string().contains("must be on or off"), "{err}");
+    assert!(err.to_string().contains("from 0 to 100000"), "{err}");
+    let env = HashMap::from([(ENV_IDENTITY, ID), (ENV_AUDIT_DENY_RATE, "100001")]);
+    assert!(Config::from_source(&env).is_err());
+}

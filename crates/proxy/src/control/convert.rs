@@ -20,7 +20,7 @@ use crate::discover::{
 };
 use crate::inbound::fault::{AbortWith, FaultRule};
 use crate::inbound::limit::{Override, Rate, RateLimit};
-use crate::policy::{Authorization, Authorizations, DeclaredPorts, RouteMatch};
+use crate::policy::{Authorization, Authorizations, DeclaredPorts, Mode, RouteMatch};
 
 /// One entry of a control-plane message that the proxy cannot use (it is skipped).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -376,6 +376,7 @@ pub fn authorizations(p: &pol::InboundPolicy) -> (Authorizations, Vec<ConvertErr
                     a.namespaces.clone()
                 },
                 unauthenticated: a.unauthenticated && !admits_nobody,
+                mode: mode(a.mode),
             });
         }
     }
@@ -391,8 +392,18 @@ pub fn authorizations(p: &pol::InboundPolicy) -> (Authorizations, Vec<ConvertErr
         ports,
         limits,
         faults,
+        default_mode: mode(p.default_mode),
     };
     (auths, skipped)
+}
+
+/// A proto mode. A value this proxy does not know (a newer control plane) is taken as ENFORCE:
+/// failing closed, a denial stays a denial rather than being let through.
+fn mode(value: i32) -> Mode {
+    match pol::Mode::try_from(value) {
+        Ok(pol::Mode::Audit) => Mode::Audit,
+        Ok(pol::Mode::Enforce) | Err(_) => Mode::Enforce,
+    }
 }
 
 fn ports_of(what: &'static str, list: &[u32], skipped: &mut Vec<ConvertError>) -> Vec<u16> {

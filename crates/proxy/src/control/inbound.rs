@@ -83,6 +83,7 @@ pub fn awaiting_policy() -> Authorizations {
             identities: Vec::new(),
             namespaces: Vec::new(),
             unauthenticated: false,
+            mode: crate::policy::Mode::Enforce,
         }],
         ports: crate::policy::DeclaredPorts::awaiting(),
         ..Default::default()

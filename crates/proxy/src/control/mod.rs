@@ -89,6 +89,8 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long the first resolve of a name waits for the control plane's first answer (then 503;
 /// the stream keeps trying, and the next resolve waits on it again).
 pub const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one `Audit.Append` call may take (then the same batch is sent again).
+pub const AUDIT_APPEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one `Certify` call may take.
 pub const CERTIFY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -201,7 +203,10 @@ pub fn sources_with_bundle(
     };
     let identity = IdentityClient::new(channel(&control.identity_addr)?);
     let destination = DestinationClient::new(channel(&control.destination_addr)?);
-    let policy = PolicyClient::new(channel(&control.policy_addr)?);
+    // The policy watch and the decision log share one channel (one connection).
+    let policy_channel = channel(&control.policy_addr)?;
+    let audit = crate::audit::GrpcSink::new(policy_channel.clone(), AUDIT_APPEND_TIMEOUT);
+    let policy = PolicyClient::new(policy_channel);
     let namespace = config.namespace().to_string();
     let inbound = ControlPolicy::spawn(
         policy.clone(),
@@ -236,6 +241,7 @@ pub fn sources_with_bundle(
         tcp_forwards: Vec::new(),
         control: Some(plane),
         state_dir: state,
+        audit: Some(Arc::new(audit)),
     })
 }
 

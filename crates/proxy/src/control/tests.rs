@@ -48,6 +48,10 @@ struct FakeState {
     certify_calls: AtomicUsize,
     /// How long `watch_outbound` holds back its first message (a slow policy stream).
     outbound_delay: std::sync::Mutex<Duration>,
+    /// Every `Audit.Append` received, answered or not.
+    appends: std::sync::Mutex<Vec<onemesh_api::audit::AppendRequest>>,
+    /// How many `Audit.Append` calls to fail (after receiving them) before answering.
+    fail_appends: AtomicUsize,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -195,6 +199,30 @@ impl destination_server::Destination for Fake {
 }
 
 #[tonic::async_trait]
+impl onemesh_api::audit::audit_server::Audit for Fake {
+    async fn append(
+        &self,
+        req: Request<onemesh_api::audit::AppendRequest>,
+    ) -> Result<Response<onemesh_api::audit::AppendResponse>, Status> {
+        let batch = req.into_inner();
+        let records = batch.records.len() as u64;
+        self.0.appends.lock().unwrap().push(batch);
+        let fail = self
+            .0
+            .fail_appends
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            // received, but the answer is lost: the proxy must send the same batch again
+            return Err(Status::unavailable("the log is not writable right now"));
+        }
+        Ok(Response::new(onemesh_api::audit::AppendResponse {
+            sequence: records,
+        }))
+    }
+}
+
+#[tonic::async_trait]
 impl policy_server::Policy for Fake {
     type WatchInboundStream = BoxStream<pol::InboundPolicy>;
     type WatchOutboundStream = BoxStream<pol::OutboundPolicy>;
@@ -281,6 +309,8 @@ impl Plane {
                 destination_watches: AtomicUsize::new(0),
                 certify_calls: AtomicUsize::new(0),
                 outbound_delay: std::sync::Mutex::new(Duration::ZERO),
+                appends: std::sync::Mutex::new(Vec::new()),
+                fail_appends: AtomicUsize::new(0),
             }),
             tls,
             bundle: anchor.bundle(),
@@ -294,7 +324,8 @@ impl Plane {
         let fake = Fake(self.state.clone());
         let routes = tonic::service::Routes::new(IdentityServer::new(fake.clone()))
             .add_service(DestinationServer::new(fake.clone()))
-            .add_service(PolicyServer::new(fake));
+            .add_service(PolicyServer::new(fake.clone()))
+            .add_service(onemesh_api::audit::audit_server::AuditServer::new(fake));
         let acceptor = TlsAcceptor::from(self.tls.clone());
         let (stop, stopped) = watch::channel(false);
         let mut stop_accepting = stopped.clone();
@@ -571,8 +602,10 @@ fn unusable_entries_are_skipped_and_never_widen_policy() {
     let caller: SpiffeId = "spiffe://cluster.local/ns/order/sa/web".parse().unwrap();
     let same_ns: SpiffeId = "spiffe://cluster.local/ns/pg/sa/other".parse().unwrap();
     let get = (&http::Method::GET, crate::path::check("/").unwrap());
-    assert!(!crate::policy::authorize(&auths, "pg", 8080, Some(&caller), Some(get)).allowed);
-    assert!(!crate::policy::authorize(&auths, "pg", 8080, Some(&same_ns), Some(get)).allowed);
+    assert!(!crate::policy::authorize(&auths, "pg", 8080, Some(&caller), Some(get)).lets_through());
+    assert!(
+        !crate::policy::authorize(&auths, "pg", 8080, Some(&same_ns), Some(get)).lets_through()
+    );
 
     // Declared ports are carried over; an unusable one is skipped (one port fewer forwarded).
     let mut policy = allow("ports");
@@ -1028,7 +1061,7 @@ fn before_the_first_policy_nobody_is_let_in() {
     let closed = super::inbound::awaiting_policy();
     let same_ns = onemesh_identity::SpiffeId::new("cluster.local", "bank", "bank").unwrap();
     let d = crate::policy::authorize(&closed, "bank", 8080, Some(&same_ns), None);
-    assert!(!d.allowed);
+    assert!(!d.lets_through());
     assert_eq!(&*d.policy, super::inbound::AWAITING_POLICY);
     // and no port is known, so nothing is forwarded at all — for now (503, retryable), not for
     // good (403): the policy is on its way
@@ -1245,4 +1278,124 @@ async fn in_control_plane_mode_the_control_plane_and_only_it_gets_a_tap() {
     assert!(head.contains("application/x-ndjson"), "{head}");
     let head = tap_as(&plane, "spiffe://cluster.local/ns/web/sa/web", addr).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+}
+
+#[test]
+fn modes_come_from_the_policy_and_an_unknown_mode_enforces() {
+    use crate::policy::Mode;
+    let mut policy = allow("audited");
+    policy.authorizations[0].mode = pol::Mode::Audit.into();
+    policy.default_mode = pol::Mode::Audit.into();
+    let (auths, skipped) = convert::authorizations(&policy);
+    assert!(skipped.is_empty());
+    assert_eq!(auths.list[0].mode, Mode::Audit);
+    assert_eq!(auths.default_mode, Mode::Audit);
+    // forged: a value this proxy does not know (a newer control plane, or a bad one) must fail
+    // closed, not let denied callers through
+    policy.authorizations[0].mode = 7;
+    policy.default_mode = -1;
+    let (auths, _) = convert::authorizations(&policy);
+    assert_eq!(auths.list[0].mode, Mode::Enforce);
+    assert_eq!(auths.default_mode, Mode::Enforce);
+    let caller: SpiffeId = "spiffe://cluster.local/ns/mallory/sa/m".parse().unwrap();
+    let d = crate::policy::authorize(&auths, "pg", 8080, Some(&caller), None);
+    assert_eq!(d.verdict, crate::policy::Verdict::Deny);
+}
+
+#[tokio::test]
+async fn decision_records_reach_the_audit_service_once_even_when_an_answer_is_lost() {
+    use crate::audit::{self, AuditLog, Denial, Kind};
+    use crate::policy::{Mode, Verdict};
+    let plane = Plane::new();
+    plane.state.fail_appends.store(1, Ordering::SeqCst);
+    let server = plane.serve("127.0.0.1:0".parse().unwrap()).await;
+    let config = config(server.addr, TOKEN);
+    let sources = sources_for(&plane, &config);
+    attach_certificate(&plane, &sources);
+    let sink = sources
+        .audit
+        .clone()
+        .expect("control-plane mode ships the decision log");
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let log = AuditLog::new(100, metrics.clone());
+    let drain = crate::drain::Controller::new();
+    let who = audit::Shipper {
+        namespace: "pg".into(),
+        workload: "pg".into(),
+        instance: audit::instance_id().unwrap(),
+    };
+    let shipping = tokio::spawn(audit::ship(
+        log.collector(audit::unix_ms()),
+        sink,
+        who.clone(),
+        drain.handle(),
+    ));
+    let caller: Arc<str> = "spiffe://cluster.local/ns/mallory/sa/m".into();
+    let policy: Arc<str> = "allow-web".into();
+    for path in ["/a", "/b", "/c"] {
+        log.deny(
+            Denial {
+                caller: Some(&caller),
+                port: 8080,
+                request: Some((&http::Method::GET, path)),
+                verdict: Verdict::Deny,
+                policy: &policy,
+                mode: Mode::Enforce,
+            },
+            audit::unix_ms(),
+        );
+    }
+    let slot = log.slot(audit::Key {
+        caller: Some("spiffe://cluster.local/ns/order/sa/web".into()),
+        port: 8080,
+        kind: Kind::Http,
+        verdict: Verdict::Allow,
+        policy: policy.clone(),
+        mode: Mode::Enforce,
+    });
+    for _ in 0..5 {
+        slot.hit();
+    }
+    // the first batch is received, its answer lost, and it comes again
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while plane.state.appends.lock().unwrap().len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no second attempt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // draining ships the current minute's aggregate too
+    drain.drain().await;
+    tokio::time::timeout(WAIT, shipping).await.unwrap().unwrap();
+    let appends = plane.state.appends.lock().unwrap().clone();
+    assert_eq!(appends[0].batch, 1);
+    assert_eq!(appends[0].instance, who.instance);
+    assert_eq!(
+        (&appends[0].namespace[..], &appends[0].workload[..]),
+        ("pg", "pg")
+    );
+    assert_eq!(
+        appends[1], appends[0],
+        "the same (instance, batch) with the same records"
+    );
+    assert_eq!(appends[0].records.len(), 3);
+    // as the control plane sees it once it drops a batch it already has: each decision once
+    let mut seen = std::collections::BTreeSet::new();
+    let kept: Vec<&onemesh_api::audit::Record> = appends
+        .iter()
+        .filter(|a| seen.insert((a.instance.clone(), a.batch)))
+        .flat_map(|a| a.records.iter())
+        .collect();
+    let paths: Vec<&str> = kept
+        .iter()
+        .filter(|r| r.count == 1 && !r.path.is_empty())
+        .map(|r| r.path.as_str())
+        .collect();
+    assert_eq!(paths, ["/a", "/b", "/c"]);
+    let allowed: u64 = kept
+        .iter()
+        .filter(|r| r.decision() == onemesh_api::audit::Decision::Allow)
+        .map(|r| r.count)
+        .sum();
+    assert_eq!(allowed, 5, "{kept:?}");
+    assert_eq!(metrics.audit_ship_failures_total.get(), 1);
+    assert_eq!(metrics.audit_shipped_records_total.get(), 4);
 }

@@ -51,3 +51,35 @@ async fn a_refused_port_is_answered_with_its_reason_and_the_connection_closes() 
         .unwrap()
         .unwrap();
 }
+
+#[test]
+fn the_403_names_the_explain_command_with_a_shell_safe_path() {
+    let post = http::Method::POST;
+    assert_eq!(
+        explain_command(
+            "spiffe://cluster.local/ns/pg/sa/pg",
+            "card",
+            "card",
+            41234,
+            Some((&post, "/v1/pay"))
+        ),
+        "onemesh authz explain --from spiffe://cluster.local/ns/pg/sa/pg --to card/card:41234 \
+         --method POST --path /v1/pay"
+    );
+    // a path a shell would read otherwise is quoted (the app receives `&`, `;`, `'`, `$` as is)
+    assert_eq!(
+        explain_command(
+            "unauthenticated",
+            "card",
+            "card",
+            80,
+            Some((&post, "/a&b;'$(x)"))
+        ),
+        "onemesh authz explain --from unauthenticated --to card/card:80 --method POST --path \
+         '/a&b;'\\''$(x)'"
+    );
+    assert_eq!(
+        explain_command("unauthenticated", "card", "card", 80, None),
+        "onemesh authz explain --from unauthenticated --to card/card:80"
+    );
+}

@@ -130,3 +130,22 @@ async fn discover_resolves_names_and_passes_others_through() {
     rx.changed().await.unwrap();
     assert!(rx.borrow().endpoints.is_empty());
 }
+
+#[test]
+fn modes_load_and_default_to_enforce() {
+    use crate::policy::Mode;
+    let loaded = StaticConfig::from_json(EXAMPLE).unwrap().load().unwrap();
+    assert_eq!(loaded.authorizations.list[0].mode, Mode::Enforce);
+    assert_eq!(loaded.authorizations.default_mode, Mode::Enforce);
+    let loaded = StaticConfig::from_json(
+        r#"{"inbound": {"ports": [8080], "default_mode": "audit",
+            "authorizations": [{"name": "a", "mode": "audit", "namespaces": ["x"]}]}}"#,
+    )
+    .unwrap()
+    .load()
+    .unwrap();
+    assert_eq!(loaded.authorizations.list[0].mode, Mode::Audit);
+    assert_eq!(loaded.authorizations.default_mode, Mode::Audit);
+    let err = StaticConfig::from_json(r#"{"inbound": {"default_mode": "dry-run"}}"#).unwrap_err();
+    assert!(err.to_string().contains("dry-run"), "{err}");
+}

@@ -45,6 +45,9 @@ fn forbidden() -> ProxyError {
     ProxyError::Forbidden {
         caller: "spiffe://cluster.local/ns/mallory/sa/mallory".into(),
         policy: "bank-callers".into(),
+        explain: "onemesh authz explain --from spiffe://cluster.local/ns/mallory/sa/mallory \
+                  --to bank/bank:8080 --method GET --path /"
+            .into(),
     }
 }
 
