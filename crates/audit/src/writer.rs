@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -141,7 +142,12 @@ impl Writer {
         settings: WriterSettings,
         sealer: Sealer,
     ) -> Result<(Self, Opened), WriteError> {
-        std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        // Private to the control plane's user: records name callers and (masked) paths.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err("create", dir))?;
         let files = list_files(dir).map_err(io_err("list", dir))?;
         let mut writer = Writer {
             dir: dir.to_path_buf(),
@@ -342,6 +348,7 @@ impl Writer {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io_err("create", &path))?;
         let len = file.metadata().map_err(io_err("stat", &path))?.len();
