@@ -62,7 +62,8 @@ fn a_real_port_of_any_instance_is_recorded_as_declared() {
 #[test]
 fn malformed_records_are_refused_with_their_index() {
     let w = workload();
-    let cases: Vec<(&str, Box<dyn Fn(&mut WireRecord)>)> = vec![
+    type Edit = Box<dyn Fn(&mut WireRecord)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("no decision", Box::new(|r| r.decision = 0)),
         ("kind", Box::new(|r| r.kind = "udp".into())),
         ("port", Box::new(|r| r.port = 70_000)),
