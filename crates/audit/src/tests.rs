@@ -446,6 +446,30 @@ fn rotation_carries_the_chain_and_retention_keeps_it_verifiable() {
 }
 
 #[test]
+fn a_batch_resent_after_a_rotation_and_a_restart_is_still_known() {
+    let (pki, dir) = (Pki::new(), tempdir("rotate-dedup"));
+    let settings = || WriterSettings {
+        max_file_bytes: 1500,
+    };
+    let (mut w, _) = Writer::open(&dir, settings(), pki.control()).unwrap();
+    let big: Vec<Record> = (0..5).map(record).collect();
+    assert_eq!(
+        w.append("proxy-a", 1, big.clone(), now_ms()).unwrap(),
+        Appended::Written(6)
+    );
+    // The file is full: the next write (a seal) rotates, so the newest file holds no record.
+    w.seal(now_ms()).unwrap();
+    drop(w);
+    assert_eq!(writer::list_files(&dir).unwrap().len(), 2);
+    let (mut w, _) = Writer::open(&dir, settings(), pki.control()).unwrap();
+    assert_eq!(
+        w.append("proxy-a", 1, big, now_ms()).unwrap(),
+        Appended::Duplicate(6)
+    );
+    assert!(verify_dir(&dir, &pki.trust()).unwrap().ok());
+}
+
+#[test]
 fn a_removed_middle_file_or_a_cut_older_file_is_a_removal() {
     let (pki, dir) = (Pki::new(), tempdir("midfile"));
     write_log(&dir, &pki, 12, 3000, true);

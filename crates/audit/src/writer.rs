@@ -163,9 +163,13 @@ impl Writer {
         let mut opened = Opened::default();
         // The newest file that holds a whole entry (an empty one, made by a crash right after a
         // rotation, is deleted: its checkpoint is written again).
-        for (_, path) in files.iter().rev() {
+        for (i, (_, path)) in files.iter().enumerate().rev() {
             opened.truncated_bytes += writer.recover(path)?;
             if writer.file.is_some() {
+                // A batch re-sent just after a rotation was appended to the file before.
+                if let Some((_, previous)) = i.checked_sub(1).and_then(|p| files.get(p)) {
+                    writer.remember_file(previous);
+                }
                 break;
             }
             std::fs::remove_file(path).map_err(io_err("delete", path))?;
@@ -219,6 +223,22 @@ impl Writer {
             self.file = Some((file, path.to_path_buf(), good as u64));
         }
         Ok(cut)
+    }
+
+    /// Loads the batches of an older file (best effort: dedup only).
+    fn remember_file(&mut self, path: &Path) {
+        let Ok(bytes) = std::fs::read(path) else {
+            return;
+        };
+        for raw in bytes.split(|&b| b == b'\n') {
+            if let Ok(Entry {
+                seq,
+                body: Body::Record(r),
+            }) = Line::split(raw).and_then(|l| l.entry())
+            {
+                self.remember(&r.instance, r.batch, seq);
+            }
+        }
     }
 
     fn remember(&mut self, instance: &str, batch: u64, seq: u64) {
