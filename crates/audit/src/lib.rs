@@ -26,7 +26,7 @@ pub use entry::{Body, Checkpoint, Decision, Entry, Mode, Record};
 pub use query::{Filter, Found, query_dir};
 pub use seal::{CheckpointError, SealError, Sealer, Trust};
 pub use verify::{Failure, Problem, ReadError, Report, verify_dir};
-pub use writer::{Appended, Opened, WriteError, Writer, WriterSettings};
+pub use writer::{Appended, Batch, Opened, WriteError, Writer, WriterSettings};
 
 #[cfg(test)]
 mod tests;

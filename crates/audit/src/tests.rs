@@ -196,6 +196,39 @@ fn a_resent_batch_is_appended_once() {
 }
 
 #[test]
+fn a_group_of_batches_is_written_once_each_in_order() {
+    let (pki, dir) = (Pki::new(), tempdir("group"));
+    let (mut w, _) = Writer::open(&dir, WriterSettings::default(), pki.control()).unwrap();
+    w.append("proxy-a", 1, vec![record(1)], now_ms()).unwrap();
+    let answers = w
+        .append_all(
+            vec![
+                Batch::new("proxy-a", 1, vec![record(1)]),
+                Batch::new("proxy-b", 1, vec![record(2), record(3)]),
+                Batch::new("proxy-a", 2, vec![]),
+                Batch::new("proxy-b", 1, vec![record(2), record(3)]),
+                Batch::new("proxy-a", 3, vec![record(4)]),
+            ],
+            now_ms(),
+        )
+        .unwrap();
+    assert_eq!(
+        answers,
+        [
+            Appended::Duplicate(2),
+            Appended::Written(4),
+            Appended::Written(0),
+            Appended::Duplicate(4),
+            Appended::Written(5),
+        ]
+    );
+    w.seal(now_ms()).unwrap();
+    let report = verify_dir(&dir, &pki.trust()).unwrap();
+    assert!(report.ok(), "{:?}", report.failure);
+    assert_eq!(report.records, 4);
+}
+
+#[test]
 fn editing_one_byte_of_a_record_names_it() {
     let (pki, dir) = (Pki::new(), tempdir("edit"));
     write_log(&dir, &pki, 3, 1 << 20, true);

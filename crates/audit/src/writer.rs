@@ -109,6 +109,24 @@ struct Seen {
     tick: u64,
 }
 
+/// One proxy's batch.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub instance: String,
+    pub batch: u64,
+    pub records: Vec<Record>,
+}
+
+impl Batch {
+    pub fn new(instance: &str, batch: u64, records: Vec<Record>) -> Self {
+        Self {
+            instance: instance.to_string(),
+            batch,
+            records,
+        }
+    }
+}
+
 /// The outcome of an append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Appended {
@@ -291,35 +309,75 @@ impl Writer {
         records: Vec<Record>,
         now_ms: i64,
     ) -> Result<Appended, WriteError> {
-        if let Some(seen) = self.dedup.get(instance)
-            && batch <= seen.batch
-        {
-            return Ok(Appended::Duplicate(seen.last_seq));
-        }
-        if records.is_empty() {
-            return Ok(Appended::Written(0));
-        }
-        self.rotate_if_full(now_ms)?;
+        let mut out = self.append_all(vec![Batch::new(instance, batch, records)], now_ms)?;
+        Ok(out.pop().unwrap_or(Appended::Written(0)))
+    }
+
+    /// Appends several batches with one write and one sync (group commit: the writer thread
+    /// takes every batch waiting at once), each once; answers in order. On an error nothing of
+    /// them stays in the file.
+    pub fn append_all(
+        &mut self,
+        batches: Vec<Batch>,
+        now_ms: i64,
+    ) -> Result<Vec<Appended>, WriteError> {
+        let mut answers = Vec::with_capacity(batches.len());
+        // What this group appends, for the dedup of a batch sent twice within it.
+        let mut group: HashMap<String, (u64, u64)> = HashMap::new();
         let mut buf = Vec::new();
         let (mut hash, mut seq) = (self.last_hash, self.next_seq);
-        for mut record in records {
-            record.instance = instance.to_string();
-            record.batch = batch;
-            let (line, h) = entry::encode(
-                &hash,
-                &Entry {
-                    seq,
-                    body: Body::Record(record),
-                },
-            )?;
-            buf.extend_from_slice(&line);
-            hash = h;
-            seq += 1;
+        let mut rotated = false;
+        for Batch {
+            instance,
+            batch,
+            records,
+        } in batches
+        {
+            let seen = group
+                .get(&instance)
+                .copied()
+                .or_else(|| self.dedup.get(&instance).map(|s| (s.batch, s.last_seq)));
+            if let Some((last_batch, last_seq)) = seen
+                && batch <= last_batch
+            {
+                answers.push(Appended::Duplicate(last_seq));
+                continue;
+            }
+            if records.is_empty() {
+                answers.push(Appended::Written(0));
+                continue;
+            }
+            if !rotated {
+                // Before the first line of the group: a rotation writes its own checkpoint.
+                self.rotate_if_full(now_ms)?;
+                (hash, seq) = (self.last_hash, self.next_seq);
+                rotated = true;
+            }
+            for mut record in records {
+                record.instance.clone_from(&instance);
+                record.batch = batch;
+                let (line, h) = entry::encode(
+                    &hash,
+                    &Entry {
+                        seq,
+                        body: Body::Record(record),
+                    },
+                )?;
+                buf.extend_from_slice(&line);
+                hash = h;
+                seq += 1;
+            }
+            group.insert(instance, (batch, seq - 1));
+            answers.push(Appended::Written(seq - 1));
         }
-        self.write(&buf, hash, seq)?;
-        self.unsealed = true;
-        self.remember(instance, batch, seq - 1);
-        Ok(Appended::Written(seq - 1))
+        if !buf.is_empty() {
+            self.write(&buf, hash, seq)?;
+            self.unsealed = true;
+            for (instance, (batch, last_seq)) in group {
+                self.remember(&instance, batch, last_seq);
+            }
+        }
+        Ok(answers)
     }
 
     /// Appends a signed checkpoint sealing everything before it, when something was written since

@@ -8,8 +8,9 @@
 //! never from the records; each record's port, as the proxy saw it, is mapped to the workload's
 //! declared port (local mode: `Instance.ports` maps declared → real).
 //!
-//! The writer runs on its own thread (file I/O and fsync block): batches are queued to it, each
-//! is appended and synced before its `Append` is answered, and a batch re-sent with the same
+//! The writer runs on its own thread (file I/O and fsync block): batches are queued to it, the
+//! batches waiting at once are appended with one write and one sync (group commit) before their
+//! `Append`s are answered, and a batch re-sent with the same
 //! (instance, batch) is answered without writing it again. It seals the log every
 //! `seal_interval` when something new was written, and at shutdown, with the control plane's own
 //! credentials (a renewed certificate is picked up before the next checkpoint), and deletes the
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use onemesh_api::audit::audit_server::Audit;
 use onemesh_api::audit::{AppendRequest, AppendResponse, Decision as WireDecision};
-use onemesh_audit::{Appended, Decision, Mode, Record, Sealer, Writer, WriterSettings};
+use onemesh_audit::{Appended, Batch, Decision, Mode, Record, Sealer, Writer, WriterSettings};
 use onemesh_identity::{CredentialStore, SpiffeId};
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
@@ -35,6 +36,8 @@ use crate::store::Store;
 pub const MAX_RECORDS: usize = 4096;
 /// Batches waiting for the writer; beyond, `UNAVAILABLE`.
 pub const QUEUE: usize = 256;
+/// The most batches written with one sync.
+pub const GROUP: usize = 64;
 /// How often files older than the retention are looked for.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// The longest caller, path or policy text a record may carry.
@@ -201,26 +204,18 @@ impl WriterTask {
         loop {
             let wait = next_seal.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
-                Ok(Job::Append {
-                    instance,
-                    batch,
-                    records,
-                    reply,
-                }) => {
-                    self.refresh_sealer();
-                    let result = self
-                        .writer
-                        .append(&instance, batch, records, now_ms())
-                        .map_err(|e| e.to_string());
-                    if let Err(e) = &result {
-                        tracing::error!("decision log append failed: {e}");
+                Ok(first) => {
+                    // Group commit: every batch waiting now, one write and one sync.
+                    let mut jobs = vec![first];
+                    while jobs.len() < GROUP {
+                        match rx.try_recv() {
+                            Ok(job) => jobs.push(job),
+                            Err(_) => break,
+                        }
                     }
-                    let _ = reply.send(result);
-                }
-                Ok(Job::Stop(done)) => {
-                    self.seal();
-                    let _ = done.send(());
-                    return;
+                    if self.handle(jobs) {
+                        return;
+                    }
                 }
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => {
@@ -236,6 +231,56 @@ impl WriterTask {
                 self.prune();
                 next_prune = Instant::now() + PRUNE_EVERY;
             }
+        }
+    }
+
+    /// Appends the batches among `jobs` together and answers them; then, when one of them asks
+    /// to stop, seals and answers it. Returns whether to stop.
+    fn handle(&mut self, jobs: Vec<Job>) -> bool {
+        let mut batches = Vec::with_capacity(jobs.len());
+        let mut replies = Vec::with_capacity(jobs.len());
+        let mut stop = None;
+        for job in jobs {
+            match job {
+                Job::Append {
+                    instance,
+                    batch,
+                    records,
+                    reply,
+                } => {
+                    batches.push(Batch {
+                        instance,
+                        batch,
+                        records,
+                    });
+                    replies.push(reply);
+                }
+                Job::Stop(done) => stop = Some(done),
+            }
+        }
+        if !batches.is_empty() {
+            self.refresh_sealer();
+            match self.writer.append_all(batches, now_ms()) {
+                Ok(answers) => {
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("decision log append failed: {e}");
+                    for reply in replies {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+        match stop {
+            Some(done) => {
+                self.seal();
+                let _ = done.send(());
+                true
+            }
+            None => false,
         }
     }
 
