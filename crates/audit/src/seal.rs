@@ -8,6 +8,7 @@
 //! cannot seal the log), and the signature over [`Checkpoint::message`] must verify with the
 //! leaf's public key.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -168,8 +169,39 @@ impl Trust {
     }
 }
 
+/// Chains already found valid, with the span of time in which every certificate they carry is
+/// valid: a checkpoint of that chain signed within it needs no chain verification of its own
+/// (one every few seconds, for the day a leaf lives). Signatures are always checked.
+#[derive(Debug, Default)]
+pub struct ChainCache {
+    verified: HashMap<String, (SpiffeId, i64, i64)>,
+}
+
+/// The time span (ms) in which every certificate of `chain` is valid; `None` when one does not
+/// parse.
+fn validity(chain: &[CertificateDer<'_>]) -> Option<(i64, i64)> {
+    let mut span = (i64::MIN, i64::MAX);
+    for der in chain {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let v = cert.validity();
+        span.0 = span.0.max(v.not_before.timestamp().saturating_mul(1000));
+        span.1 = span.1.min(v.not_after.timestamp().saturating_mul(1000));
+    }
+    Some(span)
+}
+
 /// Checks checkpoint `cp`, numbered `seq`; returns its signer.
 pub fn check(cp: &Checkpoint, seq: u64, trust: &Trust) -> Result<SpiffeId, CheckpointError> {
+    check_cached(cp, seq, trust, &mut ChainCache::default())
+}
+
+/// [`check`], reusing what `cache` knows of the checkpoint's chain.
+pub fn check_cached(
+    cp: &Checkpoint,
+    seq: u64,
+    trust: &Trust,
+    cache: &mut ChainCache,
+) -> Result<SpiffeId, CheckpointError> {
     if cp.signature.is_empty() {
         return Err(CheckpointError::NoSignature);
     }
@@ -183,9 +215,26 @@ pub fn check(cp: &Checkpoint, seq: u64, trust: &Trust) -> Result<SpiffeId, Check
     let Some(leaf) = chain.first() else {
         return Err(CheckpointError::BadChain("no certificate".to_string()));
     };
-    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(cp.time_ms).unwrap_or(0));
-    let found = verify_peer(&trust.bundle, &chain, at, claimed.trust_domain(), None)
-        .map_err(CheckpointError::Untrusted)?;
+    let known = cache
+        .verified
+        .get(&cp.chain)
+        .filter(|(_, from, to)| (*from..=*to).contains(&cp.time_ms))
+        .map(|(id, _, _)| id.clone());
+    let found = match known {
+        Some(id) => id,
+        None => {
+            let at = SystemTime::UNIX_EPOCH
+                + Duration::from_millis(u64::try_from(cp.time_ms).unwrap_or(0));
+            let id = verify_peer(&trust.bundle, &chain, at, claimed.trust_domain(), None)
+                .map_err(CheckpointError::Untrusted)?;
+            if let Some((from, to)) = validity(&chain) {
+                cache
+                    .verified
+                    .insert(cp.chain.clone(), (id.clone(), from, to));
+            }
+            id
+        }
+    };
     if found != claimed {
         return Err(CheckpointError::SignerMismatch {
             claimed: cp.signer.clone(),

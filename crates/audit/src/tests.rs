@@ -316,11 +316,15 @@ fn swapping_two_records_names_the_first_out_of_place() {
 
 /// Replaces the last checkpoint of `dir`'s only file with one signed by `forger`.
 fn forge_last_checkpoint(dir: &Path, forger: &Sealer) {
+    forge_last_checkpoint_at(dir, forger, now_ms());
+}
+
+fn forge_last_checkpoint_at(dir: &Path, forger: &Sealer, time_ms: i64) {
     edit_lines(&only_file(dir), |lines| {
         let last = lines.len() - 1;
         let prev = entry::from_hex::<32>(&lines[last - 1].as_bytes()[..64]).unwrap();
         let seq = last as u64 + 1;
-        let cp = forger.checkpoint(seq, seq - 1, &prev, now_ms()).unwrap();
+        let cp = forger.checkpoint(seq, seq - 1, &prev, time_ms).unwrap();
         let (line, _) = entry::encode(
             &prev,
             &Entry {
@@ -351,6 +355,28 @@ fn a_checkpoint_signed_outside_the_mesh_ca_is_refused() {
         other => panic!("{other:?}"),
     }
     assert!(f.message.contains("not trusted"), "{}", f.message);
+}
+
+#[test]
+fn a_checkpoint_dated_after_its_certificate_expired_is_refused() {
+    let (pki, dir) = (Pki::new(), tempdir("expired"));
+    let control = pki.control();
+    let (mut w, _) = Writer::open(&dir, WriterSettings::default(), control.clone()).unwrap();
+    w.append("proxy-a", 1, vec![record(1)], now_ms()).unwrap();
+    w.seal(now_ms()).unwrap();
+    drop(w);
+    // The same key and chain (verified at the file's first checkpoint), two days later: the
+    // leaf lives one day, so the chain cache must not vouch for it.
+    let later = now_ms() + 2 * 86_400_000;
+    forge_last_checkpoint_at(&dir, &control, later);
+    let f = failure(&dir, &pki);
+    assert!(
+        matches!(
+            cp_error(&f),
+            CheckpointError::Untrusted(onemesh_identity::VerifyError::Expired { .. })
+        ),
+        "{f:?}"
+    );
 }
 
 #[test]

@@ -19,7 +19,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::entry::{Body, Entry, GENESIS, Hash, Line, chain_hash, from_hex, to_hex};
-use crate::seal::{self, CheckpointError, Trust};
+use crate::seal::{self, ChainCache, CheckpointError, Trust};
 use crate::writer::list_files;
 
 /// What went wrong at the failing spot.
@@ -128,6 +128,7 @@ pub fn verify_dir(dir: &Path, trust: &Trust) -> Result<Report, ReadError> {
         report: Report::default(),
         prev: GENESIS,
         expected: None,
+        chains: ChainCache::default(),
     };
     for (named, path) in &files {
         let name = path
@@ -161,6 +162,7 @@ struct Walk<'a> {
     prev: Hash,
     /// The next sequence number; `None` before the first entry of the set.
     expected: Option<u64>,
+    chains: ChainCache,
 }
 
 fn lines(bytes: &[u8]) -> (Vec<&[u8]>, bool) {
@@ -270,13 +272,12 @@ impl Walk<'_> {
                         actual,
                     });
                 }
-                let signer = seal::check(cp, entry.seq, self.trust).map_err(|error| {
-                    Problem::BadCheckpoint {
+                let signer = seal::check_cached(cp, entry.seq, self.trust, &mut self.chains)
+                    .map_err(|error| Problem::BadCheckpoint {
                         seq: entry.seq,
                         reason: error.to_string(),
                         error: Box::new(error),
-                    }
-                })?;
+                    })?;
                 r.checkpoints += 1;
                 r.last_checkpoint = entry.seq;
                 r.unsealed = 0;
