@@ -79,8 +79,9 @@
 //! same-namespace meshed callers allowed unless a policy names the port) and does not start
 //! workloads (`onemesh up` does). It keeps no state of its own besides the CA files (and the
 //! operator's credentials), the revoked ids (`revoked.json`) and the token-to-key bindings
-//! (`token-bindings.json`, see [`bindings`]), all in the state directory, and, in memory, the
-//! registry of connected proxies' trust reports.
+//! (`token-bindings.json`, see [`bindings`]), all in the state directory, the decision log
+//! (`--audit-dir`, default `<state-dir>/audit`, see [`audit`]), and, in memory, the registry of
+//! connected proxies' trust reports.
 
 pub mod audit;
 pub mod bindings;
