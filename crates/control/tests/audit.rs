@@ -262,11 +262,22 @@ async fn a_resent_batch_is_appended_once_and_restarts_continue_the_chain() {
         .into_inner()
         .sequence;
     assert_eq!(seq, again);
-    // Wait for a periodic seal, then stop (which seals again only if something is new).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Sealed by the timer (every 200 ms here) while running, not only at shutdown.
     let trust = p.trust();
-    p.stop().await;
     let audit_dir = dir.join("audit");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let report = verify_dir(&audit_dir, &trust).unwrap();
+        if report.records == 2 && report.unsealed == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never sealed: {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    p.stop().await;
     let report = verify_dir(&audit_dir, &trust).unwrap();
     assert!(report.ok(), "{:?}", report.failure);
     assert_eq!(report.records, 2);
