@@ -452,6 +452,27 @@ fn a_torn_last_line_fails_verify_and_is_cut_by_the_writer() {
 }
 
 #[test]
+fn the_writer_cuts_only_a_bad_tail_never_a_tampered_middle() {
+    let (pki, dir) = (Pki::new(), tempdir("keep-middle"));
+    drop(write_log(&dir, &pki, 2, 1 << 20, true));
+    let file = only_file(&dir);
+    // A tampered middle line (no longer json) and a garbage last line.
+    edit_lines(&file, |lines| {
+        lines[3] = lines[3].replace('{', "<");
+        lines.push("not an entry".to_string());
+    });
+    let before = std::fs::read(&file).unwrap();
+    let (_, opened) = Writer::open(&dir, WriterSettings::default(), pki.control()).unwrap();
+    assert_eq!(opened.truncated_bytes, "not an entry\n".len() as u64);
+    let after = std::fs::read(&file).unwrap();
+    assert_eq!(after, before[..after.len()]);
+    // The tampered line is still there for verify to name.
+    let f = failure(&dir, &pki);
+    assert_eq!(f.line, 4);
+    assert!(matches!(f.problem, Problem::Unreadable { .. }), "{f:?}");
+}
+
+#[test]
 fn a_cut_after_the_last_checkpoint_is_not_detected_but_shows_as_fewer_unsealed() {
     let (pki, dir) = (Pki::new(), tempdir("cut"));
     let mut w = write_log(&dir, &pki, 2, 1 << 20, true);

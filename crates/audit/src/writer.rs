@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -204,16 +204,31 @@ impl Writer {
             .append(true)
             .open(path)
             .map_err(io_err("open", path))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io_err("read", path))?;
-        // Only the tail can be torn: bytes after the last newline, or a last line that does not
-        // read. A bad line in the middle is left for `verify` to report, never cut.
-        let mut good = 0usize;
-        let mut rest = &bytes[..];
-        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
-            let is_last = end + 1 == rest.len();
-            match Line::split(&rest[..end]).and_then(|l| Ok((l.stored, l.entry()?))) {
-                Ok((stored, entry)) => {
+        // Read line by line: a file may be as large as `max_file_bytes`, more than the control
+        // plane's memory should hold at once. Only the tail can be torn: bytes after the last
+        // newline, or a last line that does not read. A bad line in the middle is left for
+        // `verify` to report, never cut.
+        let (mut good, mut total) = (0u64, 0u64);
+        {
+            let mut reader = BufReader::new(&file);
+            let mut raw = Vec::new();
+            loop {
+                raw.clear();
+                let n = reader
+                    .read_until(b'\n', &mut raw)
+                    .map_err(io_err("read", path))?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+                let Some(line) = raw.strip_suffix(b"\n") else {
+                    // No newline: cut mid-write.
+                    break;
+                };
+                // A line that does not read is cut unless a good line follows it.
+                if let Ok((stored, entry)) =
+                    Line::split(line).and_then(|l| Ok((l.stored, l.entry()?)))
+                {
                     self.last_hash = stored;
                     self.next_seq = entry.seq + 1;
                     match &entry.body {
@@ -223,39 +238,40 @@ impl Writer {
                         }
                         Body::Checkpoint(_) => self.unsealed = false,
                     }
+                    good = total;
                 }
-                Err(_) if is_last => break,
-                Err(_) => {}
             }
-            good += end + 1;
-            rest = &rest[end + 1..];
         }
-        let cut = (bytes.len() - good) as u64;
+        // `good` ends after the last line that reads: a bad line followed by good ones stays,
+        // a bad or partial tail goes.
+        let cut = total - good;
         if cut > 0 {
-            file.set_len(good as u64)
-                .map_err(io_err("truncate", path))?;
+            file.set_len(good).map_err(io_err("truncate", path))?;
             file.sync_all().map_err(io_err("sync", path))?;
         }
         file.seek(SeekFrom::End(0)).map_err(io_err("seek", path))?;
         if good > 0 {
-            self.file = Some((file, path.to_path_buf(), good as u64));
+            self.file = Some((file, path.to_path_buf(), good));
         }
         Ok(cut)
     }
 
-    /// Loads the batches of an older file (best effort: dedup only).
+    /// Loads the batches of an older file (best effort: dedup only), line by line.
     fn remember_file(&mut self, path: &Path) {
-        let Ok(bytes) = std::fs::read(path) else {
+        let Ok(file) = File::open(path) else {
             return;
         };
-        for raw in bytes.split(|&b| b == b'\n') {
+        let mut reader = BufReader::new(file);
+        let mut raw = Vec::new();
+        while matches!(reader.read_until(b'\n', &mut raw), Ok(n) if n > 0) {
             if let Ok(Entry {
                 seq,
                 body: Body::Record(r),
-            }) = Line::split(raw).and_then(|l| l.entry())
+            }) = Line::split(raw.strip_suffix(b"\n").unwrap_or(&raw)).and_then(|l| l.entry())
             {
                 self.remember(&r.instance, r.batch, seq);
             }
+            raw.clear();
         }
     }
 
