@@ -5,11 +5,13 @@
 //! gives the operator the mesh's trust (`identity trust`, `rotate-anchor`, `rotate-issuer`,
 //! `revoke`: calls to the control plane's Admin service, see [`trust`]), and on Kubernetes
 //! prints the mesh's manifests (`install`, `uninstall`) and injects proxies into YAML
-//! (`inject`, `uninject`).
+//! (`inject`, `uninject`). `audit verify` and `audit query` read the decision log (see
+//! [`audit`]).
 //!
 //! Exit codes scripts can rely on: 0 success; 1 the command ran and found a problem (a failed
 //! check, an unknown workload, the mesh not running); 2 a usage error (bad flags).
 
+mod audit;
 mod authz;
 mod cluster;
 mod commands;
@@ -138,6 +140,10 @@ enum Command {
     Inject(inject::InjectArgs),
     /// Remove what `inject` (or the webhook) added, restoring the app's probes.
     Uninject(inject::InjectArgs),
+    /// The decision log (every proxy's authorization decisions, hash-chained and signed by the
+    /// control plane): `verify` it, or `query` it.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// `onemesh identity [<workload> | trust | rotate-anchor | rotate-issuer | revoke <id>]`.
@@ -234,6 +240,7 @@ fn main() -> ExitCode {
                 print!("{text}");
                 true
             }),
+            Command::Audit(command) => audit::run(dir, command, cli.output),
             Command::Inject(args) => inject::run(&args, inject::Direction::Inject),
             Command::Uninject(args) => inject::run(&args, inject::Direction::Uninject),
             Command::Stat { target, window } => {

@@ -10,6 +10,7 @@
 //! | `Admin` | 127.0.0.1:8080 | the operator's: rotate the anchor or the issuer, trust status (operator certificate only) |
 //! | `Destination.Watch` | 127.0.0.1:8086 | a service's endpoints: full set first, then diffs |
 //! | `Policy.WatchInbound` / `WatchOutbound` | 127.0.0.1:8090 | a workload's authorizations / a service's routes |
+//! | `Audit.Append` | 127.0.0.1:8090 | a workload's authorization decisions, for the decision log ([`audit`]) |
 //!
 //! The control plane has its own mesh identity, `spiffe://<td>/ns/onemesh/sa/control`, signed at
 //! start by the same issuer that signs the proxies (and renewed at 70 % of its life). Proxies
@@ -27,7 +28,7 @@
 //! | `Identity.Certify` with a token | the token (bound to the first key that used it) |
 //! | `Identity.Certify` without a token | a mesh leaf: renews that leaf's id only |
 //! | `Destination.Watch`, `Policy.WatchOutbound` | any mesh leaf, else `UNAUTHENTICATED` |
-//! | `Policy.WatchInbound` | a leaf whose namespace and service account are the workload's, else `PERMISSION_DENIED` |
+//! | `Policy.WatchInbound`, `Audit.Append` | a leaf whose namespace and service account are the workload's, else `PERMISSION_DENIED` |
 //!
 //! Certify re-checks entitlement on every call: the id must still be declared in the mesh and
 //! not revoked (`<state-dir>/revoked.json`, see [`revocations`]).
@@ -78,9 +79,11 @@
 //! same-namespace meshed callers allowed unless a policy names the port) and does not start
 //! workloads (`onemesh up` does). It keeps no state of its own besides the CA files (and the
 //! operator's credentials), the revoked ids (`revoked.json`) and the token-to-key bindings
-//! (`token-bindings.json`, see [`bindings`]), all in the state directory, and, in memory, the
-//! registry of connected proxies' trust reports.
+//! (`token-bindings.json`, see [`bindings`]), all in the state directory, the decision log
+//! (`--audit-dir`, default `<state-dir>/audit`, see [`audit`]), and, in memory, the registry of
+//! connected proxies' trust reports.
 
+pub mod audit;
 pub mod authz;
 pub mod bindings;
 pub mod config;

@@ -125,6 +125,23 @@ struct Args {
     /// dropped and counted.
     #[arg(long, default_value_t = WindowSettings::default().max_series)]
     metrics_max_series: usize,
+    /// The decision log's directory (`Audit.Append`: every proxy's authorization decisions,
+    /// hash-chained and sealed; see docs/audit.md). Default `<state-dir>/audit`; Kubernetes: a
+    /// persistent volume.
+    #[arg(long)]
+    audit_dir: Option<PathBuf>,
+    /// A decision log file reaching this size is closed and a new one started (the chain and a
+    /// signed checkpoint carried into it).
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    audit_max_file_bytes: u64,
+    /// How often the decision log is sealed with a checkpoint signed by the control plane's key
+    /// (when something new was written; also at shutdown).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    audit_seal_interval: Duration,
+    /// Decision log files whose every entry is older than this are deleted (e.g. `365d`, the
+    /// PCI DSS 10.5.1 year; `2160h`).
+    #[arg(long, default_value = "365d", value_parser = days_or_duration)]
+    audit_retention: Duration,
     /// Log filter (tracing syntax), e.g. `info` or `onemesh_control=debug`.
     #[arg(long, env = "ONEMESH_CONTROL_LOG", default_value = "info")]
     log: String,
@@ -168,6 +185,17 @@ fn duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| {
             format!("{s:?} is not a positive duration: write e.g. 500ms, 30s, 5m or 8760h")
         })
+}
+
+/// A positive duration, or a number of days (`365d`).
+fn days_or_duration(s: &str) -> Result<Duration, String> {
+    match s.strip_suffix('d').map(str::parse::<u64>) {
+        Some(Ok(days)) if days > 0 => Ok(Duration::from_secs(days.saturating_mul(86_400))),
+        Some(_) => Err(format!(
+            "{s:?} is not a positive number of days: write e.g. 365d"
+        )),
+        None => duration(s),
+    }
 }
 
 /// A fraction strictly between 0 and 1.
@@ -258,6 +286,12 @@ async fn main() -> anyhow::Result<()> {
         ..CaSettings::default()
     };
     settings.leader = leading;
+    if let Some(dir) = &args.audit_dir {
+        settings.audit.dir = dir.clone();
+    }
+    settings.audit.max_file_bytes = args.audit_max_file_bytes;
+    settings.audit.seal_interval = args.audit_seal_interval;
+    settings.audit.retention = args.audit_retention;
     let mesh_state = store.subscribe();
     let control = start(&settings, store).await?;
     let observe = match args.listen_dashboard {

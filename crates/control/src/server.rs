@@ -22,6 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use onemesh_api::admin::admin_server::AdminServer;
+use onemesh_api::audit::audit_server::AuditServer;
 use onemesh_api::destination::destination_server::DestinationServer;
 use onemesh_api::identity::identity_server::IdentityServer;
 use onemesh_api::policy::policy_server::PolicyServer;
@@ -38,6 +39,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, Router};
 
+use crate::audit::{AuditError, AuditLog, AuditService, AuditSettings};
 use crate::limits::{self, ConnectionLimits, Gate, GateStats};
 use crate::persist::PersistError;
 use crate::pki::rotation::Rotator;
@@ -72,6 +74,8 @@ pub struct Settings {
     /// With several replicas (Kubernetes mode): whether this one leads; the issuer rotates by
     /// itself only while it does. `None`: a single control plane, always leading.
     pub leader: Option<watch::Receiver<bool>>,
+    /// The decision log (`Audit.Append`): its directory, file size, sealing and retention.
+    pub audit: AuditSettings,
 }
 
 impl Settings {
@@ -82,12 +86,13 @@ impl Settings {
             identity_addr: local(8080),
             destination_addr: local(8086),
             policy_addr: local(8090),
-            state_dir,
             trust_domain: onemesh_identity::DEFAULT_TRUST_DOMAIN.to_string(),
             leaf_lifetime: DEFAULT_LEAF_LIFETIME,
             connection_limits: ConnectionLimits::default(),
             ca: CaSettings::default(),
             leader: None,
+            audit: AuditSettings::new(state_dir.join("audit")),
+            state_dir,
         }
     }
 }
@@ -106,6 +111,8 @@ pub enum ServerError {
     Pki(#[from] PkiError),
     #[error(transparent)]
     State(#[from] PersistError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 /// A running control plane. Dropping it aborts its tasks; [`Control::shutdown`] stops it gently.
@@ -120,6 +127,8 @@ pub struct Control {
     /// Its own credentials (renewed in place): the client certificate of its calls to proxies'
     /// control-only admin listeners (tap).
     pub credentials: CredentialStore,
+    /// The decision log's writer (sealed and stopped by [`Control::shutdown`]).
+    audit: AuditLog,
     ca: Arc<CaState>,
     rotator: Arc<Rotator>,
     shutdown: watch::Sender<bool>,
@@ -153,6 +162,8 @@ impl Control {
                 abort.abort();
             }
         }
+        // After the servers: no append can come in after the last checkpoint.
+        self.audit.stop().await;
     }
 }
 
@@ -256,6 +267,17 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
         &settings.trust_domain,
         shutdown_rx.clone(),
     ));
+    let audit = {
+        let (audit_settings, credentials) = (settings.audit.clone(), credentials.clone());
+        tokio::task::spawn_blocking(move || AuditLog::start(&audit_settings, credentials))
+            .await
+            .map_err(|e| PkiError::Io {
+                action: "open the decision log in",
+                path: settings.audit.dir.clone(),
+                source: io::Error::other(e),
+            })??
+    };
+    let audit_service = AuditServer::new(AuditService::new(store.clone(), audit.clone()));
     let policy = PolicyServer::new(PolicyService::new(store, shutdown_rx.clone()));
 
     let builder = limits::grpc_server;
@@ -297,7 +319,7 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
             gates[2].1.clone(),
             limits::UNAUTHENTICATED_LIFETIME,
             tls,
-            builder().add_service(policy),
+            builder().add_service(policy).add_service(audit_service),
             shutdown_rx,
         )),
     ];
@@ -308,6 +330,7 @@ pub async fn start(settings: &Settings, store: Arc<dyn Store>) -> Result<Control
         id,
         bundle,
         credentials,
+        audit,
         ca,
         rotator,
         shutdown,
