@@ -101,9 +101,14 @@ where
 }
 
 /// A route-level policy on appcard: card may only GET /healthz (and below).
-const CARD_READS: &str = "\n---\napiVersion: onemesh.dev/v1\nkind: AuthorizationPolicy\n\
-metadata: {name: appcard-allow-card-reads, namespace: appcard}\nspec:\n  target: {workload: appcard, port: 8080}\n\
-  routes: [{methods: [GET], pathPrefix: /healthz}]\n  from: {identities: [spiffe://cluster.local/ns/card/sa/card]}\n";
+const CARD_READS: &str = concat!(
+    "\n---\napiVersion: onemesh.dev/v1\nkind: AuthorizationPolicy\n",
+    "metadata: {name: appcard-allow-card-reads, namespace: appcard}\n",
+    "spec:\n",
+    "  target: {workload: appcard, port: 8080}\n",
+    "  routes: [{methods: [GET], pathPrefix: /healthz}]\n",
+    "  from: {identities: [spiffe://cluster.local/ns/card/sa/card]}\n",
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_audit_mode_and_diff_agree_with_the_proxies() {
@@ -326,8 +331,12 @@ async fn explain_audit_mode_and_diff_agree_with_the_proxies() {
     let added = up.dir.join("added.yaml");
     std::fs::write(
         &added,
-        "apiVersion: onemesh.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: bank-allow-appcard, namespace: bank}\n\
-         spec:\n  target: {workload: bank, port: 8080}\n  from: {identities: [spiffe://cluster.local/ns/appcard/sa/appcard]}\n",
+        concat!(
+            "apiVersion: onemesh.dev/v1\nkind: AuthorizationPolicy\n",
+            "metadata: {name: bank-allow-appcard, namespace: bank}\n",
+            "spec:\n  target: {workload: bank, port: 8080}\n",
+            "  from: {identities: [spiffe://cluster.local/ns/appcard/sa/appcard]}\n",
+        ),
     )
     .unwrap();
     let (ok, out) = up.cli(&["authz", "diff", added.to_str().unwrap()]);
@@ -386,7 +395,7 @@ async fn the_decision_log_verifies_and_names_tampering_across_restarts() {
     let took = within("the denial in the decision log", || async {
         let (ok, out) = up.cli(&["audit", "query", "--decision", "deny", "-o", "json"]);
         ok && serde_json::from_str::<Value>(&out).is_ok_and(|v| {
-            v.as_array().into_iter().flatten().any(|r| {
+            v["records"].as_array().into_iter().flatten().any(|r| {
                 r["caller"] == "spiffe://cluster.local/ns/order/sa/order"
                     && r["path"] == "/v1/transfers"
                     && r["workload"] == "bank"
@@ -427,6 +436,31 @@ async fn the_decision_log_verifies_and_names_tampering_across_restarts() {
     })
     .await;
     verify_ok(&up, "after a proxy and the control plane were killed");
+    // More denials (one record each), then everything sealed by a signed checkpoint.
+    for n in 0..6 {
+        assert!(
+            call(&up, "order", "bank", "GET", &format!("/v1/probe/{n}"))
+                .await
+                .is_some()
+        );
+    }
+    let start = Instant::now();
+    loop {
+        let (ok, out) = up.cli(&["audit", "verify"]);
+        assert!(ok, "audit verify failed while waiting for the seal: {out}");
+        if !out.contains("not sealed") && sealed_probes(&up) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "the denials were not sealed within 40 s: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "six denials sealed {:?} after they were decided",
+        start.elapsed()
+    );
 
     // Tampering, each on a copy of the log: the first failing spot is named.
     let log_dir = up.dir.join("state").join("audit");
@@ -454,31 +488,41 @@ async fn the_decision_log_verifies_and_names_tampering_across_restarts() {
         assert!(!ok, "verify passed a log with {what}: {out}");
         out
     };
+    // The first of the probes' records: sealed, with others after it.
     let record = |lines: &Vec<String>| {
         lines
             .iter()
-            .position(|l| l.contains("\"decision\""))
-            .expect("a decision record in the first file")
+            .position(|l| l.contains("/v1/probe/0"))
+            .expect("the probes' records in the first file")
     };
     let edited = tamper("an-edited-byte", &|lines| {
-        let i = record(lines) + 1;
+        let i = record(lines);
         lines[i] = lines[i].replacen("\"count\":", "\"count\": ", 1);
     });
-    assert!(edited.contains("changed"), "{edited}");
+    assert!(edited.contains("was changed"), "{edited}");
     let removed = tamper("a-removed-record", &|lines| {
-        let i = record(lines) + 1;
+        let i = record(lines);
         lines.remove(i);
     });
-    assert!(removed.contains("removed"), "{removed}");
+    assert!(removed.contains("were removed"), "{removed}");
     let swapped = tamper("two-swapped-records", &|lines| {
-        let i = record(lines) + 1;
+        let i = record(lines);
         lines.swap(i, i + 1);
     });
-    assert!(
-        swapped.contains("order") || swapped.contains("changed"),
-        "{swapped}"
-    );
+    assert!(swapped.contains("out of order"), "{swapped}");
+    for out in [&edited, &removed, &swapped] {
+        println!(
+            "{}",
+            out.lines().find(|l| l.contains("FAILED")).unwrap_or(out)
+        );
+    }
     up.stop_and_clean();
+}
+
+/// Whether all six probe denials are in the log and no entry is left unsealed.
+fn sealed_probes(up: &Up) -> bool {
+    let (ok, out) = up.cli(&["audit", "query", "--decision", "deny", "-o", "json"]);
+    ok && (0..6).all(|n| out.contains(&format!("/v1/probe/{n}\"")))
 }
 
 fn verify_ok(up: &Up, when: &str) {
