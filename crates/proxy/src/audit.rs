@@ -34,7 +34,7 @@
 //! Not done: records are kept in memory only, so a proxy that is killed (not drained) loses the
 //! last second's one-by-one records and the current minute's aggregates.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -279,11 +279,11 @@ impl AuditLog {
         };
         Self {
             shared: Arc::new(Shared {
-                slots: Mutex::new(HashMap::new()),
+                slots: Mutex::new(HashMap::default()),
                 denials: Mutex::new(Denials {
                     bucket: Bucket::new(deny_rate),
                     queue: Vec::new(),
-                    aggregates: HashMap::new(),
+                    aggregates: HashMap::default(),
                 }),
                 wake: tokio::sync::Notify::new(),
                 individual: outcome("individual"),
@@ -392,7 +392,7 @@ impl AuditLog {
     pub fn collector(&self, now_ms: i64) -> Collector {
         Collector {
             log: self.clone(),
-            allowed: HashMap::new(),
+            allowed: HashMap::default(),
             last_ms: now_ms,
         }
     }
