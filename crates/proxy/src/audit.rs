@@ -34,7 +34,7 @@
 //! Not done: records are kept in memory only, so a proxy that is killed (not drained) loses the
 //! last second's one-by-one records and the current minute's aggregates.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -279,11 +279,11 @@ impl AuditLog {
         };
         Self {
             shared: Arc::new(Shared {
-                slots: Mutex::new(HashMap::new()),
+                slots: Mutex::new(HashMap::default()),
                 denials: Mutex::new(Denials {
                     bucket: Bucket::new(deny_rate),
                     queue: Vec::new(),
-                    aggregates: HashMap::new(),
+                    aggregates: HashMap::default(),
                 }),
                 wake: tokio::sync::Notify::new(),
                 individual: outcome("individual"),
@@ -392,7 +392,7 @@ impl AuditLog {
     pub fn collector(&self, now_ms: i64) -> Collector {
         Collector {
             log: self.clone(),
-            allowed: HashMap::new(),
+            allowed: HashMap::default(),
             last_ms: now_ms,
         }
     }
@@ -495,7 +495,7 @@ pub enum ShipError {
 /// Where batches go: the control plane's `Audit.Append`, or (static mode) stdout.
 pub trait AuditSink: Send + Sync + 'static {
     /// Sends one batch; `Ok` once it is acknowledged.
-    fn append(&self, batch: AppendRequest) -> BoxFuture<'static, Result<(), ShipError>>;
+    fn append(&self, batch: &AppendRequest) -> BoxFuture<'static, Result<(), ShipError>>;
 }
 
 /// `Audit.Append` over the control plane's policy channel.
@@ -516,9 +516,9 @@ impl GrpcSink {
 }
 
 impl AuditSink for GrpcSink {
-    fn append(&self, batch: AppendRequest) -> BoxFuture<'static, Result<(), ShipError>> {
+    fn append(&self, batch: &AppendRequest) -> BoxFuture<'static, Result<(), ShipError>> {
         let mut client = self.client.clone();
-        let mut request = tonic::Request::new(batch);
+        let mut request = tonic::Request::new(batch.clone());
         request.set_timeout(self.timeout);
         Box::pin(async move {
             client.append(request).await?;
@@ -558,7 +558,7 @@ struct JsonBatch<'a> {
 }
 
 impl AuditSink for StdoutSink {
-    fn append(&self, batch: AppendRequest) -> BoxFuture<'static, Result<(), ShipError>> {
+    fn append(&self, batch: &AppendRequest) -> BoxFuture<'static, Result<(), ShipError>> {
         let json = JsonBatch {
             audit_batch: batch.batch,
             instance: &batch.instance,
@@ -633,14 +633,19 @@ pub async fn ship(
         let records = collector.collect(unix_ms(), last);
         metrics.audit_queue_records.set(gauge(records.len()));
         let mut left = records.len();
-        for chunk in records.chunks(MAX_BATCH_RECORDS) {
+        let mut rest = records;
+        while !rest.is_empty() {
+            // The first MAX_BATCH_RECORDS, moved (not copied) into the batch.
+            let tail = rest.split_off(rest.len().min(MAX_BATCH_RECORDS));
+            let chunk = std::mem::replace(&mut rest, tail);
+            let n = chunk.len();
             batch += 1;
             let request = AppendRequest {
                 namespace: who.namespace.clone(),
                 workload: who.workload.clone(),
                 instance: who.instance.clone(),
                 batch,
-                records: chunk.to_vec(),
+                records: chunk,
             };
             // Until the proxy drains, a batch is sent until acknowledged; once it drains (even
             // in the middle of retrying), for at most FINAL_FLUSH more.
@@ -667,10 +672,8 @@ pub async fn ship(
                 );
                 return;
             }
-            left -= chunk.len();
-            metrics
-                .audit_shipped_records_total
-                .inc_by(chunk.len() as u64);
+            left -= n;
+            metrics.audit_shipped_records_total.inc_by(n as u64);
             metrics.audit_queue_records.set(gauge(left));
         }
         metrics.audit_queue_records.set(gauge(collector.waiting()));
@@ -694,7 +697,7 @@ async fn send(
 ) {
     let mut backoff = crate::control::Backoff::new();
     loop {
-        match sink.append(request.clone()).await {
+        match sink.append(request).await {
             Ok(()) => return,
             Err(error) => {
                 metrics.audit_ship_failures_total.inc();

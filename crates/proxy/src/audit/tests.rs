@@ -262,7 +262,7 @@ fn a_full_queue_folds_into_aggregates_and_never_blocks() {
 struct Down(Arc<AtomicU64>);
 
 impl AuditSink for Down {
-    fn append(&self, _: AppendRequest) -> BoxFuture<'static, Result<(), ShipError>> {
+    fn append(&self, _: &AppendRequest) -> BoxFuture<'static, Result<(), ShipError>> {
         self.0.fetch_add(1, Ordering::SeqCst);
         Box::pin(async { Err(ShipError::Status(tonic::Status::unavailable("down"))) })
     }
