@@ -394,8 +394,11 @@ fn record(
     {
         return Err(bad("caller, method, path or policy longer than 4096 bytes"));
     }
-    if !r.caller.is_empty() && r.caller.parse::<SpiffeId>().is_err() {
-        return Err(bad("caller is not a spiffe id (empty: unauthenticated)"));
+    // `*`: the proxy's aggregate of callers beyond its key cap (several callers, one count).
+    if !r.caller.is_empty() && r.caller != "*" && r.caller.parse::<SpiffeId>().is_err() {
+        return Err(bad(
+            "caller is not a spiffe id (empty: unauthenticated; `*`: callers beyond the proxy's aggregation cap)",
+        ));
     }
     Ok(Record {
         time_ms: r.time_unix_ms,

@@ -688,7 +688,9 @@ fn gauge(n: usize) -> i64 {
 }
 
 /// Sends `request` until it is acknowledged, with backoff; each failure is counted, and logged
-/// (every failure up to the 3rd, then every 100th).
+/// (every failure up to the 3rd, then every 100th). A batch the control plane refuses as
+/// malformed (`INVALID_ARGUMENT`) would be refused forever and hold back every later batch: it is
+/// dropped, counted in `audit_rejected_records_total`, and logged as an error.
 async fn send(
     sink: &dyn AuditSink,
     request: &AppendRequest,
@@ -699,6 +701,20 @@ async fn send(
     loop {
         match sink.append(request).await {
             Ok(()) => return,
+            Err(ShipError::Status(status)) if status.code() == tonic::Code::InvalidArgument => {
+                metrics
+                    .audit_rejected_records_total
+                    .inc_by(request.records.len() as u64);
+                tracing::error!(
+                    batch = request.batch,
+                    records = request.records.len(),
+                    "the control plane refused a batch of decision records as malformed: {}; \
+                     they are dropped (audit_rejected_records_total); report this as a bug with \
+                     the proxy and control plane versions",
+                    status.message()
+                );
+                return;
+            }
             Err(error) => {
                 metrics.audit_ship_failures_total.inc();
                 *warnings += 1;

@@ -472,6 +472,8 @@ pub struct Metrics {
     pub audit_queue_records: Gauge,
     /// `Audit.Append` calls that failed (each is retried with the same batch).
     pub audit_ship_failures_total: Counter,
+    /// Decision records of batches the control plane refused as malformed (never sent again).
+    pub audit_rejected_records_total: Counter,
     /// Connections refused by the control-only admin listener, by reason.
     pub control_admin_refused_total: Family<RefusalLabels, Counter>,
     /// Proxy errors by `onemesh-error` reason.
@@ -525,6 +527,7 @@ impl Metrics {
             audit_shipped_records_total: Counter::default(),
             audit_queue_records: Gauge::default(),
             audit_ship_failures_total: Counter::default(),
+            audit_rejected_records_total: Counter::default(),
             control_admin_refused_total: Family::default(),
             proxy_error_total: Family::default(),
             retry_total: Family::default(),
@@ -618,6 +621,11 @@ impl Metrics {
             "audit_ship_failures",
             "Audit.Append calls that failed (the same batch is sent again)",
             m.audit_ship_failures_total.clone(),
+        );
+        registry.register(
+            "audit_rejected_records",
+            "Decision records of batches the control plane refused as malformed (dropped, not sent again)",
+            m.audit_rejected_records_total.clone(),
         );
         registry.register(
             "control_admin_refused",

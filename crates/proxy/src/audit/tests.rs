@@ -301,3 +301,59 @@ async fn a_draining_proxy_stops_retrying_after_the_final_flush() {
     );
     assert!(log.shared.metrics.audit_ship_failures_total.get() >= before);
 }
+
+/// A control plane that refuses the first batch as malformed and takes the others.
+struct RefusesFirst {
+    attempts: Arc<AtomicU64>,
+    taken: Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl AuditSink for RefusesFirst {
+    fn append(&self, batch: &AppendRequest) -> BoxFuture<'static, Result<(), ShipError>> {
+        if self.attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+            let refused = tonic::Status::invalid_argument("record 0: count must be at least 1");
+            return Box::pin(async { Err(ShipError::Status(refused)) });
+        }
+        if let Ok(mut taken) = self.taken.lock() {
+            taken.push(batch.batch);
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_refused_as_malformed_is_dropped_and_does_not_hold_back_the_next() {
+    let log = log(100);
+    let attempts = Arc::new(AtomicU64::new(0));
+    let taken = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let drain = crate::drain::Controller::new();
+    let who = Shipper {
+        namespace: "pg".into(),
+        workload: "pg".into(),
+        instance: "i".into(),
+    };
+    let shipping = tokio::spawn(ship(
+        log.collector(unix_ms()),
+        Arc::new(RefusesFirst {
+            attempts: attempts.clone(),
+            taken: taken.clone(),
+        }),
+        who,
+        drain.handle(),
+    ));
+    let caller: Arc<str> = "c".into();
+    let policy: Arc<str> = "p".into();
+    log.deny(denial(&caller, &policy, "/first"), unix_ms());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    log.deny(denial(&caller, &policy, "/second"), unix_ms());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        2,
+        "the refused batch is not sent again"
+    );
+    assert_eq!(*taken.lock().unwrap(), vec![2], "the next batch went");
+    assert_eq!(log.shared.metrics.audit_rejected_records_total.get(), 1);
+    drain.drain().await;
+    shipping.await.unwrap();
+}
