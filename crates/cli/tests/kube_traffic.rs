@@ -170,7 +170,7 @@ fn kube_traffic_split_faults_retries_and_breakers_through_pods() {
             "-n",
             "onemesh",
             "get",
-            "deployment",
+            "statefulset",
             "onemesh-control",
             "-o",
             "json",
