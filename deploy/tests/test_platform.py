@@ -187,9 +187,9 @@ class MeshPolicy(unittest.TestCase):
 def control_plane_pod_labels():
     """The control plane's pod labels, from the template `onemesh install` fills in."""
     text = re.sub(r"\{\{[A-Z0-9_]+\}\}", "x", (DEPLOY / "install" / "control-plane.yaml").read_text())
-    deployment = [o for o in yaml.safe_load_all(text) if o and o["kind"] == "Deployment"]
-    assert len(deployment) == 1 and deployment[0]["metadata"]["namespace"] == "onemesh"
-    return deployment[0]["spec"]["template"]["metadata"]["labels"]
+    control = [o for o in yaml.safe_load_all(text) if o and o["kind"] == "StatefulSet"]
+    assert len(control) == 1 and control[0]["metadata"]["namespace"] == "onemesh"
+    return control[0]["spec"]["template"]["metadata"]["labels"]
 
 
 def endpoints(objects):
