@@ -19,11 +19,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
 use onemesh_identity::{CredentialStore, SpiffeId};
-use rustls::pki_types::ServerName;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 
 use super::suggest::{Denial, Suggestion, suggest};
 use super::{Request, Target};
@@ -474,19 +471,7 @@ async fn ask(
     tls: Arc<rustls::ClientConfig>,
     body: String,
 ) -> Result<ProxyAnswer, String> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    // The proxy's leaf carries its SPIFFE id, which the verifier checks; the name is unused.
-    let name = ServerName::IpAddress(addr.ip().into());
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("mTLS handshake (is it the workload's proxy?): {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
-    tokio::spawn(conn);
+    let mut sender = crate::observe::tap::connect_control_admin::<Full<Bytes>>(addr, tls).await?;
     let req = hyper::Request::post("/authz/explain")
         .header(hyper::header::HOST, addr.to_string())
         .header(hyper::header::CONTENT_TYPE, "application/json")

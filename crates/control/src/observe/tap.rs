@@ -204,6 +204,34 @@ pub fn start(
     Ok(rx)
 }
 
+/// An HTTP/1.1 connection to a proxy's control-only admin listener at `addr`, over mTLS with the
+/// control plane's client certificate; `tls` checks that the proxy proves the expected workload
+/// id (tap and `authz explain` both ask proxies this way).
+pub(crate) async fn connect_control_admin<B>(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<hyper::client::conn::http1::SendRequest<B>, String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    // The proxy's leaf carries its SPIFFE id, which the verifier checks; the name is unused.
+    let name = ServerName::IpAddress(addr.ip().into());
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("mTLS handshake (is it the workload's proxy?): {e}"))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake: {e}"))?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
 /// One proxy's stream into `lines`; its failure becomes an `{"error": …}` line.
 async fn relay_one(
     addr: SocketAddr,
@@ -224,19 +252,7 @@ async fn stream_one(
     lines: &mpsc::Sender<Bytes>,
 ) -> Result<(), String> {
     let connect = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        // The proxy's leaf carries its SPIFFE id, which the verifier checks; the name is unused.
-        let name = ServerName::IpAddress(addr.ip().into());
-        let stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("mTLS handshake: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP handshake: {e}"))?;
-        tokio::spawn(conn);
+        let mut sender = connect_control_admin::<Empty<Bytes>>(addr, tls).await?;
         let req = hyper::Request::get(target)
             .header(hyper::header::HOST, addr.to_string())
             .body(Empty::<Bytes>::new())
