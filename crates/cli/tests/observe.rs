@@ -147,6 +147,10 @@ async fn the_control_plane_sees_the_platform_like_its_proxies_and_prometheus_do(
             .unwrap_or_else(|| panic!("no edge {src} -> {dst} in {out}"));
         assert_eq!(e["tls"], "mtls", "{e}");
         assert!(e["requests"].as_u64() > Some(0), "{e}");
+        // Its bytes both ways, as the callee's proxy counted them on the caller's connections.
+        for bytes in ["tcp_read_bytes_per_s", "tcp_write_bytes_per_s"] {
+            assert!(e[bytes].as_f64() > Some(0.0), "{bytes}: {e}");
+        }
     }
     let (ok, out) = up.cli(&["stat", "pg"]);
     assert!(ok && out.contains("pg"), "{out}");

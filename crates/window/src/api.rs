@@ -88,6 +88,8 @@ pub struct EdgeStats {
     pub denied: u64,
     /// Requests let through that policies in audit mode would deny.
     pub would_deny: u64,
+    /// Bytes from the caller to the callee per second (read by the callee's inbound from the
+    /// caller's connections: HTTP, opaque TCP and upgrades), and back (`tcp_write_bytes_per_s`).
     pub tcp_read_bytes_per_s: f64,
     pub tcp_write_bytes_per_s: f64,
 }

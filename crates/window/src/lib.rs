@@ -19,9 +19,12 @@
 //!
 //! - workload (`namespace`, `workload`): its inbound `request_total`, `response_total` by
 //!   `classification`, `response_latency_seconds` buckets, `tcp_*` and `authz_deny_total`;
-//! - edge (caller workload → `dst_namespace`/`dst_workload`): the caller's outbound metrics, plus
-//!   the destination's inbound `authz_deny_total` by `client_id`, mapped to the caller workload
-//!   through the known targets' identities (an unknown identity makes an edge of its own);
+//! - edge (caller workload → `dst_namespace`/`dst_workload`): the caller's outbound requests,
+//!   responses and latency, plus the destination's inbound `authz_deny_total` and `tcp_*_bytes`
+//!   by `client_id`, mapped to the caller workload through the known targets' identities (an
+//!   unknown identity makes an edge of its own for denials; its bytes stay in the workload's row).
+//!   Bytes come from the callee's side only: its inbound counts every connection from a caller's
+//!   proxy, HTTP included, where the caller's proxy counts only opaque streams and upgrades;
 //! - route (`dst_namespace`, `route`): outbound requests, responses, latency, `retry_total`, and
 //!   by backend (`dst_workload`: a route with one backend is one series);
 //! - authorization (`namespace`, `workload`, `policy`, caller id): `authz_allow_total` and
@@ -51,15 +54,15 @@
 //!   [`Stats`]); a series whose steps all aged out is removed;
 //! - per series: a fixed part (≈ 680 B measured: key, index entry, a list of at most 13 chunks of
 //!   `retention_steps / 12` steps, the open step's accumulator) and one record per step with
-//!   data: ≈ 9 B on average measured (a busy edge ≈ 10 B, a busy workload ≈ 20 B with its TCP
+//!   data: ≈ 11 B on average measured (a busy edge ≈ 16 B, a busy workload ≈ 20 B with its TCP
 //!   bytes, an authorization caller 3-4 B, an empty step nothing), at most ≈ 240 B;
 //! - per target: its strings and a 16 B entry per series of its text (at most
 //!   [`MAX_SERIES_PER_TARGET`]), ≈ 4 KB for a proxy; texts over [`MAX_TEXT_BYTES`] are refused;
 //! - label strings: interned once, freed with the last series using them.
 //!
-//! So `heap ≈ series × (680 B + steps × 9 B) + targets × 4 KB` (`steps = retention /
+//! So `heap ≈ series × (680 B + steps × 11 B) + targets × 4 KB` (`steps = retention /
 //! resolution`). Measured with 1,000 simulated proxies (each its own workload: 10,000 series) over
-//! an hour at 10 s: 41.9 MiB (`README.md`, `bench/window-memory.sh`). [`Window::memory`] gives
+//! an hour at 10 s: 48.8 MiB (`README.md`, `bench/window-memory.sh`). [`Window::memory`] gives
 //! the estimate at run time.
 //!
 //! # Not here
@@ -541,7 +544,13 @@ impl Window {
                 };
                 self.store.add(&key, apply);
             }
-            if matches!(m, Metric::Deny | Metric::WouldDeny) {
+            // An edge's denials, and its bytes, come from the callee's side: the caller is known
+            // by the identity it proved. The inbound counts every byte of every connection from
+            // a caller's proxy (HTTP, opaque TCP and upgrades alike); a caller's proxy counts
+            // only its opaque streams and upgrades (an app's HTTP connection carries requests to
+            // many destinations), so bytes are taken from this side only, never both.
+            let denial = matches!(m, Metric::Deny | Metric::WouldDeny);
+            if denial || matches!(m, Metric::TcpRead | Metric::TcpWrite) {
                 let caller = self
                     .by_identity
                     .get(&*l.peer_id)
@@ -552,6 +561,9 @@ impl Window {
                         s: [cns, cwl, ns, wl],
                         meta: [&l.peer_id, id],
                     },
+                    // Bytes from a caller outside the mesh's known proxies: the workload's row
+                    // has them.
+                    None if !denial => return,
                     None => KeyText {
                         kind: Kind::DeniedEdge,
                         s: [spiffe_namespace(&l.peer_id), &l.peer_id, ns, wl],
@@ -562,18 +574,9 @@ impl Window {
             }
             return;
         }
-        // Outbound.
+        // Outbound: an edge's requests, outcomes and latency (its bytes: the callee's side).
         let edge = !l.dst_workload.is_empty()
-            && matches!(
-                m,
-                Metric::Requests
-                    | Metric::Responses
-                    | Metric::Bucket
-                    | Metric::TcpOpen
-                    | Metric::TcpClose
-                    | Metric::TcpRead
-                    | Metric::TcpWrite
-            );
+            && matches!(m, Metric::Requests | Metric::Responses | Metric::Bucket);
         if edge {
             let key = KeyText {
                 kind: Kind::Edge,

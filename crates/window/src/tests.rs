@@ -332,6 +332,42 @@ fn edges_come_from_the_callers_outbound_and_the_destinations_denials() {
 }
 
 #[test]
+fn an_edges_bytes_come_from_the_callees_inbound_once() {
+    let mut w = window();
+    let pg = target("pg", "pg", 1);
+    let card = target("card", "card", 2);
+    w.set_targets(&[pg.clone(), card.clone()]);
+    // pg's proxy counts an opaque stream to card (its app's side); card's inbound counts every
+    // byte of the connections from pg's proxy (that stream's and the HTTP requests' alike), and
+    // bytes from a caller no target has.
+    let tcp = |labels: &str, read: u64, write: u64| {
+        format!(
+            "tcp_read_bytes_total{{{labels}}} {read}\ntcp_write_bytes_total{{{labels}}} {write}\n"
+        )
+    };
+    let pg_text = |n: u64| tcp(&outbound("card", "", ""), 100 * n, 10 * n);
+    let stranger = inbound("").replace(&id("pg", "pg"), &id("other", "x"));
+    let card_text = |n: u64| tcp(&inbound(""), 300 * n, 30 * n) + &tcp(&stranger, 7 * n, n);
+    w.ingest(&pg, at(0), &pg_text(0)).unwrap();
+    w.ingest(&card, at(0), &card_text(0)).unwrap();
+    w.ingest(&pg, at(10), &pg_text(1)).unwrap();
+    w.ingest(&card, at(10), &card_text(1)).unwrap();
+
+    let o = w.overview(at(11), MIN);
+    assert_eq!(o.edges.len(), 1, "{:#?}", o.edges);
+    let e = &o.edges[0];
+    assert_eq!(e.src_workload.as_deref(), Some("pg"));
+    assert_eq!(e.dst_workload, "card");
+    assert_eq!(e.tls, TlsState::Mtls);
+    assert_eq!(e.requests, 0);
+    assert!(close(Some(e.tcp_read_bytes_per_s), 30.0), "{e:?}");
+    assert!(close(Some(e.tcp_write_bytes_per_s), 3.0), "{e:?}");
+    // The workload's row: everything its inbound read, the stranger's bytes too.
+    let row = o.workloads.iter().find(|r| r.workload == "card").unwrap();
+    assert!(close(Some(row.tcp_read_bytes_per_s), 30.7), "{row:?}");
+}
+
+#[test]
 fn edge_tls_state_is_mixed_when_both_were_seen() {
     let mut w = window();
     let pg = target("pg", "pg", 1);

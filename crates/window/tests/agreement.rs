@@ -1,6 +1,6 @@
 //! The window's answers agree with the proxies' own `/metrics`: 30 simulated proxies scraped for
 //! 12 rounds; every count the API shows (workloads' inbound requests and successes, edges'
-//! requests, routes' requests by backend and retries, authorization decisions) equals the
+//! requests and bytes, routes' requests by backend and retries, authorization decisions) equals the
 //! increase of the matching counters between the first and the last text, and a workload's
 //! percentiles equal `histogram_quantile` computed by hand from those texts.
 
@@ -119,6 +119,53 @@ fn api_counts_and_percentiles_equal_the_proxies_counters() {
     let outbound: BTreeMap<_, _> = outbound.into_iter().filter(|(_, v)| *v > 0.0).collect();
     assert!(edges.len() > 50, "{edges:?}");
     assert_eq!(edges, outbound);
+    // Edges' bytes: the callees' inbound, by the caller's identity.
+    let caller_of: BTreeMap<&str, String> = sim
+        .targets
+        .iter()
+        .map(|t| {
+            (
+                t.identity.as_str(),
+                format!("{}/{}", t.namespace, t.workload),
+            )
+        })
+        .collect();
+    for (metric, field) in [
+        ("tcp_read_bytes_total", "read"),
+        ("tcp_write_bytes_total", "write"),
+    ] {
+        let want = increase(&first, &texts, |s| {
+            (s.name == metric && direction(s, "inbound")).then(|| {
+                format!(
+                    "{}->{}/{}",
+                    caller_of[label(s, "client_id").as_str()],
+                    label(s, "namespace"),
+                    label(s, "workload")
+                )
+            })
+        });
+        let want: BTreeMap<_, _> = want.into_iter().filter(|(_, v)| *v > 0.0).collect();
+        let got: BTreeMap<String, f64> = o
+            .edges
+            .iter()
+            .filter_map(|e| {
+                let per_s = match field {
+                    "read" => e.tcp_read_bytes_per_s,
+                    _ => e.tcp_write_bytes_per_s,
+                };
+                let key = format!(
+                    "{}/{}->{}/{}",
+                    e.src_namespace.as_deref().unwrap_or(""),
+                    e.src_workload.as_deref().unwrap_or(""),
+                    e.dst_namespace,
+                    e.dst_workload
+                );
+                (per_s > 0.0).then(|| (key, (per_s * o.window_s).round()))
+            })
+            .collect();
+        assert!(got.len() > 50, "{field}: {got:?}");
+        assert_eq!(got, want, "edges' bytes {field}");
+    }
     // Denials, seen from both sides.
     let denied = increase(&first, &texts, |s| {
         (s.name == "authz_deny_total").then(|| "all".to_string())
