@@ -5,7 +5,7 @@
 //! --kubernetes` forwards to) with `$ONEMESH_TOKEN`; else the local mesh of `onemesh up`: the
 //! layout's dashboard address and `<state-dir>/dashboard-token`.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -480,22 +480,34 @@ pub struct TopRow {
     pub last_ms: Option<f64>,
 }
 
-/// The busiest paths among `events` (a path is counted without its query), busiest first.
-pub fn top_rows(events: &[TapEvent]) -> Vec<TopRow> {
-    let mut rows: BTreeMap<(String, String, String, String), TopRow> = BTreeMap::new();
-    for e in events {
-        let path = e.path.split('?').next().unwrap_or("").to_string();
-        let key = (
-            Peer::shown(&e.source),
-            Peer::shown(&e.destination),
-            e.method.clone(),
-            path,
-        );
-        let row = rows.entry(key.clone()).or_insert_with(|| TopRow {
-            source: key.0,
-            destination: key.1,
-            method: key.2,
-            path: key.3,
+/// Distinct rows `onemesh top` keeps; a path beyond them counts in one [`OTHER_PATHS`] row per
+/// source, destination and method (paths that carry ids would otherwise grow without end).
+const MAX_TOP_ROWS: usize = 10_000;
+/// The path of the row that gathers paths beyond [`MAX_TOP_ROWS`].
+pub const OTHER_PATHS: &str = "(other paths)";
+
+/// The busiest paths of a tap, aggregated as its events arrive (a path is counted without its
+/// query): memory bounded by [`MAX_TOP_ROWS`], however long `onemesh top` watches.
+#[derive(Debug, Default)]
+pub struct Top {
+    rows: HashMap<(String, String, String, String), TopRow>,
+}
+
+impl Top {
+    /// Counts one tap event.
+    pub fn add(&mut self, e: &TapEvent) {
+        let source = Peer::shown(&e.source);
+        let destination = Peer::shown(&e.destination);
+        let path = e.path.split('?').next().unwrap_or("");
+        let mut key = (source, destination, e.method.clone(), path.to_string());
+        if self.rows.len() >= MAX_TOP_ROWS && !self.rows.contains_key(&key) {
+            key.3 = OTHER_PATHS.to_string();
+        }
+        let row = self.rows.entry(key).or_insert_with_key(|k| TopRow {
+            source: k.0.clone(),
+            destination: k.1.clone(),
+            method: k.2.clone(),
+            path: k.3.clone(),
             ..TopRow::default()
         });
         row.count += 1;
@@ -508,9 +520,27 @@ pub fn top_rows(events: &[TapEvent]) -> Vec<TopRow> {
             row.last_ms = Some(l);
         }
     }
-    let mut rows: Vec<TopRow> = rows.into_values().collect();
-    rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.path.cmp(&b.path)));
-    rows
+
+    /// Requests counted.
+    pub fn requests(&self) -> u64 {
+        self.rows.values().map(|r| r.count).sum()
+    }
+
+    /// The rows, busiest first (then by path, source, destination and method).
+    pub fn rows(&self) -> Vec<TopRow> {
+        let mut rows: Vec<TopRow> = self.rows.values().cloned().collect();
+        rows.sort_by(|a, b| {
+            b.count.cmp(&a.count).then_with(|| {
+                (&a.path, &a.source, &a.destination, &a.method).cmp(&(
+                    &b.path,
+                    &b.source,
+                    &b.destination,
+                    &b.method,
+                ))
+            })
+        });
+        rows
+    }
 }
 
 /// `onemesh top <workload>`: the busiest paths, live from tap, redrawn every second (`-o json`:
@@ -518,21 +548,23 @@ pub fn top_rows(events: &[TapEvent]) -> Vec<TopRow> {
 pub async fn top(dir: &Path, args: &TapArgs, out: Output) -> anyhow::Result<bool> {
     let api = Api::locate(dir)?;
     let started = Instant::now();
-    let mut events: Vec<TapEvent> = Vec::new();
+    let mut top = Top::default();
+    let mut seen = 0u64;
     let mut drawn = Instant::now();
     let path = args.path();
     let stream = api.stream(&path, |line| {
         if let Ok(e) = serde_json::from_slice::<TapEvent>(line)
             && !e.method.is_empty()
         {
-            events.push(e);
+            top.add(&e);
+            seen += 1;
         }
         if out != Output::Json && drawn.elapsed() >= Duration::from_secs(1) {
             drawn = Instant::now();
-            print!("\x1b[2J\x1b[H{}", top_table(&top_rows(&events)));
+            print!("\x1b[2J\x1b[H{}", top_table(&top.rows()));
             let _ = std::io::stdout().flush();
         }
-        args.count.is_none_or(|c| (events.len() as u64) < c)
+        args.count.is_none_or(|c| seen < c)
     });
     match args.duration {
         Some(d) => {
@@ -540,7 +572,7 @@ pub async fn top(dir: &Path, args: &TapArgs, out: Output) -> anyhow::Result<bool
         }
         None => stream.await?,
     }
-    let rows = top_rows(&events);
+    let rows = top.rows();
     if out == Output::Json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -650,5 +682,75 @@ pub async fn dashboard(
             anyhow::bail!("kubectl port-forward ended: {}", status?);
         }
         _ = tokio::signal::ctrl_c() => Ok(true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(path: &str, status: Option<u16>, latency_ms: Option<f64>) -> TapEvent {
+        let peer = |ns: &str| Peer {
+            id: Some(format!("spiffe://cluster.local/ns/{ns}/sa/{ns}")),
+            namespace: Some(ns.to_string()),
+            workload: Some(ns.to_string()),
+        };
+        TapEvent {
+            time_unix: 0.0,
+            direction: "inbound".into(),
+            source: Some(peer("order")),
+            destination: Some(peer("pg")),
+            tls: true,
+            method: "POST".into(),
+            authority: "pg.pg".into(),
+            path: path.into(),
+            status,
+            latency_ms,
+        }
+    }
+
+    #[test]
+    fn top_counts_paths_without_their_query_busiest_first() {
+        let mut top = Top::default();
+        top.add(&event("/payments?card=4111", Some(201), Some(12.0)));
+        top.add(&event("/payments", Some(503), Some(3.0)));
+        top.add(&event("/payments", Some(201), Some(7.0)));
+        top.add(&event("/healthz", None, None));
+        let rows = top.rows();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let p = &rows[0];
+        assert_eq!(
+            (p.source.as_str(), p.destination.as_str(), p.path.as_str()),
+            ("order/order", "pg/pg", "/payments")
+        );
+        assert_eq!((p.count, p.successes), (3, 2));
+        assert_eq!(
+            (p.best_ms, p.worst_ms, p.last_ms),
+            (Some(3.0), Some(12.0), Some(7.0))
+        );
+        // No answer (a reset) is not a success, and without a latency nothing is made up.
+        let h = &rows[1];
+        assert_eq!((h.path.as_str(), h.count, h.successes), ("/healthz", 1, 0));
+        assert_eq!(h.worst_ms, None);
+        assert_eq!(top.requests(), 4);
+    }
+
+    #[test]
+    fn top_keeps_a_bounded_number_of_rows_however_many_paths_it_sees() {
+        let mut top = Top::default();
+        let n = MAX_TOP_ROWS + 5_000;
+        for i in 0..n {
+            top.add(&event(&format!("/payments/{i}"), Some(200), Some(1.0)));
+        }
+        // A path seen before the cap keeps its own row after it.
+        top.add(&event("/payments/0", Some(200), Some(1.0)));
+        let rows = top.rows();
+        assert_eq!(rows.len(), MAX_TOP_ROWS + 1);
+        assert_eq!(top.requests(), n as u64 + 1);
+        let other = rows.iter().find(|r| r.path == OTHER_PATHS).unwrap();
+        assert_eq!(other.count, 5_000);
+        assert_eq!(rows[0].path, OTHER_PATHS);
+        let first = rows.iter().find(|r| r.path == "/payments/0").unwrap();
+        assert_eq!(first.count, 2);
     }
 }

@@ -4,9 +4,10 @@
 //!    the proxies' own `/metrics` (counts and percentiles), and with a real Prometheus scraping
 //!    the same proxies (rates and percentiles within 10 %);
 //! 2. `onemesh stat` / `edges` read that window; a forbidden call shows as a denied edge;
-//! 3. tap streams a payment's requests live, masked in the proxy: a card number in the path and
-//!    query and the `x-merchant-key` header never appear in tap output or the access log; a
-//!    caller without the token is refused, and so is a workload's certificate at the proxy;
+//! 3. tap (and `onemesh top`) streams a payment's requests live, masked in the proxy: a card
+//!    number in the path and query and the `x-merchant-key` header never appear in tap output, top
+//!    or the access log; a caller without the token is refused, and so is a workload's
+//!    certificate at the proxy;
 //! 4. the dashboard in headless Chromium (Playwright) shows the five organizations and the chain's
 //!    edges with the API's numbers, the denied edge, and the tap view (screenshots kept).
 
@@ -186,6 +187,15 @@ async fn the_control_plane_sees_the_platform_like_its_proxies_and_prometheus_do(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // `onemesh top` over the same requests, from its own tap.
+    let top = Command::new(env!("CARGO_BIN_EXE_onemesh"))
+        .arg("--state-dir")
+        .arg(up.dir.join("state"))
+        .args(["top", "pg/pg", "-o", "json", "--duration", "8s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let tap_out = tap.stdout.take().unwrap();
     let lines = std::thread::spawn(move || {
         BufReader::new(tap_out)
@@ -259,6 +269,26 @@ async fn the_control_plane_sees_the_platform_like_its_proxies_and_prometheus_do(
         text.contains("[masked]"),
         "the merchant key header is not shown masked: {text}"
     );
+    // top: the payments' path as pg served it, and the card-number request's path, masked.
+    let top = top.wait_with_output().unwrap();
+    let top_text = String::from_utf8_lossy(&top.stdout).to_string();
+    assert!(top.status.success(), "{top_text}");
+    let rows: Vec<Value> = serde_json::from_str(&top_text).unwrap();
+    let payments = rows
+        .iter()
+        .find(|r| r["path"] == "/payments" && r["source"] == "order/order")
+        .unwrap_or_else(|| panic!("no /payments row from order in top: {top_text}"));
+    assert!(payments["count"].as_u64() >= Some(1), "{payments}");
+    assert_eq!(payments["successes"], payments["count"], "{payments}");
+    assert!(
+        rows.iter().any(|r| r["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/v1/payments/"))),
+        "the card-number request is not in top: {top_text}"
+    );
+    for secret in [CARD, platform::MERCHANT_KEY] {
+        assert!(!top_text.contains(secret), "top shows {secret:?}");
+    }
     // pg's access log (mesh.yaml `accessLog: json`) carries the same, masked.
     // (Only the proxies' lines: what the app itself logs is the app's business.)
     let log: String = std::fs::read_to_string(up.dir.join("up.log"))
