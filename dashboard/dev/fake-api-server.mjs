@@ -39,19 +39,21 @@ function overview(windowS) {
     return {
       src_namespace: s, src_workload: s, dst_namespace: d, dst_workload: d, src_id: id(s, s), dst_id: id(d, d),
       tls: 'mtls', requests: Math.round(r * windowS), rps: r, success_rate: i === 3 ? 0.9875 : 1.0,
-      p50_ms: 1.04 + i, p95_ms: 3.05 + i, p99_ms: 5.25 + i * 1.5, denied: 0,
+      p50_ms: 1.04 + i, p95_ms: 3.05 + i, p99_ms: 5.25 + i * 1.5, denied: 0, would_deny: 0,
       tcp_read_bytes_per_s: 1234.5 * (i + 1), tcp_write_bytes_per_s: 2345.6 * (i + 1),
     };
   });
   edges.push({
     src_namespace: 'order', src_workload: 'order', dst_namespace: 'legacy', dst_workload: 'ledger', src_id: id('order', 'order'), dst_id: null,
-    tls: 'plaintext', requests: 30, rps: 0.5, success_rate: 1.0, p50_ms: 0.8, p95_ms: 1.2, p99_ms: 2.0, denied: 0,
+    tls: 'plaintext', requests: 30, rps: 0.5, success_rate: 1.0, p50_ms: 0.8, p95_ms: 1.2, p99_ms: 2.0, denied: 0, would_deny: 0,
     tcp_read_bytes_per_s: 100, tcp_write_bytes_per_s: 50,
   });
   if (now - started > DENIED_AFTER_S) {
+    // As on the platform: the forbidden call counts as a failed request, so its label has three
+    // lines ("0.0% · 0.02 rps · p99 10.0 ms", "denied 1", "mTLS").
     edges.push({
       src_namespace: 'order', src_workload: 'order', dst_namespace: 'bank', dst_workload: 'bank', src_id: id('order', 'order'), dst_id: id('bank', 'bank'),
-      tls: 'mtls', requests: 0, rps: 0, success_rate: null, p50_ms: null, p95_ms: null, p99_ms: null, denied: 3,
+      tls: 'mtls', requests: 1, rps: 0.017, success_rate: 0.0, p50_ms: 7.5, p95_ms: 9.8, p99_ms: 10.0, denied: 1, would_deny: 0,
       tcp_read_bytes_per_s: 0, tcp_write_bytes_per_s: 0,
     });
   }
@@ -63,9 +65,14 @@ function overview(windowS) {
       namespace: wns, workload: ns, identity: id(wns, ns), instances: ns === 'pg' ? 2 : 1, meshed: ns === 'ledger' ? 0 : ns === 'pg' ? 2 : 1,
       requests: Math.round(rps * windowS), rps: Math.round(rps * 1000) / 1000, success_rate: rps > 0 ? (ns === 'bank' ? 0.9875 : 1.0) : null,
       p50_ms: rps > 0 ? 1.2 + i : null, p95_ms: rps > 0 ? 4.0 + i : null, p99_ms: rps > 0 ? 9.55 + i : null,
-      denied: ns === 'bank' && now - started > DENIED_AFTER_S ? 3 : 0, tcp_open_connections: 3, tcp_read_bytes_per_s: 1234.0, tcp_write_bytes_per_s: 2345.0,
+      denied: ns === 'bank' && now - started > DENIED_AFTER_S ? 1 : 0, would_deny: 0, tcp_open_connections: 3, tcp_read_bytes_per_s: 1234.0, tcp_write_bytes_per_s: 2345.0,
     };
   });
+  // Sorted as the control plane sorts them (by namespace and workload, edges by source then
+  // destination): the layout depends on the order.
+  const cmp = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
+  workloads.sort((a, b) => cmp(a.namespace, b.namespace) || cmp(a.workload, b.workload));
+  edges.sort((a, b) => cmp(a.src_namespace, b.src_namespace) || cmp(a.src_workload, b.src_workload) || cmp(a.dst_namespace, b.dst_namespace) || cmp(a.dst_workload, b.dst_workload));
   return { now_unix: now, window_s: windowS, resolution_s: 10, retention_s: RETENTION_S, targets: { known: 7, up: 7 }, workloads, edges };
 }
 
@@ -88,8 +95,8 @@ const routes = () => [
   { namespace: 'card', route: 'canary', requests: 60, rps: 1.0, success_rate: 0.983, p50_ms: 2.1, p99_ms: 8.0, retries: 0, retries_refused: 0, by_backend: { 'card/card': 54, 'card/card-v2': 6 } },
 ];
 const authz = () => [
-  { namespace: 'bank', workload: 'bank', policy: 'bank-inbound', allowed: 120, denied: Date.now() / 1000 - started > DENIED_AFTER_S ? 3 : 0,
-    callers: [{ id: id('card', 'card'), allowed: 120, denied: 0 }, { id: id('order', 'order'), allowed: 0, denied: 3 }] },
+  { namespace: 'bank', workload: 'bank', policy: 'bank-inbound', allowed: 120, denied: Date.now() / 1000 - started > DENIED_AFTER_S ? 1 : 0,
+    callers: [{ id: id('card', 'card'), allowed: 120, denied: 0 }, { id: id('order', 'order'), allowed: 0, denied: 1 }] },
   { namespace: 'card', workload: 'card', policy: 'card-inbound', allowed: 120, denied: 0, callers: [{ id: id('appcard', 'appcard'), allowed: 60, denied: 0 }, { id: id('pg', 'pg'), allowed: 60, denied: 0 }] },
 ];
 

@@ -39,6 +39,7 @@ window.__onemesh = {
   lastRoutes: null,
   lastAuthz: null,
   cy: null,
+  layouts: 0, // how many times the topology graph was laid out (dagre)
   refreshes: 0,
   window: () => state.window,
 };

@@ -9,12 +9,15 @@
 // in through the form, then compares the topology (graph and edge/workload tables) with the
 // overview JSON the page itself rendered (window.__onemesh.lastOverview, which must be < 15 s
 // old) and with a fresh API answer fetched with the session cookie (every namespace a group,
-// every edge present with the same rounded numbers, denied edges drawn as denied), opens a
+// every edge present with the same rounded numbers, denied edges drawn as denied), checks the
+// graph's geometry through cytoscape's API (no edge label on a workload node or on another label,
+// no edge drawn through a workload node other than its own two ends), opens a
 // workload page and checks its charts have points, the routes and authorization tables, and the
 // tap view (prints `TAP_READY` on stdout once the stream is open, then waits up to 30 s for rows;
 // no card number may show). Uncaught page errors and console errors fail it. Screenshots go to --out. Progress goes to stderr; the LAST line of
 // stdout is one JSON object:
-//   {"ok", "failures", "namespaces", "edges", "workloads", "tap_rows", "screenshots", "console_errors"}
+//   {"ok", "failures", "namespaces", "edges", "workloads", "tap_rows", "screenshots", "console_errors",
+//    "warnings", "layout": {what the geometry check looked at, and how many overlaps it found}}
 // Exit status 1 on any failure.
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -204,6 +207,103 @@ function compareTopology(snap, api) {
   return p;
 }
 
+/**
+ * The drawn graph's geometry, read through cytoscape's API in the page (model coordinates): the
+ * box of every workload node and every edge label, and points sampled every 2 px along every
+ * edge's drawn path (straight, bezier or segments, from its source endpoint to its target
+ * endpoint). Returns what overlaps: an edge label on a workload node, two edge labels on each
+ * other, an edge's path through a workload node other than its own two ends.
+ */
+function topologyGeometry() {
+  const cy = window.__onemesh.cy;
+  if (!cy || cy.destroyed()) return null;
+  // cytoscape pads a body's box by 1 px (antialiasing) and a label's by 2 px ("margin of error")
+  // beyond the label's background: take that off, so boxes are what is painted.
+  const inset = (b, k) => ({ x1: b.x1 + k, y1: b.y1 + k, x2: b.x2 - k, y2: b.y2 - k });
+  const overlaps = (a, b) => a.x1 < b.x2 && b.x1 < a.x2 && a.y1 < b.y2 && b.y1 < a.y2;
+  const inside = (p, b) => p.x > b.x1 && p.x < b.x2 && p.y > b.y1 && p.y < b.y2;
+  const round = (b) => [b.x1, b.y1, b.x2, b.y2].map((v) => Math.round(v));
+  const nodes = cy.nodes('.workload').map((n) => ({
+    id: n.id(),
+    bb: inset(n.boundingBox({ includeLabels: false, includeOverlays: false, includeUnderlays: false, includeOutlines: false, useCache: false }), 1),
+  }));
+  const labels = [];
+  const edges = [];
+  let samples = 0;
+  cy.edges().forEach((e) => {
+    if (e.pstyle('label').strValue) {
+      const bb = e.boundingBox({ includeNodes: false, includeEdges: false, includeLabels: true, includeMainLabels: true, includeSourceLabels: false, includeTargetLabels: false, includeOverlays: false, includeUnderlays: false, useCache: false });
+      if (bb.w > 0 && bb.h > 0) labels.push({ id: e.id(), bb: inset(bb, 2) });
+    }
+    // The drawn path: segments are straight lines through segmentPoints(); a bezier edge is a
+    // chain of quadratic curves through its controlPoints() (as cytoscape draws it: the joints
+    // are the midpoints between consecutive control points); otherwise one straight line.
+    const s = e.sourceEndpoint();
+    const t = e.targetEndpoint();
+    const seg = e.segmentPoints();
+    const ctrl = e.controlPoints();
+    const pts = [];
+    const line = (a, b) => {
+      const n = Math.max(1, Math.ceil(Math.hypot(b.x - a.x, b.y - a.y) / 2));
+      for (let i = 0; i <= n; i++) pts.push({ x: a.x + ((b.x - a.x) * i) / n, y: a.y + ((b.y - a.y) * i) / n });
+    };
+    const quad = (a, c, b) => {
+      const n = Math.max(1, Math.ceil((Math.hypot(c.x - a.x, c.y - a.y) + Math.hypot(b.x - c.x, b.y - c.y)) / 2));
+      for (let i = 0; i <= n; i++) {
+        const u = i / n;
+        pts.push({ x: (1 - u) * (1 - u) * a.x + 2 * u * (1 - u) * c.x + u * u * b.x, y: (1 - u) * (1 - u) * a.y + 2 * u * (1 - u) * c.y + u * u * b.y });
+      }
+    };
+    if (seg && seg.length) {
+      const all = [s, ...seg, t];
+      for (let i = 0; i + 1 < all.length; i++) line(all[i], all[i + 1]);
+    } else if (ctrl && ctrl.length && e.source().id() !== e.target().id()) {
+      const all = [s];
+      ctrl.forEach((c, i) => {
+        all.push(c);
+        if (i + 1 < ctrl.length) all.push({ x: (c.x + ctrl[i + 1].x) / 2, y: (c.y + ctrl[i + 1].y) / 2 });
+      });
+      all.push(t);
+      for (let i = 0; i + 2 < all.length; i += 2) quad(all[i], all[i + 1], all[i + 2]);
+    } else line(s, t);
+    samples += pts.length;
+    edges.push({ id: e.id(), src: e.source().id(), dst: e.target().id(), pts, kind: seg && seg.length ? 'segments' : ctrl && ctrl.length ? 'bezier' : 'straight' });
+  });
+  const labelOnNode = [];
+  for (const l of labels) for (const n of nodes) if (overlaps(l.bb, n.bb)) labelOnNode.push({ edge: l.id, node: n.id, label: round(l.bb), box: round(n.bb) });
+  const labelOnLabel = [];
+  for (let i = 0; i < labels.length; i++) for (let j = i + 1; j < labels.length; j++) if (overlaps(labels[i].bb, labels[j].bb)) labelOnLabel.push({ edges: [labels[i].id, labels[j].id], boxes: [round(labels[i].bb), round(labels[j].bb)] });
+  const edgeThroughNode = [];
+  for (const e of edges)
+    for (const n of nodes) {
+      if (n.id === e.src || n.id === e.dst) continue;
+      const p = e.pts.find((q) => inside(q, n.bb));
+      if (p) edgeThroughNode.push({ edge: e.id, node: n.id, at: [Math.round(p.x), Math.round(p.y)] });
+    }
+  return {
+    layouts: window.__onemesh.layouts,
+    zoom: Math.round(cy.zoom() * 100) / 100,
+    nodes: nodes.length,
+    edges: edges.length,
+    labels: labels.length,
+    path_samples: samples,
+    kinds: edges.reduce((k, e) => ({ ...k, [e.kind]: (k[e.kind] || 0) + 1 }), {}),
+    label_on_node: labelOnNode,
+    label_on_label: labelOnLabel,
+    edge_through_node: edgeThroughNode,
+  };
+}
+
+/** Failures for what topologyGeometry() found. */
+function geometryProblems(g) {
+  if (!g) return ['topology layout: no graph to check (window.__onemesh.cy)'];
+  const p = [];
+  for (const o of g.label_on_node) p.push(`topology layout: the label of edge ${o.edge} covers workload node ${o.node} (label box ${o.label.join(',')}, node box ${o.box.join(',')})`);
+  for (const o of g.label_on_label) p.push(`topology layout: the labels of edges ${o.edges[0]} and ${o.edges[1]} overlap (${o.boxes[0].join(',')} / ${o.boxes[1].join(',')})`);
+  for (const o of g.edge_through_node) p.push(`topology layout: edge ${o.edge} is drawn through workload node ${o.node} (at ${o.at.join(',')})`);
+  return p;
+}
+
 function deniedProblems(snap, api, spec) {
   const [src, dst] = spec.split('->');
   const match = (e) => (F.edgeSrcKey(e) === src || e.src_id === src) && (F.edgeDstKey(e) === dst || e.dst_id === dst);
@@ -286,6 +386,15 @@ async function main() {
   result.edges = (snap?.edgeRows || []).map((r) => ({ src: r.src, dst: r.dst, tls: r.tls, denied: r.denied, ...r.fields }));
   result.workloads = (snap?.workloadRows || []).map((r) => ({ workload: r.workload, ...r.fields }));
   log(`topology: ${result.namespaces.length} namespaces, ${result.edges.length} edges`);
+
+  // 3b. Layout: no edge label on a workload node or on another label, no edge through a node.
+  const geo = await page.evaluate(topologyGeometry);
+  geometryProblems(geo).forEach(fail);
+  if (geo) {
+    const { label_on_node: a, label_on_label: b, edge_through_node: c, ...counts } = geo;
+    result.layout = { ...counts, label_on_node: a.length, label_on_label: b.length, edge_through_node: c.length };
+    log(`layout: ${geo.nodes} workload nodes, ${geo.labels} edge labels and ${geo.edges} edge paths (${geo.path_samples} points) checked; ${a.length} labels on nodes, ${b.length} overlapping label pairs, ${c.length} edges through nodes`);
+  }
   await page.evaluate(() => window.__onemesh.cy && window.__onemesh.cy.fit(undefined, 24));
   await shot(page, 'topology');
 
@@ -387,8 +496,14 @@ async function main() {
           dropped: Number(document.querySelector('[data-testid=tap-dropped]').dataset.dropped),
           errors: [...document.querySelectorAll('[data-testid=tap-error]')].map((li) => li.textContent),
           text: document.body.innerText,
+          // Rendered widths (CSS px) of each row's headers cell and of the page.
+          header_widths: [...document.querySelectorAll('[data-testid=tap-row] td[data-field=headers]')].map((d) => d.getBoundingClientRect().width),
+          page_width: document.documentElement.clientWidth,
         }));
         result.tap_rows = tap.rows;
+        // Readable: the headers column is not squeezed to a sliver (it once was one character wide).
+        const narrow = tap.header_widths.filter((w) => w < 200);
+        if (narrow.length) fail(`tap: the headers column is ${Math.round(Math.min(...narrow))} px wide (under 200 px) in a ${tap.page_width} px page`);
         result.tap_dropped = tap.dropped;
         result.tap_errors = tap.errors;
         const cards = cardNumbers(tap.text);

@@ -1,16 +1,27 @@
 // Topology page: workloads as nodes grouped by namespace (compound nodes), edges caller → callee
 // with success rate, rps and p99; mTLS solid, plaintext dashed amber, denied red dashed. Layout by
-// dagre (layered, left to right), drawn by cytoscape. Tables of workloads and edges underneath.
+// dagre (layered, left to right, with room reserved for every edge label), drawn by cytoscape:
+// nodes where dagre put them, edges along dagre's routes (segments through its bends, the label
+// on its label position), so an edge spanning several ranks goes around the nodes in between.
+// Tables of workloads and edges underneath.
 import cytoscape from 'cytoscape';
 import * as dagre from '@dagrejs/dagre';
 
 import { getJSON } from '../api.js';
+import { routeSegments, weightDistance } from '../route.js';
 import { h, td, table, emptyRow, link, workloadHref } from '../dom.js';
 import { fmtRps, fmtPct, fmtMs, fmtCount, fmtBytesPerS, edgeLabel, nodeLabel, edgeClasses } from '../format.js';
 import { remember, model, edgeTable } from './common.js';
 
 const NODE_W = 170;
 const NODE_H = 46;
+const FONT_FAMILY = 'DejaVu Sans, system-ui, sans-serif';
+const EDGE_FONT_SIZE = 12;
+const EDGE_LABEL_PAD = 2; // text-background-padding
+// Room reserved for a label beyond what it paints (text and background padding): some width to
+// spare, so that numbers gaining a digit between refreshes still fit without a new layout.
+const LABEL_SPARE_W = 12;
+const LABEL_SPARE_H = 2;
 
 const STYLE = [
   {
@@ -19,7 +30,7 @@ const STYLE = [
       shape: 'round-rectangle', width: NODE_W, height: NODE_H, 'background-color': '#ffffff',
       'border-width': 1.5, 'border-color': '#4a5568', label: 'data(label)', 'text-wrap': 'wrap',
       'text-valign': 'center', 'text-halign': 'center', 'font-size': 13, color: '#1d2330',
-      'font-family': 'DejaVu Sans, system-ui, sans-serif',
+      'font-family': FONT_FAMILY,
     },
   },
   { selector: 'node.workload.unhealthy', style: { 'border-color': '#c4320a', 'border-width': 3 } },
@@ -30,17 +41,24 @@ const STYLE = [
       shape: 'round-rectangle', 'background-color': '#eaf0f8', 'background-opacity': 1,
       'border-color': '#8d9bb3', 'border-width': 1, label: 'data(label)', 'text-valign': 'top',
       'text-halign': 'center', 'text-margin-y': -4, 'font-size': 13, 'font-weight': 'bold',
-      color: '#2c3a52', padding: 16, 'font-family': 'DejaVu Sans, system-ui, sans-serif',
+      color: '#2c3a52', padding: 16, 'font-family': FONT_FAMILY,
     },
   },
   {
     selector: 'edge',
     style: {
       'curve-style': 'bezier', 'target-arrow-shape': 'triangle', width: 2, 'line-color': '#3f6f52',
-      'target-arrow-color': '#3f6f52', label: 'data(label)', 'font-size': 12, 'z-compound-depth': 'top', 'text-wrap': 'wrap',
-      'text-background-color': '#ffffff', 'text-background-opacity': 1, 'text-background-padding': 2,
-      color: '#1d2330', 'font-family': 'DejaVu Sans, system-ui, sans-serif',
+      'target-arrow-color': '#3f6f52', label: 'data(label)', 'font-size': EDGE_FONT_SIZE, 'z-compound-depth': 'top', 'text-wrap': 'wrap',
+      'text-background-color': '#ffffff', 'text-background-opacity': 1, 'text-background-padding': EDGE_LABEL_PAD,
+      color: '#1d2330', 'font-family': FONT_FAMILY,
     },
+  },
+  // An edge laid out by dagre: drawn through its route's bends (weights/distances relative to the
+  // line between the two node centres, see src/route.js), label on the route's middle point
+  // (for a straight route: one point on the line, where dagre reserved room for the label).
+  {
+    selector: 'edge[?routed]',
+    style: { 'curve-style': 'segments', 'segment-weights': 'data(segW)', 'segment-distances': 'data(segD)', 'edge-distances': 'node-position' },
   },
   { selector: 'edge.plaintext', style: { 'line-style': 'dashed', 'line-color': '#b7791f', 'target-arrow-color': '#b7791f' } },
   { selector: 'edge.mixed', style: { 'line-style': 'dotted', 'line-color': '#b7791f', 'target-arrow-color': '#b7791f' } },
@@ -55,19 +73,44 @@ const STYLE = [
   },
 ];
 
-function layoutPositions(m) {
+let measureCtx = null;
+
+/** Size of an edge label as cytoscape draws it: widest line × lines at the edge font size. */
+function labelSize(text) {
+  const lines = String(text).split('\n');
+  if (!measureCtx) {
+    measureCtx = document.createElement('canvas').getContext('2d');
+    // The same font string cytoscape measures labels with (style, weight, size, family).
+    if (measureCtx) measureCtx.font = `normal normal ${EDGE_FONT_SIZE}px ${FONT_FAMILY}`;
+  }
+  const width = (line) => (measureCtx ? Math.ceil(measureCtx.measureText(line).width) : Math.ceil(line.length * 0.62 * EDGE_FONT_SIZE));
+  // Text plus the background padding on both sides: the box cytoscape paints.
+  return { w: Math.max(0, ...lines.map(width)) + 2 * EDGE_LABEL_PAD, h: lines.length * EDGE_FONT_SIZE + 2 * EDGE_LABEL_PAD };
+}
+
+/** The room a label gets in the layout. */
+const reservedSize = ({ w, h }) => ({ w: w + LABEL_SPARE_W, h: h + LABEL_SPARE_H });
+
+/**
+ * Dagre's layout of the model: node centres (`pos`, by node key) and, per edge of m.edges (by
+ * index), the route to draw it along (`{weights, distances}` of its segment points, empty for a
+ * loop) and the room reserved for its label (`reserved`).
+ */
+function layoutGraph(m) {
   const g = new dagre.graphlib.Graph({ compound: true, multigraph: true });
-  // Compound layouts add border ranks on both sides of each namespace box, so ranksep is per
-  // sub-rank: three of them (plus padding) separate two boxes, room for an edge label.
-  g.setGraph({ rankdir: 'LR', nodesep: 40, ranksep: 96, edgesep: 24, marginx: 16, marginy: 16 });
+  // Compound layouts add border ranks on both sides of each namespace box, and edge labels a
+  // rank of their own in the middle of each edge: ranksep is per sub-rank (dagre halves it when
+  // edges have labels), the gap between a box's border and a label or node beside it.
+  g.setGraph({ rankdir: 'LR', nodesep: 40, ranksep: 32, edgesep: 24, marginx: 16, marginy: 16 });
   g.setDefaultEdgeLabel(() => ({}));
   for (const ns of m.namespaces) g.setNode('ns:' + ns, {});
   for (const n of m.nodes.values()) {
     g.setNode(n.key, { width: NODE_W, height: NODE_H + 28 });
     g.setParent(n.key, 'ns:' + n.ns);
   }
+  const reserved = m.edges.map(({ e }) => reservedSize(labelSize(edgeLabel(e))));
   m.edges.forEach(({ src, dst }, i) => {
-    if (src !== dst) g.setEdge(src, dst, { width: 10, height: 10 }, 'e' + i);
+    if (src !== dst) g.setEdge(src, dst, { width: reserved[i].w, height: reserved[i].h, labelpos: 'c' }, 'e' + i);
   });
   dagre.layout(g);
   const pos = {};
@@ -75,7 +118,29 @@ function layoutPositions(m) {
     const p = g.node(n.key);
     pos[n.key] = { x: p.x, y: p.y };
   }
-  return pos;
+  const routes = m.edges.map(({ src, dst }, i) => {
+    if (src === dst) return { weights: [], distances: [] };
+    const de = g.edge({ v: src, w: dst, name: 'e' + i });
+    const label = de.x != null ? { x: de.x, y: de.y } : null;
+    const r = routeSegments(pos[src], pos[dst], de.points, label);
+    // A straight route still gets one point, on the line where dagre put the label: cytoscape
+    // draws the label there rather than halfway between the two nodes' borders.
+    if (r.weights.length === 0 && label) return { weights: [weightDistance(pos[src], pos[dst], label).w], distances: [0] };
+    return r;
+  });
+  return { pos, routes, reserved };
+}
+
+/** Edge element ids, in the order of m.edges (`e:src->dst`, `#k` for the k-th repeat). */
+function edgeIds(m) {
+  const seen = new Map();
+  return m.edges.map(({ src, dst }) => {
+    let id = `e:${src}->${dst}`;
+    const k = seen.get(id) || 0;
+    seen.set(id, k + 1);
+    if (k) id += '#' + k;
+    return id;
+  });
 }
 
 function elements(m) {
@@ -86,14 +151,10 @@ function elements(m) {
     else if (n.w.success_rate != null && n.w.success_rate < 0.95) cls.push('unhealthy');
     els.push({ group: 'nodes', data: { id: n.key, parent: 'ns:' + n.ns, label: nodeLabel(n.name, n.w), namespace: n.ns }, classes: cls.join(' ') });
   }
-  const seen = new Map();
-  for (const { src, dst, e } of m.edges) {
-    let id = `e:${src}->${dst}`;
-    const k = seen.get(id) || 0;
-    seen.set(id, k + 1);
-    if (k) id += '#' + k;
-    els.push({ group: 'edges', data: { id, source: src, target: dst, src, dst, label: edgeLabel(e), denied: e.denied || 0 }, classes: edgeClasses(e).join(' ') });
-  }
+  const ids = edgeIds(m);
+  m.edges.forEach(({ src, dst, e }, i) => {
+    els.push({ group: 'edges', data: { id: ids[i], source: src, target: dst, src, dst, label: edgeLabel(e), denied: e.denied || 0 }, classes: edgeClasses(e).join(' ') });
+  });
   return els;
 }
 
@@ -168,6 +229,7 @@ export function topologyView(main, ctx) {
 
   let cy = null;
   let structure = '';
+  let reserved = new Map(); // edge id -> the label room of the last layout
 
   function ensureCy() {
     if (cy) return cy;
@@ -188,6 +250,28 @@ export function topologyView(main, ctx) {
     const c = ensureCy();
     const els = elements(m);
     const key = JSON.stringify(els.map((e) => e.data.id + '|' + (e.data.parent || '')));
+    // A new structure is laid out again; so is the same one when a label outgrew the room the
+    // last layout gave it (a line more, an idle edge getting traffic).
+    const ids = edgeIds(m);
+    const outgrown =
+      key === structure &&
+      m.edges.some(({ e }, i) => {
+        const r = reserved.get(ids[i]);
+        const s = labelSize(edgeLabel(e));
+        return !r || s.w > r.w || s.h > r.h;
+      });
+    const relayout = key !== structure || outgrown;
+    let layout = null;
+    if (relayout && m.nodes.size) {
+      layout = layoutGraph(m);
+      reserved = new Map(ids.map((id, i) => [id, layout.reserved[i]]));
+      // The routes go with the edges' data (the `edge[?routed]` style reads them).
+      const byId = new Map(els.map((e) => [e.data.id, e]));
+      ids.forEach((id, i) => {
+        const { weights, distances } = layout.routes[i];
+        Object.assign(byId.get(id).data, { routed: weights.length > 0, segW: weights, segD: distances });
+      });
+    }
     c.batch(() => {
       if (key !== structure) {
         c.elements().remove();
@@ -200,9 +284,10 @@ export function topologyView(main, ctx) {
         }
       }
     });
-    if (key !== structure) {
+    if (relayout) {
       structure = key;
-      const pos = m.nodes.size ? layoutPositions(m) : {};
+      window.__onemesh.layouts += 1;
+      const pos = layout ? layout.pos : {};
       c.layout({ name: 'preset', positions: (n) => pos[n.id()], fit: false }).run();
       // Give the graph the height its layout wants at a readable zoom, then fit.
       const bb = c.elements().boundingBox();
