@@ -36,6 +36,17 @@ fn increase(
     out
 }
 
+/// `caller-namespace/caller->namespace/workload`, as the tests key the proxies' counters.
+fn edge_key(e: &onemesh_window::api::EdgeStats) -> String {
+    format!(
+        "{}/{}->{}/{}",
+        e.src_namespace.as_deref().unwrap_or(""),
+        e.src_workload.as_deref().unwrap_or(""),
+        e.dst_namespace,
+        e.dst_workload
+    )
+}
+
 fn label(s: &prom::Sample<'_>, key: &str) -> String {
     s.label(key).unwrap_or_default().into_owned()
 }
@@ -105,13 +116,7 @@ fn api_counts_and_percentiles_equal_the_proxies_counters() {
     });
     let mut edges = BTreeMap::new();
     for e in &o.edges {
-        let key = format!(
-            "{}/{}->{}/{}",
-            e.src_namespace.as_deref().unwrap_or(""),
-            e.src_workload.as_deref().unwrap_or(""),
-            e.dst_namespace,
-            e.dst_workload
-        );
+        let key = edge_key(e);
         if e.requests > 0 {
             edges.insert(key, e.requests as f64);
         }
@@ -153,13 +158,7 @@ fn api_counts_and_percentiles_equal_the_proxies_counters() {
                     "read" => e.tcp_read_bytes_per_s,
                     _ => e.tcp_write_bytes_per_s,
                 };
-                let key = format!(
-                    "{}/{}->{}/{}",
-                    e.src_namespace.as_deref().unwrap_or(""),
-                    e.src_workload.as_deref().unwrap_or(""),
-                    e.dst_namespace,
-                    e.dst_workload
-                );
+                let key = edge_key(e);
                 (per_s > 0.0).then(|| (key, (per_s * o.window_s).round()))
             })
             .collect();

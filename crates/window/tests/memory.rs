@@ -29,6 +29,19 @@ const BOUND_1000_PROXIES_HOUR: usize = 64 << 20;
 /// One measurement at a time: the allocator's counters are shared by the process.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// `proxies` simulated proxies for `rounds` scrapes into a window, counted by this allocator.
+fn measure(proxies: usize, rounds: u64, settings: onemesh_window::WindowSettings) -> sim::Report {
+    sim::measure(
+        proxies,
+        rounds,
+        settings,
+        alloc::live,
+        alloc::live_malloc,
+        alloc::peak,
+        alloc::reset_peak,
+    )
+}
+
 #[test]
 fn memory_of_1000_proxies_for_an_hour_stays_under_64_mib() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -38,15 +51,7 @@ fn memory_of_1000_proxies_for_an_hour_stays_under_64_mib() {
         (Duration::from_secs(10), Duration::from_secs(3600)),
         "the documented bound is for the default settings"
     );
-    let report = sim::measure(
-        1000,
-        360,
-        settings,
-        alloc::live,
-        alloc::live_malloc,
-        alloc::peak,
-        alloc::reset_peak,
-    );
+    let report = measure(1000, 360, settings);
     report.print();
     // Every proxy's series are there (each is its own workload, with edges, routes and a policy),
     // none refused by the cap, and every step of the hour is held.
@@ -73,15 +78,7 @@ fn memory_of_40_proxies_stays_under_the_bound() {
         retention: Duration::from_secs(600),
         max_series: 100_000,
     };
-    let report = sim::measure(
-        40,
-        65,
-        settings,
-        alloc::live,
-        alloc::live_malloc,
-        alloc::peak,
-        alloc::reset_peak,
-    );
+    let report = measure(40, 65, settings);
     report.print();
     assert!(report.samples > 150, "{report:?}");
     assert!(

@@ -76,19 +76,22 @@ fuzz_target!(|data: &[u8]| {
     let minute = Duration::from_secs(60);
     let o = w.overview(now, minute);
     check_rate("window_s", o.window_s);
-    for r in &o.workloads {
-        check_rate("workload rps", r.rps);
-        check_rate("workload bytes", r.tcp_read_bytes_per_s);
-        check_rate("workload bytes", r.tcp_write_bytes_per_s);
-        check_success("workload", r.success_rate);
-        check_latency("workload", r.p50_ms, r.p95_ms, r.p99_ms);
-    }
-    for e in &o.edges {
-        check_rate("edge rps", e.rps);
-        check_rate("edge bytes", e.tcp_read_bytes_per_s);
-        check_rate("edge bytes", e.tcp_write_bytes_per_s);
-        check_success("edge", e.success_rate);
-        check_latency("edge", e.p50_ms, e.p95_ms, e.p99_ms);
+    let rows = o.workloads.iter().map(|r| {
+        let l = (r.p50_ms, r.p95_ms, r.p99_ms);
+        let rates = [r.rps, r.tcp_read_bytes_per_s, r.tcp_write_bytes_per_s];
+        ("workload", rates, r.success_rate, l)
+    });
+    let edges = o.edges.iter().map(|e| {
+        let l = (e.p50_ms, e.p95_ms, e.p99_ms);
+        let rates = [e.rps, e.tcp_read_bytes_per_s, e.tcp_write_bytes_per_s];
+        ("edge", rates, e.success_rate, l)
+    });
+    for (what, rates, success, (p50, p95, p99)) in rows.chain(edges) {
+        for rate in rates {
+            check_rate(what, rate);
+        }
+        check_success(what, success);
+        check_latency(what, p50, p95, p99);
     }
     for r in w.routes(now, minute) {
         check_rate("route rps", r.rps);
