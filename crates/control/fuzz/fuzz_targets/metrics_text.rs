@@ -30,10 +30,16 @@ fn check_rate(what: &str, v: f64) {
 fn check_latency(what: &str, p50: Option<f64>, p95: Option<f64>, p99: Option<f64>) {
     let top = LATENCY_BOUNDS.last().copied().unwrap_or(0.0) * 1000.0;
     for p in [p50, p95, p99].into_iter().flatten() {
-        assert!(p.is_finite() && (0.0..=top).contains(&p), "{what} percentile {p}");
+        assert!(
+            p.is_finite() && (0.0..=top).contains(&p),
+            "{what} percentile {p}"
+        );
     }
     if let (Some(a), Some(b), Some(c)) = (p50, p95, p99) {
-        assert!(a <= b && b <= c, "{what} percentiles out of order: {a} {b} {c}");
+        assert!(
+            a <= b && b <= c,
+            "{what} percentiles out of order: {a} {b} {c}"
+        );
     }
 }
 
