@@ -105,7 +105,8 @@ impl Window {
             row.instances += 1;
             if s.up {
                 row.meshed += 1;
-                row.tcp_open_connections += s.open_connections;
+                row.tcp_open_connections =
+                    row.tcp_open_connections.saturating_add(s.open_connections);
             }
         }
         let mut edges = Vec::new();
@@ -269,7 +270,8 @@ impl Window {
                 .or_default();
             entry.0.merge(&t);
             if !k[2].is_empty() && t.get(Field::Requests) > 0 {
-                *entry.1.entry(format!("{}/{}", k[0], k[2])).or_default() += t.get(Field::Requests);
+                let n = entry.1.entry(format!("{}/{}", k[0], k[2])).or_default();
+                *n = n.saturating_add(t.get(Field::Requests));
             }
         }
         routes
@@ -315,9 +317,10 @@ impl Window {
                     would_deny: 0,
                     callers: Vec::new(),
                 });
-            row.allowed += allowed;
-            row.denied += denied;
-            row.would_deny += would_deny;
+            // Sums of what proxies report: a hostile one's huge counters saturate, never wrap.
+            row.allowed = row.allowed.saturating_add(allowed);
+            row.denied = row.denied.saturating_add(denied);
+            row.would_deny = row.would_deny.saturating_add(would_deny);
             row.callers.push(AuthzCaller {
                 id: opt(k[3]),
                 allowed,

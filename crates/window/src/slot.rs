@@ -155,7 +155,7 @@ impl Acc {
             *a = a.saturating_add(v);
         }
         for (b, &c) in t.buckets.iter_mut().zip(&self.buckets) {
-            *b += u64::from(c);
+            *b = b.saturating_add(u64::from(c));
         }
         t.flags |= self.flags & (MTLS | PLAIN);
     }

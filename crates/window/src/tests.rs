@@ -423,6 +423,51 @@ fn routes_are_counted_by_backend_with_retries() {
     assert_eq!(r.p50_ms, None);
 }
 
+/// Found by the `metrics_text` fuzz target: two callers' counters that each fit in a u64 made
+/// the policy's sum overflow (a panic in a debug build, a wrapped count in release).
+#[test]
+fn huge_counters_saturate_in_sums_instead_of_wrapping() {
+    let mut w = window();
+    let card = target("card", "card", 1);
+    let card2 = target("card", "card", 2);
+    w.set_targets(&[card.clone(), card2.clone()]);
+    let line = |metric: &str, caller: &str, n: &str| {
+        format!(
+            "{metric}{{direction=\"inbound\",namespace=\"card\",workload=\"card\",\
+             dst_namespace=\"card\",dst_workload=\"card\",client_id=\"{caller}\",tls=\"true\",\
+             policy=\"card-policy\",kind=\"http\",route=\"r\"}} {n}\n"
+        )
+    };
+    let text = |n: &str| {
+        [
+            line("authz_allow_total", &id("pg", "pg"), n),
+            line("authz_allow_total", &id("order", "order"), n),
+            line("authz_deny_total", &id("pg", "pg"), n),
+            line("authz_deny_total", &id("order", "order"), n),
+            line("authz_would_deny_total", &id("pg", "pg"), n),
+            line("authz_would_deny_total", &id("order", "order"), n),
+            line("request_total", &id("pg", "pg"), n),
+            format!("tcp_open_connections{{direction=\"inbound\",namespace=\"card\",workload=\"card\"}} {n}\n"),
+        ]
+        .concat()
+    };
+    for t in [&card, &card2] {
+        w.ingest(t, at(0), &text("0")).unwrap();
+        w.ingest(t, at(10), &text("1e19")).unwrap();
+    }
+    let rows = w.authz(at(11), MIN);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!(
+        (r.allowed, r.denied, r.would_deny),
+        (u64::MAX, u64::MAX, u64::MAX)
+    );
+    let o = w.overview(at(11), MIN);
+    let row = o.workloads.iter().find(|r| r.workload == "card").unwrap();
+    assert_eq!(row.requests, u64::MAX);
+    assert_eq!(row.tcp_open_connections, u64::MAX);
+}
+
 #[test]
 fn authorization_decisions_per_policy_and_caller() {
     let mut w = window();
