@@ -62,6 +62,7 @@ fn kube_inject_by_the_webhook() {
     let _ = NEEDS_CLUSTER;
     let _ = kube::kubeconfig();
     uninstall();
+    let _clean_on_panic = kube::CleanOnPanic(uninstall);
     let (ok, manifests) = onemesh(&["install", "--replicas", "1"]);
     assert!(ok, "onemesh install failed: {manifests}");
     apply(&manifests);

@@ -664,6 +664,7 @@ fn echo_reads(customers: &str, n: usize) -> (BTreeSet<String>, Vec<(u16, String)
 fn kube_platform_meshed_on_the_cluster() {
     let _ = kube::kubeconfig();
     clean();
+    let _clean_on_panic = kube::CleanOnPanic(clean);
     // The control plane, as installed.
     let (ok, manifests) = onemesh(&["install"]);
     assert!(ok, "{manifests}");

@@ -144,3 +144,18 @@ pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Runs a test's clean-up when dropped while the test panics: a failed test leaves no mesh
+/// behind for the next one (its control plane would go on publishing trust anchors and holding
+/// the Lease, and the next test would fail for it). A panic of the clean-up itself is swallowed:
+/// the test has failed already.
+pub struct CleanOnPanic(pub fn());
+
+impl Drop for CleanOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("the test failed: cleaning up the cluster for the next one");
+            let _ = std::panic::catch_unwind(self.0);
+        }
+    }
+}
