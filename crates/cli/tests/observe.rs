@@ -179,23 +179,9 @@ async fn the_control_plane_sees_the_platform_like_its_proxies_and_prometheus_do(
     // 3. Tap: refused without the token; a card number and the merchant key never leave pg's proxy.
     let (status, body) = api.get_raw("/api/v1/tap?workload=pg/pg", None).await;
     assert_eq!(status, 401, "{body}");
-    let mut tap = Command::new(env!("CARGO_BIN_EXE_onemesh"))
-        .arg("--state-dir")
-        .arg(up.dir.join("state"))
-        .args(["tap", "pg/pg", "-o", "json", "--duration", "30s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut tap = cli_streaming(&up, &["tap", "pg/pg", "-o", "json", "--duration", "30s"]);
     // `onemesh top` over the same requests, from its own tap.
-    let top = Command::new(env!("CARGO_BIN_EXE_onemesh"))
-        .arg("--state-dir")
-        .arg(up.dir.join("state"))
-        .args(["top", "pg/pg", "-o", "json", "--duration", "8s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let top = cli_streaming(&up, &["top", "pg/pg", "-o", "json", "--duration", "8s"]);
     let tap_out = tap.stdout.take().unwrap();
     let lines = std::thread::spawn(move || {
         BufReader::new(tap_out)
@@ -311,6 +297,18 @@ async fn the_control_plane_sees_the_platform_like_its_proxies_and_prometheus_do(
     dashboard_in_chromium(&up, &api).await;
     drop(prometheus);
     up.stop_and_clean();
+}
+
+/// `onemesh <args>` on this `up`'s mesh, running beside the test, its output piped.
+fn cli_streaming(up: &Up, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_onemesh"))
+        .arg("--state-dir")
+        .arg(up.dir.join("state"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// `n` customer orders of every kind, one every 250 ms, each ending as its kind must.
