@@ -1,7 +1,7 @@
 //! `onemesh install`, `check --kubernetes` and `uninstall` against a real kube-apiserver: the
 //! manifests apply with server-side apply, the checks see the installed mesh, a stripped
-//! ClusterRole and an issuer from another root (forged inputs) are caught, and uninstall removes
-//! every object.
+//! ClusterRole and an issuer from another root (forged inputs) are caught, no ServiceAccount may
+//! read the dashboard's token, and uninstall removes every object.
 
 mod kube;
 
@@ -28,6 +28,48 @@ fn kube_install_check_and_uninstall() {
         "crd/authorizationpolicies.onemesh.dev",
         "crd/routes.onemesh.dev",
     ]);
+
+    // The dashboard's token is the operators' only: the control plane reads it from its volume, and
+    // no workload's or the control plane's own ServiceAccount may read the Secret through the API
+    // (RBAC as installed; the cluster runs --authorization-mode=RBAC).
+    for who in [
+        "system:serviceaccount:pg:pg",
+        "system:serviceaccount:onemesh:default",
+        "system:serviceaccount:onemesh:control",
+    ] {
+        let (allowed, answer) = kubectl_in(
+            &[
+                "auth",
+                "can-i",
+                "get",
+                "secret/onemesh-dashboard-token",
+                "-n",
+                "onemesh",
+                "--as",
+                who,
+            ],
+            "",
+        );
+        assert!(
+            !allowed && answer.trim() == "no",
+            "{who} may read the dashboard token: {answer}"
+        );
+    }
+    let (allowed, answer) = kubectl_in(
+        &[
+            "auth",
+            "can-i",
+            "get",
+            "secret/onemesh-dashboard-token",
+            "-n",
+            "onemesh",
+        ],
+        "",
+    );
+    assert!(
+        allowed && answer.trim() == "yes",
+        "the cluster admin (this kubeconfig) cannot read the dashboard token: {answer}"
+    );
 
     let out = check();
     for line in [

@@ -333,6 +333,27 @@ fn prom_query(api: &str, query: &str) -> Value {
 /// control-plane pod's API with the dashboard token read from its Secret (as an operator's
 /// `onemesh dashboard --kubernetes` would, through a port-forward).
 fn onemesh_on_node(args: &[&str]) -> (bool, String) {
+    let (api, token) = control_plane_api();
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "onemesh-k8s",
+            env!("CARGO_BIN_EXE_onemesh"),
+        ])
+        .args(args)
+        .env("ONEMESH_API", api)
+        .env("ONEMESH_TOKEN", token)
+        .output()
+        .expect("run onemesh on the node");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// A control-plane replica's dashboard/API address (reached from the node) and the operators'
+/// token, from the Secret `onemesh install` created.
+fn control_plane_api() -> (String, String) {
     let control = &pod_objects("onemesh", "app.kubernetes.io/name=onemesh-control")[0];
     let token = kubectl(&[
         "-n",
@@ -347,21 +368,10 @@ fn onemesh_on_node(args: &[&str]) -> (bool, String) {
     let token = base64::engine::general_purpose::STANDARD
         .decode(token.trim())
         .expect("the Secret's token is base64");
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            "onemesh-k8s",
-            env!("CARGO_BIN_EXE_onemesh"),
-        ])
-        .args(args)
-        .env("ONEMESH_API", format!("http://{}:8084", pod_ip(control)))
-        .env("ONEMESH_TOKEN", String::from_utf8_lossy(&token).trim())
-        .output()
-        .expect("run onemesh on the node");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    (
+        format!("http://{}:8084", pod_ip(control)),
+        String::from_utf8_lossy(&token).trim().to_string(),
+    )
 }
 
 /// Runs `onemesh audit verify` on each control-plane replica's decision log, where its volume
@@ -442,36 +452,62 @@ fn decision_logs_verify() {
 }
 
 /// The control plane's window over the last minute, once every organization shows traffic:
-/// `{"workloads": [...], "edges": [...]}` from `onemesh stat` and `onemesh edges`.
+/// `{"workloads": [...], "edges": [...]}` from `onemesh stat` and `onemesh edges`. On a timeout
+/// the panic names the organizations without traffic, with the last answers and the scrape
+/// targets' state.
 fn control_plane_window(orgs: &[&str]) -> Value {
-    eventually(
-        "the control plane's window shows every organization",
-        READY,
-        || {
-            // Every organization served something in the last 5 minutes; the rates are the last
-            // minute's (the proxies' own were counted over that minute).
-            let (ok, stat) = onemesh_on_node(&["stat", "-o", "json", "--window", "5m"]);
-            let (ok2, edges) = onemesh_on_node(&["edges", "-o", "json", "--window", "60s"]);
-            if !ok || !ok2 {
-                println!("onemesh stat/edges: {stat} {edges}");
-                return None;
-            }
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        // Every organization served something in the last 5 minutes; the rates are the last
+        // minute's (the proxies' own were counted over that minute).
+        let (ok, stat) = onemesh_on_node(&["stat", "-o", "json", "--window", "5m"]);
+        let (ok2, edges) = onemesh_on_node(&["edges", "-o", "json", "--window", "60s"]);
+        let workloads: Value = serde_json::from_str(&stat).unwrap_or(Value::Null);
+        let served = |ns: &str| {
+            workloads.as_array().is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| r["namespace"] == ns && r["requests"].as_u64() > Some(0))
+            })
+        };
+        let missing: Vec<&str> = orgs.iter().copied().filter(|ns| !served(ns)).collect();
+        if ok && ok2 && missing.is_empty() {
+            let rows: Vec<String> = workloads
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| format!("{}/{}: {}", r["namespace"], r["workload"], r["requests"]))
+                .collect();
             println!(
-                "onemesh stat: {}",
-                stat.chars().take(400).collect::<String>()
+                "the control plane's window shows every organization after {:?}: {}",
+                start.elapsed(),
+                rows.join(", ")
             );
-            let workloads: Value = serde_json::from_str(&stat).ok()?;
-            let served = |ns: &str| {
-                workloads.as_array().is_some_and(|rows| {
-                    rows.iter()
-                        .any(|r| r["namespace"] == ns && r["requests"].as_u64() > Some(0))
-                })
-            };
-            orgs.iter().all(|ns| served(ns)).then(|| {
-            serde_json::json!({"workloads": workloads, "edges": serde_json::from_str::<Value>(&edges).unwrap_or(Value::Null)})
-        })
-        },
-    )
+            return serde_json::json!({
+                "workloads": workloads,
+                "edges": serde_json::from_str::<Value>(&edges).unwrap_or(Value::Null),
+            });
+        }
+        let now = format!("missing {missing:?}; stat: {stat}; edges: {edges}");
+        if now != last {
+            println!("the control plane's window, not yet: {now}");
+            last = now;
+        }
+        if start.elapsed() > READY {
+            let (api, token) = control_plane_api();
+            let targets = node_curl(&[
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                &format!("{api}/api/v1/targets"),
+            ]);
+            let targets = String::from_utf8_lossy(&targets);
+            panic!(
+                "the control plane's window shows no traffic of {missing:?} within {READY:?}; \
+                 last answers: {last}; scrape targets: {targets}"
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// `onemesh tap` through the control plane on the cluster: pg's live requests, from its proxy's

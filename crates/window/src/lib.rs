@@ -105,7 +105,7 @@ pub struct WindowSettings {
     /// How long history is kept: the longest window a query can ask (default 1 h).
     pub retention: Duration,
     /// The most aggregated series kept (default 50,000: five times what 1,000 proxies make;
-    /// at ≈ 4.4 KB per busy series over 1 h / 10 s, ≈ 210 MiB when full).
+    /// at ≈ 5.1 KB per busy series over 1 h / 10 s, ≈ 245 MiB when full: `README.md`).
     pub max_series: usize,
 }
 
@@ -226,7 +226,7 @@ impl TargetState {
 }
 
 /// The metrics window. Not internally synchronized: the control plane holds it behind a lock and
-/// keeps each call short (an ingest is tens of µs).
+/// keeps each call short (an ingest of a proxy's text is ≈ 0.2 ms: `README.md`).
 pub struct Window {
     settings: WindowSettings,
     resolution_ms: u64,
