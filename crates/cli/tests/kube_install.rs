@@ -14,6 +14,24 @@ fn check() -> String {
     onemesh(&["check", "--kubeconfig", kubeconfig.to_str().unwrap()]).1
 }
 
+/// `kubectl auth can-i get` the dashboard token's Secret, as `who` (impersonated) or as this
+/// kubeconfig's user: `yes` or `no` (the exit status agrees with the answer).
+fn may_read_dashboard_token(who: Option<&str>) -> String {
+    let mut args = vec![
+        "auth",
+        "can-i",
+        "get",
+        "secret/onemesh-dashboard-token",
+        "-n",
+        "onemesh",
+    ];
+    args.extend(who.map(|w| ["--as", w]).into_iter().flatten());
+    let (allowed, answer) = kubectl_in(&args, "");
+    let answer = answer.trim().to_string();
+    assert_eq!(allowed, answer == "yes", "kubectl auth can-i: {answer}");
+    answer
+}
+
 #[test]
 #[ignore = "needs the test cluster: scripts/k8s-testenv up; eval \"$(scripts/k8s-testenv env)\""]
 fn kube_install_check_and_uninstall() {
@@ -37,38 +55,16 @@ fn kube_install_check_and_uninstall() {
         "system:serviceaccount:onemesh:default",
         "system:serviceaccount:onemesh:control",
     ] {
-        let (allowed, answer) = kubectl_in(
-            &[
-                "auth",
-                "can-i",
-                "get",
-                "secret/onemesh-dashboard-token",
-                "-n",
-                "onemesh",
-                "--as",
-                who,
-            ],
-            "",
-        );
-        assert!(
-            !allowed && answer.trim() == "no",
-            "{who} may read the dashboard token: {answer}"
+        assert_eq!(
+            may_read_dashboard_token(Some(who)),
+            "no",
+            "{who} may read the dashboard token"
         );
     }
-    let (allowed, answer) = kubectl_in(
-        &[
-            "auth",
-            "can-i",
-            "get",
-            "secret/onemesh-dashboard-token",
-            "-n",
-            "onemesh",
-        ],
-        "",
-    );
-    assert!(
-        allowed && answer.trim() == "yes",
-        "the cluster admin (this kubeconfig) cannot read the dashboard token: {answer}"
+    assert_eq!(
+        may_read_dashboard_token(None),
+        "yes",
+        "the cluster admin (this kubeconfig) cannot read the dashboard token"
     );
 
     let out = check();
